@@ -1,0 +1,182 @@
+"""Scaling laws of loss vs model size per head configuration, and the laws file that ``search`` reads.
+
+The paper's law (Eq. 7), per head configuration H = (n_heads, n_kv_heads)::
+
+    loss(N; H) = (a / N) ** b + E          N = non-embedding parameters
+
+Laws file (JSON). The minimal interchange form, always accepted::
+
+    {"form": "power_law_n",
+     "laws": [{"n_heads": 8, "n_kv_heads": 1, "a": 1.2e9, "b": 0.3, "E": 1.9}, ...],
+     "source": "where the numbers come from"}
+
+Optional keys per law: ``r2``, ``ci`` ({coefficient: [low, high]}), ``context`` (training
+length in tokens), ``n_points``. Optional top-level keys: ``approximate`` (bool), ``context``,
+``metadata``. Shipped law sets are addressed by name: ``default`` and ``demo``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CogqaError, require
+
+POWER_LAW_N = "power_law_n"
+SHIPPED_LAW_SETS = ("default", "demo")
+
+
+@dataclass(frozen=True)
+class PowerLawN:
+    """loss(N) = (a / N)^b + E for one head configuration; N in non-embedding parameters."""
+
+    n_heads: int
+    n_kv_heads: int
+    a: float
+    b: float
+    E: float
+    r2: float | None = None
+    ci: dict[str, list[float]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        h = f"law H=({self.n_heads},{self.n_kv_heads})"
+        for name in ("n_heads", "n_kv_heads"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{h}: {name} must be a positive integer, got {v!r}")
+        require(self.n_heads % self.n_kv_heads == 0, f"{h}: n_kv_heads must divide n_heads")
+        for name in ("a", "b", "E"):
+            v = getattr(self, name)
+            require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), f"{h}: {name} must be a finite number, got {v!r}")
+        require(self.a > 0, f"{h}: a must be > 0 (parameters), got {self.a}")
+        require(self.b > 0, f"{h}: b must be > 0, got {self.b}")
+        require(self.E >= 0, f"{h}: E must be >= 0 (nats per token), got {self.E}")
+
+    @property
+    def heads(self) -> tuple[int, int]:
+        """(n_heads, n_kv_heads)."""
+        return (self.n_heads, self.n_kv_heads)
+
+    def loss(self, n_params) -> np.ndarray:
+        """Predicted loss (nats per token) at non-embedding size ``n_params`` (parameters)."""
+        return (self.a / np.asarray(n_params, dtype=float)) ** self.b + self.E
+
+    def params_for_loss(self, target_loss) -> np.ndarray:
+        """N*(H) = a / (L* - E)^(1/b): the size that reaches ``target_loss`` (parameters).
+
+        ``inf`` where the target is at or below the irreducible loss E.
+        """
+        gap = np.asarray(target_loss, dtype=float) - self.E
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(gap > 0, self.a / np.where(gap > 0, gap, 1.0) ** (1.0 / self.b), np.inf)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The law as a laws-file entry."""
+        out: dict[str, Any] = {"n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads, "a": self.a, "b": self.b, "E": self.E}
+        if self.r2 is not None:
+            out["r2"] = self.r2
+        if self.ci:
+            out["ci"] = self.ci
+        out.update(self.extra)
+        return out
+
+
+@dataclass(frozen=True)
+class LawSet:
+    """A set of per-H laws with its provenance."""
+
+    laws: tuple[PowerLawN, ...]
+    source: str = ""
+    form: str = POWER_LAW_N
+    approximate: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        require(len(self.laws) > 0, "laws file: 'laws' is empty; give at least one head configuration")
+        seen = set()
+        for law in self.laws:
+            require(law.heads not in seen, f"laws file: head configuration {law.heads} appears twice")
+            seen.add(law.heads)
+
+    def by_heads(self) -> dict[tuple[int, int], PowerLawN]:
+        """Laws keyed by (n_heads, n_kv_heads)."""
+        return {law.heads: law for law in self.laws}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The laws file as a JSON-serialisable dict."""
+        out = {"form": self.form, "laws": [law.to_dict() for law in self.laws], "source": self.source}
+        if self.approximate:
+            out["approximate"] = True
+        if self.metadata:
+            out["metadata"] = self.metadata
+        return out
+
+    def save(self, path: str | Path) -> Path:
+        """Write the laws file atomically (temporary name, then rename); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+
+def law_set_from_dict(data: Any, source_name: str = "laws file") -> LawSet:
+    """Validate and build a LawSet from a parsed laws file; one-line errors name the field."""
+    require(isinstance(data, dict), f"{source_name}: expected a JSON object with 'form' and 'laws'")
+    form = data.get("form", POWER_LAW_N)
+    require(form == POWER_LAW_N, f"{source_name}: form {form!r} cannot be searched; expected {POWER_LAW_N!r} (fit with --form n)")
+    entries = data.get("laws")
+    require(isinstance(entries, list), f"{source_name}: missing list 'laws'")
+    laws = []
+    for i, entry in enumerate(entries):
+        require(isinstance(entry, dict), f"{source_name}: laws[{i}] must be an object")
+        for key in ("n_heads", "n_kv_heads", "a", "b", "E"):
+            require(key in entry, f"{source_name}: laws[{i}] is missing field {key!r}")
+        extra = {k: v for k, v in entry.items() if k not in ("n_heads", "n_kv_heads", "a", "b", "E", "r2", "ci")}
+        try:
+            laws.append(
+                PowerLawN(
+                    n_heads=entry["n_heads"],
+                    n_kv_heads=entry["n_kv_heads"],
+                    a=entry["a"],
+                    b=entry["b"],
+                    E=entry["E"],
+                    r2=entry.get("r2"),
+                    ci=entry.get("ci"),
+                    extra=extra,
+                )
+            )
+        except CogqaError as exc:
+            raise CogqaError(f"{source_name}: laws[{i}]: {exc}") from None
+    return LawSet(
+        laws=tuple(laws),
+        source=str(data.get("source", "")),
+        form=form,
+        approximate=bool(data.get("approximate", False)),
+        metadata=data.get("metadata") or {},
+    )
+
+
+def load_laws(spec: str | Path = "default") -> LawSet:
+    """Load a laws file: a path, or the name of a law set shipped in the package (``default``, ``demo``)."""
+    name = str(spec)
+    if name in SHIPPED_LAW_SETS:
+        ref = resources.files("cogqa") / "data" / f"{name}_laws.json"
+        require(ref.is_file(), f"--laws {name}: the shipped law set is missing from this install")
+        text, source_name = ref.read_text(), f"shipped laws {name!r}"
+    else:
+        path = Path(name)
+        require(path.is_file(), f"--laws: {name}: no such file (or use a shipped set: {', '.join(SHIPPED_LAW_SETS)})")
+        text, source_name = path.read_text(), str(path)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CogqaError(f"{source_name}: not valid JSON ({exc.msg} at line {exc.lineno}); is the file truncated?") from None
+    return law_set_from_dict(data, source_name)

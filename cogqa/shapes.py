@@ -1,0 +1,430 @@
+"""Model shapes: the hyperparameters of a GQA decoder that costs and models are computed from.
+
+Two kinds of shape share one set of attribute names, so every cost function accepts both:
+
+* :class:`ModelShape` -- a real, buildable decoder (integers, validated on construction).
+  Built by hand, from a Hugging Face ``config.json`` (:func:`shape_from_hf_config`), or from the
+  paper's sweep sizes (:func:`paper_shape`).
+* :class:`RealShape` -- a real-valued (or numpy-array-valued) shape, as produced by the paper's
+  Appendix B.1 for an arbitrary size N (:func:`shape_for_params`). Fields may be numpy arrays:
+  that is how the cost model is evaluated on whole grids at once.
+
+Conventions: ``head_dim`` is decoupled from ``hidden_size`` (the paper's change 1), so the query
+projection maps ``hidden_size -> n_heads * head_dim``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CogqaError, require
+
+PAPER_HEAD_DIM = 64
+PAPER_VOCAB = 50304  # GPT-2's 50,257 tokens padded to a multiple of 64
+PAPER_ROPE_THETA = 500_000.0
+PAPER_NORM_EPS = 1e-6
+FFN_KINDS = ("swiglu", "mlp")
+
+
+def paper_ffn_size(hidden_size: int) -> int:
+    """FFN width of the paper's models: ``int(8 d / 3)`` as in the authors' code (units: neurons)."""
+    return int(8 * hidden_size / 3)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A buildable GQA decoder. All sizes are integers; validated on construction.
+
+    ``qkv_bias``/``o_bias``/``mlp_bias`` add bias vectors (Qwen2 has ``qkv_bias``); ``qk_norm``
+    adds per-head RMSNorm on queries and keys (Qwen3). ``ffn_kind`` is ``"swiglu"`` (three
+    matrices: gate, up, down) or ``"mlp"`` (two matrices).
+    """
+
+    layers: int
+    hidden_size: int
+    ffn_size: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int = PAPER_HEAD_DIM
+    vocab_size: int = PAPER_VOCAB
+    tie_embeddings: bool = True
+    ffn_kind: str = "swiglu"
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    rope_theta: float = PAPER_ROPE_THETA
+    norm_eps: float = PAPER_NORM_EPS
+    model_type: str = "llama"
+    name: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        for f in ("layers", "hidden_size", "ffn_size", "n_heads", "n_kv_heads", "head_dim", "vocab_size"):
+            value = getattr(self, f)
+            require(
+                isinstance(value, (int, np.integer)) and not isinstance(value, bool),
+                f"{f} must be a whole number, got {value!r}",
+            )
+            require(value > 0, f"{f} must be positive, got {value}")
+        require(
+            self.n_heads % self.n_kv_heads == 0,
+            f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads}): "
+            "each KV head serves a whole group of query heads",
+        )
+        require(self.ffn_kind in FFN_KINDS, f"ffn_kind must be one of {FFN_KINDS}, got {self.ffn_kind!r}")
+        require(
+            isinstance(self.rope_theta, (int, float)) and math.isfinite(self.rope_theta) and self.rope_theta > 0,
+            f"rope_theta must be a positive number, got {self.rope_theta!r}",
+        )
+        require(
+            isinstance(self.norm_eps, (int, float)) and math.isfinite(self.norm_eps) and self.norm_eps > 0,
+            f"norm_eps must be a positive number, got {self.norm_eps!r}",
+        )
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head."""
+        return self.n_heads // self.n_kv_heads
+
+    @property
+    def heads(self) -> tuple[int, int]:
+        """The head configuration H = (n_heads, n_kv_heads)."""
+        return (self.n_heads, self.n_kv_heads)
+
+    def with_heads(self, n_heads: int, n_kv_heads: int) -> "ModelShape":
+        """The same shape with another head configuration (hidden size unchanged: heads are decoupled)."""
+        return replace(self, n_heads=n_heads, n_kv_heads=n_kv_heads)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as a JSON-serialisable dict (round-trips through :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelShape":
+        """Build from :meth:`to_dict` output; unknown keys are an error naming them."""
+        require(isinstance(data, dict), "a shape must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        require(not unknown, f"unknown shape field(s) {unknown}; known fields: {sorted(known)}")
+        try:
+            return cls(**data)
+        except TypeError as exc:  # missing required fields
+            raise CogqaError(f"incomplete shape: {exc}") from None
+
+    def describe(self) -> str:
+        """One line: layers, hidden size, heads, parameters."""
+        label = f"{self.name} " if self.name else ""
+        return (
+            f"{label}L={self.layers} d={self.hidden_size} d_ff={self.ffn_size} "
+            f"H=({self.n_heads},{self.n_kv_heads}) d_h={self.head_dim} V={self.vocab_size}"
+        )
+
+
+@dataclass(frozen=True)
+class RealShape:
+    """A real-valued shape (Appendix B.1) or a grid of shapes (numpy arrays, broadcast together).
+
+    No biases, SwiGLU, paper vocabulary by default: it describes the paper's model family.
+    """
+
+    layers: Any
+    hidden_size: Any
+    ffn_size: Any
+    n_heads: Any
+    n_kv_heads: Any
+    head_dim: Any = PAPER_HEAD_DIM
+    vocab_size: Any = PAPER_VOCAB
+    tie_embeddings: bool = True
+    ffn_kind: str = "swiglu"
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+
+    def __post_init__(self) -> None:
+        for f in ("layers", "hidden_size", "ffn_size", "n_heads", "n_kv_heads", "head_dim", "vocab_size"):
+            value = np.asarray(getattr(self, f), dtype=float)
+            require(bool(np.all(np.isfinite(value))), f"{f} must be finite")
+            require(bool(np.all(value > 0)), f"{f} must be positive")
+        require(
+            bool(np.all(np.asarray(self.n_kv_heads, dtype=float) <= np.asarray(self.n_heads, dtype=float) + 1e-9)),
+            "n_kv_heads must not exceed n_heads",
+        )
+        require(self.ffn_kind in FFN_KINDS, f"ffn_kind must be one of {FFN_KINDS}, got {self.ffn_kind!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The paper's reference shapes
+# ---------------------------------------------------------------------------------------------
+
+#: Table 9 (sweep shapes, MHA with d_h = 64): name -> (layers, hidden size, max learning rate).
+PAPER_SWEEP_SHAPES: dict[str, tuple[int, int, float]] = {
+    "3M": (4, 256, 1e-3),
+    "19M": (6, 512, 1e-3),
+    "85M": (12, 768, 1e-3),
+    "150M": (12, 1024, 1e-3),
+    "200M": (16, 1024, 5e-4),
+    "470M": (24, 1280, 5e-4),
+    "680M": (24, 1536, 2e-4),
+    "1.2B": (36, 1536, 2e-4),
+}
+
+#: Table 7 (aspect-ratio references above 1.2B): name -> (layers, hidden size).
+PAPER_LARGE_SHAPES: dict[str, tuple[int, int]] = {
+    "1.2B": (36, 1536),
+    "1.8B": (36, 2048),
+    "4B": (48, 2560),
+    "6B": (54, 3072),
+    "13B": (64, 4096),
+    "33B": (72, 6144),
+    "64B": (80, 8192),
+}
+
+
+def paper_shape(size: str, n_heads: int | None = None, n_kv_heads: int | None = None) -> ModelShape:
+    """The paper's model of a named size (Table 9 or Table 7, e.g. ``"470M"``) as a ModelShape.
+
+    Heads default to MHA with d_h = 64 (``n_heads = d / 64``); ``n_kv_heads`` defaults to
+    ``n_heads``. FFN size is ``int(8d/3)``, vocabulary 50,304, tied embeddings.
+    """
+    key = size.strip().upper().replace("G", "B")
+    table = {k.upper(): v[:2] for k, v in {**PAPER_LARGE_SHAPES, **PAPER_SWEEP_SHAPES}.items()}
+    require(
+        key in table,
+        f"unknown paper size {size!r}; choose one of {', '.join(list(PAPER_SWEEP_SHAPES) + list(PAPER_LARGE_SHAPES)[1:])}",
+    )
+    layers, hidden = table[key]
+    n_h = n_heads if n_heads is not None else hidden // PAPER_HEAD_DIM
+    n_kv = n_kv_heads if n_kv_heads is not None else n_h
+    return ModelShape(
+        layers=layers,
+        hidden_size=hidden,
+        ffn_size=paper_ffn_size(hidden),
+        n_heads=n_h,
+        n_kv_heads=n_kv,
+        name=size,
+    )
+
+
+def paper_learning_rate(size: str) -> float:
+    """The max learning rate the paper used for a Table 9 size (Appendix F), e.g. 5e-4 for 470M."""
+    key = size.strip().upper()
+    table = {k.upper(): v[2] for k, v in PAPER_SWEEP_SHAPES.items()}
+    require(key in table, f"no paper learning rate for size {size!r}; known: {', '.join(PAPER_SWEEP_SHAPES)}")
+    return table[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face config.json
+# ---------------------------------------------------------------------------------------------
+
+SUPPORTED_HF_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
+
+def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
+    """A ModelShape from a Hugging Face ``config.json`` (a dict, a file, or a model directory).
+
+    Supports ``model_type`` llama, mistral, qwen2 and qwen3. ``head_dim`` is taken when given,
+    else ``hidden_size / num_attention_heads``. Biases follow each family's modelling code:
+    Llama/Qwen3 ``attention_bias`` biases q, k, v and o; Qwen2 always biases q, k, v only.
+    """
+    source = "config"
+    if not isinstance(config, dict):
+        path = Path(config)
+        if path.is_dir():
+            path = path / "config.json"
+        source = str(path)
+        require(path.is_file(), f"{source}: no such file; pass a config.json or a model directory holding one")
+        try:
+            config = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise CogqaError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}); is the file truncated?") from None
+        except UnicodeDecodeError:
+            raise CogqaError(f"{source}: not a text file; pass a config.json") from None
+        require(isinstance(config, dict), f"{source}: expected a JSON object at the top level")
+    model_type = config.get("model_type")
+    if model_type is None and "text_config" in config:
+        config = config["text_config"]
+        model_type = config.get("model_type")
+    require(
+        model_type in SUPPORTED_HF_TYPES,
+        f"{source}: model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_HF_TYPES)} "
+        "(or give the shape explicitly with --layers/--hidden/...)",
+    )
+
+    def need(key: str) -> int:
+        require(key in config and config[key] is not None, f"{source}: missing field {key!r} in the {model_type} config")
+        value = config[key]
+        require(
+            isinstance(value, int) and not isinstance(value, bool) and value > 0,
+            f"{source}: field {key!r} must be a positive integer, got {value!r}",
+        )
+        return value
+
+    hidden = need("hidden_size")
+    n_heads = need("num_attention_heads")
+    n_kv = config.get("num_key_value_heads") or n_heads
+    head_dim = config.get("head_dim")
+    if head_dim is None:
+        require(hidden % n_heads == 0, f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {n_heads} and no head_dim is given")
+        head_dim = hidden // n_heads
+    act = config.get("hidden_act", "silu")
+    require(act in ("silu", "swish"), f"{source}: hidden_act {act!r} is not supported (SwiGLU with silu expected)")
+    tie_default = False  # all four families default to untied embeddings in transformers
+    attention_bias = bool(config.get("attention_bias", False))
+    if model_type == "qwen2":
+        qkv_bias, o_bias = True, False
+    elif model_type == "mistral":
+        qkv_bias = o_bias = False
+    else:
+        qkv_bias = o_bias = attention_bias
+    rope = config.get("rope_parameters") or {}
+    rope_theta = config.get("rope_theta") or (rope.get("rope_theta") if isinstance(rope, dict) else None) or 10000.0
+    return ModelShape(
+        layers=need("num_hidden_layers"),
+        hidden_size=hidden,
+        ffn_size=need("intermediate_size"),
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        head_dim=head_dim,
+        vocab_size=need("vocab_size"),
+        tie_embeddings=bool(config.get("tie_word_embeddings", tie_default)),
+        ffn_kind="swiglu",
+        qkv_bias=qkv_bias,
+        o_bias=o_bias,
+        mlp_bias=bool(config.get("mlp_bias", False)) if model_type == "llama" else False,
+        qk_norm=model_type == "qwen3",
+        rope_theta=float(rope_theta),
+        norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+        model_type=model_type,
+        name=str(config.get("_name_or_path") or model_type),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Appendix B.1: a shape for any real-valued size N
+# ---------------------------------------------------------------------------------------------
+
+
+def _real_non_embedding(layers, hidden, n_heads, n_kv_heads, head_dim):
+    """Non-embedding parameters of the paper's family with real-valued sizes (d_ff = 8d/3)."""
+    per_layer = 2 * hidden * head_dim * (n_heads + n_kv_heads) + 3 * hidden * (8 * hidden / 3) + 2 * hidden
+    return layers * per_layer + hidden
+
+
+def _reference_points(head_dim: int = PAPER_HEAD_DIM) -> tuple[np.ndarray, np.ndarray]:
+    """(non-embedding N of each MHA reference shape, its aspect ratio d/L), sorted by N."""
+    shapes = {name: v[:2] for name, v in PAPER_SWEEP_SHAPES.items()}
+    shapes.update(PAPER_LARGE_SHAPES)
+    ns, ratios = [], []
+    for layers, hidden in sorted(set(shapes.values())):
+        heads = hidden / head_dim
+        ns.append(_real_non_embedding(layers, hidden, heads, heads, head_dim))
+        ratios.append(hidden / layers)
+    order = np.argsort(ns)
+    return np.asarray(ns)[order], np.asarray(ratios)[order]
+
+
+def aspect_ratio_for_params(n_params) -> np.ndarray:
+    """Aspect ratio d/L for a non-embedding size N (parameters): linear interpolation in N
+    between the nearest two reference shapes (Tables 7 and 9), clamped at both ends."""
+    ref_n, ref_ratio = _reference_points()
+    return np.interp(np.asarray(n_params, dtype=float), ref_n, ref_ratio)
+
+
+def shape_for_params(
+    n_params,
+    n_heads=None,
+    n_kv_heads=None,
+    head_dim: int = PAPER_HEAD_DIM,
+    vocab_size: int = PAPER_VOCAB,
+) -> RealShape:
+    """Appendix B.1: the real-valued shape whose non-embedding size is ``n_params`` (parameters).
+
+    ``n_heads=None`` means ``d / head_dim`` (heads follow the hidden size, as in Llama-3);
+    ``n_kv_heads=None`` means ``n_heads`` (MHA). Arrays broadcast. The aspect ratio comes from
+    :func:`aspect_ratio_for_params`, then L is found by bisection so that the model has exactly
+    ``n_params`` non-embedding parameters, and ``d = a * L``.
+    """
+    n = np.asarray(n_params, dtype=float)
+    require(bool(np.all(np.isfinite(n)) and np.all(n > 0)), "params must be a positive, finite number of parameters")
+    ratio = aspect_ratio_for_params(n)
+
+    def heads_at(hidden):
+        h = hidden / head_dim if n_heads is None else np.asarray(n_heads, dtype=float)
+        kv = h if n_kv_heads is None else np.asarray(n_kv_heads, dtype=float)
+        return h, kv
+
+    def count(layers):
+        hidden = ratio * layers
+        h, kv = heads_at(hidden)
+        return _real_non_embedding(layers, hidden, h, kv, head_dim)
+
+    lo = np.full(np.broadcast(n, ratio).shape, 1e-3)
+    hi = np.full_like(lo, 1.0)
+    while True:  # grow the bracket until count(hi) >= n everywhere
+        short = count(hi) < n
+        if not np.any(short):
+            break
+        hi = np.where(short, hi * 2, hi)
+    for _ in range(80):  # bisection to double precision
+        mid = 0.5 * (lo + hi)
+        too_small = count(mid) < n
+        lo = np.where(too_small, mid, lo)
+        hi = np.where(too_small, hi, mid)
+    layers = 0.5 * (lo + hi)
+    hidden = ratio * layers
+    h, kv = heads_at(hidden)
+    h, kv = np.broadcast_arrays(h, kv)
+    scalar = np.ndim(layers) == 0
+    as_out = (lambda x: float(x)) if scalar else (lambda x: np.asarray(x, dtype=float))
+    return RealShape(
+        layers=as_out(layers),
+        hidden_size=as_out(hidden),
+        ffn_size=as_out(8 * hidden / 3),
+        n_heads=as_out(h),
+        n_kv_heads=as_out(kv),
+        head_dim=head_dim,
+        vocab_size=vocab_size,
+    )
+
+
+def nearest_buildable(
+    real: RealShape, heads_follow_hidden: bool = False, hidden_multiple: int = PAPER_HEAD_DIM
+) -> ModelShape:
+    """The buildable ModelShape nearest to a scalar RealShape: L and d rounded down or up
+    (d to a multiple of ``hidden_multiple``), keeping the pair whose non-embedding size is
+    closest. With ``heads_follow_hidden`` (``n_heads = d / d_h``, as for ``shape_for_params``
+    with ``n_heads=None``) n_heads is recomputed from the rounded d, as a multiple of n_kv."""
+    require(np.ndim(real.layers) == 0, "nearest_buildable takes a single shape, not a grid")
+    target = _real_non_embedding(real.layers, real.hidden_size, real.n_heads, real.n_kv_heads, real.head_dim)
+    best = None
+    for layers in {max(1, math.floor(real.layers)), max(1, math.ceil(real.layers))}:
+        for hidden in {
+            max(hidden_multiple, math.floor(real.hidden_size / hidden_multiple) * hidden_multiple),
+            max(hidden_multiple, math.ceil(real.hidden_size / hidden_multiple) * hidden_multiple),
+        }:
+            n_kv = max(1, round(real.n_kv_heads))
+            if heads_follow_hidden:
+                n_h = max(n_kv, round(hidden / real.head_dim / n_kv) * n_kv)
+            else:
+                n_h = max(n_kv, round(real.n_heads / n_kv) * n_kv)
+            shape = ModelShape(
+                layers=layers,
+                hidden_size=hidden,
+                ffn_size=paper_ffn_size(hidden),
+                n_heads=n_h,
+                n_kv_heads=n_kv,
+                head_dim=int(real.head_dim),
+                vocab_size=int(real.vocab_size),
+            )
+            err = abs(_real_non_embedding(layers, hidden, n_h, n_kv, real.head_dim) - target)
+            if best is None or err < best[0]:
+                best = (err, shape)
+    return best[1]

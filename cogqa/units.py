@@ -1,0 +1,103 @@
+"""Parsing and printing of counts with units: context lengths, sizes, bytes, FLOPs."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from .errors import CogqaError
+
+_SUFFIX = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_context(text: str | int, field: str = "--context") -> int:
+    """A context length in tokens from ``131072``, ``128k``/``128K`` (x1024) or ``1M`` (x1024^2).
+
+    Raises :class:`CogqaError` naming ``field`` for anything else, and for T <= 0.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        value = text
+    else:
+        m = _SUFFIX.match(str(text))
+        unit = m.group(2).lower() if m else None
+        if not m or unit not in ("", "k", "m"):
+            raise CogqaError(f"{field}: {text!r} is not a context length; write e.g. 8192, 8k or 128k")
+        value = float(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2}[unit]
+        if not value.is_integer():
+            raise CogqaError(f"{field}: {text!r} is not a whole number of tokens")
+        value = int(value)
+    if value <= 0:
+        raise CogqaError(f"{field}: context length must be at least 1 token, got {value}")
+    return value
+
+
+def parse_contexts(text: str, field: str = "--context") -> list[int]:
+    """A comma-separated list of context lengths (``8k,32k,128k``) in tokens."""
+    parts = [p for p in str(text).split(",") if p.strip()]
+    if not parts:
+        raise CogqaError(f"{field}: give at least one context length, e.g. 8k")
+    return [parse_context(p, field) for p in parts]
+
+
+def parse_count(text: str | int | float, field: str) -> float:
+    """A decimal count from ``470M``, ``1.2B``, ``2e9``, ``20k`` (k=1e3, M=1e6, B/G=1e9, T=1e12)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        m = _SUFFIX.match(str(text))
+        unit = m.group(2).upper() if m else None
+        scale = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
+        if not m or unit not in scale:
+            raise CogqaError(f"{field}: {text!r} is not a number; write e.g. 470M, 1.2B or 2e9")
+        value = float(m.group(1)) * scale[unit]
+    if not math.isfinite(value) or value <= 0:
+        raise CogqaError(f"{field}: must be a positive number, got {text!r}")
+    return value
+
+
+def parse_float(text: str, field: str) -> float:
+    """A finite float, or a one-line error naming ``field``."""
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise CogqaError(f"{field}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise CogqaError(f"{field}: must be finite, got {text!r}")
+    return value
+
+
+def _scaled(value: float, steps: list[tuple[float, str]], unit: str, digits: int = 3) -> str:
+    for scale, prefix in steps:
+        if abs(value) >= scale:
+            return f"{value / scale:.{digits}g} {prefix}{unit}"
+    return f"{value:.{digits}g} {unit}"
+
+
+_DECIMAL = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
+
+
+def fmt_bytes(n: float) -> str:
+    """Bytes in binary units: ``1.5 GiB``."""
+    return _scaled(float(n), [(2**50, "Pi"), (2**40, "Ti"), (2**30, "Gi"), (2**20, "Mi"), (2**10, "Ki")], "B")
+
+
+def fmt_flops(n: float) -> str:
+    """FLOPs in decimal units: ``2.47 GFLOPs``."""
+    return _scaled(float(n), _DECIMAL, "FLOPs")
+
+
+def fmt_params(n: float) -> str:
+    """Parameters in decimal units: ``1.24 B params``."""
+    steps = [(1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")]
+    for scale, prefix in steps:
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{prefix} params"
+    return f"{n:.0f} params"
+
+
+def fmt_tokens(n: float) -> str:
+    """A token count: ``128K tokens`` for powers of two, else ``1.2M tokens``."""
+    n = float(n)
+    if n >= 1024 and n.is_integer() and int(n) % 1024 == 0:
+        return f"{int(n) // 1024}K tokens"
+    return _scaled(n, [(1e12, "T"), (1e9, "B"), (1e6, "M")], "tokens")

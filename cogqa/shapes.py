@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CogqaError, require
+from .units import parse_count
 
 PAPER_HEAD_DIM = 64
 PAPER_VOCAB = 50304  # GPT-2's 50,257 tokens padded to a multiple of 64
@@ -428,3 +429,34 @@ def nearest_buildable(
             if best is None or err < best[0]:
                 best = (err, shape)
     return best[1]
+
+
+def shape_from_spec(spec: str) -> ModelShape | RealShape:
+    """A shape from a short text spec, as the CLI takes it.
+
+    * a path to a Hugging Face ``config.json`` or to a directory holding one;
+    * a paper size, optionally with heads: ``470M``, ``1.2B:8,1`` (n_heads 8, n_kv_heads 1);
+    * any other size in parameters, optionally with heads: ``2.5B:8,1`` -> the real-valued
+      Appendix B.1 shape (non-embedding N = 2.5e9; heads default to MHA with d_h = 64).
+    """
+    text = str(spec).strip()
+    require(text != "", "shape spec is empty; give a config.json path, a paper size like 470M, or 470M:8,1")
+    path = Path(text)
+    if path.suffix == ".json" or path.is_dir() or path.is_file():
+        return shape_from_hf_config(path)
+    size, _, heads = text.partition(":")
+    n_h = n_kv = None
+    if heads:
+        parts = heads.split(",")
+        require(
+            len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts),
+            f"shape spec {text!r}: heads must be written ':N_HEADS,N_KV_HEADS' with positive integers, e.g. 470M:8,1",
+        )
+        n_h = int(parts[0])
+        n_kv = int(parts[1]) if len(parts) == 2 else n_h
+        require(n_h % n_kv == 0, f"shape spec {text!r}: n_kv_heads ({n_kv}) must divide n_heads ({n_h})")
+    known = {k.upper() for k in list(PAPER_SWEEP_SHAPES) + list(PAPER_LARGE_SHAPES)}
+    if size.strip().upper() in known:
+        return paper_shape(size.strip(), n_h, n_kv)
+    n = parse_count(size, f"shape spec {text!r}")
+    return shape_for_params(n, n_h, n_kv)

@@ -1,0 +1,233 @@
+"""``cogqa cost`` and ``cogqa compare``: the cost model of one or several decoders at given T."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import require
+from . import print_json
+
+
+def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ways to name one shape: --hf-config, --size (+ --heads/--kv-heads), or explicit sizes."""
+    g = parser.add_argument_group("model shape (one of --hf-config, --size, or explicit --layers ...)")
+    g.add_argument("--hf-config", metavar="PATH", help="a Hugging Face config.json (or its directory): llama, mistral, qwen2, qwen3")
+    g.add_argument("--size", metavar="SIZE", help="a paper size (3M ... 1.2B, 1.8B ... 64B) or any size in parameters (2.5B: Appendix B.1 shape)")
+    g.add_argument("--layers", type=int, help="number of layers L")
+    g.add_argument("--hidden", type=int, help="hidden size d")
+    g.add_argument("--ffn", type=int, help="FFN size d_ff (default int(8d/3))")
+    g.add_argument("--heads", type=int, help="query heads n_h (with --size: overrides the MHA default)")
+    g.add_argument("--kv-heads", type=int, help="KV heads n_kv (default: n_h)")
+    g.add_argument("--head-dim", type=int, default=None, help="head size d_h (default 64)")
+    g.add_argument("--vocab", type=int, default=None, help="vocabulary size V (default 50304)")
+    g.add_argument("--untied", action="store_true", help="untied input/output embeddings (explicit shapes only)")
+
+
+def add_cost_options(parser: argparse.ArgumentParser, multi_context: bool = True) -> None:
+    """--context, --batch, dtypes and the Z weights."""
+    parser.add_argument("--context", default="8k", help="context length(s) T in tokens: 131072, 128k, or a list 8k,32k,128k (default 8k)")
+    parser.add_argument("--batch", type=int, default=1, help="concurrent sequences sharing the weights (default 1)")
+    parser.add_argument("--weight-dtype", default="bf16", help="fp32, bf16, fp16, fp8, int8, int4 (default bf16)")
+    parser.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
+    parser.add_argument("--lambda", dest="lam", type=float, default=0.9, help="Z weight of memory, in [0, 1] (default 0.9)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="Z exponent of memory in bytes (default 1/2)")
+    parser.add_argument("--beta", type=float, default=1 / 3, help="Z exponent of FLOPs per token (default 1/3)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def shape_from_args(args: argparse.Namespace):
+    """The shape named by :func:`add_shape_arguments` options (exactly one way must be used)."""
+    from ..shapes import ModelShape, paper_ffn_size, shape_from_hf_config, shape_from_spec
+
+    explicit = any(getattr(args, k) is not None for k in ("layers", "hidden", "ffn"))
+    ways = [args.hf_config is not None, args.size is not None, explicit]
+    require(sum(ways) == 1, "name the model once: --hf-config PATH, --size 470M, or --layers/--hidden/--heads/--kv-heads")
+    if args.hf_config is not None:
+        require(args.heads is None and args.kv_heads is None, "--heads/--kv-heads cannot modify --hf-config; edit the config or use explicit sizes")
+        return shape_from_hf_config(args.hf_config)
+    if args.size is not None:
+        spec = args.size
+        if args.heads is not None or args.kv_heads is not None:
+            require(":" not in spec, "--size: give heads either as 470M:8,1 or with --heads/--kv-heads, not both")
+            require(args.heads is not None, "--kv-heads needs --heads with --size")
+            spec = f"{spec}:{args.heads},{args.kv_heads if args.kv_heads is not None else args.heads}"
+        return shape_from_spec(spec)
+    for name in ("layers", "hidden", "heads"):
+        require(getattr(args, name) is not None, f"--{name} is required with explicit sizes")
+    n_kv = args.kv_heads if args.kv_heads is not None else args.heads
+    for name, value in (("--layers", args.layers), ("--hidden", args.hidden), ("--heads", args.heads), ("--kv-heads", n_kv)):
+        require(value > 0, f"{name} must be positive, got {value}")
+    return ModelShape(
+        layers=args.layers,
+        hidden_size=args.hidden,
+        ffn_size=args.ffn if args.ffn is not None else paper_ffn_size(args.hidden),
+        n_heads=args.heads,
+        n_kv_heads=n_kv,
+        head_dim=args.head_dim if args.head_dim is not None else 64,
+        vocab_size=args.vocab if args.vocab is not None else 50304,
+        tie_embeddings=not args.untied,
+        name="explicit",
+    )
+
+
+def _weights(args):
+    from ..costs import ZWeights
+
+    return ZWeights(lam=args.lam, alpha=args.alpha, beta=args.beta)
+
+
+def _check_cost_options(args) -> list[int]:
+    from ..costs import dtype_bytes
+    from ..units import parse_contexts
+
+    require(args.batch >= 1, f"--batch must be at least 1 sequence, got {args.batch}")
+    dtype_bytes(args.weight_dtype)
+    dtype_bytes(args.kv_dtype)
+    return parse_contexts(args.context)
+
+
+def _describe(shape) -> str:
+    if hasattr(shape, "describe"):
+        return shape.describe()
+    return (
+        f"Appendix B.1 real-valued shape: L={float(shape.layers):.2f} d={float(shape.hidden_size):.1f} "
+        f"H=({float(shape.n_heads):.3g},{float(shape.n_kv_heads):.3g}) d_h={shape.head_dim} V={shape.vocab_size}"
+    )
+
+
+def run_cost(args: argparse.Namespace) -> int:
+    """Print the cost model of one shape at one or several context lengths."""
+    from ..costs import cost_summary
+    from ..units import fmt_bytes, fmt_flops, fmt_params, fmt_tokens
+
+    contexts = _check_cost_options(args)
+    shape = shape_from_args(args)
+    weights = _weights(args)
+    rows = [cost_summary(shape, T, args.batch, args.weight_dtype, args.kv_dtype, weights) for T in contexts]
+    if args.json:
+        print_json(rows[0] if len(rows) == 1 else rows)
+        return 0
+    first = rows[0]
+    print(_describe(shape))
+    print(f"weights {args.weight_dtype}, KV cache {args.kv_dtype}, batch {args.batch} sequence(s); FLOPs = 2 x multiply-adds")
+    print()
+    print("parameters")
+    for key, value in first["params_by_component"].items():
+        if value:
+            print(f"  {key.replace('_', ' '):<24}{fmt_params(value):>18}")
+    print(f"  {'total':<24}{fmt_params(first['params']):>18}   ({first['params']:,} parameters)")
+    print(f"  {'non-embedding N':<24}{fmt_params(first['params_non_embedding']):>18}   ({first['params_non_embedding']:,} parameters)")
+    print(f"  KV cache per token      {fmt_bytes(first['kv_cache_bytes_per_token']):>18}   ({first['kv_cache_bytes_per_token']:,} bytes at {args.kv_dtype})")
+    print()
+    if len(rows) == 1:
+        r = first
+        total = r["inference_flops_per_token"]
+        print(f"decoding one token at T = {fmt_tokens(r['context'])} ({r['context']:,} tokens)")
+        print(f"  {'component':<34}{'FLOPs/token':>16}{'share':>8}")
+        for key, value in r["flops_by_component"].items():
+            tag = " (time-variant)" if key == "attention_computation" else ""
+            print(f"  {(key.replace('_', ' ') + tag):<34}{fmt_flops(value):>16}{100 * value / total:>7.1f}%")
+        print(f"  {'total':<34}{fmt_flops(total):>16}")
+        print(f"  time-invariant / time-variant     {fmt_flops(r['inference_flops_time_invariant'])} / {fmt_flops(r['inference_flops_time_variant'])}")
+        print()
+        mem = r["inference_memory_bytes"]
+        print("inference memory")
+        print(f"  {'weights (time-invariant)':<34}{fmt_bytes(r['weights_bytes']):>16}{100 * r['weights_bytes'] / mem:>7.1f}%")
+        print(f"  {'KV cache (time-variant)':<34}{fmt_bytes(r['kv_cache_bytes']):>16}{100 * r['kv_cache_bytes'] / mem:>7.1f}%")
+        print(f"  {'total':<34}{fmt_bytes(mem):>16}")
+        print()
+        print(f"paper's split (Eqs. 3-4): C = 2N + 4TLd_h n_h = {fmt_flops(r['paper_inference_flops'])} per token; "
+              f"M = N + 2TLd_h n_kv = {r['paper_inference_memory_values']:.4g} values")
+        print(f"hardware-aware cost Z = {weights.lam:g}*M^{weights.alpha:.3g} + {1 - weights.lam:g}*C^{weights.beta:.3g} "
+              f"(M in bytes, C in FLOPs/token) = {r['z']:.6g}")
+        return 0
+    print(f"{'context':>14}{'FLOPs/token':>16}{'time-var.':>10}{'KV cache':>14}{'memory':>14}{'KV share':>10}{'Z':>12}")
+    for r in rows:
+        tv = 100 * r["inference_flops_time_variant"] / r["inference_flops_per_token"]
+        kv = 100 * r["kv_cache_bytes"] / r["inference_memory_bytes"]
+        print(
+            f"{fmt_tokens(r['context']):>14}{fmt_flops(r['inference_flops_per_token']):>16}{tv:>9.1f}%"
+            f"{fmt_bytes(r['kv_cache_bytes']):>14}{fmt_bytes(r['inference_memory_bytes']):>14}{kv:>9.1f}%{r['z']:>12.5g}"
+        )
+    return 0
+
+
+def compare_rows(specs: list[str], contexts: list[int], batch: int = 1, weight_dtype: str = "bf16",
+                 kv_dtype: str = "bf16", z_weights=None) -> list[dict]:
+    """Cost summaries of several shape specs at each context length, with % differences from the first."""
+    from ..costs import ZWeights, cost_summary
+    from ..shapes import shape_from_spec
+
+    z_weights = z_weights or ZWeights()
+    shapes = [shape_from_spec(s) for s in specs]
+    out = []
+    for T in contexts:
+        base = None
+        for spec, shape in zip(specs, shapes):
+            r = cost_summary(shape, T, batch, weight_dtype, kv_dtype, z_weights)
+            row = {
+                "config": spec,
+                "context": r["context"],
+                "params": r["params"],
+                "params_non_embedding": r["params_non_embedding"],
+                "inference_flops_per_token": r["inference_flops_per_token"],
+                "inference_memory_bytes": r["inference_memory_bytes"],
+                "kv_cache_bytes_per_token": r["kv_cache_bytes_per_token"],
+                "z": r["z"],
+            }
+            if base is None:
+                base = row
+            for key in ("params", "inference_flops_per_token", "inference_memory_bytes", "z"):
+                row[f"{key}_vs_first_pct"] = 100.0 * (row[key] / base[key] - 1.0)
+            out.append(row)
+    return out
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    """Print several configurations side by side at the given context length(s)."""
+    from ..units import fmt_bytes, fmt_flops, fmt_params, fmt_tokens
+
+    require(len(args.configs) >= 2, "compare needs at least two configurations")
+    contexts = _check_cost_options(args)
+    rows = compare_rows(args.configs, contexts, args.batch, args.weight_dtype, args.kv_dtype, _weights(args))
+    if args.json:
+        print_json(rows)
+        return 0
+    width = max(len(r["config"]) for r in rows) + 2
+    for T in contexts:
+        print(f"T = {fmt_tokens(T)}; weights {args.weight_dtype}, KV cache {args.kv_dtype}, batch {args.batch}; % vs the first")
+        print(f"{'config':<{width}}{'params':>14}{'FLOPs/token':>16}{'':>9}{'memory':>13}{'':>9}{'Z':>11}{'':>9}")
+        for r in (r for r in rows if r["context"] == T):
+            print(
+                f"{r['config']:<{width}}{fmt_params(r['params']):>14}"
+                f"{fmt_flops(r['inference_flops_per_token']):>16}{r['inference_flops_per_token_vs_first_pct']:>+8.1f}%"
+                f"{fmt_bytes(r['inference_memory_bytes']):>13}{r['inference_memory_bytes_vs_first_pct']:>+8.1f}%"
+                f"{r['z']:>11.5g}{r['z_vs_first_pct']:>+8.1f}%"
+            )
+        print()
+    return 0
+
+
+def register(sub) -> None:
+    """Register ``cost`` and ``compare``."""
+    p = sub.add_parser(
+        "cost",
+        help="inference/training cost of one decoder at context T",
+        description="The exact cost model of a GQA decoder: parameters, FLOPs per token, memory, the paper's split and Z.",
+    )
+    add_shape_arguments(p)
+    add_cost_options(p)
+    p.set_defaults(func=run_cost)
+
+    c = sub.add_parser(
+        "compare",
+        help="several decoders side by side",
+        description="Compare configurations at given T. CONFIG is a config.json path, a paper size with optional heads "
+        "(1.2B, 1.8B:8,1) or any size in parameters (2.5B:8,1, an Appendix B.1 shape).",
+    )
+    c.add_argument("configs", nargs="+", metavar="CONFIG")
+    add_cost_options(c)
+    c.set_defaults(func=run_compare)
+
+
+__all__ = ["register", "shape_from_args", "add_shape_arguments", "add_cost_options", "compare_rows"]

@@ -196,7 +196,7 @@ def run_compare(args: argparse.Namespace) -> int:
     width = max(len(r["config"]) for r in rows) + 2
     for T in contexts:
         print(f"T = {fmt_tokens(T)}; weights {args.weight_dtype}, KV cache {args.kv_dtype}, batch {args.batch}; % vs the first")
-        print(f"{'config':<{width}}{'params':>14}{'FLOPs/token':>16}{'':>9}{'memory':>13}{'':>9}{'Z':>11}{'':>9}")
+        print(f"{'config':<{width}}{'params':>14}{'FLOPs/token':>16}{'vs 1st':>9}{'memory':>13}{'vs 1st':>9}{'Z':>11}{'vs 1st':>9}")
         for r in (r for r in rows if r["context"] == T):
             print(
                 f"{r['config']:<{width}}{fmt_params(r['params']):>14}"

@@ -66,14 +66,26 @@ def parse_float(text: str, field: str) -> float:
     return value
 
 
-def _scaled(value: float, steps: list[tuple[float, str]], unit: str, digits: int = 3) -> str:
+def _three_digits(x: float) -> str:
+    """About three significant digits, never in e-notation: 1023, 12.3, 1.23, 0.123."""
+    a = abs(x)
+    if a >= 100 or x == 0:
+        return f"{x:.0f}"
+    if a >= 10:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3g}"
+
+
+def _scaled(value: float, steps: list[tuple[float, str]], unit: str) -> str:
     for scale, prefix in steps:
         if abs(value) >= scale:
-            return f"{value / scale:.{digits}g} {prefix}{unit}"
-    return f"{value:.{digits}g} {unit}"
+            return f"{_three_digits(value / scale)} {prefix}{unit}"
+    return f"{_three_digits(value)} {unit}"
 
 
-_DECIMAL = [(1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
+_DECIMAL = [(1e21, "Z"), (1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")]
 
 
 def fmt_bytes(n: float) -> str:
@@ -91,7 +103,7 @@ def fmt_params(n: float) -> str:
     steps = [(1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")]
     for scale, prefix in steps:
         if abs(n) >= scale:
-            return f"{n / scale:.3g}{prefix} params"
+            return f"{_three_digits(n / scale)}{prefix} params"
     return f"{n:.0f} params"
 
 
@@ -100,4 +112,36 @@ def fmt_tokens(n: float) -> str:
     n = float(n)
     if n >= 1024 and n.is_integer() and int(n) % 1024 == 0:
         return f"{int(n) // 1024}K tokens"
-    return _scaled(n, [(1e12, "T"), (1e9, "B"), (1e6, "M")], "tokens")
+    for scale, prefix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{_three_digits(n / scale)}{prefix} tokens"
+    return f"{_three_digits(n)} tokens"
+
+
+def parse_length_distribution(spec: str, field: str = "--context-dist") -> tuple[list[int], list[float]]:
+    """Context lengths and their counts from ``1k:5,8k:3,128k:2`` (counts optional, default 1) or
+    from a text/CSV file with one ``length[,count]`` per line. Returns (lengths in tokens, counts)."""
+    from pathlib import Path
+
+    text = str(spec)
+    path = Path(text)
+    if path.is_file():
+        items = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+        items = [i.replace("\t", ",").replace(" ", ",") for i in items if i and not i.lower().startswith("length")]
+        items = [i.replace(",", ":", 1) for i in items]
+        where = f"{field} {path}"
+    else:
+        items = [p.strip() for p in text.split(",") if p.strip()]
+        where = field
+    if not items:
+        raise CogqaError(f"{where}: no context lengths found; write e.g. 1k:5,8k:3 or a file of 'length,count' lines")
+    lengths, counts = [], []
+    for item in items:
+        length, _, count = item.partition(":")
+        lengths.append(parse_context(length.strip(","), where))
+        counts.append(parse_float(count.strip(","), f"{where} count") if count.strip(",") else 1.0)
+        if counts[-1] < 0:
+            raise CogqaError(f"{where}: counts must be >= 0, got {counts[-1]:g}")
+    if sum(counts) <= 0:
+        raise CogqaError(f"{where}: counts must not all be zero")
+    return lengths, counts

@@ -58,6 +58,21 @@ def test_explicit_shape_and_compare(capsys):
     assert rows[1]["inference_memory_bytes_vs_first_pct"] == pytest.approx(100 * (mem / rows[0]["inference_memory_bytes"] - 1))
 
 
+def test_context_distribution_and_training_costs(tmp_path, capsys):
+    hist = tmp_path / "lengths.csv"
+    hist.write_text("length,count\n1024,5\n8192,3\n131072,2\n")
+    status, out, _ = run(capsys, "cost", "--size", "470M", "--context-dist", str(hist), "--json",
+                         "--train-tokens", "1B", "--train-context", "8k")
+    data = json.loads(out)
+    t_mean = (5 * 1024 + 3 * 8192 + 2 * 131072) / 10
+    assert status == 0 and data["context"] == t_mean
+    shape = paper_shape("470M")
+    assert data["inference_flops_per_token"] == pytest.approx(float(costs.inference_flops_per_token(shape, t_mean)))
+    assert data["training_flops"] == pytest.approx(3e9 * float(costs.inference_flops_per_token(shape, 4096)))
+    status, out2, _ = run(capsys, "cost", "--size", "470M", "--context-dist", "1k:5,8k:3,128k:2", "--json")
+    assert json.loads(out2)["context"] == t_mean
+
+
 def test_plot_breakdown_writes_png(tmp_path, capsys):
     out = tmp_path / "fig.png"
     status, text, _ = run(capsys, "plot", "breakdown", "--size", "1.2B", "--max-context", "128k", "--out", str(out))
@@ -78,6 +93,8 @@ HOSTILE = [
     (["cost", "--size", "470M", "--hf-config", LLAMA_1B], "name the model once"),
     (["cost", "--size", "470M", "--lambda", "1.5"], "lambda"),
     (["compare", "470M"], "at least two"),
+    (["cost", "--size", "470M", "--context-dist", "1k:-1"], "--context-dist"),
+    (["cost", "--size", "470M", "--train-tokens", "lots"], "--train-tokens"),
 ]
 
 

@@ -32,6 +32,9 @@ def add_cost_options(parser: argparse.ArgumentParser, multi_context: bool = True
     parser.add_argument("--lambda", dest="lam", type=float, default=0.9, help="Z weight of memory, in [0, 1] (default 0.9)")
     parser.add_argument("--alpha", type=float, default=0.5, help="Z exponent of memory in bytes (default 1/2)")
     parser.add_argument("--beta", type=float, default=1 / 3, help="Z exponent of FLOPs per token (default 1/3)")
+    parser.add_argument("--context-dist", metavar="SPEC", help="a distribution of context lengths instead of --context: "
+                        "1k:5,8k:3,128k:2 (length:count) or a file of 'length,count' lines; costs are taken at E[T] "
+                        "(they are affine in T)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
@@ -76,13 +79,16 @@ def _weights(args):
     return ZWeights(lam=args.lam, alpha=args.alpha, beta=args.beta)
 
 
-def _check_cost_options(args) -> list[int]:
-    from ..costs import dtype_bytes
-    from ..units import parse_contexts
+def _check_cost_options(args) -> list[float]:
+    from ..costs import dtype_bytes, expected_context
+    from ..units import parse_contexts, parse_length_distribution
 
     require(args.batch >= 1, f"--batch must be at least 1 sequence, got {args.batch}")
     dtype_bytes(args.weight_dtype)
     dtype_bytes(args.kv_dtype)
+    if args.context_dist:
+        lengths, counts = parse_length_distribution(args.context_dist)
+        return [expected_context(lengths, counts)]
     return parse_contexts(args.context)
 
 
@@ -104,6 +110,21 @@ def run_cost(args: argparse.Namespace) -> int:
     shape = shape_from_args(args)
     weights = _weights(args)
     rows = [cost_summary(shape, T, args.batch, args.weight_dtype, args.kv_dtype, weights) for T in contexts]
+    if args.train_tokens is not None:
+        from ..costs import paper_training_flops, training_flops, training_memory_bytes
+        from ..units import parse_context, parse_count
+
+        tokens = parse_count(args.train_tokens, "--train-tokens")
+        t_train = parse_context(args.train_context, "--train-context")
+        train = {
+            "training_tokens": int(tokens),
+            "training_context": t_train,
+            "training_flops": float(training_flops(shape, tokens, t_train)),
+            "paper_training_flops": float(paper_training_flops(shape, tokens, t_train)),
+            "training_memory_bytes": float(training_memory_bytes(shape, t_train)["total"]),
+        }
+        for r in rows:
+            r.update(train)
     if args.json:
         print_json(rows[0] if len(rows) == 1 else rows)
         return 0
@@ -122,7 +143,8 @@ def run_cost(args: argparse.Namespace) -> int:
     if len(rows) == 1:
         r = first
         total = r["inference_flops_per_token"]
-        print(f"decoding one token at T = {fmt_tokens(r['context'])} ({r['context']:,} tokens)")
+        where = f" = E[T] of {args.context_dist}" if args.context_dist else ""
+        print(f"decoding one token at T = {fmt_tokens(r['context'])} ({r['context']:,} tokens{where})")
         print(f"  {'component':<34}{'FLOPs/token':>16}{'share':>8}")
         for key, value in r["flops_by_component"].items():
             tag = " (time-variant)" if key == "attention_computation" else ""
@@ -140,6 +162,12 @@ def run_cost(args: argparse.Namespace) -> int:
               f"M = N + 2TLd_h n_kv = {r['paper_inference_memory_values']:.4g} values")
         print(f"hardware-aware cost Z = {weights.lam:g}*M^{weights.alpha:.3g} + {1 - weights.lam:g}*C^{weights.beta:.3g} "
               f"(M in bytes, C in FLOPs/token) = {r['z']:.6g}")
+        if "training_flops" in r:
+            print()
+            print(f"training on {r['training_tokens']:,} tokens at T_train = {fmt_tokens(r['training_context'])} "
+                  f"(T_bar = T_train/2): {fmt_flops(r['training_flops'])} "
+                  f"(paper's Eq. 11: {fmt_flops(r['paper_training_flops'])}); "
+                  f"memory 4N + TdL = {fmt_bytes(r['training_memory_bytes'])} (fp32 states, bf16 activations, batch 1)")
         return 0
     print(f"{'context':>14}{'FLOPs/token':>16}{'time-var.':>10}{'KV cache':>14}{'memory':>14}{'KV share':>10}{'Z':>12}")
     for r in rows:
@@ -217,6 +245,8 @@ def register(sub) -> None:
     )
     add_shape_arguments(p)
     add_cost_options(p)
+    p.add_argument("--train-tokens", metavar="D", help="also print training FLOPs and memory for D tokens (e.g. 20B)")
+    p.add_argument("--train-context", default="8k", help="training context length for --train-tokens (default 8k)")
     p.set_defaults(func=run_cost)
 
     c = sub.add_parser(

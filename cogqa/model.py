@@ -1,0 +1,458 @@
+"""The GQA decoder: a Llama-3-style transformer built from a :class:`~cogqa.shapes.ModelShape`.
+
+One readable file, in the spirit of nanoGPT's ``model.py``:
+
+* token embedding -> ``layers`` x [pre-norm RMSNorm -> grouped-query attention -> residual,
+  pre-norm RMSNorm -> SwiGLU FFN -> residual] -> final RMSNorm -> LM head (tied or not);
+* **decoupled heads** (the paper's change 1): ``q_proj`` maps ``d -> n_h d_h`` and ``o_proj``
+  ``n_h d_h -> d``, whatever ``d`` is;
+* RoPE in the rotate-half layout used by ``transformers`` (theta from the shape), applied to
+  queries and keys after the optional per-head RMSNorm (``qk_norm``, Qwen3);
+* attention through ``F.scaled_dot_product_attention(..., enable_gqa=True)``: K and V keep
+  their ``n_kv`` heads and are never repeated in memory; causal (``is_causal`` when there is
+  no padding, so fused kernels apply), an explicit boolean mask otherwise.
+
+Parameter names follow the Hugging Face Llama layout without the ``model.`` prefix
+(``layers.0.self_attn.q_proj.weight``), so export and import are a renaming.
+
+**Initialisation** (:meth:`GQADecoder.init_weights`, GPT-2/nanoGPT practice): every linear
+weight and the embedding ~ N(0, 0.02^2); the two projections that write into the residual
+stream (``o_proj`` and ``down_proj``) ~ N(0, (0.02 / sqrt(2 L))^2); biases 0; norm gains 1.
+
+**Padding and positions**: ``attention_mask`` (1 = token, 0 = padding, Hugging Face
+convention) marks left padding. Without explicit ``position_ids`` positions count the real
+tokens of each sequence (``cumsum(mask) - 1``), as ``transformers``' ``generate`` does.
+Padded query rows attend only to themselves (their outputs are meaningless but finite).
+
+**Loss**: Hugging Face convention: ``labels`` are the input ids, position t predicts token
+t+1 (the shift happens inside), label -100 is ignored, mean over the predicted tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import CogqaError, require
+from .shapes import ModelShape
+
+IGNORE_INDEX = -100
+
+_DTYPES = {
+    "fp32": torch.float32, "float32": torch.float32,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp16": torch.float16, "float16": torch.float16,
+}
+
+
+def torch_dtype(dtype) -> torch.dtype:
+    """A torch floating dtype from a name (``fp32``, ``bf16``, ``fp16``) or a torch.dtype."""
+    if isinstance(dtype, torch.dtype):
+        require(dtype in (torch.float32, torch.bfloat16, torch.float16), f"dtype {dtype} is not supported; use fp32, bf16 or fp16")
+        return dtype
+    key = str(dtype).strip().lower()
+    require(key in _DTYPES, f"dtype {dtype!r} is not supported; use fp32, bf16 or fp16")
+    return _DTYPES[key]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The short name (``fp32``, ``bf16``, ``fp16``) of a torch floating dtype."""
+    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+class CausalLMOutput(NamedTuple):
+    """``logits`` [B, T, V] in the model's dtype; ``loss`` a scalar (fp32) or None without labels."""
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+# ---------------------------------------------------------------------------------------------
+
+
+class RMSNorm(nn.Module):
+    """``x / sqrt(mean(x^2) + eps) * weight``, computed in fp32 and cast back (as transformers)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
+    """cos and sin of the rotary angles for ``position_ids`` [B, T]: two tensors [B, 1, T, d_h]."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.int64).float() / head_dim))
+    freqs = position_ids[..., None].float() * inv_freq  # [B, T, d_h/2]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` [B, heads, T, d_h] in the rotate-half layout (first half pairs with second half)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention with decoupled heads (n_h d_h need not equal d)."""
+
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        d, nh, nkv, dh = shape.hidden_size, shape.n_heads, shape.n_kv_heads, shape.head_dim
+        self.n_heads, self.n_kv_heads, self.head_dim = nh, nkv, dh
+        self.q_proj = nn.Linear(d, nh * dh, bias=shape.qkv_bias)
+        self.k_proj = nn.Linear(d, nkv * dh, bias=shape.qkv_bias)
+        self.v_proj = nn.Linear(d, nkv * dh, bias=shape.qkv_bias)
+        self.o_proj = nn.Linear(nh * dh, d, bias=shape.o_bias)
+        if shape.qk_norm:
+            self.q_norm = RMSNorm(dh, shape.norm_eps)
+            self.k_norm = RMSNorm(dh, shape.norm_eps)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def forward(self, x, cos, sin, mask, is_causal, cache=None, layer=0):
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
+        )
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+
+
+class SwiGLU(nn.Module):
+    """``down(silu(gate(x)) * up(x))``: three matrices of d x d_ff."""
+
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        d, f, b = shape.hidden_size, shape.ffn_size, shape.mlp_bias
+        self.gate_proj = nn.Linear(d, f, bias=b)
+        self.up_proj = nn.Linear(d, f, bias=b)
+        self.down_proj = nn.Linear(f, d, bias=b)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """One pre-norm decoder layer: attention and FFN, each inside a residual connection."""
+
+    def __init__(self, shape: ModelShape):
+        super().__init__()
+        self.input_layernorm = RMSNorm(shape.hidden_size, shape.norm_eps)
+        self.self_attn = Attention(shape)
+        self.post_attention_layernorm = RMSNorm(shape.hidden_size, shape.norm_eps)
+        self.mlp = SwiGLU(shape)
+
+    def forward(self, x, cos, sin, mask, is_causal, cache=None, layer=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+# ---------------------------------------------------------------------------------------------
+
+
+class KVCache:
+    """A preallocated key/value cache: per layer two tensors [batch, n_kv, max_len, d_h].
+
+    ``length`` positions are filled (shared by the batch: shorter prompts are left-padded);
+    ``valid`` [batch, max_len] marks real tokens (False for padding) and ``seen`` [batch]
+    counts each sequence's real tokens (its next RoPE position). ``nbytes`` is exactly
+    ``2 L n_kv d_h x bytes(dtype) x max_len x batch`` (the cost model's KV bytes).
+    """
+
+    def __init__(self, shape: ModelShape, batch: int, max_len: int, device="cpu", dtype=torch.float32):
+        require(isinstance(batch, int) and batch >= 1, f"cache batch must be >= 1 sequence, got {batch!r}")
+        require(isinstance(max_len, int) and max_len >= 1, f"cache max_len must be >= 1 token, got {max_len!r}")
+        dtype = torch_dtype(dtype)
+        size = (batch, shape.n_kv_heads, max_len, shape.head_dim)
+        self.shape, self.batch, self.max_len = shape, batch, max_len
+        self.keys = [torch.zeros(size, device=device, dtype=dtype) for _ in range(shape.layers)]
+        self.values = [torch.zeros(size, device=device, dtype=dtype) for _ in range(shape.layers)]
+        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
+        self.seen = torch.zeros(batch, dtype=torch.long, device=device)
+        self.length = 0
+        self.padded = False  # True once any padding entered the cache
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the key and value tensors (units: bytes)."""
+        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        """Write new keys/values at ``[length, length + T)`` of ``layer``; return the filled views."""
+        end = self.length + k.shape[2]
+        self.keys[layer][:, :, self.length:end] = k
+        self.values[layer][:, :, self.length:end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def reset(self) -> None:
+        """Forget every cached token (the buffers are kept)."""
+        self.valid.zero_()
+        self.seen.zero_()
+        self.length = 0
+        self.padded = False
+
+
+# ---------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------
+
+
+class GQADecoder(nn.Module):
+    """A Llama-3-style decoder for ``shape``; ``max_seq_len`` bounds ``generate`` (tokens)."""
+
+    def __init__(self, shape: ModelShape, max_seq_len: int = 8192):
+        super().__init__()
+        require(isinstance(shape, ModelShape), f"shape must be a ModelShape, got {type(shape).__name__}")
+        require(shape.ffn_kind == "swiglu", f"ffn_kind {shape.ffn_kind!r} is not supported by the model; use 'swiglu'")
+        require(shape.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {shape.head_dim}")
+        require(isinstance(max_seq_len, int) and max_seq_len >= 1, f"max_seq_len must be a positive whole number, got {max_seq_len!r}")
+        self.shape = shape
+        self.max_seq_len = max_seq_len
+        self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden_size)
+        self.layers = nn.ModuleList(Block(shape) for _ in range(shape.layers))
+        self.norm = RMSNorm(shape.hidden_size, shape.norm_eps)
+        self.lm_head = None if shape.tie_embeddings else nn.Linear(shape.hidden_size, shape.vocab_size, bias=False)
+        if not any(p.is_meta for p in self.parameters()):
+            self.init_weights()
+
+    # --------------------------------------------------------------------------- weights
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """(Re)initialise all weights as documented in the module docstring; ``seed`` makes it reproducible."""
+        gen = None
+        if seed is not None:
+            gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        out_std = 0.02 / math.sqrt(2 * self.shape.layers)
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                std = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
+                p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(std).to(p.dtype))
+
+    def num_parameters(self, non_embedding: bool = False) -> int:
+        """Parameters (units: parameters), tied embeddings once; ``non_embedding`` drops the
+        input embedding and an untied LM head (the paper's N)."""
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.embed_tokens.weight.numel()
+            if self.lm_head is not None:
+                total -= self.lm_head.weight.numel()
+        return total
+
+    @property
+    def output_weight(self) -> torch.Tensor:
+        """The LM head matrix [V, d] (the embedding when tied)."""
+        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    # --------------------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> CausalLMOutput:
+        """Logits [B, T, V] for ``input_ids`` [B, T] and, with ``labels``, the mean next-token loss (nats).
+
+        With ``cache`` the tokens are appended after the cached ones (prefill or decode) and the
+        cache advances by T. ``attention_mask`` [B, T] (or [B, cached + T]) has 1 for tokens and
+        0 for (left) padding.
+        """
+        require(input_ids.dim() == 2, f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        require(T >= 1, "input_ids must hold at least one token")
+        device = input_ids.device
+        start = 0
+        if cache is not None:
+            require(cache.batch == B, f"cache holds {cache.batch} sequences but input_ids has batch {B}")
+            require(
+                cache.length + T <= cache.max_len,
+                f"{cache.length + T} tokens do not fit the KV cache of {cache.max_len} tokens; "
+                "allocate a longer cache (max_len) or shorten the prompt",
+            )
+            start = cache.length
+
+        new_mask = None
+        if attention_mask is not None:
+            require(attention_mask.dim() == 2 and attention_mask.shape[0] == B,
+                    f"attention_mask must be [batch, tokens], got shape {tuple(attention_mask.shape)}")
+            require(attention_mask.shape[1] in (T, start + T),
+                    f"attention_mask has {attention_mask.shape[1]} columns; expected {T} (new tokens) or {start + T} (cached + new)")
+            new_mask = attention_mask[:, -T:].to(device=device, dtype=torch.bool)
+            if bool(new_mask.all()):
+                new_mask = None
+
+        if position_ids is None:
+            if new_mask is None:
+                offset = cache.seen[:, None] if cache is not None else 0
+                position_ids = torch.arange(T, device=device)[None, :] + offset
+                position_ids = position_ids.expand(B, T)
+            else:
+                counts = new_mask.long().cumsum(-1)
+                base = cache.seen[:, None] if cache is not None else 0
+                position_ids = (counts - 1).clamp(min=0) + base
+        else:
+            position_ids = position_ids.to(device).expand(B, T)
+
+        # The attention mask: is_causal (fused kernels) when no padding is involved.
+        padded = new_mask is not None or (cache is not None and cache.padded)
+        mask, is_causal = None, False
+        if not padded and start == 0:
+            is_causal = T > 1
+        elif not padded and T == 1:
+            pass  # one new token attends to everything cached
+        else:
+            S = start + T
+            key_pos = torch.arange(S, device=device)
+            query_pos = torch.arange(start, S, device=device)
+            allowed = key_pos[None, :] <= query_pos[:, None]  # [T, S]
+            if padded:
+                valid = torch.ones(B, S, dtype=torch.bool, device=device)
+                if cache is not None and start > 0:
+                    valid[:, :start] = cache.valid[:, :start]
+                if new_mask is not None:
+                    valid[:, start:] = new_mask
+                is_self = key_pos[None, :] == query_pos[:, None]
+                allowed = (allowed[None] & valid[:, None, :]) | is_self[None]  # [B, T, S]
+                allowed = allowed[:, None]  # [B, 1, T, S]
+            mask = allowed
+
+        if cache is not None:
+            cache.valid[:, start:start + T] = True if new_mask is None else new_mask
+            if new_mask is not None:
+                cache.padded = True
+
+        x = self.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(position_ids, self.shape.head_dim, self.shape.rope_theta, x.dtype)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, mask, is_causal, cache, i)
+        x = self.norm(x)
+        logits = F.linear(x, self.output_weight)
+
+        if cache is not None:
+            cache.length += T
+            cache.seen += T if new_mask is None else new_mask.long().sum(-1)
+
+        loss = None
+        if labels is not None:
+            require(labels.shape == input_ids.shape, f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                labels[:, 1:].reshape(-1).to(device),
+                ignore_index=IGNORE_INDEX,
+            )
+        return CausalLMOutput(logits, loss)
+
+    # --------------------------------------------------------------------------- inference
+
+    def new_cache(self, batch: int, max_len: int | None = None, dtype=None) -> KVCache:
+        """An empty KV cache for ``batch`` sequences of up to ``max_len`` tokens (default ``max_seq_len``)."""
+        p = self.embed_tokens.weight
+        return KVCache(self.shape, batch, max_len or self.max_seq_len, device=p.device, dtype=dtype or p.dtype)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        attention_mask: torch.Tensor | None = None,
+        eos_id: int | None = None,
+        generator: torch.Generator | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """Prompt + up to ``max_new_tokens`` new tokens: a LongTensor [B, P + new] (token ids).
+
+        Greedy at ``temperature=0``; otherwise samples from softmax(logits / temperature),
+        restricted to the ``top_k`` most likely tokens and/or the smallest set with cumulative
+        probability >= ``top_p``. Prompts of different lengths are left-padded with
+        ``attention_mask`` marking real tokens. Finished sequences (``eos_id``) repeat ``eos_id``;
+        generation stops when every sequence has finished.
+        """
+        require(input_ids.dim() == 2 and input_ids.shape[1] >= 1, "input_ids must be [batch, tokens] with at least one token")
+        require(isinstance(max_new_tokens, int) and max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {max_new_tokens!r}")
+        require(temperature >= 0 and math.isfinite(temperature), f"temperature must be >= 0, got {temperature}")
+        require(top_k is None or (isinstance(top_k, int) and top_k >= 1), f"top_k must be a positive whole number, got {top_k!r}")
+        require(top_p is None or 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p!r}")
+        B, P = input_ids.shape
+        total = P + max_new_tokens
+        if cache is None:
+            require(total <= self.max_seq_len,
+                    f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len ({self.max_seq_len} tokens)")
+            cache = self.new_cache(B, total)
+        else:
+            require(cache.length + total <= cache.max_len,
+                    f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) do not fit the KV cache ({cache.max_len - cache.length} free tokens)")
+        out = input_ids
+        if max_new_tokens == 0:
+            return out
+        logits = self(input_ids, attention_mask=attention_mask, cache=cache).logits[:, -1]
+        done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+        for step in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            if eos_id is not None:
+                nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                done |= nxt == eos_id
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            if step == max_new_tokens - 1 or (eos_id is not None and bool(done.all())):
+                break
+            logits = self(nxt[:, None], cache=cache).logits[:, -1]
+        return out
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
+    """Next token ids [B] from logits [B, V]: argmax at temperature 0, else top-k/top-p sampling."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        before = probs.cumsum(-1) - probs  # probability mass of the more likely tokens
+        sorted_logits = sorted_logits.masked_fill(before >= top_p, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(-1)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]
+
+
+def compile_model(model: GQADecoder, **kwargs) -> GQADecoder:
+    """``torch.compile(model)`` (optional; returns the compiled module, same call signature)."""
+    return torch.compile(model, **kwargs)
+
+
+__all__ = ["GQADecoder", "KVCache", "CausalLMOutput", "sample_next", "torch_dtype", "compile_model", "CogqaError"]

@@ -639,10 +639,7 @@ def _train(config: TrainConfig, dist_info: _Dist, params_non_embedding, params_t
         from .checkpoint import load_model
 
         model = load_model(config.init_from, device="cpu")
-        if getattr(model, "max_seq_len", T) < T:  # context extension: a longer RoPE table
-            fresh = GQADecoder(shape, max_seq_len=T)
-            fresh.load_state_dict(model.state_dict(), strict=False)
-            model = fresh
+        model.max_seq_len = max(int(getattr(model, "max_seq_len", T)), T)  # context extension: RoPE is computed on the fly
     else:
         model = GQADecoder(shape, max_seq_len=T)
         model.init_weights(seed=config.seed)

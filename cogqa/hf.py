@@ -1,0 +1,196 @@
+"""Hugging Face interoperability: export a cogqa model as a standard ``transformers`` directory and
+import Llama-family directories back.
+
+Export picks the architecture class whose code computes exactly cogqa's model:
+
+* ``LlamaForCausalLM`` when ``hidden_size`` is divisible by ``n_heads`` (``head_dim`` is written
+  explicitly, so n_h d_h != d is fine);
+* ``MistralForCausalLM`` (``sliding_window: null``, i.e. full attention) when it is not: the
+  transformers 5 ``LlamaConfig`` rejects ``hidden_size % num_attention_heads != 0`` even with an
+  explicit ``head_dim`` (the paper's d = 1280 with 24 heads), ``MistralConfig`` does not, and
+  Mistral's modelling code is Llama's without biases;
+* ``Qwen2ForCausalLM`` for q/k/v biases without an o bias, ``Qwen3ForCausalLM`` for per-head
+  q/k RMSNorm. Other combinations are refused (never a silently different model).
+
+Tensor names are cogqa's with the ``model.`` prefix (``lm_head.weight`` unprefixed, omitted when
+tied). Import reads ``config.json`` with :func:`cogqa.shapes.shape_from_hf_config`, refuses
+RoPE scaling and sliding windows (cogqa implements neither), and reads one or several
+(sharded) safetensors files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import CogqaError, require
+from .shapes import ModelShape, shape_from_hf_config
+
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+}
+
+
+def hf_model_type(shape: ModelShape) -> str:
+    """The transformers ``model_type`` that computes exactly this shape's model (or a CogqaError)."""
+    divisible = shape.hidden_size % shape.n_heads == 0
+    if shape.qk_norm:
+        require(shape.qkv_bias == shape.o_bias and not shape.mlp_bias,
+                "qk_norm exports as Qwen3, which biases q, k, v and o together (or none) and has no mlp_bias")
+        return "qwen3"
+    if shape.qkv_bias and not shape.o_bias:
+        require(not shape.mlp_bias, "qkv_bias exports as Qwen2, which has no mlp_bias")
+        return "qwen2"
+    if shape.qkv_bias or shape.o_bias or shape.mlp_bias:
+        require(shape.qkv_bias == shape.o_bias, "o_bias without qkv_bias has no transformers equivalent; cannot export")
+        require(divisible, f"biases need Llama, whose config requires hidden_size ({shape.hidden_size}) divisible by "
+                f"n_heads ({shape.n_heads}); cannot export this shape")
+        return "llama"
+    return "llama" if divisible else "mistral"
+
+
+def hf_config(shape: ModelShape, max_position_embeddings: int = 131072, dtype: str = "float32",
+              bos_id: int | None = None, eos_id: int | None = None) -> dict:
+    """The ``config.json`` dict for ``shape`` (explicit ``head_dim``, RoPE theta, tied embeddings)."""
+    model_type = hf_model_type(shape)
+    config = {
+        "architectures": [ARCHITECTURES[model_type]],
+        "model_type": model_type,
+        "vocab_size": shape.vocab_size,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.ffn_size,
+        "num_hidden_layers": shape.layers,
+        "num_attention_heads": shape.n_heads,
+        "num_key_value_heads": shape.n_kv_heads,
+        "head_dim": shape.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": int(max_position_embeddings),
+        "rms_norm_eps": shape.norm_eps,
+        "rope_theta": shape.rope_theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": shape.rope_theta},
+        "tie_word_embeddings": shape.tie_embeddings,
+        "attention_dropout": 0.0,
+        "initializer_range": 0.02,
+        "use_cache": True,
+        "bos_token_id": bos_id,
+        "eos_token_id": eos_id,
+        "dtype": dtype,
+        "torch_dtype": dtype,
+    }
+    if model_type == "llama":
+        config.update(attention_bias=shape.qkv_bias, mlp_bias=shape.mlp_bias, pretraining_tp=1)
+    elif model_type == "mistral":
+        config.update(sliding_window=None)
+    elif model_type == "qwen2":
+        config.update(use_sliding_window=False, sliding_window=None, max_window_layers=shape.layers)
+    elif model_type == "qwen3":
+        config.update(attention_bias=shape.qkv_bias, use_sliding_window=False, sliding_window=None, max_window_layers=shape.layers)
+    return config
+
+
+def export_hf(model, out_dir, tokenizer=None, max_position_embeddings: int = 131072) -> Path:
+    """Write ``model`` (a GQADecoder) as a transformers directory: ``config.json``,
+    ``model.safetensors``, ``generation_config.json`` and, when ``tokenizer`` can save Hugging
+    Face files (a ``save_hf(out_dir)`` or ``save_pretrained(out_dir)`` method), its files.
+    Returns the directory. Each file is written atomically.
+    """
+    from safetensors.torch import save
+
+    from .checkpoint import atomic_write_bytes
+    from .model import dtype_name
+
+    out = Path(out_dir)
+    require(not out.exists() or out.is_dir(), f"{out}: exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    weight = model.embed_tokens.weight
+    hf_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype_name(weight.dtype)]
+    eos = getattr(tokenizer, "eos_id", None)
+    config = hf_config(model.shape, max_position_embeddings, hf_dtype, bos_id=eos, eos_id=eos)
+    tensors = {to_hf_name(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    atomic_write_bytes(out / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+    atomic_write_bytes(out / "config.json", (json.dumps(config, indent=2) + "\n").encode())
+    gen = {"bos_token_id": eos, "eos_token_id": eos, "do_sample": False}
+    atomic_write_bytes(out / "generation_config.json", (json.dumps(gen, indent=2) + "\n").encode())
+    if tokenizer is not None:
+        for method in ("save_hf", "save_pretrained"):
+            if hasattr(tokenizer, method):
+                getattr(tokenizer, method)(str(out))
+                break
+    return out
+
+
+def to_hf_name(name: str) -> str:
+    """cogqa parameter name -> transformers name (``layers.0...`` -> ``model.layers.0...``)."""
+    return name if name.startswith("lm_head.") else f"model.{name}"
+
+
+def from_hf_name(name: str) -> str:
+    """transformers parameter name -> cogqa name (inverse of :func:`to_hf_name`)."""
+    return name[len("model."):] if name.startswith("model.") else name
+
+
+def _check_supported_config(config: dict, source: str) -> None:
+    if "text_config" in config and "model_type" not in config:
+        config = config["text_config"]
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    require(rope_type == "default", f"{source}: RoPE scaling {rope_type!r} is not supported by cogqa (only plain RoPE); cannot import")
+    window = config.get("sliding_window")
+    if config.get("model_type") in ("qwen2", "qwen3"):
+        window = window if config.get("use_sliding_window") else None
+    require(window is None, f"{source}: sliding-window attention ({window} tokens) is not supported by cogqa; cannot import")
+    act = config.get("hidden_act", "silu")
+    require(act in ("silu", "swish"), f"{source}: hidden_act {act!r} is not supported")
+
+
+def read_hf_weights(directory: Path) -> dict:
+    """All tensors of a transformers directory (``model.safetensors`` or a sharded index)."""
+    from .checkpoint import read_safetensors
+
+    single = directory / "model.safetensors"
+    index = directory / "model.safetensors.index.json"
+    if single.is_file():
+        return read_safetensors(single)[0]
+    require(index.is_file(), f"{directory}: no model.safetensors or model.safetensors.index.json (pytorch_model.bin is not read: unsafe pickles)")
+    try:
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (json.JSONDecodeError, KeyError, AttributeError):
+        raise CogqaError(f"{index}: not a valid safetensors index (weight_map missing); is it truncated?") from None
+    tensors = {}
+    for name in files:
+        tensors.update(read_safetensors(directory / name)[0])
+    return tensors
+
+
+def import_hf(hf_dir, device="cpu", dtype=None, max_seq_len: int = 8192):
+    """A GQADecoder with the weights of a transformers directory (Llama, Mistral, Qwen2, Qwen3 families)."""
+    import torch
+
+    from .checkpoint import check_state_dict
+    from .model import GQADecoder, torch_dtype
+
+    directory = Path(hf_dir)
+    require(directory.is_dir(), f"{directory}: no such directory")
+    cfg_path = directory / "config.json"
+    require(cfg_path.is_file(), f"{cfg_path}: no such file; is {directory} a Hugging Face model directory?")
+    try:
+        config = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise CogqaError(f"{cfg_path}: not valid JSON; is the file truncated?") from None
+    require(isinstance(config, dict), f"{cfg_path}: expected a JSON object")
+    _check_supported_config(config, str(cfg_path))
+    shape = shape_from_hf_config(config)
+    raw = read_hf_weights(directory)
+    tensors = {from_hf_name(k): v for k, v in raw.items() if not k.endswith("rotary_emb.inv_freq")}
+    if shape.tie_embeddings and "lm_head.weight" in tensors:
+        lm = tensors.pop("lm_head.weight")
+        require(torch.equal(lm, tensors.get("embed_tokens.weight", lm)),
+                f"{directory}: tie_word_embeddings is true but lm_head.weight differs from the embedding")
+    with torch.device("meta"):
+        model = GQADecoder(shape, max_seq_len=max_seq_len)
+    check_state_dict(model, tensors, str(directory))
+    model.load_state_dict(tensors, strict=True, assign=True)
+    return model.to(device=device, dtype=torch_dtype(dtype) if dtype is not None else None)

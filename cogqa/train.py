@@ -336,11 +336,11 @@ def _pick_device(config: TrainConfig, dist_info: _Dist):
 
 
 def _open_data(config: TrainConfig):
-    from .data import TokenChunks
-
     root = Path(config.data)
     require(root.is_dir(), f"data: {config.data} does not exist; prepare it with `cogqa data prepare ... --out {config.data}`")
     require((root / "manifest.json").is_file(), f"data: no manifest.json in {config.data}; prepare it with `cogqa data prepare`")
+    from .data import TokenChunks
+
     train_chunks = TokenChunks(root, split="train")
     val_chunks = TokenChunks(root, split="val")
     T = int(train_chunks.context)
@@ -613,10 +613,10 @@ def _train(config: TrainConfig, dist_info: _Dist, params_non_embedding, params_t
     device = _pick_device(config, dist_info)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    lr = resolve_lr(config)
     train_chunks, val_chunks, T = _open_data(config)
     manifest = dict(getattr(train_chunks, "manifest", {}) or {})
     shape = resolve_shape(config, _padded_vocab(manifest))
-    lr = resolve_lr(config)
     n_ne = int(params_non_embedding(shape))
     plan = plan_steps(config, n_ne, T, dist_info.world)
     resolved = {

@@ -1,0 +1,232 @@
+"""Trainer: WSD values, AdamW groups, config round trip, batch plan, data order, a tiny real run, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cogqa.errors import CogqaError
+from cogqa.optim import wsd_lr, wsd_phase_steps
+from cogqa.train import OptimConfig, TrainConfig, apply_overrides, plan_steps, sample_indices
+
+TINY = dict(layers=2, hidden_size=64, ffn_size=176, n_heads=4, n_kv_heads=2, head_dim=16)
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _data_module():
+    data = pytest.importorskip("cogqa.data")
+    if not hasattr(data, "prepare"):
+        pytest.skip("cogqa.data (the data helper's module) is not there yet")
+    return data
+
+
+def prepared(tmp_path: Path, context: int = 64, n_bytes: int = 120_000, name: str = "data") -> Path:
+    """A small byte-tokenised slice of the offline Shakespeare corpus, prepared by cogqa.data."""
+    data = _data_module()
+    corpus = Path(data.offline_corpus("shakespeare"))
+    text = corpus.read_bytes()[:n_bytes].decode("utf-8", errors="ignore")
+    src = tmp_path / f"{name}.txt"
+    src.write_text(text)
+    out = tmp_path / name
+    data.prepare([str(src)], str(out), tokenizer="bytes", context=context, val_fraction=0.1)
+    return out
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def test_wsd_hand_computed_values():
+    S, lr = 100, 1e-3  # warmup 10 steps, decay over the last 20 (steps 80..99), floor 1e-4
+    assert wsd_phase_steps(S) == (10, 20)
+    assert wsd_lr(0, S, lr) == 0.0
+    assert wsd_lr(5, S, lr) == pytest.approx(0.5e-3)
+    assert wsd_lr(10, S, lr) == pytest.approx(1e-3)
+    assert wsd_lr(79, S, lr) == pytest.approx(1e-3)
+    assert wsd_lr(80, S, lr) == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi / 20)))
+    assert wsd_lr(89, S, lr) == pytest.approx(0.55e-3)  # half-way through the cosine
+    assert wsd_lr(99, S, lr) == pytest.approx(1e-4)  # last step: exactly 10 % of max
+    v = wsd_lr(np.arange(S), S, lr)
+    assert v.shape == (S,) and np.all(np.diff(v[:10]) > 0) and np.all(np.diff(v[80:]) < 0)
+
+
+def test_wsd_rejects_bad_settings():
+    with pytest.raises(CogqaError, match="optim.lr"):
+        wsd_lr(0, 10, float("nan"))
+    with pytest.raises(CogqaError, match="warmup_fraction"):
+        wsd_phase_steps(10, 0.9, 0.2)
+
+
+# ----------------------------------------------------------------------------- param groups
+
+
+def test_weight_decay_on_exactly_the_linear_weights():
+    pytest.importorskip("torch")
+    from cogqa.model import GQADecoder
+    from cogqa.optim import param_groups
+    from cogqa.shapes import ModelShape
+
+    model = GQADecoder(ModelShape(**TINY, vocab_size=320))
+    decay, no_decay = param_groups(model, 0.1)
+    expected = sorted(f"layers.{i}.{m}.weight" for i in range(2)
+                      for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+    names = {n for n, _ in model.named_parameters()}
+    # whatever the model calls its projections, the decayed set is all 2-D non-embedding weights
+    assert sorted(decay["names"]) == sorted(n for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n)
+    if set(expected) <= names:
+        assert sorted(decay["names"]) == expected
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert "embed_tokens.weight" in no_decay["names"]  # tied LM head = embedding: not decayed
+    assert all(p.dim() == 1 for p in no_decay["params"][1:])  # the rest are norm gains
+    assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def test_config_json_round_trip_and_dotted_overrides():
+    c = TrainConfig(data="d", out_dir="o", shape=dict(TINY), optim=OptimConfig(lr=1e-3), tokens=1e6)
+    d = json.loads(json.dumps(c.to_dict()))
+    assert TrainConfig.from_dict(d) == c
+    c2 = apply_overrides(c, ["optim.lr=5e-4", "seed=3", "optim.betas=[0.9, 0.99]"])
+    assert c2.optim.lr == 5e-4 and c2.seed == 3 and c2.optim.betas == (0.9, 0.99)
+    with pytest.raises(CogqaError, match="optim.lr"):
+        apply_overrides(c, ["optim.lr=fast"])
+    with pytest.raises(CogqaError, match="unknown key 'optim.lrr'"):
+        apply_overrides(c, ["optim.lrr=1"])
+    with pytest.raises(CogqaError, match="unknown field"):
+        TrainConfig.from_dict({**d, "bogus": 1})
+    with pytest.raises(CogqaError, match="name the model once"):
+        TrainConfig(data="d", out_dir="o")
+
+
+def test_plan_steps_hand_computed():
+    c = TrainConfig(data="d", out_dir="o", size="470M", micro_batch=4)
+    p = plan_steps(c, n_non_embedding=1e6, context=8192, world=2)
+    # 524288 / 8192 = 64 sequences per step = 2 ranks x 4 per micro-batch x 8 accumulation steps
+    assert p["global_batch"] == 64 and p["accum"] == 8 and p["batch_tokens"] == 524288
+    assert p["steps"] == math.ceil(20e6 / 524288) == 39
+    c = TrainConfig(data="d", out_dir="o", size="470M", micro_batch=3, tokens=1000, batch_tokens=100)
+    p = plan_steps(c, 1.0, context=10, world=2)  # 10 sequences rounded up to a multiple of 6
+    assert p["global_batch"] == 12 and p["accum"] == 2 and p["steps"] == 9 and p["tokens"] == 1080
+
+
+def test_data_order_is_a_permutation_per_epoch_and_pure():
+    n, b = 10, 4
+    first = np.concatenate([sample_indices(s, b, n, seed=1) for s in range(5)])  # 20 samples = 2 epochs
+    assert sorted(first[:10]) == list(range(10)) and sorted(first[10:20]) == list(range(10))
+    assert np.array_equal(sample_indices(3, b, n, 1), sample_indices(3, b, n, 1))
+    assert not np.array_equal(first[:10], first[10:20])
+
+
+# ----------------------------------------------------------------------------- real runs
+
+
+def test_tiny_model_learns_below_unigram_entropy(tmp_path):
+    from cogqa.train import train
+
+    data = prepared(tmp_path, context=64, n_bytes=200_000)
+    from cogqa.data import TokenChunks
+
+    tokens = np.concatenate([TokenChunks(data, "train")[i] for i in range(len(TokenChunks(data, "train")))])
+    counts = np.bincount(tokens)
+    p = counts[counts > 0] / counts.sum()
+    unigram = float(-(p * np.log(p)).sum())  # nats per token
+    cfg = TrainConfig(data=str(data), out_dir=str(tmp_path / "run"), shape=dict(TINY), optim=OptimConfig(lr=3e-3),
+                      tokens=64 * 16 * 150, batch_tokens=64 * 16, micro_batch=16, eval_batches=4, progress=False)
+    result = train(cfg)
+    print(f"unigram entropy {unigram:.3f} nats/token; validation loss {result.final_val_loss:.3f} nats/token")
+    assert result.final_val_loss < unigram - 0.4
+    saved = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert saved["steps"] == 150 and saved["n_heads"] == 4 and saved["n_kv_heads"] == 2 and saved["context"] == 64
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == list(range(1, 151)) and lines[0]["lr"] == 0.0
+    env = json.loads((tmp_path / "run" / "config.json").read_text())["environment"]
+    assert env["world_size"] == 1 and env["torch_version"] and env["cogqa_version"]
+
+
+def test_context_extension_loads_weights_with_a_fresh_optimizer(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from cogqa.train import train
+
+    short, long_ = prepared(tmp_path, 32, 40_000, "short"), prepared(tmp_path, 128, 40_000, "long")
+    base = TrainConfig(data=str(short), out_dir=str(tmp_path / "base"), shape=dict(TINY), optim=OptimConfig(lr=3e-3),
+                       tokens=32 * 8 * 5, batch_tokens=32 * 8, micro_batch=8, progress=False)
+    train(base)
+    ckpt = tmp_path / "base" / "checkpoints" / "step_00000005"
+    ext = TrainConfig(data=str(long_), out_dir=str(tmp_path / "ext"), init_from=str(ckpt), context=128,
+                      optim=OptimConfig(lr=1e-5), tokens=128 * 2 * 2, batch_tokens=256, micro_batch=2, progress=False)
+    r = train(ext)
+    assert r.context == 128 and r.steps == 2 and r.lr == 1e-5
+    state = torch.load(tmp_path / "ext" / "checkpoints" / "step_00000002" / "trainer.pt", weights_only=True)
+    assert all(int(s["step"]) == 2 for s in state["optimizer"]["state"].values())  # fresh AdamW: 2 steps, not 7
+    a = load_file(ckpt / "model.safetensors")
+    b = load_file(tmp_path / "ext" / "checkpoints" / "step_00000002" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-3 for k in a)  # tiny LR: tiny change
+
+
+# ----------------------------------------------------------------------------- bad input via the CLI
+
+
+def cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "cogqa", *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def _one_line_error(r, *needles):
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+TINY_ARGS = ["--layers", "2", "--hidden", "64", "--ffn", "176", "--heads", "4", "--kv-heads", "2", "--head-dim", "16"]
+
+
+def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path):
+    out = tmp_path / "out"
+    r = cli("train", "--data", str(tmp_path / "missing"), "--out", str(out), *TINY_ARGS, "--lr", "1e-3")
+    _one_line_error(r, "data:", "cogqa data prepare")
+    assert not out.exists()
+    r = cli("train", "--data", str(tmp_path), "--out", str(out), *TINY_ARGS, "--lr", "fast")
+    _one_line_error(r, "--lr", "'fast'")
+    assert not out.exists()
+    r = cli("train", "--data", str(tmp_path), "--out", str(out), *TINY_ARGS)
+    _one_line_error(r, "lr")
+
+
+def test_short_or_empty_corpus_and_foreign_resume_dir(tmp_path):
+    data = _data_module()
+    out = tmp_path / "out"
+    for name, text in (("empty", ""), ("short", "To be, or not to be.")):
+        src = tmp_path / f"{name}.txt"
+        src.write_text(text)
+        try:
+            data.prepare([str(src)], str(tmp_path / name), tokenizer="bytes", context=64, val_fraction=0.1)
+        except CogqaError as exc:  # the data helper may already refuse it
+            assert "\n" not in str(exc)
+            continue
+        r = cli("train", "--data", str(tmp_path / name), "--out", str(out), *TINY_ARGS, "--lr", "1e-3", "--no-progress")
+        _one_line_error(r, "data:")
+        assert not out.exists()
+    # a run directory of another shape: refused, files untouched
+    good = prepared(tmp_path, 32, 30_000)
+    r = cli("train", "--data", str(good), "--out", str(out), *TINY_ARGS, "--lr", "1e-3", "--tokens", "512",
+            "--batch-tokens", "256", "--micro-batch", "8", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    other = [a if a != "2" or i != 9 else "4" for i, a in enumerate(TINY_ARGS)]  # --kv-heads 4
+    r = cli("train", "--data", str(good), "--out", str(out), *other, "--lr", "1e-3", "--tokens", "512",
+            "--batch-tokens", "256", "--micro-batch", "8", "--no-progress", "--resume")
+    _one_line_error(r, "resume:", "n_kv_heads")
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    r = cli("train", "--data", str(good), "--out", str(out), *TINY_ARGS, "--lr", "1e-3", "--no-progress")
+    _one_line_error(r, "already holds a run", "--resume")

@@ -1,0 +1,159 @@
+"""Hugging Face export/import: transformers loads the export offline and computes the same logits;
+cogqa -> HF -> cogqa is bit-exact; unsupported directories are refused in one line."""
+
+import json
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+transformers = pytest.importorskip("transformers")
+
+from cogqa.checkpoint import load_model, save_model  # noqa: E402
+from cogqa.cli import main  # noqa: E402
+from cogqa.errors import CogqaError  # noqa: E402
+from cogqa.hf import export_hf, hf_config, hf_model_type, import_hf  # noqa: E402
+from cogqa.model import GQADecoder  # noqa: E402
+from cogqa.shapes import ModelShape  # noqa: E402
+
+BASE = dict(layers=2, ffn_size=64, head_dim=16, vocab_size=101)
+CASES = {
+    # n_h d_h != d everywhere; d divisible by n_h -> Llama, not divisible -> Mistral
+    "llama-gqa4": (ModelShape(hidden_size=48, n_heads=8, n_kv_heads=2, **BASE), "LlamaForCausalLM"),
+    "mistral-gqa3": (ModelShape(hidden_size=40, n_heads=6, n_kv_heads=2, **BASE), "MistralForCausalLM"),
+    "mqa-untied": (ModelShape(hidden_size=48, n_heads=4, n_kv_heads=1, tie_embeddings=False, **BASE), "LlamaForCausalLM"),
+    "mha": (ModelShape(hidden_size=36, n_heads=3, n_kv_heads=3, **BASE), "LlamaForCausalLM"),
+    "qwen2-bias": (ModelShape(hidden_size=48, n_heads=4, n_kv_heads=2, qkv_bias=True, **BASE), "Qwen2ForCausalLM"),
+    "qwen3-qknorm": (ModelShape(hidden_size=40, n_heads=6, n_kv_heads=3, qk_norm=True, **BASE), "Qwen3ForCausalLM"),
+    "llama-bias": (ModelShape(hidden_size=48, n_heads=4, n_kv_heads=2, qkv_bias=True, o_bias=True, mlp_bias=True, **BASE), "LlamaForCausalLM"),
+}
+
+
+def _model(shape, seed=0):
+    torch.manual_seed(seed)
+    m = GQADecoder(shape)
+    m.init_weights(seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 1:  # norms and biases away from 1/0 so that their mapping is tested
+                p.add_(0.1 * torch.randn_like(p))
+    return m.eval()
+
+
+def _load_hf(path):
+    return transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_logits_parity_after_export(case, tmp_path):
+    shape, arch = CASES[case]
+    model = _model(shape)
+    export_hf(model, tmp_path)
+    hf = _load_hf(tmp_path)
+    assert type(hf).__name__ == arch
+    assert sum(p.numel() for p in hf.parameters()) == model.num_parameters()
+    ids = torch.randint(0, shape.vocab_size, (2, 17))
+    with torch.no_grad():
+        diff = (model(ids).logits - hf(ids).logits).abs().max().item()
+    assert diff <= 1e-5
+    # and back: cogqa -> HF -> cogqa is bit-exact
+    back = import_hf(tmp_path)
+    assert back.shape.heads == shape.heads and back.shape.hidden_size == shape.hidden_size
+    for (k, a), (k2, b) in zip(model.state_dict().items(), back.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+
+
+def test_left_padded_generation_matches_transformers(tmp_path):
+    shape, _ = CASES["mistral-gqa3"]
+    model = _model(shape)
+    export_hf(model, tmp_path)
+    hf = _load_hf(tmp_path)
+    ids = torch.randint(1, shape.vocab_size, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :4] = 0
+    ids[0, :4] = 0
+    ours = model.generate(ids, 6, attention_mask=mask)
+    theirs = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+    # decode logits agree too
+    with torch.no_grad():
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        a = model(ours[:, :-1], attention_mask=torch.cat([mask, torch.ones(2, 5, dtype=mask.dtype)], 1)).logits
+        b = hf(ours[:, :-1], attention_mask=torch.cat([mask, torch.ones(2, 5, dtype=mask.dtype)], 1),
+               position_ids=torch.cat([pos, pos[:, -1:] + torch.arange(1, 6)], 1)).logits
+    assert (a[1] - b[1]).abs().max() <= 1e-5
+    assert (a[0, 4:] - b[0, 4:]).abs().max() <= 1e-5
+
+
+def test_paper_shape_d1280_24_heads_exports_as_mistral(tmp_path):
+    """d = 1280 with 24 heads of 64 (the authors' 470M config): LlamaConfig refuses it, Mistral loads it."""
+    shape = ModelShape(layers=1, hidden_size=1280, ffn_size=64, n_heads=24, n_kv_heads=8, vocab_size=64)
+    assert hf_model_type(shape) == "mistral"
+    with pytest.raises(Exception, match="multiple"):
+        transformers.LlamaConfig(**{k: v for k, v in hf_config(shape).items() if k not in ("model_type", "architectures")})
+    model = _model(shape)
+    export_hf(model, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["head_dim"] == 64 and cfg["sliding_window"] is None and cfg["rope_theta"] == 500000.0
+    hf = _load_hf(tmp_path)
+    ids = torch.randint(0, 64, (1, 10))
+    with torch.no_grad():
+        assert (model(ids).logits - hf(ids).logits).abs().max() <= 1e-5
+
+
+def test_cli_export_import_round_trip(tmp_path, capsys):
+    shape, _ = CASES["mistral-gqa3"]
+    model = _model(shape)
+    save_model(model, tmp_path / "ck")
+    assert main(["export", str(tmp_path / "ck"), str(tmp_path / "hf"), "--verify"]) == 0
+    out = capsys.readouterr().out
+    assert "verified" in out and "mistral" in out
+    assert main(["import", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
+    back = load_model(tmp_path / "back")
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), back.state_dict().values()))
+    # a training run directory resolves to its newest checkpoint
+    run = tmp_path / "run" / "checkpoints"
+    save_model(model, run / "step_00000001")
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "hf2")]) == 0
+
+
+def test_import_refuses_what_cogqa_cannot_compute(tmp_path, capsys):
+    shape, _ = CASES["llama-gqa4"]
+    export_hf(_model(shape), tmp_path / "hf")
+    cfg_path = tmp_path / "hf" / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+
+    def refused(patch, match):
+        cfg_path.write_text(json.dumps({**cfg, **patch}))
+        with pytest.raises(CogqaError, match=match) as e:
+            import_hf(tmp_path / "hf")
+        assert "\n" not in str(e.value)
+
+    refused({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 32.0}}, "RoPE scaling 'llama3'")
+    refused({"model_type": "mistral", "sliding_window": 4096}, "sliding-window")
+    refused({"num_key_value_heads": 4}, r"k_proj.weight has shape")  # config does not match the weights
+    refused({"hidden_act": "gelu"}, "hidden_act")
+    cfg_path.write_text(json.dumps(cfg))
+    weights = tmp_path / "hf" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(CogqaError, match="truncated"):
+        import_hf(tmp_path / "hf")
+    assert main(["import", str(tmp_path / "hf"), str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
+
+
+def test_llama_32_config_with_rope_scaling_is_refused():
+    from pathlib import Path
+
+    cfg = json.loads((Path(__file__).parent / "data" / "llama-3.2-1b-config.json").read_text())
+    from cogqa.hf import _check_supported_config
+
+    with pytest.raises(CogqaError, match="llama3"):
+        _check_supported_config(cfg, "llama-3.2-1b")
+
+
+def test_unexportable_bias_combination_is_refused():
+    with pytest.raises(CogqaError, match="o_bias"):
+        hf_model_type(ModelShape(layers=1, hidden_size=32, ffn_size=32, n_heads=2, n_kv_heads=1, o_bias=True))

@@ -708,7 +708,11 @@ def _train(config: TrainConfig, dist_info: _Dist, params_non_embedding, params_t
 
     amp_dtype = _autocast_dtype(config, device)
     per_rank = global_batch // dist_info.world
-    val_ids = np.arange(min(len(val_chunks), config.eval_batches * config.micro_batch * dist_info.world))
+    # the same validation sequences whatever the world size, split evenly (FSDP needs equal forward counts)
+    n_val = min(len(val_chunks), config.eval_batches * config.micro_batch)
+    n_val = max(dist_info.world, n_val - n_val % dist_info.world)
+    require(len(val_chunks) >= n_val, f"data: {len(val_chunks)} validation chunks cannot be split over {dist_info.world} processes")
+    val_ids = np.arange(n_val)
 
     def batch_of(chunks, ids):
         return torch.from_numpy(np.stack([np.asarray(chunks[int(i)], dtype=np.int64) for i in ids])).to(device, non_blocking=True)
@@ -716,7 +720,7 @@ def _train(config: TrainConfig, dist_info: _Dist, params_non_embedding, params_t
     def evaluate() -> float:
         was = train_model.training
         train_model.eval()
-        mine = val_ids[dist_info.rank::dist_info.world]
+        mine = np.array_split(val_ids, dist_info.world)[dist_info.rank]
         total = torch.zeros(2, dtype=torch.float64, device=device)
         with torch.no_grad():
             for i in range(0, len(mine), config.micro_batch):

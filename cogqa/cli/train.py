@@ -36,7 +36,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     o.add_argument("--lr", help="max learning rate (default: the paper's for --size)")
     o.add_argument("--seed", type=int, default=0, help="seed of weights and data order (default 0)")
     o.add_argument("--eval-every", type=int, default=0, help="validation loss every N steps (always at the end)")
-    o.add_argument("--eval-batches", type=int, default=8, help="validation micro-batches per process (default 8)")
+    o.add_argument("--eval-batches", type=int, default=8, help="validation on the first N x --micro-batch validation chunks, split over processes (default 8)")
     o.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (always at the end)")
     o.add_argument("--keep", type=int, default=2, help="checkpoints to keep (default 2)")
     o.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="autocast dtype (auto: bf16 on CUDA, fp32 on CPU)")

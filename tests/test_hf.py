@@ -157,3 +157,14 @@ def test_llama_32_config_with_rope_scaling_is_refused():
 def test_unexportable_bias_combination_is_refused():
     with pytest.raises(CogqaError, match="o_bias"):
         hf_model_type(ModelShape(layers=1, hidden_size=32, ffn_size=32, n_heads=2, n_kv_heads=1, o_bias=True))
+
+
+def test_cli_generate_with_the_byte_tokenizer(tmp_path, capsys):
+    pytest.importorskip("cogqa.tokenizer")
+    from cogqa.tokenizer import get_tokenizer
+
+    tok = get_tokenizer("bytes")
+    shape = ModelShape(layers=1, hidden_size=32, ffn_size=64, n_heads=4, n_kv_heads=1, head_dim=8, vocab_size=tok.padded_vocab_size)
+    save_model(_model(shape), tmp_path / "ck")
+    assert main(["generate", str(tmp_path / "ck"), "--prompt", "To be", "--tokenizer", "bytes", "--max-new-tokens", "5"]) == 0
+    assert capsys.readouterr().out.startswith("To be")

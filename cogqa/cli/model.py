@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import require
+from ..errors import CogqaError, require
 
 
 def resolve_checkpoint(path) -> Path:
@@ -26,8 +26,10 @@ def resolve_checkpoint(path) -> Path:
 def _tokenizer(name):
     if not name:
         return None
-    from ..tokenizer import get_tokenizer
-
+    try:
+        from ..tokenizer import get_tokenizer
+    except ImportError:
+        raise CogqaError("--tokenizer: cogqa.tokenizer is not available in this installation") from None
     return get_tokenizer(name)
 
 

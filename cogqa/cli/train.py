@@ -131,7 +131,7 @@ def run_train(args: argparse.Namespace) -> int:
         print_json(result.to_dict())
         return 0
     val = "n/a" if result.final_val_loss is None else f"{result.final_val_loss:.4f} nats/token"
-    print(f"trained H=({result.n_heads},{result.n_kv_heads}) N={fmt_params(result.params_non_embedding)} non-embedding parameters "
+    print(f"trained H=({result.n_heads},{result.n_kv_heads}) N={fmt_params(result.params_non_embedding)} (non-embedding) "
           f"at T={result.context} tokens")
     print(f"  steps {result.steps}, tokens {fmt_tokens(result.tokens)}, batch {result.batch_tokens} tokens, max LR {result.lr:g}")
     print(f"  final validation loss {val}; wall time {result.wall_time_s:.1f} s")

@@ -37,3 +37,20 @@ def test_contexts_and_delta():
     np.testing.assert_allclose(relative_delta([2.2, 1.0], [2.0, 1.0]), [0.1, 0.0])
     with pytest.raises(CogqaError, match="needs chunks"):
         loss_at_contexts(pos, [8])
+
+
+def test_tiny_model_positions_and_too_long_context():
+    from cogqa.evaluate import evaluate_positions
+    from cogqa.model import GQADecoder
+    from cogqa.shapes import ModelShape
+    shape = ModelShape(layers=1, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=97)
+    model = GQADecoder(shape, max_seq_len=32)
+    model.init_weights(seed=1)
+    chunks = [np.arange(i, i + 16) % 97 for i in range(5)]
+    pos = evaluate_positions(model, chunks, batch=2)
+    ids = torch.as_tensor(np.stack(chunks))
+    with torch.no_grad():
+        ref = model(ids, labels=ids).loss.item()
+    assert pos.shape == (15,) and abs(pos.mean() - ref) < 1e-5
+    with pytest.raises(CogqaError, match="longer than the model supports"):
+        evaluate_positions(model, [np.zeros(64, dtype=np.int64)])

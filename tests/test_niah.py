@@ -60,3 +60,18 @@ def test_bad_input():
         make_sample(ByteTok(), 512, 50, needle="emojis")
     with pytest.raises(CogqaError, match="haystack"):
         make_sample(ByteTok(), 512, 50, haystack="web")
+
+
+def test_end_to_end_tiny_model_table(tmp_path):
+    from cogqa.cli.evaluate import make_generate_fn
+    from cogqa.model import GQADecoder
+    from cogqa.niah import heatmap
+    from cogqa.shapes import ModelShape
+    shape = ModelShape(layers=1, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=1, head_dim=16, vocab_size=256)
+    model = GQADecoder(shape, max_seq_len=1024)
+    model.init_weights(seed=0)
+    rows = run_niah(make_generate_fn(model, ByteTok()), ByteTok(), [512, 1024], [0, 100], samples=1, max_new_tokens=4)
+    assert [(r["context"], r["depth"]) for r in rows] == [(512, 0.0), (512, 100.0), (1024, 0.0), (1024, 100.0)]
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    heatmap(rows, tmp_path / "h.png")
+    assert (tmp_path / "h.png").stat().st_size > 0

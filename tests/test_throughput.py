@@ -19,3 +19,44 @@ def test_bench_runs_tiny():
                                               head_dim=16, vocab_size=128)
     r = bench_model(GQADecoder(s, max_seq_len=64), 64, 1, decode_tokens=4, repeats=1)
     assert r["train_tok_s"] > 0 and r["decode_tok_s"] > 0
+
+
+def test_cli_one_line_errors(capsys, tmp_path):
+    from cogqa.cli import main
+    assert main(["eval", "niah", str(tmp_path), "--depths", "0,150"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --depths") and err.count("\n") == 1
+    assert main(["bench", "throughput", "--shapes", "1,2"]) == 2
+    assert "L,d,n_h" in capsys.readouterr().err
+
+
+def test_harness_command_and_average(tmp_path):
+    import torch
+    from cogqa.checkpoint import save_model
+    from cogqa.cli.evaluate import average_last_k, harness_command
+    from cogqa.model import GQADecoder
+    from cogqa.shapes import ModelShape
+    assert harness_command("/x", ["piqa", "arc_easy"]) == [
+        "lm_eval", "--model", "hf", "--model_args", "pretrained=/x", "--tasks", "piqa,arc_easy",
+        "--batch_size", "auto", "--device", "cpu"]
+    shape = ModelShape(layers=1, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=64)
+    ms = []
+    for i in range(3):
+        m = GQADecoder(shape, max_seq_len=32)
+        m.init_weights(seed=i)
+        save_model(m, tmp_path / "checkpoints" / f"step_{i:08d}")
+        ms.append(m)
+    avg, chosen = average_last_k(tmp_path, 2)
+    assert [p.name for p in chosen] == ["step_00000001", "step_00000002"]
+    w = "embed_tokens.weight"
+    ref = (ms[1].state_dict()[w] + ms[2].state_dict()[w]) / 2
+    assert torch.allclose(avg.state_dict()[w], ref, atol=1e-6)
+
+
+def test_harness_without_lm_eval(capsys, tmp_path, monkeypatch):
+    import importlib.util
+    from cogqa.cli import main
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "lm_eval" else real(n, *a))
+    assert main(["eval", "harness", str(tmp_path)]) == 2
+    assert "pip install lm-eval" in capsys.readouterr().err

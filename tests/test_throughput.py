@@ -60,3 +60,24 @@ def test_harness_without_lm_eval(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "lm_eval" else real(n, *a))
     assert main(["eval", "harness", str(tmp_path)]) == 2
     assert "pip install lm-eval" in capsys.readouterr().err
+
+
+def test_harness_loads_exported_model_in_lm_eval(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("lm_eval")
+    pytest.importorskip("accelerate")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from cogqa.checkpoint import save_model
+    from cogqa.cli import main
+    from cogqa.model import GQADecoder
+    from cogqa.shapes import ModelShape
+    shape = ModelShape(layers=1, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=50304)
+    m = GQADecoder(shape, max_seq_len=64)
+    save_model(m, tmp_path / "checkpoints" / "step_00000001")
+    assert main(["eval", "harness", str(tmp_path), "--tasks", "no_such_task"]) == 2
+    assert "unknown task" in capsys.readouterr().err
+    assert main(["eval", "harness", str(tmp_path), "--tasks", "piqa", "--dry-run", "--export-dir", str(tmp_path / "hf")]) == 0
+    from lm_eval.models.huggingface import HFLM
+    lm = HFLM(pretrained=str(tmp_path / "hf"), device="cpu", batch_size=1)
+    req = type("Req", (), {"args": ("The grass is green.",)})()
+    (ll,) = lm.loglikelihood_rolling([req])
+    assert ll < 0

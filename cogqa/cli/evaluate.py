@@ -173,13 +173,7 @@ def cmd_harness(args) -> int:
     model, chosen = average_last_k(Path(args.checkpoint_dir), args.last_k)
     from ..hf import export_hf
     export_dir = Path(args.export_dir or Path(args.checkpoint_dir) / f"hf_avg_last{len(chosen)}")
-    tok = None
-    try:
-        from ..tokenizer import get_tokenizer
-        tok = get_tokenizer(args.tokenizer)
-    except Exception:
-        pass
-    export_hf(model, export_dir, tokenizer=tok)
+    export_hf(model, export_dir, tokenizer=args.tokenizer)
     cmd = harness_command(export_dir, tasks, args.batch_size, args.device)
     print("averaged " + ", ".join(p.name for p in chosen) + f" -> {export_dir}")
     print(" ".join(cmd))

@@ -1,0 +1,34 @@
+"""``cogqa report SWEEP_DIR|LAWS_FILE``: Markdown report with PNG figures (logic in :mod:`cogqa.report`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    """Add ``report``."""
+    p = subparsers.add_parser("report", help="Markdown + PNG report of a sweep directory or a laws file (fits, cost plots, table, recommendation)")
+    p.add_argument("source", metavar="SWEEP_DIR|LAWS_FILE", help="a sweep directory (results.csv), a laws JSON file, or a shipped set (default, demo)")
+    p.add_argument("--context", default="128k", help="context length T of the cost plots and recommendation (default 128k)")
+    p.add_argument("--target-loss", help="target loss L* in nats/token (default: middle of the laws' loss range)")
+    p.add_argument("--laws", help="use this laws file instead of fitting the sweep's results")
+    p.add_argument("--baseline", help="baseline head configuration for savings, e.g. 32:8 (default: search's)")
+    p.add_argument("--out", help="output directory (default SWEEP_DIR/report or ./report)")
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """Handler of ``cogqa report``."""
+    from ..report import build_report
+    from ..sweep import parse_heads
+    from ..units import parse_context, parse_float
+
+    baseline = None
+    if args.baseline:
+        heads = parse_heads(args.baseline)
+        baseline = heads[0]
+    path = build_report(args.source, out=args.out, context=parse_context(args.context, "--context"),
+                        target_loss=parse_float(args.target_loss, "--target-loss") if args.target_loss else None,
+                        laws=args.laws, baseline=baseline)
+    print(f"wrote {path} (figures alongside)")
+    return 0

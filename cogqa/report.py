@@ -1,0 +1,345 @@
+"""A self-contained Markdown report (with PNG figures) of a sweep or of a laws file.
+
+``build_report(source, out, context, target_loss)`` where ``source`` is a sweep directory (its
+``results.csv``; laws fitted with :mod:`cogqa.fitting` unless ``laws.json`` is there) or a laws
+file / shipped law-set name. Sections (those that need data are skipped for a laws file):
+
+1. loss vs N per head configuration with the fitted curves and R^2 (the paper's step 2);
+2. loss vs inference memory, FLOPs per token and Z at the chosen T (Figure 2 style);
+3. loss vs n_h at each fixed size (Figure 12 style), when the data has several n_h per size;
+4. the cost-optimal table over a grid of target losses and contexts (Table 4 style);
+5. FLOPs and memory breakdown vs T of the recommended configuration (Figures 7/8);
+6. the recommended configuration for (L*, T) with its savings against the baseline.
+
+Units: loss in nats/token, N in non-embedding parameters, memory in bytes, FLOPs per token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CogqaError, require
+
+DEFAULT_REPORT_CONTEXTS = (1024, 8192, 32768, 131072)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> str:
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    _pyplot().close(fig)
+    os.replace(tmp, path)
+    return path.name
+
+
+def _label(h: int, kv: int) -> str:
+    return f"({h},{kv})"
+
+
+def load_source(source: str | Path, laws: Any = None):
+    """(results DataFrame or None, LawSet, description) for a sweep directory or a laws file.
+
+    For a sweep directory the laws are ``laws`` if given, else ``DIR/laws.json`` if present,
+    else fitted now from ``DIR/results.csv`` with :func:`cogqa.fitting.fit_results` (form n)
+    and saved to ``DIR/laws.json``.
+    """
+    from .laws import LawSet, load_laws
+
+    path = Path(str(source))
+    if path.is_dir():
+        results_path = path / "results.csv"
+        if not results_path.is_file() and (path / "spec.json").is_file():
+            from .sweep import collect
+
+            collect(path)
+        require(results_path.is_file(), f"report: {path} has no results.csv; run `cogqa sweep collect {path}` first")
+        import pandas as pd
+
+        df = pd.read_csv(results_path)
+        if isinstance(laws, LawSet):
+            law_set = laws
+        elif laws is not None:
+            law_set = load_laws(laws)
+        elif (path / "laws.json").is_file():
+            law_set = load_laws(path / "laws.json")
+        else:
+            law_set = fit_laws(df, f"fitted by cogqa report from {results_path}")
+            law_set.save(path / "laws.json")
+        return df, law_set, f"sweep {path}"
+    law_set = laws if isinstance(laws, LawSet) else load_laws(source)
+    return None, law_set, f"laws {source}"
+
+
+def fit_laws(df, source: str):
+    """The per-H power laws (Eq. 7) fitted to a results table, as a :class:`cogqa.laws.LawSet`."""
+    try:
+        from .fitting import fit_results
+    except ImportError:
+        raise CogqaError("report: cogqa.fitting is not installed in this version; fit with `cogqa fit` and pass --laws") from None
+    rep = fit_results(df, form="n")
+    return rep.law_set(source)
+
+
+def _fit_range(df, law_set) -> tuple[float, float]:
+    if df is not None:
+        return float(df["params_non_embedding"].min()), float(df["params_non_embedding"].max())
+    lo = [law.extra.get("n_min") for law in law_set.laws if law.extra.get("n_min")]
+    hi = [law.extra.get("n_max") for law in law_set.laws if law.extra.get("n_max")]
+    if lo and hi:
+        return float(min(lo)), float(max(hi))
+    return 1e8, 1e10
+
+
+def target_losses_for(law_set, n_range: tuple[float, float], count: int = 4) -> list[float]:
+    """A grid of reachable target losses (nats/token) spanning the laws' losses over ``n_range``
+    and up to 10x beyond it: from the best loss at 10 x N_max to the worst at N_min."""
+    n_lo, n_hi = n_range
+    best = min(float(law.loss(10 * n_hi)) for law in law_set.laws)
+    worst = max(float(law.loss(n_lo)) for law in law_set.laws)
+    hi = min(worst, max(float(law.loss(n_lo)) for law in law_set.laws))
+    grid = np.linspace(best, hi, count + 2)[1:-1]
+    return [float(round(x, 3)) for x in grid]
+
+
+def _shape_grid(law, n, head_dim: int, vocab: int):
+    from .shapes import shape_for_params
+
+    return shape_for_params(n, n_heads=law.n_heads, n_kv_heads=law.n_kv_heads, head_dim=head_dim, vocab_size=vocab)
+
+
+def _costs(shape, T: int):
+    from .costs import ZWeights, inference_flops_per_token, inference_memory_bytes, z_cost
+
+    mem = inference_memory_bytes(shape, T)["total"]
+    flops = inference_flops_per_token(shape, T)
+    return mem, flops, z_cost(mem, flops, ZWeights())
+
+
+def build_report(source: str | Path, out: str | Path | None = None, context: int | None = None,
+                 target_loss: float | None = None, laws: Any = None, baseline: tuple[int, int] | None = None) -> Path:
+    """Write ``report.md`` and its PNG figures into ``out`` (default ``SOURCE/report`` for a sweep
+    directory, ``report/`` otherwise); returns the Markdown path. ``context`` (tokens) defaults to
+    128K and ``target_loss`` (nats/token) to the middle of the laws' loss range."""
+    from .units import fmt_bytes, fmt_flops, fmt_params
+
+    df, law_set, what = load_source(source, laws)
+    src = Path(str(source))
+    out = Path(out) if out is not None else (src / "report" if src.is_dir() else Path("report"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CogqaError(f"--out: cannot create {out} ({exc.strerror})") from None
+    T = int(context or 131072)
+    require(T > 0, f"--context must be positive, got {T}")
+    meta = law_set.metadata or {}
+    head_dim = int(meta.get("head_dim", 64))
+    vocab = int(meta.get("vocab_size", 50304))
+    n_range = _fit_range(df, law_set)
+    targets = target_losses_for(law_set, n_range)
+    if target_loss is None:
+        target_loss = targets[len(targets) // 2]
+    plt = _pyplot()
+    md: list[str] = [f"# cogqa report: {what}", "",
+                     f"Laws: {law_set.source or 'unnamed'} ({len(law_set.laws)} head configurations). "
+                     f"Context T = {T:,} tokens; target loss L* = {target_loss:.3f} nats/token. "
+                     f"Shapes for a size N follow Appendix B.1 (head size {head_dim}, vocabulary {vocab:,}).", ""]
+    numbers: dict[str, Any] = {"context": T, "target_loss": target_loss}
+
+    # 1. loss vs N -------------------------------------------------------------------------------
+    n_lo, n_hi = n_range
+    grid = np.geomspace(n_lo / 1.5, n_hi * 1.5, 100)
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    rows = ["| H (n_h, n_kv) | a (params) | b | E (nats/token) | R² | points |", "|---|---|---|---|---|---|"]
+    for i, law in enumerate(law_set.laws):
+        color = f"C{i % 10}"
+        ax.plot(grid, law.loss(grid), color=color, lw=1.2, label=f"{_label(*law.heads)} R²={law.r2:.3f}" if law.r2 is not None else _label(*law.heads))
+        if df is not None:
+            sub = df[(df.n_heads == law.n_heads) & (df.n_kv_heads == law.n_kv_heads)]
+            ax.scatter(sub.params_non_embedding, sub.loss, color=color, s=18)
+        r2 = f"{law.r2:.4f}" if law.r2 is not None else "n/a"
+        rows.append(f"| {_label(*law.heads)} | {law.a:.4g} | {law.b:.4g} | {law.E:.4f} | {r2} | {law.extra.get('n_points', 'n/a')} |")
+    ax.set_xscale("log")
+    ax.set_xlabel("non-embedding parameters N")
+    ax.set_ylabel("validation loss (nats/token)")
+    ax.set_title("Loss vs model size per head configuration, fitted (a/N)^b + E")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    md += ["## 1. Loss vs model size per head configuration", "", f"![loss vs N]({_save(fig, out / 'loss_vs_n.png')})", "", *rows, ""]
+    if df is not None:
+        falls = _loss_falls_with_n(df)
+        numbers["loss_falls_with_n"] = falls
+        bad = [k for k, v in falls.items() if not v]
+        md += [f"Measured loss falls monotonically with N for {len(falls) - len(bad)} of {len(falls)} head configurations"
+               + (f" (not for {', '.join(bad)})." if bad else "."), ""]
+
+    # 2. loss vs memory, FLOPs, Z at T ---------------------------------------------------------------
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
+    for i, law in enumerate(law_set.laws):
+        shape = _shape_grid(law, grid, head_dim, vocab)
+        mem, flops, z = _costs(shape, T)
+        for ax, x in zip(axes, (mem, flops, z)):
+            ax.plot(x, law.loss(grid), color=f"C{i % 10}", lw=1.2, label=_label(*law.heads))
+    for ax, xl in zip(axes, ("inference memory (bytes, bf16)", "inference FLOPs per token", "Z = 0.9 M^1/2 + 0.1 C^1/3")):
+        ax.set_xscale("log")
+        ax.set_xlabel(xl)
+        ax.set_ylabel("loss (nats/token)")
+        ax.axhline(target_loss, color="k", ls=":", lw=0.8)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle(f"Loss vs inference cost at T = {T:,} tokens (dotted: L* = {target_loss:.3f})")
+    md += [f"## 2. Loss vs inference cost at T = {T:,} tokens", "", f"![loss vs cost]({_save(fig, out / 'loss_vs_cost.png')})", ""]
+
+    # 3. loss vs n_h at fixed size ------------------------------------------------------------------
+    if df is not None:
+        groups = [(name, g) for name, g in df.groupby("size") if g.n_heads.nunique() > 1]
+        if groups:
+            fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+            for i, (name, g) in enumerate(groups):
+                for kv, gk in g.groupby("n_kv_heads"):
+                    gk = gk.sort_values("n_heads")
+                    ax.plot(gk.n_heads, gk.loss, marker="o", color=f"C{i % 10}", ls="-" if kv == 1 else "--", lw=1,
+                            label=f"size {name}, n_kv={kv}")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("query heads n_h")
+            ax.set_ylabel("validation loss (nats/token)")
+            ax.set_title("Loss vs number of query heads at fixed size (L, d)")
+            ax.legend(fontsize=7, ncol=2)
+            ax.grid(alpha=0.3)
+            md += ["## 3. Loss vs number of heads at fixed size", "", f"![loss vs heads]({_save(fig, out / 'loss_vs_heads.png')})", ""]
+            heads_fit = _heads_fit(df)
+            if heads_fit:
+                md += [heads_fit, ""]
+
+    # 4. cost-optimal table ---------------------------------------------------------------------------
+    contexts = sorted(set(DEFAULT_REPORT_CONTEXTS) | {T})
+    try:
+        from .search import cost_optimal_table, plot_cost_optimal_table
+
+        table = cost_optimal_table(targets, contexts, laws=law_set)
+        table_png = plot_cost_optimal_table(table, out / "cost_optimal_table.png")
+        md += ["## 4. Cost-optimal head configuration (n_h, n_kv) by target loss and context", "",
+               _markdown_table(table, "L* (nats/token)", lambda c: f"T={int(c):,}" if str(c).isdigit() or isinstance(c, (int, np.integer)) else str(c)),
+               "", f"![cost-optimal table]({Path(str(table_png)).name})", ""]
+        numbers["cost_optimal_table"] = {str(k): {str(c): str(v) for c, v in row.items()} for k, row in table.iterrows()}
+    except ImportError:
+        md += ["## 4. Cost-optimal table", "", "_Skipped: cogqa.search is not available in this install._", ""]
+
+    # 5 + 6. recommendation and breakdown -----------------------------------------------------------------
+    try:
+        from .search import search
+
+        res = search(T, target_loss, laws=law_set, baseline=baseline)
+        best = res.best
+        numbers["best"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()}
+        numbers["savings"] = res.savings
+        md += [f"## 5. Recommended configuration for L* = {target_loss:.3f} nats/token at T = {T:,} tokens", "",
+               f"- heads H = ({best['n_heads']}, {best['n_kv_heads']}), N = {fmt_params(best['params_non_embedding'])} non-embedding parameters"
+               + (f", shape L={best['layers']} d={best['hidden_size']}" if "layers" in best else ""),
+               f"- inference memory {fmt_bytes(best['inference_memory_bytes'])}, {fmt_flops(best['inference_flops_per_token'])} per token, Z = {best['z']:.4g}",
+               f"- savings against the baseline: {_fmt_savings(res.savings)}", ""]
+        cands = res.candidates.head(8)
+        md += ["Top candidates (ranked by Z):", "", _candidates_table(cands), ""]
+        from .plots import plot_breakdown
+        from .shapes import ModelShape, nearest_buildable, shape_for_params
+
+        if "layers" in best and "hidden_size" in best:
+            shape = ModelShape(layers=int(round(best["layers"])), hidden_size=int(round(best["hidden_size"])),
+                               ffn_size=int(8 * int(round(best["hidden_size"])) / 3), n_heads=int(best["n_heads"]),
+                               n_kv_heads=int(best["n_kv_heads"]), head_dim=head_dim, vocab_size=vocab)
+        else:
+            shape = nearest_buildable(shape_for_params(best["params_non_embedding"], best["n_heads"], best["n_kv_heads"], head_dim, vocab))
+        png = plot_breakdown(shape, out / "breakdown.png", max_context=max(T, 131072),
+                             title=f"H=({best['n_heads']},{best['n_kv_heads']}) cost breakdown")
+        md += ["## 6. Where the recommended model's inference cost goes vs T", "", f"![breakdown]({png.name})", ""]
+    except ImportError:
+        md += ["## 5. Recommendation", "", "_Skipped: cogqa.search is not available in this install._", ""]
+
+    (out / "numbers.json.tmp").write_text(json.dumps(numbers, indent=2, default=_json_default) + "\n")
+    os.replace(out / "numbers.json.tmp", out / "numbers.json")
+    path = out / "report.md"
+    tmp = out / "report.md.tmp"
+    tmp.write_text("\n".join(md) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def _loss_falls_with_n(df) -> dict[str, bool]:
+    """For each H: does the mean measured loss fall monotonically as N grows?"""
+    out = {}
+    for (h, kv), g in df.groupby(["n_heads", "n_kv_heads"]):
+        means = g.groupby("params_non_embedding")["loss"].mean().sort_index().to_numpy()
+        out[_label(h, kv)] = bool(np.all(np.diff(means) < 0))
+    return out
+
+
+def _heads_fit(df) -> str:
+    try:
+        from .fitting import fit_results
+
+        rep = fit_results(df, form="heads")
+        table = rep.table()
+        return "Head-law fit (cogqa fit --form heads):\n\n" + _markdown_table(table.set_index(table.columns[0]), str(table.columns[0]), str)
+    except Exception as exc:  # the heads form needs several n_h per size; say why it is absent
+        return f"_Head-law fit not shown: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}_"
+
+
+def _markdown_table(df, index_name: str, col_name) -> str:
+    cols = list(df.columns)
+    lines = ["| " + index_name + " | " + " | ".join(col_name(c) for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    for idx, row in df.iterrows():
+        idx_s = f"{idx:.3f}" if isinstance(idx, (float, np.floating)) else str(idx)
+        lines.append(f"| {idx_s} | " + " | ".join(_cell(row[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _cell(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def _candidates_table(c) -> str:
+    from .units import fmt_bytes, fmt_flops, fmt_params
+
+    lines = ["| H | N (non-emb.) | memory | FLOPs/token | Z |", "|---|---|---|---|---|"]
+    for _, r in c.iterrows():
+        lines.append(f"| ({int(r['n_heads'])},{int(r['n_kv_heads'])}) | {fmt_params(r['params_non_embedding'])} | "
+                     f"{fmt_bytes(r['inference_memory_bytes'])} | {fmt_flops(r['inference_flops_per_token'])} | {r['z']:.4g} |")
+    return "\n".join(lines)
+
+
+def _fmt_savings(savings) -> str:
+    if not savings:
+        return "n/a (no baseline)"
+    if isinstance(savings, dict):
+        parts = []
+        for k, v in savings.items():
+            if isinstance(v, (float, np.floating)) and ("fraction" in k or "saving" in k or k.endswith("_pct")):
+                parts.append(f"{k} {100 * v:.1f}%" if "fraction" in k or "saving" in k else f"{k} {v:.1f}%")
+            else:
+                parts.append(f"{k} {v}")
+        return "; ".join(parts)
+    return str(savings)

@@ -1,0 +1,272 @@
+"""``cogqa search`` (cost-optimal GQA for a context and a target loss, or a budget) and
+``cogqa table`` (the paper's Table 4 grid). Parsing and printing only; the logic is in
+:mod:`cogqa.search`. Never imports torch."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+
+from ..errors import CogqaError, require
+from . import print_json
+
+DEFAULT_LOSSES = "3.0,2.9,2.8,2.7,2.6,2.5,2.4,2.35"
+DEFAULT_CONTEXTS = "8k,16k,32k,64k,128k"
+APPROXIMATE_LINE = "approximate: default laws calibrated from published numbers (see docs/default-laws.md)"
+
+_BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGTP]?i?B?)\s*$", re.IGNORECASE)
+
+
+def parse_bytes(text: str, field: str) -> float:
+    """Bytes from ``16GiB``, ``16GB``, ``16G`` (= GB, 1e9), ``2e9`` or ``1.5TiB``."""
+    m = _BYTES.match(str(text))
+    require(m is not None, f"{field}: {text!r} is not an amount of memory; write e.g. 16GiB, 24GB or 2e10")
+    unit = m.group(2).upper().rstrip("B") if m.group(2) else ""
+    if unit.endswith("I"):
+        scale = 1024 ** ("KMGTP".index(unit[0]) + 1)
+    else:
+        scale = 1000 ** ("KMGTP".index(unit) + 1) if unit else 1
+    value = float(m.group(1)) * scale
+    require(math.isfinite(value) and value > 0, f"{field}: must be a positive amount of memory, got {text!r}")
+    return value
+
+
+def _int(text, field: str) -> int:
+    require(text is not None and re.fullmatch(r"\s*-?[0-9]+\s*", str(text)) is not None, f"{field}: {text!r} is not a whole number")
+    return int(text)
+
+
+def _options(args) -> dict:
+    """The keyword arguments shared by search and table, parsed from strings."""
+    from ..costs import ZWeights, dtype_bytes
+    from ..units import parse_float
+
+    lam = parse_float(args.lam, "--lambda")
+    require(0.0 <= lam <= 1.0, f"--lambda must be in [0, 1], got {lam:g}")
+    alpha, beta = parse_float(args.alpha, "--alpha"), parse_float(args.beta, "--beta")
+    require(alpha > 0, f"--alpha must be > 0, got {alpha:g}")
+    require(beta > 0, f"--beta must be > 0, got {beta:g}")
+    for flag, value in (("--weight-dtype", args.weight_dtype), ("--kv-dtype", args.kv_dtype)):
+        try:
+            dtype_bytes(value)
+        except CogqaError as exc:
+            raise CogqaError(f"{flag}: {exc}") from None
+    batch = _int(args.batch, "--batch")
+    require(batch >= 1, f"--batch must be at least 1 sequence, got {batch}")
+    max_heads = None
+    if args.max_heads is not None:
+        max_heads = _int(args.max_heads, "--max-heads")
+        require(max_heads >= 1 and max_heads & (max_heads - 1) == 0, f"--max-heads must be a power of two >= 1 (1, 2, 4, ..., 32), got {max_heads}")
+    require(args.memory_unit in ("values", "bytes"), f"--memory-unit must be values or bytes, got {args.memory_unit!r}")
+    return {"weights": ZWeights(lam=lam, alpha=alpha, beta=beta), "weight_dtype": args.weight_dtype, "kv_dtype": args.kv_dtype,
+            "batch": batch, "max_heads": max_heads, "memory_unit": args.memory_unit}
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--laws", default="default", help="laws file (JSON from cogqa fit) or a shipped set: default, demo (default: default)")
+    p.add_argument("--lambda", dest="lam", default="0.9", help="Z weight of memory, in [0, 1] (default 0.9)")
+    p.add_argument("--alpha", default="0.5", help="Z exponent of memory (default 1/2)")
+    p.add_argument("--beta", default=str(1 / 3), help="Z exponent of FLOPs per token (default 1/3)")
+    p.add_argument("--weight-dtype", default="bf16", help="dtype of the weights in memory (default bf16)")
+    p.add_argument("--kv-dtype", default="bf16", help="dtype of the KV cache (default bf16)")
+    p.add_argument("--batch", default="1", help="concurrent sequences sharing the weights (default 1)")
+    p.add_argument("--max-heads", default=None, help="largest n_heads to consider, a power of two (default: all in the laws file)")
+    p.add_argument("--memory-unit", default="values", help="M in Z: values (the paper's Eq. 4, default) or bytes (at the dtypes)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
+# ---------------------------------------------------------------------------------------------
+# search
+# ---------------------------------------------------------------------------------------------
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """Rank the head configurations for one context and target loss (or budget) and print them."""
+    from ..search import lowest_loss_within_budget, search
+    from ..units import parse_context, parse_count, parse_float
+
+    require(args.context is not None, "--context is required, e.g. --context 128k")
+    T = parse_context(args.context, "--context")
+    opts = _options(args)
+    budgets = {}
+    if args.budget_z is not None:
+        budgets["budget_z"] = parse_float(args.budget_z, "--budget-z")
+        require(budgets["budget_z"] > 0, f"--budget-z must be > 0, got {args.budget_z}")
+    if args.budget_memory is not None:
+        budgets["budget_memory"] = parse_bytes(args.budget_memory, "--budget-memory")
+    if args.budget_flops is not None:
+        budgets["budget_flops"] = parse_count(args.budget_flops, "--budget-flops")
+    if budgets:
+        require(args.target_loss is None, "give either --target-loss or a budget (--budget-z/--budget-memory/--budget-flops), not both")
+        require(args.baseline is None, "--baseline compares at a target loss; it cannot be combined with a budget")
+        result = lowest_loss_within_budget(T, args.laws, **budgets, **opts)
+    else:
+        require(args.target_loss is not None, "--target-loss is required (nats per token, e.g. 2.615), or give a budget")
+        loss = parse_float(args.target_loss, "--target-loss")
+        require(loss > 0, f"--target-loss must be a positive loss in nats per token, got {loss:g}")
+        result = search(T, loss, args.laws, baseline=args.baseline, **opts)
+    if args.json:
+        print_json(result.to_dict())
+        return 0
+    _print_result(result)
+    return 0
+
+
+def _budget_label(key: str, value: float) -> str:
+    from ..units import fmt_bytes, fmt_flops
+
+    if key == "memory_bytes":
+        return f"memory <= {fmt_bytes(value)}"
+    if key == "flops":
+        return f"FLOPs/token <= {fmt_flops(value)}"
+    return f"Z <= {value:.5g}"
+
+
+def _print_result(r) -> None:
+    from ..units import fmt_bytes, fmt_flops, fmt_params, fmt_tokens
+
+    w = r.weights
+    what = f"target loss {r.target_loss:g} nats/token" if r.target_loss is not None else \
+        "budget " + ", ".join(_budget_label(k, v) for k, v in r.budget.items())
+    print(f"cost-optimal GQA at T = {fmt_tokens(r.context)}, {what}")
+    print(f"Z = {w.lam:g}*M^{w.alpha:.3g} + {1 - w.lam:g}*C^{w.beta:.3g} (M in {r.memory_unit}, C in FLOPs/token); "
+          f"weights {r.weight_dtype}, KV cache {r.kv_dtype}, batch {r.batch}")
+    loss_col = r.target_loss is None
+    header = f"{'':2}{'H=(n_h,n_kv)':<14}{'N* (non-emb.)':>16}{'L x d':>12}{'FLOPs/token':>16}{'memory':>13}{'KV cache':>13}{'Z':>11}"
+    print(header + (f"{'loss':>9}" if loss_col else ""))
+    for i, row in enumerate(r.candidates.itertuples()):
+        heads = f"({row.n_heads}, {row.n_kv_heads})"
+        if not row.reachable:
+            why = "cannot reach L* (L* <= E)" if not loss_col else "does not fit the budget"
+            print(f"{'':2}{heads:<14}{why:>16}")
+            continue
+        mark = "* " if i == 0 else "  "
+        line = (f"{mark}{heads:<14}{fmt_params(row.params_non_embedding).replace(' params', ''):>16}"
+                f"{f'{row.layers} x {row.hidden_size}':>12}{fmt_flops(row.inference_flops_per_token):>16}"
+                f"{fmt_bytes(row.inference_memory_bytes):>13}{fmt_bytes(row.kv_cache_bytes):>13}{row.z:>11.5g}")
+        print(line + (f"{row.predicted_loss:>9.4f}" if loss_col else ""))
+    b = r.best
+    print(f"* best: H=({b['n_heads']}, {b['n_kv_heads']}), N* = {fmt_params(b['params_non_embedding'])} "
+          f"(buildable: {b['layers']} layers x {b['hidden_size']} hidden), predicted loss {b['predicted_loss']:.4f} nats/token")
+    if r.baseline is not None:
+        base, s = r.baseline, r.savings
+        sized = f"sized by the law of H={tuple(base['law_heads'])} to reach L*" if base["sized_by"] == "law" else "its own shape"
+        loss = f"{base['predicted_loss']:.4f} nats/token" if base["predicted_loss"] is not None else "no law for its heads"
+        print(f"baseline {base['spec']}: H=({base['n_heads']}, {base['n_kv_heads']}), {fmt_params(base['params_non_embedding'])} "
+              f"non-embedding ({sized}; predicted loss {loss}): {fmt_flops(base['inference_flops_per_token'])}/token, "
+              f"{fmt_bytes(base['inference_memory_bytes'])}, Z {base['z']:.5g}")
+        print(f"best vs baseline: memory {-100 * s['memory']:+.1f}%, FLOPs/token {-100 * s['flops']:+.1f}%, Z {-100 * s['z']:+.1f}%")
+    if r.approximate:
+        print(APPROXIMATE_LINE)
+
+
+# ---------------------------------------------------------------------------------------------
+# table
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_losses(text: str) -> list[float]:
+    from ..units import parse_float
+
+    parts = [p for p in str(text).split(",") if p.strip()]
+    require(parts, "--losses: give at least one target loss, e.g. 3.0,2.9,2.8")
+    losses = [parse_float(p.strip(), "--losses") for p in parts]
+    for value in losses:
+        require(value > 0, f"--losses: each loss must be positive (nats per token), got {value:g}")
+    require(len(set(losses)) == len(losses), "--losses: a target loss appears twice")
+    return losses
+
+
+def run_table(args: argparse.Namespace) -> int:
+    """Print the grid of cost-optimal (n_h, n_kv) for each target loss and context."""
+    from ..search import compare_with_paper_table4, cost_optimal_table, plot_cost_optimal_table
+    from ..units import fmt_tokens, parse_contexts
+
+    losses = _parse_losses(args.losses)
+    contexts = parse_contexts(args.contexts, "--contexts")
+    require(len(set(contexts)) == len(contexts), "--contexts: a context length appears twice")
+    require(args.format in ("markdown", "csv"), f"--format must be markdown or csv, got {args.format!r}")
+    opts = _options(args)
+    table = cost_optimal_table(losses, contexts, args.laws, **opts)
+    long = table.attrs["long"]
+    if args.out_csv:
+        _write_atomic(args.out_csv, _csv(table))
+    if args.plot:
+        plot_cost_optimal_table(table, args.plot)
+    if args.json:
+        out = {"losses": losses, "contexts": contexts, "approximate": table.attrs["approximate"],
+               "laws_source": table.attrs["laws_source"],
+               "table": {f"{l:g}": {str(t): table.loc[l, t] for t in contexts} for l in losses},
+               "cells": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in long.to_dict(orient="records")],
+               "paper_table4_agreement": {k: v for k, v in compare_with_paper_table4(table).items() if k != "per_cell"}}
+        print_json(out)
+        return 0
+    if args.format == "csv":
+        print(_csv(table), end="")
+    else:
+        print("| L* (nats/token) | " + " | ".join(f"T = {fmt_tokens(t)}" for t in contexts) + " |")
+        print("|---|" + "---|" * len(contexts))
+        for l in losses:
+            print(f"| {l:g} | " + " | ".join(table.loc[l, t] or "unreachable" for t in contexts) + " |")
+    if args.plot:
+        print(f"wrote {args.plot}")
+    if args.out_csv:
+        print(f"wrote {args.out_csv}")
+    if table.attrs["approximate"]:
+        print(APPROXIMATE_LINE)
+    return 0
+
+
+def _csv(table) -> str:
+    lines = ["target_loss," + ",".join(str(t) for t in table.columns)]
+    for l in table.index:
+        lines.append(f"{l:g}," + ",".join(f'"{table.loc[l, t]}"' if table.loc[l, t] else "" for t in table.columns))
+    return "\n".join(lines) + "\n"
+
+
+def _write_atomic(path: str, text: str) -> None:
+    import os
+    from pathlib import Path
+
+    p = Path(path)
+    require(p.parent.exists(), f"--out-csv: directory {p.parent} does not exist")
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, p)
+
+
+def register(sub) -> None:
+    """Register ``search`` and ``table``."""
+    p = sub.add_parser(
+        "search",
+        help="cost-optimal (N, n_heads, n_kv_heads) for a context length and a target loss",
+        description="The paper's three-step search: for each head configuration the size N*(H) that reaches the "
+        "target loss under the laws, its costs at context T, ranked by Z. With a budget instead of a target loss: "
+        "the lowest predicted loss within it.",
+    )
+    p.add_argument("--context", help="context length T in tokens (8192, 8k, 128k)")
+    p.add_argument("--target-loss", help="target loss L* in nats per token")
+    p.add_argument("--baseline", help="compare the winner with: llama3 (H=(32,8) sized to reach L*), a config.json, "
+                   "or a size with heads such as 1.2B:32,8")
+    p.add_argument("--budget-z", help="inverse question: lowest loss with Z at most this")
+    p.add_argument("--budget-memory", help="inverse question: lowest loss within this inference memory (16GiB, 24GB, bytes)")
+    p.add_argument("--budget-flops", help="inverse question: lowest loss within this many FLOPs per token (50G, 2e10)")
+    _add_common(p)
+    p.set_defaults(func=run_search)
+
+    t = sub.add_parser(
+        "table",
+        help="the paper's Table 4 grid: cost-optimal (n_h, n_kv) per target loss and context",
+        description="Cost-optimal (n_heads, n_kv_heads) for each target loss (rows) and context length (columns).",
+    )
+    t.add_argument("--losses", default=DEFAULT_LOSSES, help=f"target losses, nats per token (default {DEFAULT_LOSSES})")
+    t.add_argument("--contexts", default=DEFAULT_CONTEXTS, help=f"context lengths (default {DEFAULT_CONTEXTS})")
+    t.add_argument("--format", default="markdown", help="markdown (default) or csv")
+    t.add_argument("--out-csv", help="also write the grid as CSV to this file")
+    t.add_argument("--plot", help="also write a heatmap PNG to this file")
+    _add_common(t)
+    t.set_defaults(func=run_table)
+
+
+__all__ = ["register", "run_search", "run_table", "parse_bytes"]

@@ -1,0 +1,519 @@
+"""The paper's cost-optimal GQA search (Section 4.1), its inverse (lowest loss within a budget)
+and the Table 4 grid.
+
+For a context length T (tokens) and a target loss L* (nats per token), every head configuration
+H = (n_heads, n_kv_heads) of a laws file gets the smallest size that reaches L*,
+``N*(H) = a / (L* - E)^(1/b)`` (non-embedding parameters, real-valued, Eq. 8), a real-valued
+shape by Appendix B.1 (:func:`cogqa.shapes.shape_for_params`), its inference costs at T
+(:mod:`cogqa.costs`, exact per component) and the hardware-aware cost
+``Z = lam * M^alpha + (1 - lam) * C^beta``. The configuration with the smallest Z wins.
+
+Memory convention of Z (``memory_unit``): ``"values"`` (default) puts M in stored values
+(parameters plus cached keys and values), as the paper's Eq. 4 and its notation table define
+M_infer; ``"bytes"`` puts M in bytes at the weight and KV dtypes (the paper's Figure 2 plots BF16
+bytes). C is always FLOPs per token. Reported memory columns are always in bytes. See docs/default-laws.md for how
+the two conventions compare against the paper's Table 4.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .costs import (
+    ZWeights,
+    dtype_bytes,
+    inference_flops_per_token,
+    inference_memory_bytes,
+    kv_cache_values_per_token,
+    params_total,
+    z_cost,
+)
+from .errors import CogqaError, require
+from .laws import LawSet, PowerLawN, load_laws
+from .shapes import ModelShape, nearest_buildable, shape_for_params, shape_from_spec
+
+MEMORY_UNITS = ("bytes", "values")
+
+#: The paper's Table 4: cost-optimal (n_h, n_kv) per target loss (rows) and context (columns).
+PAPER_TABLE4_CONTEXTS = (8192, 16384, 32768, 65536, 131072)
+PAPER_TABLE4: dict[float, tuple[tuple[int, int], ...]] = {
+    3.0: ((32, 1), (16, 1), (8, 1), (4, 1), (4, 1)),
+    2.9: ((32, 1), (16, 1), (16, 1), (8, 1), (4, 1)),
+    2.8: ((32, 2), (16, 1), (16, 1), (8, 1), (8, 1)),
+    2.7: ((32, 4), (16, 2), (16, 1), (16, 1), (8, 1)),
+    2.6: ((32, 8), (16, 4), (16, 2), (16, 2), (8, 1)),
+    2.5: ((32, 16), (16, 8), (16, 4), (16, 2), (16, 2)),
+    2.4: ((32, 32), (32, 32), (32, 8), (32, 8), (32, 4)),
+    2.35: ((32, 32), (32, 32), (32, 32), (32, 16), (32, 8)),
+}
+
+#: The Llama-3 GQA baseline's head configuration (Table 5 of the paper; see docs/default-laws.md).
+LLAMA3_HEADS = (32, 8)
+
+_N_MIN, _N_MAX = 1e5, 1e15  # bracket of the budget bisection (non-embedding parameters)
+
+
+# ---------------------------------------------------------------------------------------------
+# Inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def _is_power_of_two(n) -> bool:
+    return isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 and (n & (n - 1)) == 0
+
+
+def candidate_heads(max_heads: int = 32) -> list[tuple[int, int]]:
+    """Step 1: all (n_heads, n_kv_heads) with both powers of two and n_kv <= n_h <= ``max_heads``
+    (21 configurations for 32), ordered by n_heads then n_kv_heads."""
+    require(_is_power_of_two(max_heads), f"max_heads must be a power of two >= 1 (1, 2, 4, ..., 32), got {max_heads!r}")
+    powers = [2**i for i in range(int(math.log2(max_heads)) + 1)]
+    return [(h, kv) for h in powers for kv in powers if kv <= h]
+
+
+def resolve_laws(laws: LawSet | str | Path) -> LawSet:
+    """A LawSet from a LawSet, a laws-file path, or a shipped name (``default``, ``demo``)."""
+    if isinstance(laws, LawSet):
+        return laws
+    require(isinstance(laws, (str, Path)) and str(laws).strip() != "", "--laws: give a laws file path or a shipped name (default, demo)")
+    return load_laws(laws)
+
+
+def _select_laws(law_set: LawSet, max_heads, heads) -> list[PowerLawN]:
+    """The candidate laws: the laws file's H, filtered by ``max_heads`` and ``heads``."""
+    laws = list(law_set.laws)
+    if max_heads is not None:
+        require(_is_power_of_two(max_heads), f"--max-heads must be a power of two >= 1 (1, 2, 4, ..., 32), got {max_heads!r}")
+        laws = [law for law in laws if law.n_heads <= max_heads]
+    if heads is not None:
+        wanted = {tuple(h) for h in heads}
+        require(len(wanted) > 0, "--heads: give at least one (n_heads, n_kv_heads) pair")
+        missing = sorted(wanted - {law.heads for law in law_set.laws})
+        require(not missing, f"--heads: no law for {missing} in the laws file; it has {sorted(l.heads for l in law_set.laws)}")
+        laws = [law for law in laws if law.heads in wanted]
+    require(len(laws) > 0, f"no head configuration left to search (max_heads={max_heads}, heads={heads}); relax the filter")
+    return laws
+
+
+def _check_context(context) -> int:
+    require(
+        isinstance(context, (int, np.integer, float)) and not isinstance(context, bool),
+        f"context must be a number of tokens, got {context!r} (parse '128k' with cogqa.units.parse_context)",
+    )
+    require(math.isfinite(context) and context >= 1, f"context must be at least 1 token, got {context}")
+    return int(context) if float(context).is_integer() else context
+
+
+def _check_loss(target_loss, name: str = "target_loss") -> float:
+    require(
+        isinstance(target_loss, (int, float, np.floating)) and not isinstance(target_loss, bool),
+        f"{name} must be a number in nats per token, got {target_loss!r}",
+    )
+    require(math.isfinite(target_loss) and target_loss > 0, f"{name} must be a positive, finite loss in nats per token, got {target_loss}")
+    return float(target_loss)
+
+
+def _check_options(weights, weight_dtype, kv_dtype, batch, memory_unit) -> None:
+    require(isinstance(weights, ZWeights), "weights must be a cogqa.costs.ZWeights")
+    dtype_bytes(weight_dtype)
+    dtype_bytes(kv_dtype)
+    require(isinstance(batch, (int, np.integer)) and not isinstance(batch, bool) and batch >= 1, f"batch must be a whole number >= 1 of sequences, got {batch!r}")
+    require(memory_unit in MEMORY_UNITS, f"memory_unit must be one of {MEMORY_UNITS}, got {memory_unit!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Costs of a set of configurations
+# ---------------------------------------------------------------------------------------------
+
+
+def z_memory(shape, context, batch=1, weight_dtype="bf16", kv_dtype="bf16", memory_unit="values") -> np.ndarray:
+    """The memory M that enters Z: bytes (weights and KV cache at their dtypes) or values
+    (all parameters plus ``2 L n_kv d_h`` per cached token), for ``batch`` sequences at ``context``."""
+    if memory_unit == "bytes":
+        return inference_memory_bytes(shape, context, batch, weight_dtype, kv_dtype)["total"]
+    return params_total(shape) + batch * np.asarray(context, dtype=float) * kv_cache_values_per_token(shape)
+
+
+def _cost_columns(n_params, n_heads, n_kv_heads, context, batch, weight_dtype, kv_dtype, weights, memory_unit) -> dict[str, np.ndarray]:
+    """Costs of real-valued Appendix B.1 shapes of sizes ``n_params`` (arrays, one per candidate)."""
+    shape = shape_for_params(np.asarray(n_params, dtype=float), np.asarray(n_heads, dtype=float), np.asarray(n_kv_heads, dtype=float))
+    flops = inference_flops_per_token(shape, context)
+    mem = inference_memory_bytes(shape, context, batch, weight_dtype, kv_dtype)
+    z = z_cost(z_memory(shape, context, batch, weight_dtype, kv_dtype, memory_unit), flops, weights)
+    return {
+        "layers_real": np.asarray(shape.layers, dtype=float),
+        "hidden_size_real": np.asarray(shape.hidden_size, dtype=float),
+        "params_total": np.asarray(params_total(shape), dtype=float),
+        "inference_flops_per_token": np.asarray(flops, dtype=float),
+        "inference_memory_bytes": np.asarray(mem["total"], dtype=float),
+        "kv_cache_bytes": np.asarray(mem["kv_cache"], dtype=float),
+        "z": np.asarray(z, dtype=float),
+    }
+
+
+def _buildable(n_params: float, n_heads: int, n_kv_heads: int) -> ModelShape:
+    return nearest_buildable(shape_for_params(n_params, n_heads, n_kv_heads))
+
+
+def _frame(laws: list[PowerLawN], n_params: np.ndarray, losses: np.ndarray, reachable: np.ndarray, costs: dict, sort_by: str) -> pd.DataFrame:
+    rows = []
+    for i, law in enumerate(laws):
+        row = {"n_heads": law.n_heads, "n_kv_heads": law.n_kv_heads, "reachable": bool(reachable[i])}
+        if reachable[i]:
+            built = _buildable(float(n_params[i]), law.n_heads, law.n_kv_heads)
+            row.update({"params_non_embedding": float(n_params[i]), "predicted_loss": float(losses[i]),
+                        "layers": built.layers, "hidden_size": built.hidden_size})
+            row.update({k: float(v[i]) for k, v in costs.items()})
+        else:
+            row.update({"params_non_embedding": math.nan, "predicted_loss": math.nan, "layers": None, "hidden_size": None})
+            row.update({k: math.nan for k in costs})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    df = df.sort_values(["reachable", sort_by, "n_heads", "n_kv_heads"], ascending=[False, True, True, True], kind="stable")
+    return df.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+
+
+def _plain(value):
+    """JSON-safe scalar: numpy -> python, NaN/inf -> None."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+@dataclass
+class SearchResult:
+    """The outcome of :func:`search` or :func:`lowest_loss_within_budget`.
+
+    ``candidates``: one row per head configuration, ranked (by ``z`` for a target loss, by
+    ``predicted_loss`` for a budget), unreachable ones last. Units: ``params_*`` parameters,
+    ``*_flops_per_token`` FLOPs per token, ``*_bytes`` bytes, ``*_loss`` nats per token, ``z`` none.
+    ``savings``: fractions saved by ``best`` against ``baseline`` (0.5 = half the cost).
+    """
+
+    context: int
+    target_loss: float | None
+    candidates: pd.DataFrame
+    best: dict
+    baseline: dict | None = None
+    savings: dict | None = None
+    approximate: bool = False
+    laws_source: str = ""
+    weights: ZWeights = field(default_factory=ZWeights)
+    weight_dtype: str = "bf16"
+    kv_dtype: str = "bf16"
+    batch: int = 1
+    memory_unit: str = "values"
+    budget: dict | None = None
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.candidates, pd.DataFrame) and len(self.candidates) > 0, "a search result needs at least one candidate")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable dict: context, target_loss, best, candidates (list), baseline, savings,
+        approximate, laws_source, the cost settings and the budget (NaN written as null)."""
+        return _plain({
+            "context": self.context,
+            "target_loss": self.target_loss,
+            "budget": self.budget,
+            "best": self.best,
+            "candidates": self.candidates.to_dict(orient="records"),
+            "baseline": self.baseline,
+            "savings": self.savings,
+            "approximate": self.approximate,
+            "laws_source": self.laws_source,
+            "z_weights": {"lambda": self.weights.lam, "alpha": self.weights.alpha, "beta": self.weights.beta},
+            "memory_unit": self.memory_unit,
+            "weight_dtype": self.weight_dtype,
+            "kv_dtype": self.kv_dtype,
+            "batch": self.batch,
+        })
+
+
+# ---------------------------------------------------------------------------------------------
+# Baselines
+# ---------------------------------------------------------------------------------------------
+
+
+def _nearest_law(law_set: LawSet, heads: tuple[int, int]) -> PowerLawN:
+    """The law of ``heads``, or the one nearest to it in (log2 n_h, log2 n_kv)."""
+    table = law_set.by_heads()
+    if heads in table:
+        return table[heads]
+    dist = lambda law: abs(math.log2(law.n_heads / heads[0])) + abs(math.log2(law.n_kv_heads / heads[1]))  # noqa: E731
+    return min(law_set.laws, key=lambda law: (dist(law), -law.n_heads, -law.n_kv_heads))
+
+
+def _shape_costs(shape, context, batch, weight_dtype, kv_dtype, weights, memory_unit) -> dict:
+    flops = float(inference_flops_per_token(shape, context))
+    mem = inference_memory_bytes(shape, context, batch, weight_dtype, kv_dtype)
+    z = float(z_cost(z_memory(shape, context, batch, weight_dtype, kv_dtype, memory_unit), flops, weights))
+    return {"inference_flops_per_token": flops, "inference_memory_bytes": float(mem["total"]),
+            "kv_cache_bytes": float(mem["kv_cache"]), "params_total": float(params_total(shape)), "z": z}
+
+
+def baseline_costs(spec: str, context, target_loss, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
+                   weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1, memory_unit: str = "values") -> dict:
+    """Costs of a baseline at ``context`` (tokens): a dict with its heads, size (parameters), how it
+    was sized, its predicted loss (nats per token, when a law for its heads exists) and costs.
+
+    ``spec``: ``llama3`` = H = (32, 8) (the paper's Table 5) at the size that reaches
+    ``target_loss`` under the law of (32, 8) (or the nearest law in the file); a Hugging Face
+    ``config.json`` (or directory), a paper size with heads (``1.2B:32,8``) or any size with heads
+    (``2.5B:8,1``, an Appendix B.1 shape): costed with its own shape, loss from the law of its heads.
+    """
+    law_set = resolve_laws(laws)
+    text = str(spec).strip()
+    require(text != "", "--baseline: give llama3, a config.json path, or a size with heads like 1.2B:32,8")
+    if text.lower() in ("llama3", "llama-3"):
+        require(target_loss is not None, "--baseline llama3 needs --target-loss (its size is the one that reaches it)")
+        law = _nearest_law(law_set, LLAMA3_HEADS)
+        n = float(law.params_for_loss(target_loss))
+        require(math.isfinite(n), f"--baseline llama3: the law of H={law.heads} cannot reach loss {target_loss} (its E is {law.E:.4g})")
+        shape = shape_for_params(n, *LLAMA3_HEADS)
+        built = nearest_buildable(shape)
+        out = {"spec": "llama3", "n_heads": LLAMA3_HEADS[0], "n_kv_heads": LLAMA3_HEADS[1], "sized_by": "law",
+               "law_heads": list(law.heads), "params_non_embedding": n, "predicted_loss": float(target_loss),
+               "layers": built.layers, "hidden_size": built.hidden_size}
+    else:
+        try:
+            shape = shape_from_spec(text)
+        except CogqaError as exc:
+            raise CogqaError(f"--baseline {text!r}: not llama3, a config.json or a size with heads like 1.2B:32,8 ({exc})") from None
+        from .costs import params_non_embedding
+
+        n = float(params_non_embedding(shape))
+        heads = (int(round(float(shape.n_heads))), int(round(float(shape.n_kv_heads))))
+        law = law_set.by_heads().get(heads)
+        out = {"spec": text, "n_heads": heads[0], "n_kv_heads": heads[1], "sized_by": "shape",
+               "law_heads": list(heads) if law else None, "params_non_embedding": n,
+               "predicted_loss": float(law.loss(n)) if law else None,
+               "layers": int(round(float(shape.layers))), "hidden_size": int(round(float(shape.hidden_size)))}
+    out.update(_shape_costs(shape, context, batch, weight_dtype, kv_dtype, weights, memory_unit))
+    return out
+
+
+def savings_against(best: dict, baseline: dict) -> dict:
+    """Fractions saved by ``best`` against ``baseline``: 1 - best/baseline for memory (bytes),
+    FLOPs per token and Z (0.508 = 50.8% less; negative = more)."""
+    return {
+        "memory": 1.0 - best["inference_memory_bytes"] / baseline["inference_memory_bytes"],
+        "flops": 1.0 - best["inference_flops_per_token"] / baseline["inference_flops_per_token"],
+        "z": 1.0 - best["z"] / baseline["z"],
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The search and its inverse
+# ---------------------------------------------------------------------------------------------
+
+
+def search(context, target_loss, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
+           weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1, max_heads: int | None = None,
+           heads=None, baseline: str | None = None, memory_unit: str = "values") -> SearchResult:
+    """The cost-optimal (N, n_h, n_kv) that reaches ``target_loss`` (nats per token) at ``context``
+    (tokens), with the smallest Z. Every candidate H gets N*(H) = a/(L*-E)^(1/b) (parameters);
+    those with L* <= E are kept as unreachable rows. Raises CogqaError when none is reachable."""
+    T = _check_context(context)
+    L = _check_loss(target_loss)
+    _check_options(weights, weight_dtype, kv_dtype, batch, memory_unit)
+    law_set = resolve_laws(laws)
+    laws_list = _select_laws(law_set, max_heads, heads)
+    n_star = np.array([float(law.params_for_loss(L)) for law in laws_list])
+    reachable = np.isfinite(n_star)
+    if not reachable.any():
+        lowest = min(law.E for law in laws_list)
+        raise CogqaError(f"--target-loss {L}: unreachable; every head configuration has E >= it (lowest E is {lowest:.4g} nats/token)")
+    n_eval = np.where(reachable, n_star, 1e9)
+    costs = _cost_columns(n_eval, [l.n_heads for l in laws_list], [l.n_kv_heads for l in laws_list], T, batch, weight_dtype, kv_dtype, weights, memory_unit)
+    df = _frame(laws_list, n_star, np.full(len(laws_list), L), reachable, costs, "z")
+    best = df.iloc[0].to_dict()
+    base = savings = None
+    if baseline is not None:
+        base = baseline_costs(baseline, T, L, law_set, weights, weight_dtype, kv_dtype, batch, memory_unit)
+        savings = savings_against(best, base)
+    return SearchResult(context=T, target_loss=L, candidates=df, best=best, baseline=base, savings=savings,
+                        approximate=law_set.approximate, laws_source=law_set.source, weights=weights,
+                        weight_dtype=weight_dtype, kv_dtype=kv_dtype, batch=batch, memory_unit=memory_unit)
+
+
+def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", budget_z=None, budget_memory=None,
+                              budget_flops=None, weights: ZWeights = ZWeights(), weight_dtype: str = "bf16",
+                              kv_dtype: str = "bf16", batch: int = 1, max_heads: int | None = None, heads=None,
+                              memory_unit: str = "values") -> SearchResult:
+    """The inverse question: for each H the largest N (parameters) whose Z, memory (bytes) and
+    FLOPs per token at ``context`` all stay within the given budgets (bisection over N), its
+    predicted loss (nats per token); ``best`` is the lowest loss. H that cannot fit even at
+    1e5 parameters are unreachable rows; an error if none fits."""
+    T = _check_context(context)
+    _check_options(weights, weight_dtype, kv_dtype, batch, memory_unit)
+    budgets = {"z": budget_z, "inference_memory_bytes": budget_memory, "inference_flops_per_token": budget_flops}
+    flags = {"z": "--budget-z", "inference_memory_bytes": "--budget-memory", "inference_flops_per_token": "--budget-flops"}
+    budgets = {k: v for k, v in budgets.items() if v is not None}
+    require(budgets, "give a budget: budget_z, budget_memory (bytes) or budget_flops (FLOPs per token)")
+    for key, value in budgets.items():
+        require(isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and math.isfinite(value) and value > 0,
+                f"{flags[key]} must be a positive, finite number, got {value!r}")
+    law_set = resolve_laws(laws)
+    laws_list = _select_laws(law_set, max_heads, heads)
+    n_h = np.array([l.n_heads for l in laws_list], dtype=float)
+    n_kv = np.array([l.n_kv_heads for l in laws_list], dtype=float)
+
+    def fits(n):
+        c = _cost_columns(n, n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, memory_unit)
+        return np.all([c[k] <= v for k, v in budgets.items()], axis=0)
+
+    lo, hi = np.full(len(laws_list), math.log(_N_MIN)), np.full(len(laws_list), math.log(_N_MAX))
+    reachable = fits(np.exp(lo))
+    for _ in range(60):  # bisection on log N; costs grow with N
+        mid = 0.5 * (lo + hi)
+        ok = fits(np.exp(mid))
+        lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+    n_best = np.where(reachable, np.exp(lo), np.nan)
+    losses = np.array([float(law.loss(n)) if ok else np.nan for law, n, ok in zip(laws_list, n_best, reachable)])
+    if not reachable.any():
+        raise CogqaError(f"budget too small: no head configuration fits within it even at {_N_MIN:.0e} parameters; raise the budget")
+    costs = _cost_columns(np.where(reachable, n_best, 1e9), n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, memory_unit)
+    df = _frame(laws_list, n_best, losses, reachable, costs, "predicted_loss")
+    best = df.iloc[0].to_dict()
+    budget = {k.replace("inference_", "").replace("_per_token", ""): float(v) for k, v in budgets.items()}
+    return SearchResult(context=T, target_loss=None, candidates=df, best=best, approximate=law_set.approximate,
+                        laws_source=law_set.source, weights=weights, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
+                        batch=batch, memory_unit=memory_unit, budget=budget)
+
+
+# ---------------------------------------------------------------------------------------------
+# The Table 4 grid
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_grid(losses, contexts) -> tuple[list[float], list[int]]:
+    losses = list(losses) if losses is not None else []
+    contexts = list(contexts) if contexts is not None else []
+    require(len(losses) > 0, "--losses: give at least one target loss, e.g. 3.0,2.9,2.8")
+    require(len(contexts) > 0, "--contexts: give at least one context length, e.g. 8k,128k")
+    return [_check_loss(l, "--losses") for l in losses], [_check_context(t) for t in contexts]
+
+
+def cost_optimal_table_long(losses, contexts, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
+                            weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1,
+                            max_heads: int | None = None, memory_unit: str = "values") -> pd.DataFrame:
+    """One row per (target loss, context): the winner's n_heads, n_kv_heads, N*
+    (``params_non_embedding``, parameters) and ``z``; ``reachable`` False (heads None) when no
+    configuration reaches the loss."""
+    losses, contexts = _check_grid(losses, contexts)
+    law_set = resolve_laws(laws)
+    _select_laws(law_set, max_heads, None)
+    rows = []
+    for L in losses:
+        for T in contexts:
+            try:
+                best = search(T, L, law_set, weights, weight_dtype, kv_dtype, batch, max_heads, memory_unit=memory_unit).best
+                rows.append({"target_loss": L, "context": T, "n_heads": int(best["n_heads"]), "n_kv_heads": int(best["n_kv_heads"]),
+                             "params_non_embedding": best["params_non_embedding"], "z": best["z"], "reachable": True})
+            except CogqaError as exc:
+                if "unreachable" not in str(exc):
+                    raise
+                rows.append({"target_loss": L, "context": T, "n_heads": None, "n_kv_heads": None,
+                             "params_non_embedding": math.nan, "z": math.nan, "reachable": False})
+    return pd.DataFrame(rows)
+
+
+def cost_optimal_table(losses, contexts, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
+                       weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1,
+                       max_heads: int | None = None, memory_unit: str = "values") -> pd.DataFrame:
+    """The Table 4 grid: rows target losses L* (nats per token), columns contexts T (tokens),
+    cells ``"(n_h, n_kv)"`` of the cost-optimal configuration, or None when L* is unreachable.
+    ``table.attrs["long"]`` holds :func:`cost_optimal_table_long` (N* and Z per cell) and
+    ``table.attrs["approximate"]`` whether the laws are approximate."""
+    law_set = resolve_laws(laws)
+    long = cost_optimal_table_long(losses, contexts, law_set, weights, weight_dtype, kv_dtype, batch, max_heads, memory_unit)
+    cells = [f"({r.n_heads}, {r.n_kv_heads})" if r.reachable else None for r in long.itertuples()]
+    long = long.assign(cell=cells)
+    table = long.pivot(index="target_loss", columns="context", values="cell")
+    table = table.reindex(index=list(dict.fromkeys(long["target_loss"])), columns=list(dict.fromkeys(long["context"])))
+    table.index.name, table.columns.name = "target_loss", "context"
+    table.attrs["long"] = long
+    table.attrs["approximate"] = law_set.approximate
+    table.attrs["laws_source"] = law_set.source
+    return table
+
+
+def parse_cell(cell) -> tuple[int, int] | None:
+    """``"(8, 1)"`` -> (8, 1); None stays None."""
+    if cell is None or (isinstance(cell, float) and math.isnan(cell)):
+        return None
+    h, kv = str(cell).strip("() ").split(",")
+    return int(h), int(kv)
+
+
+def compare_with_paper_table4(table: pd.DataFrame) -> dict:
+    """Cell-by-cell agreement of a table over the paper's Table 4 grid: counts of ``exact`` cells,
+    ``one_step`` (one factor of two off in exactly one of n_h, n_kv) and ``per_cell`` details."""
+    per_cell, exact, one = [], 0, 0
+    for loss, row in PAPER_TABLE4.items():
+        for T, paper in zip(PAPER_TABLE4_CONTEXTS, row):
+            ours = parse_cell(table.loc[loss, T]) if (loss in table.index and T in table.columns) else None
+            steps = None if ours is None else abs(math.log2(ours[0] / paper[0])) + abs(math.log2(ours[1] / paper[1]))
+            exact += steps == 0
+            one += steps == 1
+            per_cell.append({"target_loss": loss, "context": T, "paper": list(paper), "ours": list(ours) if ours else None, "steps": steps})
+    return {"cells": len(per_cell), "exact": int(exact), "one_step": int(one), "per_cell": per_cell}
+
+
+def plot_cost_optimal_table(table_df: pd.DataFrame, path: str | Path, title: str = "") -> Path:
+    """Write a heatmap PNG of a :func:`cost_optimal_table` (colour = log2(n_h * n_kv), cells
+    annotated with (n_h, n_kv), blank where unreachable); returns the path (written atomically)."""
+    from .plots import _pyplot
+
+    plt = _pyplot()
+    cells = [[parse_cell(c) for c in row] for row in table_df.itertuples(index=False)]
+    values = np.array([[math.log2(c[0] * c[1]) if c else np.nan for c in row] for row in cells], dtype=float)
+    fig, ax = plt.subplots(figsize=(1.3 * len(table_df.columns) + 2, 0.55 * len(table_df.index) + 1.5), constrained_layout=True)
+    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto", vmin=0, vmax=max(10, np.nanmax(values) if np.isfinite(values).any() else 10))
+    for i, row in enumerate(cells):
+        for j, c in enumerate(row):
+            text = f"({c[0]}, {c[1]})" if c else "unreachable"
+            colour = "white" if (c and values[i, j] < 6) else "black"
+            ax.text(j, i, text, ha="center", va="center", fontsize=9, color=colour)
+    from .units import fmt_tokens
+
+    ax.set_xticks(range(len(table_df.columns)), [fmt_tokens(t).replace(" tokens", "") for t in table_df.columns])
+    ax.set_yticks(range(len(table_df.index)), [f"{l:g}" for l in table_df.index])
+    ax.set_xlabel("context length T (tokens)")
+    ax.set_ylabel("target loss L* (nats/token)")
+    fig.colorbar(image, ax=ax, label="log2(n_h * n_kv)")
+    ax.set_title(title or ("cost-optimal (n_h, n_kv)" + (" (approximate default laws)" if table_df.attrs.get("approximate") else "")))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+__all__ = [
+    "PAPER_TABLE4", "PAPER_TABLE4_CONTEXTS", "LLAMA3_HEADS", "SearchResult", "candidate_heads", "resolve_laws",
+    "search", "lowest_loss_within_budget", "baseline_costs", "savings_against", "z_memory",
+    "cost_optimal_table", "cost_optimal_table_long", "compare_with_paper_table4", "plot_cost_optimal_table", "parse_cell",
+]

@@ -174,6 +174,8 @@ def _frame(laws: list[PowerLawN], n_params: np.ndarray, losses: np.ndarray, reac
             row.update({k: math.nan for k in costs})
         rows.append(row)
     df = pd.DataFrame(rows)
+    for column in ("layers", "hidden_size"):  # whole numbers, missing where unreachable
+        df[column] = pd.array([r[column] for r in rows], dtype="Int64")
     df = df.sort_values(["reachable", sort_by, "n_heads", "n_kv_heads"], ascending=[False, True, True, True], kind="stable")
     return df.reset_index(drop=True)
 
@@ -185,7 +187,7 @@ def _frame(laws: list[PowerLawN], n_params: np.ndarray, losses: np.ndarray, reac
 
 def _plain(value):
     """JSON-safe scalar: numpy -> python, NaN/inf -> None."""
-    if value is None:
+    if value is None or value is pd.NA:
         return None
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
@@ -346,7 +348,7 @@ def search(context, target_loss, laws: LawSet | str | Path = "default", weights:
     n_eval = np.where(reachable, n_star, 1e9)
     costs = _cost_columns(n_eval, [l.n_heads for l in laws_list], [l.n_kv_heads for l in laws_list], T, batch, weight_dtype, kv_dtype, weights, memory_unit)
     df = _frame(laws_list, n_star, np.full(len(laws_list), L), reachable, costs, "z")
-    best = df.iloc[0].to_dict()
+    best = _plain(df.iloc[0].to_dict())
     base = savings = None
     if baseline is not None:
         base = baseline_costs(baseline, T, L, law_set, weights, weight_dtype, kv_dtype, batch, memory_unit)
@@ -394,7 +396,7 @@ def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", bu
         raise CogqaError(f"budget too small: no head configuration fits within it even at {_N_MIN:.0e} parameters; raise the budget")
     costs = _cost_columns(np.where(reachable, n_best, 1e9), n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, memory_unit)
     df = _frame(laws_list, n_best, losses, reachable, costs, "predicted_loss")
-    best = df.iloc[0].to_dict()
+    best = _plain(df.iloc[0].to_dict())
     budget = {k.replace("inference_", "").replace("_per_token", ""): float(v) for k, v in budgets.items()}
     return SearchResult(context=T, target_loss=None, candidates=df, best=best, approximate=law_set.approximate,
                         laws_source=law_set.source, weights=weights, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
@@ -435,7 +437,10 @@ def cost_optimal_table_long(losses, contexts, laws: LawSet | str | Path = "defau
                     raise
                 rows.append({"target_loss": L, "context": T, "n_heads": None, "n_kv_heads": None,
                              "params_non_embedding": math.nan, "z": math.nan, "reachable": False})
-    return pd.DataFrame(rows)
+    long = pd.DataFrame(rows)
+    for column in ("n_heads", "n_kv_heads"):
+        long[column] = pd.array([r[column] for r in rows], dtype="Int64")
+    return long
 
 
 def cost_optimal_table(losses, contexts, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
@@ -447,10 +452,11 @@ def cost_optimal_table(losses, contexts, laws: LawSet | str | Path = "default", 
     ``table.attrs["approximate"]`` whether the laws are approximate."""
     law_set = resolve_laws(laws)
     long = cost_optimal_table_long(losses, contexts, law_set, weights, weight_dtype, kv_dtype, batch, max_heads, memory_unit)
-    cells = [f"({r.n_heads}, {r.n_kv_heads})" if r.reachable else None for r in long.itertuples()]
+    cells = [f"({int(r.n_heads)}, {int(r.n_kv_heads)})" if r.reachable else None for r in long.itertuples()]
     long = long.assign(cell=cells)
     table = long.pivot(index="target_loss", columns="context", values="cell")
     table = table.reindex(index=list(dict.fromkeys(long["target_loss"])), columns=list(dict.fromkeys(long["context"])))
+    table = table.astype(object).where(table.notna(), None)
     table.index.name, table.columns.name = "target_loss", "context"
     table.attrs["long"] = long
     table.attrs["approximate"] = law_set.approximate

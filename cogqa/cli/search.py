@@ -180,7 +180,7 @@ def _parse_losses(text: str) -> list[float]:
 
 def run_table(args: argparse.Namespace) -> int:
     """Print the grid of cost-optimal (n_h, n_kv) for each target loss and context."""
-    from ..search import compare_with_paper_table4, cost_optimal_table, plot_cost_optimal_table
+    from ..search import PAPER_TABLE4, PAPER_TABLE4_CONTEXTS, compare_with_paper_table4, cost_optimal_table, plot_cost_optimal_table
     from ..units import fmt_tokens, parse_contexts
 
     losses = _parse_losses(args.losses)
@@ -199,7 +199,9 @@ def run_table(args: argparse.Namespace) -> int:
                "laws_source": table.attrs["laws_source"],
                "table": {f"{l:g}": {str(t): table.loc[l, t] for t in contexts} for l in losses},
                "cells": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in long.to_dict(orient="records")],
-               "paper_table4_agreement": {k: v for k, v in compare_with_paper_table4(table).items() if k != "per_cell"}}
+               "paper_table4_agreement": None}
+        if set(PAPER_TABLE4) <= set(losses) and set(PAPER_TABLE4_CONTEXTS) <= set(contexts):
+            out["paper_table4_agreement"] = {k: v for k, v in compare_with_paper_table4(table).items() if k != "per_cell"}
         print_json(out)
         return 0
     if args.format == "csv":

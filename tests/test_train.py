@@ -27,9 +27,9 @@ def _data_module():
 
 
 def prepared(tmp_path: Path, context: int = 64, n_bytes: int = 120_000, name: str = "data") -> Path:
-    """A small byte-tokenised slice of the offline Shakespeare corpus, prepared by cogqa.data."""
+    """A small byte-tokenised slice of the offline corpus (the KJV), prepared by cogqa.data."""
     data = _data_module()
-    corpus = Path(data.offline_corpus("shakespeare"))
+    corpus = Path(data.offline_corpus("kjv"))
     text = corpus.read_bytes()[:n_bytes].decode("utf-8", errors="ignore")
     src = tmp_path / f"{name}.txt"
     src.write_text(text)
@@ -138,7 +138,7 @@ def test_tiny_model_learns_below_unigram_entropy(tmp_path):
     counts = np.bincount(tokens)
     p = counts[counts > 0] / counts.sum()
     unigram = float(-(p * np.log(p)).sum())  # nats per token
-    cfg = TrainConfig(data=str(data), out_dir=str(tmp_path / "run"), shape=dict(TINY), optim=OptimConfig(lr=3e-3),
+    cfg = TrainConfig(data=str(data), out_dir=str(tmp_path / "run"), shape=dict(TINY), optim=OptimConfig(lr=1e-2),
                       tokens=64 * 8 * 100, batch_tokens=64 * 8, micro_batch=8, eval_batches=4, progress=False)
     result = train(cfg)
     print(f"unigram entropy {unigram:.3f} nats/token; validation loss {result.final_val_loss:.3f} nats/token")

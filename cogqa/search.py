@@ -36,7 +36,7 @@ from .costs import (
 )
 from .errors import CogqaError, require
 from .laws import LawSet, PowerLawN, load_laws
-from .shapes import ModelShape, nearest_buildable, shape_for_params, shape_from_spec
+from .shapes import ModelShape, RealShape, nearest_buildable, shape_for_params, shape_from_spec
 
 MEMORY_UNITS = ("bytes", "values")
 
@@ -156,8 +156,10 @@ def _cost_columns(n_params, n_heads, n_kv_heads, context, batch, weight_dtype, k
     }
 
 
-def _buildable(n_params: float, n_heads: int, n_kv_heads: int) -> ModelShape:
-    return nearest_buildable(shape_for_params(n_params, n_heads, n_kv_heads))
+def _buildable(costs: dict, i: int, n_heads: int, n_kv_heads: int) -> ModelShape:
+    """The buildable shape nearest to candidate ``i``'s real-valued Appendix B.1 shape."""
+    layers, hidden = float(costs["layers_real"][i]), float(costs["hidden_size_real"][i])
+    return nearest_buildable(RealShape(layers=layers, hidden_size=hidden, ffn_size=8 * hidden / 3, n_heads=n_heads, n_kv_heads=n_kv_heads))
 
 
 def _frame(laws: list[PowerLawN], n_params: np.ndarray, losses: np.ndarray, reachable: np.ndarray, costs: dict, sort_by: str) -> pd.DataFrame:
@@ -165,7 +167,7 @@ def _frame(laws: list[PowerLawN], n_params: np.ndarray, losses: np.ndarray, reac
     for i, law in enumerate(laws):
         row = {"n_heads": law.n_heads, "n_kv_heads": law.n_kv_heads, "reachable": bool(reachable[i])}
         if reachable[i]:
-            built = _buildable(float(n_params[i]), law.n_heads, law.n_kv_heads)
+            built = _buildable(costs, i, law.n_heads, law.n_kv_heads)
             row.update({"params_non_embedding": float(n_params[i]), "predicted_loss": float(losses[i]),
                         "layers": built.layers, "hidden_size": built.hidden_size})
             row.update({k: float(v[i]) for k, v in costs.items()})

@@ -40,6 +40,12 @@ def test_search_json(capsys):
         assert key in d["best"]
 
 
+def test_search_heads_filter(capsys):
+    status, out, _ = run(["search", "--context", "128k", "--target-loss", "2.615", "--heads", "8,1", "32,8", "--json"], capsys)
+    d = json.loads(out)
+    assert status == 0 and sorted((c["n_heads"], c["n_kv_heads"]) for c in d["candidates"]) == [(8, 1), (32, 8)]
+
+
 def test_search_budget(capsys):
     status, out, _ = run(["search", "--context", "128k", "--budget-memory", "4GiB", "--json"], capsys)
     assert status == 0
@@ -124,6 +130,8 @@ HOSTILE = [
     (S + ["--target-loss", "2.6", "--baseline", "gpt5"], "--baseline"),
     (S + ["--target-loss", "2.6", "--baseline", "{d}/missing/config.json"], "--baseline"),
     (S + ["--target-loss", "2.6", "--batch", "0"], "--batch"),
+    (S + ["--target-loss", "2.6", "--heads", "8"], "--heads"),
+    (S + ["--target-loss", "2.6", "--heads", "64,8"], "--heads"),
     (S + ["--target-loss", "2.6", "--memory-unit", "GB"], "--memory-unit"),
     (S + ["--budget-z", "0"], "--budget-z"),
     (S + ["--budget-memory=-1GiB"], "--budget-memory"),

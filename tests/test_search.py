@@ -104,7 +104,20 @@ def test_savings_against_shape_baseline_recomputed():
     assert r.savings["memory"] == pytest.approx(1 - r.best["inference_memory_bytes"] / mem, rel=1e-12)
     assert r.savings["flops"] == pytest.approx(1 - r.best["inference_flops_per_token"] / flops, rel=1e-12)
     assert r.savings["z"] == pytest.approx(1 - r.best["z"] / z, rel=1e-9)
-    assert r.baseline["predicted_loss"] == pytest.approx(load_laws("default").by_heads()[(32, 8)].loss(base_n := 962704896.0), rel=1e-6) or base_n
+    law = load_laws("default").by_heads()[(32, 8)]
+    assert r.baseline["params_non_embedding"] == 962704896.0
+    assert r.baseline["predicted_loss"] == pytest.approx(float(law.loss(962704896.0)), rel=1e-12)
+    assert r.baseline["sized_by"] == "shape"
+
+
+def test_hf_config_baseline_uses_its_own_shape():
+    from cogqa.shapes import shape_from_hf_config
+
+    path = ROOT / "tests" / "data" / "llama-3.2-1b-config.json"
+    r = search(131072, 2.615, "default", baseline=str(path))
+    shape = shape_from_hf_config(path)
+    assert r.baseline["inference_memory_bytes"] == pytest.approx(float(inference_memory_bytes(shape, 131072)["total"]))
+    assert (r.baseline["n_heads"], r.baseline["n_kv_heads"]) == (32, 8) and r.baseline["layers"] == 16
 
 
 def test_llama3_baseline_sized_by_its_law():

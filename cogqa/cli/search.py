@@ -37,6 +37,19 @@ def _int(text, field: str) -> int:
     return int(text)
 
 
+def _parse_heads(items) -> list[tuple[int, int]] | None:
+    """``["8,1", "32,8"]`` -> [(8, 1), (32, 8)]; None stays None."""
+    if items is None:
+        return None
+    out = []
+    for item in items:
+        parts = str(item).split(",")
+        require(len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts),
+                f"--heads: {item!r} is not N_HEADS,N_KV_HEADS with positive integers, e.g. --heads 8,1 32,8")
+        out.append((int(parts[0]), int(parts[1])))
+    return out
+
+
 def _options(args) -> dict:
     """The keyword arguments shared by search and table, parsed from strings."""
     from ..costs import ZWeights, dtype_bytes
@@ -100,12 +113,12 @@ def run_search(args: argparse.Namespace) -> int:
     if budgets:
         require(args.target_loss is None, "give either --target-loss or a budget (--budget-z/--budget-memory/--budget-flops), not both")
         require(args.baseline is None, "--baseline compares at a target loss; it cannot be combined with a budget")
-        result = lowest_loss_within_budget(T, args.laws, **budgets, **opts)
+        result = lowest_loss_within_budget(T, args.laws, **budgets, heads=_parse_heads(args.heads), **opts)
     else:
         require(args.target_loss is not None, "--target-loss is required (nats per token, e.g. 2.615), or give a budget")
         loss = parse_float(args.target_loss, "--target-loss")
         require(loss > 0, f"--target-loss must be a positive loss in nats per token, got {loss:g}")
-        result = search(T, loss, args.laws, baseline=args.baseline, **opts)
+        result = search(T, loss, args.laws, baseline=args.baseline, heads=_parse_heads(args.heads), **opts)
     if args.json:
         print_json(result.to_dict())
         return 0
@@ -133,7 +146,7 @@ def _print_result(r) -> None:
     print(f"Z = {w.lam:g}*M^{w.alpha:.3g} + {1 - w.lam:g}*C^{w.beta:.3g} (M in {r.memory_unit}, C in FLOPs/token); "
           f"weights {r.weight_dtype}, KV cache {r.kv_dtype}, batch {r.batch}")
     loss_col = r.target_loss is None
-    header = f"{'':2}{'H=(n_h,n_kv)':<14}{'N* (non-emb.)':>16}{'L x d':>12}{'FLOPs/token':>16}{'memory':>13}{'KV cache':>13}{'Z':>11}"
+    header = f"{'':2}{'H=(n_h,n_kv)':<14}{'N* (params)':>16}{'L x d':>12}{'FLOPs/token':>16}{'memory':>13}{'KV cache':>13}{'Z':>11}"
     print(header + (f"{'loss':>9}" if loss_col else ""))
     for i, row in enumerate(r.candidates.itertuples()):
         heads = f"({row.n_heads}, {row.n_kv_heads})"
@@ -251,6 +264,7 @@ def register(sub) -> None:
     p.add_argument("--target-loss", help="target loss L* in nats per token")
     p.add_argument("--baseline", help="compare the winner with: llama3 (H=(32,8) sized to reach L*), a config.json, "
                    "or a size with heads such as 1.2B:32,8")
+    p.add_argument("--heads", nargs="+", metavar="N_H,N_KV", help="only these head configurations (default: all in the laws file)")
     p.add_argument("--budget-z", help="inverse question: lowest loss with Z at most this")
     p.add_argument("--budget-memory", help="inverse question: lowest loss within this inference memory (16GiB, 24GB, bytes)")
     p.add_argument("--budget-flops", help="inverse question: lowest loss within this many FLOPs per token (50G, 2e10)")

@@ -57,6 +57,16 @@ PAPER_TABLE4: dict[float, tuple[tuple[int, int], ...]] = {
 LLAMA3_HEADS = (32, 8)
 
 _N_MIN, _N_MAX = 1e5, 1e15  # bracket of the budget bisection (non-embedding parameters)
+_N_TRUSTED = (1e6, 1e11)  # outside: the laws are extrapolated far beyond any fitted size (the paper: 3M-1.2B)
+
+
+def _size_warnings(best: dict) -> list[str]:
+    """A warning when the winner's size is far outside the sizes scaling laws are fitted on."""
+    n = best.get("params_non_embedding")
+    if n is None or _N_TRUSTED[0] <= n <= _N_TRUSTED[1]:
+        return []
+    return [f"N* = {n:.3g} parameters is far outside the sizes scaling laws are fitted on "
+            f"({_N_TRUSTED[0]:.0e} to {_N_TRUSTED[1]:.0e}); the answer is an extrapolation"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,6 +238,7 @@ class SearchResult:
     batch: int = 1
     memory_unit: str = "values"
     budget: dict | None = None
+    warnings: list = field(default_factory=list)
 
     def __post_init__(self) -> None:
         require(isinstance(self.candidates, pd.DataFrame) and len(self.candidates) > 0, "a search result needs at least one candidate")
@@ -250,6 +261,7 @@ class SearchResult:
             "weight_dtype": self.weight_dtype,
             "kv_dtype": self.kv_dtype,
             "batch": self.batch,
+            "warnings": list(self.warnings),
         })
 
 
@@ -357,7 +369,8 @@ def search(context, target_loss, laws: LawSet | str | Path = "default", weights:
         savings = savings_against(best, base)
     return SearchResult(context=T, target_loss=L, candidates=df, best=best, baseline=base, savings=savings,
                         approximate=law_set.approximate, laws_source=law_set.source, weights=weights,
-                        weight_dtype=weight_dtype, kv_dtype=kv_dtype, batch=batch, memory_unit=memory_unit)
+                        weight_dtype=weight_dtype, kv_dtype=kv_dtype, batch=batch, memory_unit=memory_unit,
+                        warnings=_size_warnings(best))
 
 
 def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", budget_z=None, budget_memory=None,
@@ -402,7 +415,7 @@ def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", bu
     budget = {k.replace("inference_", "").replace("_per_token", ""): float(v) for k, v in budgets.items()}
     return SearchResult(context=T, target_loss=None, candidates=df, best=best, approximate=law_set.approximate,
                         laws_source=law_set.source, weights=weights, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                        batch=batch, memory_unit=memory_unit, budget=budget)
+                        batch=batch, memory_unit=memory_unit, budget=budget, warnings=_size_warnings(best))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,6 +46,17 @@ def test_search_heads_filter(capsys):
     assert status == 0 and sorted((c["n_heads"], c["n_kv_heads"]) for c in d["candidates"]) == [(8, 1), (32, 8)]
 
 
+def test_user_laws_not_labelled_approximate_and_extrapolation_warned(tmp_path, capsys):
+    from cogqa.laws import LawSet, PowerLawN
+
+    laws = LawSet(laws=(PowerLawN(8, 1, 1e8, 0.3, 2.0), PowerLawN(32, 8, 9e7, 0.3, 2.0)), source="my fit")
+    path = laws.save(tmp_path / "laws.json")
+    status, out, _ = run(["search", "--context", "8k", "--target-loss", "2.6", "--laws", str(path)], capsys)
+    assert status == 0 and APPROXIMATE_LINE not in out and "warning" not in out
+    status, out, _ = run(["search", "--context", "8k", "--target-loss", "50", "--laws", str(path)], capsys)
+    assert status == 0 and "warning: N* =" in out and "extrapolation" in out
+
+
 def test_search_budget(capsys):
     status, out, _ = run(["search", "--context", "128k", "--budget-memory", "4GiB", "--json"], capsys)
     assert status == 0

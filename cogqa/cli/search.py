@@ -146,7 +146,7 @@ def _print_result(r) -> None:
     print(f"Z = {w.lam:g}*M^{w.alpha:.3g} + {1 - w.lam:g}*C^{w.beta:.3g} (M in {r.memory_unit}, C in FLOPs/token); "
           f"weights {r.weight_dtype}, KV cache {r.kv_dtype}, batch {r.batch}")
     loss_col = r.target_loss is None
-    header = f"{'':2}{'H=(n_h,n_kv)':<14}{'N* (params)':>16}{'L x d':>12}{'FLOPs/token':>16}{'memory':>13}{'KV cache':>13}{'Z':>11}"
+    header = f"{'':2}{'H=(n_h,n_kv)':<14}{'N* (params)':>16}{'L x d':>16}{'FLOPs/token':>16}{'memory':>13}{'KV cache':>13}{'Z':>11}"
     print(header + (f"{'loss':>9}" if loss_col else ""))
     for i, row in enumerate(r.candidates.itertuples()):
         heads = f"({row.n_heads}, {row.n_kv_heads})"
@@ -156,7 +156,7 @@ def _print_result(r) -> None:
             continue
         mark = "* " if i == 0 else "  "
         line = (f"{mark}{heads:<14}{fmt_params(row.params_non_embedding).replace(' params', ''):>16}"
-                f"{f'{row.layers} x {row.hidden_size}':>12}{fmt_flops(row.inference_flops_per_token):>16}"
+                f"{f'{row.layers} x {row.hidden_size}':>16}{fmt_flops(row.inference_flops_per_token):>16}"
                 f"{fmt_bytes(row.inference_memory_bytes):>13}{fmt_bytes(row.kv_cache_bytes):>13}{row.z:>11.5g}")
         print(line + (f"{row.predicted_loss:>9.4f}" if loss_col else ""))
     b = r.best
@@ -170,6 +170,8 @@ def _print_result(r) -> None:
               f"non-embedding ({sized}; predicted loss {loss}): {fmt_flops(base['inference_flops_per_token'])}/token, "
               f"{fmt_bytes(base['inference_memory_bytes'])}, Z {base['z']:.5g}")
         print(f"best vs baseline: memory {-100 * s['memory']:+.1f}%, FLOPs/token {-100 * s['flops']:+.1f}%, Z {-100 * s['z']:+.1f}%")
+    for warning in r.warnings:
+        print(f"warning: {warning}")
     if r.approximate:
         print(APPROXIMATE_LINE)
 

@@ -111,6 +111,10 @@ def _select_laws(law_set: LawSet, max_heads, heads) -> list[PowerLawN]:
 
 
 def _check_context(context) -> int:
+    if isinstance(context, str):
+        from .units import parse_context
+
+        return parse_context(context, "context")
     require(
         isinstance(context, (int, np.integer, float)) and not isinstance(context, bool),
         f"context must be a number of tokens, got {context!r} (parse '128k' with cogqa.units.parse_context)",

@@ -151,6 +151,22 @@ def test_filters():
         search(8192, 2.6, "default", heads=[(64, 8)])
 
 
+def test_context_text_accepted():
+    assert search("128k", 2.615).context == 131072
+
+
+def test_documented_validation_numbers():
+    """docs/default-laws.md quotes these; regenerate the docs if this fails."""
+    table = cost_optimal_table(list(PAPER_TABLE4), PAPER_TABLE4_CONTEXTS)
+    agreement = compare_with_paper_table4(table)
+    assert (agreement["exact"], agreement["one_step"]) == (2, 9)
+    r = search(131072, 2.615, baseline="llama3")
+    assert (r.best["n_heads"], r.best["n_kv_heads"]) == (32, 1)
+    assert r.savings["memory"] == pytest.approx(0.681, abs=5e-4) and r.savings["flops"] == pytest.approx(-0.090, abs=5e-4)
+    forced = search(131072, 2.615, heads=[(8, 1)], baseline="llama3")
+    assert forced.savings["memory"] == pytest.approx(0.637, abs=5e-4) and forced.savings["flops"] == pytest.approx(0.653, abs=5e-4)
+
+
 def test_to_dict_json_keys():
     laws = uniform_laws(special={(32, 32): (2e8, 0.5, 2.7)})
     d = search(131072, 2.6, laws, baseline="llama3").to_dict()
@@ -229,7 +245,8 @@ def test_table_paper_comparison_and_plot(tmp_path):
 @pytest.mark.parametrize("kwargs, match", [
     ({"context": 0, "target_loss": 2.6}, "context"),
     ({"context": float("nan"), "target_loss": 2.6}, "context"),
-    ({"context": "128k", "target_loss": 2.6}, "context"),
+    ({"context": "abc", "target_loss": 2.6}, "context"),
+    ({"context": None, "target_loss": 2.6}, "context"),
     ({"context": 8192, "target_loss": -1.0}, "target_loss"),
     ({"context": 8192, "target_loss": float("nan")}, "target_loss"),
     ({"context": 8192, "target_loss": 2.6, "weight_dtype": "fp7"}, "dtype"),

@@ -1,0 +1,238 @@
+"""Sweeps: spec validation (one-line errors before anything runs), plan numbers, run/skip/resume,
+SIGKILL fault tolerance, failed runs, collect, submitit local executor, sbatch/torchrun text."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cogqa.cli import main
+from cogqa.errors import CogqaError
+from cogqa.sweep import (PAPER_HEAD_CONFIGS, RunSpec, SlurmOptions, SweepSpec, _locked, collect, launch_run, load_spec,
+                         materialise, parse_heads, plan, run_command, run_status, run_sweep, sweep_status)
+
+TINY = [{"name": "a", "layers": 1, "hidden_size": 32, "head_dim": 16}]
+
+
+def fake_data(tmp_path: Path) -> Path:
+    d = tmp_path / "fake"
+    d.mkdir(exist_ok=True)
+    (d / "manifest.json").write_text(json.dumps({"padded_vocab_size": 320, "tokenizer": "bytes", "context": 32}))
+    return d
+
+
+def prepared(tmp_path: Path, context: int = 32, n_bytes: int = 60_000) -> Path:
+    data = pytest.importorskip("cogqa.data")
+    pytest.importorskip("torch")
+    src = tmp_path / "slice.txt"
+    src.write_text(Path(data.offline_corpus("kjv")).read_text()[:n_bytes])
+    out = tmp_path / "data"
+    data.prepare([str(src)], str(out), tokenizer="bytes", context=context, val_fraction=0.1, progress=False)
+    return out
+
+
+def tiny_spec(data: Path, **kw) -> SweepSpec:
+    base = dict(data=str(data), sizes=TINY, heads="2:1,2:2", tokens=32 * 8 * 4, lr=3e-3, batch_tokens=32 * 8,
+                micro_batch=8, eval_batches=2, position_eval_chunks=4, name="tiny")
+    base.update(kw)
+    return SweepSpec(**base)
+
+
+# -- spec and plan (no torch, no data) ---------------------------------------------------------
+
+
+def test_paper_candidates_are_21():
+    assert len(PAPER_HEAD_CONFIGS) == 21 and (32, 32) in PAPER_HEAD_CONFIGS and (1, 1) in PAPER_HEAD_CONFIGS
+    assert all(kv <= h and h % kv == 0 for h, kv in PAPER_HEAD_CONFIGS)
+    assert parse_heads("8:1, 16:4") == [(8, 1), (16, 4)] and parse_heads([[4, 2]]) == [(4, 2)]
+
+
+def test_plan_numbers_match_cost_model(tmp_path):
+    from cogqa.costs import params_non_embedding, training_flops
+    from cogqa.shapes import paper_shape
+
+    spec = SweepSpec(data=str(fake_data(tmp_path)), sizes=["3M", "19M"], heads="8:1,4:4", context=2048, seeds=[0, 1])
+    p = plan(spec, gpu_tflops=100, mfu=0.5)
+    assert p["totals"]["runs"] == 8 and len({r["id"] for r in p["runs"]}) == 8
+    r = next(r for r in p["runs"] if r["id"] == "19M_h8kv1_s1")
+    shape = paper_shape("19M", 8, 1)
+    n = float(params_non_embedding(shape))
+    assert r["params_non_embedding"] == int(n) and r["tokens"] == round(20 * n) and r["lr"] == 1e-3
+    assert (r["layers"], r["hidden_size"]) == (6, 512)
+    flops = float(training_flops(shape.__class__(**{**shape.__dict__, "vocab_size": 320}), 20 * n, 2048))
+    assert r["training_flops"] == pytest.approx(flops)
+    assert r["gpu_hours"] == pytest.approx(flops / (100e12 * 0.5) / 3600)
+    assert p["totals"]["gpu_hours"] == pytest.approx(sum(x["gpu_hours"] for x in p["runs"]))
+
+
+def test_sizes_in_parameters_use_appendix_b1(tmp_path):
+    spec = SweepSpec(data=str(fake_data(tmp_path)), sizes=["50M"], heads="8:1", lr=1e-3)
+    s = spec.size_specs[0]
+    assert s.hidden_size % 64 == 0 and s.layers > 0 and s.lr == 1e-3
+
+
+def test_spec_file_and_overrides(tmp_path):
+    data = fake_data(tmp_path)
+    f = tmp_path / "s.yaml"
+    f.write_text(f"data: {data}\nsizes: [3M]\nheads: '4:1'\ntokens_per_param: 5\n")
+    spec = load_spec(f, heads="8:2")
+    assert spec.head_configs == [(8, 2)] and spec.tokens_per_param == 5
+    again = load_spec(json.loads(json.dumps(spec.to_dict())))
+    assert again.to_dict() == spec.to_dict()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--heads", "8:3"], "must divide"),
+    (["--heads", "4:8"], "n_kv_heads > n_heads"),
+    (["--heads", "eight"], "unknown head configuration"),
+    (["--sizes", "1M"], "below the smallest shape"),
+    (["--sizes", "50M"], "no learning rate"),
+])
+def test_bad_spec_one_line_errors(tmp_path, capsys, args, needle):
+    out = tmp_path / "out"
+    code = main(["sweep", "run", "--data", str(fake_data(tmp_path)), "--out", str(out), "--heads", "4:1", "--sizes", "3M", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and needle in err and err.count("\n") == 1
+    assert not out.exists()  # nothing ran, nothing written
+
+
+def test_missing_data_and_unwritable_out(tmp_path, capsys):
+    code = main(["sweep", "run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--sizes", "3M", "--heads", "4:1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "data:" in err and "no such directory" in err and err.count("\n") == 1
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["sweep", "run", "--data", str(fake_data(tmp_path)), "--out", str(blocker / "sub"), "--sizes", "3M", "--heads", "4:1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--out: cannot write" in err and err.count("\n") == 1
+    assert not (blocker.parent / "runs").exists()
+
+
+def test_plan_cli_prints_units(tmp_path, capsys):
+    assert main(["sweep", "plan", "--data", str(fake_data(tmp_path)), "--sizes", "3M", "--heads", "8:1,2:2"]) == 0
+    out = capsys.readouterr().out
+    assert "3M_h8kv1_s0" in out and "params" in out and "FLOPs" in out and "GPU-hours" in out and "total: 2 runs" in out
+
+
+def test_torchrun_and_sbatch_text(tmp_path):
+    assert run_command("/r/x", gpus=1, python="py") == ["py", "-m", "cogqa.sweep", "run-one", "/r/x"]
+    cmd = " ".join(run_command("/r/x", gpus=4, python="py"))
+    assert cmd == "py -m torch.distributed.run --nproc_per_node=4 --standalone -m cogqa.sweep run-one /r/x"
+    multi = " ".join(run_command("/r/x", gpus=8, nodes=2, python="py"))
+    assert "--nnodes=2" in multi and "--rdzv_backend=c10d" in multi and "--nproc_per_node=8" in multi
+    opts = SlurmOptions(partition="gpu", time=120, gpus_per_run=4, account="proj", array_parallelism=16)
+    text = opts.sbatch_preview(" ".join(run_command("/r/x", gpus=4, python="py")), tmp_path)
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=120", "#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=32",
+                 "#SBATCH --account=proj", "#SBATCH --nodes=1"):
+        assert line in text
+    assert "--nproc_per_node=4" in text
+    params = opts.executor_parameters()
+    assert params["slurm_partition"] == "gpu" and params["gpus_per_node"] == 4 and params["timeout_min"] == 120
+    with pytest.raises(CogqaError, match="gpus-per-run"):
+        SlurmOptions(gpus_per_run=0)
+
+
+# -- real runs (torch + cogqa.data) ----------------------------------------------------------------
+
+
+def _headers(run_dir: Path) -> int:
+    return (run_dir / "log.txt").read_text().count("\n=== ")
+
+
+def test_run_skip_status_collect(tmp_path):
+    data = prepared(tmp_path)
+    spec = tiny_spec(data)
+    out = tmp_path / "sweep"
+    status = run_sweep(spec, out, progress=False)
+    assert status["counts"]["done"] == 2, status
+    again = run_sweep(spec, out, progress=False)  # finished runs are skipped: no new attempt
+    assert again["counts"]["done"] == 2
+    for d in (out / "runs").iterdir():
+        assert _headers(d) == 1
+        r = json.loads((d / "result.json").read_text())
+        assert r["status"] == "done" and r["steps"] == 4 and r["final_val_loss"] > 0
+        assert set(r["loss_by_position"]) == {"2", "4", "8", "16", "32"}
+    df = collect(out)
+    for col in ("n_heads", "n_kv_heads", "params_non_embedding", "loss", "tokens", "context", "layers", "hidden_size",
+                "wall_time_s", "final_val_loss", "loss_by_position", "loss_at_32"):
+        assert col in df.columns
+    assert len(df) == 2 and (out / "results.csv").is_file() and (out / "results.parquet").is_file()
+    import pandas as pd
+
+    assert pd.read_parquet(out / "results.parquet").shape == df.shape
+    from cogqa.fitting import read_results
+
+    assert len(read_results(out / "results.csv")) == 2
+
+
+def test_failed_run_reported_then_retried(tmp_path):
+    data = prepared(tmp_path)
+    spec = tiny_spec(data, heads="2:1")
+    out = tmp_path / "sweep"
+    run_dir = materialise(spec, out, progress=False)[0]
+    info = json.loads((run_dir / "run.json").read_text())
+    good = json.dumps(info)
+    info["train"]["data"] = str(tmp_path / "gone")
+    (run_dir / "run.json").write_text(json.dumps(info))
+    assert launch_run(run_dir) == "failed"
+    failed = json.loads((run_dir / "failed.json").read_text())
+    assert "data:" in failed["error"] and "\n" not in failed["error"]
+    st = sweep_status(out)
+    assert st["counts"]["failed"] == 1 and "data:" in st["failed"][run_dir.name]
+    (run_dir / "run.json").write_text(good)
+    # without --retry-failed the failed run is reported, not re-run
+    assert run_sweep(spec, out, progress=False)["counts"]["failed"] == 1
+    assert run_sweep(spec, out, progress=False, retry_failed=True)["counts"]["done"] == 1
+    assert not (run_dir / "failed.json").exists()
+
+
+def test_sigkill_mid_run_resumes(tmp_path):
+    data = prepared(tmp_path)
+    spec_file = tmp_path / "spec.json"
+    spec = tiny_spec(data, tokens=32 * 8 * 40, checkpoint_every=3)
+    spec_file.write_text(json.dumps(spec.to_dict()))
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen([sys.executable, "-m", "cogqa", "sweep", "run", str(spec_file), "--out", str(out), "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = out / "runs" / "a_h2kv1_s0"
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        ckpts = [p for p in (first / "checkpoints").glob("step_*") if not p.name.endswith(".tmp")] if (first / "checkpoints").is_dir() else []
+        if ckpts:
+            break
+        assert proc.poll() is None, "the sweep ended before a checkpoint appeared"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for _ in range(200):  # the child dies with its parent and releases the run's lock
+        if not _locked(first):
+            break
+        time.sleep(0.05)
+    assert run_status(first) == "pending"
+    status = run_sweep(load_spec(spec_file), out, progress=False)
+    assert status["counts"]["done"] == 2
+    r = json.loads((first / "result.json").read_text())
+    assert r["resumed_from_step"] > 0 and r["steps"] == 40
+    steps = [json.loads(x)["step"] for x in (first / "metrics.jsonl").read_text().splitlines() if '"step"' in x]
+    assert steps.count(1) == 1  # never restarted from zero
+    df = collect(out)
+    assert sorted(df["id"]) == ["a_h2kv1_s0", "a_h2kv2_s0"]
+
+
+def test_submitit_local_executor(tmp_path):
+    pytest.importorskip("submitit")
+    data = prepared(tmp_path)
+    spec = tiny_spec(data, heads="2:1")
+    out = tmp_path / "sweep"
+    status = run_sweep(spec, out, executor="slurm", slurm=SlurmOptions(cluster="local", time=10), progress=False)
+    assert status["counts"]["done"] == 1
+    run_dir = out / "runs" / "a_h2kv1_s0"
+    assert json.loads((run_dir / "submitted.json").read_text())["job_id"]
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "done"

@@ -220,13 +220,26 @@ class ZWeights:
         require(np.isfinite(self.beta) and self.beta > 0, f"beta must be a positive number, got {self.beta}")
 
 
-def z_cost(memory_bytes, flops_per_token, weights: ZWeights = ZWeights()) -> np.ndarray:
+#: What M in Z counts: stored values (the paper's Eq. 4, default) or bytes at the chosen dtypes.
+MEMORY_UNITS = ("values", "bytes")
+
+
+def z_memory(shape, context, batch=1, weight_dtype="bf16", kv_dtype="bf16", memory_unit="values") -> np.ndarray:
+    """The memory M that enters Z: bytes (weights and KV cache at their dtypes) or values
+    (all parameters plus ``2 L n_kv d_h`` per cached token), for ``batch`` sequences at ``context``."""
+    if memory_unit == "bytes":
+        return inference_memory_bytes(shape, context, batch, weight_dtype, kv_dtype)["total"]
+    return params_total(shape) + batch * np.asarray(context, dtype=float) * kv_cache_values_per_token(shape)
+
+
+def z_cost(memory, flops_per_token, weights: ZWeights = ZWeights()) -> np.ndarray:
     """Hardware-aware cost ``Z = lam * M^alpha + (1 - lam) * C^beta`` (Section 4).
 
-    ``M`` is inference memory in bytes and ``C`` inference FLOPs per token: Z has no unit, and
-    it is only comparable between models costed with the same units and (lam, alpha, beta).
+    ``M`` is inference memory (from :func:`z_memory`: stored values by default, as the paper's
+    Eq. 4, or bytes) and ``C`` inference FLOPs per token. Z has no unit; it is only comparable
+    between models costed with the same memory unit and (lam, alpha, beta).
     """
-    M = np.asarray(memory_bytes, dtype=float)
+    M = np.asarray(memory, dtype=float)
     C = np.asarray(flops_per_token, dtype=float)
     return weights.lam * M**weights.alpha + (1 - weights.lam) * C**weights.beta
 
@@ -307,11 +320,14 @@ def cost_summary(
     weight_dtype: str = "bf16",
     kv_dtype: str = "bf16",
     z_weights: ZWeights = ZWeights(),
+    memory_unit: str = "values",
 ) -> dict:
     """Everything ``cogqa cost`` prints for one shape at one context length, as plain numbers.
 
-    Units are in the key names: ``*_flops*`` FLOPs, ``*_bytes*`` bytes, ``params*`` parameters.
+    Units are in the key names: ``*_flops*`` FLOPs, ``*_bytes*`` bytes, ``params*`` parameters;
+    ``z`` takes M in ``memory_unit`` (values, as the paper's Eq. 4, or bytes).
     """
+    require(memory_unit in MEMORY_UNITS, f"memory unit must be one of {', '.join(MEMORY_UNITS)}, got {memory_unit!r}")
     T = float(_context(context))
     counts = parameter_counts(shape)
     flops = forward_flops_per_token(shape, T)
@@ -335,6 +351,7 @@ def cost_summary(
         "kv_cache_bytes": as_num(mem["kv_cache"]),
         "paper_inference_flops": as_num(paper_inference_flops(shape, T)),
         "paper_inference_memory_values": as_num(paper_inference_memory(shape, T)),
-        "z": float(z_cost(mem["total"], flops["total"], z_weights)),
+        "z": float(z_cost(z_memory(shape, T, batch, weight_dtype, kv_dtype, memory_unit), flops["total"], z_weights)),
+        "z_memory_unit": memory_unit,
     }
     return out

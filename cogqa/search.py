@@ -32,13 +32,13 @@ from .costs import (
     inference_memory_bytes,
     kv_cache_values_per_token,
     params_total,
+    MEMORY_UNITS,
     z_cost,
+    z_memory,
 )
 from .errors import CogqaError, require
 from .laws import LawSet, PowerLawN, load_laws
 from .shapes import ModelShape, RealShape, nearest_buildable, shape_for_params, shape_from_spec
-
-MEMORY_UNITS = ("bytes", "values")
 
 #: The paper's Table 4: cost-optimal (n_h, n_kv) per target loss (rows) and context (columns).
 PAPER_TABLE4_CONTEXTS = (8192, 16384, 32768, 65536, 131072)
@@ -143,14 +143,6 @@ def _check_options(weights, weight_dtype, kv_dtype, batch, memory_unit) -> None:
 # ---------------------------------------------------------------------------------------------
 # Costs of a set of configurations
 # ---------------------------------------------------------------------------------------------
-
-
-def z_memory(shape, context, batch=1, weight_dtype="bf16", kv_dtype="bf16", memory_unit="values") -> np.ndarray:
-    """The memory M that enters Z: bytes (weights and KV cache at their dtypes) or values
-    (all parameters plus ``2 L n_kv d_h`` per cached token), for ``batch`` sequences at ``context``."""
-    if memory_unit == "bytes":
-        return inference_memory_bytes(shape, context, batch, weight_dtype, kv_dtype)["total"]
-    return params_total(shape) + batch * np.asarray(context, dtype=float) * kv_cache_values_per_token(shape)
 
 
 def _cost_columns(n_params, n_heads, n_kv_heads, context, batch, weight_dtype, kv_dtype, weights, memory_unit) -> dict[str, np.ndarray]:

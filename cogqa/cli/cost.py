@@ -30,11 +30,13 @@ def add_cost_options(parser: argparse.ArgumentParser, multi_context: bool = True
     parser.add_argument("--weight-dtype", default="bf16", help="fp32, bf16, fp16, fp8, int8, int4 (default bf16)")
     parser.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
     parser.add_argument("--lambda", dest="lam", type=float, default=0.9, help="Z weight of memory, in [0, 1] (default 0.9)")
-    parser.add_argument("--alpha", type=float, default=0.5, help="Z exponent of memory in bytes (default 1/2)")
+    parser.add_argument("--alpha", type=float, default=0.5, help="Z exponent of memory (default 1/2)")
     parser.add_argument("--beta", type=float, default=1 / 3, help="Z exponent of FLOPs per token (default 1/3)")
     parser.add_argument("--context-dist", metavar="SPEC", help="a distribution of context lengths instead of --context: "
                         "1k:5,8k:3,128k:2 (length:count) or a file of 'length,count' lines; costs are taken at E[T] "
                         "(they are affine in T)")
+    parser.add_argument("--memory-unit", default="values", choices=("values", "bytes"),
+                        help="M in Z: stored values (the paper's Eq. 4, default) or bytes at the dtypes")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
@@ -109,7 +111,7 @@ def run_cost(args: argparse.Namespace) -> int:
     contexts = _check_cost_options(args)
     shape = shape_from_args(args)
     weights = _weights(args)
-    rows = [cost_summary(shape, T, args.batch, args.weight_dtype, args.kv_dtype, weights) for T in contexts]
+    rows = [cost_summary(shape, T, args.batch, args.weight_dtype, args.kv_dtype, weights, args.memory_unit) for T in contexts]
     if args.train_tokens is not None:
         from ..costs import paper_training_flops, training_flops, training_memory_bytes
         from ..units import parse_context, parse_count
@@ -161,7 +163,7 @@ def run_cost(args: argparse.Namespace) -> int:
         print(f"paper's split (Eqs. 3-4): C = 2N + 4TLd_h n_h = {fmt_flops(r['paper_inference_flops'])} per token; "
               f"M = N + 2TLd_h n_kv = {r['paper_inference_memory_values']:.4g} values")
         print(f"hardware-aware cost Z = {weights.lam:g}*M^{weights.alpha:.3g} + {1 - weights.lam:g}*C^{weights.beta:.3g} "
-              f"(M in bytes, C in FLOPs/token) = {r['z']:.6g}")
+              f"(M in {r['z_memory_unit']}, C in FLOPs/token) = {r['z']:.6g}")
         if "training_flops" in r:
             print()
             print(f"training on {r['training_tokens']:,} tokens at T_train = {fmt_tokens(r['training_context'])} "
@@ -181,7 +183,7 @@ def run_cost(args: argparse.Namespace) -> int:
 
 
 def compare_rows(specs: list[str], contexts: list[int], batch: int = 1, weight_dtype: str = "bf16",
-                 kv_dtype: str = "bf16", z_weights=None) -> list[dict]:
+                 kv_dtype: str = "bf16", z_weights=None, memory_unit: str = "values") -> list[dict]:
     """Cost summaries of several shape specs at each context length, with % differences from the first."""
     from ..costs import ZWeights, cost_summary
     from ..shapes import shape_from_spec
@@ -192,7 +194,7 @@ def compare_rows(specs: list[str], contexts: list[int], batch: int = 1, weight_d
     for T in contexts:
         base = None
         for spec, shape in zip(specs, shapes):
-            r = cost_summary(shape, T, batch, weight_dtype, kv_dtype, z_weights)
+            r = cost_summary(shape, T, batch, weight_dtype, kv_dtype, z_weights, memory_unit)
             row = {
                 "config": spec,
                 "context": r["context"],
@@ -217,7 +219,7 @@ def run_compare(args: argparse.Namespace) -> int:
 
     require(len(args.configs) >= 2, "compare needs at least two configurations")
     contexts = _check_cost_options(args)
-    rows = compare_rows(args.configs, contexts, args.batch, args.weight_dtype, args.kv_dtype, _weights(args))
+    rows = compare_rows(args.configs, contexts, args.batch, args.weight_dtype, args.kv_dtype, _weights(args), args.memory_unit)
     if args.json:
         print_json(rows)
         return 0

@@ -49,7 +49,7 @@ def _label(h: int, kv: int) -> str:
     return f"({h},{kv})"
 
 
-def load_source(source: str | Path, laws: Any = None):
+def load_source(source: str | Path, laws: Any = None, fit_grid: str | int | None = None):
     """(results DataFrame or None, LawSet, description) for a sweep directory or a laws file.
 
     For a sweep directory the laws are ``laws`` if given, else ``DIR/laws.json`` if present,
@@ -76,20 +76,21 @@ def load_source(source: str | Path, laws: Any = None):
         elif (path / "laws.json").is_file():
             law_set = load_laws(path / "laws.json")
         else:
-            law_set = fit_laws(df, f"fitted by cogqa report from {results_path}")
+            law_set = fit_laws(df, f"fitted by cogqa report from {results_path}", fit_grid)
             law_set.save(path / "laws.json")
         return df, law_set, f"sweep {path}"
     law_set = laws if isinstance(laws, LawSet) else load_laws(source)
     return None, law_set, f"laws {source}"
 
 
-def fit_laws(df, source: str):
-    """The per-H power laws (Eq. 7) fitted to a results table, as a :class:`cogqa.laws.LawSet`."""
+def fit_laws(df, source: str, grid: str | int | None = None):
+    """The per-H power laws (Eq. 7) fitted to a results table, as a :class:`cogqa.laws.LawSet`
+    (``grid``: starting points of :func:`cogqa.fitting.fit_results`; default its full grid)."""
     try:
         from .fitting import fit_results
     except ImportError:
         raise CogqaError("report: cogqa.fitting is not installed in this version; fit with `cogqa fit` and pass --laws") from None
-    rep = fit_results(df, form="n")
+    rep = fit_results(df, form="n", grid=grid)
     return rep.law_set(source)
 
 
@@ -114,28 +115,32 @@ def target_losses_for(law_set, n_range: tuple[float, float], count: int = 4) -> 
     return [float(round(x, 3)) for x in grid]
 
 
-def _shape_grid(law, n, head_dim: int, vocab: int):
+def _shape_grid(law, n):
+    """Appendix B.1 paper-family shapes (d_h 64, vocabulary 50,304) of sizes ``n``, as cogqa search costs them."""
     from .shapes import shape_for_params
 
-    return shape_for_params(n, n_heads=law.n_heads, n_kv_heads=law.n_kv_heads, head_dim=head_dim, vocab_size=vocab)
+    return shape_for_params(n, n_heads=law.n_heads, n_kv_heads=law.n_kv_heads)
 
 
 def _costs(shape, T: int):
-    from .costs import ZWeights, inference_flops_per_token, inference_memory_bytes, z_cost
+    """(inference memory in bytes, FLOPs per token, Z with M in values as in the paper's Eq. 4)."""
+    from .costs import ZWeights, inference_flops_per_token, inference_memory_bytes, params_total, kv_cache_values_per_token, z_cost
 
     mem = inference_memory_bytes(shape, T)["total"]
     flops = inference_flops_per_token(shape, T)
-    return mem, flops, z_cost(mem, flops, ZWeights())
+    values = params_total(shape) + T * kv_cache_values_per_token(shape)
+    return mem, flops, z_cost(values, flops, ZWeights())
 
 
 def build_report(source: str | Path, out: str | Path | None = None, context: int | None = None,
-                 target_loss: float | None = None, laws: Any = None, baseline: tuple[int, int] | None = None) -> Path:
+                 target_loss: float | None = None, laws: Any = None, baseline: str | None = None,
+                 fit_grid: str | int | None = None) -> Path:
     """Write ``report.md`` and its PNG figures into ``out`` (default ``SOURCE/report`` for a sweep
     directory, ``report/`` otherwise); returns the Markdown path. ``context`` (tokens) defaults to
     128K and ``target_loss`` (nats/token) to the middle of the laws' loss range."""
     from .units import fmt_bytes, fmt_flops, fmt_params
 
-    df, law_set, what = load_source(source, laws)
+    df, law_set, what = load_source(source, laws, fit_grid)
     src = Path(str(source))
     out = Path(out) if out is not None else (src / "report" if src.is_dir() else Path("report"))
     try:
@@ -144,9 +149,6 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         raise CogqaError(f"--out: cannot create {out} ({exc.strerror})") from None
     T = int(context or 131072)
     require(T > 0, f"--context must be positive, got {T}")
-    meta = law_set.metadata or {}
-    head_dim = int(meta.get("head_dim", 64))
-    vocab = int(meta.get("vocab_size", 50304))
     n_range = _fit_range(df, law_set)
     targets = target_losses_for(law_set, n_range)
     if target_loss is None:
@@ -155,7 +157,8 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
     md: list[str] = [f"# cogqa report: {what}", "",
                      f"Laws: {law_set.source or 'unnamed'} ({len(law_set.laws)} head configurations). "
                      f"Context T = {T:,} tokens; target loss L* = {target_loss:.3f} nats/token. "
-                     f"Shapes for a size N follow Appendix B.1 (head size {head_dim}, vocabulary {vocab:,}).", ""]
+                     "Inference costs of a size N use its Appendix B.1 paper-family shape (head size 64, vocabulary 50,304, bf16), "
+                     "as `cogqa search` does; Z = 0.9 M^(1/2) + 0.1 C^(1/3) with M in values (Eq. 4) and C in FLOPs per token.", ""]
     numbers: dict[str, Any] = {"context": T, "target_loss": target_loss}
 
     # 1. loss vs N -------------------------------------------------------------------------------
@@ -188,11 +191,11 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
     # 2. loss vs memory, FLOPs, Z at T ---------------------------------------------------------------
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
     for i, law in enumerate(law_set.laws):
-        shape = _shape_grid(law, grid, head_dim, vocab)
+        shape = _shape_grid(law, grid)
         mem, flops, z = _costs(shape, T)
         for ax, x in zip(axes, (mem, flops, z)):
             ax.plot(x, law.loss(grid), color=f"C{i % 10}", lw=1.2, label=_label(*law.heads))
-    for ax, xl in zip(axes, ("inference memory (bytes, bf16)", "inference FLOPs per token", "Z = 0.9 M^1/2 + 0.1 C^1/3")):
+    for ax, xl in zip(axes, ("inference memory (bytes, bf16)", "inference FLOPs per token", "Z = 0.9 M^1/2 + 0.1 C^1/3 (M in values)")):
         ax.set_xscale("log")
         ax.set_xlabel(xl)
         ax.set_ylabel("loss (nats/token)")
@@ -219,7 +222,7 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
             ax.legend(fontsize=7, ncol=2)
             ax.grid(alpha=0.3)
             md += ["## 3. Loss vs number of heads at fixed size", "", f"![loss vs heads]({_save(fig, out / 'loss_vs_heads.png')})", ""]
-            heads_fit = _heads_fit(df)
+            heads_fit = _heads_fit(df, fit_grid)
             if heads_fit:
                 md += [heads_fit, ""]
 
@@ -241,26 +244,26 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
     try:
         from .search import search
 
-        res = search(T, target_loss, laws=law_set, baseline=baseline)
+        try:
+            res = search(T, target_loss, laws=law_set, baseline=baseline or "llama3")
+        except CogqaError:
+            if baseline is not None:
+                raise
+            res = search(T, target_loss, laws=law_set)
         best = res.best
         numbers["best"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()}
         numbers["savings"] = res.savings
         md += [f"## 5. Recommended configuration for L* = {target_loss:.3f} nats/token at T = {T:,} tokens", "",
-               f"- heads H = ({best['n_heads']}, {best['n_kv_heads']}), N = {fmt_params(best['params_non_embedding'])} non-embedding parameters"
+               f"- heads H = ({best['n_heads']}, {best['n_kv_heads']}), N = {fmt_params(best['params_non_embedding'])} (non-embedding)"
                + (f", shape L={best['layers']} d={best['hidden_size']}" if "layers" in best else ""),
                f"- inference memory {fmt_bytes(best['inference_memory_bytes'])}, {fmt_flops(best['inference_flops_per_token'])} per token, Z = {best['z']:.4g}",
-               f"- savings against the baseline: {_fmt_savings(res.savings)}", ""]
+               f"- savings against the baseline {_fmt_baseline(res.baseline)}: {_fmt_savings(res.savings)}", ""]
         cands = res.candidates.head(8)
         md += ["Top candidates (ranked by Z):", "", _candidates_table(cands), ""]
         from .plots import plot_breakdown
-        from .shapes import ModelShape, nearest_buildable, shape_for_params
+        from .shapes import nearest_buildable, shape_for_params
 
-        if "layers" in best and "hidden_size" in best:
-            shape = ModelShape(layers=int(round(best["layers"])), hidden_size=int(round(best["hidden_size"])),
-                               ffn_size=int(8 * int(round(best["hidden_size"])) / 3), n_heads=int(best["n_heads"]),
-                               n_kv_heads=int(best["n_kv_heads"]), head_dim=head_dim, vocab_size=vocab)
-        else:
-            shape = nearest_buildable(shape_for_params(best["params_non_embedding"], best["n_heads"], best["n_kv_heads"], head_dim, vocab))
+        shape = nearest_buildable(shape_for_params(best["params_non_embedding"], best["n_heads"], best["n_kv_heads"]))
         png = plot_breakdown(shape, out / "breakdown.png", max_context=max(T, 131072),
                              title=f"H=({best['n_heads']},{best['n_kv_heads']}) cost breakdown")
         md += ["## 6. Where the recommended model's inference cost goes vs T", "", f"![breakdown]({png.name})", ""]
@@ -295,11 +298,12 @@ def _loss_falls_with_n(df) -> dict[str, bool]:
     return out
 
 
-def _heads_fit(df) -> str:
+def _heads_fit(df, grid=None) -> str:
     try:
         from .fitting import fit_results
 
-        rep = fit_results(df, form="heads")
+        sizes = df.groupby("size")["params_non_embedding"].transform("min")  # a number naming each (L, d)
+        rep = fit_results(df.assign(size=sizes)[["n_heads", "n_kv_heads", "loss", "size"]], form="heads", grid=grid)
         table = rep.table()
         return "Head-law fit (cogqa fit --form heads):\n\n" + _markdown_table(table.set_index(table.columns[0]), str(table.columns[0]), str)
     except Exception as exc:  # the heads form needs several n_h per size; say why it is absent
@@ -331,15 +335,16 @@ def _candidates_table(c) -> str:
     return "\n".join(lines)
 
 
+def _fmt_baseline(base) -> str:
+    if not base:
+        return "(none)"
+    return f"{base.get('spec', '')} H=({base['n_heads']},{base['n_kv_heads']})"
+
+
 def _fmt_savings(savings) -> str:
+    """``{"memory": 0.5, "flops": 0.2, "z": 0.3}`` (fractions saved) as text with percent units."""
     if not savings:
-        return "n/a (no baseline)"
-    if isinstance(savings, dict):
-        parts = []
-        for k, v in savings.items():
-            if isinstance(v, (float, np.floating)) and ("fraction" in k or "saving" in k or k.endswith("_pct")):
-                parts.append(f"{k} {100 * v:.1f}%" if "fraction" in k or "saving" in k else f"{k} {v:.1f}%")
-            else:
-                parts.append(f"{k} {v}")
-        return "; ".join(parts)
-    return str(savings)
+        return "n/a (no baseline reachable)"
+    names = {"memory": "inference memory", "flops": "FLOPs per token", "z": "Z"}
+    return "; ".join(f"{100 * float(v):.1f}% less {names.get(k, k)}" if v >= 0 else f"{-100 * float(v):.1f}% more {names.get(k, k)}"
+                     for k, v in savings.items())

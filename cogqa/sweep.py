@@ -327,6 +327,14 @@ def _vocab_size(spec: SweepSpec) -> int:
     return 320 if tok == "bytes" else 50304
 
 
+def _data_context(spec: SweepSpec) -> int | None:
+    """Chunk length of the prepared data (tokens), if known."""
+    if isinstance(spec.data, str):
+        ctx = json.loads((Path(spec.data) / "manifest.json").read_text()).get("context")
+        return int(ctx) if isinstance(ctx, int) else None
+    return spec.data.get("context")
+
+
 def _budget_tokens(spec: SweepSpec, n_non_embedding: float) -> float:
     return float(spec.tokens) if spec.tokens is not None else spec.tokens_per_param * float(n_non_embedding)
 
@@ -342,7 +350,7 @@ def plan(spec: SweepSpec, gpu_tflops: float = 312.0, mfu: float = 0.4) -> dict[s
 
     require(gpu_tflops > 0, f"--gpu-tflops must be positive, got {gpu_tflops}")
     require(0 < mfu <= 1, f"--mfu must be in (0, 1], got {mfu}")
-    T = spec.context or 2048
+    T = spec.context or _data_context(spec) or 2048
     vocab = _vocab_size(spec)
     rows = []
     for run in spec.runs():
@@ -836,18 +844,19 @@ def collect(out: str | Path, write: bool = True):
 
 DEMO_COMMAND = "cogqa demo --out runs/demo"
 #: Tiny MHA-family shapes (head size 16) for the CPU demo: name -> (layers, hidden size).
-DEMO_SIZES = {"d32": (1, 32), "d48": (2, 48), "d64": (2, 64), "d96": (3, 96)}
-DEMO_HEADS = "1:1,4:1,4:2,4:4,8:1"
+DEMO_SIZES = {"d48": (2, 48), "d64": (2, 64), "d96": (2, 96), "d128": (2, 128)}
+DEMO_HEADS = "1:1,4:1,4:4,8:1"
 
 
 def demo_spec() -> SweepSpec:
-    """The CPU demo sweep: 5 head configurations x 4 tiny sizes (13k to 300k non-embedding
-    parameters, head size 16) on the offline King James Bible, bytes tokenizer, T = 128 tokens,
-    a fixed budget of 49,152 training tokens per run (not 20 per parameter: the whole recipe must
-    finish in about 15 minutes on 2 CPU cores), batches of 1,024 tokens, max LR 1e-2."""
+    """The CPU demo sweep: 4 head configurations x 4 tiny sizes (2 layers, d = 48 to 128, head
+    size 16: about 40k to 330k non-embedding parameters) on the offline King James Bible, bytes
+    tokenizer, T = 128 tokens, a fixed budget of 49,152 training tokens per run (not 20 per
+    parameter: the whole recipe must finish in about 15 minutes on 2 shared CPU cores), batches
+    of 2,048 tokens (24 steps), max LR 5e-3."""
     sizes = [{"name": n, "layers": L, "hidden_size": d, "head_dim": 16} for n, (L, d) in DEMO_SIZES.items()]
     return SweepSpec(data={"inputs": ["kjv"], "tokenizer": "bytes", "context": 128, "val_fraction": 0.01},
-                     sizes=sizes, heads=DEMO_HEADS, tokens=49152, lr=1e-2, batch_tokens=1024, micro_batch=8,
+                     sizes=sizes, heads=DEMO_HEADS, tokens=49152, lr=5e-3, batch_tokens=2048, micro_batch=16,
                      eval_batches=8, position_eval_chunks=32, name="cpu-demo")
 
 

@@ -12,7 +12,7 @@ def register(subparsers) -> None:
     p.add_argument("--context", default="128k", help="context length T of the cost plots and recommendation (default 128k)")
     p.add_argument("--target-loss", help="target loss L* in nats/token (default: middle of the laws' loss range)")
     p.add_argument("--laws", help="use this laws file instead of fitting the sweep's results")
-    p.add_argument("--baseline", help="baseline head configuration for savings, e.g. 32:8 (default: search's)")
+    p.add_argument("--baseline", help="baseline for savings, as cogqa search takes it: llama3, a config.json, or a size with heads like 1.2B:32,8 (default llama3)")
     p.add_argument("--out", help="output directory (default SWEEP_DIR/report or ./report)")
     p.set_defaults(func=run_report)
 
@@ -20,15 +20,10 @@ def register(subparsers) -> None:
 def run_report(args: argparse.Namespace) -> int:
     """Handler of ``cogqa report``."""
     from ..report import build_report
-    from ..sweep import parse_heads
     from ..units import parse_context, parse_float
 
-    baseline = None
-    if args.baseline:
-        heads = parse_heads(args.baseline)
-        baseline = heads[0]
     path = build_report(args.source, out=args.out, context=parse_context(args.context, "--context"),
                         target_loss=parse_float(args.target_loss, "--target-loss") if args.target_loss else None,
-                        laws=args.laws, baseline=baseline)
+                        laws=args.laws, baseline=args.baseline)
     print(f"wrote {path} (figures alongside)")
     return 0

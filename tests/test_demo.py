@@ -1,0 +1,47 @@
+"""End to end: a reduced CPU demo through plan -> run -> collect -> fit -> search -> report."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def test_reduced_demo_end_to_end(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("cogqa.fitting")
+    pytest.importorskip("cogqa.search")
+    data = pytest.importorskip("cogqa.data")
+    from cogqa.sweep import SweepSpec, plan, run_demo
+
+    src = tmp_path / "slice.txt"
+    src.write_text(data.offline_corpus("kjv").read_text()[:150_000])
+    sizes = [{"name": f"d{d}", "layers": 1, "hidden_size": d, "head_dim": 16} for d in (16, 32, 48, 64)]
+    spec = SweepSpec(data={"inputs": [str(src)], "tokenizer": "bytes", "context": 32, "val_fraction": 0.05},
+                     sizes=sizes, heads="2:1,2:2", tokens=32 * 16 * 6, lr=5e-3, batch_tokens=32 * 16, micro_batch=16,
+                     eval_batches=4, position_eval_chunks=8, name="mini-demo")
+    p = plan(spec)
+    assert p["totals"]["runs"] == 8 and p["context"] == 32
+    out = tmp_path / "demo"
+    summary = run_demo(out, spec=spec, progress=False, context=32768)
+    assert summary["runs"] == 8
+    df = pd.read_csv(out / "results.csv")
+    assert len(df) == 8 and df["id"].is_unique and (df["steps"] == 6).all() and (df["tokens"] == 32 * 16 * 6).all()
+    laws = json.loads((out / "laws.json").read_text())
+    assert {(x["n_heads"], x["n_kv_heads"]) for x in laws["laws"]} == {(2, 1), (2, 2)}
+    assert "cogqa demo" in laws["source"] and laws["metadata"]["tokenizer"] == "bytes"
+    report = (out / "report" / "report.md").read_text()
+    for png in ("loss_vs_n.png", "loss_vs_cost.png", "cost_optimal_table.png", "breakdown.png"):
+        assert (out / "report" / png).stat().st_size > 1000 and png in report
+    numbers = json.loads((out / "report" / "numbers.json").read_text())
+    assert numbers["context"] == 32768 and (numbers["best"]["n_heads"], numbers["best"]["n_kv_heads"]) in {(2, 1), (2, 2)}
+    # the recommended size reaches the target loss under its own law
+    law = next(x for x in laws["laws"] if (x["n_heads"], x["n_kv_heads"]) == (numbers["best"]["n_heads"], numbers["best"]["n_kv_heads"]))
+    n = numbers["best"]["params_non_embedding"]
+    assert (law["a"] / n) ** law["b"] + law["E"] == pytest.approx(numbers["target_loss"], rel=1e-6)
+    # idempotent: a second call trains nothing and gives the same table
+    again = run_demo(out, spec=spec, progress=False, context=32768)
+    assert again["runs"] == 8 and pd.read_csv(out / "results.csv").equals(df)

@@ -1,0 +1,80 @@
+"""Report: figures and Markdown from a synthetic sweep (known laws) and from a laws file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cogqa.cli import main
+
+pytest.importorskip("matplotlib")
+TRUE = {(1, 1): (2e5, 0.35, 2.0), (4, 1): (1.5e5, 0.35, 1.95), (4, 4): (1.2e5, 0.35, 1.9)}
+SIZES = {"s1": 2e4, "s2": 5e4, "s3": 1e5, "s4": 2e5, "s5": 4e5}
+
+
+def synthetic_sweep(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for (h, kv), (a, b, E) in TRUE.items():
+        for name, n in SIZES.items():
+            n_h = n * (1 + 0.05 * (h + kv) / 8)  # attention width adds parameters, as in a real sweep
+            rows.append({"id": f"{name}_h{h}kv{kv}_s0", "size": name, "n_heads": h, "n_kv_heads": kv, "seed": 0,
+                         "params_non_embedding": n_h, "loss": (a / n_h) ** b + E + rng.normal(0, 1e-4),
+                         "tokens": 65536, "context": 128, "wall_time_s": 10.0})
+    d = tmp_path / "sweep"
+    d.mkdir()
+    pd.DataFrame(rows).to_csv(d / "results.csv", index=False)
+    return d
+
+
+def test_report_from_sweep_dir(tmp_path):
+    pytest.importorskip("cogqa.fitting")
+    pytest.importorskip("cogqa.search")
+    from cogqa.report import build_report
+
+    d = synthetic_sweep(tmp_path)
+    path = build_report(d, context=131072, fit_grid=16)
+    out = d / "report"
+    assert path == out / "report.md"
+    text = path.read_text()
+    for png in ("loss_vs_n.png", "loss_vs_cost.png", "loss_vs_heads.png", "cost_optimal_table.png", "breakdown.png"):
+        assert (out / png).stat().st_size > 1000, png
+        assert png in text
+    assert "nats/token" in text and "T = 131,072 tokens" in text and "R²" in text
+    laws = json.loads((d / "laws.json").read_text())["laws"]
+    assert len(laws) == 3
+    for law in laws:  # the fit recovers the generating laws
+        a, b, E = TRUE[(law["n_heads"], law["n_kv_heads"])]
+        assert law["E"] == pytest.approx(E, abs=0.05) and law["r2"] > 0.99
+    numbers = json.loads((out / "numbers.json").read_text())
+    assert all(numbers["loss_falls_with_n"].values())
+    best = numbers["best"]
+    assert (best["n_heads"], best["n_kv_heads"]) in TRUE
+    assert numbers["target_loss"] > min(E for _, _, E in TRUE.values())
+    assert f"H = ({best['n_heads']}, {best['n_kv_heads']})" in text
+    assert "less" in text or "more" in text  # savings against the baseline, in percent
+
+
+def test_report_cli_from_laws_file(tmp_path, capsys):
+    pytest.importorskip("cogqa.search")
+    laws = {"form": "power_law_n", "source": "test",
+            "laws": [{"n_heads": h, "n_kv_heads": kv, "a": a * 1e4, "b": b, "E": E, "r2": 0.99} for (h, kv), (a, b, E) in TRUE.items()]}
+    f = tmp_path / "laws.json"
+    f.write_text(json.dumps(laws))
+    out = tmp_path / "rep"
+    assert main(["report", str(f), "--context", "32k", "--target-loss", "2.2", "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    assert "L* = 2.200 nats/token" in text and "T = 32,768 tokens" in text
+    assert (out / "loss_vs_n.png").is_file() and not (out / "loss_vs_heads.png").exists()
+
+
+def test_report_bad_input(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and err.count("\n") == 1
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "results.csv" in capsys.readouterr().err

@@ -180,3 +180,102 @@ def load_laws(spec: str | Path = "default") -> LawSet:
     except json.JSONDecodeError as exc:
         raise CogqaError(f"{source_name}: not valid JSON ({exc.msg} at line {exc.lineno}); is the file truncated?") from None
     return law_set_from_dict(data, source_name)
+
+
+# ----------------------------------------------------------------------------- other fitted forms
+# Written by ``cogqa fit --form chinchilla`` / ``--form heads``. Readable with :func:`laws_from_dict`;
+# ``search`` reads only the ``power_law_n`` form (``law_set_from_dict`` refuses the others).
+
+CHINCHILLA = "chinchilla"
+HEAD_LAW = "head_law"
+
+
+def _finite(owner: str, name: str, value: Any) -> None:
+    require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+            f"{owner}: {name} must be a finite number, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ChinchillaLaw:
+    """loss(N, D) = E + A / N^alpha + B / D^beta (nats/token); N parameters, D training tokens.
+
+    ``n_heads``/``n_kv_heads`` are None when the law was fitted over a table without head columns.
+    """
+
+    E: float
+    A: float
+    B: float
+    alpha: float
+    beta: float
+    n_heads: int | None = None
+    n_kv_heads: int | None = None
+    r2: float | None = None
+    ci: dict[str, list[float]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        h = "chinchilla law" if self.n_heads is None else f"chinchilla law H=({self.n_heads},{self.n_kv_heads})"
+        for name in ("E", "A", "B", "alpha", "beta"):
+            _finite(h, name, getattr(self, name))
+        require(self.E >= 0 and self.A > 0 and self.B > 0, f"{h}: E must be >= 0 and A, B > 0")
+        require(self.alpha >= 0 and self.beta >= 0, f"{h}: alpha and beta must be >= 0")
+
+    def loss(self, n_params, tokens) -> np.ndarray:
+        """Predicted loss (nats per token) for ``n_params`` parameters trained on ``tokens`` tokens."""
+        n = np.asarray(n_params, dtype=float)
+        d = np.asarray(tokens, dtype=float)
+        return self.E + self.A / n**self.alpha + self.B / d**self.beta
+
+
+@dataclass(frozen=True)
+class HeadLaw:
+    """loss(n_h) = a * n_h^b + c (nats/token) at one model size (Appendix I)."""
+
+    a: float
+    b: float
+    c: float
+    size: float | None = None  # the model size the law holds at (parameters, or the table's size label)
+    n_kv_heads: int | None = None
+    context: int | None = None
+    r2: float | None = None
+    ci: dict[str, list[float]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("a", "b", "c"):
+            _finite("head law", name, getattr(self, name))
+        require(self.a > 0 and self.c >= 0, "head law: a must be > 0 and c >= 0")
+
+    def loss(self, n_heads) -> np.ndarray:
+        """Predicted loss (nats per token) with ``n_heads`` query heads."""
+        return self.a * np.asarray(n_heads, dtype=float) ** self.b + self.c
+
+
+def laws_from_dict(data: Any, source_name: str = "laws file") -> tuple:
+    """Laws of any fitted form: a tuple of PowerLawN, ChinchillaLaw or HeadLaw (by the file's ``form``)."""
+    require(isinstance(data, dict), f"{source_name}: expected a JSON object with 'form' and 'laws'")
+    form = data.get("form", POWER_LAW_N)
+    if form == POWER_LAW_N:
+        return law_set_from_dict(data, source_name).laws
+    require(form in (CHINCHILLA, HEAD_LAW), f"{source_name}: unknown form {form!r}; expected {POWER_LAW_N}, {CHINCHILLA} or {HEAD_LAW}")
+    entries = data.get("laws")
+    require(isinstance(entries, list) and entries, f"{source_name}: missing or empty list 'laws'")
+    keys = ("E", "A", "B", "alpha", "beta") if form == CHINCHILLA else ("a", "b", "c")
+    out = []
+    for i, entry in enumerate(entries):
+        require(isinstance(entry, dict), f"{source_name}: laws[{i}] must be an object")
+        for key in keys:
+            require(key in entry, f"{source_name}: laws[{i}] is missing field {key!r}")
+        try:
+            if form == CHINCHILLA:
+                known = keys + ("n_heads", "n_kv_heads", "r2", "ci")
+                out.append(ChinchillaLaw(**{k: entry[k] for k in keys}, n_heads=entry.get("n_heads"), n_kv_heads=entry.get("n_kv_heads"),
+                                         r2=entry.get("r2"), ci=entry.get("ci"), extra={k: v for k, v in entry.items() if k not in known}))
+            else:
+                known = keys + ("size", "params_non_embedding", "n_kv_heads", "context", "r2", "ci")
+                out.append(HeadLaw(**{k: entry[k] for k in keys}, size=entry.get("size", entry.get("params_non_embedding")),
+                                   n_kv_heads=entry.get("n_kv_heads"), context=entry.get("context"), r2=entry.get("r2"), ci=entry.get("ci"),
+                                   extra={k: v for k, v in entry.items() if k not in known}))
+        except CogqaError as exc:
+            raise CogqaError(f"{source_name}: laws[{i}]: {exc}") from None
+    return tuple(out)

@@ -1,0 +1,724 @@
+"""Fitting scaling laws to a table of training results (``cogqa fit``).
+
+Three forms, all fitted the same way (Chinchilla's approach 3 as replicated by Besiroglu et al. 2024):
+the prediction is written as a log-sum-exp of terms linear in the parameters, and the **sum** of
+Huber(delta = 1e-3) of ``log L - log L_hat`` is minimised by L-BFGS-B (tight tolerances) from a grid
+of initialisations; the best local minimum is kept.
+
+* ``n`` (paper Eq. 7), per head configuration H: ``L = (a / N)^b + E``;
+  ``log L_hat = LSE(c - b ln N, e)`` with ``c = b ln a``, ``e = ln E``. Option ``shared_E``: one E for all H.
+* ``chinchilla``: ``L = E + A / N^alpha + B / D^beta`` (D = tokens), per H or over all rows when the
+  table has no head columns; ``log L_hat = LSE(ln A - alpha ln N, ln B - beta ln D, ln E)``.
+* ``heads`` (Appendix I): ``L(n_h) = a n_h^b + c`` at a fixed size (groups by the ``size`` column if
+  present, else by ``params_non_embedding``); ``log L_hat = LSE(ln a + b ln n_h, ln c)``.
+
+Units: N in parameters (non-embedding unless the user maps another column), D in tokens, loss in nats
+per token. Bounds (in the fitted log space) keep every coefficient finite; a coefficient that ends on
+its bound (typically E -> its floor of 1e-4 nats) is reported in ``at_bound`` and as a warning.
+
+Results table: CSV, JSONL or Parquet with columns ``n_heads``, ``n_kv_heads``, ``params_non_embedding``,
+``loss`` and optionally ``tokens``, ``context``, ``size``, ``compute`` (training FLOPs; gives
+``tokens = compute / (6 N)`` when ``tokens`` is absent). Other column names are mapped with
+``columns={"params_non_embedding": "Model Size", ...}``. Rows are numbered from 1 (the first data row,
+after the header) in every message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import CogqaError, require
+
+FORMS = ("n", "chinchilla", "heads")
+LAW_FORM_NAMES = {"n": "power_law_n", "chinchilla": "chinchilla", "heads": "head_law"}
+HUBER_DELTA = 1e-3
+E_FLOOR = 1e-4  # nats per token: lower bound of every irreducible-loss coefficient
+RESULT_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".pq")
+KNOWN_COLUMNS = ("n_heads", "n_kv_heads", "params_non_embedding", "loss", "tokens", "context", "size", "compute")
+
+
+# --------------------------------------------------------------------------- reading and validation
+
+
+def _required_columns(form: str) -> tuple[str, ...]:
+    if form == "n":
+        return ("n_heads", "n_kv_heads", "params_non_embedding", "loss")
+    if form == "chinchilla":
+        return ("params_non_embedding", "tokens", "loss")
+    return ("n_heads", "loss")
+
+
+def _rows(mask: np.ndarray, limit: int = 8) -> str:
+    idx = [str(i + 1) for i in np.flatnonzero(mask)]
+    more = f" (+{len(idx) - limit} more)" if len(idx) > limit else ""
+    return ", ".join(idx[:limit]) + more
+
+
+def read_results(path: str | Path, columns: dict[str, str] | None = None, form: str = "n") -> pd.DataFrame:
+    """Read and validate a results table (CSV, JSONL or Parquet); returns a DataFrame with canonical columns.
+
+    ``columns`` maps canonical names (``params_non_embedding``, ``tokens``, ``loss``, ``n_heads``,
+    ``n_kv_heads``, ``compute``, ``size``) to the file's column names. ``form`` decides which columns are
+    required (see :func:`validate_results`). Warnings (e.g. duplicate rows) are in ``df.attrs["warnings"]``.
+    """
+    require(form in FORMS, f"--form: unknown form {form!r}; choose one of {', '.join(FORMS)}")
+    path = Path(path)
+    require(path.exists(), f"RESULTS: {path}: no such file")
+    require(path.is_file(), f"RESULTS: {path}: is not a file")
+    suffix = path.suffix.lower()
+    require(suffix in RESULT_SUFFIXES, f"RESULTS: {path}: unknown extension {suffix or '(none)'!r}; use .csv, .jsonl or .parquet")
+    require(path.stat().st_size > 0, f"RESULTS: {path}: the file is empty; it needs a header and one row per run")
+    try:
+        if suffix == ".csv":
+            df = pd.read_csv(path)
+        elif suffix in (".jsonl", ".json"):
+            df = pd.read_json(path, lines=True)
+        else:
+            df = pd.read_parquet(path)
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CogqaError(f"RESULTS: {path}: cannot be read as {suffix[1:]} ({first})") from None
+    except Exception as exc:  # pyarrow raises its own types for corrupt Parquet
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CogqaError(f"RESULTS: {path}: cannot be read as {suffix[1:]} ({first})") from None
+    return validate_results(df, form=form, columns=columns, source=str(path))
+
+
+def validate_results(df: pd.DataFrame, form: str = "n", columns: dict[str, str] | None = None, source: str = "results") -> pd.DataFrame:
+    """Check a results table and return a clean float copy with canonical column names.
+
+    Required: form ``n``: n_heads, n_kv_heads, params_non_embedding, loss; ``chinchilla``:
+    params_non_embedding, loss and tokens (or compute, giving tokens = compute / (6 N)); ``heads``:
+    n_heads, loss and size or params_non_embedding. Errors (one line, naming rows numbered from 1):
+    missing column, non-numeric, non-finite, <= 0 values, n_kv_heads not dividing n_heads.
+    Rows repeating earlier rows (same values in the known columns) are kept, with a warning in
+    ``df.attrs["warnings"]``.
+    """
+    require(form in FORMS, f"--form: unknown form {form!r}; choose one of {', '.join(FORMS)}")
+    require(isinstance(df, pd.DataFrame), f"{source}: expected a table (pandas DataFrame)")
+    require(len(df) > 0, f"{source}: no rows; the table needs one row per training run")
+    df = df.reset_index(drop=True)
+    df.columns = [str(c).strip() for c in df.columns]
+    for canon, name in (columns or {}).items():
+        require(canon in KNOWN_COLUMNS, f"column mapping: unknown field {canon!r}; known: {', '.join(KNOWN_COLUMNS)}")
+        require(name in df.columns, f"{source}: no column {name!r} (mapped to {canon}); columns are: {', '.join(df.columns)}")
+        if canon in df.columns and canon != name:
+            df = df.drop(columns=[canon])
+        df = df.rename(columns={name: canon})
+    if form == "chinchilla":
+        require("tokens" in df.columns or "compute" in df.columns, f"{source}: missing column 'tokens' (training tokens D) for --form chinchilla; "
+                "add it, map it with --tokens-column, or give training FLOPs with --compute-column")
+    if form == "heads":
+        require("size" in df.columns or "params_non_embedding" in df.columns,
+                f"{source}: missing column 'size' or 'params_non_embedding' (the fixed model size of each head law)")
+    for name in _required_columns(form):
+        if name == "tokens" and "compute" in df.columns:
+            continue  # tokens = compute / (6 N), derived below once the numbers are checked
+        require(name in df.columns, f"{source}: missing column {name!r}; columns are: {', '.join(df.columns)}")
+    has_heads = "n_heads" in df.columns
+    if form == "chinchilla" and has_heads:
+        require("n_kv_heads" in df.columns, f"{source}: column 'n_heads' without 'n_kv_heads'; give both or neither")
+    numeric = [c for c in ("n_heads", "n_kv_heads", "params_non_embedding", "loss", "tokens", "compute", "context") if c in df.columns]
+    if form == "heads" and "size" in df.columns:
+        numeric.append("size")
+    for name in numeric:
+        values = pd.to_numeric(df[name], errors="coerce")
+        bad = values.isna().to_numpy() & df[name].notna().to_numpy()
+        if bad.any():
+            raise CogqaError(f"{source}: column {name!r} is not numeric in rows {_rows(bad)} (e.g. {df[name][bad].iloc[0]!r})")
+        arr = values.to_numpy(dtype=float)
+        require(np.isfinite(arr).all(), f"{source}: column {name!r} has missing or non-finite values (NaN/inf) in rows {_rows(~np.isfinite(arr))}")
+        if not (arr > 0).all():
+            raise CogqaError(f"{source}: column {name!r} must be > 0; rows {_rows(arr <= 0)} are not (e.g. {arr[arr <= 0][0]:g})")
+        df[name] = arr
+    for name in ("n_heads", "n_kv_heads"):
+        if name in df.columns:
+            arr = df[name].to_numpy()
+            bad = arr != np.round(arr)
+            require(not bad.any(), f"{source}: column {name!r} must hold whole numbers; rows {_rows(bad)} do not")
+            df[name] = arr.astype(np.int64)
+    if "n_heads" in df.columns and "n_kv_heads" in df.columns:
+        nh, nkv = df["n_heads"].to_numpy(), df["n_kv_heads"].to_numpy()
+        bad = nkv > nh
+        require(not bad.any(), f"{source}: n_kv_heads > n_heads in rows {_rows(bad)}; a KV head serves >= 1 query heads")
+        bad = nh % nkv != 0
+        require(not bad.any(), f"{source}: n_kv_heads must divide n_heads; rows {_rows(bad)} do not")
+    if form == "chinchilla" and "tokens" not in df.columns:
+        df["tokens"] = df["compute"] / (6.0 * df["params_non_embedding"])
+    warnings: list[str] = []
+    keep = [c for c in KNOWN_COLUMNS if c in df.columns]
+    dup = df.duplicated(subset=keep, keep="first").to_numpy()
+    if dup.any():
+        warnings.append(f"{source}: rows {_rows(dup)} repeat the values of earlier rows; all are kept, "
+                        "so a run listed twice weighs double: remove such repeats if they are the same run")
+    df.attrs["warnings"] = warnings
+    return df
+
+
+# --------------------------------------------------------------------------- the generic log-sum-exp fitter
+
+
+def huber(r: np.ndarray, delta: float = HUBER_DELTA) -> np.ndarray:
+    """Huber loss of residuals ``r`` (here in log-loss units): quadratic within ``delta``, linear outside."""
+    a = np.abs(r)
+    return np.where(a <= delta, 0.5 * r * r, delta * (a - 0.5 * delta))
+
+
+@dataclass
+class _Problem:
+    """log L_hat = LSE_k(X[k] @ theta); y = log L; box bounds on theta."""
+
+    X: np.ndarray  # (K terms, n rows, p params)
+    y: np.ndarray  # (n,)
+    lower: np.ndarray
+    upper: np.ndarray
+    delta: float = HUBER_DELTA
+
+    def predict_log(self, theta: np.ndarray) -> np.ndarray:
+        t = self.X @ theta  # (K, n)
+        m = t.max(axis=0)
+        return m + np.log(np.exp(t - m).sum(axis=0))
+
+    def objective(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
+        t = self.X @ theta
+        m = t.max(axis=0)
+        w = np.exp(t - m)
+        s = w.sum(axis=0)
+        pred = m + np.log(s)
+        r = self.y - pred
+        f = float(huber(r, self.delta).sum())
+        dpred = -np.clip(r, -self.delta, self.delta)  # d huber / d pred
+        w /= s
+        grad = np.einsum("kn,knp->p", w * dpred, self.X)
+        return f, grad
+
+
+def _minimise(problem: _Problem, starts: np.ndarray) -> tuple[np.ndarray, float]:
+    """Best (theta, objective) of L-BFGS-B runs from every row of ``starts``."""
+    bounds = list(zip(problem.lower, problem.upper))
+    with _one_blas_thread():
+        best_x, best_f = _minimise_from(problem, starts, bounds)
+    require(best_x is not None, "fit: the optimiser failed from every starting point; check the data for extreme values")
+    return best_x, best_f
+
+
+def _one_blas_thread():
+    """L-BFGS-B's tiny matrix products are ~15x slower with a multi-threaded BLAS on a busy machine."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # optional: without it the fit is only slower
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _minimise_from(problem: _Problem, starts: np.ndarray, bounds) -> tuple[np.ndarray | None, float]:
+    from scipy.optimize import minimize
+
+    best_x, best_f = None, np.inf
+    for x0 in starts:
+        x0 = np.clip(x0, problem.lower, problem.upper)
+        res = minimize(problem.objective, x0, jac=True, method="L-BFGS-B", bounds=bounds,
+                       options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 20000, "maxfun": 40000, "maxcor": 20})
+        if np.isfinite(res.fun) and res.fun < best_f:
+            best_x, best_f = np.asarray(res.x, dtype=float), float(res.fun)
+    return best_x, best_f
+
+
+def _rank_starts(problem: _Problem, grid: np.ndarray, keep: int | None) -> np.ndarray:
+    """The grid points, best initial objective first, at most ``keep`` of them (all when None)."""
+    if keep is None or keep >= len(grid):
+        return grid
+    g = np.clip(grid, problem.lower, problem.upper)
+    t = np.einsum("knp,gp->gkn", problem.X, g)
+    m = t.max(axis=1, keepdims=True)
+    pred = m[:, 0, :] + np.log(np.exp(t - m).sum(axis=1))
+    f = huber(problem.y[None, :] - pred, problem.delta).sum(axis=1)
+    return g[np.argsort(f, kind="stable")[:keep]]
+
+
+def _at_bound(problem: _Problem, theta: np.ndarray, tol: float = 1e-6) -> np.ndarray:
+    span = np.maximum(problem.upper - problem.lower, 1.0)
+    return (np.abs(theta - problem.lower) <= tol * span) | (np.abs(theta - problem.upper) <= tol * span)
+
+
+def _r2(loss: np.ndarray, pred: np.ndarray) -> float | None:
+    ss_tot = float(((loss - loss.mean()) ** 2).sum())
+    if ss_tot <= 0:
+        return None
+    return 1.0 - float(((loss - pred) ** 2).sum()) / ss_tot
+
+
+def _grid(*axes) -> np.ndarray:
+    return np.array(list(itertools.product(*axes)), dtype=float)
+
+
+def _as_positive(x, name: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=float).ravel()
+    require(arr.size > 0, f"{name}: no values")
+    require(np.isfinite(arr).all(), f"{name}: non-finite values (NaN/inf)")
+    require((arr > 0).all(), f"{name}: values must be > 0")
+    return arr
+
+
+def _e_upper(loss: np.ndarray) -> float:
+    return float(np.log(loss.max()))
+
+
+# --------------------------------------------------------------------------- the three laws on arrays
+
+CHINCHILLA_GRID = (np.arange(0, 30, 5.0), np.arange(0, 30, 5.0), np.arange(-1, 1.5, 0.5), np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5))
+
+
+def _finish(problem: _Problem, theta: np.ndarray, f: float, loss: np.ndarray, coefs: dict[str, float], names: list[str]) -> dict[str, Any]:
+    pred = np.exp(problem.predict_log(theta))
+    out: dict[str, Any] = dict(coefs)
+    out["r2"] = _r2(loss, pred)
+    out["n_points"] = int(loss.size)
+    out["objective"] = f
+    out["at_bound"] = [n for n, hit in zip(names, _at_bound(problem, theta)) if hit]
+    out["_theta"] = theta
+    out["_pred"] = pred
+    return out
+
+
+def _chinchilla_problem(N, D, loss) -> _Problem:
+    lnN, lnD, one, zero = np.log(N), np.log(D), np.ones_like(N), np.zeros_like(N)
+    # theta = (a = ln A, b = ln B, e = ln E, alpha, beta)
+    X = np.stack([
+        np.stack([one, zero, zero, -lnN, zero], axis=1),
+        np.stack([zero, one, zero, zero, -lnD], axis=1),
+        np.stack([zero, zero, one, zero, zero], axis=1),
+    ])
+    lower = np.array([-30.0, -30.0, math.log(E_FLOOR), 0.0, 0.0])
+    upper = np.array([100.0, 100.0, _e_upper(loss), 5.0, 5.0])
+    return _Problem(X, np.log(loss), lower, upper)
+
+
+def _chinchilla_coefs(theta: np.ndarray) -> dict[str, float]:
+    return {"A": math.exp(theta[0]), "B": math.exp(theta[1]), "E": math.exp(theta[2]), "alpha": float(theta[3]), "beta": float(theta[4])}
+
+
+def fit_chinchilla(N, D, loss, grid: str | int = 32, starts: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit ``L = E + A / N^alpha + B / D^beta`` (N parameters, D tokens, L nats/token).
+
+    Returns {"E", "A", "B", "alpha", "beta", "r2", "n_points", "objective" (summed Huber of log
+    residuals), "at_bound" (coefficient names on their bounds)}. ``grid``: "full" starts L-BFGS-B from
+    every point of Hoffmann et al.'s grid (ln A, ln B in {0,5,..,25}, ln E in {-1,..,1}, alpha, beta in
+    {0,..,2}: 4,500 starts); an integer k starts from the k grid points with the lowest initial objective.
+    ``starts`` (rows of ln A, ln B, ln E, alpha, beta) are tried in addition.
+    """
+    N, D, loss = _as_positive(N, "N"), _as_positive(D, "D (tokens)"), _as_positive(loss, "loss")
+    require(N.size == D.size == loss.size, "fit_chinchilla: N, D and loss must have the same length")
+    require(loss.size >= 6, f"fit_chinchilla: {loss.size} points for 5 coefficients; need at least 6")
+    problem = _chinchilla_problem(N, D, loss)
+    x0 = _starts(problem, _grid(*CHINCHILLA_GRID), grid, starts)
+    theta, f = _minimise(problem, x0)
+    return _finish(problem, theta, f, loss, _chinchilla_coefs(theta), ["A", "B", "E", "alpha", "beta"])
+
+
+def _starts(problem: _Problem, grid: np.ndarray, how: str | int, extra: np.ndarray | None) -> np.ndarray:
+    ok = how == "full" or (isinstance(how, (int, np.integer)) and not isinstance(how, bool) and (how > 0 or (how == 0 and extra is not None)))
+    require(ok, f"grid: expected 'full' or a positive number of starting points, got {how!r}")
+    if how == 0:
+        return np.atleast_2d(np.asarray(extra, dtype=float))
+    x0 = _rank_starts(problem, grid, None if how == "full" else how)
+    if extra is not None:
+        x0 = np.vstack([np.atleast_2d(np.asarray(extra, dtype=float)), x0])
+    return x0
+
+
+N_GRID = (np.arange(0.0, 30.0, 2.5), np.array([0.05, 0.1, 0.2, 0.3, 0.5, 1.0]), np.arange(-1, 1.5, 0.5))
+
+
+def _n_problem(N: np.ndarray, loss: np.ndarray, group: np.ndarray, n_groups: int, shared_E: bool) -> _Problem:
+    """theta = (c_1, b_1, e_1, c_2, b_2, e_2, ...) or with shared E (c_1, b_1, c_2, b_2, ..., e)."""
+    per = 2 if shared_E else 3
+    p = per * n_groups + (1 if shared_E else 0)
+    n = N.size
+    X = np.zeros((2, n, p))
+    rows = np.arange(n)
+    X[0, rows, per * group] = 1.0
+    X[0, rows, per * group + 1] = -np.log(N)
+    X[1, rows, (p - 1) if shared_E else (per * group + 2)] = 1.0
+    lower, upper = np.empty(p), np.empty(p)
+    for g in range(n_groups):
+        lower[per * g: per * g + 2] = (-50.0, 1e-3)
+        upper[per * g: per * g + 2] = (200.0, 5.0)
+        if not shared_E:
+            lower[per * g + 2], upper[per * g + 2] = math.log(E_FLOOR), _e_upper(loss[group == g])
+    if shared_E:
+        lower[-1], upper[-1] = math.log(E_FLOOR), _e_upper(loss)
+    return _Problem(X, np.log(loss), lower, upper)
+
+
+def fit_power_law(N, loss, grid: str | int = 32, starts: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit the paper's Eq. 7 ``L = (a / N)^b + E`` for one head configuration (N parameters, L nats/token).
+
+    Returns {"a" (parameters), "b", "E" (nats/token), "r2", "n_points", "objective", "at_bound"}.
+    Fitted as LSE(c - b ln N, ln E) with c = b ln a, from the grid c in {0, 2.5, .., 27.5},
+    b in {0.05, .., 1}, ln E in {-1, .., 1} (``grid`` as in :func:`fit_chinchilla`).
+    """
+    N, loss = _as_positive(N, "N"), _as_positive(loss, "loss")
+    require(N.size == loss.size, "fit_power_law: N and loss must have the same length")
+    require(loss.size >= 4, f"fit_power_law: {loss.size} points for 3 coefficients; need at least 4")
+    problem = _n_problem(N, loss, np.zeros(N.size, dtype=int), 1, False)
+    theta, f = _minimise(problem, _starts(problem, _grid(*N_GRID), grid, starts))
+    c, b, e = theta
+    return _finish(problem, theta, f, loss, {"a": math.exp(c / b), "b": float(b), "E": math.exp(e)}, ["a", "b", "E"])
+
+
+def fit_power_law_shared_E(N, loss, group, grid_per_group: str | int = 32, starts: np.ndarray | None = None) -> dict[str, Any]:
+    """Joint fit of ``L = (a_g / N)^b_g + E`` with one E for all groups g = 0..G-1 (integer labels).
+
+    Returns {"E", "groups": [{"a", "b", "r2", "n_points", "at_bound"}...], "objective", "at_bound"}.
+    Starts: each group's own fit (c, b) with the median of their ln E, plus the grid on ln E.
+    """
+    N, loss = _as_positive(N, "N"), _as_positive(loss, "loss")
+    group = np.asarray(group, dtype=int).ravel()
+    n_groups = int(group.max()) + 1
+    problem = _n_problem(N, loss, group, n_groups, True)
+    if starts is None:
+        own = [_own_start(N[group == g], loss[group == g], loss.min(), grid_per_group) for g in range(n_groups)]
+        cb = np.concatenate([t[:2] for t in own])
+        es = [float(np.median([t[2] for t in own]))] + list(N_GRID[2]) + [math.log(max(E_FLOOR, 0.9 * loss.min()))]
+        starts = np.array([np.concatenate([cb, [e]]) for e in es])
+    theta, f = _minimise(problem, np.atleast_2d(starts))
+    pred = np.exp(problem.predict_log(theta))
+    hits = _at_bound(problem, theta)
+    groups = []
+    for g in range(n_groups):
+        c, b = theta[2 * g], theta[2 * g + 1]
+        m = group == g
+        names = [n for n, hit in zip(("a", "b"), hits[2 * g: 2 * g + 2]) if hit]
+        groups.append({"a": math.exp(c / b), "b": float(b), "r2": _r2(loss[m], pred[m]), "n_points": int(m.sum()), "at_bound": names})
+    return {"E": math.exp(theta[-1]), "groups": groups, "objective": f, "at_bound": ["E"] if hits[-1] else [],
+            "r2": _r2(loss, pred), "n_points": int(loss.size), "_theta": theta, "_pred": pred}
+
+
+def _own_start(N: np.ndarray, loss: np.ndarray, loss_min: float, grid) -> np.ndarray:
+    """(c, b, ln E) of one group: its own fit, or with < 4 points a straight line through log(L - 0.9 min L)."""
+    if loss.size >= 4 and np.unique(N).size >= 2:
+        return fit_power_law(N, loss, grid=grid)["_theta"]
+    E0 = 0.9 * loss_min
+    slope, icept = np.polyfit(np.log(N), np.log(loss - E0), 1) if np.unique(N).size >= 2 else (-0.3, 0.0)
+    b = float(np.clip(-slope, 0.01, 2.0))
+    return np.array([float(icept), b, math.log(E0)])
+
+
+HEAD_GRID = (np.array([-3.0, -2.0, -1.0, 0.0, 1.0]), np.array([-1.0, -0.5, -0.2, -0.1, -0.03, 0.1]), np.arange(-1, 1.5, 0.5))
+
+
+def _head_problem(n_heads: np.ndarray, loss: np.ndarray) -> _Problem:
+    one, zero = np.ones_like(n_heads), np.zeros_like(n_heads)
+    X = np.stack([np.stack([one, np.log(n_heads), zero], axis=1), np.stack([zero, zero, one], axis=1)])
+    lower = np.array([-30.0, -5.0, math.log(E_FLOOR)])
+    upper = np.array([30.0, 5.0, _e_upper(loss)])
+    return _Problem(X, np.log(loss), lower, upper)
+
+
+def fit_head_law(n_heads, loss, grid: str | int = 32, starts: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit Appendix I's head law ``L(n_h) = a n_h^b + c`` at one model size (L and c in nats/token).
+
+    Returns {"a", "b", "c", "r2", "n_points", "objective", "at_bound"}. Fitted as LSE(ln a + b ln n_h, ln c)
+    with a > 0, c >= 1e-4, b in [-5, 5].
+    """
+    n_heads, loss = _as_positive(n_heads, "n_heads"), _as_positive(loss, "loss")
+    require(n_heads.size == loss.size, "fit_head_law: n_heads and loss must have the same length")
+    require(loss.size >= 4, f"fit_head_law: {loss.size} points for 3 coefficients; need at least 4")
+    require(np.unique(n_heads).size >= 3, "fit_head_law: needs at least 3 distinct head counts")
+    problem = _head_problem(n_heads, loss)
+    theta, f = _minimise(problem, _starts(problem, _grid(*HEAD_GRID), grid, starts))
+    return _finish(problem, theta, f, loss, {"a": math.exp(theta[0]), "b": float(theta[1]), "c": math.exp(theta[2])}, ["a", "b", "c"])
+
+
+# --------------------------------------------------------------------------- fitting a results table
+
+COEFS = {"n": ("a", "b", "E"), "chinchilla": ("E", "A", "B", "alpha", "beta"), "heads": ("a", "b", "c")}
+COEF_UNITS = {"a": "parameters", "E": "nats/token", "A": "nats/token * parameters^alpha", "B": "nats/token * tokens^beta", "c": "nats/token"}
+MIN_POINTS = {"n": 4, "chinchilla": 6, "heads": 4}
+
+
+@dataclass
+class FitReport:
+    """Fitted laws of one form, one entry per group (head configuration, or model size for ``heads``).
+
+    ``laws``: laws-file entries (coefficients, ``r2``, ``n_points``, ``ci`` {coef: [low, high]} when
+    bootstrapped, ``at_bound`` [coef names] when a coefficient sits on its bound). ``residuals``: the
+    fitted rows with ``group``, ``predicted`` and ``residual`` (loss - predicted, nats/token).
+    """
+
+    form: str
+    laws: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+    residuals: pd.DataFrame = field(default_factory=pd.DataFrame)
+    shared_E: bool = False
+    bootstrap: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.form in FORMS, f"FitReport: unknown form {self.form!r}; choose one of {', '.join(FORMS)}")
+        require(len(self.laws) > 0, "FitReport: no laws")
+
+    def to_laws_dict(self, source: str = "") -> dict[str, Any]:
+        """The laws file (JSON-serialisable dict); for form ``n`` the ``power_law_n`` interchange form."""
+        meta: dict[str, Any] = {"fit": {"objective": f"sum of Huber(delta={HUBER_DELTA}) of log-loss residuals, L-BFGS-B from a grid",
+                                        "form": self.form, "shared_E": self.shared_E, "bootstrap": self.bootstrap}}
+        if self.warnings:
+            meta["warnings"] = list(self.warnings)
+        return {"form": LAW_FORM_NAMES[self.form], "laws": [dict(law) for law in self.laws], "source": source, "metadata": meta}
+
+    def law_set(self, source: str = ""):
+        """The fitted laws as a :class:`cogqa.laws.LawSet` (form ``n`` only), ready for search."""
+        from .laws import law_set_from_dict
+
+        require(self.form == "n", f"law_set: form {self.form!r} cannot be searched; fit with form 'n'")
+        return law_set_from_dict(self.to_laws_dict(source), "fitted laws")
+
+    def table(self) -> pd.DataFrame:
+        """One row per law: group keys, coefficients, r2, n_points, ``<coef>_lo``/``<coef>_hi`` (95% CI), at_bound."""
+        rows = []
+        for law in self.laws:
+            row = {k: v for k, v in law.items() if k not in ("ci", "at_bound")}
+            for coef, (lo, hi) in (law.get("ci") or {}).items():
+                row[f"{coef}_lo"], row[f"{coef}_hi"] = lo, hi
+            row["at_bound"] = ",".join(law.get("at_bound", []))
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+
+def _group_keys(df: pd.DataFrame, form: str) -> list[str]:
+    if form == "n":
+        return ["n_heads", "n_kv_heads"]
+    if form == "chinchilla":
+        keys = ["n_heads", "n_kv_heads"] if "n_heads" in df.columns else []
+    else:
+        keys = ["size" if "size" in df.columns else "params_non_embedding"]
+    if "context" in df.columns and df["context"].nunique() > 1:
+        keys.append("context")
+    return keys
+
+
+def _label(keys: list[str], values: tuple) -> str:
+    parts = []
+    d = dict(zip(keys, values))
+    if "n_heads" in d:
+        parts.append(f"H=({int(d['n_heads'])},{int(d['n_kv_heads'])})")
+    if "size" in d:
+        parts.append(f"size {d['size']:g}")
+    if "params_non_embedding" in d:
+        parts.append(f"N={d['params_non_embedding']:.4g} parameters")
+    if "context" in d:
+        parts.append(f"context {int(d['context'])} tokens")
+    return ", ".join(parts) or "all rows"
+
+
+def _entry_keys(keys: list[str], values: tuple, sub: pd.DataFrame, form: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in zip(keys, values):
+        out[k] = int(v) if k in ("n_heads", "n_kv_heads", "context") else float(v)
+    if "context" in sub.columns and "context" not in out:
+        out["context"] = int(sub["context"].iloc[0])
+    if form == "heads" and "n_kv_heads" in sub.columns and sub["n_kv_heads"].nunique() == 1:
+        out["n_kv_heads"] = int(sub["n_kv_heads"].iloc[0])
+    return out
+
+
+def _fit_group(form: str, sub: pd.DataFrame, starts=None, grid=None) -> dict[str, Any]:
+    loss = sub["loss"].to_numpy(float)
+    if form == "n":
+        return fit_power_law(sub["params_non_embedding"].to_numpy(float), loss, grid=32 if grid is None else grid, starts=starts)
+    if form == "chinchilla":
+        return fit_chinchilla(sub["params_non_embedding"].to_numpy(float), sub["tokens"].to_numpy(float), loss, grid=32 if grid is None else grid, starts=starts)
+    return fit_head_law(sub["n_heads"].to_numpy(float), loss, grid=32 if grid is None else grid, starts=starts)
+
+
+def _check_points(form: str, label: str, sub: pd.DataFrame, shared_E: bool) -> None:
+    need = 3 if shared_E else MIN_POINTS[form]
+    n_coef = 2 if shared_E else len(COEFS[form])
+    extra = " besides the shared E" if shared_E else ""
+    require(len(sub) >= need, f"{label}: {len(sub)} points for {n_coef} coefficients{extra}; need at least {need} rows for --form {form}")
+    if form == "n":
+        require(sub["params_non_embedding"].nunique() >= 2, f"{label}: every row has the same params_non_embedding; need at least 2 model sizes")
+    elif form == "chinchilla":
+        require(sub["params_non_embedding"].nunique() >= 2 and sub["tokens"].nunique() >= 2,
+                f"{label}: need at least 2 distinct model sizes and 2 distinct token counts for --form chinchilla")
+    else:
+        require(sub["n_heads"].nunique() >= 3, f"{label}: need at least 3 distinct n_heads values for --form heads")
+
+
+def _ci(samples: list[dict[str, float]], names: tuple[str, ...]) -> dict[str, list[float]]:
+    out = {}
+    for name in names:
+        vals = np.array([s[name] for s in samples], dtype=float)
+        vals = vals[np.isfinite(vals)]
+        if vals.size:
+            lo, hi = np.percentile(vals, [2.5, 97.5])
+            out[name] = [float(lo), float(hi)]
+    return out
+
+
+def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, bootstrap: int = 0, seed: int = 0,
+                context: int | None = None, grid: str | int | None = None) -> FitReport:
+    """Fit one law per group of a results table; returns a :class:`FitReport`.
+
+    ``form``: ``n`` (L = (a/N)^b + E per H; ``shared_E`` fits one E jointly), ``chinchilla``
+    (L = E + A/N^alpha + B/D^beta per H, or over all rows without head columns), ``heads``
+    (L = a n_h^b + c per model size). ``bootstrap``: number of resamples (rows drawn with replacement
+    within each group, refitted from the best fit and two grid points) for 95% percentile intervals.
+    ``context``: keep only rows trained at this context (tokens); form ``n`` requires one context.
+    ``grid``: starting points, as in :func:`fit_chinchilla` (default: the 32 grid points with the lowest
+    initial objective; ``"full"`` for every grid point).
+    """
+    require(form in FORMS, f"--form: unknown form {form!r}; choose one of {', '.join(FORMS)}")
+    require(isinstance(bootstrap, (int, np.integer)) and not isinstance(bootstrap, bool) and 0 <= bootstrap <= 100000,
+            f"--bootstrap: expected a whole number of resamples in 0..100000, got {bootstrap!r}")
+    require(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool), f"--seed: expected an integer, got {seed!r}")
+    require(not shared_E or form == "n", f"--shared-E applies to --form n only, not {form!r}")
+    warnings = list(df.attrs.get("warnings", [])) if hasattr(df, "attrs") else []
+    df = validate_results(df, form=form)
+    warnings += [w for w in df.attrs.get("warnings", []) if w not in warnings]
+    if context is not None:
+        require("context" in df.columns, "--context: the results table has no 'context' column")
+        df = df[df["context"] == context].reset_index(drop=True)
+        require(len(df) > 0, f"--context: no rows trained at context {context} tokens")
+    if form == "n" and "context" in df.columns:
+        ctx = sorted(int(c) for c in df["context"].unique())
+        require(len(ctx) == 1, f"context: the table mixes training contexts {', '.join(map(str, ctx))} tokens; "
+                f"fit one at a time with --context (laws depend on the training length)")
+    keys = _group_keys(df, form)
+    groups = list(df.groupby(keys, sort=True)) if keys else [((), df)]
+    labels, subs, entry_keys = [], [], []
+    for values, sub in groups:
+        values = values if isinstance(values, tuple) else (values,)
+        label = _label(keys, values)
+        _check_points(form, label, sub, shared_E)
+        labels.append(label)
+        subs.append(sub)
+        entry_keys.append(_entry_keys(keys, values, sub, form))
+    rng = np.random.default_rng(int(seed))
+    names = COEFS[form]
+    laws: list[dict[str, Any]] = []
+    residuals = []
+    if shared_E:
+        laws, residuals = _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings)
+    else:
+        for label, sub, ek in zip(labels, subs, entry_keys):
+            res = _fit_group(form, sub, grid=grid)
+            entry = dict(ek)
+            entry.update({k: float(res[k]) for k in names})
+            entry["r2"] = res["r2"]
+            entry["n_points"] = res["n_points"]
+            if bootstrap:
+                samples = _bootstrap_group(form, sub, res["_theta"], bootstrap, rng, grid)
+                entry["ci"] = _ci(samples, names)
+                entry["n_bootstrap"] = len(samples)
+            _bound_warning(entry, res["at_bound"], label, warnings)
+            laws.append(entry)
+            residuals.append(sub.assign(group=label, predicted=res["_pred"], residual=sub["loss"].to_numpy() - res["_pred"]))
+    for entry, label in zip(laws, labels):
+        if entry["r2"] is None:
+            warnings.append(f"{label}: R² is undefined (every loss is equal)")
+    return FitReport(form=form, laws=laws, warnings=warnings, residuals=pd.concat(residuals, ignore_index=True),
+                     shared_E=shared_E, bootstrap=int(bootstrap))
+
+
+def _bound_warning(entry: dict[str, Any], at_bound: list[str], label: str, warnings: list[str]) -> None:
+    if not at_bound:
+        return
+    entry["at_bound"] = list(at_bound)
+    shown = ", ".join(f"{n} = {entry[n]:.4g}" for n in at_bound if n in entry)
+    warnings.append(f"{label}: {', '.join(at_bound)} ended on its bound ({shown}); the data do not determine it "
+                    f"(e.g. E at its floor of {E_FLOOR:g} nats means no irreducible loss is visible) - treat the law with care")
+
+
+BOOTSTRAP_GRID_STARTS = 2  # grid points tried in each bootstrap refit besides the full-data best fit
+
+
+def _resample(sub: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    return sub.iloc[rng.integers(0, len(sub), size=len(sub))]
+
+
+def _bootstrap_group(form: str, sub: pd.DataFrame, theta: np.ndarray, k: int, rng: np.random.Generator, grid) -> list[dict[str, float]]:
+    names = COEFS[form]
+    base = _fit_group_problem(form, sub)
+    grid_points = {"n": N_GRID, "chinchilla": CHINCHILLA_GRID, "heads": HEAD_GRID}[form]
+    extra = _rank_starts(base, _grid(*grid_points), BOOTSTRAP_GRID_STARTS)
+    starts = np.vstack([theta, extra])
+    samples = []
+    for _ in range(k):
+        s = _resample(sub, rng)
+        try:
+            res = _fit_group(form, s, starts=starts, grid=0)
+        except CogqaError:
+            continue
+        samples.append({n: res[n] for n in names})
+    return samples
+
+
+def _fit_group_problem(form: str, sub: pd.DataFrame) -> _Problem:
+    loss = sub["loss"].to_numpy(float)
+    if form == "n":
+        return _n_problem(sub["params_non_embedding"].to_numpy(float), loss, np.zeros(len(sub), dtype=int), 1, False)
+    if form == "chinchilla":
+        return _chinchilla_problem(sub["params_non_embedding"].to_numpy(float), sub["tokens"].to_numpy(float), loss)
+    return _head_problem(sub["n_heads"].to_numpy(float), loss)
+
+
+def _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings):
+    def joint(parts, starts=None):
+        N = np.concatenate([p["params_non_embedding"].to_numpy(float) for p in parts])
+        L = np.concatenate([p["loss"].to_numpy(float) for p in parts])
+        g = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+        return fit_power_law_shared_E(N, L, g, starts=starts)
+
+    res = joint(subs)
+    laws, residuals = [], []
+    offset = 0
+    samples = []
+    if bootstrap:
+        theta = res["_theta"]
+        starts = np.array([theta, np.concatenate([theta[:-1], [theta[-1] - 0.1]]), np.concatenate([theta[:-1], [theta[-1] + 0.1]])])
+        for _ in range(bootstrap):
+            try:
+                samples.append(joint([_resample(s, rng) for s in subs], starts=starts))
+            except CogqaError:
+                continue
+    e_ci = _ci([{"E": s["E"]} for s in samples], ("E",))
+    for i, (label, sub, ek) in enumerate(zip(labels, subs, entry_keys)):
+        g = res["groups"][i]
+        entry = dict(ek)
+        entry.update({"a": float(g["a"]), "b": float(g["b"]), "E": float(res["E"]), "r2": g["r2"], "n_points": g["n_points"], "shared_E": True})
+        if bootstrap:
+            ci = _ci([s["groups"][i] for s in samples], ("a", "b"))
+            ci.update(e_ci)
+            entry["ci"] = ci
+            entry["n_bootstrap"] = len(samples)
+        _bound_warning(entry, g["at_bound"] + res["at_bound"], label, warnings)
+        laws.append(entry)
+        pred = res["_pred"][offset: offset + len(sub)]
+        offset += len(sub)
+        residuals.append(sub.assign(group=label, predicted=pred, residual=sub["loss"].to_numpy() - pred))
+    return laws, residuals
+
+
+def write_laws(report: FitReport, path: str | Path, source: str = "") -> Path:
+    """Write ``report.to_laws_dict(source)`` as JSON atomically (``name.tmp`` then rename); returns the path."""
+    import json
+
+    path = Path(path)
+    require(path.suffix.lower() == ".json", f"--out: {path}: the laws file must end in .json")
+    require(not path.is_dir(), f"--out: {path} is a directory; give a file name such as laws.json")
+    if path.parent and not path.parent.exists():
+        raise CogqaError(f"--out: directory {path.parent} does not exist")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report.to_laws_dict(source), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path

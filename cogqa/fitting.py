@@ -204,6 +204,8 @@ class _Problem:
 
 def _minimise(problem: _Problem, starts: np.ndarray) -> tuple[np.ndarray, float]:
     """Best (theta, objective) of L-BFGS-B runs from every row of ``starts``."""
+    import scipy.optimize  # noqa: F401  (load scipy's BLAS before limiting its threads)
+
     bounds = list(zip(problem.lower, problem.upper))
     with _one_blas_thread():
         best_x, best_f = _minimise_from(problem, starts, bounds)

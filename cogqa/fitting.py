@@ -16,6 +16,14 @@ Units: N in parameters (non-embedding unless the user maps another column), D in
 per token. Bounds (in the fitted log space) keep every coefficient finite; a coefficient that ends on
 its bound (typically E -> its floor of 1e-4 nats) is reported in ``at_bound`` and as a warning.
 
+Laws file (:meth:`FitReport.to_laws_dict`): ``{"form", "laws": [...], "source", "metadata"}`` where ``form`` is
+``power_law_n`` (entries n_heads, n_kv_heads, a, b, E; the interchange form ``search`` reads),
+``chinchilla`` (entries E, A, B, alpha, beta, plus n_heads/n_kv_heads when the table has them) or
+``head_law`` (entries a, b, c, plus size or params_non_embedding, n_kv_heads when constant). Every entry
+also has r2 (on loss), n_points, optionally context, ci {coef: [2.5%, 97.5%]} and n_bootstrap when
+bootstrapped, at_bound [coef names] when a coefficient sits on its bound; shared-E fits add shared_E.
+Read them back with :func:`cogqa.laws.laws_from_dict` (any form) or :func:`cogqa.laws.load_laws` (power_law_n).
+
 Results table: CSV, JSONL or Parquet with columns ``n_heads``, ``n_kv_heads``, ``params_non_embedding``,
 ``loss`` and optionally ``tokens``, ``context``, ``size``, ``compute`` (training FLOPs; gives
 ``tokens = compute / (6 N)`` when ``tokens`` is absent). Other column names are mapped with
@@ -127,6 +135,8 @@ def validate_results(df: pd.DataFrame, form: str = "n", columns: dict[str, str] 
     has_heads = "n_heads" in df.columns
     if form == "chinchilla" and has_heads:
         require("n_kv_heads" in df.columns, f"{source}: column 'n_heads' without 'n_kv_heads'; give both or neither")
+    if form == "heads" and "size" in df.columns and not pd.api.types.is_numeric_dtype(df["size"]):
+        df["size"] = [_size_value(v, i) for i, v in enumerate(df["size"])]  # 470M, 1.2B ... -> parameters
     numeric = [c for c in ("n_heads", "n_kv_heads", "params_non_embedding", "loss", "tokens", "compute", "context") if c in df.columns]
     if form == "heads" and "size" in df.columns:
         numeric.append("size")
@@ -162,6 +172,17 @@ def validate_results(df: pd.DataFrame, form: str = "n", columns: dict[str, str] 
                         "so a run listed twice weighs double: remove such repeats if they are the same run")
     df.attrs["warnings"] = warnings
     return df
+
+
+def _size_value(value: Any, i: int) -> Any:
+    from .units import parse_count
+
+    if isinstance(value, str):
+        try:
+            return parse_count(value.strip(), "size")
+        except CogqaError:
+            raise CogqaError(f"results: column 'size' in row {i + 1} is {value!r}; write a number of parameters such as 470M or 4.7e8") from None
+    return value
 
 
 # --------------------------------------------------------------------------- the generic log-sum-exp fitter
@@ -375,7 +396,14 @@ def fit_power_law(N, loss, grid: str | int = 32, starts: np.ndarray | None = Non
     problem = _n_problem(N, loss, np.zeros(N.size, dtype=int), 1, False)
     theta, f = _minimise(problem, _starts(problem, _grid(*N_GRID), grid, starts))
     c, b, e = theta
-    return _finish(problem, theta, f, loss, {"a": math.exp(c / b), "b": float(b), "E": math.exp(e)}, ["a", "b", "E"])
+    return _finish(problem, theta, f, loss, {"a": _a_from(c, b), "b": float(b), "E": math.exp(e)}, ["a", "b", "E"])
+
+
+def _a_from(c: float, b: float) -> float:
+    """a = exp(c / b) in parameters; a one-line error when a degenerate fit (b -> 0) makes it overflow."""
+    require(c / b < 700, f"fit: a = exp({c / b:.0f}) parameters overflows (b = {b:.3g}): the losses barely fall with N; "
+            "check the data or fit with --form heads / a wider range of sizes")
+    return math.exp(c / b)
 
 
 def fit_power_law_shared_E(N, loss, group, grid_per_group: str | int = 32, starts: np.ndarray | None = None) -> dict[str, Any]:
@@ -401,7 +429,7 @@ def fit_power_law_shared_E(N, loss, group, grid_per_group: str | int = 32, start
         c, b = theta[2 * g], theta[2 * g + 1]
         m = group == g
         names = [n for n, hit in zip(("a", "b"), hits[2 * g: 2 * g + 2]) if hit]
-        groups.append({"a": math.exp(c / b), "b": float(b), "r2": _r2(loss[m], pred[m]), "n_points": int(m.sum()), "at_bound": names})
+        groups.append({"a": _a_from(c, b), "b": float(b), "r2": _r2(loss[m], pred[m]), "n_points": int(m.sum()), "at_bound": names})
     return {"E": math.exp(theta[-1]), "groups": groups, "objective": f, "at_bound": ["E"] if hits[-1] else [],
             "r2": _r2(loss, pred), "n_points": int(loss.size), "_theta": theta, "_pred": pred}
 
@@ -637,8 +665,9 @@ def _bound_warning(entry: dict[str, Any], at_bound: list[str], label: str, warni
         return
     entry["at_bound"] = list(at_bound)
     shown = ", ".join(f"{n} = {entry[n]:.4g}" for n in at_bound if n in entry)
-    warnings.append(f"{label}: {', '.join(at_bound)} ended on its bound ({shown}); the data do not determine it "
-                    f"(e.g. E at its floor of {E_FLOOR:g} nats means no irreducible loss is visible) - treat the law with care")
+    floor = [n for n in at_bound if n in ("E", "c") and abs(entry.get(n, 1.0) - E_FLOOR) < 1e-6]
+    why = f"; {floor[0]} at its floor of {E_FLOOR:g} nats/token means the data show no irreducible loss" if floor else ""
+    warnings.append(f"{label}: {', '.join(at_bound)} ended on its bound ({shown}): the data do not determine it{why}; treat the law with care")
 
 
 BOOTSTRAP_GRID_STARTS = 2  # grid points tried in each bootstrap refit besides the full-data best fit

@@ -570,10 +570,10 @@ def _fit_group(form: str, sub: pd.DataFrame, starts=None, grid=None) -> dict[str
     return fit_head_law(sub["n_heads"].to_numpy(float), loss, grid=32 if grid is None else grid, starts=starts)
 
 
-def _check_points(form: str, label: str, sub: pd.DataFrame, shared_E: bool) -> None:
-    need = 3 if shared_E else MIN_POINTS[form]
-    n_coef = 2 if shared_E else len(COEFS[form])
-    extra = " besides the shared E" if shared_E else ""
+def _check_points(form: str, label: str, sub: pd.DataFrame, shared_E: bool, single: bool = False) -> None:
+    need = 3 if shared_E and not single else MIN_POINTS[form]
+    n_coef = 2 if shared_E and not single else len(COEFS[form])
+    extra = " besides the shared E" if shared_E and not single else ""
     require(len(sub) >= need, f"{label}: {len(sub)} points for {n_coef} coefficients{extra}; need at least {need} rows for --form {form}")
     if form == "n":
         require(sub["params_non_embedding"].nunique() >= 2, f"{label}: every row has the same params_non_embedding; need at least 2 model sizes")
@@ -596,7 +596,7 @@ def _ci(samples: list[dict[str, float]], names: tuple[str, ...]) -> dict[str, li
 
 
 def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, bootstrap: int = 0, seed: int = 0,
-                context: int | None = None, grid: str | int | None = None) -> FitReport:
+                context: int | None = None, grid: str | int | None = None, drop_highest_loss: int = 0) -> FitReport:
     """Fit one law per group of a results table; returns a :class:`FitReport`.
 
     ``form``: ``n`` (L = (a/N)^b + E per H; ``shared_E`` fits one E jointly), ``chinchilla``
@@ -604,6 +604,8 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
     (L = a n_h^b + c per model size). ``bootstrap``: number of resamples (rows drawn with replacement
     within each group, refitted from the best fit and two grid points) for 95% percentile intervals.
     ``context``: keep only rows trained at this context (tokens); form ``n`` requires one context.
+    ``drop_highest_loss``: leave out the K highest-loss rows of the table first (Besiroglu et al. drop 5
+    of Chinchilla's points); the dropped rows are named in a warning.
     ``grid``: starting points, as in :func:`fit_chinchilla` (default: the 32 grid points with the lowest
     initial objective; ``"full"`` for every grid point).
     """
@@ -619,6 +621,14 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
         require("context" in df.columns, "--context: the results table has no 'context' column")
         df = df[df["context"] == context].reset_index(drop=True)
         require(len(df) > 0, f"--context: no rows trained at context {context} tokens")
+    require(isinstance(drop_highest_loss, (int, np.integer)) and not isinstance(drop_highest_loss, bool) and 0 <= drop_highest_loss < len(df),
+            f"--drop-highest-loss: expected a whole number in 0..{len(df) - 1} (the table has {len(df)} rows), got {drop_highest_loss!r}")
+    if drop_highest_loss:
+        order = np.argsort(-df["loss"].to_numpy(), kind="stable")[:drop_highest_loss]
+        mask = np.zeros(len(df), dtype=bool)
+        mask[order] = True
+        warnings.append(f"left out the {drop_highest_loss} highest-loss rows: {_rows(mask, limit=20)}")
+        df = df.loc[~mask].reset_index(drop=True)
     if form == "n" and "context" in df.columns:
         ctx = sorted(int(c) for c in df["context"].unique())
         require(len(ctx) == 1, f"context: the table mixes training contexts {', '.join(map(str, ctx))} tokens; "
@@ -629,7 +639,7 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
     for values, sub in groups:
         values = values if isinstance(values, tuple) else (values,)
         label = _label(keys, values)
-        _check_points(form, label, sub, shared_E)
+        _check_points(form, label, sub, shared_E, single=len(groups) == 1)
         labels.append(label)
         subs.append(sub)
         entry_keys.append(_entry_keys(keys, values, sub, form))

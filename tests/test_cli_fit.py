@@ -58,12 +58,13 @@ def test_json_is_the_laws_file_and_out_is_atomic(results, tmp_path, capsys):
     assert "wrote" in captured.err
 
 
-def test_chinchilla_reference_through_the_cli(capsys, tmp_path):
-    raw = pd.read_csv(DATA / "chinchilla_fig4_epoch.csv").sort_values("loss").iloc[:-5]
-    path = tmp_path / "chinchilla.csv"
-    raw.to_csv(path, index=False)
-    assert main(["fit", str(path), "--form", "chinchilla", "--n-column", "Model Size", "--compute-column", "Training FLOP", "--json"]) == 0
-    law = json.loads(capsys.readouterr().out)["laws"][0]
+def test_chinchilla_reference_through_the_cli(capsys):
+    assert main(["fit", str(DATA / "chinchilla_fig4_epoch.csv"), "--form", "chinchilla", "--n-column", "Model Size",
+                 "--compute-column", "Training FLOP", "--drop-highest-loss", "5", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert "left out the 5 highest-loss rows" in captured.err
+    law = json.loads(captured.out)["laws"][0]
+    assert law["n_points"] == 240
     assert law["E"] == pytest.approx(1.817, abs=0.01)
     assert law["alpha"] == pytest.approx(0.347, abs=0.01)
     assert law["beta"] == pytest.approx(0.367, abs=0.01)
@@ -141,6 +142,8 @@ HOSTILE = [
     ("bad grid", lambda p: [_write(p, "r.csv", _table()), "--grid", "0"], "--grid: expected a whole number in 1..100000"),
     ("shared E with chinchilla", lambda p: [_write(p, "r.csv", _table().assign(tokens=1e9)), "--form", "chinchilla", "--shared-E"], "--shared-E applies to --form n only"),
     ("chinchilla without tokens", lambda p: [_write(p, "r.csv", _table()), "--form", "chinchilla"], "missing column 'tokens'"),
+    ("drop too many", lambda p: [_write(p, "r.csv", _table()), "--drop-highest-loss", "16"], "--drop-highest-loss: expected a whole number in 0..15"),
+    ("shared E, one H, 3 rows", lambda p: [_write(p, "s.csv", _table(3).iloc[:3]), "--shared-E"], "H=(8,1): 3 points for 3 coefficients; need at least 4"),
     ("mapped column absent", lambda p: [_write(p, "r.csv", _table()), "--n-column", "Model Size"], "no column 'Model Size'"),
     ("bad context", lambda p: [_write(p, "r.csv", _table()), "--context", "lots"], "--context: 'lots' is not a context length"),
     ("context absent", lambda p: [_write(p, "r.csv", _table()), "--context", "8k"], "no rows trained at context 8192"),

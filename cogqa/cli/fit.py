@@ -28,6 +28,7 @@ def register(subparsers) -> None:
     p.add_argument("--context", metavar="T", help="fit only rows trained at context T (tokens: 1024, 8k)")
     p.add_argument("--grid", metavar="full|K", help="starting points: 'full' grid, or the K grid points with the lowest "
                    "initial objective (default 32)")
+    p.add_argument("--drop-highest-loss", default="0", metavar="K", help="leave out the K highest-loss rows first (default 0)")
     p.add_argument("--n-column", metavar="NAME", help="column holding N (parameters), instead of params_non_embedding")
     p.add_argument("--tokens-column", metavar="NAME", help="column holding D (training tokens), instead of tokens")
     p.add_argument("--compute-column", metavar="NAME", help="column holding training FLOPs C; tokens = C / (6 N) when there is no tokens column")
@@ -66,12 +67,13 @@ def run(args: argparse.Namespace) -> int:
     bootstrap = _whole(args.bootstrap, "--bootstrap", 0, 100000)
     seed = _whole(args.seed, "--seed", 0, 2**63 - 1)
     grid = _parse_grid(args.grid)
+    drop = _whole(args.drop_highest_loss, "--drop-highest-loss", 0, 10**9)
     context = parse_context(args.context) if args.context is not None else None
     columns = {canon: name for canon, name in (
         ("params_non_embedding", args.n_column), ("tokens", args.tokens_column), ("compute", args.compute_column),
         ("loss", args.loss_column), ("size", args.size_column)) if name is not None}
     df = read_results(args.results, columns=columns, form=form)
-    report = fit_results(df, form=form, shared_E=args.shared_E, bootstrap=bootstrap, seed=seed, context=context, grid=grid)
+    report = fit_results(df, form=form, shared_E=args.shared_E, bootstrap=bootstrap, seed=seed, context=context, grid=grid, drop_highest_loss=drop)
     source = args.source if args.source is not None else (
         f"fitted by cogqa fit {args.results} --form {form}" + (" --shared-E" if args.shared_E else "") + (f" --context {context}" if context else ""))
     for line in report.warnings:

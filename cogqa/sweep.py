@@ -845,18 +845,18 @@ def collect(out: str | Path, write: bool = True):
 DEMO_COMMAND = "cogqa demo --out runs/demo"
 #: Tiny MHA-family shapes (head size 16) for the CPU demo: name -> (layers, hidden size).
 DEMO_SIZES = {"d48": (2, 48), "d64": (2, 64), "d96": (2, 96), "d128": (2, 128)}
-DEMO_HEADS = "1:1,4:1,4:4,8:1"
+DEMO_HEADS = "1:1,2:1,4:1,4:4,8:1"
 
 
 def demo_spec() -> SweepSpec:
-    """The CPU demo sweep: 4 head configurations x 4 tiny sizes (2 layers, d = 48 to 128, head
+    """The CPU demo sweep: 5 head configurations x 4 tiny sizes (2 layers, d = 48 to 128, head
     size 16: about 40k to 330k non-embedding parameters) on the offline King James Bible, bytes
-    tokenizer, T = 128 tokens, a fixed budget of 49,152 training tokens per run (not 20 per
-    parameter: the whole recipe must finish in about 15 minutes on 2 shared CPU cores), batches
-    of 2,048 tokens (24 steps), max LR 5e-3."""
+    tokenizer, T = 128 tokens, a fixed budget of 262,144 training tokens per run (not 20 per
+    parameter: the whole recipe must finish well within 15 minutes on 2 shared CPU cores),
+    batches of 2,048 tokens (128 steps), max LR 5e-3."""
     sizes = [{"name": n, "layers": L, "hidden_size": d, "head_dim": 16} for n, (L, d) in DEMO_SIZES.items()]
     return SweepSpec(data={"inputs": ["kjv"], "tokenizer": "bytes", "context": 128, "val_fraction": 0.01},
-                     sizes=sizes, heads=DEMO_HEADS, tokens=49152, lr=5e-3, batch_tokens=2048, micro_batch=16,
+                     sizes=sizes, heads=DEMO_HEADS, tokens=262144, lr=5e-3, batch_tokens=2048, micro_batch=16,
                      eval_batches=8, position_eval_chunks=32, name="cpu-demo")
 
 

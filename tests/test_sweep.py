@@ -139,13 +139,14 @@ def test_torchrun_and_sbatch_text(tmp_path):
         SlurmOptions(gpus_per_run=0)
 
 
-# -- real runs (torch + cogqa.data) ----------------------------------------------------------------
+# -- real runs (torch + cogqa.data): each run is a child process importing torch, so these are slow --
 
 
 def _headers(run_dir: Path) -> int:
     return (run_dir / "log.txt").read_text().count("\n=== ")
 
 
+@pytest.mark.slow
 def test_run_skip_status_collect(tmp_path):
     data = prepared(tmp_path)
     spec = tiny_spec(data)
@@ -172,6 +173,7 @@ def test_run_skip_status_collect(tmp_path):
     assert len(read_results(out / "results.csv")) == 2
 
 
+@pytest.mark.slow
 def test_failed_run_reported_then_retried(tmp_path):
     data = prepared(tmp_path)
     spec = tiny_spec(data, heads="2:1")
@@ -193,6 +195,7 @@ def test_failed_run_reported_then_retried(tmp_path):
     assert not (run_dir / "failed.json").exists()
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_resumes(tmp_path):
     data = prepared(tmp_path)
     spec_file = tmp_path / "spec.json"
@@ -226,6 +229,7 @@ def test_sigkill_mid_run_resumes(tmp_path):
     assert sorted(df["id"]) == ["a_h2kv1_s0", "a_h2kv2_s0"]
 
 
+@pytest.mark.slow
 def test_submitit_local_executor(tmp_path):
     pytest.importorskip("submitit")
     data = prepared(tmp_path)

@@ -473,7 +473,6 @@ def fit_head_law(n_heads, loss, grid: str | int = 32, starts: np.ndarray | None 
 # --------------------------------------------------------------------------- fitting a results table
 
 COEFS = {"n": ("a", "b", "E"), "chinchilla": ("E", "A", "B", "alpha", "beta"), "heads": ("a", "b", "c")}
-COEF_UNITS = {"a": "parameters", "E": "nats/token", "A": "nats/token * parameters^alpha", "B": "nats/token * tokens^beta", "c": "nats/token"}
 MIN_POINTS = {"n": 4, "chinchilla": 6, "heads": 4}
 
 
@@ -614,9 +613,10 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
             f"--bootstrap: expected a whole number of resamples in 0..100000, got {bootstrap!r}")
     require(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool), f"--seed: expected an integer, got {seed!r}")
     require(not shared_E or form == "n", f"--shared-E applies to --form n only, not {form!r}")
-    warnings = list(df.attrs.get("warnings", [])) if hasattr(df, "attrs") else []
+    checked = isinstance(df, pd.DataFrame) and "warnings" in df.attrs  # already validated by read_results
+    given = list(df.attrs["warnings"]) if checked else []
     df = validate_results(df, form=form)
-    warnings += [w for w in df.attrs.get("warnings", []) if w not in warnings]
+    warnings = given if checked else list(df.attrs["warnings"])
     if context is not None:
         require("context" in df.columns, "--context: the results table has no 'context' column")
         df = df[df["context"] == context].reset_index(drop=True)

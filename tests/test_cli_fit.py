@@ -91,6 +91,7 @@ def test_duplicate_rows_warn_but_fit(tmp_path, capsys):
     assert main(["fit", str(path)]) == 0
     err = capsys.readouterr().err
     assert "warning:" in err and "rows 17 repeat" in err
+    assert err.count("warning:") == 1
 
 
 def test_at_bound_is_reported(capsys):

@@ -88,9 +88,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_UNITS = {"a": "", "E": "nats/token", "c": "nats/token", "A": "", "B": ""}
-
-
 def _header(form: str) -> list[tuple[str, str]]:
     """(key, printed header) of the coefficient columns; headers carry the units."""
     if form == "n":

@@ -83,13 +83,15 @@ def read_results(path: str | Path, columns: dict[str, str] | None = None, form: 
     require(path.exists(), f"RESULTS: {path}: no such file")
     require(path.is_file(), f"RESULTS: {path}: is not a file")
     suffix = path.suffix.lower()
-    require(suffix in RESULT_SUFFIXES, f"RESULTS: {path}: unknown extension {suffix or '(none)'!r}; use .csv, .jsonl or .parquet")
+    require(suffix in RESULT_SUFFIXES, f"RESULTS: {path}: unknown extension {suffix or '(none)'!r}; use .csv, .jsonl, .json (array of rows) or .parquet")
     require(path.stat().st_size > 0, f"RESULTS: {path}: the file is empty; it needs a header and one row per run")
     try:
         if suffix == ".csv":
             df = pd.read_csv(path)
-        elif suffix in (".jsonl", ".json"):
+        elif suffix == ".jsonl":
             df = pd.read_json(path, lines=True)
+        elif suffix == ".json":
+            df = pd.read_json(path, orient="records")  # a JSON array of row objects
         else:
             df = pd.read_parquet(path)
     except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:

@@ -271,7 +271,7 @@ def test_chinchilla_laws_file_is_readable_but_not_searchable():
         report.law_set()
 
 
-@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".json", ".parquet"])
 def test_read_results_formats(tmp_path, suffix):
     df = _n_table({(8, 1): (5.0e7, 0.30, 1.90)}, noise=0.0)
     path = tmp_path / f"r{suffix}"
@@ -279,6 +279,8 @@ def test_read_results_formats(tmp_path, suffix):
         df.to_csv(path, index=False)
     elif suffix == ".jsonl":
         df.to_json(path, orient="records", lines=True)
+    elif suffix == ".json":
+        df.to_json(path, orient="records")
     else:
         df.to_parquet(path)
     got = read_results(path)

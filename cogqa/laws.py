@@ -13,6 +13,11 @@ Laws file (JSON). The minimal interchange form, always accepted::
 Optional keys per law: ``r2``, ``ci`` ({coefficient: [low, high]}), ``context`` (training
 length in tokens), ``n_points``. Optional top-level keys: ``approximate`` (bool), ``context``,
 ``metadata``. Shipped law sets are addressed by name: ``default`` and ``demo``.
+
+``cogqa fit`` also writes two other forms, read by :func:`laws_from_dict` (not searchable):
+``"chinchilla"`` (entries ``E, A, B, alpha, beta``: loss = E + A/N^alpha + B/D^beta, D in
+tokens) and ``"head_law"`` (entries ``a, b, c, size``: loss = a * n_heads^b + c at one size).
+The full schema is in :mod:`cogqa.fitting`.
 """
 
 from __future__ import annotations

@@ -105,13 +105,12 @@ def _fit_range(df, law_set) -> tuple[float, float]:
 
 
 def target_losses_for(law_set, n_range: tuple[float, float], count: int = 4) -> list[float]:
-    """A grid of reachable target losses (nats/token) spanning the laws' losses over ``n_range``
-    and up to 10x beyond it: from the best loss at 10 x N_max to the worst at N_min."""
+    """``count`` target losses (nats/token) evenly inside the laws' predicted losses over the
+    measured size range ``n_range`` (parameters): from the best loss at N_max to the worst at N_min."""
     n_lo, n_hi = n_range
-    best = min(float(law.loss(10 * n_hi)) for law in law_set.laws)
+    best = min(float(law.loss(n_hi)) for law in law_set.laws)
     worst = max(float(law.loss(n_lo)) for law in law_set.laws)
-    hi = min(worst, max(float(law.loss(n_lo)) for law in law_set.laws))
-    grid = np.linspace(best, hi, count + 2)[1:-1]
+    grid = np.linspace(best, worst, count + 2)[1:-1]
     return [float(round(x, 3)) for x in grid]
 
 
@@ -305,7 +304,8 @@ def _heads_fit(df, grid=None) -> str:
         sizes = df.groupby("size")["params_non_embedding"].transform("min")  # a number naming each (L, d)
         rep = fit_results(df.assign(size=sizes)[["n_heads", "n_kv_heads", "loss", "size"]], form="heads", grid=grid)
         table = rep.table()
-        return "Head-law fit (cogqa fit --form heads):\n\n" + _markdown_table(table.set_index(table.columns[0]), str(table.columns[0]), str)
+        return ("Head-law fit loss = a n_h^b + c per size (cogqa fit --form heads; size = smallest N of the (L, d) group, "
+                "in parameters; c in nats/token):\n\n" + _markdown_table(table.set_index(table.columns[0]), str(table.columns[0]), str))
     except Exception as exc:  # the heads form needs several n_h per size; say why it is absent
         return f"_Head-law fit not shown: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}_"
 
@@ -314,7 +314,7 @@ def _markdown_table(df, index_name: str, col_name) -> str:
     cols = list(df.columns)
     lines = ["| " + index_name + " | " + " | ".join(col_name(c) for c in cols) + " |", "|" + "---|" * (len(cols) + 1)]
     for idx, row in df.iterrows():
-        idx_s = f"{idx:.3f}" if isinstance(idx, (float, np.floating)) else str(idx)
+        idx_s = (f"{idx:.3f}" if idx < 100 else f"{idx:,.0f}") if isinstance(idx, (float, np.floating)) else str(idx)
         lines.append(f"| {idx_s} | " + " | ".join(_cell(row[c]) for c in cols) + " |")
     return "\n".join(lines)
 

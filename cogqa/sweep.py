@@ -851,12 +851,12 @@ DEMO_HEADS = "1:1,2:1,4:1,4:4,8:1"
 def demo_spec() -> SweepSpec:
     """The CPU demo sweep: 5 head configurations x 4 tiny sizes (2 layers, d = 48 to 128, head
     size 16: about 40k to 330k non-embedding parameters) on the offline King James Bible, bytes
-    tokenizer, T = 128 tokens, a fixed budget of 262,144 training tokens per run (not 20 per
+    tokenizer, T = 128 tokens, a fixed budget of 524,288 training tokens per run (not 20 per
     parameter: the whole recipe must finish well within 15 minutes on 2 shared CPU cores),
-    batches of 2,048 tokens (128 steps), max LR 5e-3."""
+    batches of 1,024 tokens (512 steps), max LR 5e-3."""
     sizes = [{"name": n, "layers": L, "hidden_size": d, "head_dim": 16} for n, (L, d) in DEMO_SIZES.items()]
     return SweepSpec(data={"inputs": ["kjv"], "tokenizer": "bytes", "context": 128, "val_fraction": 0.01},
-                     sizes=sizes, heads=DEMO_HEADS, tokens=262144, lr=5e-3, batch_tokens=2048, micro_batch=16,
+                     sizes=sizes, heads=DEMO_HEADS, tokens=524288, lr=5e-3, batch_tokens=1024, micro_batch=8,
                      eval_batches=8, position_eval_chunks=32, name="cpu-demo")
 
 
@@ -880,8 +880,9 @@ def run_demo(out: str | Path = "runs/demo", workers: int = 1, progress: bool = T
     require(status["counts"]["failed"] == 0, f"demo: {status['counts']['failed']} run(s) failed: "
             + "; ".join(f"{k}: {v}" for k, v in status["failed"].items()) + f" (logs in {out}/runs/*/log.txt; re-run to retry)")
     df = collect(out)
-    laws = fit_laws(df, f"{DEMO_COMMAND} (CPU demo: {len(df)} tiny runs, KJV bytes, T=128, "
-                        f"{int(df.tokens.iloc[0]):,} tokens per run); regenerate with: {DEMO_COMMAND}")
+    laws = fit_laws(df, f"{DEMO_COMMAND}: CPU demo, {len(df)} tiny runs ({len(set(zip(df.n_heads, df.n_kv_heads)))} head "
+                        f"configurations x {df['size'].nunique()} sizes), KJV bytes tokenizer, T=128, "
+                        f"{int(df.tokens.iloc[0]):,} tokens per run")
     laws = replace(laws, approximate=True, metadata={**(laws.metadata or {}), "head_dim": 16, "vocab_size": 320,
                                                      "context": 128, "tokenizer": "bytes", "corpus": "kjv",
                                                      "command": DEMO_COMMAND})

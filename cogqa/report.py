@@ -97,6 +97,9 @@ def fit_laws(df, source: str, grid: str | int | None = None):
 def _fit_range(df, law_set) -> tuple[float, float]:
     if df is not None:
         return float(df["params_non_embedding"].min()), float(df["params_non_embedding"].max())
+    rng = (law_set.metadata or {}).get("params_non_embedding_range")
+    if isinstance(rng, (list, tuple)) and len(rng) == 2:
+        return float(rng[0]), float(rng[1])
     lo = [law.extra.get("n_min") for law in law_set.laws if law.extra.get("n_min")]
     hi = [law.extra.get("n_max") for law in law_set.laws if law.extra.get("n_max")]
     if lo and hi:

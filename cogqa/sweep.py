@@ -885,7 +885,9 @@ def run_demo(out: str | Path = "runs/demo", workers: int = 1, progress: bool = T
                         f"{int(df.tokens.iloc[0]):,} tokens per run")
     laws = replace(laws, approximate=True, metadata={**(laws.metadata or {}), "head_dim": 16, "vocab_size": 320,
                                                      "context": 128, "tokenizer": "bytes", "corpus": "kjv",
-                                                     "command": DEMO_COMMAND})
+                                                     "command": DEMO_COMMAND,
+                                                     "params_non_embedding_range": [int(df.params_non_embedding.min()),
+                                                                                    int(df.params_non_embedding.max())]})
     laws.save(out / "laws.json")
     report = build_report(out, laws=laws, context=context)
     numbers = json.loads((report.parent / "numbers.json").read_text())

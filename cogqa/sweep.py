@@ -844,12 +844,12 @@ def collect(out: str | Path, write: bool = True):
 
 DEMO_COMMAND = "cogqa demo --out runs/demo"
 #: Tiny MHA-family shapes (head size 16) for the CPU demo: name -> (layers, hidden size).
-DEMO_SIZES = {"d48": (2, 48), "d64": (2, 64), "d96": (2, 96), "d128": (2, 128)}
+DEMO_SIZES = {"d48": (2, 48), "d64": (2, 64), "d80": (2, 80), "d96": (2, 96), "d128": (2, 128)}
 DEMO_HEADS = "1:1,2:1,4:1,4:4,8:1"
 
 
 def demo_spec() -> SweepSpec:
-    """The CPU demo sweep: 5 head configurations x 4 tiny sizes (2 layers, d = 48 to 128, head
+    """The CPU demo sweep: 5 head configurations x 5 tiny sizes (2 layers, d = 48 to 128, head
     size 16: about 40k to 330k non-embedding parameters) on the offline King James Bible, bytes
     tokenizer, T = 128 tokens, a fixed budget of 524,288 training tokens per run (not 20 per
     parameter: the whole recipe must finish well within 15 minutes on 2 shared CPU cores),

@@ -168,7 +168,7 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
 
     # 1. loss vs N -------------------------------------------------------------------------------
     n_lo, n_hi = n_range
-    grid = np.geomspace(n_lo / 1.5, n_hi * 1.5, 100)
+    grid = np.geomspace(n_lo / 1.15, n_hi * 1.3, 100)  # the measured range, barely extrapolated
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     rows = ["| H (n_h, n_kv) | a (params) | b | E (nats/token) | R² | points |", "|---|---|---|---|---|---|"]
     for i, law in enumerate(law_set.laws):
@@ -180,6 +180,8 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         r2 = f"{law.r2:.4f}" if law.r2 is not None else "n/a"
         rows.append(f"| {_label(*law.heads)} | {law.a:.4g} | {law.b:.4g} | {law.E:.4f} | {r2} | {law.extra.get('n_points', 'n/a')} |")
     ax.set_xscale("log")
+    if df is not None:
+        ax.set_ylim(df["loss"].min() - 0.1, df["loss"].max() + 0.25)
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("validation loss (nats/token)")
     ax.set_title("Loss vs model size per head configuration, fitted (a/N)^b + E")
@@ -200,11 +202,14 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         mem, flops, z = _costs(shape, T)
         for ax, x in zip(axes, (mem, flops, z)):
             ax.plot(x, law.loss(grid), color=f"C{i % 10}", lw=1.2, label=_label(*law.heads))
+    from matplotlib.ticker import NullFormatter
+
     for ax, xl in zip(axes, ("inference memory (bytes, bf16)", "inference FLOPs per token", "Z = 0.9 M^1/2 + 0.1 C^1/3 (M in values)")):
         ax.set_xscale("log")
         ax.set_xlabel(xl)
         ax.set_ylabel("loss (nats/token)")
         ax.axhline(target_loss, color="k", ls=":", lw=0.8)
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle(f"Loss vs inference cost at T = {T:,} tokens (dotted: L* = {target_loss:.3f})")
@@ -237,7 +242,9 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         from .search import cost_optimal_table, plot_cost_optimal_table
 
         table = cost_optimal_table(targets, contexts, laws=law_set)
-        table_png = plot_cost_optimal_table(table, out / "cost_optimal_table.png")
+        kind = "approximate laws" if law_set.approximate else "fitted laws"
+        table_png = plot_cost_optimal_table(table, out / "cost_optimal_table.png",
+                                            title=f"cost-optimal (n_h, n_kv), {kind}: {what}")
         md += ["## 4. Cost-optimal head configuration (n_h, n_kv) by target loss and context", "",
                _markdown_table(table, "L* (nats/token)", lambda c: f"T={int(c):,}" if str(c).isdigit() or isinstance(c, (int, np.integer)) else str(c)),
                "", f"![cost-optimal table]({Path(str(table_png)).name})", ""]

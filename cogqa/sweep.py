@@ -48,6 +48,7 @@ PAPER_HEAD_CONFIGS: tuple[tuple[int, int], ...] = tuple(
 )
 HEAD_PRESETS = {"paper": PAPER_HEAD_CONFIGS}
 BUSY_EXIT = 75  # run-one: another worker holds the run's lock
+INTERRUPTED_EXITS = (130, -signal.SIGINT, -signal.SIGTERM)  # run-one stopped by the user, not failed
 STATUSES = ("done", "running", "failed", "pending")
 
 
@@ -685,8 +686,9 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child
 def launch_run(run_dir: str | Path, command: list[str] | None = None, die_with_parent: bool = True) -> str:
     """Run one run in a child process (output appended to ``log.txt``); returns its status after.
 
-    A non-zero exit other than "busy" leaves ``failed.json`` with the error tail (the child writes
-    its own; a crash or signal gets the log tail here).
+    A non-zero exit other than "busy" or an interruption (Ctrl-C, SIGTERM: the run stays pending
+    and resumes next time) leaves ``failed.json`` with the error tail (the child writes its own;
+    a crash or another signal gets the log tail here).
     """
     run_dir = Path(run_dir)
     command = command or run_command(run_dir)
@@ -698,6 +700,8 @@ def launch_run(run_dir: str | Path, command: list[str] | None = None, die_with_p
                               preexec_fn=_pdeathsig if die_with_parent and sys.platform.startswith("linux") else None)
     if proc.returncode == BUSY_EXIT:
         return "running"
+    if proc.returncode in INTERRUPTED_EXITS:  # Ctrl-C / SIGTERM: interrupted, not failed; re-run resumes it
+        return run_status(run_dir)
     if proc.returncode != 0 and run_status(run_dir) != "done" and not (run_dir / "failed.json").is_file():
         tail = _tail(run_dir / "log.txt")
         last = tail.splitlines()[-1] if tail else f"exit status {proc.returncode}"
@@ -913,6 +917,9 @@ def _child_main(argv: list[str]) -> int:  # pragma: no cover - exercised through
     except RunBusy as exc:
         print(f"busy: {exc}", file=sys.stderr)
         return BUSY_EXIT
+    except KeyboardInterrupt:
+        print("interrupted; re-run the sweep to resume from the last checkpoint", file=sys.stderr)
+        return 130
     except BaseException as exc:  # record any failure, then exit non-zero
         import traceback
 

@@ -240,3 +240,20 @@ def test_submitit_local_executor(tmp_path):
     run_dir = out / "runs" / "a_h2kv1_s0"
     assert json.loads((run_dir / "submitted.json").read_text())["job_id"]
     assert json.loads((run_dir / "result.json").read_text())["status"] == "done"
+
+
+@pytest.mark.slow
+def test_sigint_leaves_run_pending_not_failed(tmp_path):
+    data = prepared(tmp_path)
+    spec = tiny_spec(data, heads="2:1", tokens=32 * 8 * 400, checkpoint_every=5)
+    run_dir = materialise(spec, tmp_path / "sweep", progress=False)[0]
+    proc = subprocess.Popen([sys.executable, "-m", "cogqa.sweep", "run-one", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    ckpts = lambda: list((run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").is_dir() else []  # noqa: E731
+    while time.time() < deadline and not ckpts():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait() in (130, -signal.SIGINT)
+    assert not (run_dir / "failed.json").exists() and run_status(run_dir) == "pending"

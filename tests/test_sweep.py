@@ -257,3 +257,12 @@ def test_sigint_leaves_run_pending_not_failed(tmp_path):
     proc.send_signal(signal.SIGINT)
     assert proc.wait() in (130, -signal.SIGINT)
     assert not (run_dir / "failed.json").exists() and run_status(run_dir) == "pending"
+
+
+def test_print_sbatch_cli(tmp_path, capsys):
+    out = tmp_path / "o"
+    code = main(["sweep", "run", "--data", str(fake_data(tmp_path)), "--sizes", "470M", "--heads", "32:8", "--executor", "slurm",
+                 "--partition", "gpu", "--gpus-per-run", "8", "--time", "720", "--print-sbatch", "--out", str(out)])
+    text = capsys.readouterr().out
+    assert code == 0 and "#SBATCH --partition=gpu" in text and "#SBATCH --gpus-per-node=8" in text
+    assert "--nproc_per_node=8" in text and "470M_h32kv8_s0" in text and not out.exists()

@@ -81,6 +81,7 @@ def register(subparsers) -> None:
     s.add_argument("--array-parallelism", type=int, default=64, help="array jobs running at once (default 64)")
     s.add_argument("--cluster", choices=("slurm", "local", "debug"), help="submitit backend (default: auto; local/debug to try it here)")
     s.add_argument("--no-wait", action="store_true", help="submit and return; check with cogqa sweep status")
+    s.add_argument("--print-sbatch", action="store_true", help="print the sbatch script and torchrun command of the first run, submit nothing")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=run_run)
 
@@ -134,6 +135,16 @@ def run_run(args: argparse.Namespace) -> int:
                              cpus_per_gpu=args.cpus_per_gpu, mem_gb=args.mem_gb, account=args.account, qos=args.qos,
                              array=args.array, array_parallelism=args.array_parallelism, cluster=args.cluster)
     out = args.out or f"runs/{spec.name}"
+    if args.print_sbatch:
+        import shlex
+        from pathlib import Path
+
+        from ..sweep import run_command
+
+        require(slurm is not None, "--print-sbatch needs --executor slurm")
+        run_dir = (Path(out) / "runs" / spec.runs()[0].run_id).resolve()
+        print(slurm.sbatch_preview(shlex.join(run_command(run_dir, slurm.gpus_per_run, slurm.nodes)), Path(out).resolve() / "submitit"))
+        return 0
     status = run_sweep(spec, out, executor=args.executor, workers=args.workers, retry_failed=args.retry_failed,
                        slurm=slurm, progress=not args.no_progress, wait=not args.no_wait)
     _print_status(status, out)

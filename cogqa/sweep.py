@@ -770,6 +770,10 @@ class _SubmititRun:
         self.run_dir, self.gpus, self.nodes = run_dir, gpus, nodes
 
     def __call__(self) -> str:
+        if self.nodes > 1 and "MASTER_ADDR" not in os.environ:  # torchrun's rendezvous host: the job's first node
+            import submitit
+
+            os.environ["MASTER_ADDR"] = submitit.JobEnvironment().hostnames[0]
         command = [os.path.expandvars(c) for c in run_command(self.run_dir, self.gpus, self.nodes)]
         return launch_run(self.run_dir, command, die_with_parent=False)
 
@@ -884,6 +888,8 @@ def run_demo(out: str | Path = "runs/demo", workers: int = 1, progress: bool = T
     require(status["counts"]["failed"] == 0, f"demo: {status['counts']['failed']} run(s) failed: "
             + "; ".join(f"{k}: {v}" for k, v in status["failed"].items()) + f" (logs in {out}/runs/*/log.txt; re-run to retry)")
     df = collect(out)
+    if progress:
+        print(f"collected {len(df)} runs into {out / 'results.csv'}; fitting one law per head configuration ...", file=sys.stderr)
     laws = fit_laws(df, f"{DEMO_COMMAND}: CPU demo, {len(df)} tiny runs ({len(set(zip(df.n_heads, df.n_kv_heads)))} head "
                         f"configurations x {df['size'].nunique()} sizes), KJV bytes tokenizer, T=128, "
                         f"{int(df.tokens.iloc[0]):,} tokens per run")
@@ -893,6 +899,8 @@ def run_demo(out: str | Path = "runs/demo", workers: int = 1, progress: bool = T
                                                      "params_non_embedding_range": [int(df.params_non_embedding.min()),
                                                                                     int(df.params_non_embedding.max())]})
     laws.save(out / "laws.json")
+    if progress:
+        print(f"laws in {out / 'laws.json'}; searching and writing the report ...", file=sys.stderr)
     report = build_report(out, laws=laws, context=context)
     numbers = json.loads((report.parent / "numbers.json").read_text())
     summary = {"wall_time_s": time.time() - t0, "runs": len(df), "results": str(out / "results.csv"),

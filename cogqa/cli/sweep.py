@@ -7,7 +7,6 @@ this process by plan/status/collect; ``run`` executes every training run in a ch
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from ..errors import require
@@ -195,6 +194,17 @@ def run_demo(args: argparse.Namespace) -> int:
     """Handler of ``cogqa demo``."""
     from ..sweep import run_demo as demo
 
+    from ..units import fmt_params
+
     summary = demo(args.out, workers=args.workers, progress=not args.no_progress)
-    print(json.dumps({k: v for k, v in summary.items() if k != "status"}, indent=2, default=str))
+    best = summary.get("best") or {}
+    falls = summary.get("loss_falls_with_n") or {}
+    print(f"demo finished in {summary['wall_time_s']:.0f} s: {summary['runs']} runs")
+    print(f"  results {summary['results']}, laws {summary['laws']}")
+    print(f"  report  {summary['report']}")
+    if best:
+        print(f"  recommended at T = 128K tokens: H = ({best['n_heads']}, {best['n_kv_heads']}), "
+              f"N = {fmt_params(best['params_non_embedding'])} (non-embedding), predicted loss {best['predicted_loss']:.3f} nats/token")
+    if falls:
+        print(f"  measured loss falls monotonically with N for {sum(falls.values())} of {len(falls)} head configurations")
     return 0

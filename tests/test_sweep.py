@@ -266,3 +266,17 @@ def test_print_sbatch_cli(tmp_path, capsys):
     text = capsys.readouterr().out
     assert code == 0 and "#SBATCH --partition=gpu" in text and "#SBATCH --gpus-per-node=8" in text
     assert "--nproc_per_node=8" in text and "470M_h32kv8_s0" in text and not out.exists()
+
+
+def test_locked_run_is_not_run_twice(tmp_path):
+    import fcntl
+
+    spec = SweepSpec(data=str(fake_data(tmp_path)), sizes=TINY, heads="2:1", lr=1e-3, tokens=1000)
+    run_dir = materialise(spec, tmp_path / "sweep", progress=False)[0]
+    with open(run_dir / ".lock", "a") as held:  # another worker holds the claim
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert run_status(run_dir) == "running"
+        assert launch_run(run_dir) == "running"
+        assert "busy" in (run_dir / "log.txt").read_text() and not (run_dir / "failed.json").exists()
+        assert not (run_dir / "config.json").exists()  # the trainer never started
+    assert run_status(run_dir) == "pending"

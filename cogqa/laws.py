@@ -12,7 +12,8 @@ Laws file (JSON). The minimal interchange form, always accepted::
 
 Optional keys per law: ``r2``, ``ci`` ({coefficient: [low, high]}), ``context`` (training
 length in tokens), ``n_points``. Optional top-level keys: ``approximate`` (bool), ``context``,
-``metadata``. Shipped law sets are addressed by name: ``default`` and ``demo``.
+``metadata`` (``metadata.family``: the model family the laws were fitted on, see
+:class:`cogqa.shapes.ModelFamily`; search costs shapes of that family). Shipped law sets are addressed by name: ``default`` and ``demo``.
 
 ``cogqa fit`` also writes two other forms, read by :func:`laws_from_dict` (not searchable):
 ``"chinchilla"`` (entries ``E, A, B, alpha, beta``: loss = E + A/N^alpha + B/D^beta, D in
@@ -109,6 +110,13 @@ class LawSet:
             require(law.heads not in seen, f"laws file: head configuration {law.heads} appears twice")
             seen.add(law.heads)
 
+    @property
+    def family(self):
+        """The :class:`cogqa.shapes.ModelFamily` the laws describe (``metadata.family``; default the paper's)."""
+        from .shapes import ModelFamily
+
+        return ModelFamily.from_dict((self.metadata or {}).get("family"))
+
     def by_heads(self) -> dict[tuple[int, int], PowerLawN]:
         """Laws keyed by (n_heads, n_kv_heads)."""
         return {law.heads: law for law in self.laws}
@@ -160,13 +168,20 @@ def law_set_from_dict(data: Any, source_name: str = "laws file") -> LawSet:
             )
         except CogqaError as exc:
             raise CogqaError(f"{source_name}: laws[{i}]: {exc}") from None
-    return LawSet(
+    metadata = data.get("metadata") or {}
+    require(isinstance(metadata, dict), f"{source_name}: 'metadata' must be an object")
+    law_set = LawSet(
         laws=tuple(laws),
         source=str(data.get("source", "")),
         form=form,
         approximate=bool(data.get("approximate", False)),
-        metadata=data.get("metadata") or {},
+        metadata=metadata,
     )
+    try:
+        law_set.family  # validated now, not in the middle of a search
+    except CogqaError as exc:
+        raise CogqaError(f"{source_name}: metadata.{exc}") from None
+    return law_set
 
 
 def load_laws(spec: str | Path = "default") -> LawSet:

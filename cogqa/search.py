@@ -38,7 +38,7 @@ from .costs import (
 )
 from .errors import CogqaError, require
 from .laws import LawSet, PowerLawN, load_laws
-from .shapes import ModelShape, RealShape, nearest_buildable, shape_for_params, shape_from_spec
+from .shapes import PAPER_FAMILY, ModelFamily, ModelShape, RealShape, nearest_buildable, shape_for_params, shape_from_spec
 
 #: The paper's Table 4: cost-optimal (n_h, n_kv) per target loss (rows) and context (columns).
 PAPER_TABLE4_CONTEXTS = (8192, 16384, 32768, 65536, 131072)
@@ -145,9 +145,11 @@ def _check_options(weights, weight_dtype, kv_dtype, batch, memory_unit) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _cost_columns(n_params, n_heads, n_kv_heads, context, batch, weight_dtype, kv_dtype, weights, memory_unit) -> dict[str, np.ndarray]:
-    """Costs of real-valued Appendix B.1 shapes of sizes ``n_params`` (arrays, one per candidate)."""
-    shape = shape_for_params(np.asarray(n_params, dtype=float), np.asarray(n_heads, dtype=float), np.asarray(n_kv_heads, dtype=float))
+def _cost_columns(n_params, n_heads, n_kv_heads, context, batch, weight_dtype, kv_dtype, weights, memory_unit,
+                  family: ModelFamily = PAPER_FAMILY) -> dict[str, np.ndarray]:
+    """Costs of real-valued Appendix B.1 shapes of ``family`` of sizes ``n_params`` (arrays, one per candidate)."""
+    shape = shape_for_params(np.asarray(n_params, dtype=float), np.asarray(n_heads, dtype=float), np.asarray(n_kv_heads, dtype=float),
+                             family=family)
     flops = inference_flops_per_token(shape, context)
     mem = inference_memory_bytes(shape, context, batch, weight_dtype, kv_dtype)
     z = z_cost(z_memory(shape, context, batch, weight_dtype, kv_dtype, memory_unit), flops, weights)
@@ -162,18 +164,21 @@ def _cost_columns(n_params, n_heads, n_kv_heads, context, batch, weight_dtype, k
     }
 
 
-def _buildable(costs: dict, i: int, n_heads: int, n_kv_heads: int) -> ModelShape:
+def _buildable(costs: dict, i: int, n_heads: int, n_kv_heads: int, family: ModelFamily = PAPER_FAMILY) -> ModelShape:
     """The buildable shape nearest to candidate ``i``'s real-valued Appendix B.1 shape."""
     layers, hidden = float(costs["layers_real"][i]), float(costs["hidden_size_real"][i])
-    return nearest_buildable(RealShape(layers=layers, hidden_size=hidden, ffn_size=8 * hidden / 3, n_heads=n_heads, n_kv_heads=n_kv_heads))
+    real = RealShape(layers=layers, hidden_size=hidden, ffn_size=8 * hidden / 3, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                     head_dim=family.head_dim, vocab_size=family.vocab_size)
+    return nearest_buildable(real, hidden_multiple=family.hidden_multiple)
 
 
-def _frame(laws: list[PowerLawN], n_params: np.ndarray, losses: np.ndarray, reachable: np.ndarray, costs: dict, sort_by: str) -> pd.DataFrame:
+def _frame(laws: list[PowerLawN], n_params: np.ndarray, losses: np.ndarray, reachable: np.ndarray, costs: dict, sort_by: str,
+           family: ModelFamily = PAPER_FAMILY) -> pd.DataFrame:
     rows = []
     for i, law in enumerate(laws):
         row = {"n_heads": law.n_heads, "n_kv_heads": law.n_kv_heads, "reachable": bool(reachable[i])}
         if reachable[i]:
-            built = _buildable(costs, i, law.n_heads, law.n_kv_heads)
+            built = _buildable(costs, i, law.n_heads, law.n_kv_heads, family)
             row.update({"params_non_embedding": float(n_params[i]), "predicted_loss": float(losses[i]),
                         "layers": built.layers, "hidden_size": built.hidden_size})
             row.update({k: float(v[i]) for k, v in costs.items()})
@@ -301,8 +306,8 @@ def baseline_costs(spec: str, context, target_loss, laws: LawSet | str | Path = 
         law = _nearest_law(law_set, LLAMA3_HEADS)
         n = float(law.params_for_loss(target_loss))
         require(math.isfinite(n), f"--baseline llama3: the law of H={law.heads} cannot reach loss {target_loss} (its E is {law.E:.4g})")
-        shape = shape_for_params(n, *LLAMA3_HEADS)
-        built = nearest_buildable(shape)
+        shape = shape_for_params(n, *LLAMA3_HEADS, family=law_set.family)
+        built = nearest_buildable(shape, hidden_multiple=law_set.family.hidden_multiple)
         out = {"spec": "llama3", "n_heads": LLAMA3_HEADS[0], "n_kv_heads": LLAMA3_HEADS[1], "sized_by": "law",
                "law_heads": list(law.heads), "params_non_embedding": n, "predicted_loss": float(target_loss),
                "layers": built.layers, "hidden_size": built.hidden_size}
@@ -356,8 +361,9 @@ def search(context, target_loss, laws: LawSet | str | Path = "default", weights:
         lowest = min(law.E for law in laws_list)
         raise CogqaError(f"--target-loss {L}: unreachable; every head configuration has E >= it (lowest E is {lowest:.4g} nats/token)")
     n_eval = np.where(reachable, n_star, 1e9)
-    costs = _cost_columns(n_eval, [l.n_heads for l in laws_list], [l.n_kv_heads for l in laws_list], T, batch, weight_dtype, kv_dtype, weights, memory_unit)
-    df = _frame(laws_list, n_star, np.full(len(laws_list), L), reachable, costs, "z")
+    costs = _cost_columns(n_eval, [l.n_heads for l in laws_list], [l.n_kv_heads for l in laws_list], T, batch, weight_dtype, kv_dtype, weights,
+                          memory_unit, law_set.family)
+    df = _frame(laws_list, n_star, np.full(len(laws_list), L), reachable, costs, "z", law_set.family)
     best = _plain(df.iloc[0].to_dict())
     base = savings = None
     if baseline is not None:
@@ -392,7 +398,7 @@ def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", bu
     n_kv = np.array([l.n_kv_heads for l in laws_list], dtype=float)
 
     def fits(n):
-        c = _cost_columns(n, n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, memory_unit)
+        c = _cost_columns(n, n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, memory_unit, law_set.family)
         return np.all([c[k] <= v for k, v in budgets.items()], axis=0)
 
     lo, hi = np.full(len(laws_list), math.log(_N_MIN)), np.full(len(laws_list), math.log(_N_MAX))
@@ -405,8 +411,8 @@ def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", bu
     losses = np.array([float(law.loss(n)) if ok else np.nan for law, n, ok in zip(laws_list, n_best, reachable)])
     if not reachable.any():
         raise CogqaError(f"budget too small: no head configuration fits within it even at {_N_MIN:.0e} parameters; raise the budget")
-    costs = _cost_columns(np.where(reachable, n_best, 1e9), n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, memory_unit)
-    df = _frame(laws_list, n_best, losses, reachable, costs, "predicted_loss")
+    costs = _cost_columns(np.where(reachable, n_best, 1e9), n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, memory_unit, law_set.family)
+    df = _frame(laws_list, n_best, losses, reachable, costs, "predicted_loss", law_set.family)
     best = _plain(df.iloc[0].to_dict())
     budget = {k.replace("inference_", "").replace("_per_token", ""): float(v) for k, v in budgets.items()}
     return SearchResult(context=T, target_loss=None, candidates=df, best=best, approximate=law_set.approximate,

@@ -319,23 +319,75 @@ def _real_non_embedding(layers, hidden, n_heads, n_kv_heads, head_dim):
     return layers * per_layer + hidden
 
 
-def _reference_points(head_dim: int = PAPER_HEAD_DIM) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class ModelFamily:
+    """How a real-valued size N becomes a shape (Appendix B.1) for one family of models.
+
+    ``reference_shapes`` are the (layers, hidden size) pairs whose aspect ratios d/L are
+    interpolated (the paper: Tables 9 and 7); ``head_dim`` and ``vocab_size`` complete the shape;
+    buildable shapes round d to a multiple of ``hidden_multiple``. Laws fitted on other models
+    (e.g. the CPU demo's: d_h = 16, 320 byte tokens, L = 2) carry their family in the laws
+    file's ``metadata.family`` so that search costs shapes of that family.
+    """
+
+    head_dim: int = PAPER_HEAD_DIM
+    vocab_size: int = PAPER_VOCAB
+    reference_shapes: tuple[tuple[int, int], ...] = ()
+    hidden_multiple: int = PAPER_HEAD_DIM
+
+    def __post_init__(self) -> None:
+        for name in ("head_dim", "vocab_size", "hidden_multiple"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"family.{name}: must be a positive integer, got {v!r}")
+        shapes = tuple((int(layers), int(hidden)) for layers, hidden in self.reference_shapes) or _paper_reference_shapes()
+        require(all(layers > 0 and hidden > 0 for layers, hidden in shapes), "family.reference_shapes: layers and hidden sizes must be positive")
+        object.__setattr__(self, "reference_shapes", tuple(sorted(set(shapes))))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The family as a JSON object (``metadata.family`` of a laws file)."""
+        return {"head_dim": self.head_dim, "vocab_size": self.vocab_size,
+                "reference_shapes": [list(x) for x in self.reference_shapes], "hidden_multiple": self.hidden_multiple}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "ModelFamily":
+        """A family from ``metadata.family`` (missing keys: the paper's values); None -> the paper's."""
+        if not data:
+            return cls()
+        require(isinstance(data, dict), "family: expected an object with head_dim, vocab_size, reference_shapes")
+        unknown = set(data) - {"head_dim", "vocab_size", "reference_shapes", "hidden_multiple"}
+        require(not unknown, f"family: unknown field(s) {', '.join(sorted(unknown))}")
+        refs = data.get("reference_shapes") or ()
+        require(all(isinstance(x, (list, tuple)) and len(x) == 2 for x in refs),
+                "family.reference_shapes: expected a list of [layers, hidden_size] pairs")
+        return cls(head_dim=data.get("head_dim", PAPER_HEAD_DIM), vocab_size=data.get("vocab_size", PAPER_VOCAB),
+                   reference_shapes=tuple(tuple(x) for x in refs), hidden_multiple=data.get("hidden_multiple", PAPER_HEAD_DIM))
+
+
+def _paper_reference_shapes() -> tuple[tuple[int, int], ...]:
+    shapes = {v[:2] for v in PAPER_SWEEP_SHAPES.values()} | set(PAPER_LARGE_SHAPES.values())
+    return tuple(sorted(shapes))
+
+
+#: The paper's family: d_h = 64, GPT-2 vocabulary, Tables 9 and 7 as aspect-ratio references.
+PAPER_FAMILY = ModelFamily()
+
+
+def _reference_points(family: ModelFamily = PAPER_FAMILY) -> tuple[np.ndarray, np.ndarray]:
     """(non-embedding N of each MHA reference shape, its aspect ratio d/L), sorted by N."""
-    shapes = {name: v[:2] for name, v in PAPER_SWEEP_SHAPES.items()}
-    shapes.update(PAPER_LARGE_SHAPES)
     ns, ratios = [], []
-    for layers, hidden in sorted(set(shapes.values())):
-        heads = hidden / head_dim
-        ns.append(_real_non_embedding(layers, hidden, heads, heads, head_dim))
+    for layers, hidden in family.reference_shapes:
+        heads = hidden / family.head_dim
+        ns.append(_real_non_embedding(layers, hidden, heads, heads, family.head_dim))
         ratios.append(hidden / layers)
     order = np.argsort(ns)
     return np.asarray(ns)[order], np.asarray(ratios)[order]
 
 
-def aspect_ratio_for_params(n_params) -> np.ndarray:
+def aspect_ratio_for_params(n_params, family: ModelFamily = PAPER_FAMILY) -> np.ndarray:
     """Aspect ratio d/L for a non-embedding size N (parameters): linear interpolation in N
-    between the nearest two reference shapes (Tables 7 and 9), clamped at both ends."""
-    ref_n, ref_ratio = _reference_points()
+    between the nearest two reference shapes of ``family`` (the paper's: Tables 7 and 9),
+    clamped at both ends."""
+    ref_n, ref_ratio = _reference_points(family)
     return np.interp(np.asarray(n_params, dtype=float), ref_n, ref_ratio)
 
 
@@ -343,19 +395,23 @@ def shape_for_params(
     n_params,
     n_heads=None,
     n_kv_heads=None,
-    head_dim: int = PAPER_HEAD_DIM,
-    vocab_size: int = PAPER_VOCAB,
+    head_dim: int | None = None,
+    vocab_size: int | None = None,
+    family: ModelFamily = PAPER_FAMILY,
 ) -> RealShape:
     """Appendix B.1: the real-valued shape whose non-embedding size is ``n_params`` (parameters).
 
     ``n_heads=None`` means ``d / head_dim`` (heads follow the hidden size, as in Llama-3);
     ``n_kv_heads=None`` means ``n_heads`` (MHA). Arrays broadcast. The aspect ratio comes from
-    :func:`aspect_ratio_for_params`, then L is found by bisection so that the model has exactly
-    ``n_params`` non-embedding parameters, and ``d = a * L``.
+    :func:`aspect_ratio_for_params` over ``family``'s reference shapes, then L is found by
+    bisection so that the model has exactly ``n_params`` non-embedding parameters, and
+    ``d = a * L``. ``head_dim`` and ``vocab_size`` default to the family's.
     """
     n = np.asarray(n_params, dtype=float)
     require(bool(np.all(np.isfinite(n)) and np.all(n > 0)), "params must be a positive, finite number of parameters")
-    ratio = aspect_ratio_for_params(n)
+    head_dim = family.head_dim if head_dim is None else head_dim
+    vocab_size = family.vocab_size if vocab_size is None else vocab_size
+    ratio = aspect_ratio_for_params(n, family)
 
     def heads_at(hidden):
         h = hidden / head_dim if n_heads is None else np.asarray(n_heads, dtype=float)

@@ -448,33 +448,46 @@ def prepare_data(spec: SweepSpec, out: Path, progress: bool = True) -> str:
 def materialise(spec: SweepSpec, out: str | Path, progress: bool = True) -> list[Path]:
     """Create the sweep directory: data, ``spec.json`` and one ``runs/<id>/run.json`` per run.
 
-    An existing sweep directory must hold the same spec (else a one-line error). Returns the
-    run directories in spec order.
+    An existing sweep directory may gain or lose head configurations, sizes and seeds, but its
+    training settings (tokens, LRs, batch, ...) must be the same, and a run that has started must
+    keep its exact config (else a one-line error naming the field or run). Returns the run
+    directories in spec order.
     """
     out = check_out_dir(out)
     spec_path = out / "spec.json"
-    new = spec.to_dict()
+    new = json.loads(json.dumps(spec.to_dict()))
     if spec_path.is_file():
         old = json.loads(spec_path.read_text())
-        require(_same_spec(old, new), f"--out: {out} holds a different sweep (spec.json differs); use another --out or the same spec")
+        changed = sorted(k for k in set(old) | set(new) if k not in EXTENDABLE_FIELDS and old.get(k) != new.get(k))
+        require(not changed, f"--out: {out} holds a sweep with other settings ({', '.join(changed)} differ); "
+                "use another --out, or change only heads/sizes/seeds")
+    infos = []
+    for run in spec.runs():
+        run_dir = out / "runs" / run.run_id
+        info = {"id": run.run_id, "size": asdict(run.size), "n_heads": run.n_heads, "n_kv_heads": run.n_kv_heads,
+                "seed": run.seed, "position_eval_chunks": spec.position_eval_chunks,
+                "train": _train_config_dict(spec, run, str(run_dir.resolve()), "DATA")}
+        info = json.loads(json.dumps(info))
+        if (run_dir / "run.json").is_file() and ((run_dir / "config.json").exists() or (run_dir / "result.json").exists()):
+            old_info = json.loads((run_dir / "run.json").read_text())
+            old_info["train"]["data"] = "DATA"
+            require(old_info == info, f"--out: run {run.run_id} has started with another config (its size or settings changed); "
+                    "give the size another name or use another --out")
+        infos.append((run_dir, info))
     data_dir = prepare_data(spec, out, progress)
     write_json_atomic(spec_path, new)
     dirs = []
-    for run in spec.runs():
-        run_dir = out / "runs" / run.run_id
+    for run_dir, info in infos:
         run_dir.mkdir(parents=True, exist_ok=True)
-        info = {"id": run.run_id, "size": asdict(run.size), "n_heads": run.n_heads, "n_kv_heads": run.n_kv_heads,
-                "seed": run.seed, "position_eval_chunks": spec.position_eval_chunks,
-                "train": _train_config_dict(spec, run, str(run_dir.resolve()), data_dir)}
-        if not (run_dir / "run.json").is_file() or json.loads((run_dir / "run.json").read_text()) != json.loads(json.dumps(info)):
+        info["train"]["data"] = data_dir
+        if not (run_dir / "run.json").is_file() or json.loads((run_dir / "run.json").read_text()) != info:
             write_json_atomic(run_dir / "run.json", info)
         dirs.append(run_dir)
     return dirs
 
 
-def _same_spec(old: dict, new: dict) -> bool:
-    ignore = {"data"}  # the data may be re-prepared or moved
-    return {k: v for k, v in old.items() if k not in ignore} == {k: v for k, v in json.loads(json.dumps(new)).items() if k not in ignore}
+#: Spec fields that may change between invocations on the same sweep directory (the grid itself).
+EXTENDABLE_FIELDS = ("data", "heads", "sizes", "seeds", "name")
 
 
 def _locked(run_dir: Path) -> bool:

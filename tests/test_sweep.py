@@ -280,3 +280,17 @@ def test_locked_run_is_not_run_twice(tmp_path):
         assert "busy" in (run_dir / "log.txt").read_text() and not (run_dir / "failed.json").exists()
         assert not (run_dir / "config.json").exists()  # the trainer never started
     assert run_status(run_dir) == "pending"
+
+
+def test_sweep_dir_can_grow_but_not_change_settings(tmp_path, capsys):
+    data = fake_data(tmp_path)
+    out = tmp_path / "sweep"
+    materialise(SweepSpec(data=str(data), sizes=TINY, heads="2:1", lr=1e-3, tokens=1000), out, progress=False)
+    dirs = materialise(SweepSpec(data=str(data), sizes=TINY, heads="2:1,2:2", lr=1e-3, tokens=1000), out, progress=False)
+    assert [d.name for d in dirs] == ["a_h2kv1_s0", "a_h2kv2_s0"]
+    with pytest.raises(CogqaError, match="tokens differ"):
+        materialise(SweepSpec(data=str(data), sizes=TINY, heads="2:1", lr=1e-3, tokens=2000), out, progress=False)
+    (dirs[0] / "config.json").write_text("{}")  # the run has started
+    bigger = [{**TINY[0], "hidden_size": 64}]
+    with pytest.raises(CogqaError, match="a_h2kv1_s0 has started"):
+        materialise(SweepSpec(data=str(data), sizes=bigger, heads="2:1", lr=1e-3, tokens=1000), out, progress=False)

@@ -15,7 +15,7 @@ import pytest
 
 from cogqa.cli import main
 from cogqa.errors import CogqaError
-from cogqa.sweep import (PAPER_HEAD_CONFIGS, RunSpec, SlurmOptions, SweepSpec, _locked, collect, launch_run, load_spec,
+from cogqa.sweep import (PAPER_HEAD_CONFIGS, SlurmOptions, SweepSpec, _locked, collect, launch_run, load_spec,
                          materialise, parse_heads, plan, run_command, run_status, run_sweep, sweep_status)
 
 TINY = [{"name": "a", "layers": 1, "hidden_size": 32, "head_dim": 16}]

@@ -7,7 +7,6 @@ this process by plan/status/collect; ``run`` executes every training run in a ch
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..errors import require
 from . import print_json
@@ -167,9 +166,8 @@ def run_status(args: argparse.Namespace) -> int:
     if args.json:
         print_json(status)
         return 0
-    with tqdm(total=status["total"], initial=status["counts"]["done"], desc="done", unit="run", file=sys.stdout,
-              bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} runs") as _:
-        pass
+    print(tqdm.format_meter(status["counts"]["done"], status["total"], 0, ncols=60, prefix="done",
+                            bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} runs"))
     for run_id, s in status["runs"].items():
         if s != "done":
             print(f"  {s:<8} {run_id}")

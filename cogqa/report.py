@@ -117,11 +117,21 @@ def target_losses_for(law_set, n_range: tuple[float, float], count: int = 4) -> 
     return [float(round(x, 3)) for x in grid]
 
 
-def _shape_grid(law, n):
-    """Appendix B.1 paper-family shapes (d_h 64, vocabulary 50,304) of sizes ``n``, as cogqa search costs them."""
+def _family(law_set):
+    """The model family of the laws (``metadata.family``; the paper's when absent or unsupported)."""
+    fam = getattr(law_set, "family", None)
+    if fam is None:
+        from .shapes import ModelFamily
+
+        return ModelFamily()
+    return fam
+
+
+def _shape_grid(law, n, family):
+    """Appendix B.1 shapes of ``family`` of sizes ``n`` (parameters), as cogqa search costs them."""
     from .shapes import shape_for_params
 
-    return shape_for_params(n, n_heads=law.n_heads, n_kv_heads=law.n_kv_heads)
+    return shape_for_params(n, n_heads=law.n_heads, n_kv_heads=law.n_kv_heads, family=family)
 
 
 def _costs(shape, T: int):
@@ -158,11 +168,13 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         targets = target_losses_for(law_set, n_range)
     if target_loss is None:
         target_loss = targets[len(targets) // 2]
+    family = _family(law_set)
     plt = _pyplot()
     md: list[str] = [f"# cogqa report: {what}", "",
                      f"Laws: {law_set.source or 'unnamed'} ({len(law_set.laws)} head configurations). "
                      f"Context T = {T:,} tokens; target loss L* = {target_loss:.3f} nats/token. "
-                     "Inference costs of a size N use its Appendix B.1 paper-family shape (head size 64, vocabulary 50,304, bf16), "
+                     f"Inference costs of a size N use its Appendix B.1 shape in the laws' model family (head size {family.head_dim}, "
+                     f"vocabulary {family.vocab_size:,}, aspect ratios of {len(family.reference_shapes)} reference shapes; bf16), "
                      "as `cogqa search` does; Z = 0.9 M^(1/2) + 0.1 C^(1/3) with M in values (Eq. 4) and C in FLOPs per token.", ""]
     numbers: dict[str, Any] = {"context": T, "target_loss": target_loss}
 
@@ -198,7 +210,7 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
     # 2. loss vs memory, FLOPs, Z at T ---------------------------------------------------------------
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
     for i, law in enumerate(law_set.laws):
-        shape = _shape_grid(law, grid)
+        shape = _shape_grid(law, grid, family)
         mem, flops, z = _costs(shape, T)
         for ax, x in zip(axes, (mem, flops, z)):
             ax.plot(x, law.loss(grid), color=f"C{i % 10}", lw=1.2, label=_label(*law.heads))
@@ -275,7 +287,8 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         from .plots import plot_breakdown
         from .shapes import nearest_buildable, shape_for_params
 
-        shape = nearest_buildable(shape_for_params(best["params_non_embedding"], best["n_heads"], best["n_kv_heads"]))
+        shape = nearest_buildable(shape_for_params(best["params_non_embedding"], best["n_heads"], best["n_kv_heads"], family=family),
+                                  hidden_multiple=family.hidden_multiple)
         png = plot_breakdown(shape, out / "breakdown.png", max_context=max(T, 131072),
                              title=f"H=({best['n_heads']},{best['n_kv_heads']}) cost breakdown")
         md += ["## 6. Where the recommended model's inference cost goes vs T", "", f"![breakdown]({png.name})", ""]

@@ -881,6 +881,16 @@ def demo_spec() -> SweepSpec:
                      eval_batches=8, position_eval_chunks=32, name="cpu-demo")
 
 
+def _demo_family(spec: SweepSpec) -> dict[str, Any]:
+    """``metadata.family`` of the demo laws (:class:`cogqa.shapes.ModelFamily`): the demo's head
+    size, the bytes vocabulary (320) and its sizes as the Appendix B.1 reference shapes."""
+    head_dims = {s.head_dim for s in spec.size_specs}
+    require(len(head_dims) == 1, "demo: all sizes must share one head size")
+    head_dim = head_dims.pop()
+    return {"head_dim": head_dim, "vocab_size": _vocab_size(spec),
+            "reference_shapes": [[s.layers, s.hidden_size] for s in spec.size_specs], "hidden_multiple": head_dim}
+
+
 def run_demo(out: str | Path = "runs/demo", workers: int = 1, progress: bool = True, spec: SweepSpec | None = None,
              context: int = 131072) -> dict[str, Any]:
     """The whole recipe on a CPU: prepare the offline corpus, train the demo sweep, collect, fit
@@ -906,7 +916,8 @@ def run_demo(out: str | Path = "runs/demo", workers: int = 1, progress: bool = T
     laws = fit_laws(df, f"{DEMO_COMMAND}: CPU demo, {len(df)} tiny runs ({len(set(zip(df.n_heads, df.n_kv_heads)))} head "
                         f"configurations x {df['size'].nunique()} sizes), KJV bytes tokenizer, T=128, "
                         f"{int(df.tokens.iloc[0]):,} tokens per run")
-    laws = replace(laws, approximate=True, metadata={**(laws.metadata or {}), "head_dim": 16, "vocab_size": 320,
+    family = _demo_family(spec)
+    laws = replace(laws, approximate=True, metadata={**(laws.metadata or {}), "family": family,
                                                      "context": 128, "tokenizer": "bytes", "corpus": "kjv",
                                                      "command": DEMO_COMMAND,
                                                      "params_non_embedding_range": [int(df.params_non_embedding.min()),

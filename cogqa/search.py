@@ -56,17 +56,25 @@ PAPER_TABLE4: dict[float, tuple[tuple[int, int], ...]] = {
 #: The Llama-3 GQA baseline's head configuration (Table 5 of the paper; see docs/default-laws.md).
 LLAMA3_HEADS = (32, 8)
 
-_N_MIN, _N_MAX = 1e5, 1e15  # bracket of the budget bisection (non-embedding parameters)
-_N_TRUSTED = (1e6, 1e11)  # outside: the laws are extrapolated far beyond any fitted size (the paper: 3M-1.2B)
+_N_MIN, _N_MAX = 1e3, 1e15  # bracket of the budget bisection (non-embedding parameters)
+_N_TRUSTED = (1e6, 1e11)  # without a fitted range in the laws file: the paper's 3M-1.2B, widely extended
+_EXTRAPOLATION = (10.0, 100.0)  # with a fitted range [lo, hi]: warn below lo/10 or above hi*100
 
 
-def _size_warnings(best: dict) -> list[str]:
-    """A warning when the winner's size is far outside the sizes scaling laws are fitted on."""
+def _size_warnings(best: dict, law_set: LawSet) -> list[str]:
+    """A warning when the winner's size is far outside the sizes the laws were fitted on
+    (``metadata.params_non_embedding_range`` of the laws file, else 1e6 to 1e11 parameters)."""
     n = best.get("params_non_embedding")
-    if n is None or _N_TRUSTED[0] <= n <= _N_TRUSTED[1]:
+    fitted = (law_set.metadata or {}).get("params_non_embedding_range")
+    if isinstance(fitted, (list, tuple)) and len(fitted) == 2:
+        lo, hi = float(fitted[0]) / _EXTRAPOLATION[0], float(fitted[1]) * _EXTRAPOLATION[1]
+        what = f"fitted on, {float(fitted[0]):.3g} to {float(fitted[1]):.3g}"
+    else:
+        lo, hi = _N_TRUSTED
+        what = f"scaling laws are usually fitted on, {lo:.0e} to {hi:.0e}"
+    if n is None or lo <= n <= hi:
         return []
-    return [f"N* = {n:.3g} parameters is far outside the sizes scaling laws are fitted on "
-            f"({_N_TRUSTED[0]:.0e} to {_N_TRUSTED[1]:.0e}); the answer is an extrapolation"]
+    return [f"N* = {n:.3g} parameters is far outside the sizes {what}; the answer is an extrapolation"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,7 +380,7 @@ def search(context, target_loss, laws: LawSet | str | Path = "default", weights:
     return SearchResult(context=T, target_loss=L, candidates=df, best=best, baseline=base, savings=savings,
                         approximate=law_set.approximate, laws_source=law_set.source, weights=weights,
                         weight_dtype=weight_dtype, kv_dtype=kv_dtype, batch=batch, memory_unit=memory_unit,
-                        warnings=_size_warnings(best))
+                        warnings=_size_warnings(best, law_set))
 
 
 def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", budget_z=None, budget_memory=None,
@@ -417,7 +425,7 @@ def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", bu
     budget = {k.replace("inference_", "").replace("_per_token", ""): float(v) for k, v in budgets.items()}
     return SearchResult(context=T, target_loss=None, candidates=df, best=best, approximate=law_set.approximate,
                         laws_source=law_set.source, weights=weights, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                        batch=batch, memory_unit=memory_unit, budget=budget, warnings=_size_warnings(best))
+                        batch=batch, memory_unit=memory_unit, budget=budget, warnings=_size_warnings(best, law_set))
 
 
 # ---------------------------------------------------------------------------------------------

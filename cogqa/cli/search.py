@@ -15,6 +15,15 @@ DEFAULT_LOSSES = "3.0,2.9,2.8,2.7,2.6,2.5,2.4,2.35"
 DEFAULT_CONTEXTS = "8k,16k,32k,64k,128k"
 APPROXIMATE_LINE = "approximate: default laws calibrated from published numbers (see docs/default-laws.md)"
 
+
+def approximate_line(laws_arg: str) -> str:
+    """The warning printed under results from laws marked approximate, naming which laws they are."""
+    if str(laws_arg) == "default":
+        return APPROXIMATE_LINE
+    if str(laws_arg) == "demo":
+        return "approximate: demo laws of tiny byte-level CPU models (see docs/demo.md); not for choosing a real model"
+    return f"approximate: the laws file {laws_arg} marks its laws as approximate (see its 'source')"
+
 _BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGTP]?i?B?)\s*$", re.IGNORECASE)
 
 
@@ -122,7 +131,7 @@ def run_search(args: argparse.Namespace) -> int:
     if args.json:
         print_json(result.to_dict())
         return 0
-    _print_result(result)
+    _print_result(result, args.laws)
     return 0
 
 
@@ -136,7 +145,7 @@ def _budget_label(key: str, value: float) -> str:
     return f"Z <= {value:.5g}"
 
 
-def _print_result(r) -> None:
+def _print_result(r, laws_arg: str = "default") -> None:
     from ..units import fmt_bytes, fmt_flops, fmt_params, fmt_tokens
 
     w = r.weights
@@ -173,7 +182,7 @@ def _print_result(r) -> None:
     for warning in r.warnings:
         print(f"warning: {warning}")
     if r.approximate:
-        print(APPROXIMATE_LINE)
+        print(approximate_line(laws_arg))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +240,7 @@ def run_table(args: argparse.Namespace) -> int:
     if args.out_csv:
         print(f"wrote {args.out_csv}")
     if table.attrs["approximate"]:
-        print(APPROXIMATE_LINE)
+        print(approximate_line(args.laws))
     return 0
 
 

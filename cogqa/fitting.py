@@ -493,6 +493,7 @@ class FitReport:
     residuals: pd.DataFrame = field(default_factory=pd.DataFrame)
     shared_E: bool = False
     bootstrap: int = 0
+    data: dict[str, Any] = field(default_factory=dict)  # what the table says about the models: range, context, family
 
     def __post_init__(self) -> None:
         require(self.form in FORMS, f"FitReport: unknown form {self.form!r}; choose one of {', '.join(FORMS)}")
@@ -504,6 +505,7 @@ class FitReport:
                                         "form": self.form, "shared_E": self.shared_E, "bootstrap": self.bootstrap}}
         if self.warnings:
             meta["warnings"] = list(self.warnings)
+        meta.update(self.data)
         return {"form": LAW_FORM_NAMES[self.form], "laws": [dict(law) for law in self.laws], "source": source, "metadata": meta}
 
     def law_set(self, source: str = ""):
@@ -669,7 +671,27 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
         if entry["r2"] is None:
             warnings.append(f"{label}: R² is undefined (every loss is equal)")
     return FitReport(form=form, laws=laws, warnings=warnings, residuals=pd.concat(residuals, ignore_index=True),
-                     shared_E=shared_E, bootstrap=int(bootstrap))
+                     shared_E=shared_E, bootstrap=int(bootstrap), data=_table_metadata(df))
+
+
+def _table_metadata(df: pd.DataFrame) -> dict[str, Any]:
+    """What a results table says about the fitted models: the range of N (parameters), the
+    training context (tokens) and, when it has the shape columns ``cogqa sweep collect`` writes
+    (layers, hidden_size, head_dim, params_total), the model family for search
+    (``metadata.family``, see :class:`cogqa.shapes.ModelFamily`)."""
+    out: dict[str, Any] = {}
+    if "params_non_embedding" in df.columns:
+        out["params_non_embedding_range"] = [float(df["params_non_embedding"].min()), float(df["params_non_embedding"].max())]
+    if "context" in df.columns and df["context"].nunique() == 1:
+        out["context"] = int(df["context"].iloc[0])
+    shape_cols = {"layers", "hidden_size", "head_dim", "params_total", "params_non_embedding"}
+    if shape_cols <= set(df.columns) and df["head_dim"].nunique() == 1:
+        vocab = (df["params_total"] - df["params_non_embedding"]) / df["hidden_size"]  # tied embeddings: V x d
+        if np.allclose(vocab, np.round(vocab)) and np.round(vocab).nunique() == 1 and vocab.iloc[0] > 0:
+            head_dim = int(df["head_dim"].iloc[0])
+            out["family"] = {"head_dim": head_dim, "vocab_size": int(round(vocab.iloc[0])), "hidden_multiple": head_dim,
+                             "reference_shapes": sorted({(int(l), int(d)) for l, d in zip(df["layers"], df["hidden_size"])})}
+    return out
 
 
 def _bound_warning(entry: dict[str, Any], at_bound: list[str], label: str, warnings: list[str]) -> None:

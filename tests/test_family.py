@@ -76,3 +76,20 @@ def test_cli_search_reads_the_family_from_the_laws_file(tmp_path, capsys):
     assert main(["search", "--context", "1k", "--target-loss", "1.6", "--laws", str(path), "--json"]) == 0
     best = json.loads(capsys.readouterr().out)["best"]
     assert best["hidden_size"] < 200 and np.isfinite(best["z"])
+
+
+def test_fit_records_the_family_and_size_range_of_a_collected_sweep():
+    from importlib import resources
+
+    import pandas as pd
+
+    from cogqa.fitting import fit_results
+
+    df = pd.read_csv(resources.files("cogqa") / "data" / "demo_results.csv")
+    laws = fit_results(df, form="n").law_set("demo results")
+    assert laws.family == ModelFamily.from_dict(DEMO_FAMILY | {"reference_shapes": [[2, d] for d in (48, 64, 80, 96, 128)]})
+    lo, hi = laws.metadata["params_non_embedding_range"]
+    assert (lo, hi) == (df.params_non_embedding.min(), df.params_non_embedding.max())
+    # a table without shape columns: no family, so search uses the paper's
+    bare = df[["n_heads", "n_kv_heads", "params_non_embedding", "loss"]]
+    assert fit_results(bare, form="n").law_set("bare").family == PAPER_FAMILY

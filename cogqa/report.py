@@ -190,7 +190,9 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
             sub = df[(df.n_heads == law.n_heads) & (df.n_kv_heads == law.n_kv_heads)]
             ax.scatter(sub.params_non_embedding, sub.loss, color=color, s=18)
         r2 = f"{law.r2:.4f}" if law.r2 is not None else "n/a"
-        rows.append(f"| {_label(*law.heads)} | {law.a:.4g} | {law.b:.4g} | {law.E:.4f} | {r2} | {law.extra.get('n_points', 'n/a')} |")
+        bound = law.extra.get("at_bound") or []
+        note = f" (on its bound: {', '.join(bound)}; not determined by the data)" if bound else ""
+        rows.append(f"| {_label(*law.heads)} | {law.a:.4g} | {law.b:.4g} | {law.E:.4f}{note} | {r2} | {law.extra.get('n_points', 'n/a')} |")
     ax.set_xscale("log")
     if df is not None:
         ax.set_ylim(df["loss"].min() - 0.1, df["loss"].max() + 0.25)
@@ -214,13 +216,16 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         mem, flops, z = _costs(shape, T)
         for ax, x in zip(axes, (mem, flops, z)):
             ax.plot(x, law.loss(grid), color=f"C{i % 10}", lw=1.2, label=_label(*law.heads))
-    from matplotlib.ticker import NullFormatter
+    from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
-    for ax, xl in zip(axes, ("inference memory (bytes, bf16)", "inference FLOPs per token", "Z = 0.9 M^1/2 + 0.1 C^1/3 (M in values)")):
+    units = ("B", "FLOP", "")
+    for ax, xl, unit in zip(axes, ("inference memory (bf16)", "inference FLOPs per token", "Z = 0.9 M^1/2 + 0.1 C^1/3 (M in values)"), units):
         ax.set_xscale("log")
         ax.set_xlabel(xl)
         ax.set_ylabel("loss (nats/token)")
         ax.axhline(target_loss, color="k", ls=":", lw=0.8)
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))  # labelled ticks even on a narrow range
+        ax.xaxis.set_major_formatter(EngFormatter(unit=unit))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
@@ -356,6 +361,9 @@ def _candidates_table(c) -> str:
 
     lines = ["| H | N (non-emb.) | memory | FLOPs/token | Z |", "|---|---|---|---|---|"]
     for _, r in c.iterrows():
+        if not r.get("reachable", True):
+            lines.append(f"| ({int(r['n_heads'])},{int(r['n_kv_heads'])}) | cannot reach L* (L* <= E) | | | |")
+            continue
         lines.append(f"| ({int(r['n_heads'])},{int(r['n_kv_heads'])}) | {fmt_params(r['params_non_embedding'])} | "
                      f"{fmt_bytes(r['inference_memory_bytes'])} | {fmt_flops(r['inference_flops_per_token'])} | {r['z']:.4g} |")
     return "\n".join(lines)

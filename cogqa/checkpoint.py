@@ -17,22 +17,10 @@ from pathlib import Path
 
 from .errors import CogqaError, require
 from .shapes import ModelShape
+from .files import fsync_dir
 
 WEIGHTS_NAME = "model.safetensors"
 SHAPE_NAME = "shape.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -48,7 +36,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def state_dict_for_saving(model) -> dict:
@@ -84,7 +72,7 @@ def save_model(model, directory, extra_metadata: dict | None = None) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(directory.parent)
+    fsync_dir(directory.parent)
     return directory
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CogqaError, require
+from .files import write_json_atomic
 
 MAGIC = b"COGQATOK"
 HEADER_BYTES = 64
@@ -382,7 +383,7 @@ def prepare(
         manifest = _prepare_into(tmp, inputs, tok, context, float(val_fraction), text_field, seed, progress, dtype, shard_tokens)
         manifest.update(tokenizer=tok.name, tokenizer_name=tok.name, inputs=[str(s) for s in inputs], text_field=text_field,
                         seed=seed, val_fraction=float(val_fraction))
-        _write_json_atomic(tmp / "manifest.json", manifest)
+        write_json_atomic(tmp / "manifest.json", manifest)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -462,12 +463,6 @@ def _prepare_into(root, inputs, tok, context, val_fraction, text_field, seed, pr
         "content_hash": total.hexdigest(),
         "hash": total.hexdigest(),
     }
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def unigram_entropy(root: str | Path, split: str = "train") -> float:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -775,15 +774,12 @@ def _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings):
 
 
 def write_laws(report: FitReport, path: str | Path, source: str = "") -> Path:
-    """Write ``report.to_laws_dict(source)`` as JSON atomically (``name.tmp`` then rename); returns the path."""
-    import json
+    """Write ``report.to_laws_dict(source)`` as JSON atomically (temporary name, then rename); returns the path."""
+    from .files import write_json_atomic
 
     path = Path(path)
     require(path.suffix.lower() == ".json", f"--out: {path}: the laws file must end in .json")
     require(not path.is_dir(), f"--out: {path} is a directory; give a file name such as laws.json")
     if path.parent and not path.parent.exists():
         raise CogqaError(f"--out: directory {path.parent} does not exist")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(report.to_laws_dict(source), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(path, report.to_laws_dict(source))

@@ -132,12 +132,9 @@ class LawSet:
 
     def save(self, path: str | Path) -> Path:
         """Write the laws file atomically (temporary name, then rename); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(path)
-        return path
+        from .files import write_json_atomic
+
+        return write_json_atomic(path, self.to_dict())
 
 
 def law_set_from_dict(data: Any, source_name: str = "laws file") -> LawSet:

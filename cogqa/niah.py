@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 
 from .errors import CogqaError, require
+from .files import save_figure
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE_TYPES = {"words": "words", "numbers": "numbers", "uuids": "uuids"}
@@ -134,7 +135,6 @@ def run_niah(generate_fn, tokenizer, contexts, depths, needle="words", haystack=
 
 def heatmap(rows: list[dict], path) -> None:
     """Write a depth x context-length accuracy heatmap PNG to ``path`` (atomic)."""
-    import os
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -151,7 +151,4 @@ def heatmap(rows: list[dict], path) -> None:
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("needle depth (%)")
     fig.colorbar(im, label="accuracy (%)")
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path, dpi=100)

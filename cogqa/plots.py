@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from . import costs
+from .files import save_figure
 
 
 def _pyplot():
@@ -56,10 +57,4 @@ def plot_breakdown(shape, path: str | Path, max_context: int = 131072, title: st
         ax.legend(loc="center left", fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle(title or "Where inference cost goes as the context grows")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path, dpi=120)

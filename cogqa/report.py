@@ -16,14 +16,13 @@ Units: loss in nats/token, N in non-embedding parameters, memory in bytes, FLOPs
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import CogqaError, require
+from .files import save_figure, write_json_atomic, write_text_atomic
 
 DEFAULT_REPORT_CONTEXTS = (1024, 8192, 32768, 131072)
 
@@ -38,11 +37,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path) -> str:
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
-    _pyplot().close(fig)
-    os.replace(tmp, path)
-    return path.name
+    return save_figure(fig, path).name
 
 
 def _label(h: int, kv: int) -> str:
@@ -300,23 +295,8 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
     except ImportError:
         md += ["## 5. Recommendation", "", "_Skipped: cogqa.search is not available in this install._", ""]
 
-    (out / "numbers.json.tmp").write_text(json.dumps(numbers, indent=2, default=_json_default) + "\n")
-    os.replace(out / "numbers.json.tmp", out / "numbers.json")
-    path = out / "report.md"
-    tmp = out / "report.md.tmp"
-    tmp.write_text("\n".join(md) + "\n")
-    os.replace(tmp, path)
-    return path
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
+    write_json_atomic(out / "numbers.json", numbers)
+    return write_text_atomic(out / "report.md", "\n".join(md) + "\n")
 
 
 def _loss_falls_with_n(df) -> dict[str, bool]:

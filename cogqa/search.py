@@ -30,13 +30,13 @@ from .costs import (
     dtype_bytes,
     inference_flops_per_token,
     inference_memory_bytes,
-    kv_cache_values_per_token,
     params_total,
     MEMORY_UNITS,
     z_cost,
     z_memory,
 )
 from .errors import CogqaError, require
+from .files import save_figure
 from .laws import LawSet, PowerLawN, load_laws
 from .shapes import PAPER_FAMILY, ModelFamily, ModelShape, RealShape, nearest_buildable, shape_for_params, shape_from_spec
 
@@ -534,13 +534,7 @@ def plot_cost_optimal_table(table_df: pd.DataFrame, path: str | Path, title: str
     ax.set_ylabel("target loss L* (nats/token)")
     fig.colorbar(image, ax=ax, label="log2(n_h * n_kv)")
     ax.set_title(title or ("cost-optimal (n_h, n_kv)" + (" (approximate default laws)" if table_df.attrs.get("approximate") else "")))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 __all__ = [

@@ -38,9 +38,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .errors import CogqaError, require
+from .files import write_json_atomic
 
 #: The paper's candidate set (Section 5 / Appendix): n_h, n_kv powers of two, n_kv <= n_h <= 32.
 PAPER_HEAD_CONFIGS: tuple[tuple[int, int], ...] = tuple(
@@ -373,24 +372,6 @@ def plan(spec: SweepSpec, gpu_tflops: float = 312.0, mfu: float = 0.4) -> dict[s
 # ---------------------------------------------------------------------------------------------
 # Run directories
 # ---------------------------------------------------------------------------------------------
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` via ``path.tmp`` and ``os.replace``."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(obj):
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def _train_config_dict(spec: SweepSpec, run: RunSpec, run_dir: str, data_dir: str | None = None) -> dict:

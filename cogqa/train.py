@@ -33,13 +33,14 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import CogqaError, require
+from .files import fsync_dir, write_json_atomic
 
 PAPER_BATCH_TOKENS = 524_288
 PAPER_TOKENS_PER_PARAM = 20.0
@@ -229,39 +230,6 @@ class TrainResult:
 # ---------------------------------------------------------------------------------------------
 # Small helpers: atomic files, data order
 # ---------------------------------------------------------------------------------------------
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON to ``path`` through a temporary file, fsync and rename."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=2, default=_json_default)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def _json_default(obj):
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def sample_indices(step: int, global_batch: int, n_chunks: int, seed: int) -> np.ndarray:
@@ -492,7 +460,7 @@ def save_checkpoint(out_dir: Path, step: int, shape, model, optimizer, dist_info
             if f.is_file():
                 with open(f, "rb") as fh:
                     os.fsync(fh.fileno())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         if final.exists():  # re-saving the same step (e.g. the final one): replace atomically
             old = final.with_name(final.name + ".old")
             os.replace(final, old)
@@ -500,7 +468,7 @@ def save_checkpoint(out_dir: Path, step: int, shape, model, optimizer, dist_info
             shutil.rmtree(old)
         else:
             os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         for old in list_checkpoints(out_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     if dist_info.world > 1:

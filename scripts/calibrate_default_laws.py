@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cogqa.costs import params_non_embedding  # noqa: E402
+from cogqa.files import save_figure  # noqa: E402
 from cogqa.laws import LawSet, PowerLawN  # noqa: E402
 from cogqa.shapes import ModelShape, paper_shape  # noqa: E402
 
@@ -211,12 +212,7 @@ def plot_loss_curves(laws: LawSet, path: Path) -> Path:
     ax.set_title("cogqa default laws (approximate): loss vs N per head configuration")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv=None) -> int:

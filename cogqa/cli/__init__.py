@@ -58,20 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_json(obj) -> None:
-    """Print ``obj`` as indented JSON on stdout (numpy scalars converted)."""
-    print(json.dumps(obj, indent=2, default=_json_default))
+    """Print ``obj`` as indented JSON on stdout (numpy scalars and arrays converted)."""
+    from ..files import json_default
 
-
-def _json_default(obj):
-    try:
-        import numpy as np
-
-        if isinstance(obj, np.integer):
-            return int(obj)
-        if isinstance(obj, np.floating):
-            return float(obj)
-        if isinstance(obj, np.ndarray):
-            return obj.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+    print(json.dumps(obj, indent=2, default=json_default))

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 from ..errors import CogqaError, require
+from ..files import save_figure, write_text_atomic
 from ..units import parse_contexts
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def load_any(path: str):
@@ -63,8 +59,8 @@ def cmd_loss(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_text(out / "loss.json", json.dumps({"rows": rows, "positions": results}, indent=1))
-        _atomic_text(out / "loss.csv", "model,context_tokens,loss_nats_per_token,delta_rel\n" + "".join(
+        write_text_atomic(out / "loss.json", json.dumps({"rows": rows, "positions": results}, indent=1))
+        write_text_atomic(out / "loss.csv", "model,context_tokens,loss_nats_per_token,delta_rel\n" + "".join(
             f"{r['model']},{r['context']},{r['loss_nats_per_token']},{'' if r['delta_rel'] is None else r['delta_rel']}\n" for r in rows))
         import matplotlib
         matplotlib.use("Agg")
@@ -76,9 +72,7 @@ def cmd_loss(args) -> int:
         ax.set_xlabel("token position (tokens of context)")
         ax.set_ylabel("loss (nats/token)")
         ax.legend()
-        fig.savefig(out / "loss_by_position.tmp.png", dpi=100)
-        plt.close(fig)
-        os.replace(out / "loss_by_position.tmp.png", out / "loss_by_position.png")
+        save_figure(fig, out / "loss_by_position.png", dpi=100)
         print(f"wrote {out}/loss.csv, loss.json, loss_by_position.png")
     return 0
 
@@ -125,7 +119,7 @@ def cmd_niah(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_text(out / "niah.json", json.dumps(rows, indent=1))
+        write_text_atomic(out / "niah.json", json.dumps(rows, indent=1))
         heatmap(rows, out / "niah_heatmap.png")
         print(f"wrote {out}/niah.json, niah_heatmap.png")
     return 0

@@ -252,14 +252,13 @@ def _csv(table) -> str:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    import os
     from pathlib import Path
+
+    from ..files import write_text_atomic
 
     p = Path(path)
     require(p.parent.exists(), f"--out-csv: directory {p.parent} does not exist")
-    tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, p)
+    write_text_atomic(p, text)
 
 
 def register(sub) -> None:

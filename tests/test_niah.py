@@ -75,3 +75,31 @@ def test_end_to_end_tiny_model_table(tmp_path):
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in rows)
     heatmap(rows, tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_trained_checkpoint_through_the_cli(tmp_path, capsys):
+    """The issue's end to end: a tiny model trained on the offline corpus, then `cogqa eval niah`
+    on its checkpoint with its own (bytes) tokenizer and a haystack of real text: table + heatmap."""
+    import json
+
+    from cogqa.cli import main
+    from cogqa.data import offline_corpus, prepare
+    from cogqa.train import OptimConfig, TrainConfig, train
+
+    text = offline_corpus("kjv").read_text()[:150_000]
+    (tmp_path / "kjv.txt").write_text(text)
+    prepare([str(tmp_path / "kjv.txt")], tmp_path / "data", tokenizer="bytes", context=128, val_fraction=0.05, progress=False)
+    shape = dict(layers=2, hidden_size=64, ffn_size=176, n_heads=4, n_kv_heads=1, head_dim=16)
+    result = train(TrainConfig(data=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), shape=shape, optim=OptimConfig(lr=1e-2),
+                               tokens=128 * 8 * 120, batch_tokens=128 * 8, micro_batch=8, eval_batches=2, progress=False))
+    assert result.final_val_loss < 2.8  # it learned something (unigram entropy of the bytes is ~3.07 nats/token)
+    ckpt = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))[-1]
+    status = main(["eval", "niah", str(ckpt), "--tokenizer", "bytes", "--contexts", "400,600", "--depths", "0,50,100",
+                   "--samples", "2", "--max-new-tokens", "8", "--haystack", f"corpus:{tmp_path / 'kjv.txt'}", "--out", str(tmp_path / "niah")])
+    out = capsys.readouterr().out
+    assert status == 0 and "accuracy (%)" in out
+    rows = json.loads((tmp_path / "niah" / "niah.json").read_text())
+    assert [(r["context"], r["depth"]) for r in rows] == [(c, d) for c in (400, 600) for d in (0.0, 50.0, 100.0)]
+    assert all(r["samples"] == 2 and 0.0 <= r["accuracy"] <= 1.0 for r in rows)
+    assert (tmp_path / "niah" / "niah_heatmap.png").stat().st_size > 1000

@@ -74,6 +74,10 @@ def load_source(source: str | Path, laws: Any = None, fit_grid: str | int | None
             law_set = fit_laws(df, f"fitted by cogqa report from {results_path}", fit_grid)
             law_set.save(path / "laws.json")
         return df, law_set, f"sweep {path}"
+    from .laws import SHIPPED_LAW_SETS
+
+    require(isinstance(laws, LawSet) or str(source) in SHIPPED_LAW_SETS or path.is_file(),
+            f"report: {source}: no such sweep directory or laws file (or a shipped set: {', '.join(SHIPPED_LAW_SETS)})")
     law_set = laws if isinstance(laws, LawSet) else load_laws(source)
     return None, law_set, f"laws {source}"
 

@@ -108,10 +108,12 @@ def fmt_params(n: float) -> str:
 
 
 def fmt_tokens(n: float) -> str:
-    """A token count: ``128K tokens`` for powers of two, else ``1.2M tokens``."""
+    """A token count: ``128K tokens`` / ``1M tokens`` (x1024) for powers of two from 1K, as
+    context lengths are written; else decimal, ``315M tokens``."""
     n = float(n)
-    if n >= 1024 and n.is_integer() and int(n) % 1024 == 0:
-        return f"{int(n) // 1024}K tokens"
+    if n >= 1024 and n.is_integer() and int(n) & (int(n) - 1) == 0:
+        k = int(n) // 1024
+        return f"{k // 1024}M tokens" if k >= 1024 else f"{k}K tokens"
     for scale, prefix in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "k")):
         if abs(n) >= scale:
             return f"{_three_digits(n / scale)}{prefix} tokens"

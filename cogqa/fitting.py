@@ -539,10 +539,16 @@ def _group_keys(df: pd.DataFrame, form: str) -> list[str]:
 
 
 def _label(keys: list[str], values: tuple) -> str:
+    return group_label(dict(zip(keys, values)))
+
+
+def group_label(d: dict[str, Any]) -> str:
+    """A readable name of a fitted group (a laws entry or its group keys): ``H=(8,1), context 8192 tokens``."""
     parts = []
-    d = dict(zip(keys, values))
-    if "n_heads" in d:
+    if "n_heads" in d and "n_kv_heads" in d:
         parts.append(f"H=({int(d['n_heads'])},{int(d['n_kv_heads'])})")
+    elif "n_kv_heads" in d:
+        parts.append(f"n_kv={int(d['n_kv_heads'])}")
     if "size" in d:
         parts.append(f"size {d['size']:g}")
     if "params_non_embedding" in d:

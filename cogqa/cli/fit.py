@@ -104,33 +104,20 @@ def _num(v) -> str:
     return f"{v:.4g}" if 1e-3 <= abs(v) < 1e5 else f"{v:.4e}"
 
 
-def _group(law: dict) -> str:
-    parts = []
-    if "n_heads" in law and "n_kv_heads" in law:
-        parts.append(f"H=({law['n_heads']},{law['n_kv_heads']})")
-    elif "n_kv_heads" in law:
-        parts.append(f"n_kv={law['n_kv_heads']}")
-    if "size" in law:
-        parts.append(f"size {law['size']:g}")
-    if "params_non_embedding" in law:
-        parts.append(f"N={law['params_non_embedding']:.4g} params")
-    if "context" in law:
-        parts.append(f"T={law['context']} tok")
-    return " ".join(parts) or "all rows"
-
-
 def format_report(report) -> str:
     """The fit as a text table: one row per law with units in the headers, then 95% intervals."""
+    from ..fitting import group_label
+
     cols = _header(report.form)
     head = ["group"] + [h for _, h in cols] + ["R2 (loss)", "points"]
     rows = []
     for law in report.laws:
-        row = [_group(law)] + [_num(law[k]) for k, _ in cols] + [_num(law.get("r2")), str(law["n_points"])]
+        row = [group_label(law)] + [_num(law[k]) for k, _ in cols] + [_num(law.get("r2")), str(law["n_points"])]
         if law.get("at_bound"):
             row[0] += " [" + ",".join(law["at_bound"]) + " at bound]"
         rows.append(row)
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    lines = [f"{report.form} fit" + (" (shared E)" if report.shared_E else "") + ": loss in nats/token, N in parameters, D in tokens"]
+    lines = [f"{report.form} fit" + (" (shared E)" if report.shared_E else "") + ": loss in nats/token, N in parameters" + (", D in tokens" if report.form == "chinchilla" else "")]
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     if report.bootstrap:
@@ -138,5 +125,5 @@ def format_report(report) -> str:
         for law in report.laws:
             ci = law.get("ci") or {}
             text = ", ".join(f"{h} [{_num(ci[k][0])}, {_num(ci[k][1])}]" for k, h in cols if k in ci)
-            lines.append(f"  {_group(law)}: {text}")
+            lines.append(f"  {group_label(law)}: {text}")
     return "\n".join(lines)

@@ -381,7 +381,7 @@ def prepare(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
         manifest = _prepare_into(tmp, inputs, tok, context, float(val_fraction), text_field, seed, progress, dtype, shard_tokens)
-        manifest.update(tokenizer=tok.name, tokenizer_name=tok.name, inputs=[str(s) for s in inputs], text_field=text_field,
+        manifest.update(tokenizer=tok.name, inputs=[str(s) for s in inputs], text_field=text_field,
                         seed=seed, val_fraction=float(val_fraction))
         write_json_atomic(tmp / "manifest.json", manifest)
         if out.exists():
@@ -461,7 +461,6 @@ def _prepare_into(root, inputs, tok, context, val_fraction, text_field, seed, pr
         "splits": {s: {"chunks": writers[s].chunks, "tokens": writers[s].chunks * context, "shards": writers[s].shards}
                    for s in ("train", "val")},
         "content_hash": total.hexdigest(),
-        "hash": total.hexdigest(),
     }
 
 

@@ -12,11 +12,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 
 def json_default(obj: Any) -> Any:
     """``json.dumps`` fallback for numpy scalars and arrays and for paths."""
+    import numpy as np
+
     if isinstance(obj, np.integer):
         return int(obj)
     if isinstance(obj, np.floating):

@@ -99,10 +99,6 @@ def _fit_range(df, law_set) -> tuple[float, float]:
     rng = (law_set.metadata or {}).get("params_non_embedding_range")
     if isinstance(rng, (list, tuple)) and len(rng) == 2:
         return float(rng[0]), float(rng[1])
-    lo = [law.extra.get("n_min") for law in law_set.laws if law.extra.get("n_min")]
-    hi = [law.extra.get("n_max") for law in law_set.laws if law.extra.get("n_max")]
-    if lo and hi:
-        return float(min(lo)), float(max(hi))
     return 1e8, 1e10
 
 
@@ -116,16 +112,6 @@ def target_losses_for(law_set, n_range: tuple[float, float], count: int = 4) -> 
     return [float(round(x, 3)) for x in grid]
 
 
-def _family(law_set):
-    """The model family of the laws (``metadata.family``; the paper's when absent or unsupported)."""
-    fam = getattr(law_set, "family", None)
-    if fam is None:
-        from .shapes import ModelFamily
-
-        return ModelFamily()
-    return fam
-
-
 def _shape_grid(law, n, family):
     """Appendix B.1 shapes of ``family`` of sizes ``n`` (parameters), as cogqa search costs them."""
     from .shapes import shape_for_params
@@ -135,12 +121,10 @@ def _shape_grid(law, n, family):
 
 def _costs(shape, T: int):
     """(inference memory in bytes, FLOPs per token, Z with M in values as in the paper's Eq. 4)."""
-    from .costs import ZWeights, inference_flops_per_token, inference_memory_bytes, params_total, kv_cache_values_per_token, z_cost
+    from .costs import inference_flops_per_token, inference_memory_bytes, z_cost, z_memory
 
-    mem = inference_memory_bytes(shape, T)["total"]
     flops = inference_flops_per_token(shape, T)
-    values = params_total(shape) + T * kv_cache_values_per_token(shape)
-    return mem, flops, z_cost(values, flops, ZWeights())
+    return inference_memory_bytes(shape, T)["total"], flops, z_cost(z_memory(shape, T), flops)
 
 
 def build_report(source: str | Path, out: str | Path | None = None, context: int | None = None,
@@ -167,7 +151,7 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         targets = target_losses_for(law_set, n_range)
     if target_loss is None:
         target_loss = targets[len(targets) // 2]
-    family = _family(law_set)
+    family = law_set.family
     plt = _pyplot()
     md: list[str] = [f"# cogqa report: {what}", "",
                      f"Laws: {law_set.source or 'unnamed'} ({len(law_set.laws)} head configurations). "

@@ -313,25 +313,22 @@ def load_spec(source: str | Path | dict, **overrides) -> SweepSpec:
 
 
 def _vocab_size(spec: SweepSpec) -> int:
-    """Padded vocabulary of the data (manifest), or of the tokenizer named in the spec."""
+    """Padded vocabulary (embedding rows) of the prepared data, or of the tokenizer the spec names."""
     if isinstance(spec.data, str):
-        manifest = json.loads((Path(spec.data) / "manifest.json").read_text())
-        for key in ("padded_vocab_size", "model_vocab_size"):
-            if isinstance(manifest.get(key), int):
-                return manifest[key]
-        tok = manifest.get("tokenizer")
-    else:
-        tok = spec.data.get("tokenizer", "gpt2")
-    if isinstance(tok, dict):
-        tok = tok.get("name")
-    return 320 if tok == "bytes" else 50304
+        from .data import load_manifest
+
+        return int(load_manifest(spec.data)["padded_vocab_size"])
+    from .tokenizer import get_tokenizer
+
+    return int(get_tokenizer(spec.data.get("tokenizer", "gpt2")).padded_vocab_size)
 
 
 def _data_context(spec: SweepSpec) -> int | None:
     """Chunk length of the prepared data (tokens), if known."""
     if isinstance(spec.data, str):
-        ctx = json.loads((Path(spec.data) / "manifest.json").read_text()).get("context")
-        return int(ctx) if isinstance(ctx, int) else None
+        from .data import load_manifest
+
+        return int(load_manifest(spec.data)["context"])
     return spec.data.get("context")
 
 

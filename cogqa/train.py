@@ -324,19 +324,6 @@ def _open_data(config: TrainConfig):
     return train_chunks, val_chunks, T
 
 
-def _padded_vocab(manifest: dict) -> int:
-    for key in ("padded_vocab_size", "model_vocab_size"):
-        if key in manifest:
-            return int(manifest[key])
-    if isinstance(manifest.get("tokenizer"), dict) and "padded_vocab_size" in manifest["tokenizer"]:
-        return int(manifest["tokenizer"]["padded_vocab_size"])
-    from .tokenizer import get_tokenizer
-
-    name = manifest.get("tokenizer_name") or manifest.get("tokenizer")
-    require(isinstance(name, str), "data: manifest.json names no tokenizer; re-run cogqa data prepare")
-    return int(get_tokenizer(name).padded_vocab_size)
-
-
 def resolve_shape(config: TrainConfig, vocab_size: int):
     """The ModelShape to train: from ``size``/``shape``/``init_from``, vocab set to the data's padded vocab."""
     from .shapes import ModelShape, paper_shape
@@ -583,14 +570,13 @@ def _train(config: TrainConfig, dist_info: _Dist, params_non_embedding, params_t
         torch.cuda.set_device(device)
     lr = resolve_lr(config)
     train_chunks, val_chunks, T = _open_data(config)
-    manifest = dict(getattr(train_chunks, "manifest", {}) or {})
-    shape = resolve_shape(config, _padded_vocab(manifest))
+    shape = resolve_shape(config, int(train_chunks.manifest["padded_vocab_size"]))
     n_ne = int(params_non_embedding(shape))
     plan = plan_steps(config, n_ne, T, dist_info.world)
     resolved = {
         "shape": shape.to_dict(), "context": T, "lr": lr, **plan, "world_size": dist_info.world,
         "params_non_embedding": n_ne, "params_total": int(params_total(shape)),
-        "data_hash": manifest.get("content_hash") or manifest.get("hash"),
+        "data_hash": train_chunks.manifest["content_hash"],
         "train_chunks": len(train_chunks), "val_chunks": len(val_chunks),
     }
     start_step = _check_out_dir(config, resolved)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 import re
 
-from .errors import CogqaError
+from .errors import CogqaError, require
 
 _SUFFIX = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+_BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGTP]?i?B?)\s*$", re.IGNORECASE)
 
 
 def parse_context(text: str | int, field: str = "--context") -> int:
@@ -52,6 +53,20 @@ def parse_count(text: str | int | float, field: str) -> float:
         value = float(m.group(1)) * scale[unit]
     if not math.isfinite(value) or value <= 0:
         raise CogqaError(f"{field}: must be a positive number, got {text!r}")
+    return value
+
+
+def parse_bytes(text: str, field: str) -> float:
+    """Bytes from ``16GiB``, ``16GB``, ``16G`` (= GB, 1e9), ``2e9`` or ``1.5TiB``."""
+    m = _BYTES.match(str(text))
+    require(m is not None, f"{field}: {text!r} is not an amount of memory; write e.g. 16GiB, 24GB or 2e10")
+    unit = m.group(2).upper().rstrip("B") if m.group(2) else ""
+    if unit.endswith("I"):
+        scale = 1024 ** ("KMGTP".index(unit[0]) + 1)
+    else:
+        scale = 1000 ** ("KMGTP".index(unit) + 1) if unit else 1
+    value = float(m.group(1)) * scale
+    require(math.isfinite(value) and value > 0, f"{field}: must be a positive amount of memory, got {text!r}")
     return value
 
 

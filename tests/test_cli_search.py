@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from cogqa.cli import main
-from cogqa.cli.search import APPROXIMATE_LINE, parse_bytes
+from cogqa.cli.search import APPROXIMATE_LINE
+from cogqa.units import parse_bytes
 from cogqa.errors import CogqaError
 
 

@@ -22,9 +22,13 @@ TINY = [{"name": "a", "layers": 1, "hidden_size": 32, "head_dim": 16}]
 
 
 def fake_data(tmp_path: Path) -> Path:
+    """A real, tiny prepared directory (bytes tokenizer, 32-token chunks) for specs that only plan."""
+    from cogqa.data import prepare
+
     d = tmp_path / "fake"
-    d.mkdir(exist_ok=True)
-    (d / "manifest.json").write_text(json.dumps({"padded_vocab_size": 320, "tokenizer": "bytes", "context": 32}))
+    if not (d / "manifest.json").is_file():
+        (tmp_path / "fake.txt").write_text("In the beginning God created the heaven and the earth. " * 20)
+        prepare([str(tmp_path / "fake.txt")], d, tokenizer="bytes", context=32, val_fraction=0.1, progress=False)
     return d
 
 

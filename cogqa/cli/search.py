@@ -9,6 +9,7 @@ import math
 import re
 
 from ..errors import CogqaError, require
+from ..units import parse_bytes
 from . import print_json
 
 DEFAULT_LOSSES = "3.0,2.9,2.8,2.7,2.6,2.5,2.4,2.35"
@@ -24,21 +25,6 @@ def approximate_line(laws_arg: str) -> str:
         return "approximate: demo laws of tiny byte-level CPU models (see docs/demo.md); not for choosing a real model"
     return f"approximate: the laws file {laws_arg} marks its laws as approximate (see its 'source')"
 
-_BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGTP]?i?B?)\s*$", re.IGNORECASE)
-
-
-def parse_bytes(text: str, field: str) -> float:
-    """Bytes from ``16GiB``, ``16GB``, ``16G`` (= GB, 1e9), ``2e9`` or ``1.5TiB``."""
-    m = _BYTES.match(str(text))
-    require(m is not None, f"{field}: {text!r} is not an amount of memory; write e.g. 16GiB, 24GB or 2e10")
-    unit = m.group(2).upper().rstrip("B") if m.group(2) else ""
-    if unit.endswith("I"):
-        scale = 1024 ** ("KMGTP".index(unit[0]) + 1)
-    else:
-        scale = 1000 ** ("KMGTP".index(unit) + 1) if unit else 1
-    value = float(m.group(1)) * scale
-    require(math.isfinite(value) and value > 0, f"{field}: must be a positive amount of memory, got {text!r}")
-    return value
 
 
 def _int(text, field: str) -> int:
@@ -295,4 +281,4 @@ def register(sub) -> None:
     t.set_defaults(func=run_table)
 
 
-__all__ = ["register", "run_search", "run_table", "parse_bytes"]
+__all__ = ["register", "run_search", "run_table"]

@@ -56,10 +56,6 @@ def load_source(source: str | Path, laws: Any = None, fit_grid: str | int | None
     path = Path(str(source))
     if path.is_dir():
         results_path = path / "results.csv"
-        if not results_path.is_file() and (path / "spec.json").is_file():
-            from .sweep import collect
-
-            collect(path)
         require(results_path.is_file(), f"report: {path} has no results.csv; run `cogqa sweep collect {path}` first")
         import pandas as pd
 

@@ -15,7 +15,8 @@ def test_reduced_demo_end_to_end(tmp_path):
     pytest.importorskip("cogqa.fitting")
     pytest.importorskip("cogqa.search")
     data = pytest.importorskip("cogqa.data")
-    from cogqa.sweep import SweepSpec, plan, run_demo
+    from cogqa.demo import run_demo
+    from cogqa.sweep import SweepSpec, plan
 
     src = tmp_path / "slice.txt"
     src.write_text(data.offline_corpus("kjv").read_text()[:150_000])

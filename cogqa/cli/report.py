@@ -19,8 +19,16 @@ def register(subparsers) -> None:
 
 def run_report(args: argparse.Namespace) -> int:
     """Handler of ``cogqa report``."""
+    from pathlib import Path
+
     from ..report import build_report
     from ..units import parse_context, parse_float
+
+    source = Path(args.source)
+    if source.is_dir() and not (source / "results.csv").is_file() and (source / "spec.json").is_file():
+        from ..sweep import collect
+
+        collect(source)  # a sweep directory not collected yet: collect it first (report never imports sweep)
 
     path = build_report(args.source, out=args.out, context=parse_context(args.context, "--context"),
                         target_loss=parse_float(args.target_loss, "--target-loss") if args.target_loss else None,

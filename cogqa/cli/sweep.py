@@ -190,7 +190,7 @@ def run_collect(args: argparse.Namespace) -> int:
 
 def run_demo(args: argparse.Namespace) -> int:
     """Handler of ``cogqa demo``."""
-    from ..sweep import run_demo as demo
+    from ..demo import run_demo as demo
 
     from ..units import fmt_params
 

@@ -14,8 +14,8 @@ Export picks the architecture class whose code computes exactly cogqa's model:
 
 Tensor names are cogqa's with the ``model.`` prefix (``lm_head.weight`` unprefixed, omitted when
 tied). Import reads ``config.json`` with :func:`cogqa.shapes.shape_from_hf_config`, refuses
-RoPE scaling and sliding windows (cogqa implements neither), and reads one or several
-(sharded) safetensors files.
+RoPE scaling other than Llama 3.1's ``rope_type: "llama3"`` and sliding windows (cogqa
+implements neither), and reads one or several (sharded) safetensors files.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import json
 from pathlib import Path
 
 from .errors import CogqaError, require
-from .shapes import ModelShape, shape_from_hf_config
+from .shapes import ROPE_SCALINGS, ModelShape, hf_rope_type, shape_from_hf_config
 
 ARCHITECTURES = {
     "llama": "LlamaForCausalLM",
@@ -70,7 +70,7 @@ def hf_config(shape: ModelShape, max_position_embeddings: int = 131072, dtype: s
         "max_position_embeddings": int(max_position_embeddings),
         "rms_norm_eps": shape.norm_eps,
         "rope_theta": shape.rope_theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": shape.rope_theta},
+        "rope_parameters": rope_parameters(shape),
         "tie_word_embeddings": shape.tie_embeddings,
         "attention_dropout": 0.0,
         "initializer_range": 0.02,
@@ -80,6 +80,9 @@ def hf_config(shape: ModelShape, max_position_embeddings: int = 131072, dtype: s
         "dtype": dtype,
         "torch_dtype": dtype,
     }
+    if shape.rope_scaling is not None:
+        require(model_type == "llama", f"rope_scaling {shape.rope_scaling[0]} exports only as Llama; this shape exports as {model_type}")
+        config["rope_scaling"] = rope_parameters(shape)
     if model_type == "llama":
         config.update(attention_bias=shape.qkv_bias, mlp_bias=shape.mlp_bias, pretraining_tp=1)
     elif model_type == "mistral":
@@ -89,6 +92,14 @@ def hf_config(shape: ModelShape, max_position_embeddings: int = 131072, dtype: s
     elif model_type == "qwen3":
         config.update(attention_bias=shape.qkv_bias, use_sliding_window=False, sliding_window=None, max_window_layers=shape.layers)
     return config
+
+
+def rope_parameters(shape: ModelShape) -> dict:
+    """The transformers ``rope_parameters`` of ``shape``: plain RoPE, or llama3 scaling with its parameters."""
+    if shape.rope_scaling is None:
+        return {"rope_type": "default", "rope_theta": shape.rope_theta}
+    kind, *values = shape.rope_scaling
+    return {"rope_type": kind, "rope_theta": shape.rope_theta, **dict(zip(ROPE_SCALINGS[kind], values))}
 
 
 def export_hf(model, out_dir, tokenizer=None, max_position_embeddings: int = 131072) -> Path:
@@ -183,9 +194,9 @@ def from_hf_name(name: str) -> str:
 def _check_supported_config(config: dict, source: str) -> None:
     if "text_config" in config and "model_type" not in config:
         config = config["text_config"]
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    rope_type = rope.get("rope_type") or rope.get("type") or "default"
-    require(rope_type == "default", f"{source}: RoPE scaling {rope_type!r} is not supported by cogqa (only plain RoPE); cannot import")
+    rope_type = hf_rope_type(config)
+    require(rope_type in ("default", *ROPE_SCALINGS), f"{source}: RoPE scaling {rope_type!r} is not supported by cogqa "
+            f"(plain RoPE and {', '.join(ROPE_SCALINGS)} only); cannot import")
     window = config.get("sliding_window")
     if config.get("model_type") in ("qwen2", "qwen3"):
         window = window if config.get("use_sliding_window") else None
@@ -213,8 +224,9 @@ def read_hf_weights(directory: Path) -> dict:
     return tensors
 
 
-def import_hf(hf_dir, device="cpu", dtype=None, max_seq_len: int = 8192):
-    """A GQADecoder with the weights of a transformers directory (Llama, Mistral, Qwen2, Qwen3 families)."""
+def import_hf(hf_dir, device="cpu", dtype=None, max_seq_len: int | None = None):
+    """A GQADecoder with the weights of a transformers directory (Llama, Mistral, Qwen2, Qwen3 families);
+    ``max_seq_len`` (tokens) defaults to the config's ``max_position_embeddings`` (8192 without one)."""
     import torch
 
     from .checkpoint import check_state_dict
@@ -231,6 +243,9 @@ def import_hf(hf_dir, device="cpu", dtype=None, max_seq_len: int = 8192):
     require(isinstance(config, dict), f"{cfg_path}: expected a JSON object")
     _check_supported_config(config, str(cfg_path))
     shape = shape_from_hf_config(config)
+    if max_seq_len is None:
+        cfg = config["text_config"] if "text_config" in config and "model_type" not in config else config
+        max_seq_len = int(cfg.get("max_position_embeddings") or 8192)
     raw = read_hf_weights(directory)
     tensors = {from_hf_name(k): v for k, v in raw.items() if not k.endswith("rotary_emb.inv_freq")}
     if shape.tie_embeddings and "lm_head.weight" in tensors:

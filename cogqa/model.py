@@ -91,9 +91,27 @@ class RMSNorm(nn.Module):
         return self.weight * x.to(dtype)
 
 
-def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos and sin of the rotary angles for ``position_ids`` [B, T]: two tensors [B, 1, T, d_h]."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device, dtype=torch.int64).float() / head_dim))
+def rope_inv_freq(head_dim: int, theta: float, scaling=None, device=None) -> torch.Tensor:
+    """RoPE inverse frequencies (radians/token), fp32 [d_h/2]: ``theta^(-2i/d_h)``; with ``scaling``
+    ``("llama3", factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)`` as Llama 3.1
+    (and transformers): wavelengths above original/low_freq_factor are divided by ``factor``, those below
+    original/high_freq_factor kept, and the band between interpolated smoothly."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.int64).float() / head_dim))
+    if scaling is None:
+        return inv_freq
+    _, factor, low, high, original = scaling
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return torch.where(medium, smoothed, scaled)
+
+
+def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype, scaling=None):
+    """cos and sin of the rotary angles for ``position_ids`` [B, T]: two tensors [B, 1, T, d_h]
+    (``scaling``: see :func:`rope_inv_freq`)."""
+    inv_freq = rope_inv_freq(head_dim, theta, scaling, device=position_ids.device)
     freqs = position_ids[..., None].float() * inv_freq  # [B, T, d_h/2]
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]
@@ -353,7 +371,7 @@ class GQADecoder(nn.Module):
                 cache.padded = True
 
         x = self.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(position_ids, self.shape.head_dim, self.shape.rope_theta, x.dtype)
+        cos, sin = rope_cos_sin(position_ids, self.shape.head_dim, self.shape.rope_theta, x.dtype, self.shape.rope_scaling)
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, mask, is_causal, cache, i)
         x = self.norm(x)

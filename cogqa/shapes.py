@@ -38,6 +38,27 @@ def paper_ffn_size(hidden_size: int) -> int:
     return int(8 * hidden_size / 3)
 
 
+#: The RoPE scalings a ModelShape can carry, with their parameters in order (Llama 3.1/3.2's only).
+ROPE_SCALINGS = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+
+
+def check_rope_scaling(value) -> tuple:
+    """``("llama3", factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)`` validated
+    (a tuple, from a tuple or a list); a one-line error for any other kind or a bad parameter."""
+    require(isinstance(value, (list, tuple)) and len(value) >= 1 and value[0] in ROPE_SCALINGS,
+            f"rope_scaling must be ('llama3', factor, low_freq_factor, high_freq_factor, "
+            f"original_max_position_embeddings), got {value!r}")
+    names = ROPE_SCALINGS[value[0]]
+    require(len(value) == len(names) + 1, f"rope_scaling {value[0]} needs {', '.join(names)}; got {list(value[1:])!r}")
+    nums = []
+    for n, v in zip(names, value[1:]):
+        require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+                f"rope_scaling {n} must be a positive number, got {v!r}")
+        nums.append(int(v) if n == "original_max_position_embeddings" else float(v))
+    require(nums[2] > nums[1], f"rope_scaling: high_freq_factor ({nums[2]}) must exceed low_freq_factor ({nums[1]})")
+    return (value[0], *nums)
+
+
 @dataclass(frozen=True)
 class ModelShape:
     """A buildable GQA decoder. All sizes are integers; validated on construction.
@@ -64,8 +85,11 @@ class ModelShape:
     norm_eps: float = PAPER_NORM_EPS
     model_type: str = "llama"
     name: str = field(default="", compare=False)
+    rope_scaling: tuple | None = None
 
     def __post_init__(self) -> None:
+        if self.rope_scaling is not None:
+            object.__setattr__(self, "rope_scaling", check_rope_scaling(self.rope_scaling))
         for f in ("layers", "hidden_size", "ffn_size", "n_heads", "n_kv_heads", "head_dim", "vocab_size"):
             value = getattr(self, f)
             require(
@@ -103,8 +127,14 @@ class ModelShape:
         return replace(self, n_heads=n_heads, n_kv_heads=n_kv_heads)
 
     def to_dict(self) -> dict[str, Any]:
-        """All fields as a JSON-serialisable dict (round-trips through :meth:`from_dict`)."""
-        return asdict(self)
+        """All fields as a JSON-serialisable dict (round-trips through :meth:`from_dict`);
+        ``rope_scaling`` only when set, so shapes without it serialise as before."""
+        data = asdict(self)
+        if data["rope_scaling"] is None:
+            del data["rope_scaling"]
+        else:
+            data["rope_scaling"] = list(data["rope_scaling"])
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelShape":
@@ -287,6 +317,7 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
         qkv_bias = o_bias = attention_bias
     rope = config.get("rope_parameters") or {}
     rope_theta = config.get("rope_theta") or (rope.get("rope_theta") if isinstance(rope, dict) else None) or 10000.0
+    rope_scaling = hf_rope_scaling(config, source)
     return ModelShape(
         layers=need("num_hidden_layers"),
         hidden_size=hidden,
@@ -305,7 +336,31 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
         norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         model_type=model_type,
         name=str(config.get("_name_or_path") or model_type),
+        rope_scaling=rope_scaling,
     )
+
+
+def hf_rope_type(config: dict) -> str:
+    """The RoPE kind of a Hugging Face config: ``rope_scaling``/``rope_parameters`` ``rope_type`` (or the
+    older ``type``), ``"default"`` when there is none."""
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    if not isinstance(rope, dict):
+        return "default"
+    return str(rope.get("rope_type") or rope.get("type") or "default")
+
+
+def hf_rope_scaling(config: dict, source: str = "config") -> tuple | None:
+    """The ModelShape ``rope_scaling`` of a Hugging Face config: the llama3 tuple, or None for plain RoPE and
+    for kinds cogqa's model does not compute (import refuses those; costs do not depend on RoPE)."""
+    if hf_rope_type(config) != "llama3":
+        return None
+    rope = config.get("rope_scaling") or config.get("rope_parameters")
+    names = ROPE_SCALINGS["llama3"]
+    missing = [n for n in names[:3] if rope.get(n) is None]
+    require(not missing, f"{source}: rope_scaling llama3 lacks {', '.join(missing)}")
+    original = rope.get("original_max_position_embeddings") or config.get("max_position_embeddings")
+    require(original is not None, f"{source}: rope_scaling llama3 lacks original_max_position_embeddings")
+    return check_rope_scaling(("llama3", *(rope[n] for n in names[:3]), original))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -130,7 +130,9 @@ def test_import_refuses_what_cogqa_cannot_compute(tmp_path, capsys):
             import_hf(tmp_path / "hf")
         assert "\n" not in str(e.value)
 
-    refused({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 32.0}}, "RoPE scaling 'llama3'")
+    refused({"rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5, "factor": 32.0}}, "RoPE scaling 'yarn'")
+    refused({"rope_scaling": {"type": "linear", "factor": 2.0}}, "RoPE scaling 'linear'")
+    refused({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 32.0}}, "llama3 lacks")
     refused({"model_type": "mistral", "sliding_window": 4096}, "sliding-window")
     refused({"num_key_value_heads": 4}, r"k_proj.weight has shape")  # config does not match the weights
     refused({"hidden_act": "gelu"}, "hidden_act")
@@ -144,14 +146,53 @@ def test_import_refuses_what_cogqa_cannot_compute(tmp_path, capsys):
     assert err.startswith("error:") and err.count("\n") == 1
 
 
-def test_llama_32_config_with_rope_scaling_is_refused():
+def test_llama_32_config_reads_its_llama3_rope_scaling():
     from pathlib import Path
 
-    cfg = json.loads((Path(__file__).parent / "data" / "llama-3.2-1b-config.json").read_text())
-    from cogqa.hf import _check_supported_config
+    from cogqa.hf import _check_supported_config, rope_parameters
+    from cogqa.shapes import shape_from_hf_config
 
-    with pytest.raises(CogqaError, match="llama3"):
-        _check_supported_config(cfg, "llama-3.2-1b")
+    cfg = json.loads((Path(__file__).parent / "data" / "llama-3.2-1b-config.json").read_text())
+    _check_supported_config(cfg, "llama-3.2-1b")  # accepted
+    shape = shape_from_hf_config(cfg)
+    assert shape.rope_scaling == ("llama3", 32.0, 1.0, 4.0, 8192)
+    assert ModelShape.from_dict(json.loads(json.dumps(shape.to_dict()))) == shape
+    assert rope_parameters(shape)["factor"] == 32.0
+    assert "rope_scaling" not in CASES["mha"][0].to_dict()  # shapes without scaling serialise as before
+    with pytest.raises(CogqaError, match="high_freq_factor"):
+        ModelShape(layers=1, hidden_size=32, ffn_size=32, n_heads=2, n_kv_heads=1,
+                   rope_scaling=("llama3", 8.0, 4.0, 1.0, 32))
+
+
+def test_llama3_rope_scaling_logits_parity_past_the_original_context(tmp_path, capsys):
+    """A tiny random Llama with rope_type llama3 (original context 32 tokens), made and saved by transformers:
+    cogqa's import computes its logits within 1e-4 at positions up to 160 (5x the original context), and the
+    export of the import reproduces the config's scaling."""
+    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+    config = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-5,
+                                      max_position_embeddings=256, rope_parameters=rope, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    hf = transformers.AutoModelForCausalLM.from_config(config).eval()
+    hf.save_pretrained(str(tmp_path / "hf"))
+    ours = import_hf(tmp_path / "hf")
+    assert ours.shape.rope_scaling == ("llama3", 8.0, 1.0, 4.0, 32) and ours.max_seq_len == 256
+    from cogqa.model import rope_inv_freq
+
+    inv = rope_inv_freq(32, 10000.0, ours.shape.rope_scaling)
+    assert torch.equal(inv, hf.model.rotary_emb.inv_freq.float())  # the same frequencies, bit for bit
+    assert not torch.equal(inv, rope_inv_freq(32, 10000.0))  # and scaling changes them at this head_dim
+    ids = torch.randint(0, 96, (1, 160), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (ours(ids).logits - hf(ids).logits)[:, 32:].abs().max().item()
+    assert diff <= 1e-4
+    export_hf(ours, tmp_path / "back", max_position_embeddings=256)
+    back = _load_hf(tmp_path / "back")
+    with torch.no_grad():
+        assert (back(ids).logits - hf(ids).logits).abs().max().item() <= 1e-4
+    assert main(["import", str(tmp_path / "hf"), str(tmp_path / "ck")]) == 0
+    assert load_model(tmp_path / "ck").shape.rope_scaling == ours.shape.rope_scaling
 
 
 def test_unexportable_bias_combination_is_refused():

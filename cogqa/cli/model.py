@@ -72,8 +72,10 @@ def cmd_import(args: argparse.Namespace) -> int:
     from ..hf import import_hf
 
     model = import_hf(args.hf_dir, dtype=args.dtype)
-    save_model(model, args.out)
-    print(f"imported {args.hf_dir} -> {args.out} ({model.shape.describe()}, {model.num_parameters():,} parameters)")
+    # the model's native context (max_position_embeddings) is recorded: `cogqa eval` loads it at that context
+    save_model(model, args.out, extra_metadata={"cogqa_context": model.max_seq_len})
+    print(f"imported {args.hf_dir} -> {args.out} ({model.shape.describe()}, {model.num_parameters():,} parameters, "
+          f"context {model.max_seq_len:,} tokens)")
     return 0
 
 

@@ -1,14 +1,52 @@
-"""Loss by token position and by evaluation context length; relative loss difference ΔL(T) (Section 5.7).
+"""Loss by token position and by evaluation context length; relative loss difference ΔL(T) (Section 5.7);
+the device and dtype evaluation runs on; the standard error of a mean validation loss.
 
 Convention (Hugging Face): the logits at position t predict token t+1, so a chunk of T tokens
 gives T-1 losses, indexed by the predicted token's position 1..T-1 (position p has p tokens of context).
+
+Memory: the losses are computed from the final hidden states [B, T, d] a block of positions at a
+time (``position_block`` positions -> logits [B, block, V] in fp32), so evaluating at 128K tokens
+never holds the [B, T, V] logits (26 GB per sequence at V = 50,304): O(T d + block V), not O(T V).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from .errors import require
+
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
+DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
+DTYPE_HELP = "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16"
+
+
+def resolve_device(name: str | None = "auto"):
+    """The torch.device to evaluate on: ``auto`` is ``cuda`` when a GPU is visible, else ``cpu``."""
+    import torch
+    name = (name or "auto").strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        require(False, f"--device: {name!r} is not a device; use {DEVICE_HELP}")
+    require(device.type != "cuda" or torch.cuda.is_available(), f"--device {name}: no CUDA GPU is visible; use --device cpu")
+    return device
+
+
+def resolve_dtype(name: str | None, device):
+    """The torch dtype of the weights: ``auto`` is bf16 on CUDA and fp32 elsewhere (fp16/bf16 matmuls on
+    CPU are slow or missing); ``fp32``/``bf16``/``fp16`` as named."""
+    import torch
+
+    from .model import torch_dtype
+    name = (name or "auto").strip().lower()
+    require(name in DTYPE_CHOICES, f"--dtype: {name!r} is not supported; use {DTYPE_HELP}")
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return torch_dtype(name)
 
 
 def token_losses(logits, input_ids):
@@ -23,11 +61,66 @@ def token_losses(logits, input_ids):
     return nll.double().cpu().numpy()
 
 
+def hidden_token_losses(hidden, weight, input_ids, position_block: int = 1024):
+    """Per-token next-token losses (nats), float64 numpy [B, T-1], from final hidden states [B, T, d] and the
+    LM-head matrix [V, d], ``position_block`` positions at a time (fp32 logits of one block only)."""
+    import torch
+    require(position_block >= 1, f"position_block must be >= 1 position, got {position_block}")
+    ids = torch.as_tensor(input_ids, device=hidden.device).long()
+    require(hidden.dim() == 3 and ids.dim() == 2 and hidden.shape[:2] == ids.shape,
+            f"hidden {tuple(hidden.shape)} and input_ids {tuple(ids.shape)} do not line up")
+    with torch.no_grad():
+        w = weight.float()
+        out = torch.empty(ids.shape[0], ids.shape[1] - 1, dtype=torch.float64, device=hidden.device)
+        for s in range(0, ids.shape[1] - 1, position_block):
+            e = min(s + position_block, ids.shape[1] - 1)
+            logits = hidden[:, s:e].float() @ w.T
+            out[:, s:e] = (torch.logsumexp(logits, -1) - logits.gather(-1, ids[:, s + 1:e + 1, None])[..., 0]).double()
+    return out.cpu().numpy()
+
+
+def final_hidden(model, ids):
+    """(final normed hidden states [B, T, d], LM-head matrix [V, d]) of a cogqa GQADecoder or a transformers
+    causal LM, without computing the [B, T, V] logits."""
+    if hasattr(model, "output_weight") and hasattr(model, "norm"):  # cogqa: catch the final norm's output
+        caught = {}
+
+        def keep(module, args, output):
+            caught["h"] = output
+            return output[:, :1]  # the LM head then costs one position
+
+        handle = model.norm.register_forward_hook(keep)
+        try:
+            model(ids)
+        finally:
+            handle.remove()
+        return caught["h"], model.output_weight
+    base = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    return base(input_ids=ids).last_hidden_state, model.get_output_embeddings().weight
+
+
 def loss_by_position(losses: np.ndarray) -> np.ndarray:
     """Mean loss (nats/token) per predicted position, averaged over the batch: [T-1] from [B, T-1]."""
     losses = np.asarray(losses, dtype=np.float64)
     require(losses.ndim == 2 and losses.shape[0] >= 1, "losses must be [chunks, positions]")
     return losses.mean(axis=0)
+
+
+def mean_and_standard_error(values) -> tuple[float, float]:
+    """(mean, standard error of the mean) of independent per-chunk losses (nats/token): std(ddof=1)/sqrt(n);
+    one value has no measurable spread, so its error is ``inf`` (never NaN, never a false 0)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    require(v.size >= 1, "no values to average")
+    if v.size == 1:
+        return float(v[0]), float("inf")
+    return float(v.mean()), float(v.std(ddof=1) / np.sqrt(v.size))
+
+
+def chunks_for_standard_error(chunk_std: float, target_se: float) -> int:
+    """Validation chunks needed so that the standard error of the mean loss is <= ``target_se`` (nats/token),
+    given the standard deviation of per-chunk mean losses ``chunk_std`` (nats/token): ceil((std/se)^2)."""
+    require(chunk_std >= 0 and target_se > 0, "chunk_std must be >= 0 and target_se > 0 (nats/token)")
+    return max(2, int(np.ceil((chunk_std / target_se) ** 2)))
 
 
 def loss_at_contexts(position_loss: np.ndarray, contexts) -> dict:
@@ -50,27 +143,65 @@ def relative_delta(loss, base):
 
 
 def model_max_context(model) -> int:
-    """The longest sequence (tokens) ``model`` supports: cogqa ``max_seq_len`` or HF ``max_position_embeddings``."""
+    """The longest sequence (tokens) ``model`` is evaluated at: an explicit ``eval_max_context`` (set by the
+    loader), cogqa ``max_seq_len`` or HF ``max_position_embeddings``."""
+    if getattr(model, "eval_max_context", None):
+        return int(model.eval_max_context)
     if hasattr(model, "max_seq_len"):
         return int(model.max_seq_len)
     cfg = getattr(model, "config", None)
     return int(getattr(cfg, "max_position_embeddings", 1 << 30))
 
 
-def evaluate_positions(model, chunks, max_chunks: int = 64, batch: int = 4, device: str = "cpu") -> np.ndarray:
-    """Mean loss per predicted position (nats/token) of ``model`` over up to ``max_chunks`` token chunks."""
+@dataclass(frozen=True)
+class PositionLoss:
+    """Loss by position of one model: ``position`` [T-1] mean loss per predicted position (nats/token),
+    ``chunk`` [n] mean loss of each evaluated chunk (nats/token); ``mean`` and ``standard_error`` of the
+    mean loss over chunks (nats/token)."""
+
+    position: np.ndarray
+    chunk: np.ndarray
+
+    @property
+    def mean(self) -> float:
+        """Mean loss over all evaluated tokens (nats/token)."""
+        return mean_and_standard_error(self.chunk)[0]
+
+    @property
+    def standard_error(self) -> float:
+        """Standard error of :attr:`mean` from the spread of per-chunk losses (nats/token)."""
+        return mean_and_standard_error(self.chunk)[1]
+
+
+def evaluate_chunks(model, chunks, max_chunks: int = 64, batch: int = 4, position_block: int = 1024) -> PositionLoss:
+    """Loss by position and per chunk (nats/token) of ``model`` over up to ``max_chunks`` token chunks, on the
+    device and in the dtype of the model's weights (losses in fp32, accumulated in fp64)."""
     import torch
     n = min(len(chunks), max_chunks)
     require(n >= 1, "no evaluation chunks: prepare more validation data")
     T = len(chunks[0])
     require(T <= model_max_context(model),
-            f"chunks of {T} tokens are longer than the model supports ({model_max_context(model)} tokens); "
-            "prepare the data with a shorter --context or use a model with a longer max_seq_len")
+            f"chunks of {T} tokens are longer than the model is loaded for ({model_max_context(model)} tokens); "
+            "pass --max-seq-len to evaluate beyond it, or prepare the data with a shorter --context")
+    device = next(model.parameters()).device
     total = np.zeros(T - 1)
+    per_chunk = []
     model.eval()
     with torch.no_grad():
         for i in range(0, n, batch):
             ids = torch.as_tensor(np.stack([np.asarray(chunks[j]) for j in range(i, min(n, i + batch))]),
                                   dtype=torch.long, device=device)
-            total += token_losses(model(ids).logits, ids).sum(axis=0)
-    return total / n
+            hidden, weight = final_hidden(model, ids)
+            losses = hidden_token_losses(hidden, weight, ids, position_block)
+            total += losses.sum(axis=0)
+            per_chunk.extend(losses.mean(axis=1).tolist())
+    return PositionLoss(total / n, np.asarray(per_chunk))
+
+
+def evaluate_positions(model, chunks, max_chunks: int = 64, batch: int = 4, device=None,
+                       position_block: int = 1024) -> np.ndarray:
+    """Mean loss per predicted position (nats/token) of ``model`` over up to ``max_chunks`` token chunks
+    (``device``, if given, moves the model there first)."""
+    if device is not None:
+        model.to(device)
+    return evaluate_chunks(model, chunks, max_chunks, batch, position_block).position

@@ -52,5 +52,77 @@ def test_tiny_model_positions_and_too_long_context():
     with torch.no_grad():
         ref = model(ids, labels=ids).loss.item()
     assert pos.shape == (15,) and abs(pos.mean() - ref) < 1e-5
-    with pytest.raises(CogqaError, match="longer than the model supports"):
+    with pytest.raises(CogqaError, match="longer than the model is loaded for"):
         evaluate_positions(model, [np.zeros(64, dtype=np.int64)])
+
+
+def _tiny(V=97, T=32, seed=1):
+    from cogqa.model import GQADecoder
+    from cogqa.shapes import ModelShape
+    shape = ModelShape(layers=2, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=V)
+    model = GQADecoder(shape, max_seq_len=T)
+    model.init_weights(seed=seed)
+    return model.eval()
+
+
+@pytest.mark.parametrize("block", [1, 5, 1024])
+def test_blocked_losses_equal_the_full_logits(block):
+    """Loss by position from hidden states a block of positions at a time equals the loss from the full logits."""
+    from cogqa.evaluate import final_hidden, hidden_token_losses
+    model = _tiny()
+    ids = torch.randint(0, 97, (3, 23), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = token_losses(model(ids).logits, ids)
+        hidden, weight = final_hidden(model, ids)
+    assert hidden.shape == (3, 23, 64)
+    np.testing.assert_allclose(hidden_token_losses(hidden, weight, ids, position_block=block), full, rtol=0, atol=2e-5)
+
+
+def test_hf_model_positions_equal_full_logits(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from cogqa.evaluate import evaluate_chunks
+    from cogqa.hf import export_hf
+    export_hf(_tiny(), tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+    chunks = [np.arange(i, i + 20) % 97 for i in range(3)]
+    ids = torch.as_tensor(np.stack(chunks))
+    with torch.no_grad():
+        ref = token_losses(hf(ids).logits, ids).mean(axis=0)
+    got = evaluate_chunks(hf, chunks, batch=2, position_block=7)
+    np.testing.assert_allclose(got.position, ref, atol=2e-5)
+    np.testing.assert_allclose(got.position, evaluate_chunks(_tiny(), chunks).position, atol=2e-5)  # same model
+
+
+def test_standard_error_of_the_mean_loss():
+    from cogqa.evaluate import chunks_for_standard_error, evaluate_chunks, mean_and_standard_error
+    m, se = mean_and_standard_error([1.0, 2.0, 3.0, 4.0])
+    assert m == 2.5 and abs(se - np.std([1, 2, 3, 4], ddof=1) / 2) < 1e-12
+    assert mean_and_standard_error([2.0]) == (2.0, float("inf"))
+    assert chunks_for_standard_error(0.04, 0.002) == 400
+    r = evaluate_chunks(_tiny(), [np.arange(i, i + 16) % 97 for i in range(6)], batch=4)
+    assert r.chunk.shape == (6,) and abs(r.mean - r.position.mean()) < 1e-9 and 0 < r.standard_error < 1
+
+
+def test_device_and_dtype_resolution():
+    from cogqa.evaluate import resolve_device, resolve_dtype
+    dev = resolve_device("auto")
+    assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("fp16", torch.device("cpu")) == torch.float16
+    with pytest.raises(CogqaError, match="--dtype"):
+        resolve_dtype("int8", dev)
+    with pytest.raises(CogqaError, match="--device"):
+        resolve_device("tpu:x")
+    if not torch.cuda.is_available():
+        with pytest.raises(CogqaError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+def test_bf16_weights_evaluate_close_to_fp32():
+    """The reduced-precision path (what CUDA runs by default) is the same code: bf16 weights, fp32 losses."""
+    from cogqa.evaluate import evaluate_chunks
+    chunks = [np.arange(i, i + 16) % 97 for i in range(4)]
+    a = evaluate_chunks(_tiny(), chunks)
+    b = evaluate_chunks(_tiny().to(torch.bfloat16), chunks)
+    assert abs(a.mean - b.mean) < 0.05 and b.position.dtype == np.float64

@@ -18,7 +18,7 @@ import numpy as np
 from .errors import require
 
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
-DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
+DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"  # (cogqa.cli.evaluate repeats these)
 DTYPE_HELP = "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16"
 
 
@@ -205,3 +205,94 @@ def evaluate_positions(model, chunks, max_chunks: int = 64, batch: int = 4, devi
     if device is not None:
         model.to(device)
     return evaluate_chunks(model, chunks, max_chunks, batch, position_block).position
+
+
+# ---------------------------------------------------------------------------------------------
+# Which checkpoints, loaded at which context
+# ---------------------------------------------------------------------------------------------
+
+PAPER_LAST_K = 4  # Appendix J.2: the last four checkpoints are scored and their scores averaged
+CONTEXT_METADATA = "cogqa_context"  # safetensors metadata key: the context (tokens) a checkpoint was trained at
+
+
+def run_checkpoints(run_dir) -> list:
+    """Complete checkpoint directories ``checkpoints/step_*`` of a training run, oldest first."""
+    from pathlib import Path
+    root = Path(run_dir) / "checkpoints"
+    return sorted(d for d in root.glob("step_*") if d.is_dir() and not d.name.endswith((".tmp", ".old"))
+                  and (d / "shape.json").is_file())
+
+
+def checkpoints_to_score(path, last_k: int | None = None) -> list:
+    """The model directories to score for ``path``: a checkpoint or Hugging Face directory is itself (``last_k``
+    must be None or 1); a training run directory gives its last ``last_k`` checkpoints (default
+    :data:`PAPER_LAST_K`, as the paper), an error naming the fix if it has fewer."""
+    from pathlib import Path
+    p = Path(path)
+    require(p.is_dir(), f"{p}: no such directory; give a training run, a checkpoint or a Hugging Face model directory")
+    require(last_k is None or (isinstance(last_k, int) and last_k >= 1), f"--last-k must be >= 1, got {last_k!r}")
+    if (p / "shape.json").is_file() or ((p / "config.json").is_file() and not (p / "checkpoints").is_dir()):
+        require(last_k in (None, 1), f"--last-k {last_k}: {p} is a single checkpoint; give its training run "
+                "directory to score the run's last checkpoints")
+        return [p]
+    found = run_checkpoints(p)
+    require(bool(found), f"{p}: not a checkpoint (no shape.json), a Hugging Face directory (no config.json) "
+            "or a training run (no checkpoints/step_*/)")
+    k = PAPER_LAST_K if last_k is None else last_k
+    require(len(found) >= k, f"--last-k {k}: {p} has {len(found)} checkpoint(s) ({', '.join(d.name for d in found)}); "
+            f"train keeping {k} (--checkpoint-every, --keep-checkpoints {k}) or pass --last-k {len(found)}")
+    return found[-k:]
+
+
+def checkpoint_context(ckpt) -> int | None:
+    """The context (tokens) a cogqa checkpoint was trained at: its weights' ``cogqa_context`` metadata, else
+    its run's ``config.json`` (``resolved.context``); None if neither records it."""
+    import json
+    from pathlib import Path
+    ckpt = Path(ckpt)
+    try:
+        with open(ckpt / "model.safetensors", "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        value = (header.get("__metadata__") or {}).get(CONTEXT_METADATA)
+        if value is not None:
+            return int(value)
+    except (OSError, ValueError):
+        pass
+    run_config = ckpt.parent.parent / "config.json"
+    try:
+        value = json.loads(run_config.read_text())["resolved"]["context"]
+        return int(value)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_for_eval(path, device="auto", dtype="auto", max_seq_len: int | None = None, need: int = 0):
+    """(model, Hugging Face tokenizer or None, context in tokens) for a cogqa checkpoint or a local transformers
+    directory, on ``device`` in ``dtype`` (see :func:`resolve_device`, :func:`resolve_dtype`), in eval mode.
+
+    The context the model is loaded at (``model_max_context``) is ``max_seq_len`` when given, else the
+    checkpoint's training context (HF: ``max_position_embeddings``), else ``need`` (tokens, when unrecorded).
+    """
+    import os
+    from pathlib import Path
+    p = Path(path)
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    require(max_seq_len is None or max_seq_len >= 2, f"--max-seq-len must be >= 2 tokens, got {max_seq_len}")
+    if (p / "shape.json").is_file():
+        from .checkpoint import load_model
+        context = max_seq_len or checkpoint_context(p) or max(int(need), 2)
+        model = load_model(p, device=dev, dtype=dt, max_seq_len=int(context))
+        tok = None
+    else:
+        require((p / "config.json").is_file(), f"{p}: neither shape.json (cogqa) nor config.json (Hugging Face) found")
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        model = AutoModelForCausalLM.from_pretrained(p, dtype=dt).to(dev)
+        context = max_seq_len or int(getattr(model.config, "max_position_embeddings", 0) or max(int(need), 2))
+        try:
+            tok = AutoTokenizer.from_pretrained(p)
+        except (OSError, ValueError):
+            tok = None
+    model.eval_max_context = int(context)
+    return model.eval(), tok, int(context)

@@ -75,7 +75,8 @@ def test_harness_loads_exported_model_in_lm_eval(tmp_path, capsys, monkeypatch):
     save_model(m, tmp_path / "checkpoints" / "step_00000001")
     assert main(["eval", "harness", str(tmp_path), "--tasks", "no_such_task"]) == 2
     assert "unknown task" in capsys.readouterr().err
-    assert main(["eval", "harness", str(tmp_path), "--tasks", "piqa", "--dry-run", "--export-dir", str(tmp_path / "hf")]) == 0
+    assert main(["eval", "harness", str(tmp_path), "--tasks", "piqa", "--last-k", "1", "--dry-run",
+                 "--export-dir", str(tmp_path / "hf")]) == 0
     from lm_eval.models.huggingface import HFLM
     lm = HFLM(pretrained=str(tmp_path / "hf"), device="cpu", batch_size=1)
     req = type("Req", (), {"args": ("The grass is green.",)})()

@@ -3,49 +3,51 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from ..errors import CogqaError, require
 from ..files import save_figure, write_text_atomic
 from ..units import parse_contexts
 
+# help texts spelled here so that `cogqa --help` imports neither numpy nor cogqa.harness
+PAPER_TASKS_HELP = "arc_challenge,arc_easy,boolq,hellaswag,lambada_openai,piqa,social_iqa,wsc273,wikitext"
+DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"
+DTYPE_HELP = "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16"
 
 
+def _device_args(p) -> None:
+    p.add_argument("--device", default="auto", help=f"device: {DEVICE_HELP}; default auto")
+    p.add_argument("--dtype", default="auto", help=f"weights dtype: {DTYPE_HELP}; default auto")
+    p.add_argument("--max-seq-len", type=lambda s: parse_contexts(s)[0], default=None, metavar="TOKENS",
+                   help="context the model is loaded at (default: the checkpoint's training context, "
+                   "HF max_position_embeddings); evaluating beyond it needs this")
 
-def load_any(path: str):
-    """(model, tokenizer-or-None) from a cogqa checkpoint directory or a local Hugging Face directory."""
-    p = Path(path)
-    require(p.is_dir(), f"model {path!r} is not a directory; give a cogqa checkpoint or a local Hugging Face model dir")
-    if (p / "shape.json").exists():
-        from ..checkpoint import load_model
-        return load_model(p), None
-    require((p / "config.json").exists(), f"{path}: neither shape.json (cogqa) nor config.json (Hugging Face) found")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    model = AutoModelForCausalLM.from_pretrained(p)
-    try:
-        tok = AutoTokenizer.from_pretrained(p)
-    except Exception:
-        tok = None
-    return model, tok
+
+def _check_context(name, T, context, what="--contexts") -> None:
+    require(T <= context, f"{what}: {T} tokens is longer than {name} is loaded for ({context} tokens, its training "
+            f"context); pass --max-seq-len {T} to evaluate beyond it")
 
 
 def cmd_loss(args) -> int:
     import numpy as np
-    from ..evaluate import evaluate_positions, loss_at_contexts, model_max_context, relative_delta
+
     from ..data import TokenChunks
+    from ..evaluate import checkpoints_to_score, evaluate_chunks, load_for_eval, loss_at_contexts, relative_delta
     chunks = TokenChunks(args.data, split=args.split)
     contexts = parse_contexts(args.contexts) if args.contexts else [chunks.context]
+    require(args.max_chunks >= 1, f"--max-chunks must be >= 1, got {args.max_chunks}")
     names = list(args.models) + ([args.baseline] if args.baseline and args.baseline not in args.models else [])
     results = {}
     for name in names:
-        model, _ = load_any(name)
-        for T in contexts:
-            require(T <= model_max_context(model),
-                    f"--contexts: {T} tokens is longer than {name} supports ({model_max_context(model)} tokens)")
-        pos = evaluate_positions(model, chunks, max_chunks=args.max_chunks)
-        results[name] = {"position_loss": pos.tolist(), "context_loss": loss_at_contexts(pos, contexts)}
+        path = checkpoints_to_score(name, 1)[-1]  # a run directory: its newest checkpoint
+        model, _, context = load_for_eval(path, args.device, args.dtype, args.max_seq_len, need=chunks.context)
+        _check_context(name, chunks.context, context, "--data")
+        r = evaluate_chunks(model, chunks, max_chunks=args.max_chunks, batch=args.batch,
+                            position_block=args.position_block)
+        results[name] = {"checkpoint": str(path), "position_loss": r.position.tolist(),
+                         "context_loss": loss_at_contexts(r.position, contexts), "chunk_loss": r.chunk.tolist(),
+                         "mean_loss": r.mean, "standard_error": r.standard_error}
+        del model
     rows = []
     for name in names:
         for T in contexts:
@@ -56,12 +58,17 @@ def cmd_loss(args) -> int:
     for r in rows:
         d = "" if r["delta_rel"] is None else f"{100 * r['delta_rel']:+.3f}"
         print(f"{r['model'][-40:]:40s} {r['context']:16d} {r['loss_nats_per_token']:18.4f} {d:>8s}")
+    for name in names:
+        n = len(results[name]["chunk_loss"])
+        print(f"{name[-40:]}: mean {results[name]['mean_loss']:.4f} ± {results[name]['standard_error']:.4f} "
+              f"nats/token (standard error over {n} chunks of {chunks.context} tokens)")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "loss.json", json.dumps({"rows": rows, "positions": results}, indent=1))
         write_text_atomic(out / "loss.csv", "model,context_tokens,loss_nats_per_token,delta_rel\n" + "".join(
-            f"{r['model']},{r['context']},{r['loss_nats_per_token']},{'' if r['delta_rel'] is None else r['delta_rel']}\n" for r in rows))
+            f"{r['model']},{r['context']},{r['loss_nats_per_token']},{'' if r['delta_rel'] is None else r['delta_rel']}\n"
+            for r in rows))
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -78,102 +85,177 @@ def cmd_loss(args) -> int:
 
 
 def make_generate_fn(model, tok):
-    """A callable (prompt, max_new_tokens) -> generated text using greedy decoding."""
+    """A callable (prompt, max_new_tokens) -> generated text (greedy), on the model's device."""
     import torch
 
+    device = next(model.parameters()).device
+
     def gen(prompt, n):
-        ids = torch.tensor([tok.encode(prompt)], dtype=torch.long)
+        ids = torch.tensor([tok.encode(prompt)], dtype=torch.long, device=device)
         with torch.no_grad():
             if hasattr(model, "max_seq_len"):
                 out = model.generate(ids, max_new_tokens=n)
             else:
-                out = model.generate(ids, max_new_tokens=n, do_sample=False)
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                     pad_token_id=getattr(tok, "eos_token_id", None) or 0)
         return tok.decode(out[0, ids.shape[1]:].tolist())
     return gen
 
 
+def average_weights(paths):
+    """A cogqa model whose weights are the mean of the checkpoints ``paths`` (weight averaging; not the paper's
+    last-k evaluation, which averages scores)."""
+    from ..checkpoint import load_model
+    model = load_model(paths[0])
+    sd = {n: t.double().clone() for n, t in model.state_dict().items()}
+    for p in paths[1:]:
+        for n, t in load_model(p).state_dict().items():
+            sd[n] += t.double()
+    model.load_state_dict({n: (t / len(paths)).to(model.state_dict()[n].dtype) for n, t in sd.items()})
+    return model
+
+
+def average_last_k(checkpoint_dir: Path, k: int):
+    """(model with the mean weights of the last ``k`` checkpoints under ``checkpoint_dir``, their paths)."""
+    from ..evaluate import checkpoints_to_score
+    chosen = checkpoints_to_score(checkpoint_dir, k)
+    return average_weights(chosen), chosen
+
+
+def _scored_models(args, need: int):
+    """[(label, model, tokenizer, context)] for the eval command's model argument: the last-k checkpoints one at a
+    time (a generator: one model in memory), or their weight average with --average-weights."""
+    from ..evaluate import checkpoints_to_score, load_for_eval
+    chosen = checkpoints_to_score(args.model, args.last_k)
+    if args.average_weights:
+        require(len(chosen) >= 2, "--average-weights needs at least 2 checkpoints (--last-k)")
+        import tempfile
+
+        from ..checkpoint import save_model
+        from ..evaluate import CONTEXT_METADATA, checkpoint_context
+        with tempfile.TemporaryDirectory() as tmp:
+            ctx = checkpoint_context(chosen[-1])
+            save_model(average_weights(chosen), Path(tmp) / "avg", extra_metadata={CONTEXT_METADATA: ctx} if ctx else None)
+            model, tok, context = load_for_eval(Path(tmp) / "avg", args.device, args.dtype, args.max_seq_len, need)
+        yield "weight average of " + "+".join(p.name for p in chosen), model, tok, context
+        return
+    for p in chosen:
+        model, tok, context = load_for_eval(p, args.device, args.dtype, args.max_seq_len, need)
+        yield p.name, model, tok, context
+
+
 def cmd_niah(args) -> int:
-    from ..niah import check_depths, heatmap, run_niah
-    from ..evaluate import model_max_context
+    from ..niah import TASKS, check_depths, check_tasks, essay_words, heatmap, mean_rows, run_niah
     depths = check_depths(float(d) for d in args.depths.split(","))
     contexts = parse_contexts(args.contexts)
-    hay, corpus_text = args.haystack, None
-    if hay.startswith("corpus"):
-        path = hay.split(":", 1)[1] if ":" in hay else None
+    tasks = check_tasks(t for t in args.tasks.split(",") if t)
+    essay = None
+    if any(TASKS[t][0] == "essay" for t in tasks):
+        path = args.haystack_file
         if path is None:
             from ..data import offline_corpus
             path = offline_corpus()
-        corpus_text = Path(path).read_text(errors="replace")[:2_000_000]
-        hay = "corpus"
-    model, tok = load_any(args.model)
-    if tok is None:
-        from ..tokenizer import get_tokenizer
-        tok = get_tokenizer(args.tokenizer)
+        require(Path(path).is_file(), f"--haystack-file: {path} is not a file")
+        essay = essay_words(Path(path).read_text(errors="replace"))
+    per_model = {}
+    for label, model, tok, context in _scored_models(args, max(contexts)):
+        if tok is None:
+            from ..tokenizer import get_tokenizer
+            tok = get_tokenizer(args.tokenizer)
+        for T in contexts:
+            _check_context(label, T, context)
+        per_model[label] = run_niah(make_generate_fn(model, tok), tok, tasks, contexts, depths, essay,
+                                    samples=args.samples, seed=args.seed)
+        print(f"{label}: mean accuracy {100 * _mean_acc(per_model[label]):.1f} %")
+        del model
+    rows = mean_rows(list(per_model.values()))
+    n = len(per_model)
+    print(f"S-NIAH accuracy (%), mean over {len(tasks)} task(s) x {len(depths)} depth(s)"
+          + (f" x {n} checkpoints (each above)" if n > 1 else ""))
+    print(f"{'context (tokens)':>16s} " + " ".join(f"{t:>14s}" for t in tasks) + f" {'mean':>8s}")
     for T in contexts:
-        require(T <= model_max_context(model), f"--contexts: {T} tokens is longer than the model supports ({model_max_context(model)} tokens)")
-    rows = run_niah(make_generate_fn(model, tok), tok, contexts, depths, args.needle, hay, corpus_text,
-                    samples=args.samples, max_new_tokens=args.max_new_tokens)
-    print(f"{'context (tokens)':>16s} {'depth (%)':>9s} {'accuracy (%)':>12s}")
-    for r in rows:
-        print(f"{r['context']:16d} {r['depth']:9g} {100 * r['accuracy']:12.1f}")
+        cells = [_mean_acc([r for r in rows if r["context"] == T and r["task"] == t]) for t in tasks]
+        print(f"{T:16d} " + " ".join(f"{100 * c:14.1f}" for c in cells) + f" {100 * sum(cells) / len(cells):8.1f}")
+    print(f"{'all':>16s} {'':{15 * len(tasks)}s}{100 * _mean_acc(rows):8.1f}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "niah.json", json.dumps(rows, indent=1))
-        heatmap(rows, out / "niah_heatmap.png")
+        write_text_atomic(out / "niah.json", json.dumps({"rows": rows, "per_checkpoint": per_model,
+                                                         "mean_accuracy": _mean_acc(rows)}, indent=1))
+        heatmap(rows, out / "niah_heatmap.png", title=f"S-NIAH accuracy, mean of {', '.join(tasks)}")
         print(f"wrote {out}/niah.json, niah_heatmap.png")
     return 0
 
 
+def _mean_acc(rows) -> float:
+    return sum(r["accuracy"] for r in rows) / len(rows)
+
+
 def harness_command(export_dir, tasks, batch_size="auto", device="cpu") -> list[str]:
-    """The lm_eval command line run on ``export_dir``:
+    """The equivalent lm_eval command line for ``export_dir``:
     ``lm_eval --model hf --model_args pretrained=EXPORT_DIR --tasks T1,T2 --batch_size auto --device cpu``."""
     return ["lm_eval", "--model", "hf", "--model_args", f"pretrained={export_dir}", "--tasks", ",".join(tasks),
             "--batch_size", str(batch_size), "--device", device]
 
 
-def average_last_k(checkpoint_dir: Path, k: int):
-    """A cogqa model whose weights are the mean of the last ``k`` checkpoints under ``checkpoint_dir``."""
-    from ..checkpoint import load_model
-    root = checkpoint_dir / "checkpoints" if (checkpoint_dir / "checkpoints").is_dir() else checkpoint_dir
-    steps = sorted(p for p in root.glob("step_*") if p.is_dir())
-    if not steps and (checkpoint_dir / "shape.json").exists():
-        steps = [checkpoint_dir]
-    require(len(steps) >= 1, f"{checkpoint_dir}: no checkpoints (step_*/) found")
-    chosen = steps[-k:]
-    model = load_model(chosen[0])
-    sd = {n: t.double().clone() for n, t in model.state_dict().items()}
-    for p in chosen[1:]:
-        for n, t in load_model(p).state_dict().items():
-            sd[n] += t.double()
-    model.load_state_dict({n: (t / len(chosen)).to(model.state_dict()[n].dtype) for n, t in sd.items()})
-    return model, chosen
-
-
 def cmd_harness(args) -> int:
     import importlib.util
-    import subprocess
     if importlib.util.find_spec("lm_eval") is None:
         raise CogqaError("lm-evaluation-harness is not installed; run: pip install lm-eval")
-    tasks = [t for t in args.tasks.split(",") if t]
+    from ..evaluate import checkpoints_to_score, resolve_device, resolve_dtype
+    from ..harness import ACCURACY_TASKS, PAPER_TASKS, mean_over_checkpoints, run_lm_eval, summarize
+    from ..model import dtype_name
+    tasks = [t for t in args.tasks.split(",") if t] if args.tasks else list(PAPER_TASKS)
     require(bool(tasks), "--tasks: give at least one task name, e.g. hellaswag,arc_easy")
-    try:
-        from lm_eval.tasks import TaskManager
-        known = set(TaskManager().all_tasks)
-        bad = [t for t in tasks if t not in known]
-        require(not bad, f"--tasks: unknown task name(s) {', '.join(bad)}; see `lm_eval --tasks list`")
-    except ImportError:
-        pass
-    model, chosen = average_last_k(Path(args.checkpoint_dir), args.last_k)
-    from ..hf import export_hf
-    export_dir = Path(args.export_dir or Path(args.checkpoint_dir) / f"hf_avg_last{len(chosen)}")
-    export_hf(model, export_dir, tokenizer=args.tokenizer)
-    cmd = harness_command(export_dir, tasks, args.batch_size, args.device)
-    print("averaged " + ", ".join(p.name for p in chosen) + f" -> {export_dir}")
-    print(" ".join(cmd))
+    require(args.include_path is None or Path(args.include_path).is_dir(),
+            f"--include-path: {args.include_path} is not a directory of task YAML files")
+    from lm_eval.tasks import TaskManager
+    known = set(TaskManager(include_path=args.include_path).all_tasks)
+    bad = [t for t in tasks if t not in known]
+    require(not bad, f"--tasks: unknown task name(s) {', '.join(bad)}; see `lm_eval --tasks list`")
+    device = resolve_device(args.device)
+    dtype = dtype_name(resolve_dtype(args.dtype, device))
+    chosen = checkpoints_to_score(args.checkpoint_dir, args.last_k)
+    is_hf = not (chosen[0] / "shape.json").is_file()
+    require(not (is_hf and args.average_weights), "--average-weights: needs cogqa checkpoints of a training run")
+    export_root = Path(args.export_dir or Path(args.checkpoint_dir) / "hf_eval")
+    targets = []  # (label, HF directory)
+    if is_hf:
+        targets = [(chosen[0].name, chosen[0])]
+    else:
+        from ..checkpoint import load_model
+        from ..hf import export_hf
+        groups = [("weight average of " + "+".join(p.name for p in chosen), chosen)] if args.average_weights else \
+            [(p.name, [p]) for p in chosen]
+        for label, paths in groups:
+            model = average_weights(paths) if len(paths) > 1 else load_model(paths[0])
+            target = export_root if len(groups) == 1 else export_root / paths[0].name
+            export_hf(model, target, tokenizer=args.tokenizer)
+            targets.append((label, target))
+            print(f"exported {label} -> {target}")
+    for label, target in targets:
+        print(" ".join(harness_command(target, tasks, args.batch_size, device.type)) + f" --model_args dtype={dtype}")
     if args.dry_run:
         return 0
-    return subprocess.call(cmd)
+    summaries = {}
+    for label, target in targets:
+        results = run_lm_eval(target, tasks, str(device), dtype, args.batch_size, args.limit, args.include_path)
+        summaries[label] = summarize(results)
+        print(f"{label}: average {100 * summaries[label]['average']:.2f} % over {len(summaries[label]['average_tasks'])} "
+              "accuracy task(s)")
+    total = mean_over_checkpoints(summaries)
+    n = len(summaries)
+    print(f"{'task':18s} {'metric':16s} {'score':>10s}" + ("   (mean of " + str(n) + " checkpoints)" if n > 1 else ""))
+    for task, s in total["tasks"].items():
+        value = f"{100 * s['value']:9.2f}%" if s["kind"] == "accuracy" else f"{s['value']:10.3f}"
+        print(f"{task:18s} {s['metric']:16s} {value}")
+    label = "8-task average" if sorted(total["average_tasks"]) == sorted(ACCURACY_TASKS) else "average"
+    print(f"{label} ({', '.join(total['average_tasks'])}): {100 * total['average']:.2f} % "
+          "(acc_norm where reported, else acc)")
+    if args.out:
+        write_text_atomic(Path(args.out), json.dumps({"mean": total, "per_checkpoint": summaries}, indent=1))
+        print(f"wrote {args.out}")
+    return 0
 
 
 def cmd_throughput(args) -> int:
@@ -211,33 +293,52 @@ def register(sub) -> None:
     es = ev.add_subparsers(dest="eval_command", metavar="EVAL")
     es.required = True
     p = es.add_parser("loss", help="loss by token position and context length; ΔL(T) vs a baseline")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="cogqa checkpoint directories or local Hugging Face model directories")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="cogqa checkpoints, training runs (their newest checkpoint) or local Hugging Face model directories")
     p.add_argument("--data", required=True, help="prepared data directory (cogqa data prepare)")
     p.add_argument("--split", default="val", help="data split to evaluate on (default val)")
     p.add_argument("--contexts", default=None, help="evaluation context lengths, e.g. 1k,2k,4k (tokens)")
     p.add_argument("--baseline", default=None, metavar="MODEL", help="model the relative loss difference ΔL(T) is taken against")
-    p.add_argument("--max-chunks", type=int, default=64, help="evaluate on at most this many chunks per context (default 64)")
+    p.add_argument("--max-chunks", type=int, default=64, help="evaluate on at most this many chunks (default 64)")
+    p.add_argument("--batch", type=int, default=1, help="chunks per forward pass (default 1)")
+    p.add_argument("--position-block", type=int, default=1024,
+                   help="positions whose logits are held at once (default 1024; memory O(block x vocab))")
+    _device_args(p)
     p.add_argument("--out", default=None, help="directory for loss.csv, loss.json, loss_by_position.png")
     p.set_defaults(func=cmd_loss)
-    p = es.add_parser("niah", help="RULER-style single needle in a haystack")
-    p.add_argument("model", help="a cogqa checkpoint directory or a local Hugging Face model directory")
+    last_k_help = ("score each of the last K checkpoints of a training run and report the mean and each "
+                   "(default 4, the paper's Appendix J.2; a checkpoint or HF directory is one model)")
+    p = es.add_parser("niah", help="RULER's single-needle S-NIAH tasks by context length and depth")
+    p.add_argument("model", help="a training run, a cogqa checkpoint or a local Hugging Face model directory")
+    p.add_argument("--tasks", default="niah_single_1,niah_single_2,niah_single_3",
+                   help="RULER tasks (default all three: niah_single_1,niah_single_2,niah_single_3)")
     p.add_argument("--contexts", default="1k,2k", help="prompt lengths in tokens (default 1k,2k)")
     p.add_argument("--depths", default="0,25,50,75,100", help="needle depths in %% of the haystack, in [0, 100]")
-    p.add_argument("--needle", default="words", help="kind of needle value: words, numbers or uuids (default words)")
-    p.add_argument("--haystack", default="noise", help="noise, corpus or corpus:PATH")
-    p.add_argument("--samples", type=int, default=4, help="samples per (context, depth) cell (default 4)")
-    p.add_argument("--max-new-tokens", type=int, default=16, help="greedy tokens generated per answer (default 16)")
-    p.add_argument("--tokenizer", default="gpt2", help="tokenizer for cogqa checkpoints")
+    p.add_argument("--haystack-file", default=None,
+                   help="text of the essay haystack (default: the offline corpus, the King James Bible)")
+    p.add_argument("--samples", type=int, default=4, help="prompts per (task, context, depth) cell (default 4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of keys and values (default 0)")
+    p.add_argument("--tokenizer", default="gpt2", help="tokenizer for cogqa checkpoints (default gpt2)")
+    p.add_argument("--last-k", type=int, default=None, help=last_k_help)
+    p.add_argument("--average-weights", action="store_true",
+                   help="score one model with the mean weights of the last K checkpoints instead (not the paper's method)")
+    _device_args(p)
     p.add_argument("--out", default=None, help="directory for niah.json and niah_heatmap.png")
     p.set_defaults(func=cmd_niah)
-    p = es.add_parser("harness", help="average the last k checkpoints, export to HF, run lm_eval")
-    p.add_argument("checkpoint_dir")
-    p.add_argument("--last-k", type=int, default=4)
-    p.add_argument("--tasks", default="hellaswag,arc_easy,arc_challenge,piqa,winogrande")
-    p.add_argument("--export-dir", default=None)
-    p.add_argument("--tokenizer", default="gpt2")
-    p.add_argument("--batch-size", default="auto")
-    p.add_argument("--device", default="cpu")
+    p = es.add_parser("harness", help="the paper's common-sense tasks through lm-eval, last-k checkpoints")
+    p.add_argument("checkpoint_dir", help="a training run, a cogqa checkpoint or a local Hugging Face model directory")
+    p.add_argument("--last-k", type=int, default=None, help=last_k_help)
+    p.add_argument("--average-weights", action="store_true",
+                   help="score one model with the mean weights of the last K checkpoints instead (not the paper's method)")
+    p.add_argument("--tasks", default=None, help="lm-eval tasks (default the paper's: " + PAPER_TASKS_HELP + ")")
+    p.add_argument("--include-path", default=None, help="a folder of extra lm-eval task YAML files")
+    p.add_argument("--limit", type=int, default=None, help="examples per task (default all)")
+    p.add_argument("--export-dir", default=None, help="where the Hugging Face exports go (default RUN/hf_eval)")
+    p.add_argument("--tokenizer", default="gpt2", help="tokenizer written with the export (default gpt2)")
+    p.add_argument("--batch-size", default="auto", help="lm-eval batch size (default auto)")
+    p.add_argument("--device", default="auto", help=f"device: {DEVICE_HELP}; default auto")
+    p.add_argument("--dtype", default="auto", help=f"weights dtype: {DTYPE_HELP}; default auto")
+    p.add_argument("--out", default=None, help="JSON file for the scores (mean and per checkpoint)")
     p.add_argument("--dry-run", action="store_true", help="export and print the lm_eval command without running it")
     p.set_defaults(func=cmd_harness)
     bn = sub.add_parser("bench", help="benchmarks: throughput of shapes side by side")

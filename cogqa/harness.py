@@ -62,9 +62,11 @@ def mean_over_checkpoints(summaries: dict) -> dict:
             "checkpoints": list(summaries)}
 
 
-def run_lm_eval(hf_dir, tasks, device: str, dtype: str, batch_size="auto", limit=None, include_path=None) -> dict:
+def run_lm_eval(hf_dir, tasks, device: str, dtype: str, batch_size="auto", limit=None, include_path=None,
+                task_manager=None) -> dict:
     """lm-eval's ``results`` section ({task: {metric: value}}) for the transformers directory ``hf_dir`` (zero-shot,
-    in this process, offline); ``limit`` caps the examples per task; ``include_path`` adds a folder of task YAMLs."""
+    in this process, offline); ``limit`` caps the examples per task; ``include_path`` adds a folder of task YAMLs
+    (or pass a ready lm-eval ``task_manager``: building one indexes every task, seconds)."""
     import os
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -73,6 +75,6 @@ def run_lm_eval(hf_dir, tasks, device: str, dtype: str, batch_size="auto", limit
     hf_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)
     out = evaluator.simple_evaluate(
         model="hf", model_args={"pretrained": str(hf_dir), "dtype": hf_dtype}, tasks=list(tasks), device=device,
-        batch_size=batch_size, limit=limit, task_manager=TaskManager(include_path=include_path), log_samples=False,
+        batch_size=batch_size, limit=limit, task_manager=task_manager or TaskManager(include_path=include_path), log_samples=False,
         bootstrap_iters=0)
     return {t: out["results"][t] for t in tasks if t in out["results"]}

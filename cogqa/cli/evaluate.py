@@ -210,7 +210,8 @@ def cmd_harness(args) -> int:
     require(args.include_path is None or Path(args.include_path).is_dir(),
             f"--include-path: {args.include_path} is not a directory of task YAML files")
     from lm_eval.tasks import TaskManager
-    known = set(TaskManager(include_path=args.include_path).all_tasks)
+    manager = TaskManager(include_path=args.include_path)
+    known = set(manager.all_tasks)
     bad = [t for t in tasks if t not in known]
     require(not bad, f"--tasks: unknown task name(s) {', '.join(bad)}; see `lm_eval --tasks list`")
     device = resolve_device(args.device)
@@ -239,7 +240,7 @@ def cmd_harness(args) -> int:
         return 0
     summaries = {}
     for label, target in targets:
-        results = run_lm_eval(target, tasks, str(device), dtype, args.batch_size, args.limit, args.include_path)
+        results = run_lm_eval(target, tasks, str(device), dtype, args.batch_size, args.limit, args.include_path, manager)
         summaries[label] = summarize(results)
         print(f"{label}: average {100 * summaries[label]['average']:.2f} % over {len(summaries[label]['average_tasks'])} "
               "accuracy task(s)")

@@ -32,7 +32,8 @@ def resolve_device(name: str | None = "auto"):
         device = torch.device(name)
     except RuntimeError:
         require(False, f"--device: {name!r} is not a device; use {DEVICE_HELP}")
-    require(device.type != "cuda" or torch.cuda.is_available(), f"--device {name}: no CUDA GPU is visible; use --device cpu")
+    require(device.type != "cuda" or torch.cuda.is_available(),
+            f"--device {name}: no CUDA GPU is visible; use --device cpu")
     return device
 
 

@@ -75,6 +75,6 @@ def run_lm_eval(hf_dir, tasks, device: str, dtype: str, batch_size="auto", limit
     hf_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)
     out = evaluator.simple_evaluate(
         model="hf", model_args={"pretrained": str(hf_dir), "dtype": hf_dtype}, tasks=list(tasks), device=device,
-        batch_size=batch_size, limit=limit, task_manager=task_manager or TaskManager(include_path=include_path), log_samples=False,
-        bootstrap_iters=0)
+        batch_size=batch_size, limit=limit, task_manager=task_manager or TaskManager(include_path=include_path),
+        log_samples=False, bootstrap_iters=0)
     return {t: out["results"][t] for t in tasks if t in out["results"]}

@@ -371,7 +371,8 @@ class GQADecoder(nn.Module):
                 cache.padded = True
 
         x = self.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(position_ids, self.shape.head_dim, self.shape.rope_theta, x.dtype, self.shape.rope_scaling)
+        cos, sin = rope_cos_sin(position_ids, self.shape.head_dim, self.shape.rope_theta, x.dtype,
+                                self.shape.rope_scaling)
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, mask, is_causal, cache, i)
         x = self.norm(x)

@@ -77,7 +77,8 @@ def check_depths(depths) -> list[float]:
     out = []
     for d in depths:
         d = float(d)
-        require(0.0 <= d <= 100.0, f"--depths: depth {d:g} is outside [0, 100]; give percentages such as 0,25,50,75,100")
+        require(0.0 <= d <= 100.0,
+                f"--depths: depth {d:g} is outside [0, 100]; give percentages such as 0,25,50,75,100")
         out.append(d)
     return out
 
@@ -194,7 +195,8 @@ def score(prediction: str, reference: str) -> float:
     return 1.0 if reference.lower() in normalize(prediction).lower() else 0.0
 
 
-def run_niah(generate_fn, tokenizer, tasks, contexts, depths, essay=None, samples: int = 1, seed: int = 0) -> list[dict]:
+def run_niah(generate_fn, tokenizer, tasks, contexts, depths, essay=None, samples: int = 1,
+             seed: int = 0) -> list[dict]:
     """Rows {task, context (tokens), depth (%), accuracy (fraction 0..1), samples} from
     ``generate_fn(prompt, max_new_tokens) -> str`` (greedy), ``samples`` prompts per cell."""
     tasks = check_tasks(tasks)
@@ -208,7 +210,8 @@ def run_niah(generate_fn, tokenizer, tasks, contexts, depths, essay=None, sample
                 for k in range(samples):
                     s = make_sample(tokenizer, task, T, d, essay, seed=seed * 1000 + k)
                     hits += score(generate_fn(s.prompt, s.max_new_tokens), s.answer)
-                rows.append({"task": task, "context": int(T), "depth": d, "accuracy": hits / samples, "samples": samples})
+                rows.append({"task": task, "context": int(T), "depth": d, "accuracy": hits / samples,
+                             "samples": samples})
     return rows
 
 

@@ -83,7 +83,8 @@ def test_eval_niah_last_k_each_and_mean(tmp_path, capsys):
     assert "--last-k 4" in capsys.readouterr().err
     assert main(args + ["--last-k", "2", "--out", str(tmp_path / "n")]) == 0
     text = capsys.readouterr().out
-    assert "step_00000020: mean accuracy" in text and "step_00000030: mean accuracy" in text and "x 2 checkpoints" in text
+    assert "step_00000020: mean accuracy" in text and "step_00000030: mean accuracy" in text
+    assert "x 2 checkpoints" in text
     res = json.loads((tmp_path / "n" / "niah.json").read_text())
     assert sorted(res["per_checkpoint"]) == ["step_00000020", "step_00000030"]
     assert len(res["rows"]) == 3 * 2 * 2 and all(r["samples"] == 2 for r in res["rows"])
@@ -150,18 +151,23 @@ def test_harness_end_to_end_offline_on_a_local_task(tmp_path, capsys, monkeypatc
         assert s["average_tasks"] == ["tiny_choice"]
     mean = res["mean"]
     assert abs(mean["average"] - np.mean([s["average"] for s in each.values()])) < 1e-12
-    assert abs(mean["tasks"]["tiny_ppl"]["value"] - np.mean([s["tasks"]["tiny_ppl"]["value"] for s in each.values()])) < 1e-9
+    ppl = [s["tasks"]["tiny_ppl"]["value"] for s in each.values()]
+    assert abs(mean["tasks"]["tiny_ppl"]["value"] - np.mean(ppl)) < 1e-9
 
 
 def test_harness_paper_tasks_and_scores():
     from cogqa.harness import PAPER_TASKS, mean_over_checkpoints, summarize, task_score
     assert PAPER_TASKS == ("arc_challenge", "arc_easy", "boolq", "hellaswag", "lambada_openai", "piqa", "social_iqa",
                            "wsc273", "wikitext")
-    assert task_score({"acc,none": 0.5, "acc_norm,none": 0.6, "acc_norm_stderr,none": 0.1}) == ("acc_norm", 0.6, "accuracy")
+    assert task_score({"acc,none": 0.5, "acc_norm,none": 0.6, "acc_norm_stderr,none": 0.1}) == \
+        ("acc_norm", 0.6, "accuracy")
     assert task_score({"acc,none": 0.5, "alias": "boolq"}) == ("acc", 0.5, "accuracy")
     assert task_score({"word_perplexity,none": 30.0, "bits_per_byte,none": 1.0})[2] == "perplexity"
-    a = summarize({"piqa": {"acc_norm,none": 0.6}, "boolq": {"acc,none": 0.4}, "wikitext": {"word_perplexity,none": 40.0}})
-    b = summarize({"piqa": {"acc_norm,none": 0.8}, "boolq": {"acc,none": 0.6}, "wikitext": {"word_perplexity,none": 20.0}})
+    a = summarize({"piqa": {"acc_norm,none": 0.6}, "boolq": {"acc,none": 0.4},
+                   "wikitext": {"word_perplexity,none": 40.0}})
+    b = summarize({"piqa": {"acc_norm,none": 0.8}, "boolq": {"acc,none": 0.6},
+                   "wikitext": {"word_perplexity,none": 20.0}})
     assert a["average"] == 0.5 and a["average_tasks"] == ["piqa", "boolq"]
     m = mean_over_checkpoints({"s1": a, "s2": b})
-    assert abs(m["average"] - 0.6) < 1e-12 and m["tasks"]["wikitext"]["value"] == 30.0 and m["checkpoints"] == ["s1", "s2"]
+    assert abs(m["average"] - 0.6) < 1e-12 and m["tasks"]["wikitext"]["value"] == 30.0
+    assert m["checkpoints"] == ["s1", "s2"]

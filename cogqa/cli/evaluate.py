@@ -135,7 +135,8 @@ def _scored_models(args, need: int):
         from ..evaluate import CONTEXT_METADATA, checkpoint_context
         with tempfile.TemporaryDirectory() as tmp:
             ctx = checkpoint_context(chosen[-1])
-            save_model(average_weights(chosen), Path(tmp) / "avg", extra_metadata={CONTEXT_METADATA: ctx} if ctx else None)
+            save_model(average_weights(chosen), Path(tmp) / "avg",
+                       extra_metadata={CONTEXT_METADATA: ctx} if ctx else None)
             model, tok, context = load_for_eval(Path(tmp) / "avg", args.device, args.dtype, args.max_seq_len, need)
         yield "weight average of " + "+".join(p.name for p in chosen), model, tok, context
         return
@@ -240,10 +241,11 @@ def cmd_harness(args) -> int:
         return 0
     summaries = {}
     for label, target in targets:
-        results = run_lm_eval(target, tasks, str(device), dtype, args.batch_size, args.limit, args.include_path, manager)
+        results = run_lm_eval(target, tasks, str(device), dtype, args.batch_size, args.limit, args.include_path,
+                              manager)
         summaries[label] = summarize(results)
-        print(f"{label}: average {100 * summaries[label]['average']:.2f} % over {len(summaries[label]['average_tasks'])} "
-              "accuracy task(s)")
+        s = summaries[label]
+        print(f"{label}: average {100 * s['average']:.2f} % over {len(s['average_tasks'])} accuracy task(s)")
     total = mean_over_checkpoints(summaries)
     n = len(summaries)
     print(f"{'task':18s} {'metric':16s} {'score':>10s}" + ("   (mean of " + str(n) + " checkpoints)" if n > 1 else ""))
@@ -295,7 +297,8 @@ def register(sub) -> None:
     es.required = True
     p = es.add_parser("loss", help="loss by token position and context length; ΔL(T) vs a baseline")
     p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="cogqa checkpoints, training runs (their newest checkpoint) or local Hugging Face model directories")
+                   help="cogqa checkpoints, training runs (their newest checkpoint) or local Hugging Face model "
+                   "directories")
     p.add_argument("--data", required=True, help="prepared data directory (cogqa data prepare)")
     p.add_argument("--split", default="val", help="data split to evaluate on (default val)")
     p.add_argument("--contexts", default=None, help="evaluation context lengths, e.g. 1k,2k,4k (tokens)")
@@ -307,6 +310,7 @@ def register(sub) -> None:
     _device_args(p)
     p.add_argument("--out", default=None, help="directory for loss.csv, loss.json, loss_by_position.png")
     p.set_defaults(func=cmd_loss)
+    average_help = "score one model with the mean weights of the last K checkpoints instead (not the paper's method)"
     last_k_help = ("score each of the last K checkpoints of a training run and report the mean and each "
                    "(default 4, the paper's Appendix J.2; a checkpoint or HF directory is one model)")
     p = es.add_parser("niah", help="RULER's single-needle S-NIAH tasks by context length and depth")
@@ -322,7 +326,7 @@ def register(sub) -> None:
     p.add_argument("--tokenizer", default="gpt2", help="tokenizer for cogqa checkpoints (default gpt2)")
     p.add_argument("--last-k", type=int, default=None, help=last_k_help)
     p.add_argument("--average-weights", action="store_true",
-                   help="score one model with the mean weights of the last K checkpoints instead (not the paper's method)")
+                   help=average_help)
     _device_args(p)
     p.add_argument("--out", default=None, help="directory for niah.json and niah_heatmap.png")
     p.set_defaults(func=cmd_niah)
@@ -330,7 +334,7 @@ def register(sub) -> None:
     p.add_argument("checkpoint_dir", help="a training run, a cogqa checkpoint or a local Hugging Face model directory")
     p.add_argument("--last-k", type=int, default=None, help=last_k_help)
     p.add_argument("--average-weights", action="store_true",
-                   help="score one model with the mean weights of the last K checkpoints instead (not the paper's method)")
+                   help=average_help)
     p.add_argument("--tasks", default=None, help="lm-eval tasks (default the paper's: " + PAPER_TASKS_HELP + ")")
     p.add_argument("--include-path", default=None, help="a folder of extra lm-eval task YAML files")
     p.add_argument("--limit", type=int, default=None, help="examples per task (default all)")

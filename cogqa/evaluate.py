@@ -117,6 +117,14 @@ def mean_and_standard_error(values) -> tuple[float, float]:
     return float(v.mean()), float(v.std(ddof=1) / np.sqrt(v.size))
 
 
+def paired_standard_error(chunk_a, chunk_b) -> tuple[float, float]:
+    """(mean difference, its standard error) of two models' per-chunk losses on the same chunks (nats/token):
+    the error that separates models evaluated on one validation set (what chunks they share cancels)."""
+    a, b = np.asarray(chunk_a, dtype=np.float64), np.asarray(chunk_b, dtype=np.float64)
+    require(a.shape == b.shape, f"paired losses need the same chunks: {a.shape} vs {b.shape}")
+    return mean_and_standard_error(a - b)
+
+
 def chunks_for_standard_error(chunk_std: float, target_se: float) -> int:
     """Validation chunks needed so that the standard error of the mean loss is <= ``target_se`` (nats/token),
     given the standard deviation of per-chunk mean losses ``chunk_std`` (nats/token): ceil((std/se)^2)."""

@@ -99,6 +99,9 @@ def test_standard_error_of_the_mean_loss():
     assert m == 2.5 and abs(se - np.std([1, 2, 3, 4], ddof=1) / 2) < 1e-12
     assert mean_and_standard_error([2.0]) == (2.0, float("inf"))
     assert chunks_for_standard_error(0.04, 0.002) == 400
+    from cogqa.evaluate import paired_standard_error
+    d, dse = paired_standard_error([3.0, 2.0, 4.0], [2.9, 1.8, 3.9])
+    assert abs(d - 0.4 / 3) < 1e-12 and 0 < dse < mean_and_standard_error([3.0, 2.0, 4.0])[1]
     r = evaluate_chunks(_tiny(), [np.arange(i, i + 16) % 97 for i in range(6)], batch=4)
     assert r.chunk.shape == (6,) and abs(r.mean - r.position.mean()) < 1e-9 and 0 < r.standard_error < 1
 

@@ -192,10 +192,11 @@ def _mean_acc(rows) -> float:
     return sum(r["accuracy"] for r in rows) / len(rows)
 
 
-def harness_command(export_dir, tasks, batch_size="auto", device="cpu") -> list[str]:
+def harness_command(export_dir, tasks, batch_size="auto", device="cpu", dtype=None) -> list[str]:
     """The equivalent lm_eval command line for ``export_dir``:
-    ``lm_eval --model hf --model_args pretrained=EXPORT_DIR --tasks T1,T2 --batch_size auto --device cpu``."""
-    return ["lm_eval", "--model", "hf", "--model_args", f"pretrained={export_dir}", "--tasks", ",".join(tasks),
+    ``lm_eval --model hf --model_args pretrained=EXPORT_DIR[,dtype=D] --tasks T1,T2 --batch_size auto --device cpu``."""
+    model_args = f"pretrained={export_dir}" + (f",dtype={dtype}" if dtype else "")
+    return ["lm_eval", "--model", "hf", "--model_args", model_args, "--tasks", ",".join(tasks),
             "--batch_size", str(batch_size), "--device", device]
 
 
@@ -236,7 +237,8 @@ def cmd_harness(args) -> int:
             targets.append((label, target))
             print(f"exported {label} -> {target}")
     for label, target in targets:
-        print(" ".join(harness_command(target, tasks, args.batch_size, device.type)) + f" --model_args dtype={dtype}")
+        hf_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
+        print(" ".join(harness_command(target, tasks, args.batch_size, str(device), hf_dtype)))
     if args.dry_run:
         return 0
     summaries = {}

@@ -24,6 +24,8 @@ def cmd_throughput(args) -> int:
     require(not device.startswith("cuda") or torch.cuda.is_available(), f"--device {device}: CUDA is not available here")
     dtype = args.dtype or default_dtype(device)
     torch_dtype(dtype)
+    require(args.context > args.decode_tokens >= 1,
+            f"--decode-tokens ({args.decode_tokens}) must be at least 1 and less than --context ({args.context} tokens)")
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -39,8 +39,8 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def measure(fn, repeats: int = 3, warmup: int = 1, device="cpu") -> float:
-    """Median wall time (seconds) of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CUDA synchronised)."""
+def timings(fn, repeats: int = 3, warmup: int = 1, device="cpu") -> list[float]:
+    """Sorted wall times (seconds) of ``repeats`` runs of ``fn()`` after ``warmup`` runs (CUDA synchronised)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -50,7 +50,12 @@ def measure(fn, repeats: int = 3, warmup: int = 1, device="cpu") -> float:
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    times.sort()
+    return sorted(times)
+
+
+def measure(fn, repeats: int = 3, warmup: int = 1, device="cpu") -> float:
+    """Median wall time (seconds) of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CUDA synchronised)."""
+    times = timings(fn, repeats, warmup, device)
     return times[len(times) // 2]
 
 
@@ -80,8 +85,9 @@ def decode_timer(model, context: int, batch: int, decode_tokens: int = 16, prefi
 
 
 def bench_model(model, context: int, batch: int, decode_tokens: int = 16, repeats: int = 3, train: bool = True) -> dict:
-    """Measured tokens/s: ``train_tokens_per_s`` (forward + backward on [batch, context]; absent with
-    ``train=False``) and ``decode_tokens_per_s`` (greedy decode after a prefill, prefill excluded)."""
+    """Measured tokens/s (medians over ``repeats``): ``train_tokens_per_s`` (forward + backward on
+    [batch, context]; absent with ``train=False``) and ``decode_tokens_per_s`` (greedy decode after a
+    prefill, prefill excluded), each with ``*_range`` = [slowest, fastest] tokens/s over the repeats."""
     import torch
 
     dev = next(model.parameters()).device
@@ -94,10 +100,14 @@ def bench_model(model, context: int, batch: int, decode_tokens: int = 16, repeat
             model(ids, labels=ids).loss.backward()
 
         model.train()
-        out["train_tokens_per_s"] = batch * context / measure(train_step, repeats=repeats, device=dev)
+        t = timings(train_step, repeats=repeats, device=dev)
+        out["train_tokens_per_s"] = batch * context / t[len(t) // 2]
+        out["train_tokens_per_s_range"] = [batch * context / t[-1], batch * context / t[0]]
         model.zero_grad(set_to_none=True)
     decode, dev = decode_timer(model, context, batch, decode_tokens)
-    out["decode_tokens_per_s"] = batch * decode_tokens / measure(decode, repeats=repeats, device=dev)
+    t = timings(decode, repeats=repeats, device=dev)
+    out["decode_tokens_per_s"] = batch * decode_tokens / t[len(t) // 2]
+    out["decode_tokens_per_s_range"] = [batch * decode_tokens / t[-1], batch * decode_tokens / t[0]]
     return out
 
 

@@ -38,9 +38,12 @@ def cmd_throughput(args) -> int:
                         train=not args.no_train)
         r.update(predict(s, mean_decode_context(args.context, args.decode_tokens), args.batch, hw, dtype))
         r["predicted_train_tokens_per_s"] = predict(s, args.context, args.batch, hw, dtype)["predicted_train_tokens_per_s"]
-        r["decode_measured_over_predicted"] = r["decode_tokens_per_s"] / r["predicted_decode_tokens_per_s"]
-        if "train_tokens_per_s" in r:
-            r["train_measured_over_predicted"] = r["train_tokens_per_s"] / r["predicted_train_tokens_per_s"]
+        for kind in ("decode", "train"):
+            if f"{kind}_tokens_per_s" in r:
+                pred = r[f"predicted_{kind}_tokens_per_s"]
+                lo, hi = r[f"{kind}_tokens_per_s_range"]
+                r[f"{kind}_measured_over_predicted"] = r[f"{kind}_tokens_per_s"] / pred
+                r[f"{kind}_ratio_error"] = (hi - lo) / 2 / pred  # half the spread over the repeats
         r["shape"] = f"L{s.layers} d{s.hidden_size} H=({s.n_heads},{s.n_kv_heads}) dh{s.head_dim}"
         rows.append(r)
         del m
@@ -51,15 +54,16 @@ def cmd_throughput(args) -> int:
         return 0
     print(f"{device} {dtype}, context {args.context} tokens, batch {args.batch}; predicted = roofline on profile "
           f"{hw.name} (decode at the mean decode context, training at T_bar = T/2)")
-    print(f"{'shape':34s} {'decode tok/s':>13s} {'predicted':>10s} {'meas/pred':>9s} | "
-          f"{'train tok/s':>12s} {'predicted':>10s} {'meas/pred':>9s}")
+    print(f"{'shape':34s} {'decode tok/s':>13s} {'predicted':>10s} {'meas/pred':>12s} | "
+          f"{'train tok/s':>12s} {'predicted':>10s} {'meas/pred':>12s}")
     for r in rows:
         tr = (f"{r['train_tokens_per_s']:12.1f} {r['predicted_train_tokens_per_s']:10.1f} "
-              f"{r['train_measured_over_predicted']:9.2f}") if "train_tokens_per_s" in r else f"{'-':>12s}"
+              f"{r['train_measured_over_predicted']:6.2f} ±{r['train_ratio_error']:4.2f}"
+              ) if "train_tokens_per_s" in r else f"{'-':>12s}"
         print(f"{r['shape']:34s} {r['decode_tokens_per_s']:13.1f} {r['predicted_decode_tokens_per_s']:10.1f} "
-              f"{r['decode_measured_over_predicted']:9.2f} | {tr}")
-    print("tokens/s per device; meas/pred = measured / predicted (1.00 = the roofline is exact; < 1: overheads "
-          "the roofline ignores)")
+              f"{r['decode_measured_over_predicted']:6.2f} ±{r['decode_ratio_error']:4.2f} | {tr}")
+    print("tokens/s per device (medians); meas/pred = measured / predicted ± half its spread over the repeats "
+          "(1.00 = the roofline is exact; < 1: overheads the roofline ignores)")
     return 0
 
 

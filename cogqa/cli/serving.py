@@ -46,9 +46,9 @@ def describe_hardware(hw) -> str:
             f"{fmt_bytes(hw.memory_bytes)} x {hw.memory_usable_fraction:.3g} usable")
 
 
-def add_hardware_options(p: argparse.ArgumentParser) -> None:
-    """--hardware and the efficiency overrides."""
-    p.add_argument("--hardware", required=True, metavar="NAME|FILE",
+def add_hardware_options(p: argparse.ArgumentParser, required: bool = True) -> None:
+    """--hardware and the efficiency overrides (``required=False`` for commands where it is optional)."""
+    p.add_argument("--hardware", required=required, default=None, metavar="NAME|FILE",
                    help="a profile name (cogqa hardware list), local (this machine, measured), or a JSON/YAML file")
     p.add_argument("--matmul-efficiency", type=float, default=None, help="achievable / peak FLOP/s of weight matmuls")
     p.add_argument("--attention-efficiency", type=float, default=None, help="achievable / peak FLOP/s of attention")
@@ -58,9 +58,11 @@ def add_hardware_options(p: argparse.ArgumentParser) -> None:
 
 
 def hardware_from_args(args):
-    """The profile named by --hardware with the efficiency overrides applied."""
+    """The profile named by --hardware with the efficiency overrides applied (None without --hardware)."""
     from ..hardware import get_hardware
 
+    if args.hardware is None:
+        return None
     return get_hardware(args.hardware).with_overrides(
         matmul_efficiency=args.matmul_efficiency, attention_efficiency=args.attention_efficiency,
         bandwidth_efficiency=args.bandwidth_efficiency, memory_usable_fraction=args.memory_fraction)

@@ -12,7 +12,7 @@ For each shape and context (2K and 16K tokens) it prints, side by side:
   processes hits both; the prediction uses the mean of the two profile measurements;
 * the ratios measured / predicted (1.00 = exact; the issue's target is within 20%).
 
-Usage: python benchmarks/bench_roofline.py [--quick] [--contexts 2k,16k] [--device cpu|cuda] [--repeats 3]
+Usage: python benchmarks/bench_roofline.py [--quick] [--contexts 2k,16k] [--device cpu|cuda] [--repeats 3] [--threads N]
 Re-run it after model.py changes: only the ``model`` column should move.
 """
 
@@ -114,7 +114,10 @@ def main() -> int:
     ap.add_argument("--decode-tokens", type=int, default=8)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="first 4 shapes, 2 repeats")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = args.device or default_device()
     dtype = default_dtype(device)
     shapes = SHAPES[:4] if args.quick else SHAPES

@@ -1,7 +1,10 @@
-"""Training (forward+backward) and decode (KV cache) throughput, next to the cost model's predicted ratios.
+"""Measured training (forward + backward) and decode (KV cache) throughput, beside the roofline prediction.
 
-Decode at long context is memory-bound: its time per token should follow the bytes read per token
-(weights + KV cache, ``inference_memory_bytes``) rather than FLOPs per token; both ratios are shown.
+One code path for every device: the model, its inputs and its KV cache live on ``device`` in
+``dtype`` (CUDA + bf16 when present, CPU + fp32 otherwise); timings synchronise CUDA. The
+prediction comes from :mod:`cogqa.serving` on a :class:`~cogqa.hardware.Hardware` profile
+(normally ``local``, measured on this machine): decode at the measured context and batch, and
+training with Appendix C's mean attended context T_bar = T/2.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from .shapes import ModelShape, paper_shape
 
 
 def parse_shape(text: str) -> ModelShape:
-    """A ModelShape from 'L,d,n_h,n_kv,d_h' (SwiGLU ffn = 4d rounded... taken as 8d/3 to a multiple of 64) or '470M:32,8'."""
+    """A ModelShape from ``L,d,n_h,n_kv,d_h`` (SwiGLU d_ff = 8d/3 rounded to a multiple of 64) or ``470M:32,8``."""
     text = text.strip()
     if ":" in text:
         size, heads = text.split(":", 1)
@@ -29,52 +32,106 @@ def parse_shape(text: str) -> ModelShape:
                       name=f"H=({nh},{nkv})")
 
 
-def measure(fn, repeats: int = 3, warmup: int = 1) -> float:
-    """Median wall time (seconds) of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+def _sync(device) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timings(fn, repeats: int = 3, warmup: int = 1, device="cpu") -> list[float]:
+    """Sorted wall times (seconds) of ``repeats`` runs of ``fn()`` after ``warmup`` runs (CUDA synchronised)."""
     for _ in range(warmup):
         fn()
+    _sync(device)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        _sync(device)
         times.append(time.perf_counter() - t0)
-    times.sort()
+    return sorted(times)
+
+
+def measure(fn, repeats: int = 3, warmup: int = 1, device="cpu") -> float:
+    """Median wall time (seconds) of ``fn()`` over ``repeats`` runs after ``warmup`` runs (CUDA synchronised)."""
+    times = timings(fn, repeats, warmup, device)
     return times[len(times) // 2]
 
 
-def bench_model(model, context: int, batch: int, decode_tokens: int = 16, repeats: int = 3) -> dict:
-    """{'train_tok_s', 'decode_tok_s'} (tokens/s): forward+backward on [batch, context], decode after a context-long prefill."""
+def decode_timer(model, context: int, batch: int, decode_tokens: int = 16, prefill_chunk: int = 2048):
+    """A callable that decodes ``decode_tokens`` tokens per sequence after a prefill to ``context - decode_tokens``
+    tokens (done once, here, in chunks of ``prefill_chunk`` tokens). Returns (fn, device)."""
     import torch
+
     dev = next(model.parameters()).device
-    V = model.shape.vocab_size
-    ids = torch.randint(0, V, (batch, context), device=dev)
-
-    def train_step():
-        model.zero_grad(set_to_none=True)
-        model(ids, labels=ids).loss.backward()
-
-    model.train()
-    t_train = measure(train_step, repeats=repeats)
+    require(context > decode_tokens, f"--context ({context} tokens) must exceed --decode-tokens ({decode_tokens})")
+    ids = torch.randint(0, model.shape.vocab_size, (batch, context - decode_tokens), device=dev)
     model.eval()
-    prompt = ids[:, : context - decode_tokens]
     with torch.no_grad():
         cache = model.new_cache(batch, context)
-        logits = model(prompt, cache=cache).logits[:, -1]
-        start = cache.length
+        for i in range(0, ids.shape[1], prefill_chunk):  # chunks keep the logits at [batch, chunk, V]
+            logits = model(ids[:, i:i + prefill_chunk], cache=cache).logits[:, -1]
+    start = cache.length
 
-        def decode():
-            cache.length = start
-            nxt = logits.argmax(-1)
-            for _ in range(decode_tokens):
-                nxt = model(nxt[:, None], cache=cache).logits[:, -1].argmax(-1)
+    @torch.no_grad()
+    def decode():
+        cache.length = start
+        nxt = logits.argmax(-1)
+        for _ in range(decode_tokens):
+            nxt = model(nxt[:, None], cache=cache).logits[:, -1].argmax(-1)
 
-        t_dec = measure(decode, repeats=repeats)
-    return {"train_tok_s": batch * context / t_train, "decode_tok_s": batch * decode_tokens / t_dec}
+    return decode, dev
+
+
+def bench_model(model, context: int, batch: int, decode_tokens: int = 16, repeats: int = 3, train: bool = True) -> dict:
+    """Measured tokens/s (medians over ``repeats``): ``train_tokens_per_s`` (forward + backward on
+    [batch, context]; absent with ``train=False``) and ``decode_tokens_per_s`` (greedy decode after a
+    prefill, prefill excluded), each with ``*_range`` = [slowest, fastest] tokens/s over the repeats."""
+    import torch
+
+    dev = next(model.parameters()).device
+    out = {}
+    if train:
+        ids = torch.randint(0, model.shape.vocab_size, (batch, context), device=dev)
+
+        def train_step():
+            model.zero_grad(set_to_none=True)
+            model(ids, labels=ids).loss.backward()
+
+        model.train()
+        t = timings(train_step, repeats=repeats, device=dev)
+        out["train_tokens_per_s"] = batch * context / t[len(t) // 2]
+        out["train_tokens_per_s_range"] = [batch * context / t[-1], batch * context / t[0]]
+        model.zero_grad(set_to_none=True)
+    decode, dev = decode_timer(model, context, batch, decode_tokens)
+    t = timings(decode, repeats=repeats, device=dev)
+    out["decode_tokens_per_s"] = batch * decode_tokens / t[len(t) // 2]
+    out["decode_tokens_per_s_range"] = [batch * decode_tokens / t[-1], batch * decode_tokens / t[0]]
+    return out
+
+
+def predict(shape: ModelShape, context: int, batch: int, hardware, dtype: str = "fp32") -> dict:
+    """Roofline predictions on ``hardware`` with weights and KV cache in ``dtype``: ``predicted_decode_tokens_per_s``
+    (at ``context`` cached tokens), ``predicted_train_tokens_per_s`` (T_bar = T/2), the decode bound per
+    phase, and the cost model's ``flops_per_token`` and ``decode_bytes_per_step`` (weights + KV cache)."""
+    from .costs import inference_flops_per_token
+    from .serving import decode_step, training_step
+
+    dec = decode_step(shape, context, batch, hardware, dtype, dtype)
+    tr = training_step(shape, context, hardware, batch, dtype)
+    return {
+        "predicted_decode_tokens_per_s": float(dec["tokens_per_second"]),
+        "predicted_train_tokens_per_s": float(tr["tokens_per_second"]),
+        "decode_bound": {p: str(dec[p]["bound"]) for p in ("weights", "attention")},
+        "flops_per_token": float(inference_flops_per_token(shape, context)),
+        "decode_bytes_per_step": float(dec["weights"]["bytes"] + dec["attention"]["bytes"]),
+    }
 
 
 def predicted(shape: ModelShape, context: int, batch: int) -> dict:
-    """Cost-model numbers at ``context``: inference FLOPs per token and bytes read per decode step (weights + KV)."""
+    """Cost-model numbers at ``context``: inference FLOPs per token and bytes read per decode step (weights + KV, bf16)."""
     from .costs import inference_flops_per_token, inference_memory_bytes
-    mem = inference_memory_bytes(shape, context, batch, "bfloat16", "bfloat16")
-    total = mem["total"] if isinstance(mem, dict) and "total" in mem else sum(float(v) for v in mem.values())
-    return {"flops_per_token": float(inference_flops_per_token(shape, context)), "memory_bytes": float(total)}
+
+    mem = inference_memory_bytes(shape, context, batch, "bf16", "bf16")
+    return {"flops_per_token": float(inference_flops_per_token(shape, context)), "memory_bytes": float(mem["total"])}

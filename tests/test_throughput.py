@@ -18,7 +18,7 @@ def test_bench_runs_tiny():
     s = parse_shape("1,64,4,2,16").__class__(layers=1, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=2,
                                               head_dim=16, vocab_size=128)
     r = bench_model(GQADecoder(s, max_seq_len=64), 64, 1, decode_tokens=4, repeats=1)
-    assert r["train_tok_s"] > 0 and r["decode_tok_s"] > 0
+    assert r["train_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0
 
 
 def test_cli_one_line_errors(capsys, tmp_path):

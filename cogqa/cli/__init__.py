@@ -16,7 +16,7 @@ import sys
 from ..errors import CogqaError
 
 #: Command-group modules, in the order their commands appear in ``--help``.
-COMMAND_MODULES = ("cost", "plot", "fit", "search", "model", "data", "train", "sweep", "evaluate", "report")
+COMMAND_MODULES = ("cost", "plot", "fit", "search", "model", "data", "train", "sweep", "evaluate", "bench", "serving", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""``cogqa eval loss|niah|harness`` and ``cogqa bench throughput``."""
+"""``cogqa eval loss|niah|harness``."""
 
 from __future__ import annotations
 
@@ -263,37 +263,8 @@ def cmd_harness(args) -> int:
     return 0
 
 
-def cmd_throughput(args) -> int:
-    import torch
-    from ..model import GQADecoder
-    from ..throughput import bench_model, parse_shape, predicted
-    torch.manual_seed(0)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    shapes = [parse_shape(s) for s in args.shapes.split(";")]
-    rows = []
-    for s in shapes:
-        m = GQADecoder(s, max_seq_len=args.context)
-        r = bench_model(m, args.context, args.batch, decode_tokens=args.decode_tokens, repeats=args.repeats)
-        r.update(predicted(s, args.context, args.batch))
-        r["name"] = f"L{s.layers} d{s.hidden_size} H=({s.n_heads},{s.n_kv_heads}) dh{s.head_dim}"
-        rows.append(r)
-        del m
-    b = rows[0]
-    print(f"context {args.context} tokens, batch {args.batch}; ratios are relative to the first shape")
-    print(f"{'shape':34s} {'train tok/s':>12s} {'decode tok/s':>13s} | {'meas train':>10s} {'meas decode':>11s} | "
-          f"{'pred FLOPs/tok':>14s} {'pred bytes/step':>15s}")
-    for r in rows:
-        print(f"{r['name']:34s} {r['train_tok_s']:12.1f} {r['decode_tok_s']:13.1f} | "
-              f"{r['train_tok_s'] / b['train_tok_s']:9.2f}x {r['decode_tok_s'] / b['decode_tok_s']:10.2f}x | "
-              f"{b['flops_per_token'] / r['flops_per_token']:13.2f}x {b['memory_bytes'] / r['memory_bytes']:14.2f}x")
-    print("predicted = speed-up expected from the cost model (base cost / cost); decode should follow bytes/step "
-          "(memory-bound), training should follow FLOPs/token")
-    return 0
-
-
 def register(sub) -> None:
-    """Register the ``eval`` and ``bench`` command groups."""
+    """Register the ``eval`` command group."""
     ev = sub.add_parser("eval", help="evaluate models: loss by context length, needle-in-a-haystack, lm-eval harness")
     es = ev.add_subparsers(dest="eval_command", metavar="EVAL")
     es.required = True
@@ -348,14 +319,3 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="JSON file for the scores (mean and per checkpoint)")
     p.add_argument("--dry-run", action="store_true", help="export and print the lm_eval command without running it")
     p.set_defaults(func=cmd_harness)
-    bn = sub.add_parser("bench", help="benchmarks: throughput of shapes side by side")
-    bs = bn.add_subparsers(dest="bench_command", metavar="BENCH")
-    bs.required = True
-    p = bs.add_parser("throughput", help="training and decode tokens/s vs the cost model's ratios")
-    p.add_argument("--shapes", required=True, help="';'-separated: L,d,n_h,n_kv,d_h or 470M:32,8")
-    p.add_argument("--context", type=lambda s: parse_contexts(s)[0], default=1024)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--decode-tokens", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=0)
-    p.set_defaults(func=cmd_throughput)

@@ -1,0 +1,356 @@
+"""Accelerator profiles: peak FLOP/s, memory bandwidth and capacity, and how much of each is achievable.
+
+Three sources of profiles, all returned as a validated :class:`Hardware`:
+
+* **built-in** datasheet profiles (``cogqa/data/hardware.json``: A100 40/80 GB, A800, H100 SXM and
+  PCIe, H200, L40S, RTX 4090, MI300X), each number with its source in the file;
+* **user files**: a small JSON or YAML object with the same fields (``peak_flops`` may be written
+  ``989.4T``, bandwidth ``3.35TB`` per second, memory ``80GiB``);
+* ``local``: this machine, measured on the spot (achievable matmul FLOP/s and STREAM-like copy
+  bandwidth, with torch), cached atomically in the user cache directory; ``remeasure=True`` (or
+  ``cogqa hardware measure``) measures again.
+
+Units: FLOP/s, bytes/s, bytes. Efficiencies are achievable / peak, in (0, 1].
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import CogqaError, require
+
+DATA_FILE = Path(__file__).parent / "data" / "hardware.json"
+
+#: Fields that are efficiencies (achievable / peak, in (0, 1]).
+EFFICIENCY_FIELDS = ("matmul_efficiency", "attention_efficiency", "bandwidth_efficiency", "memory_usable_fraction")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One accelerator (or this machine): peaks and the fractions of them that are achievable.
+
+    ``peak_flops`` dense matmul FLOP/s at ``dtype``; ``memory_bandwidth`` bytes/s; ``memory_bytes``
+    capacity in bytes. ``matmul_efficiency`` scales the peak for the weight matmuls,
+    ``attention_efficiency`` for the attention FLOPs (flash-attention kernels reach less than
+    GEMMs), ``bandwidth_efficiency`` the bandwidth, ``memory_usable_fraction`` the capacity
+    available to weights + KV cache.
+    """
+
+    name: str
+    peak_flops: float
+    memory_bandwidth: float
+    memory_bytes: float
+    matmul_efficiency: float = 0.8
+    attention_efficiency: float = 0.6
+    bandwidth_efficiency: float = 0.85
+    memory_usable_fraction: float = 0.9
+    dtype: str = "bf16"
+    description: str = ""
+    aliases: tuple = ()
+    sources: dict = field(default_factory=dict, compare=False)
+    unconfirmed: str = ""
+    measured: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        where = f"hardware {self.name or '?'}"
+        require(isinstance(self.name, str) and self.name.strip() != "", "hardware: 'name' must be a non-empty string")
+        for f in ("peak_flops", "memory_bandwidth", "memory_bytes"):
+            v = getattr(self, f)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+            require(ok, f"{where}: '{f}' must be a positive number, got {v!r}")
+        for f in EFFICIENCY_FIELDS:
+            v = getattr(self, f)
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 1
+            require(ok, f"{where}: '{f}' must be a fraction in (0, 1] (achievable / peak), got {v!r}")
+        from .costs import dtype_bytes
+
+        dtype_bytes(self.dtype)
+
+    # ------------------------------------------------------------------ achievable rates
+    @property
+    def matmul_flops(self) -> float:
+        """Achievable FLOP/s of the weight matmuls: peak x matmul_efficiency."""
+        return self.peak_flops * self.matmul_efficiency
+
+    @property
+    def attention_flops(self) -> float:
+        """Achievable FLOP/s of attention kernels: peak x attention_efficiency."""
+        return self.peak_flops * self.attention_efficiency
+
+    @property
+    def bandwidth(self) -> float:
+        """Achievable memory bandwidth (bytes/s): peak x bandwidth_efficiency."""
+        return self.memory_bandwidth * self.bandwidth_efficiency
+
+    @property
+    def usable_memory_bytes(self) -> float:
+        """Bytes available for weights and KV cache: capacity x memory_usable_fraction."""
+        return self.memory_bytes * self.memory_usable_fraction
+
+    def with_overrides(self, **values) -> "Hardware":
+        """The same profile with some fields replaced (``None`` values are ignored); validated."""
+        return replace(self, **{k: v for k, v in values.items() if v is not None})
+
+    def to_dict(self) -> dict[str, Any]:
+        """All fields as JSON-serialisable values (round-trips through :func:`hardware_from_dict`)."""
+        out = asdict(self)
+        out["aliases"] = list(self.aliases)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Building profiles from dicts and files
+# ---------------------------------------------------------------------------------------------
+
+
+def _number(value, field_name: str, where: str, kind: str) -> float:
+    """A positive number from a number or a string with a unit (FLOP/s ``989.4T``, bytes ``80GiB``)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        from .units import parse_bytes, parse_count
+
+        text = value.strip()
+        for suffix in ("FLOP/s", "FLOPS", "FLOPs", "/s"):
+            if text.endswith(suffix):
+                text = text[: -len(suffix)].strip()
+        try:
+            return parse_bytes(text, field_name) if kind == "bytes" else parse_count(text, field_name)
+        except CogqaError:
+            pass
+    example = "989.4T or 9.894e14" if kind == "flops" else "80GiB, 3.35TB or 2e9"
+    raise CogqaError(f"{where}: '{field_name}' must be a positive number, e.g. {example}; got {value!r}")
+
+
+_KINDS = {"peak_flops": "flops", "memory_bandwidth": "bytes", "memory_bytes": "bytes"}
+
+
+def hardware_from_dict(data: dict, where: str = "hardware profile") -> Hardware:
+    """A :class:`Hardware` from a dict; unknown or missing fields are a one-line error naming them."""
+    require(isinstance(data, dict), f"{where}: must be a JSON/YAML object with name, peak_flops, memory_bandwidth, "
+                                    "memory_bytes")
+    known = {f.name for f in fields(Hardware)}
+    unknown = sorted(set(data) - known)
+    require(not unknown, f"{where}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
+    missing = [k for k in ("name", "peak_flops", "memory_bandwidth", "memory_bytes") if k not in data]
+    require(not missing, f"{where}: missing field(s) {', '.join(missing)} (units: FLOP/s, bytes/s, bytes)")
+    values = dict(data)
+    for key, kind in _KINDS.items():
+        values[key] = _number(values[key], key, where, kind)
+    values["aliases"] = tuple(values.get("aliases") or ())
+    require(isinstance(values.get("sources", {}), dict), f"{where}: 'sources' must be an object of field: source")
+    return Hardware(**values)
+
+
+def load_profile_file(path: str | Path) -> Hardware:
+    """A profile from a ``.json``, ``.yaml`` or ``.yml`` file holding one object (see the module docstring)."""
+    p = Path(path)
+    require(p.is_file(), f"--hardware: {path} is not a file; give a profile name (cogqa hardware list) or a JSON/YAML file")
+    text = p.read_text()
+    if p.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise CogqaError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CogqaError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    return hardware_from_dict(data, where=str(path))
+
+
+def builtin_profiles() -> dict[str, Hardware]:
+    """The datasheet profiles shipped with cogqa, by name (``cogqa/data/hardware.json``)."""
+    data = json.loads(DATA_FILE.read_text())
+    return {d["name"]: hardware_from_dict(d, where=f"{DATA_FILE.name}: {d.get('name')}") for d in data["profiles"]}
+
+
+def efficiency_sources() -> dict[str, str]:
+    """Where the default efficiency factors come from (citations, by field name)."""
+    return json.loads(DATA_FILE.read_text())["efficiency_sources"]
+
+
+def get_hardware(spec: str | Hardware, remeasure: bool = False) -> Hardware:
+    """A profile from a built-in name or alias (``h100-sxm``, ``a800``), ``local`` (measured, cached;
+    ``local:cuda`` / ``local:cpu`` to choose the device) or a JSON/YAML file path."""
+    if isinstance(spec, Hardware):
+        return spec
+    text = str(spec).strip()
+    key = text.lower()
+    if key == "local" or key.startswith("local:"):
+        device = key.split(":", 1)[1] if ":" in key else None
+        return local_profile(device=device, remeasure=remeasure)
+    profiles = builtin_profiles()
+    for hw in profiles.values():
+        if key == hw.name or key in hw.aliases:
+            return hw
+    if Path(text).suffix.lower() in (".json", ".yaml", ".yml") or Path(text).exists():
+        return load_profile_file(text)
+    raise CogqaError(f"--hardware: unknown profile {text!r}; choose one of {', '.join(profiles)}, local, "
+                     "or a JSON/YAML profile file")
+
+
+# ---------------------------------------------------------------------------------------------
+# The local machine, measured
+# ---------------------------------------------------------------------------------------------
+
+
+def default_device() -> str:
+    """``cuda`` when torch sees a GPU, else ``cpu``."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def default_dtype(device: str) -> str:
+    """The dtype cogqa benchmarks in on ``device``: bf16 on CUDA, fp32 on CPU."""
+    return "bf16" if str(device).startswith("cuda") else "fp32"
+
+
+def cache_dir() -> Path:
+    """cogqa's cache directory: ``$COGQA_CACHE_DIR``, else ``$XDG_CACHE_HOME/cogqa``, else ``~/.cache/cogqa``."""
+    if os.environ.get("COGQA_CACHE_DIR"):
+        return Path(os.environ["COGQA_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "cogqa"
+
+
+def _sync(device: str) -> None:
+    import torch
+
+    if str(device).startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _best_rate(fn, work: float, device: str, seconds: float) -> float:
+    """The best ``work / time`` of repeated calls of ``fn`` within about ``seconds`` (after one warm-up)."""
+    fn()
+    _sync(device)
+    best, start = 0.0, time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        best = max(best, work / (time.perf_counter() - t0))
+        if time.perf_counter() - start > seconds:
+            return best
+
+
+def measure_matmul_flops(device: str = "cpu", dtype: str = "fp32", size: int | None = None, seconds: float = 1.0) -> float:
+    """Achievable matmul FLOP/s: the best of square ``size x size`` products (2 n^3 FLOPs each)."""
+    import torch
+
+    from .model import torch_dtype
+
+    n = size or (8192 if str(device).startswith("cuda") else 1024)
+    a = torch.randn(n, n, device=device, dtype=torch_dtype(dtype))
+    b = torch.randn(n, n, device=device, dtype=torch_dtype(dtype))
+    return _best_rate(lambda: torch.mm(a, b), 2.0 * n**3, device, seconds)
+
+
+def measure_copy_bandwidth(device: str = "cpu", nbytes: int | None = None, seconds: float = 1.0) -> float:
+    """Achievable STREAM-copy bandwidth (bytes/s): ``dst.copy_(src)`` of ``nbytes`` counts 2 x nbytes moved."""
+    import torch
+
+    size = nbytes or (1 << 30 if str(device).startswith("cuda") else 256 << 20)
+    src = torch.ones(size // 4, device=device, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    return _best_rate(lambda: dst.copy_(src), 2.0 * src.numel() * 4, device, seconds)
+
+
+def measure_gemv_bandwidth(device: str = "cpu", dtype: str = "fp32", nbytes: int | None = None,
+                           seconds: float = 1.0) -> float:
+    """Achievable weight-streaming bandwidth (bytes/s): matrix-vector products ``W @ x`` over an ``nbytes`` matrix,
+    as a decode step reads its weights; counts the matrix bytes once per product."""
+    import torch
+
+    from .model import torch_dtype
+
+    dt = torch_dtype(dtype)
+    size = nbytes or (1 << 30 if str(device).startswith("cuda") else 128 << 20)
+    cols = 4096
+    rows = max(1, size // (cols * torch.tensor([], dtype=dt).element_size()))
+    w = torch.randn(rows, cols, device=device, dtype=dt)
+    x = torch.randn(cols, device=device, dtype=dt)
+    return _best_rate(lambda: torch.mv(w, x), float(w.numel() * w.element_size()), device, seconds)
+
+
+def _device_memory_bytes(device: str) -> float:
+    import torch
+
+    if str(device).startswith("cuda"):
+        return float(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 8.0 * 2**30
+
+
+def measure_local(device: str | None = None, dtype: str | None = None, seconds: float = 1.0) -> Hardware:
+    """Measure this machine now: achievable matmul FLOP/s (at ``dtype``) and copy bandwidth.
+
+    ``peak_flops`` is the measured matmul rate (matmul and attention efficiency 1: already
+    achievable). ``memory_bandwidth`` is the STREAM-like copy rate and ``bandwidth_efficiency``
+    the measured ratio of matrix-vector weight streaming (what a decode step does) to it, capped at 1.
+    """
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    flops = measure_matmul_flops(device, dtype, seconds=seconds)
+    bw = measure_copy_bandwidth(device, seconds=seconds)
+    gemv = measure_gemv_bandwidth(device, dtype, seconds=seconds)
+    import torch
+
+    threads = torch.get_num_threads() if not str(device).startswith("cuda") else None
+    name = torch.cuda.get_device_name(torch.device(device)) if str(device).startswith("cuda") else "cpu"
+    return Hardware(
+        name="local",
+        peak_flops=flops,
+        memory_bandwidth=bw,
+        memory_bytes=_device_memory_bytes(device),
+        matmul_efficiency=1.0,
+        attention_efficiency=1.0,
+        bandwidth_efficiency=min(1.0, gemv / bw),
+        memory_usable_fraction=0.9,
+        dtype=dtype,
+        description=f"this machine ({device}: {name}), measured",
+        sources={"peak_flops": f"measured: best {dtype} square matmul, torch.mm",
+                 "memory_bandwidth": "measured: best dst.copy_(src), 2 x bytes moved per copy",
+                 "bandwidth_efficiency": f"measured: best torch.mv over a {dtype} matrix / copy bandwidth",
+                 "memory_bytes": "total device memory (CPU: physical RAM)"},
+        measured={"device": device, "dtype": dtype, "threads": threads, "torch": torch.__version__,
+                  "copy_bandwidth": bw, "gemv_bandwidth": gemv,
+                  "time_unix": time.time()},
+    )
+
+
+def local_profile(device: str | None = None, dtype: str | None = None, remeasure: bool = False) -> Hardware:
+    """The ``local`` profile for ``device``/``dtype``: read from the cache, or measured and cached atomically."""
+    from .files import write_json_atomic
+
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    path = local_cache_path(device, dtype)
+    if path.exists() and not remeasure:
+        try:
+            return hardware_from_dict(json.loads(path.read_text()), where=str(path))
+        except (CogqaError, json.JSONDecodeError):
+            pass  # a stale or damaged cache is measured again
+    hw = measure_local(device, dtype)
+    write_json_atomic(path, hw.to_dict())
+    return hw
+
+
+def local_cache_path(device: str | None = None, dtype: str | None = None) -> Path:
+    """Where :func:`local_profile` caches the measurement for ``device``/``dtype``."""
+    device = device or default_device()
+    dtype = dtype or default_dtype(device)
+    return cache_dir() / f"hardware-local-{device.replace(':', '')}-{dtype}.json"

@@ -1,0 +1,258 @@
+"""Roofline serving model: seconds per token, tokens/s per device and what fits, on a :class:`~cogqa.hardware.Hardware`.
+
+Built on :mod:`cogqa.costs`' exact FLOP and byte counts. A step is split into two phases, and
+each phase takes ``max(FLOPs / achievable FLOP/s, bytes / achievable bandwidth)`` seconds; the
+step is the sum of its phases (the phases run one after the other, so they do not overlap):
+
+* ``weights`` -- the matmuls with the weights (q/k/v/o projections, FFN, LM head). FLOPs:
+  ``batch x tokens x`` the time-invariant FLOPs per token; bytes: all weights, read **once per
+  step** whatever the batch. Rate: ``peak x matmul_efficiency``.
+* ``attention`` -- the time-variant part ``4 L T n_h d_h`` per token; bytes: **each sequence's
+  KV cache read once** per decode step (``batch x T x 2 L n_kv d_h x bytes(kv dtype)``), or
+  written once during prefill. Rate: ``peak x attention_efficiency``.
+
+Decode at batch B and context T produces B tokens per step: time per output token = step
+seconds, tokens/s/device = B / step seconds. Prefill of P tokens counts the causal triangle
+(``costs.prefill_flops``). Training (Appendix C) takes 3x the forward FLOPs at the mean attended
+context T_bar = T/2 (``costs.training_flops``). Memory: weights + B x T x KV bytes/token must fit
+``memory_bytes x memory_usable_fraction`` (activations are not modelled). Everything is
+vectorised: shape fields, context and batch may be numpy arrays.
+
+Optimistic by construction: no kernel-launch or framework overhead, no tensor parallelism, one
+attention efficiency for all T. See docs/serving.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .costs import (
+    ZWeights,
+    dtype_bytes,
+    forward_flops_per_token,
+    inference_flops_per_token,
+    kv_cache_bytes_per_token,
+    params_total,
+    prefill_flops,
+    training_flops,
+    z_cost,
+    z_memory,
+)
+from .errors import require
+from .hardware import Hardware, get_hardware
+
+PHASES = ("weights", "attention")
+OBJECTIVES = ("z", "latency", "throughput")
+
+
+def _phase(flops, nbytes, flop_rate: float, bandwidth: float) -> dict[str, np.ndarray]:
+    """One roofline phase: FLOPs, bytes, compute and memory seconds, the slower of the two, and the bound."""
+    flops = np.asarray(flops, dtype=float)
+    nbytes = np.asarray(nbytes, dtype=float)
+    compute = flops / flop_rate
+    memory = nbytes / bandwidth
+    return {
+        "flops": flops,
+        "bytes": nbytes,
+        "compute_seconds": compute,
+        "memory_seconds": memory,
+        "seconds": np.maximum(compute, memory),
+        "bound": np.where(compute > memory, "compute", "memory"),
+    }
+
+
+def _batch(batch) -> np.ndarray:
+    b = np.asarray(batch, dtype=float)
+    require(bool(np.all(np.isfinite(b)) and np.all(b >= 1)), "batch must be at least 1 sequence")
+    return b
+
+
+def weight_bytes(shape, weight_dtype: str = "bf16") -> np.ndarray:
+    """Bytes of all weights (tied embeddings once) at ``weight_dtype`` (units: bytes)."""
+    return params_total(shape) * dtype_bytes(weight_dtype)
+
+
+def decode_step(shape, context, batch, hardware: Hardware, weight_dtype="bf16", kv_dtype="bf16") -> dict:
+    """One decode step: each of ``batch`` sequences with ``context`` cached tokens produces one token.
+
+    Returns ``{"weights": phase, "attention": phase, "seconds": step seconds, "seconds_per_token":
+    seconds per output token of one sequence (= step seconds), "tokens_per_second": tokens/s per
+    device}``; each phase holds ``flops``, ``bytes``, ``compute_seconds``, ``memory_seconds``,
+    ``seconds`` and ``bound`` ("compute" or "memory").
+    """
+    hw = get_hardware(hardware)
+    B = _batch(batch)
+    f = forward_flops_per_token(shape, context)
+    T = np.asarray(context, dtype=float)
+    weights = _phase(B * f["time_invariant"], weight_bytes(shape, weight_dtype) + 0 * B * T, hw.matmul_flops, hw.bandwidth)
+    kv = B * T * kv_cache_bytes_per_token(shape, kv_dtype)
+    attention = _phase(B * f["attention_computation"], kv, hw.attention_flops, hw.bandwidth)
+    step = weights["seconds"] + attention["seconds"]
+    return {"weights": weights, "attention": attention, "seconds": step, "seconds_per_token": step,
+            "tokens_per_second": B / step}
+
+
+def prefill(shape, prompt_tokens, batch, hardware: Hardware, weight_dtype="bf16", kv_dtype="bf16") -> dict:
+    """Processing ``batch`` prompts of ``prompt_tokens`` tokens (causal; LM head at every position).
+
+    Returns the two phases as :func:`decode_step`, ``seconds`` (time to first token, without
+    queueing) and ``tokens_per_second`` (prompt tokens per second per device).
+    """
+    hw = get_hardware(hardware)
+    B = _batch(batch)
+    P = np.asarray(prompt_tokens, dtype=float)
+    linear = P * forward_flops_per_token(shape, 0)["time_invariant"]
+    attn = prefill_flops(shape, P) - linear
+    weights = _phase(B * linear, weight_bytes(shape, weight_dtype) + 0 * B * P, hw.matmul_flops, hw.bandwidth)
+    attention = _phase(B * attn, B * P * kv_cache_bytes_per_token(shape, kv_dtype), hw.attention_flops, hw.bandwidth)
+    seconds = weights["seconds"] + attention["seconds"]
+    return {"weights": weights, "attention": attention, "seconds": seconds, "tokens_per_second": B * P / seconds}
+
+
+def training_step(shape, train_context, hardware: Hardware, batch=1, weight_dtype="bf16") -> dict:
+    """Training (forward + backward) on ``batch`` sequences of ``train_context`` tokens, Appendix C.
+
+    FLOPs are ``3 x`` the forward FLOPs at T_bar = T/2 per token (``costs.training_flops``); the
+    weights are read 3 times per step (forward, two backward products). Returns the two phases
+    per step, ``seconds`` per step and ``tokens_per_second`` per device. Optimizer and
+    activation traffic are not modelled.
+    """
+    hw = get_hardware(hardware)
+    B = _batch(batch)
+    T = np.asarray(train_context, dtype=float)
+    tokens = B * T
+    linear = 3 * tokens * forward_flops_per_token(shape, 0)["time_invariant"]
+    attn = training_flops(shape, tokens, T) - linear
+    weights = _phase(linear, 3 * weight_bytes(shape, weight_dtype) + 0 * tokens, hw.matmul_flops, hw.bandwidth)
+    attention = _phase(attn, 0 * tokens, hw.attention_flops, hw.bandwidth)
+    seconds = weights["seconds"] + attention["seconds"]
+    return {"weights": weights, "attention": attention, "seconds": seconds, "tokens_per_second": tokens / seconds,
+            "mean_context": T / 2}
+
+
+def max_batch(shape, context, hardware: Hardware, weight_dtype="bf16", kv_dtype="bf16") -> np.ndarray:
+    """The most sequences of ``context`` tokens whose KV caches fit next to the weights (0 when none fit)."""
+    hw = get_hardware(hardware)
+    free = hw.usable_memory_bytes - weight_bytes(shape, weight_dtype)
+    per_seq = np.asarray(context, dtype=float) * kv_cache_bytes_per_token(shape, kv_dtype)
+    return np.maximum(np.floor(free / per_seq), 0.0)
+
+
+def max_context(shape, hardware: Hardware, batch=1, weight_dtype="bf16", kv_dtype="bf16") -> np.ndarray:
+    """The longest context (tokens) whose KV cache for ``batch`` sequences fits next to the weights (0 if none)."""
+    hw = get_hardware(hardware)
+    free = hw.usable_memory_bytes - weight_bytes(shape, weight_dtype)
+    per_token = _batch(batch) * kv_cache_bytes_per_token(shape, kv_dtype)
+    return np.maximum(np.floor(free / per_token), 0.0)
+
+
+def resolve_batch(shape, context, hardware: Hardware, batch="auto", weight_dtype="bf16", kv_dtype="bf16"):
+    """(batch used, max batch that fits): ``"auto"`` means the max batch (at least 1, flagged by ``fits``)."""
+    most = max_batch(shape, context, hardware, weight_dtype, kv_dtype)
+    if isinstance(batch, str):
+        require(batch == "auto", f"--batch: give a number of sequences or 'auto', got {batch!r}")
+        return np.maximum(most, 1.0), most
+    return _batch(batch) + 0 * most, most
+
+
+def _plain(x):
+    a = np.asarray(x)
+    if a.ndim:
+        return a.tolist()
+    v = a.item()
+    return float(v) if isinstance(v, (int, float)) else v
+
+
+def serving_summary(shape, context, hardware, batch=1, prompt=None, weight_dtype="bf16", kv_dtype="bf16",
+                    train_context=None) -> dict:
+    """Everything ``cogqa serving`` prints for one shape at one context, as plain numbers.
+
+    Keys: ``context`` (tokens), ``batch`` and ``max_batch`` (sequences), ``fits``,
+    ``decode`` (phases, ``seconds_per_token``, ``tokens_per_second``), ``prefill`` (of ``prompt``
+    tokens, default the context), ``max_context_batch1`` (tokens), ``weights_bytes``,
+    ``kv_cache_bytes`` (at this batch), ``usable_memory_bytes`` and, with ``train_context``,
+    ``training`` (T_bar = T/2). Units are in the key names or as stated.
+    """
+    hw = get_hardware(hardware)
+    T = float(context)
+    B, most = resolve_batch(shape, T, hw, batch, weight_dtype, kv_dtype)
+    B = float(B)
+    dec = decode_step(shape, T, B, hw, weight_dtype, kv_dtype)
+    pre = prefill(shape, T if prompt is None else float(prompt), 1, hw, weight_dtype, kv_dtype)
+
+    def phases(d):
+        return {p: {k: _plain(v) for k, v in d[p].items()} for p in PHASES}
+
+    out = {
+        "hardware": hw.name,
+        "context": int(T) if T.is_integer() else T,
+        "batch": int(B),
+        "batch_requested": batch,
+        "max_batch": int(most),
+        "fits": bool(B <= most),
+        "weight_dtype": weight_dtype,
+        "kv_dtype": kv_dtype,
+        "weights_bytes": float(weight_bytes(shape, weight_dtype)),
+        "kv_cache_bytes": float(B * T * kv_cache_bytes_per_token(shape, kv_dtype)),
+        "usable_memory_bytes": hw.usable_memory_bytes,
+        "decode": {"phases": phases(dec), "step_seconds": float(dec["seconds"]),
+                   "seconds_per_token": float(dec["seconds_per_token"]),
+                   "tokens_per_second": float(dec["tokens_per_second"])},
+        "prefill": {"prompt_tokens": int(T if prompt is None else prompt), "batch": 1, "phases": phases(pre),
+                    "seconds": float(pre["seconds"]), "tokens_per_second": float(pre["tokens_per_second"])},
+        "max_context_batch1": int(max_context(shape, hw, 1, weight_dtype, kv_dtype)),
+    }
+    if train_context is not None:
+        tr = training_step(shape, float(train_context), hw, 1, weight_dtype)
+        out["training"] = {"train_context": int(train_context), "mean_context": float(tr["mean_context"]),
+                           "batch": 1, "phases": phases(tr), "step_seconds": float(tr["seconds"]),
+                           "tokens_per_second": float(tr["tokens_per_second"])}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# For the search: objectives over arrays of candidate shapes, and the Pareto front
+# ---------------------------------------------------------------------------------------------
+
+
+def objective_values(shape, context, objective: str, hardware, batch=1, weight_dtype="bf16", kv_dtype="bf16",
+                     z_weights: ZWeights = ZWeights(), memory_unit: str = "values") -> dict[str, np.ndarray]:
+    """The value to minimise for ``objective`` over candidate shapes (fields may be arrays), and printable columns.
+
+    ``objective``: ``"z"`` (the paper's Z), ``"latency"`` (decode seconds per output token at
+    ``batch``) or ``"throughput"`` (device-seconds per generated token = 1 / tokens/s/device, at
+    ``batch`` or ``"auto"`` = the largest batch that fits). Returns arrays broadcast over the
+    candidates: ``value`` (inf where the batch does not fit memory), ``seconds_per_token``,
+    ``tokens_per_second`` (per device), ``batch`` and ``max_batch`` (sequences), ``fits``.
+    """
+    require(objective in OBJECTIVES, f"--objective: choose one of {', '.join(OBJECTIVES)}, got {objective!r}")
+    hw = get_hardware(hardware)
+    B, most = resolve_batch(shape, context, hw, batch, weight_dtype, kv_dtype)
+    dec = decode_step(shape, context, B, hw, weight_dtype, kv_dtype)
+    fits = B <= most
+    if objective == "z":
+        mem = z_memory(shape, context, B, weight_dtype, kv_dtype, memory_unit)
+        value = z_cost(mem, inference_flops_per_token(shape, context), z_weights)
+    elif objective == "latency":
+        value = dec["seconds_per_token"]
+    else:
+        value = 1.0 / dec["tokens_per_second"]
+    value = np.where(fits | (objective == "z"), value, np.inf)
+    return {"value": np.asarray(value, dtype=float), "seconds_per_token": np.asarray(dec["seconds_per_token"]),
+            "tokens_per_second": np.asarray(dec["tokens_per_second"]), "batch": np.asarray(B),
+            "max_batch": np.asarray(most), "fits": np.asarray(fits)}
+
+
+def pareto_front(*costs) -> np.ndarray:
+    """Mask of the non-dominated points when every cost is minimised (arrays of equal length).
+
+    A point is dominated when another is <= in every cost and < in at least one; NaN rows are
+    never on the front. Example: ``pareto_front(loss, memory_bytes, flops_per_token)``.
+    """
+    require(len(costs) >= 1, "pareto_front needs at least one cost array")
+    m = np.column_stack([np.asarray(c, dtype=float).ravel() for c in costs])
+    valid = ~np.isnan(m).any(axis=1)
+    le = (m[:, None, :] <= m[None, :, :]).all(axis=2)  # le[j, i]: j <= i everywhere
+    lt = (m[:, None, :] < m[None, :, :]).any(axis=2)
+    dominated = ((le & lt) & valid[:, None]).any(axis=0)
+    return valid & ~dominated

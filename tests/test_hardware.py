@@ -1,0 +1,99 @@
+import json
+
+import pytest
+
+from cogqa import hardware as hwmod
+from cogqa.errors import CogqaError
+from cogqa.hardware import Hardware, builtin_profiles, get_hardware, hardware_from_dict, load_profile_file
+
+REQUIRED = ("a100-40gb", "a100-80gb", "a800-80gb", "h100-sxm", "h100-pcie", "h200", "l40s", "rtx-4090", "mi300x")
+
+
+def test_builtin_profiles_have_sources_and_sane_numbers():
+    profiles = builtin_profiles()
+    assert set(REQUIRED) <= set(profiles)
+    for hw in profiles.values():
+        for key in ("peak_flops", "memory_bandwidth", "memory_bytes", "matmul_efficiency"):
+            assert hw.sources.get(key), f"{hw.name}: no source for {key}"
+        assert 1e14 < hw.peak_flops < 2e15 and 5e11 < hw.memory_bandwidth < 6e12 and 2e10 < hw.memory_bytes < 3e11
+    h100 = profiles["h100-sxm"]
+    assert h100.peak_flops == 989.4e12 and h100.memory_bandwidth == 3.35e12 and h100.memory_bytes == 80 * 2**30
+    assert h100.matmul_flops == pytest.approx(989.4e12 * 0.801)
+    assert profiles["a800-80gb"].unconfirmed  # said so in the file
+    names = [a for hw in profiles.values() for a in (hw.name, *hw.aliases)]
+    assert len(names) == len(set(names))
+
+
+def test_get_hardware_by_alias_and_unknown_name():
+    assert get_hardware("A800").name == "a800-80gb"
+    assert get_hardware("h100").name == "h100-sxm"
+    with pytest.raises(CogqaError, match="unknown profile 'tpu'.*h100-sxm"):
+        get_hardware("tpu")
+
+
+def test_user_profile_json_and_yaml_with_units(tmp_path):
+    j = tmp_path / "my.json"
+    j.write_text(json.dumps({"name": "mygpu", "peak_flops": "100T", "memory_bandwidth": "1TB",
+                             "memory_bytes": "16GiB", "bandwidth_efficiency": 0.9}))
+    hw = get_hardware(str(j))
+    assert (hw.peak_flops, hw.memory_bandwidth, hw.memory_bytes) == (100e12, 1e12, 16 * 2**30)
+    assert hw.bandwidth == pytest.approx(0.9e12)
+    y = tmp_path / "my.yaml"
+    y.write_text("name: y\npeak_flops: 5e13\nmemory_bandwidth: 5e11\nmemory_bytes: 8GB\n")
+    assert load_profile_file(y).memory_bytes == 8e9
+
+
+@pytest.mark.parametrize("data, match", [
+    ({"name": "x", "peak_flops": 1e12, "memory_bandwidth": 1e11}, "missing field.*memory_bytes"),
+    ({"name": "x", "peak_flops": 1e12, "memory_bandwidth": 1e11, "memory_bytes": 1e9, "tflops": 3}, "unknown field.*tflops"),
+    ({"name": "x", "peak_flops": "lots", "memory_bandwidth": 1e11, "memory_bytes": 1e9}, "'peak_flops' must be a positive"),
+    ({"name": "x", "peak_flops": 1e12, "memory_bandwidth": 1e11, "memory_bytes": 1e9, "matmul_efficiency": 1.5},
+     "'matmul_efficiency' must be a fraction"),
+    ({"name": "x", "peak_flops": -1, "memory_bandwidth": 1e11, "memory_bytes": 1e9}, "'peak_flops' must be a positive"),
+])
+def test_bad_profiles_one_line_errors(data, match):
+    with pytest.raises(CogqaError, match=match) as exc:
+        hardware_from_dict(data, where="p.json")
+    assert "\n" not in str(exc.value)
+
+
+def test_bad_files(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{")
+    with pytest.raises(CogqaError, match="invalid JSON"):
+        get_hardware(str(bad))
+    with pytest.raises(CogqaError, match="is not a file"):
+        get_hardware(str(tmp_path / "none.json"))
+
+
+def test_overrides_validated():
+    hw = get_hardware("h100-sxm").with_overrides(bandwidth_efficiency=0.5, matmul_efficiency=None)
+    assert hw.bandwidth == pytest.approx(3.35e12 * 0.5) and hw.matmul_efficiency == 0.801
+    with pytest.raises(CogqaError, match="bandwidth_efficiency"):
+        hw.with_overrides(bandwidth_efficiency=0)
+
+
+def test_measurements_are_positive():
+    assert hwmod.measure_matmul_flops("cpu", "fp32", size=64, seconds=0.01) > 0
+    assert hwmod.measure_copy_bandwidth("cpu", nbytes=1 << 20, seconds=0.01) > 0
+    assert hwmod.measure_gemv_bandwidth("cpu", "fp32", nbytes=1 << 20, seconds=0.01) > 0
+
+
+def test_local_profile_cached_and_remeasured(tmp_path, monkeypatch):
+    monkeypatch.setenv("COGQA_CACHE_DIR", str(tmp_path))
+    calls = []
+
+    def fake(device, dtype, seconds=1.0):
+        calls.append((device, dtype))
+        return Hardware(name="local", peak_flops=1e11 * len(calls), memory_bandwidth=2e10, memory_bytes=8e9,
+                        matmul_efficiency=1, attention_efficiency=1, bandwidth_efficiency=0.5, dtype=dtype)
+
+    monkeypatch.setattr(hwmod, "measure_local", fake)
+    a = get_hardware("local:cpu")
+    b = get_hardware("local:cpu")
+    assert calls == [("cpu", "fp32")] and a == b and a.peak_flops == 1e11
+    assert (tmp_path / "hardware-local-cpu-fp32.json").exists()
+    c = hwmod.local_profile("cpu", remeasure=True)
+    assert c.peak_flops == 2e11 and len(calls) == 2
+    (tmp_path / "hardware-local-cpu-fp32.json").write_text("{broken")
+    assert hwmod.local_profile("cpu").peak_flops == 3e11  # a damaged cache is measured again

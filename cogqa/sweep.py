@@ -554,7 +554,8 @@ def execute_run(run_dir: str | Path) -> dict[str, Any]:
             return json.loads((run_dir / "result.json").read_text())
         if rank0 and (run_dir / "failed.json").exists():
             (run_dir / "failed.json").unlink()
-        from .train import TrainConfig, list_checkpoints, train
+        from .checkpoint import list_checkpoints
+        from .train import TrainConfig, train
 
         config = TrainConfig.from_dict(info["train"])
         t0 = time.time()
@@ -583,7 +584,7 @@ def _loss_by_position(run_dir: Path, config, max_chunks: int) -> dict[str, float
     from .checkpoint import load_model
     from .data import TokenChunks
     from .evaluate import evaluate_positions, loss_at_contexts
-    from .train import list_checkpoints
+    from .checkpoint import list_checkpoints
 
     ckpts = list_checkpoints(run_dir)
     if not ckpts:

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from .errors import CogqaError, require
 
@@ -145,11 +144,22 @@ def _known(cls, data: dict, where: str) -> dict:
 
 
 def _is_number(x) -> bool:
-    return isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, bool) and math.isfinite(float(x))
+    """A finite real number (numpy scalars included), not a bool."""
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(float(x))
 
 
 def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+    """A whole number (numpy integers included), not a bool."""
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def default(name: str, cls: type | None = None) -> Any:
+    """The default of field ``name`` of :class:`TrainConfig` (or of ``cls``, e.g. :class:`OptimConfig`).
+
+    The one place run defaults are written; the sweep spec and the CLIs read them from here.
+    """
+    f = (cls or TrainConfig).__dataclass_fields__[name]
+    return f.default_factory() if f.default is MISSING else f.default
 
 
 def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:

@@ -38,6 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config import default
 from .errors import CogqaError, require
 from .files import write_json_atomic
 
@@ -179,16 +180,16 @@ class SweepSpec:
     data: Any = None
     sizes: list = field(default_factory=lambda: ["3M", "19M", "85M", "150M"])
     heads: Any = "paper"
-    tokens_per_param: float = 20.0
-    tokens: float | None = None
-    context: int | None = None
+    tokens_per_param: float = default("tokens_per_param")
+    tokens: float | None = default("tokens")
+    context: int | None = default("context")
     lr: Any = None
-    seeds: list = field(default_factory=lambda: [0])
-    batch_tokens: int = 524_288
-    micro_batch: int = 1
-    max_steps: int | None = None
-    checkpoint_every: int = 0
-    eval_batches: int = 8
+    seeds: list = field(default_factory=lambda: [default("seed")])
+    batch_tokens: int = default("batch_tokens")
+    micro_batch: int = default("micro_batch")
+    max_steps: int | None = default("max_steps")
+    checkpoint_every: int = default("checkpoint_every")
+    eval_batches: int = default("eval_batches")
     position_eval_chunks: int = 32
     train: dict = field(default_factory=dict)
     name: str = "sweep"
@@ -207,23 +208,24 @@ class SweepSpec:
             require(s.lr is not None, f"lr: no learning rate for size {s.name!r}; give lr: {{{s.name}: 1e-3}} or a global lr "
                     "(cogqa lr-search finds one)")
             require(0 < s.lr < 1, f"lr: {s.lr} for size {s.name!r} must be in (0, 1)")
+        # numbers may be written as text (2e6, 512K); their ranges are TrainConfig's to check (below)
         self.tokens_per_param = float(parse_count(self.tokens_per_param, "tokens_per_param"))
-        require(self.tokens_per_param > 0, "tokens_per_param must be positive")
         if self.tokens is not None:
             self.tokens = float(parse_count(self.tokens, "tokens"))
-            require(self.tokens > 0, "tokens must be a positive number of tokens")
         if self.context is not None:
             self.context = parse_context(self.context, "context")
-        require(isinstance(self.seeds, (list, tuple)) and len(self.seeds) > 0 and all(isinstance(s, int) and s >= 0 for s in self.seeds),
-                f"seeds: a list of whole numbers >= 0, got {self.seeds!r}")
-        self.batch_tokens = int(parse_count(self.batch_tokens, "batch_tokens"))
-        for key in ("batch_tokens", "micro_batch", "eval_batches", "position_eval_chunks"):
-            v = getattr(self, key)
-            require(isinstance(v, int) and v > 0, f"{key} must be a positive whole number, got {v!r}")
+        require(isinstance(self.seeds, (list, tuple)) and len(self.seeds) > 0, f"seeds: a list of whole numbers >= 0, got {self.seeds!r}")
+        self.batch_tokens = parse_count(self.batch_tokens, "batch_tokens")
+        require(float(self.batch_tokens).is_integer(), f"batch_tokens must be a whole number of tokens, got {self.batch_tokens!r}")
+        self.batch_tokens = int(self.batch_tokens)
+        v = self.position_eval_chunks
+        require(isinstance(v, int) and v > 0, f"position_eval_chunks must be a positive whole number, got {v!r}")
         require(isinstance(self.train, dict), "train: a dict of extra TrainConfig fields")
         require(isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) is not None, f"name: letters, digits, _.- only, got {self.name!r}")
         self._check_data()
-        # the training config of every run must be valid before anything runs
+        # validated through TrainConfig, the one source of run settings: first the sweep-wide
+        # settings (errors name the field), then the config of every run must be valid before anything runs
+        _train_config_dict(self, RunSpec(self.size_specs[0], *self.head_configs[0], 0), "/nonexistent", prefix="")
         for run in self.runs():
             _train_config_dict(self, run, "/nonexistent")
 
@@ -332,17 +334,16 @@ def _data_context(spec: SweepSpec) -> int | None:
     return spec.data.get("context")
 
 
-def _budget_tokens(spec: SweepSpec, n_non_embedding: float) -> float:
-    return float(spec.tokens) if spec.tokens is not None else spec.tokens_per_param * float(n_non_embedding)
-
-
 def plan(spec: SweepSpec, gpu_tflops: float = 312.0, mfu: float = 0.4) -> dict[str, Any]:
-    """Every run with its shape, parameters, tokens, predicted training FLOPs and GPU-hours.
+    """Every run with its shape, parameters, steps, tokens, predicted training FLOPs and GPU-hours.
 
-    GPU-hours = FLOPs / (``gpu_tflops`` x 1e12 x ``mfu``) / 3600. Training FLOPs come from
-    :func:`cogqa.costs.training_flops` at the spec's context (2048 tokens if none is known).
-    Returns ``{"runs": [...], "totals": {...}, "context": T, "gpu_tflops", "mfu"}``.
+    Steps and tokens are the trainer's own (:func:`cogqa.config.plan_steps` on the run's
+    TrainConfig, one process): the budget rounded up to whole batches of whole sequences, capped
+    by ``max_steps``. GPU-hours = FLOPs / (``gpu_tflops`` x 1e12 x ``mfu``) / 3600. Training FLOPs
+    come from :func:`cogqa.costs.training_flops` at the spec's context (2048 tokens if none is
+    known). Returns ``{"runs": [...], "totals": {...}, "context": T, "gpu_tflops", "mfu"}``.
     """
+    from .config import TrainConfig, plan_steps
     from .costs import params_non_embedding, params_total, training_flops
 
     require(gpu_tflops > 0, f"--gpu-tflops must be positive, got {gpu_tflops}")
@@ -353,12 +354,14 @@ def plan(spec: SweepSpec, gpu_tflops: float = 312.0, mfu: float = 0.4) -> dict[s
     for run in spec.runs():
         shape = run.size.shape(run.n_heads, run.n_kv_heads, vocab)
         n = float(params_non_embedding(shape))
-        tokens = _budget_tokens(spec, n)
+        steps = plan_steps(TrainConfig.from_dict(_train_config_dict(spec, run, "/nonexistent")), n, T, world=1)
+        tokens = steps["tokens"]
         flops = float(training_flops(shape, tokens, T))
         rows.append({
             "id": run.run_id, "size": run.size.name, "n_heads": run.n_heads, "n_kv_heads": run.n_kv_heads, "seed": run.seed,
             "layers": shape.layers, "hidden_size": shape.hidden_size, "ffn_size": shape.ffn_size, "head_dim": shape.head_dim,
-            "params_non_embedding": int(n), "params_total": int(params_total(shape)), "tokens": int(round(tokens)),
+            "params_non_embedding": int(n), "params_total": int(params_total(shape)), "steps": steps["steps"],
+            "batch_tokens": steps["batch_tokens"], "tokens": int(tokens),
             "lr": run.size.lr, "training_flops": flops, "gpu_hours": flops / (gpu_tflops * 1e12 * mfu) / 3600,
         })
     totals = {"runs": len(rows), "tokens": int(sum(r["tokens"] for r in rows)),
@@ -371,8 +374,10 @@ def plan(spec: SweepSpec, gpu_tflops: float = 312.0, mfu: float = 0.4) -> dict[s
 # ---------------------------------------------------------------------------------------------
 
 
-def _train_config_dict(spec: SweepSpec, run: RunSpec, run_dir: str, data_dir: str | None = None) -> dict:
-    """The TrainConfig (as a dict, validated) of one run, writing into ``run_dir``."""
+def _train_config_dict(spec: SweepSpec, run: RunSpec, run_dir: str, data_dir: str | None = None,
+                       prefix: str | None = None) -> dict:
+    """The TrainConfig (as a dict, validated) of one run, writing into ``run_dir``; errors start with
+    ``prefix`` (default ``run <id>: ``)."""
     from .train import TrainConfig
 
     shape = {"layers": run.size.layers, "hidden_size": run.size.hidden_size, "ffn_size": run.size.ffn_size,
@@ -392,7 +397,7 @@ def _train_config_dict(spec: SweepSpec, run: RunSpec, run_dir: str, data_dir: st
     try:
         return TrainConfig.from_dict(cfg).to_dict()
     except CogqaError as exc:
-        raise CogqaError(f"run {run.run_id}: {exc}") from None
+        raise CogqaError(f"{f'run {run.run_id}: ' if prefix is None else prefix}{exc}") from None
 
 
 def check_out_dir(out: str | Path) -> Path:

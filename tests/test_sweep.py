@@ -4,6 +4,7 @@ SIGKILL fault tolerance, failed runs, collect, submitit local executor, sbatch/t
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -68,12 +69,33 @@ def test_plan_numbers_match_cost_model(tmp_path):
     r = next(r for r in p["runs"] if r["id"] == "19M_h8kv1_s1")
     shape = paper_shape("19M", 8, 1)
     n = float(params_non_embedding(shape))
-    assert r["params_non_embedding"] == int(n) and r["tokens"] == round(20 * n) and r["lr"] == 1e-3
+    steps = math.ceil(20 * n / 524_288)  # the trainer's plan: whole 512K-token batches
+    assert r["params_non_embedding"] == int(n) and r["lr"] == 1e-3
+    assert r["steps"] == steps and r["tokens"] == steps * 524_288 and r["batch_tokens"] == 524_288
     assert (r["layers"], r["hidden_size"]) == (6, 512)
-    flops = float(training_flops(shape.__class__(**{**shape.__dict__, "vocab_size": 320}), 20 * n, 2048))
+    flops = float(training_flops(shape.__class__(**{**shape.__dict__, "vocab_size": 320}), steps * 524_288, 2048))
     assert r["training_flops"] == pytest.approx(flops)
     assert r["gpu_hours"] == pytest.approx(flops / (100e12 * 0.5) / 3600)
     assert p["totals"]["gpu_hours"] == pytest.approx(sum(x["gpu_hours"] for x in p["runs"]))
+
+
+def test_plan_uses_the_trainers_steps_max_steps_and_batch_rounding(tmp_path):
+    # 1000 tokens per batch at T = 2048 rounds to one whole sequence; max_steps caps the budget
+    spec = SweepSpec(data=str(fake_data(tmp_path)), sizes=["3M"], heads="4:1", context=2048, batch_tokens=1000,
+                     max_steps=3)
+    (r,) = plan(spec)["runs"]
+    assert (r["batch_tokens"], r["steps"], r["tokens"]) == (2048, 3, 3 * 2048)
+
+
+def test_spec_defaults_are_the_trainers(tmp_path):
+    from cogqa.config import TrainConfig
+
+    spec = SweepSpec(data=str(fake_data(tmp_path)), sizes=["3M"], heads="4:1")
+    probe = TrainConfig(data="d", out_dir="o", size="3M")
+    assert (spec.tokens_per_param, spec.batch_tokens, spec.micro_batch, spec.eval_batches, spec.max_steps) == (
+        probe.tokens_per_param, probe.batch_tokens, probe.micro_batch, probe.eval_batches, probe.max_steps)
+    with pytest.raises(CogqaError, match="^micro_batch must be a positive"):  # TrainConfig's check, named plainly
+        SweepSpec(data=str(fake_data(tmp_path)), sizes=["3M"], heads="4:1", micro_batch=0)
 
 
 def test_sizes_in_parameters_use_appendix_b1(tmp_path):

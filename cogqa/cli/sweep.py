@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import default
 from ..errors import require
 from . import print_json
 
@@ -19,13 +20,14 @@ def _add_spec_options(p: argparse.ArgumentParser, spec_required: bool = False) -
     g.add_argument("--data", help="prepared data directory (cogqa data prepare --out DIR)")
     g.add_argument("--heads", help="head configurations: 'paper' (the 21 candidates up to (32,32)) or a list 8:1,16:4")
     g.add_argument("--sizes", help="sizes: Table 9 names (3M,19M,...) or sizes in parameters (50M: Appendix B.1 shape)")
-    g.add_argument("--tokens-per-param", help="training tokens per non-embedding parameter (default 20)")
+    g.add_argument("--tokens-per-param",
+                   help=f"training tokens per non-embedding parameter (default {default('tokens_per_param'):g})")
     g.add_argument("--tokens", help="a fixed training-token budget per run instead (e.g. 2e6)")
     g.add_argument("--context", help="training context in tokens (must match the data)")
     g.add_argument("--lr", help="max LR for every size (default: Table 9's per paper size)")
     g.add_argument("--seeds", help="seeds, e.g. 0,1,2 (default 0)")
-    g.add_argument("--batch-tokens", help="global batch in tokens (default 524288)")
-    g.add_argument("--micro-batch", type=int, help="sequences per forward pass (default 1)")
+    g.add_argument("--batch-tokens", help=f"global batch in tokens (default {default('batch_tokens')})")
+    g.add_argument("--micro-batch", type=int, help=f"sequences per forward pass (default {default('micro_batch')})")
     g.add_argument("--max-steps", type=int, help="cap every run at this many optimiser steps")
 
 

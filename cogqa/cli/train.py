@@ -10,6 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
+from ..config import default
 from ..errors import require
 
 
@@ -28,19 +29,27 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("budget and batch")
     t.add_argument("--context", help="training length in tokens (must match the data; 8k = 8192)")
     t.add_argument("--tokens", help="training tokens, e.g. 9.4B or 2e6 (default: --tokens-per-param x N)")
-    t.add_argument("--tokens-per-param", default="20", help="tokens per non-embedding parameter (default 20)")
-    t.add_argument("--batch-tokens", default="524288", help="global batch in tokens (default 524288 = 512K)")
-    t.add_argument("--micro-batch", type=int, default=1, help="sequences per forward pass per process (default 1)")
+    t.add_argument("--tokens-per-param", default=default("tokens_per_param"),
+                   help="tokens per non-embedding parameter (default %(default)g)")
+    t.add_argument("--batch-tokens", default=default("batch_tokens"),
+                   help="global batch in tokens (default %(default)s)")
+    t.add_argument("--micro-batch", type=int, default=default("micro_batch"),
+                   help="sequences per forward pass per process (default %(default)s)")
     t.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (the schedule still spans them)")
     o = p.add_argument_group("optimiser and run")
     o.add_argument("--lr", help="max learning rate (default: the paper's for --size)")
-    o.add_argument("--seed", type=int, default=0, help="seed of weights and data order (default 0)")
-    o.add_argument("--eval-every", type=int, default=0, help="validation loss every N steps (always at the end)")
-    o.add_argument("--eval-batches", type=int, default=8, help="validation on the first N x --micro-batch validation chunks, split over processes (default 8)")
-    o.add_argument("--checkpoint-every", type=int, default=0, help="checkpoint every N steps (always at the end)")
-    o.add_argument("--keep", type=int, default=2, help="checkpoints to keep (default 2)")
-    o.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="autocast dtype (auto: bf16 on CUDA, fp32 on CPU)")
-    o.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 (default auto)")
+    o.add_argument("--seed", type=int, default=default("seed"), help="seed of weights and data order (default %(default)s)")
+    o.add_argument("--eval-every", type=int, default=default("eval_every"),
+                   help="validation loss every N steps (always at the end)")
+    o.add_argument("--eval-batches", type=int, default=default("eval_batches"),
+                   help="validation on the first N x --micro-batch validation chunks, split over processes "
+                   "(default %(default)s)")
+    o.add_argument("--checkpoint-every", type=int, default=default("checkpoint_every"),
+                   help="checkpoint every N steps (always at the end)")
+    o.add_argument("--keep", type=int, default=default("keep_checkpoints"), help="checkpoints to keep (default %(default)s)")
+    o.add_argument("--dtype", default=default("dtype"), choices=("auto", "fp32", "bf16", "fp16"),
+                   help="autocast dtype (auto: bf16 on CUDA, fp32 on CPU)")
+    o.add_argument("--device", default=default("device"), help="cpu, cuda, cuda:1 (default %(default)s)")
     o.add_argument("--compile", action="store_true", help="torch.compile the model")
     o.add_argument("--fsdp", action="store_true", help="shard with FSDP2 fully_shard under torchrun (default DDP)")
     o.add_argument("--nondeterministic", action="store_true", help="allow non-deterministic kernels (faster on GPU)")

@@ -162,6 +162,17 @@ def default(name: str, cls: type | None = None) -> Any:
     return f.default_factory() if f.default is MISSING else f.default
 
 
+def shape_dict(layers: int, hidden_size: int, n_heads: int, n_kv_heads: int | None = None,
+               ffn_size: int | None = None, head_dim: int = 64) -> dict[str, int]:
+    """An explicit model shape for :attr:`TrainConfig.shape` (vocab comes from the data): FFN size
+    the paper's int(8d/3) rounded (:func:`cogqa.shapes.paper_ffn_size`) and n_kv = n_h unless given."""
+    from .shapes import paper_ffn_size
+
+    return {"layers": layers, "hidden_size": hidden_size,
+            "ffn_size": ffn_size if ffn_size is not None else paper_ffn_size(hidden_size),
+            "n_heads": n_heads, "n_kv_heads": n_kv_heads if n_kv_heads is not None else n_heads, "head_dim": head_dim}
+
+
 def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     """A new config with dotted ``key=value`` overrides applied (``optim.lr=1e-3``, ``seed=3``).
 

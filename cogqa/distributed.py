@@ -27,6 +27,11 @@ class Dist:
         return self.rank == 0
 
 
+def is_main_process() -> bool:
+    """True unless torchrun says this is a rank other than 0 (``RANK``); usable before :func:`setup`."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(device_type: str) -> Dist:
     """Join the torchrun process group (nccl on CUDA, gloo on CPU) if ``WORLD_SIZE`` > 1; returns the :class:`Dist`."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

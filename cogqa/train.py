@@ -534,6 +534,6 @@ def lr_search(config: TrainConfig, lrs=PAPER_LR_GRID) -> dict[str, Any]:
     require(bool(ok), "lr-search: every run diverged; try smaller learning rates (--lrs)")
     best = min(ok, key=lambda r: r["final_val_loss"])
     table = {"runs": rows, "best_lr": best["lr"], "best_val_loss": best["final_val_loss"]}
-    if int(os.environ.get("RANK", "0")) == 0:
+    if distributed.is_main_process():
         write_json_atomic(root / "lr_search.json", table)
     return table

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train import TINY_ARGS, prepared
+from conftest import TINY_ARGS
 
 LAUNCH = os.environ.get("COGQA_TEST_LAUNCH", "").split() or [sys.executable, "-m", "cogqa"]
 
@@ -38,7 +38,7 @@ def read(out: Path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
-def test_two_processes_match_one(tmp_path, fsdp):
+def test_two_processes_match_one(tmp_path, fsdp, prepared):
     pytest.importorskip("torch")
     data = prepared(tmp_path, context=32, n_bytes=40_000)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train import TINY_ARGS, prepared
+from conftest import TINY_ARGS
 
 #: set by the developer to run the same test through another launcher (e.g. a stub of cogqa.data)
 LAUNCH = os.environ.get("COGQA_TEST_LAUNCH", "").split() or [sys.executable, "-m", "cogqa"]
@@ -29,7 +29,7 @@ def losses(out: Path) -> list[tuple[int, float]]:
 
 
 @pytest.mark.timeout(300)
-def test_sigkill_then_resume_gives_identical_weights(tmp_path):
+def test_sigkill_then_resume_gives_identical_weights(tmp_path, prepared):
     torch = pytest.importorskip("torch")
     from safetensors.torch import load_file
 

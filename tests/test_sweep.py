@@ -16,7 +16,7 @@ import pytest
 
 from cogqa.cli import main
 from cogqa.errors import CogqaError
-from cogqa.sweep import (PAPER_HEAD_CONFIGS, SlurmOptions, SweepSpec, _locked, collect, launch_run, load_spec,
+from cogqa.sweep import (PAPER_HEAD_CONFIGS, SlurmOptions, SweepSpec, is_locked, collect, launch_run, load_spec,
                          materialise, parse_heads, plan, run_command, run_status, run_sweep, sweep_status)
 
 TINY = [{"name": "a", "layers": 1, "hidden_size": 32, "head_dim": 16}]
@@ -31,16 +31,6 @@ def fake_data(tmp_path: Path) -> Path:
         (tmp_path / "fake.txt").write_text("In the beginning God created the heaven and the earth. " * 20)
         prepare([str(tmp_path / "fake.txt")], d, tokenizer="bytes", context=32, val_fraction=0.1, progress=False)
     return d
-
-
-def prepared(tmp_path: Path, context: int = 32, n_bytes: int = 60_000) -> Path:
-    data = pytest.importorskip("cogqa.data")
-    pytest.importorskip("torch")
-    src = tmp_path / "slice.txt"
-    src.write_text(Path(data.offline_corpus("kjv")).read_text()[:n_bytes])
-    out = tmp_path / "data"
-    data.prepare([str(src)], str(out), tokenizer="bytes", context=context, val_fraction=0.1, progress=False)
-    return out
 
 
 def tiny_spec(data: Path, **kw) -> SweepSpec:
@@ -173,8 +163,8 @@ def _headers(run_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_run_skip_status_collect(tmp_path):
-    data = prepared(tmp_path)
+def test_run_skip_status_collect(tmp_path, prepared):
+    data = prepared(tmp_path, 32, 60_000)
     spec = tiny_spec(data)
     out = tmp_path / "sweep"
     status = run_sweep(spec, out, progress=False)
@@ -200,8 +190,8 @@ def test_run_skip_status_collect(tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_run_reported_then_retried(tmp_path):
-    data = prepared(tmp_path)
+def test_failed_run_reported_then_retried(tmp_path, prepared):
+    data = prepared(tmp_path, 32, 60_000)
     spec = tiny_spec(data, heads="2:1")
     out = tmp_path / "sweep"
     run_dir = materialise(spec, out, progress=False)[0]
@@ -222,8 +212,8 @@ def test_failed_run_reported_then_retried(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_resumes(tmp_path):
-    data = prepared(tmp_path)
+def test_sigkill_mid_run_resumes(tmp_path, prepared):
+    data = prepared(tmp_path, 32, 60_000)
     spec_file = tmp_path / "spec.json"
     spec = tiny_spec(data, tokens=32 * 8 * 40, checkpoint_every=3)
     spec_file.write_text(json.dumps(spec.to_dict()))
@@ -241,7 +231,7 @@ def test_sigkill_mid_run_resumes(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     for _ in range(200):  # the child dies with its parent and releases the run's lock
-        if not _locked(first):
+        if not is_locked(first):
             break
         time.sleep(0.05)
     assert run_status(first) == "pending"
@@ -256,9 +246,9 @@ def test_sigkill_mid_run_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_submitit_local_executor(tmp_path):
+def test_submitit_local_executor(tmp_path, prepared):
     pytest.importorskip("submitit")
-    data = prepared(tmp_path)
+    data = prepared(tmp_path, 32, 60_000)
     spec = tiny_spec(data, heads="2:1")
     out = tmp_path / "sweep"
     status = run_sweep(spec, out, executor="slurm", slurm=SlurmOptions(cluster="local", time=10), progress=False)
@@ -269,8 +259,8 @@ def test_submitit_local_executor(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigint_leaves_run_pending_not_failed(tmp_path):
-    data = prepared(tmp_path)
+def test_sigint_leaves_run_pending_not_failed(tmp_path, prepared):
+    data = prepared(tmp_path, 32, 60_000)
     spec = tiny_spec(data, heads="2:1", tokens=32 * 8 * 400, checkpoint_every=5)
     run_dir = materialise(spec, tmp_path / "sweep", progress=False)[0]
     proc = subprocess.Popen([sys.executable, "-m", "cogqa.sweep", "run-one", str(run_dir)],
@@ -294,7 +284,7 @@ def test_print_sbatch_cli(tmp_path, capsys):
     assert "--nproc_per_node=8" in text and "470M_h32kv8_s0" in text and not out.exists()
 
 
-def test_locked_run_is_not_run_twice(tmp_path):
+def testis_locked_run_is_not_run_twice(tmp_path):
     import fcntl
 
     spec = SweepSpec(data=str(fake_data(tmp_path)), sizes=TINY, heads="2:1", lr=1e-3, tokens=1000)

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TINY_ARGS
+
 from cogqa.errors import CogqaError
 from cogqa.optim import wsd_lr, wsd_phase_steps
 from cogqa.train import OptimConfig, TrainConfig, apply_overrides, plan_steps, sample_indices
@@ -24,18 +26,6 @@ def _data_module():
     if not hasattr(data, "prepare"):
         pytest.skip("cogqa.data (the data helper's module) is not there yet")
     return data
-
-
-def prepared(tmp_path: Path, context: int = 64, n_bytes: int = 120_000, name: str = "data") -> Path:
-    """A small byte-tokenised slice of the offline corpus (the KJV), prepared by cogqa.data."""
-    data = _data_module()
-    corpus = Path(data.offline_corpus("kjv"))
-    text = corpus.read_bytes()[:n_bytes].decode("utf-8", errors="ignore")
-    src = tmp_path / f"{name}.txt"
-    src.write_text(text)
-    out = tmp_path / name
-    data.prepare([str(src)], str(out), tokenizer="bytes", context=context, val_fraction=0.1)
-    return out
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -106,6 +96,21 @@ def test_config_json_round_trip_and_dotted_overrides():
         TrainConfig(data="d", out_dir="o")
 
 
+def test_cli_heads_take_the_one_head_parser():
+    from cogqa.cli import build_parser
+    from cogqa.cli.train import config_from_args
+
+    parser = build_parser()
+    base = ["train", "--data", "d", "--out", "o", "--layers", "2", "--hidden", "64", "--lr", "1e-3"]
+    for heads in (["--heads", "8,1"], ["--heads", "H=(8,1)"], ["--heads", "8", "--kv-heads", "1"]):
+        cfg = config_from_args(parser.parse_args([*base, *heads]))
+        assert (cfg.shape["n_heads"], cfg.shape["n_kv_heads"]) == (8, 1), heads
+    cfg = config_from_args(parser.parse_args(["train", "--data", "d", "--out", "o", "--size", "470M", "--heads", "32:8"]))
+    assert (cfg.n_heads, cfg.n_kv_heads, cfg.batch_tokens, cfg.tokens_per_param) == (32, 8, 524_288, 20.0)
+    with pytest.raises(CogqaError, match="once"):
+        config_from_args(parser.parse_args([*base, "--heads", "8,1", "--kv-heads", "2"]))
+
+
 def test_plan_steps_hand_computed():
     c = TrainConfig(data="d", out_dir="o", size="470M", micro_batch=4)
     p = plan_steps(c, n_non_embedding=1e6, context=8192, world=2)
@@ -128,7 +133,7 @@ def test_data_order_is_a_permutation_per_epoch_and_pure():
 # ----------------------------------------------------------------------------- real runs
 
 
-def test_tiny_model_learns_below_unigram_entropy(tmp_path):
+def test_tiny_model_learns_below_unigram_entropy(tmp_path, prepared):
     from cogqa.train import train
 
     data = prepared(tmp_path, context=64, n_bytes=200_000)
@@ -151,7 +156,7 @@ def test_tiny_model_learns_below_unigram_entropy(tmp_path):
     assert env["world_size"] == 1 and env["torch_version"] and env["cogqa_version"]
 
 
-def test_context_extension_loads_weights_with_a_fresh_optimizer(tmp_path):
+def test_context_extension_loads_weights_with_a_fresh_optimizer(tmp_path, prepared):
     import torch
     from safetensors.torch import load_file
 
@@ -188,7 +193,6 @@ def _one_line_error(r, *needles):
         assert n in lines[0], lines[0]
 
 
-TINY_ARGS = ["--layers", "2", "--hidden", "64", "--ffn", "176", "--heads", "4", "--kv-heads", "2", "--head-dim", "16"]
 
 
 def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path):
@@ -203,7 +207,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path):
     _one_line_error(r, "lr")
 
 
-def test_short_or_empty_corpus_and_foreign_resume_dir(tmp_path):
+def test_short_or_empty_corpus_and_foreign_resume_dir(tmp_path, prepared):
     data = _data_module()
     out = tmp_path / "out"
     for name, text in (("empty", ""), ("short", "To be, or not to be.")):
@@ -232,7 +236,7 @@ def test_short_or_empty_corpus_and_foreign_resume_dir(tmp_path):
     _one_line_error(r, "already holds a run", "--resume")
 
 
-def test_lr_search_reports_the_best_and_reuses_finished_runs(tmp_path):
+def test_lr_search_reports_the_best_and_reuses_finished_runs(tmp_path, prepared):
     data = prepared(tmp_path, 32, 30_000)
     out = tmp_path / "grid"
     common = ["--data", str(data), "--out", str(out), *TINY_ARGS, "--tokens", str(32 * 8 * 6), "--batch-tokens", "256",

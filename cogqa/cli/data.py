@@ -31,12 +31,12 @@ def register(subparsers) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    q.set_defaults(func=run_prepare)
+    q.set_defaults(func=cmd_data_prepare)
 
     i = sub.add_parser("info", help="counts, tokenizer and unigram entropy of a prepared directory")
     i.add_argument("dir", metavar="DIR")
     i.add_argument("--json", action="store_true")
-    i.set_defaults(func=run_info)
+    i.set_defaults(func=cmd_data_info)
 
 
 def _summary(manifest: dict, entropy: float | None = None) -> list[str]:
@@ -55,7 +55,7 @@ def _summary(manifest: dict, entropy: float | None = None) -> list[str]:
     return lines
 
 
-def run_prepare(args) -> int:
+def cmd_data_prepare(args) -> int:
     """Handler of ``cogqa data prepare``."""
     from ..data import prepare
 
@@ -74,7 +74,7 @@ def run_prepare(args) -> int:
     return 0
 
 
-def run_info(args) -> int:
+def cmd_data_info(args) -> int:
     """Handler of ``cogqa data info``."""
     from ..data import load_manifest, unigram_entropy
 

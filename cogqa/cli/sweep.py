@@ -18,7 +18,8 @@ def _add_spec_options(p: argparse.ArgumentParser, spec_required: bool = False) -
                    help="sweep spec (YAML or JSON); the flags below override its fields")
     g = p.add_argument_group("spec fields (override SPEC)")
     g.add_argument("--data", help="prepared data directory (cogqa data prepare --out DIR)")
-    g.add_argument("--heads", help="head configurations: 'paper' (the 21 candidates up to (32,32)) or a list 8:1,16:4")
+    g.add_argument("--heads", help="head configurations: 'paper' (the 21 candidates up to (32,32)) or a list "
+                   "'8,1 16,4' (also 8:1,16:4 or (8,1),(16,4))")
     g.add_argument("--sizes", help="sizes: Table 9 names (3M,19M,...) or sizes in parameters (50M: Appendix B.1 shape)")
     g.add_argument("--tokens-per-param",
                    help=f"training tokens per non-embedding parameter (default {default('tokens_per_param'):g})")
@@ -60,7 +61,7 @@ def register(subparsers) -> None:
     pl.add_argument("--gpu-tflops", type=float, default=312.0, help="peak GPU throughput in TFLOP/s for GPU-hours (default 312, A100 bf16)")
     pl.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation assumed for GPU-hours (default 0.4)")
     pl.add_argument("--json", action="store_true", help="print JSON")
-    pl.set_defaults(func=run_plan)
+    pl.set_defaults(func=cmd_sweep_plan)
 
     r = sub.add_parser("run", help="run every unfinished run (skips done, resumes interrupted, reports failed)")
     _add_spec_options(r)
@@ -83,25 +84,25 @@ def register(subparsers) -> None:
     s.add_argument("--no-wait", action="store_true", help="submit and return; check with cogqa sweep status")
     s.add_argument("--print-sbatch", action="store_true", help="print the sbatch script and torchrun command of the first run, submit nothing")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    r.set_defaults(func=run_run)
+    r.set_defaults(func=cmd_sweep_run)
 
     st = sub.add_parser("status", help="done / running / failed / pending runs of a sweep directory")
     st.add_argument("dir", metavar="DIR")
     st.add_argument("--json", action="store_true", help="print JSON")
-    st.set_defaults(func=run_status)
+    st.set_defaults(func=cmd_sweep_status)
 
     c = sub.add_parser("collect", help="write DIR/results.csv and DIR/results.parquet from the finished runs")
     c.add_argument("dir", metavar="DIR")
-    c.set_defaults(func=run_collect)
+    c.set_defaults(func=cmd_sweep_collect)
 
     d = subparsers.add_parser("demo", help="the whole recipe on a CPU: tiny sweep on the offline corpus -> fit -> search -> report (< 15 min)")
     d.add_argument("--out", default="runs/demo", help="demo directory (default runs/demo); re-running finishes or skips")
     d.add_argument("--workers", type=int, default=1, help="runs at a time (default 1)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
-    d.set_defaults(func=run_demo)
+    d.set_defaults(func=cmd_demo)
 
 
-def run_plan(args: argparse.Namespace) -> int:
+def cmd_sweep_plan(args: argparse.Namespace) -> int:
     """Handler of ``cogqa sweep plan``."""
     from ..sweep import plan
     from ..units import fmt_flops, fmt_params, fmt_tokens
@@ -124,7 +125,7 @@ def run_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_run(args: argparse.Namespace) -> int:
+def cmd_sweep_run(args: argparse.Namespace) -> int:
     """Handler of ``cogqa sweep run``."""
     from ..sweep import SlurmOptions, run_sweep
 
@@ -136,14 +137,10 @@ def run_run(args: argparse.Namespace) -> int:
                              array=args.array, array_parallelism=args.array_parallelism, cluster=args.cluster)
     out = args.out or f"runs/{spec.name}"
     if args.print_sbatch:
-        import shlex
-        from pathlib import Path
-
-        from ..sweep import run_command
+        from ..sweep import first_job_sbatch
 
         require(slurm is not None, "--print-sbatch needs --executor slurm")
-        run_dir = (Path(out) / "runs" / spec.runs()[0].run_id).resolve()
-        print(slurm.sbatch_preview(shlex.join(run_command(run_dir, slurm.gpus_per_run, slurm.nodes)), Path(out).resolve() / "submitit"))
+        print(first_job_sbatch(spec, out, slurm))
         return 0
     status = run_sweep(spec, out, executor=args.executor, workers=args.workers, retry_failed=args.retry_failed,
                        slurm=slurm, progress=not args.no_progress, wait=not args.no_wait)
@@ -158,7 +155,7 @@ def _print_status(status: dict, out: str) -> None:
         print(f"  failed {run_id}: {err}  (log: {out}/runs/{run_id}/log.txt; retry with --retry-failed)")
 
 
-def run_status(args: argparse.Namespace) -> int:
+def cmd_sweep_status(args: argparse.Namespace) -> int:
     """Handler of ``cogqa sweep status``."""
     from tqdm import tqdm
 
@@ -177,7 +174,7 @@ def run_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_collect(args: argparse.Namespace) -> int:
+def cmd_sweep_collect(args: argparse.Namespace) -> int:
     """Handler of ``cogqa sweep collect``."""
     from ..sweep import collect
 
@@ -190,13 +187,12 @@ def run_collect(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_demo(args: argparse.Namespace) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     """Handler of ``cogqa demo``."""
-    from ..demo import run_demo as demo
-
+    from ..demo import run_demo
     from ..units import fmt_params
 
-    summary = demo(args.out, workers=args.workers, progress=not args.no_progress)
+    summary = run_demo(args.out, workers=args.workers, progress=not args.no_progress)
     best = summary.get("best") or {}
     falls = summary.get("loss_falls_with_n") or {}
     print(f"demo finished in {summary['wall_time_s']:.0f} s: {summary['runs']} runs")

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from ..config import default
+from ..distributed import is_main_process
 from ..errors import require
 
 
@@ -19,7 +20,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="run directory: config.json, metrics.jsonl, checkpoints/, result.json")
     g = p.add_argument_group("model (one of --size, explicit --layers/--hidden/..., or --init-from)")
     g.add_argument("--size", help="a paper size from Table 9 (e.g. 470M); MHA with d_h = 64 unless --heads/--kv-heads")
-    g.add_argument("--heads", type=int, help="query heads n_h")
+    g.add_argument("--heads", help="query heads n_h, or a head configuration n_h,n_kv (e.g. 8,1; also 8:1, H=(8,1))")
     g.add_argument("--kv-heads", type=int, help="KV heads n_kv (default n_h)")
     g.add_argument("--layers", type=int, help="layers L (explicit shape)")
     g.add_argument("--hidden", type=int, help="hidden size d (explicit shape)")
@@ -65,41 +66,49 @@ def register(subparsers) -> None:
     _add_common(p)
     p.add_argument("--resume", action="store_true", help="continue OUT from its newest complete checkpoint")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
-    p.set_defaults(func=run_train)
+    p.set_defaults(func=cmd_train)
 
     s = subparsers.add_parser("lr-search", help="short runs over a grid of max LRs; report the best by validation loss")
     _add_common(s)
     s.add_argument("--lrs", help="comma-separated LRs (default {1,2,5}x10^{-3,-4,-5})")
     s.add_argument("--json", action="store_true", help="print the table as JSON")
-    s.set_defaults(func=run_lr_search)
+    s.set_defaults(func=cmd_lr_search)
+
+
+def _heads(args: argparse.Namespace) -> tuple[int | None, int | None]:
+    """(n_heads, n_kv_heads) from ``--heads 8`` [``--kv-heads 1``] or ``--heads 8,1`` (one parser: cogqa.units)."""
+    from ..units import parse_count, parse_head_config
+
+    if args.heads is None:
+        return None, args.kv_heads
+    if str(args.heads).strip().isdigit():
+        return _whole(parse_count(args.heads, "--heads"), "--heads"), args.kv_heads
+    require(args.kv_heads is None, "--heads: give the head configuration once: --heads 8,1 or --heads 8 --kv-heads 1")
+    return parse_head_config(args.heads, "--heads")
 
 
 def config_from_args(args: argparse.Namespace, resume: bool = False):
-    """The :class:`cogqa.train.TrainConfig` named by the command-line options."""
-    from ..shapes import paper_ffn_size
-    from ..train import TrainConfig, apply_overrides
+    """The :class:`cogqa.config.TrainConfig` named by the command-line options."""
+    from ..config import TrainConfig, apply_overrides, shape_dict
     from ..units import parse_context, parse_count, parse_float
 
+    n_heads, n_kv_heads = _heads(args)
     shape = None
     explicit = any(getattr(args, k) is not None for k in ("layers", "hidden", "ffn"))
     ways = [args.size is not None, explicit, args.init_from is not None]
-    require(sum(ways) == 1, "name the model once: --size 470M, --layers/--hidden/--heads/--kv-heads, or --init-from CHECKPOINT")
+    require(sum(ways) == 1,
+            "name the model once: --size 470M, --layers/--hidden/--heads/--kv-heads, or --init-from CHECKPOINT")
     if explicit:
-        for name in ("layers", "hidden", "heads"):
-            require(getattr(args, name) is not None, f"--{name.replace('_', '-')} is required with explicit sizes")
-        shape = {"layers": args.layers, "hidden_size": args.hidden,
-                 "ffn_size": args.ffn if args.ffn is not None else paper_ffn_size(args.hidden),
-                 "n_heads": args.heads, "n_kv_heads": args.kv_heads if args.kv_heads is not None else args.heads,
-                 "head_dim": args.head_dim}
+        for name, value in (("layers", args.layers), ("hidden", args.hidden), ("heads", n_heads)):
+            require(value is not None, f"--{name} is required with explicit sizes")
+        shape = shape_dict(args.layers, args.hidden, n_heads, n_kv_heads, args.ffn, args.head_dim)
     elif args.init_from is not None:
-        require(args.heads is None and args.kv_heads is None, "--heads/--kv-heads cannot change an --init-from checkpoint")
-    optim = {}
-    if args.lr is not None:
-        optim["lr"] = parse_float(args.lr, "--lr")
+        require(n_heads is None and n_kv_heads is None, "--heads/--kv-heads cannot change an --init-from checkpoint")
+    optim = {} if args.lr is None else {"lr": parse_float(args.lr, "--lr")}
     config = TrainConfig(
         data=args.data, out_dir=args.out, size=args.size,
-        n_heads=args.heads if args.size is not None else None,
-        n_kv_heads=args.kv_heads if args.size is not None else None,
+        n_heads=n_heads if args.size is not None else None,
+        n_kv_heads=n_kv_heads if args.size is not None else None,
         shape=shape, init_from=args.init_from,
         context=parse_context(args.context) if args.context is not None else None,
         tokens=parse_count(args.tokens, "--tokens") if args.tokens is not None else None,
@@ -115,24 +124,18 @@ def config_from_args(args: argparse.Namespace, resume: bool = False):
 
 
 def _whole(x: float, field: str) -> int:
-    require(float(x).is_integer(), f"{field}: must be a whole number of tokens, got {x}")
+    require(float(x).is_integer(), f"{field}: must be a whole number, got {x:g}")
     return int(x)
 
 
-def _is_main() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def run_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     """Handler of ``cogqa train``."""
     from ..train import train
     from ..units import fmt_params, fmt_tokens
 
     config = config_from_args(args, resume=args.resume)
     result = train(config)
-    if not _is_main():
+    if not is_main_process():
         return 0
     if args.json:
         from . import print_json
@@ -148,7 +151,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_lr_search(args: argparse.Namespace) -> int:
+def cmd_lr_search(args: argparse.Namespace) -> int:
     """Handler of ``cogqa lr-search``."""
     from ..train import PAPER_LR_GRID, lr_search
     from ..units import parse_float
@@ -160,7 +163,7 @@ def run_lr_search(args: argparse.Namespace) -> int:
     require(args.lr is None, "--lr has no meaning in lr-search; use --lrs")
     config = config_from_args(args, resume=True)
     table = lr_search(config, lrs)
-    if not _is_main():
+    if not is_main_process():
         return 0
     if args.json:
         print(json.dumps(table, indent=2))

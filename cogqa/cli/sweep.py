@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..config import default
 from ..errors import require
-from . import print_json
+from . import ConfigDefault as default
+from . import given, print_json
 
 
 def _add_spec_options(p: argparse.ArgumentParser, spec_required: bool = False) -> None:
@@ -21,14 +21,15 @@ def _add_spec_options(p: argparse.ArgumentParser, spec_required: bool = False) -
     g.add_argument("--heads", help="head configurations: 'paper' (the 21 candidates up to (32,32)) or a list "
                    "'8,1 16,4' (also 8:1,16:4 or (8,1),(16,4))")
     g.add_argument("--sizes", help="sizes: Table 9 names (3M,19M,...) or sizes in parameters (50M: Appendix B.1 shape)")
-    g.add_argument("--tokens-per-param",
-                   help=f"training tokens per non-embedding parameter (default {default('tokens_per_param'):g})")
+    g.add_argument("--tokens-per-param", default=default("tokens_per_param"),
+                   help="training tokens per non-embedding parameter (default %(default)s)")
     g.add_argument("--tokens", help="a fixed training-token budget per run instead (e.g. 2e6)")
     g.add_argument("--context", help="training context in tokens (must match the data)")
     g.add_argument("--lr", help="max LR for every size (default: Table 9's per paper size)")
     g.add_argument("--seeds", help="seeds, e.g. 0,1,2 (default 0)")
-    g.add_argument("--batch-tokens", help=f"global batch in tokens (default {default('batch_tokens')})")
-    g.add_argument("--micro-batch", type=int, help=f"sequences per forward pass (default {default('micro_batch')})")
+    g.add_argument("--batch-tokens", default=default("batch_tokens"), help="global batch in tokens (default %(default)s)")
+    g.add_argument("--micro-batch", type=int, default=default("micro_batch"),
+                   help="sequences per forward pass (default %(default)s)")
     g.add_argument("--max-steps", type=int, help="cap every run at this many optimiser steps")
 
 
@@ -40,10 +41,10 @@ def spec_from_args(args: argparse.Namespace):
     over = {
         "data": args.data, "heads": args.heads,
         "sizes": [s.strip() for s in args.sizes.split(",") if s.strip()] if args.sizes else None,
-        "tokens_per_param": args.tokens_per_param, "tokens": args.tokens, "context": args.context,
+        "tokens_per_param": given(args.tokens_per_param), "tokens": args.tokens, "context": args.context,
         "lr": parse_float(args.lr, "--lr") if args.lr is not None else None,
         "seeds": [int(s) for s in args.seeds.split(",")] if args.seeds else None,
-        "batch_tokens": args.batch_tokens, "micro_batch": args.micro_batch, "max_steps": args.max_steps,
+        "batch_tokens": given(args.batch_tokens), "micro_batch": given(args.micro_batch), "max_steps": args.max_steps,
     }
     if args.seeds:
         require(all(s.strip().isdigit() for s in args.seeds.split(",")), f"--seeds: whole numbers like 0,1,2, got {args.seeds!r}")

@@ -10,9 +10,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..config import default
-from ..distributed import is_main_process
 from ..errors import require
+from . import ConfigDefault as default
+from . import config_value
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     t.add_argument("--context", help="training length in tokens (must match the data; 8k = 8192)")
     t.add_argument("--tokens", help="training tokens, e.g. 9.4B or 2e6 (default: --tokens-per-param x N)")
     t.add_argument("--tokens-per-param", default=default("tokens_per_param"),
-                   help="tokens per non-embedding parameter (default %(default)g)")
+                   help="tokens per non-embedding parameter (default %(default)s)")
     t.add_argument("--batch-tokens", default=default("batch_tokens"),
                    help="global batch in tokens (default %(default)s)")
     t.add_argument("--micro-batch", type=int, default=default("micro_batch"),
@@ -112,11 +112,12 @@ def config_from_args(args: argparse.Namespace, resume: bool = False):
         shape=shape, init_from=args.init_from,
         context=parse_context(args.context) if args.context is not None else None,
         tokens=parse_count(args.tokens, "--tokens") if args.tokens is not None else None,
-        tokens_per_param=parse_count(args.tokens_per_param, "--tokens-per-param"),
-        batch_tokens=_whole(parse_count(args.batch_tokens, "--batch-tokens"), "--batch-tokens"),
-        micro_batch=args.micro_batch, max_steps=args.max_steps, optim=optim, seed=args.seed,
-        eval_every=args.eval_every, eval_batches=args.eval_batches, checkpoint_every=args.checkpoint_every,
-        keep_checkpoints=args.keep, dtype=args.dtype, device=args.device, compile=args.compile, fsdp=args.fsdp,
+        tokens_per_param=parse_count(config_value(args.tokens_per_param), "--tokens-per-param"),
+        batch_tokens=_whole(parse_count(config_value(args.batch_tokens), "--batch-tokens"), "--batch-tokens"),
+        micro_batch=config_value(args.micro_batch), max_steps=args.max_steps, optim=optim, seed=config_value(args.seed),
+        eval_every=config_value(args.eval_every), eval_batches=config_value(args.eval_batches),
+        checkpoint_every=config_value(args.checkpoint_every), keep_checkpoints=config_value(args.keep),
+        dtype=config_value(args.dtype), device=config_value(args.device), compile=args.compile, fsdp=args.fsdp,
         deterministic=not args.nondeterministic, tensorboard=args.tensorboard, wandb=args.wandb,
         progress=not args.no_progress, resume=resume,
     )
@@ -135,6 +136,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config = config_from_args(args, resume=args.resume)
     result = train(config)
+    from ..distributed import is_main_process
+
     if not is_main_process():
         return 0
     if args.json:
@@ -163,6 +166,8 @@ def cmd_lr_search(args: argparse.Namespace) -> int:
     require(args.lr is None, "--lr has no meaning in lr-search; use --lrs")
     config = config_from_args(args, resume=True)
     table = lr_search(config, lrs)
+    from ..distributed import is_main_process
+
     if not is_main_process():
         return 0
     if args.json:

@@ -87,7 +87,9 @@ def save_model(model, directory, extra_metadata: dict | None = None) -> Path:
 def load_shape(directory) -> ModelShape:
     """The ModelShape stored in ``directory/shape.json``."""
     path = Path(directory) / SHAPE_NAME
-    require(path.is_file(), f"{path}: no such file; is {directory} a cogqa checkpoint (model.safetensors + shape.json)?")
+    require(
+        path.is_file(), f"{path}: no such file; is {directory} a cogqa checkpoint (model.safetensors + shape.json)?"
+    )
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -106,7 +108,7 @@ def read_safetensors(path) -> tuple[dict, dict]:
     try:
         tensors = load(data)
         header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + header_len])
+        header = json.loads(data[8 : 8 + header_len])
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CogqaError(f"{path}: not a readable safetensors file ({first}); is it truncated?") from None
@@ -118,11 +120,22 @@ def check_state_dict(model, tensors: dict, source: str) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
-    require(not missing, f"{source}: missing tensor(s) {missing[:3]}{' ...' if len(missing) > 3 else ''} for shape {model.shape.describe()}")
-    require(not extra, f"{source}: unexpected tensor(s) {extra[:3]}{' ...' if len(extra) > 3 else ''} for shape {model.shape.describe()}")
+    require(
+        not missing,
+        f"{source}: missing tensor(s) {missing[:3]}{' ...' if len(missing) > 3 else ''} "
+        f"for shape {model.shape.describe()}",
+    )
+    require(
+        not extra,
+        f"{source}: unexpected tensor(s) {extra[:3]}{' ...' if len(extra) > 3 else ''} "
+        f"for shape {model.shape.describe()}",
+    )
     for k, s in expected.items():
         got = tuple(tensors[k].shape)
-        require(got == s, f"{source}: tensor {k} has shape {list(got)} but shape.json ({model.shape.describe()}) needs {list(s)}")
+        require(
+            got == s,
+            f"{source}: tensor {k} has shape {list(got)} but shape.json ({model.shape.describe()}) needs {list(s)}",
+        )
 
 
 def load_model(directory, device="cpu", dtype=None, max_seq_len: int = 8192):
@@ -168,7 +181,7 @@ def checkpoint_step(path) -> int | None:
     ``step_N.old`` (a replaced one) are not.
     """
     p = Path(path)
-    digits = p.name[len(CHECKPOINT_PREFIX):]
+    digits = p.name[len(CHECKPOINT_PREFIX) :]
     if not (p.name.startswith(CHECKPOINT_PREFIX) and digits.isdigit()):
         return None
     return int(digits) if p.is_dir() and (p / SHAPE_NAME).is_file() else None
@@ -201,7 +214,9 @@ def resolve_checkpoint(path) -> Path:
     if (p / SHAPE_NAME).is_file():
         return p
     steps = list_checkpoints(p)
-    require(steps, f"{p}: not a checkpoint (no shape.json) and no checkpoints/step_*/ inside; pass a checkpoint directory")
+    require(
+        steps, f"{p}: not a checkpoint (no shape.json) and no checkpoints/step_*/ inside; pass a checkpoint directory"
+    )
     return steps[-1]
 
 
@@ -241,8 +256,13 @@ def rng_state() -> dict:
     py_state = random.getstate()
     return {
         "torch": torch.get_rng_state(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
         "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
@@ -280,8 +300,9 @@ def save_checkpoint(run_dir, step: int, shape, model, optimizer, dist_info, keep
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        _write_trainer_checkpoint(tmp, shape, model, msd, dist_info.world > 1,
-                                  {"step": step, "optimizer": osd, "rng": rng_state(), **extra})
+        _write_trainer_checkpoint(
+            tmp, shape, model, msd, dist_info.world > 1, {"step": step, "optimizer": osd, "rng": rng_state(), **extra}
+        )
         if final.exists():  # re-saving the same step (e.g. the final one): replace atomically
             old = final.with_name(final.name + ".old")
             os.replace(final, old)
@@ -328,7 +349,8 @@ def load_trainer_state(ckpt) -> dict:
 
 
 def restore(ckpt, model, optimizer, dist_info) -> dict:
-    """Load a checkpoint's weights and optimizer state into the (possibly wrapped) objects; returns its trainer state."""
+    """Load a checkpoint's weights and optimizer state into the (possibly wrapped) objects; returns its
+    trainer state."""
     from .distributed import load_full_state_dicts
 
     state = load_trainer_state(ckpt)

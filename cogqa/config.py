@@ -43,16 +43,38 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)
-        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        require(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"optim.betas must be two numbers in [0, 1), got {self.betas}",
+        )
         if self.lr is not None:
-            require(_is_number(self.lr) and 0 < self.lr < 1, f"optim.lr must be a number in (0, 1), got {self.lr!r}; e.g. --lr 5e-4")
+            require(
+                _is_number(self.lr) and 0 < self.lr < 1,
+                f"optim.lr must be a number in (0, 1), got {self.lr!r}; e.g. --lr 5e-4",
+            )
         require(_is_number(self.eps) and self.eps > 0, f"optim.eps must be positive, got {self.eps!r}")
-        require(_is_number(self.weight_decay) and self.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {self.weight_decay!r}")
-        require(_is_number(self.grad_clip) and self.grad_clip >= 0, f"optim.grad_clip must be >= 0 (0 = off), got {self.grad_clip!r}")
-        require(_is_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1, "optim.warmup_fraction must be in [0, 1)")
-        require(_is_number(self.decay_fraction) and 0 <= self.decay_fraction <= 1, "optim.decay_fraction must be in [0, 1]")
-        require(self.warmup_fraction + self.decay_fraction <= 1, "optim.warmup_fraction + optim.decay_fraction must be <= 1")
-        require(_is_number(self.final_lr_fraction) and 0 <= self.final_lr_fraction <= 1, "optim.final_lr_fraction must be in [0, 1]")
+        require(
+            _is_number(self.weight_decay) and self.weight_decay >= 0,
+            f"optim.weight_decay must be >= 0, got {self.weight_decay!r}",
+        )
+        require(
+            _is_number(self.grad_clip) and self.grad_clip >= 0,
+            f"optim.grad_clip must be >= 0 (0 = off), got {self.grad_clip!r}",
+        )
+        require(
+            _is_number(self.warmup_fraction) and 0 <= self.warmup_fraction < 1,
+            "optim.warmup_fraction must be in [0, 1)",
+        )
+        require(
+            _is_number(self.decay_fraction) and 0 <= self.decay_fraction <= 1, "optim.decay_fraction must be in [0, 1]"
+        )
+        require(
+            self.warmup_fraction + self.decay_fraction <= 1, "optim.warmup_fraction + optim.decay_fraction must be <= 1"
+        )
+        require(
+            _is_number(self.final_lr_fraction) and 0 <= self.final_lr_fraction <= 1,
+            "optim.final_lr_fraction must be in [0, 1]",
+        )
 
 
 @dataclass
@@ -101,25 +123,65 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if isinstance(self.optim, dict):
             self.optim = OptimConfig(**_known(OptimConfig, self.optim, "optim"))
-        require(isinstance(self.data, (str, os.PathLike)) and str(self.data) != "", "data: give the prepared data directory (cogqa data prepare --out DIR)")
-        require(isinstance(self.out_dir, (str, os.PathLike)) and str(self.out_dir) != "", "out_dir: give an output directory (--out DIR)")
+        require(
+            isinstance(self.data, (str, os.PathLike)) and str(self.data) != "",
+            "data: give the prepared data directory (cogqa data prepare --out DIR)",
+        )
+        require(
+            isinstance(self.out_dir, (str, os.PathLike)) and str(self.out_dir) != "",
+            "out_dir: give an output directory (--out DIR)",
+        )
         self.data, self.out_dir = str(self.data), str(self.out_dir)
         named = [self.size is not None, self.shape is not None, self.init_from is not None]
-        require(sum(named) == 1, "name the model once: size (--size 470M), shape (--layers/--hidden/...) or init_from (--init-from CHECKPOINT)")
+        require(
+            sum(named) == 1,
+            "name the model once: size (--size 470M), shape (--layers/--hidden/...) "
+            "or init_from (--init-from CHECKPOINT)",
+        )
         if self.size is None:
-            require(self.n_heads is None and self.n_kv_heads is None, "n_heads/n_kv_heads only modify size; put heads into the explicit shape")
+            require(
+                self.n_heads is None and self.n_kv_heads is None,
+                "n_heads/n_kv_heads only modify size; put heads into the explicit shape",
+            )
         if self.context is not None:
-            require(_is_int(self.context) and self.context > 0, f"context must be a positive whole number of tokens, got {self.context!r}")
+            require(
+                _is_int(self.context) and self.context > 0,
+                f"context must be a positive whole number of tokens, got {self.context!r}",
+            )
         if self.tokens is not None:
-            require(_is_number(self.tokens) and self.tokens > 0, f"tokens must be a positive number of tokens, got {self.tokens!r}")
-        require(_is_number(self.tokens_per_param) and self.tokens_per_param > 0, f"tokens_per_param must be positive, got {self.tokens_per_param!r}")
-        require(_is_int(self.batch_tokens) and self.batch_tokens > 0, f"batch_tokens must be a positive whole number, got {self.batch_tokens!r}")
-        require(_is_int(self.micro_batch) and self.micro_batch > 0, f"micro_batch must be a positive whole number, got {self.micro_batch!r}")
+            require(
+                _is_number(self.tokens) and self.tokens > 0,
+                f"tokens must be a positive number of tokens, got {self.tokens!r}",
+            )
+        require(
+            _is_number(self.tokens_per_param) and self.tokens_per_param > 0,
+            f"tokens_per_param must be positive, got {self.tokens_per_param!r}",
+        )
+        require(
+            _is_int(self.batch_tokens) and self.batch_tokens > 0,
+            f"batch_tokens must be a positive whole number, got {self.batch_tokens!r}",
+        )
+        require(
+            _is_int(self.micro_batch) and self.micro_batch > 0,
+            f"micro_batch must be a positive whole number, got {self.micro_batch!r}",
+        )
         for name in ("seed", "eval_every", "checkpoint_every"):
-            require(_is_int(getattr(self, name)) and getattr(self, name) >= 0, f"{name} must be a whole number >= 0, got {getattr(self, name)!r}")
-        require(_is_int(self.eval_batches) and self.eval_batches > 0, f"eval_batches must be >= 1, got {self.eval_batches!r}")
-        require(_is_int(self.keep_checkpoints) and self.keep_checkpoints > 0, f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}")
-        require(self.dtype in ("auto", "fp32", "bf16", "fp16"), f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}")
+            require(
+                _is_int(getattr(self, name)) and getattr(self, name) >= 0,
+                f"{name} must be a whole number >= 0, got {getattr(self, name)!r}",
+            )
+        require(
+            _is_int(self.eval_batches) and self.eval_batches > 0,
+            f"eval_batches must be >= 1, got {self.eval_batches!r}",
+        )
+        require(
+            _is_int(self.keep_checkpoints) and self.keep_checkpoints > 0,
+            f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}",
+        )
+        require(
+            self.dtype in ("auto", "fp32", "bf16", "fp16"),
+            f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}",
+        )
         if self.max_steps is not None:
             require(_is_int(self.max_steps) and self.max_steps > 0, f"max_steps must be >= 1, got {self.max_steps!r}")
 
@@ -162,15 +224,26 @@ def default(name: str, cls: type | None = None) -> Any:
     return f.default_factory() if f.default is MISSING else f.default
 
 
-def shape_dict(layers: int, hidden_size: int, n_heads: int, n_kv_heads: int | None = None,
-               ffn_size: int | None = None, head_dim: int = 64) -> dict[str, int]:
+def shape_dict(
+    layers: int,
+    hidden_size: int,
+    n_heads: int,
+    n_kv_heads: int | None = None,
+    ffn_size: int | None = None,
+    head_dim: int = 64,
+) -> dict[str, int]:
     """An explicit model shape for :attr:`TrainConfig.shape` (vocab comes from the data): FFN size
     the paper's int(8d/3) rounded (:func:`cogqa.shapes.paper_ffn_size`) and n_kv = n_h unless given."""
     from .shapes import paper_ffn_size
 
-    return {"layers": layers, "hidden_size": hidden_size,
-            "ffn_size": ffn_size if ffn_size is not None else paper_ffn_size(hidden_size),
-            "n_heads": n_heads, "n_kv_heads": n_kv_heads if n_kv_heads is not None else n_heads, "head_dim": head_dim}
+    return {
+        "layers": layers,
+        "hidden_size": hidden_size,
+        "ffn_size": ffn_size if ffn_size is not None else paper_ffn_size(hidden_size),
+        "n_heads": n_heads,
+        "n_kv_heads": n_kv_heads if n_kv_heads is not None else n_heads,
+        "head_dim": head_dim,
+    }
 
 
 def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
@@ -195,7 +268,6 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
         require(parts[-1] in node, f"--set: unknown key {key!r}; known: {sorted(node)}")
         node[parts[-1]] = value
     return TrainConfig.from_dict(d)
-
 
 
 @dataclass
@@ -233,9 +305,16 @@ def resolve_shape(config: TrainConfig, vocab_size: int):
         shape = ModelShape.from_dict(config.shape)
         return replace(shape, vocab_size=vocab_size)
     path = Path(config.init_from) / "shape.json"
-    require(path.is_file(), f"init_from: {config.init_from} has no shape.json; give a checkpoint directory (.../checkpoints/step_XXXXXXXX)")
+    require(
+        path.is_file(),
+        f"init_from: {config.init_from} has no shape.json; give a checkpoint directory (.../checkpoints/step_XXXXXXXX)",
+    )
     shape = ModelShape.from_dict(json.loads(path.read_text()))
-    require(shape.vocab_size == vocab_size, f"init_from: the checkpoint's vocabulary ({shape.vocab_size}) differs from the data's ({vocab_size}); use data prepared with the same tokenizer")
+    require(
+        shape.vocab_size == vocab_size,
+        f"init_from: the checkpoint's vocabulary ({shape.vocab_size}) differs from the data's ({vocab_size}); "
+        "use data prepared with the same tokenizer",
+    )
     return shape
 
 
@@ -245,11 +324,16 @@ def resolve_lr(config: TrainConfig) -> float:
         return float(config.optim.lr)
     from .shapes import paper_learning_rate
 
-    require(config.size is not None, "optim.lr: give a max learning rate (--lr 5e-4); only paper sizes (--size 470M) have a default")
+    require(
+        config.size is not None,
+        "optim.lr: give a max learning rate (--lr 5e-4); only paper sizes (--size 470M) have a default",
+    )
     try:
         return paper_learning_rate(config.size)
     except CogqaError:
-        raise CogqaError(f"optim.lr: the paper gives no LR for size {config.size!r}; pass --lr (cogqa lr-search finds one)") from None
+        raise CogqaError(
+            f"optim.lr: the paper gives no LR for size {config.size!r}; pass --lr (cogqa lr-search finds one)"
+        ) from None
 
 
 def plan_steps(config: TrainConfig, n_non_embedding: float, context: int, world: int) -> dict[str, int]:
@@ -267,6 +351,10 @@ def plan_steps(config: TrainConfig, n_non_embedding: float, context: int, world:
     steps = max(1, int(math.ceil(budget / batch_tokens)))
     if config.max_steps is not None:
         steps = min(steps, int(config.max_steps))
-    return {"global_batch": global_batch, "accum": global_batch // unit, "batch_tokens": batch_tokens, "steps": steps, "tokens": steps * batch_tokens}
-
-
+    return {
+        "global_batch": global_batch,
+        "accum": global_batch // unit,
+        "batch_tokens": batch_tokens,
+        "steps": steps,
+        "tokens": steps * batch_tokens,
+    }

@@ -43,8 +43,12 @@ def setup(device_type: str) -> Dist:
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
         here = True
-    return Dist(rank=dist.get_rank(), world=dist.get_world_size(), local_rank=int(os.environ.get("LOCAL_RANK", "0")),
-                initialised_here=here)
+    return Dist(
+        rank=dist.get_rank(),
+        world=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        initialised_here=here,
+    )
 
 
 def teardown(dist_info: Dist) -> None:
@@ -83,7 +87,8 @@ def all_reduce_sum(tensor, dist_info: Dist) -> None:
 
 
 def wrap(model, dist_info: Dist, fsdp: bool, device):
-    """(model to train, sharded): DDP around ``model``, FSDP2 ``fully_shard`` per block and whole, or ``model`` itself."""
+    """(model to train, sharded): DDP around ``model``, FSDP2 ``fully_shard`` per block and whole,
+    or ``model`` itself."""
     if dist_info.world <= 1:
         return model, False
     if fsdp:

@@ -89,8 +89,14 @@ def sample_indices(step: int, global_batch: int, n_chunks: int, seed: int) -> np
 
 def _open_data(config: TrainConfig):
     root = Path(config.data)
-    require(root.is_dir(), f"data: {config.data} does not exist; prepare it with `cogqa data prepare ... --out {config.data}`")
-    require((root / "manifest.json").is_file(), f"data: no manifest.json in {config.data}; prepare it with `cogqa data prepare`")
+    require(
+        root.is_dir(),
+        f"data: {config.data} does not exist; prepare it with `cogqa data prepare ... --out {config.data}`",
+    )
+    require(
+        (root / "manifest.json").is_file(),
+        f"data: no manifest.json in {config.data}; prepare it with `cogqa data prepare`",
+    )
     from .data import TokenChunks
 
     train_chunks = TokenChunks(root, split="train")
@@ -101,10 +107,16 @@ def _open_data(config: TrainConfig):
         f"data: {config.data} has no training chunk of {T} tokens (the corpus is shorter than one chunk or empty); "
         "add text or prepare with a smaller --context",
     )
-    require(len(val_chunks) > 0, f"data: {config.data} has no validation chunk of {T} tokens; prepare with a larger --val-fraction or more text")
+    require(
+        len(val_chunks) > 0,
+        f"data: {config.data} has no validation chunk of {T} tokens; prepare with a larger --val-fraction or more text",
+    )
     if config.context is not None:
-        require(config.context == T, f"context: the data in {config.data} is cut into {T}-token chunks, not {config.context}; "
-                "prepare the data at the training length (cogqa data prepare --context ...)")
+        require(
+            config.context == T,
+            f"context: the data in {config.data} is cut into {T}-token chunks, not {config.context}; "
+            "prepare the data at the training length (cogqa data prepare --context ...)",
+        )
     return train_chunks, val_chunks, T
 
 
@@ -113,8 +125,22 @@ def _open_data(config: TrainConfig):
 # checkpoints) -> result
 # ---------------------------------------------------------------------------------------------
 
-_COMPAT_KEYS = ("data", "size", "n_heads", "n_kv_heads", "shape", "init_from", "context", "tokens", "tokens_per_param",
-                "batch_tokens", "micro_batch", "optim", "seed", "max_steps")
+_COMPAT_KEYS = (
+    "data",
+    "size",
+    "n_heads",
+    "n_kv_heads",
+    "shape",
+    "init_from",
+    "context",
+    "tokens",
+    "tokens_per_param",
+    "batch_tokens",
+    "micro_batch",
+    "optim",
+    "seed",
+    "max_steps",
+)
 
 
 def _check_out_dir(config: TrainConfig, resolved: dict) -> int:
@@ -124,8 +150,10 @@ def _check_out_dir(config: TrainConfig, resolved: dict) -> int:
     existing = out / "config.json"
     ckpts = list_checkpoints(out)
     if not config.resume:
-        require(not existing.exists() and not ckpts,
-                f"out_dir: {out} already holds a run; pass --resume to continue it or choose another --out")
+        require(
+            not existing.exists() and not ckpts,
+            f"out_dir: {out} already holds a run; pass --resume to continue it or choose another --out",
+        )
         return 0
     if not existing.exists():
         require(not ckpts, f"out_dir: {out} has checkpoints but no config.json; cannot resume safely")
@@ -136,13 +164,17 @@ def _check_out_dir(config: TrainConfig, resolved: dict) -> int:
     for key in _COMPAT_KEYS:
         if key == "data":
             continue  # the data may move; its content hash is compared below
-        require(old_cfg.get(key) == new_cfg.get(key),
-                f"resume: {out} was trained with {key}={old_cfg.get(key)!r}, not {new_cfg.get(key)!r}; "
-                "use the same settings or another --out")
+        require(
+            old_cfg.get(key) == new_cfg.get(key),
+            f"resume: {out} was trained with {key}={old_cfg.get(key)!r}, not {new_cfg.get(key)!r}; "
+            "use the same settings or another --out",
+        )
     for key in ("shape", "global_batch", "steps", "context", "data_hash", "world_size"):
-        require(old_res.get(key) == resolved.get(key),
-                f"resume: {out} was trained with a different {key} ({old_res.get(key)!r} vs {resolved.get(key)!r}); "
-                "use the same settings or another --out")
+        require(
+            old_res.get(key) == resolved.get(key),
+            f"resume: {out} was trained with a different {key} ({old_res.get(key)!r} vs {resolved.get(key)!r}); "
+            "use the same settings or another --out",
+        )
     return checkpoint_step(ckpts[-1]) if ckpts else 0
 
 
@@ -157,7 +189,8 @@ def _environment(device, dist_info: Dist) -> dict:
         "python_version": platform.python_version(),
         "platform": platform.platform(),
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
+        "device_name": torch.cuda.get_device_name(device)
+        if device.type == "cuda"
         else platform.processor() or platform.machine(),
         "world_size": dist_info.world,
         "threads": torch.get_num_threads(),
@@ -209,7 +242,8 @@ class _Run:
 
 @dataclass
 class _Model:
-    """The model as saved (``model``), as trained (DDP/FSDP ``train_model``), as called (``forward``, maybe compiled)."""
+    """The model as saved (``model``), as trained (DDP/FSDP ``train_model``), as called (``forward``,
+    maybe compiled)."""
 
     model: Any
     train_model: Any
@@ -233,11 +267,20 @@ def _train(config: TrainConfig, dist_info: Dist) -> TrainResult:
     if val_loss is None:  # resumed at the very end: nothing ran
         val_loss = evaluate()
     result = TrainResult(
-        out_dir=str(run.out), steps=run.plan["steps"], tokens=run.plan["tokens"], final_val_loss=val_loss,
-        final_train_loss=last_loss, wall_time_s=time.perf_counter() - t_start,
-        params_non_embedding=run.resolved["params_non_embedding"], params_total=run.resolved["params_total"],
-        n_heads=run.shape.n_heads, n_kv_heads=run.shape.n_kv_heads, context=run.context, lr=run.lr,
-        batch_tokens=run.plan["batch_tokens"], resumed_from_step=run.start_step,
+        out_dir=str(run.out),
+        steps=run.plan["steps"],
+        tokens=run.plan["tokens"],
+        final_val_loss=val_loss,
+        final_train_loss=last_loss,
+        wall_time_s=time.perf_counter() - t_start,
+        params_non_embedding=run.resolved["params_non_embedding"],
+        params_total=run.resolved["params_total"],
+        n_heads=run.shape.n_heads,
+        n_kv_heads=run.shape.n_kv_heads,
+        context=run.context,
+        lr=run.lr,
+        batch_tokens=run.plan["batch_tokens"],
+        resumed_from_step=run.start_step,
     )
     if dist_info.main:
         write_json_atomic(run.out / "result.json", result.to_dict())
@@ -259,14 +302,31 @@ def _prepare(config: TrainConfig, dist_info: Dist) -> _Run:
     n_ne = int(params_non_embedding(shape))
     plan = plan_steps(config, n_ne, T, dist_info.world)
     resolved = {
-        "shape": shape.to_dict(), "context": T, "lr": lr, **plan, "world_size": dist_info.world,
-        "params_non_embedding": n_ne, "params_total": int(params_total(shape)),
+        "shape": shape.to_dict(),
+        "context": T,
+        "lr": lr,
+        **plan,
+        "world_size": dist_info.world,
+        "params_non_embedding": n_ne,
+        "params_total": int(params_total(shape)),
         "data_hash": train_chunks.manifest["content_hash"],
-        "train_chunks": len(train_chunks), "val_chunks": len(val_chunks),
+        "train_chunks": len(train_chunks),
+        "val_chunks": len(val_chunks),
     }
     start_step = _check_out_dir(config, resolved)
-    return _Run(Path(config.out_dir), device, _autocast_dtype(config, device), lr, train_chunks, val_chunks, T, shape,
-                plan, resolved, start_step)
+    return _Run(
+        Path(config.out_dir),
+        device,
+        _autocast_dtype(config, device),
+        lr,
+        train_chunks,
+        val_chunks,
+        T,
+        shape,
+        plan,
+        resolved,
+        start_step,
+    )
 
 
 def _seed_everything(config: TrainConfig, device) -> None:
@@ -299,8 +359,9 @@ def _build(config: TrainConfig, run: _Run, dist_info: Dist) -> _Model:
     train_model, sharded = distributed.wrap(model, dist_info, config.fsdp, run.device)
     groups = [g for g in param_groups(model, config.optim.weight_decay) if g["params"]]
     fused = run.device.type == "cuda"
-    optimizer = torch.optim.AdamW(groups, lr=run.lr, betas=config.optim.betas, eps=config.optim.eps,
-                                  fused=fused or None)
+    optimizer = torch.optim.AdamW(
+        groups, lr=run.lr, betas=config.optim.betas, eps=config.optim.eps, fused=fused or None
+    )
     forward = torch.compile(train_model) if config.compile else train_model
     return _Model(model, train_model, forward, optimizer, sharded)
 
@@ -314,8 +375,10 @@ def _start_or_resume(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist)
         set_rng_state(state["rng"])
     elif dist_info.main:
         run.out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run.out / "config.json", {"config": config.to_dict(), "resolved": run.resolved,
-                                                    "environment": _environment(run.device, dist_info)})
+        write_json_atomic(
+            run.out / "config.json",
+            {"config": config.to_dict(), "resolved": run.resolved, "environment": _environment(run.device, dist_info)},
+        )
     if dist_info.main:
         _truncate_metrics(run.out / "metrics.jsonl", run.start_step)
     distributed.barrier(dist_info)
@@ -338,8 +401,10 @@ def _evaluator(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist):
 
     n_val = min(len(run.val_chunks), config.eval_batches * config.micro_batch)
     n_val = max(dist_info.world, n_val - n_val % dist_info.world)
-    require(len(run.val_chunks) >= n_val,
-            f"data: {len(run.val_chunks)} validation chunks cannot be split over {dist_info.world} processes")
+    require(
+        len(run.val_chunks) >= n_val,
+        f"data: {len(run.val_chunks)} validation chunks cannot be split over {dist_info.world} processes",
+    )
     mine = np.array_split(np.arange(n_val), dist_info.world)[dist_info.rank]
 
     def evaluate() -> float:
@@ -348,7 +413,7 @@ def _evaluator(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist):
         total = torch.zeros(2, dtype=torch.float64, device=run.device)
         with torch.no_grad():
             for i in range(0, len(mine), config.micro_batch):
-                x = _batch(run.val_chunks, mine[i:i + config.micro_batch], run.device)
+                x = _batch(run.val_chunks, mine[i : i + config.micro_batch], run.device)
                 with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
                     loss = m.forward(x, labels=x).loss
                 total[0] += loss.double() * x.shape[0]
@@ -361,7 +426,8 @@ def _evaluator(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist):
 
 
 def _loop(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist, evaluate, sinks: "_Sinks", t_start: float):
-    """Optimiser steps from the resume step to the end; returns (last train loss, last validation loss) in nats/token."""
+    """Optimiser steps from the resume step to the end; returns (last train loss, last validation loss),
+    both in nats/token."""
     steps, batch_tokens = run.plan["steps"], run.plan["batch_tokens"]
     last_loss = val_loss = None
     t0 = t_start
@@ -371,9 +437,15 @@ def _loop(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist, evaluate, 
         done = step + 1
         last_loss = train_loss
         now = time.perf_counter()
-        record = {"step": done, "loss": train_loss, "lr": step_lr, "grad_norm": grad_norm,
-                  "tokens": done * batch_tokens, "tokens_per_s": batch_tokens / max(now - t0, 1e-9),
-                  "elapsed_s": now - t_start}
+        record = {
+            "step": done,
+            "loss": train_loss,
+            "lr": step_lr,
+            "grad_norm": grad_norm,
+            "tokens": done * batch_tokens,
+            "tokens_per_s": batch_tokens / max(now - t0, 1e-9),
+            "elapsed_s": now - t_start,
+        }
         t0 = now
         if (config.eval_every and done % config.eval_every == 0) or done == steps:
             val_loss = evaluate()
@@ -383,8 +455,16 @@ def _loop(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist, evaluate, 
             from .checkpoint import save_checkpoint
 
             sinks.sync()
-            save_checkpoint(run.out, done, run.shape, m.model, m.optimizer, dist_info, config.keep_checkpoints,
-                            {"val_loss": val_loss})
+            save_checkpoint(
+                run.out,
+                done,
+                run.shape,
+                m.model,
+                m.optimizer,
+                dist_info,
+                config.keep_checkpoints,
+                {"val_loss": val_loss},
+            )
     return last_loss, val_loss
 
 
@@ -400,10 +480,10 @@ def _step(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist, step: int)
         g["lr"] = step_lr
     per_rank = global_batch // dist_info.world
     ids = sample_indices(step, global_batch, len(run.train_chunks), config.seed)
-    mine = ids[dist_info.rank * per_rank:(dist_info.rank + 1) * per_rank]
+    mine = ids[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank]
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
     for k in range(accum):
-        x = _batch(run.train_chunks, mine[k * config.micro_batch:(k + 1) * config.micro_batch], run.device)
+        x = _batch(run.train_chunks, mine[k * config.micro_batch : (k + 1) * config.micro_batch], run.device)
         with distributed.no_sync(m.train_model, m.sharded, last_micro=k == accum - 1):
             with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
                 loss = m.forward(x, labels=x).loss
@@ -441,13 +521,25 @@ class _Sinks:
             except ImportError:
                 raise CogqaError("wandb: not installed; pip install wandb, or drop --wandb") from None
             run_id = out.resolve().name + "-" + str(abs(hash(str(out.resolve()))) % 10**8)
-            self.wb = wandb.init(project=config.wandb_project, dir=str(out), resume="allow", id=run_id,
-                                 config={**config.to_dict(), **run.resolved})
+            self.wb = wandb.init(
+                project=config.wandb_project,
+                dir=str(out),
+                resume="allow",
+                id=run_id,
+                config={**config.to_dict(), **run.resolved},
+            )
         if config.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=run.plan["tokens"], initial=run.start_step * self.batch_tokens, unit="tok",
-                            unit_scale=True, desc="train", dynamic_ncols=True, file=sys.stderr)
+            self.bar = tqdm(
+                total=run.plan["tokens"],
+                initial=run.start_step * self.batch_tokens,
+                unit="tok",
+                unit_scale=True,
+                desc="train",
+                dynamic_ncols=True,
+                file=sys.stderr,
+            )
         self.fh = open(out / "metrics.jsonl", "a")
 
     def log(self, record: dict) -> None:
@@ -529,7 +621,9 @@ def lr_search(config: TrainConfig, lrs=PAPER_LR_GRID) -> dict[str, Any]:
             except TrainingDiverged:
                 res = {"final_val_loss": None}
         loss = res.get("final_val_loss")
-        rows.append({"lr": x, "final_val_loss": loss if loss is not None and math.isfinite(loss) else None, "out_dir": str(sub)})
+        rows.append(
+            {"lr": x, "final_val_loss": loss if loss is not None and math.isfinite(loss) else None, "out_dir": str(sub)}
+        )
     ok = [r for r in rows if r["final_val_loss"] is not None]
     require(bool(ok), "lr-search: every run diverged; try smaller learning rates (--lrs)")
     best = min(ok, key=lambda r: r["final_val_loss"])

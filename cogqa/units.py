@@ -179,8 +179,10 @@ def parse_head_config(text, field: str = "--heads") -> tuple[int, int]:
         require(ok, f"{field}: unknown head configuration {text!r}; write [n_heads, n_kv_heads] with integers")
         return _checked_heads(int(text[0]), int(text[1]), field)
     m = _HEAD_ITEM.fullmatch(str(text).strip())
-    require(m is not None, f"{field}: unknown head configuration {str(text).strip()!r}; write N_HEADS,N_KV_HEADS, "
-            f"e.g. {HEADS_EXAMPLE}")
+    require(
+        m is not None,
+        f"{field}: unknown head configuration {str(text).strip()!r}; write N_HEADS,N_KV_HEADS, e.g. {HEADS_EXAMPLE}",
+    )
     return _checked_heads(int(m.group(1)), int(m.group(2)), field)
 
 
@@ -190,9 +192,11 @@ def parse_head_configs(text: str, field: str = "--heads") -> list[tuple[int, int
     text = str(text).strip()
     out, pos = [], 0
     for m in _HEAD_ITEM.finditer(text):
-        gap = text[pos:m.start()]
-        require(gap.strip(" ,;\t") == "", f"{field}: unknown head configuration {gap.strip(' ,;')!r}; write "
-                f"N_HEADS,N_KV_HEADS, e.g. {HEADS_EXAMPLE}")
+        gap = text[pos : m.start()]
+        require(
+            gap.strip(" ,;\t") == "",
+            f"{field}: unknown head configuration {gap.strip(' ,;')!r}; write N_HEADS,N_KV_HEADS, e.g. {HEADS_EXAMPLE}",
+        )
         out.append(_checked_heads(int(m.group(1)), int(m.group(2)), field))
         pos = m.end()
     rest = text[pos:].strip(" ,;\t")

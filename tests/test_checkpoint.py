@@ -44,8 +44,17 @@ def test_overwrite_and_dtype(tmp_path):
 
 
 def test_untied_and_extras(tmp_path):
-    shape = ModelShape(layers=1, hidden_size=32, ffn_size=48, n_heads=4, n_kv_heads=1, head_dim=8, vocab_size=50,
-                       tie_embeddings=False, qk_norm=True)
+    shape = ModelShape(
+        layers=1,
+        hidden_size=32,
+        ffn_size=48,
+        n_heads=4,
+        n_kv_heads=1,
+        head_dim=8,
+        vocab_size=50,
+        tie_embeddings=False,
+        qk_norm=True,
+    )
     model = _model(shape)
     save_model(model, tmp_path / "ck")
     loaded = load_model(tmp_path / "ck")
@@ -101,7 +110,7 @@ def test_missing_files_are_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CogqaError, match="shape.json"):
         load_model(tmp_path / "empty")
-    (tmp_path / "empty" / "shape.json").write_text("{\"layers\": 2")
+    (tmp_path / "empty" / "shape.json").write_text('{"layers": 2')
     with pytest.raises(CogqaError, match="truncated"):
         load_model(tmp_path / "empty")
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import TINY_ARGS
 
 #: set by the developer to run the same test through another launcher (e.g. a stub of cogqa.data)
@@ -19,9 +18,29 @@ LAUNCH = os.environ.get("COGQA_TEST_LAUNCH", "").split() or [sys.executable, "-m
 
 
 def train_args(data: Path, out: Path) -> list[str]:
-    return ["train", "--data", str(data), "--out", str(out), *TINY_ARGS, "--lr", "3e-3", "--tokens", str(32 * 8 * 120),
-            "--batch-tokens", "256", "--micro-batch", "8", "--checkpoint-every", "10", "--keep", "2",
-            "--eval-every", "40", "--no-progress"]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *TINY_ARGS,
+        "--lr",
+        "3e-3",
+        "--tokens",
+        str(32 * 8 * 120),
+        "--batch-tokens",
+        "256",
+        "--micro-batch",
+        "8",
+        "--checkpoint-every",
+        "10",
+        "--keep",
+        "2",
+        "--eval-every",
+        "40",
+        "--no-progress",
+    ]
 
 
 def losses(out: Path) -> list[tuple[int, float]]:

@@ -16,8 +16,22 @@ import pytest
 
 from cogqa.cli import main
 from cogqa.errors import CogqaError
-from cogqa.sweep import (PAPER_HEAD_CONFIGS, SlurmOptions, SweepSpec, is_locked, collect, launch_run, load_spec,
-                         materialise, parse_heads, plan, run_command, run_status, run_sweep, sweep_status)
+from cogqa.sweep import (
+    PAPER_HEAD_CONFIGS,
+    SlurmOptions,
+    SweepSpec,
+    collect,
+    is_locked,
+    launch_run,
+    load_spec,
+    materialise,
+    parse_heads,
+    plan,
+    run_command,
+    run_status,
+    run_sweep,
+    sweep_status,
+)
 
 TINY = [{"name": "a", "layers": 1, "hidden_size": 32, "head_dim": 16}]
 
@@ -34,8 +48,18 @@ def fake_data(tmp_path: Path) -> Path:
 
 
 def tiny_spec(data: Path, **kw) -> SweepSpec:
-    base = dict(data=str(data), sizes=TINY, heads="2:1,2:2", tokens=32 * 8 * 4, lr=3e-3, batch_tokens=32 * 8,
-                micro_batch=8, eval_batches=2, position_eval_chunks=4, name="tiny")
+    base = dict(
+        data=str(data),
+        sizes=TINY,
+        heads="2:1,2:2",
+        tokens=32 * 8 * 4,
+        lr=3e-3,
+        batch_tokens=32 * 8,
+        micro_batch=8,
+        eval_batches=2,
+        position_eval_chunks=4,
+        name="tiny",
+    )
     base.update(kw)
     return SweepSpec(**base)
 
@@ -71,8 +95,9 @@ def test_plan_numbers_match_cost_model(tmp_path):
 
 def test_plan_uses_the_trainers_steps_max_steps_and_batch_rounding(tmp_path):
     # 1000 tokens per batch at T = 2048 rounds to one whole sequence; max_steps caps the budget
-    spec = SweepSpec(data=str(fake_data(tmp_path)), sizes=["3M"], heads="4:1", context=2048, batch_tokens=1000,
-                     max_steps=3)
+    spec = SweepSpec(
+        data=str(fake_data(tmp_path)), sizes=["3M"], heads="4:1", context=2048, batch_tokens=1000, max_steps=3
+    )
     (r,) = plan(spec)["runs"]
     assert (r["batch_tokens"], r["steps"], r["tokens"]) == (2048, 3, 3 * 2048)
 
@@ -83,7 +108,12 @@ def test_spec_defaults_are_the_trainers(tmp_path):
     spec = SweepSpec(data=str(fake_data(tmp_path)), sizes=["3M"], heads="4:1")
     probe = TrainConfig(data="d", out_dir="o", size="3M")
     assert (spec.tokens_per_param, spec.batch_tokens, spec.micro_batch, spec.eval_batches, spec.max_steps) == (
-        probe.tokens_per_param, probe.batch_tokens, probe.micro_batch, probe.eval_batches, probe.max_steps)
+        probe.tokens_per_param,
+        probe.batch_tokens,
+        probe.micro_batch,
+        probe.eval_batches,
+        probe.max_steps,
+    )
     with pytest.raises(CogqaError, match="^micro_batch must be a positive"):  # TrainConfig's check, named plainly
         SweepSpec(data=str(fake_data(tmp_path)), sizes=["3M"], heads="4:1", micro_batch=0)
 
@@ -104,28 +134,71 @@ def test_spec_file_and_overrides(tmp_path):
     assert again.to_dict() == spec.to_dict()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--heads", "8:3"], "must divide"),
-    (["--heads", "4:8"], "n_kv_heads > n_heads"),
-    (["--heads", "eight"], "unknown head configuration"),
-    (["--sizes", "1M"], "below the smallest shape"),
-    (["--sizes", "50M"], "no learning rate"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--heads", "8:3"], "must divide"),
+        (["--heads", "4:8"], "n_kv_heads > n_heads"),
+        (["--heads", "eight"], "unknown head configuration"),
+        (["--sizes", "1M"], "below the smallest shape"),
+        (["--sizes", "50M"], "no learning rate"),
+    ],
+)
 def test_bad_spec_one_line_errors(tmp_path, capsys, args, needle):
     out = tmp_path / "out"
-    code = main(["sweep", "run", "--data", str(fake_data(tmp_path)), "--out", str(out), "--heads", "4:1", "--sizes", "3M", *args])
+    code = main(
+        [
+            "sweep",
+            "run",
+            "--data",
+            str(fake_data(tmp_path)),
+            "--out",
+            str(out),
+            "--heads",
+            "4:1",
+            "--sizes",
+            "3M",
+            *args,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error:") and needle in err and err.count("\n") == 1
     assert not out.exists()  # nothing ran, nothing written
 
 
 def test_missing_data_and_unwritable_out(tmp_path, capsys):
-    code = main(["sweep", "run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--sizes", "3M", "--heads", "4:1"])
+    code = main(
+        [
+            "sweep",
+            "run",
+            "--data",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "o"),
+            "--sizes",
+            "3M",
+            "--heads",
+            "4:1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "data:" in err and "no such directory" in err and err.count("\n") == 1
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code = main(["sweep", "run", "--data", str(fake_data(tmp_path)), "--out", str(blocker / "sub"), "--sizes", "3M", "--heads", "4:1"])
+    code = main(
+        [
+            "sweep",
+            "run",
+            "--data",
+            str(fake_data(tmp_path)),
+            "--out",
+            str(blocker / "sub"),
+            "--sizes",
+            "3M",
+            "--heads",
+            "4:1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--out: cannot write" in err and err.count("\n") == 1
     assert not (blocker.parent / "runs").exists()
@@ -145,8 +218,14 @@ def test_torchrun_and_sbatch_text(tmp_path):
     assert "--nnodes=2" in multi and "--rdzv_backend=c10d" in multi and "--nproc_per_node=8" in multi
     opts = SlurmOptions(partition="gpu", time=120, gpus_per_run=4, account="proj", array_parallelism=16)
     text = opts.sbatch_preview(" ".join(run_command("/r/x", gpus=4, python="py")), tmp_path)
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=120", "#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=32",
-                 "#SBATCH --account=proj", "#SBATCH --nodes=1"):
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=120",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --cpus-per-task=32",
+        "#SBATCH --account=proj",
+        "#SBATCH --nodes=1",
+    ):
         assert line in text
     assert "--nproc_per_node=4" in text
     params = opts.executor_parameters()
@@ -177,8 +256,20 @@ def test_run_skip_status_collect(tmp_path, prepared):
         assert r["status"] == "done" and r["steps"] == 4 and r["final_val_loss"] > 0
         assert set(r["loss_by_position"]) == {"2", "4", "8", "16", "32"}
     df = collect(out)
-    for col in ("n_heads", "n_kv_heads", "params_non_embedding", "loss", "tokens", "context", "layers", "hidden_size",
-                "wall_time_s", "final_val_loss", "loss_by_position", "loss_at_32"):
+    for col in (
+        "n_heads",
+        "n_kv_heads",
+        "params_non_embedding",
+        "loss",
+        "tokens",
+        "context",
+        "layers",
+        "hidden_size",
+        "wall_time_s",
+        "final_val_loss",
+        "loss_by_position",
+        "loss_at_32",
+    ):
         assert col in df.columns
     assert len(df) == 2 and (out / "results.csv").is_file() and (out / "results.parquet").is_file()
     import pandas as pd
@@ -218,12 +309,19 @@ def test_sigkill_mid_run_resumes(tmp_path, prepared):
     spec = tiny_spec(data, tokens=32 * 8 * 40, checkpoint_every=3)
     spec_file.write_text(json.dumps(spec.to_dict()))
     out = tmp_path / "sweep"
-    proc = subprocess.Popen([sys.executable, "-m", "cogqa", "sweep", "run", str(spec_file), "--out", str(out), "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cogqa", "sweep", "run", str(spec_file), "--out", str(out), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     first = out / "runs" / "a_h2kv1_s0"
     deadline = time.time() + 240
     while time.time() < deadline:
-        ckpts = [p for p in (first / "checkpoints").glob("step_*") if not p.name.endswith(".tmp")] if (first / "checkpoints").is_dir() else []
+        ckpts = (
+            [p for p in (first / "checkpoints").glob("step_*") if not p.name.endswith(".tmp")]
+            if (first / "checkpoints").is_dir()
+            else []
+        )
         if ckpts:
             break
         assert proc.poll() is None, "the sweep ended before a checkpoint appeared"
@@ -263,8 +361,11 @@ def test_sigint_leaves_run_pending_not_failed(tmp_path, prepared):
     data = prepared(tmp_path, 32, 60_000)
     spec = tiny_spec(data, heads="2:1", tokens=32 * 8 * 400, checkpoint_every=5)
     run_dir = materialise(spec, tmp_path / "sweep", progress=False)[0]
-    proc = subprocess.Popen([sys.executable, "-m", "cogqa.sweep", "run-one", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cogqa.sweep", "run-one", str(run_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     ckpts = lambda: list((run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").is_dir() else []  # noqa: E731
     while time.time() < deadline and not ckpts():
@@ -277,8 +378,29 @@ def test_sigint_leaves_run_pending_not_failed(tmp_path, prepared):
 
 def test_print_sbatch_cli(tmp_path, capsys):
     out = tmp_path / "o"
-    code = main(["sweep", "run", "--data", str(fake_data(tmp_path)), "--sizes", "470M", "--heads", "32:8", "--executor", "slurm",
-                 "--partition", "gpu", "--gpus-per-run", "8", "--time", "720", "--print-sbatch", "--out", str(out)])
+    code = main(
+        [
+            "sweep",
+            "run",
+            "--data",
+            str(fake_data(tmp_path)),
+            "--sizes",
+            "470M",
+            "--heads",
+            "32:8",
+            "--executor",
+            "slurm",
+            "--partition",
+            "gpu",
+            "--gpus-per-run",
+            "8",
+            "--time",
+            "720",
+            "--print-sbatch",
+            "--out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0 and "#SBATCH --partition=gpu" in text and "#SBATCH --gpus-per-node=8" in text
     assert "--nproc_per_node=8" in text and "470M_h32kv8_s0" in text and not out.exists()
@@ -302,7 +424,9 @@ def test_sweep_dir_can_grow_but_not_change_settings(tmp_path, capsys):
     data = fake_data(tmp_path)
     out = tmp_path / "sweep"
     materialise(SweepSpec(data=str(data), sizes=TINY, heads="2:1", lr=1e-3, tokens=1000), out, progress=False)
-    dirs = materialise(SweepSpec(data=str(data), sizes=TINY, heads="2:1,2:2", lr=1e-3, tokens=1000), out, progress=False)
+    dirs = materialise(
+        SweepSpec(data=str(data), sizes=TINY, heads="2:1,2:2", lr=1e-3, tokens=1000), out, progress=False
+    )
     assert [d.name for d in dirs] == ["a_h2kv1_s0", "a_h2kv2_s0"]
     with pytest.raises(CogqaError, match="tokens differ"):
         materialise(SweepSpec(data=str(data), sizes=TINY, heads="2:1", lr=1e-3, tokens=2000), out, progress=False)

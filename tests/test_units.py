@@ -18,8 +18,16 @@ def test_lists_and_pairs():
     assert parse_head_config([32, 8]) == (32, 8)
 
 
-@pytest.mark.parametrize("text, needle", [("eight", "unknown head configuration 'eight'"), ("8:3", "must divide"),
-                                          ("4,8", "n_kv_heads > n_heads"), ("8,1 x", "'x'"), ("", "at least one")])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("eight", "unknown head configuration 'eight'"),
+        ("8:3", "must divide"),
+        ("4,8", "n_kv_heads > n_heads"),
+        ("8,1 x", "'x'"),
+        ("", "at least one"),
+    ],
+)
 def test_bad_head_configurations_are_one_line_errors(text, needle):
     with pytest.raises(CogqaError, match="^--heads: ") as err:
         parse_head_configs(text)

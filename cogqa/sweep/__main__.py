@@ -10,6 +10,7 @@ from ..files import write_json_atomic
 from .executors import BUSY_EXIT
 from .rundir import RunBusy, execute_run
 
+
 def _child_main(argv: list[str]) -> int:  # pragma: no cover - exercised through subprocesses
     if len(argv) != 2 or argv[0] != "run-one":
         print("usage: python -m cogqa.sweep run-one RUN_DIR", file=sys.stderr)
@@ -33,11 +34,12 @@ def _child_main(argv: list[str]) -> int:  # pragma: no cover - exercised through
             print(tb, file=sys.stderr)
         return 1
     if result.get("status") == "done":
-        print(f"run {result['id']}: done, final validation loss {result['final_val_loss']:.4f} nats/token, "
-              f"{result['steps']} steps, {result['wall_time_s']:.1f} s")
+        print(
+            f"run {result['id']}: done, final validation loss {result['final_val_loss']:.4f} nats/token, "
+            f"{result['steps']} steps, {result['wall_time_s']:.1f} s"
+        )
     return 0
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(_child_main(sys.argv[1:]))
-

@@ -9,9 +9,30 @@ from pathlib import Path
 from ..errors import require
 from .rundir import sweep_status
 
-RESULT_COLUMNS = ("id", "size", "n_heads", "n_kv_heads", "seed", "params_non_embedding", "params_total", "loss",
-                  "final_val_loss", "final_train_loss", "tokens", "context", "steps", "layers", "hidden_size", "ffn_size",
-                  "head_dim", "lr", "batch_tokens", "wall_time_s", "resumed_from_step", "loss_by_position")
+RESULT_COLUMNS = (
+    "id",
+    "size",
+    "n_heads",
+    "n_kv_heads",
+    "seed",
+    "params_non_embedding",
+    "params_total",
+    "loss",
+    "final_val_loss",
+    "final_train_loss",
+    "tokens",
+    "context",
+    "steps",
+    "layers",
+    "hidden_size",
+    "ffn_size",
+    "head_dim",
+    "lr",
+    "batch_tokens",
+    "wall_time_s",
+    "resumed_from_step",
+    "loss_by_position",
+)
 
 
 def collect(out: str | Path, write: bool = True):
@@ -51,5 +72,3 @@ def collect(out: str | Path, write: bool = True):
         df.to_parquet(tmp, index=False)
         os.replace(tmp, out / "results.parquet")
     return df
-
-

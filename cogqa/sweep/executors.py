@@ -29,7 +29,6 @@ BUSY_EXIT = 75  # run-one: another worker holds the run's lock
 INTERRUPTED_EXITS = (130, -signal.SIGINT, -signal.SIGTERM)  # run-one stopped by the user, not failed
 
 
-
 @dataclass
 class SlurmOptions:
     """SLURM settings of ``sweep run --executor slurm`` (submitit). ``time`` in minutes."""
@@ -49,14 +48,24 @@ class SlurmOptions:
     def __post_init__(self) -> None:
         for key in ("time", "gpus_per_run", "nodes", "cpus_per_gpu", "array_parallelism"):
             v = getattr(self, key)
-            require(isinstance(v, int) and v > 0, f"--{key.replace('_', '-')} must be a positive whole number, got {v!r}")
-        require(self.cluster in (None, "slurm", "local", "debug"), f"cluster must be slurm, local or debug, got {self.cluster!r}")
+            require(
+                isinstance(v, int) and v > 0, f"--{key.replace('_', '-')} must be a positive whole number, got {v!r}"
+            )
+        require(
+            self.cluster in (None, "slurm", "local", "debug"),
+            f"cluster must be slurm, local or debug, got {self.cluster!r}",
+        )
 
     def executor_parameters(self) -> dict[str, Any]:
         """Parameters for ``submitit.AutoExecutor.update_parameters``."""
-        params: dict[str, Any] = {"timeout_min": self.time, "nodes": self.nodes, "tasks_per_node": 1,
-                                  "gpus_per_node": self.gpus_per_run, "cpus_per_task": self.cpus_per_gpu * self.gpus_per_run,
-                                  "name": "cogqa-sweep"}
+        params: dict[str, Any] = {
+            "timeout_min": self.time,
+            "nodes": self.nodes,
+            "tasks_per_node": 1,
+            "gpus_per_node": self.gpus_per_run,
+            "cpus_per_task": self.cpus_per_gpu * self.gpus_per_run,
+            "name": "cogqa-sweep",
+        }
         if self.mem_gb is not None:
             params["mem_gb"] = self.mem_gb
         if self.cluster in (None, "slurm"):
@@ -75,20 +84,29 @@ class SlurmOptions:
         through its own ``srun`` wrapper, with ``--signal=USR2@90`` so a preempted or timed-out job
         is requeued)."""
         params = self.executor_parameters()
-        options = [("job-name", params["name"]), ("output", f"{folder}/%j_%t_log.out"),
-                   ("error", f"{folder}/%j_%t_log.err"), ("partition", params.get("slurm_partition")),
-                   ("time", params["timeout_min"]), ("nodes", params["nodes"]),
-                   ("ntasks-per-node", params["tasks_per_node"]), ("gpus-per-node", params["gpus_per_node"]),
-                   ("cpus-per-task", params["cpus_per_task"]),
-                   ("mem", f"{params['mem_gb']}GB" if "mem_gb" in params else None),
-                   ("account", params.get("slurm_account")), ("qos", params.get("slurm_qos")),
-                   ("signal", "USR2@90"), ("open-mode", "append")]
+        options = [
+            ("job-name", params["name"]),
+            ("output", f"{folder}/%j_%t_log.out"),
+            ("error", f"{folder}/%j_%t_log.err"),
+            ("partition", params.get("slurm_partition")),
+            ("time", params["timeout_min"]),
+            ("nodes", params["nodes"]),
+            ("ntasks-per-node", params["tasks_per_node"]),
+            ("gpus-per-node", params["gpus_per_node"]),
+            ("cpus-per-task", params["cpus_per_task"]),
+            ("mem", f"{params['mem_gb']}GB" if "mem_gb" in params else None),
+            ("account", params.get("slurm_account")),
+            ("qos", params.get("slurm_qos")),
+            ("signal", "USR2@90"),
+            ("open-mode", "append"),
+        ]
         header = [f"#SBATCH --{key}={value}" for key, value in options if value is not None]
         return "\n".join(["#!/bin/bash", *header, "", command, ""])
 
 
 def first_job_sbatch(spec: SweepSpec, out: str | Path, slurm: SlurmOptions) -> str:
-    """The sbatch preview (:meth:`SlurmOptions.sbatch_preview`) of the first run of ``spec`` in sweep directory ``out``."""
+    """The sbatch preview (:meth:`SlurmOptions.sbatch_preview`) of the first run of ``spec`` in sweep
+    directory ``out``."""
     run_dir = (Path(out) / "runs" / spec.runs()[0].run_id).resolve()
     command = shlex.join(run_command(run_dir, slurm.gpus_per_run, slurm.nodes))
     return slurm.sbatch_preview(command, Path(out).resolve() / "submitit")
@@ -103,7 +121,12 @@ def run_command(run_dir: str | Path, gpus: int = 1, nodes: int = 1, python: str 
         return [python, "-m", "cogqa.sweep", "run-one", str(run_dir)]
     cmd = [python, "-m", "torch.distributed.run", f"--nproc_per_node={gpus}"]
     if nodes > 1:
-        cmd += [f"--nnodes={nodes}", "--rdzv_backend=c10d", "--rdzv_endpoint=${MASTER_ADDR}:29500", "--rdzv_id=${SLURM_JOB_ID}"]
+        cmd += [
+            f"--nnodes={nodes}",
+            "--rdzv_backend=c10d",
+            "--rdzv_endpoint=${MASTER_ADDR}:29500",
+            "--rdzv_id=${SLURM_JOB_ID}",
+        ]
     else:
         cmd += ["--standalone"]
     return cmd + ["-m", "cogqa.sweep", "run-one", str(run_dir)]
@@ -131,8 +154,13 @@ def launch_run(run_dir: str | Path, command: list[str] | None = None, die_with_p
     with open(run_dir / "log.txt", "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
         log.flush()
-        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                              preexec_fn=_pdeathsig if die_with_parent and sys.platform.startswith("linux") else None)
+        proc = subprocess.run(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_pdeathsig if die_with_parent and sys.platform.startswith("linux") else None,
+        )
     if proc.returncode == BUSY_EXIT:
         return "running"
     if proc.returncode in INTERRUPTED_EXITS:  # Ctrl-C / SIGTERM: interrupted, not failed; re-run resumes it
@@ -153,8 +181,16 @@ def _to_run(run_dirs: list[Path], retry_failed: bool) -> list[Path]:
     return todo
 
 
-def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", workers: int = 1, retry_failed: bool = False,
-              slurm: SlurmOptions | None = None, progress: bool = True, wait: bool = True) -> dict[str, Any]:
+def run_sweep(
+    spec: SweepSpec,
+    out: str | Path,
+    executor: str = "local",
+    workers: int = 1,
+    retry_failed: bool = False,
+    slurm: SlurmOptions | None = None,
+    progress: bool = True,
+    wait: bool = True,
+) -> dict[str, Any]:
     """Run every unfinished run of ``spec`` in ``out`` and return :func:`sweep_status`.
 
     ``executor="local"``: ``workers`` child processes at a time on this machine.
@@ -177,7 +213,10 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", workers
 def _run_local(todo: list[Path], workers: int, progress: bool, total: int) -> None:
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=total - len(todo), desc="sweep runs", unit="run", disable=not progress, file=sys.stderr)
+    bar = tqdm(
+        total=total, initial=total - len(todo), desc="sweep runs", unit="run", disable=not progress, file=sys.stderr
+    )
+
     def one(d: Path) -> str:
         bar.set_postfix_str(d.name)
         status = launch_run(d)
@@ -239,5 +278,3 @@ def _run_submitit(todo: list[Path], out: Path, opts: SlurmOptions, wait: bool) -
                 job.result()
             except Exception as exc:  # the run's own failed.json holds the details
                 print(f"job {job.job_id} raised: {str(exc).splitlines()[-1] if str(exc) else exc}", file=sys.stderr)
-
-

@@ -21,6 +21,7 @@ from .spec import SweepSpec, train_config_dict
 
 STATUSES = ("done", "running", "failed", "pending")
 
+
 def check_out_dir(out: str | Path) -> Path:
     """Create ``out`` (and ``out/runs``) and check it is writable; one-line error otherwise."""
     out = Path(out)
@@ -63,20 +64,34 @@ def materialise(spec: SweepSpec, out: str | Path, progress: bool = True) -> list
     if spec_path.is_file():
         old = json.loads(spec_path.read_text())
         changed = sorted(k for k in set(old) | set(new) if k not in EXTENDABLE_FIELDS and old.get(k) != new.get(k))
-        require(not changed, f"--out: {out} holds a sweep with other settings ({', '.join(changed)} differ); "
-                "use another --out, or change only heads/sizes/seeds")
+        require(
+            not changed,
+            f"--out: {out} holds a sweep with other settings ({', '.join(changed)} differ); "
+            "use another --out, or change only heads/sizes/seeds",
+        )
     infos = []
     for run in spec.runs():
         run_dir = out / "runs" / run.run_id
-        info = {"id": run.run_id, "size": asdict(run.size), "n_heads": run.n_heads, "n_kv_heads": run.n_kv_heads,
-                "seed": run.seed, "position_eval_chunks": spec.position_eval_chunks,
-                "train": train_config_dict(spec, run, str(run_dir.resolve()), "DATA")}
+        info = {
+            "id": run.run_id,
+            "size": asdict(run.size),
+            "n_heads": run.n_heads,
+            "n_kv_heads": run.n_kv_heads,
+            "seed": run.seed,
+            "position_eval_chunks": spec.position_eval_chunks,
+            "train": train_config_dict(spec, run, str(run_dir.resolve()), "DATA"),
+        }
         info = json.loads(json.dumps(info))
-        if (run_dir / "run.json").is_file() and ((run_dir / "config.json").exists() or (run_dir / "result.json").exists()):
+        if (run_dir / "run.json").is_file() and (
+            (run_dir / "config.json").exists() or (run_dir / "result.json").exists()
+        ):
             old_info = json.loads((run_dir / "run.json").read_text())
             old_info["train"]["data"] = "DATA"
-            require(old_info == info, f"--out: run {run.run_id} has started with another config (its size or settings changed); "
-                    "give the size another name or use another --out")
+            require(
+                old_info == info,
+                f"--out: run {run.run_id} has started with another config (its size or settings changed); "
+                "give the size another name or use another --out",
+            )
         infos.append((run_dir, info))
     data_dir = prepare_data(spec, out, progress)
     write_json_atomic(spec_path, new)
@@ -128,9 +143,13 @@ def run_status(run_dir: str | Path) -> str:
 
 
 def sweep_status(out: str | Path) -> dict[str, Any]:
-    """Status of every run of the sweep in ``out``: ``{"runs": {id: status}, "counts": {status: n}, "failed": {id: error}}``."""
+    """Status of every run of the sweep in ``out``:
+    ``{"runs": {id: status}, "counts": {status: n}, "failed": {id: error}, "total": n}``."""
     out = Path(out)
-    require((out / "spec.json").is_file(), f"{out}: not a sweep directory (no spec.json); run `cogqa sweep run SPEC --out {out}` first")
+    require(
+        (out / "spec.json").is_file(),
+        f"{out}: not a sweep directory (no spec.json); run `cogqa sweep run SPEC --out {out}` first",
+    )
     runs = {}
     failed = {}
     for run_dir in sorted((out / "runs").iterdir()):
@@ -142,8 +161,6 @@ def sweep_status(out: str | Path) -> dict[str, Any]:
             failed[run_dir.name] = json.loads((run_dir / "failed.json").read_text()).get("error", "")
     counts = {s: sum(1 for v in runs.values() if v == s) for s in STATUSES}
     return {"runs": runs, "counts": counts, "failed": failed, "total": len(runs)}
-
-
 
 
 def log_tail(path: Path, lines: int = 20) -> str:
@@ -186,11 +203,20 @@ def execute_run(run_dir: str | Path) -> dict[str, Any]:
         if not rank0:
             return result
         positions = _loss_by_position(run_dir, config, info.get("position_eval_chunks", 32))
-        out = {"status": "done", "id": info["id"], "size": info["size"]["name"], "seed": info["seed"], **result,
-               "layers": info["size"]["layers"], "hidden_size": info["size"]["hidden_size"],
-               "ffn_size": info["size"]["ffn_size"], "head_dim": info["size"]["head_dim"],
-               "loss_by_position": positions, "attempt_wall_time_s": time.time() - t0,
-               "checkpoint": str(list_checkpoints(run_dir)[-1]) if list_checkpoints(run_dir) else None}
+        out = {
+            "status": "done",
+            "id": info["id"],
+            "size": info["size"]["name"],
+            "seed": info["seed"],
+            **result,
+            "layers": info["size"]["layers"],
+            "hidden_size": info["size"]["hidden_size"],
+            "ffn_size": info["size"]["ffn_size"],
+            "head_dim": info["size"]["head_dim"],
+            "loss_by_position": positions,
+            "attempt_wall_time_s": time.time() - t0,
+            "checkpoint": str(list_checkpoints(run_dir)[-1]) if list_checkpoints(run_dir) else None,
+        }
         write_json_atomic(run_dir / "result.json", out)
         return out
     finally:
@@ -215,7 +241,5 @@ def _loss_by_position(run_dir: Path, config, max_chunks: int) -> dict[str, float
     T = int(chunks.context)
     model = load_model(ckpts[-1], max_seq_len=max(T, 8))
     pos = evaluate_positions(model, chunks, max_chunks=max_chunks, batch=4)
-    points = sorted({2 ** k for k in range(1, int(math.log2(T)) + 1)} | {T})
+    points = sorted({2**k for k in range(1, int(math.log2(T)) + 1)} | {T})
     return {str(k): v for k, v in loss_at_contexts(pos, points).items()}
-
-

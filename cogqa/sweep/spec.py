@@ -42,8 +42,10 @@ def parse_heads(value: Any) -> list[tuple[int, int]]:
             return list(HEAD_PRESETS[value.strip().lower()])
         out = parse_head_configs(value, "heads")
     else:
-        require(isinstance(value, (list, tuple)) and len(value) > 0,
-                f"heads: expected 'paper', '8,1 16,4' or a list of [n_h, n_kv], got {value!r}")
+        require(
+            isinstance(value, (list, tuple)) and len(value) > 0,
+            f"heads: expected 'paper', '8,1 16,4' or a list of [n_h, n_kv], got {value!r}",
+        )
         out = [parse_head_config(item, "heads") for item in value]
     for i, h in enumerate(out):
         require(h not in out[:i], f"heads: ({h[0]},{h[1]}) is listed twice")
@@ -65,8 +67,16 @@ class SweepSize:
         """The :class:`cogqa.shapes.ModelShape` of this size with heads (n_heads, n_kv_heads)."""
         from ..shapes import ModelShape
 
-        return ModelShape(layers=self.layers, hidden_size=self.hidden_size, ffn_size=self.ffn_size, n_heads=n_heads,
-                          n_kv_heads=n_kv_heads, head_dim=self.head_dim, vocab_size=vocab_size, name=self.name)
+        return ModelShape(
+            layers=self.layers,
+            hidden_size=self.hidden_size,
+            ffn_size=self.ffn_size,
+            n_heads=n_heads,
+            n_kv_heads=n_kv_heads,
+            head_dim=self.head_dim,
+            vocab_size=vocab_size,
+            name=self.name,
+        )
 
 
 def _smallest_paper_params() -> float:
@@ -101,13 +111,19 @@ def parse_size(value: Any, lrs: dict[str, float] | float | None = None) -> Sweep
         require(not unknown, f"sizes: unknown key(s) {unknown} in {value!r}; known: {sorted(known)}")
         for key in ("layers", "hidden_size"):
             v = value.get(key)
-            require(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"sizes: {key} must be a positive integer in {value!r}")
+            require(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                f"sizes: {key} must be a positive integer in {value!r}",
+            )
         hidden = value["hidden_size"]
         name = str(value.get("name") or f"L{value['layers']}d{hidden}")
         ffn = value.get("ffn_size", paper_ffn_size(hidden))
         head_dim = value.get("head_dim", 64)
         for key, v in (("ffn_size", ffn), ("head_dim", head_dim)):
-            require(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"sizes: {key} must be a positive integer in {value!r}")
+            require(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                f"sizes: {key} must be a positive integer in {value!r}",
+            )
         return SweepSize(name, value["layers"], hidden, ffn, head_dim, lr_for(name, value.get("lr")))
     text = str(value).strip()
     table = {k.upper(): k for k in PAPER_SWEEP_SHAPES}
@@ -117,8 +133,11 @@ def parse_size(value: Any, lrs: dict[str, float] | float | None = None) -> Sweep
         return SweepSize(name, layers, hidden, paper_ffn_size(hidden), 64, lr_for(name, None))
     n = parse_count(value, "sizes")
     smallest = _smallest_paper_params()
-    require(n >= smallest, f"sizes: {text} is below the smallest shape (3M: {smallest:.3g} non-embedding parameters); "
-            "give tiny models as explicit shapes {layers, hidden_size, head_dim, lr}")
+    require(
+        n >= smallest,
+        f"sizes: {text} is below the smallest shape (3M: {smallest:.3g} non-embedding parameters); "
+        "give tiny models as explicit shapes {layers, hidden_size, head_dim, lr}",
+    )
     real = shape_for_params(n)
     shape = nearest_buildable(real, heads_follow_hidden=True)
     return SweepSize(text, shape.layers, shape.hidden_size, shape.ffn_size, shape.head_dim, lr_for(text, None))
@@ -157,14 +176,22 @@ class SweepSpec:
 
         self.head_configs = parse_heads(self.heads)
         self.heads = [list(h) for h in self.head_configs]
-        require(isinstance(self.sizes, (list, tuple)) and len(self.sizes) > 0, "sizes: give at least one size, e.g. 3M,19M")
-        require(self.lr is None or isinstance(self.lr, (dict, int, float)), f"lr: a number or a dict size -> LR, got {self.lr!r}")
+        require(
+            isinstance(self.sizes, (list, tuple)) and len(self.sizes) > 0, "sizes: give at least one size, e.g. 3M,19M"
+        )
+        require(
+            self.lr is None or isinstance(self.lr, (dict, int, float)),
+            f"lr: a number or a dict size -> LR, got {self.lr!r}",
+        )
         self.size_specs = [parse_size(s, self.lr) for s in self.sizes]
         names = [s.name for s in self.size_specs]
         require(len(set(names)) == len(names), f"sizes: duplicate size names {names}")
         for s in self.size_specs:
-            require(s.lr is not None, f"lr: no learning rate for size {s.name!r}; give lr: {{{s.name}: 1e-3}} or a global lr "
-                    "(cogqa lr-search finds one)")
+            require(
+                s.lr is not None,
+                f"lr: no learning rate for size {s.name!r}; give lr: {{{s.name}: 1e-3}} or a global lr "
+                "(cogqa lr-search finds one)",
+            )
             require(0 < s.lr < 1, f"lr: {s.lr} for size {s.name!r} must be in (0, 1)")
         # numbers may be written as text (2e6, 512K); their ranges are TrainConfig's to check (below)
         self.tokens_per_param = float(parse_count(self.tokens_per_param, "tokens_per_param"))
@@ -172,14 +199,23 @@ class SweepSpec:
             self.tokens = float(parse_count(self.tokens, "tokens"))
         if self.context is not None:
             self.context = parse_context(self.context, "context")
-        require(isinstance(self.seeds, (list, tuple)) and len(self.seeds) > 0, f"seeds: a list of whole numbers >= 0, got {self.seeds!r}")
+        require(
+            isinstance(self.seeds, (list, tuple)) and len(self.seeds) > 0,
+            f"seeds: a list of whole numbers >= 0, got {self.seeds!r}",
+        )
         self.batch_tokens = parse_count(self.batch_tokens, "batch_tokens")
-        require(float(self.batch_tokens).is_integer(), f"batch_tokens must be a whole number of tokens, got {self.batch_tokens!r}")
+        require(
+            float(self.batch_tokens).is_integer(),
+            f"batch_tokens must be a whole number of tokens, got {self.batch_tokens!r}",
+        )
         self.batch_tokens = int(self.batch_tokens)
         v = self.position_eval_chunks
         require(isinstance(v, int) and v > 0, f"position_eval_chunks must be a positive whole number, got {v!r}")
         require(isinstance(self.train, dict), "train: a dict of extra TrainConfig fields")
-        require(isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) is not None, f"name: letters, digits, _.- only, got {self.name!r}")
+        require(
+            isinstance(self.name, str) and re.fullmatch(r"[A-Za-z0-9_.-]+", self.name) is not None,
+            f"name: letters, digits, _.- only, got {self.name!r}",
+        )
         self._check_data()
         # validated through TrainConfig, the one source of run settings: first the sweep-wide
         # settings (errors name the field), then the config of every run must be valid before anything runs
@@ -189,7 +225,11 @@ class SweepSpec:
 
     def _check_data(self) -> None:
         d = self.data
-        require(d is not None and d != "", "data: give a prepared data directory (cogqa data prepare --out DIR) or {inputs: [...], tokenizer, context}")
+        require(
+            d is not None and d != "",
+            "data: give a prepared data directory (cogqa data prepare --out DIR) "
+            "or {inputs: [...], tokenizer, context}",
+        )
         if isinstance(d, dict):
             known = {"inputs", "tokenizer", "context", "val_fraction", "text_field"}
             unknown = sorted(set(d) - known)
@@ -197,7 +237,9 @@ class SweepSpec:
             inputs = d.get("inputs")
             require(isinstance(inputs, list) and inputs, "data.inputs: a list of text files or corpus names (kjv)")
             for x in inputs:
-                require(str(x) in ("kjv", "shakespeare") or Path(x).exists(), f"data.inputs: {x}: no such file or directory")
+                require(
+                    str(x) in ("kjv", "shakespeare") or Path(x).exists(), f"data.inputs: {x}: no such file or directory"
+                )
             if d.get("context") is not None:
                 from ..units import parse_context
 
@@ -207,12 +249,20 @@ class SweepSpec:
             return
         path = Path(str(d))
         require(path.is_dir(), f"data: {d}: no such directory; prepare it with `cogqa data prepare INPUT --out {d}`")
-        require((path / "manifest.json").is_file(), f"data: {d} has no manifest.json; prepare it with `cogqa data prepare INPUT --out {d}`")
+        require(
+            (path / "manifest.json").is_file(),
+            f"data: {d} has no manifest.json; prepare it with `cogqa data prepare INPUT --out {d}`",
+        )
         self.data = str(path.resolve())
 
     def runs(self) -> list["RunSpec"]:
         """Every run of the sweep, in order size, heads, seed."""
-        return [RunSpec(size, h, kv, seed) for size in self.size_specs for (h, kv) in self.head_configs for seed in self.seeds]
+        return [
+            RunSpec(size, h, kv, seed)
+            for size in self.size_specs
+            for (h, kv) in self.head_configs
+            for seed in self.seeds
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """The spec as a JSON-serialisable dict (round-trips through :func:`load_spec`)."""
@@ -259,7 +309,7 @@ def load_spec(source: str | Path | dict, **overrides) -> SweepSpec:
                 raise CogqaError(f"spec: {path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
         require(isinstance(data, dict), f"spec: {path}: expected a mapping of spec fields")
         if isinstance(data.get("data"), str) and not Path(data["data"]).is_absolute():
-            data["data"] = str((path.parent / data["data"]))
+            data["data"] = str(path.parent / data["data"])
     data.update({k: v for k, v in overrides.items() if v is not None})
     known = set(SweepSpec.__dataclass_fields__)
     unknown = sorted(set(data) - known)
@@ -267,25 +317,40 @@ def load_spec(source: str | Path | dict, **overrides) -> SweepSpec:
     return SweepSpec(**data)
 
 
-def train_config_dict(spec: SweepSpec, run: RunSpec, run_dir: str, data_dir: str | None = None,
-                       prefix: str | None = None) -> dict:
+def train_config_dict(
+    spec: SweepSpec, run: RunSpec, run_dir: str, data_dir: str | None = None, prefix: str | None = None
+) -> dict:
     """The TrainConfig (as a dict, validated) of one run, writing into ``run_dir``; errors start with
     ``prefix`` (default ``run <id>: ``)."""
     from ..config import TrainConfig, shape_dict
 
     size = run.size
     shape = shape_dict(size.layers, size.hidden_size, run.n_heads, run.n_kv_heads, size.ffn_size, size.head_dim)
-    cfg = dict(data=data_dir or (spec.data if isinstance(spec.data, str) else "pending"), out_dir=run_dir, shape=shape,
-               context=spec.context, tokens=spec.tokens, tokens_per_param=spec.tokens_per_param,
-               batch_tokens=spec.batch_tokens, micro_batch=spec.micro_batch, max_steps=spec.max_steps,
-               optim={"lr": run.size.lr}, seed=run.seed, checkpoint_every=spec.checkpoint_every,
-               eval_batches=spec.eval_batches, resume=True, progress=False)
+    cfg = dict(
+        data=data_dir or (spec.data if isinstance(spec.data, str) else "pending"),
+        out_dir=run_dir,
+        shape=shape,
+        context=spec.context,
+        tokens=spec.tokens,
+        tokens_per_param=spec.tokens_per_param,
+        batch_tokens=spec.batch_tokens,
+        micro_batch=spec.micro_batch,
+        max_steps=spec.max_steps,
+        optim={"lr": run.size.lr},
+        seed=run.seed,
+        checkpoint_every=spec.checkpoint_every,
+        eval_batches=spec.eval_batches,
+        resume=True,
+        progress=False,
+    )
     for key, value in spec.train.items():
         if key == "optim":
             require(isinstance(value, dict), "train.optim: a dict of optimiser fields")
             cfg["optim"] = {**cfg["optim"], **value}
         else:
-            require(key not in ("data", "out_dir", "shape", "size", "resume"), f"train: {key!r} is set by the sweep itself")
+            require(
+                key not in ("data", "out_dir", "shape", "size", "resume"), f"train: {key!r} is set by the sweep itself"
+            )
             cfg[key] = value
     try:
         return TrainConfig.from_dict(cfg).to_dict()
@@ -341,14 +406,31 @@ def plan(spec: SweepSpec, gpu_tflops: float = 312.0, mfu: float = 0.4) -> dict[s
         steps = plan_steps(TrainConfig.from_dict(train_config_dict(spec, run, "/nonexistent")), n, T, world=1)
         tokens = steps["tokens"]
         flops = float(training_flops(shape, tokens, T))
-        rows.append({
-            "id": run.run_id, "size": run.size.name, "n_heads": run.n_heads, "n_kv_heads": run.n_kv_heads, "seed": run.seed,
-            "layers": shape.layers, "hidden_size": shape.hidden_size, "ffn_size": shape.ffn_size, "head_dim": shape.head_dim,
-            "params_non_embedding": int(n), "params_total": int(params_total(shape)), "steps": steps["steps"],
-            "batch_tokens": steps["batch_tokens"], "tokens": int(tokens),
-            "lr": run.size.lr, "training_flops": flops, "gpu_hours": flops / (gpu_tflops * 1e12 * mfu) / 3600,
-        })
-    totals = {"runs": len(rows), "tokens": int(sum(r["tokens"] for r in rows)),
-              "training_flops": float(sum(r["training_flops"] for r in rows)), "gpu_hours": float(sum(r["gpu_hours"] for r in rows))}
+        rows.append(
+            {
+                "id": run.run_id,
+                "size": run.size.name,
+                "n_heads": run.n_heads,
+                "n_kv_heads": run.n_kv_heads,
+                "seed": run.seed,
+                "layers": shape.layers,
+                "hidden_size": shape.hidden_size,
+                "ffn_size": shape.ffn_size,
+                "head_dim": shape.head_dim,
+                "params_non_embedding": int(n),
+                "params_total": int(params_total(shape)),
+                "steps": steps["steps"],
+                "batch_tokens": steps["batch_tokens"],
+                "tokens": int(tokens),
+                "lr": run.size.lr,
+                "training_flops": flops,
+                "gpu_hours": flops / (gpu_tflops * 1e12 * mfu) / 3600,
+            }
+        )
+    totals = {
+        "runs": len(rows),
+        "tokens": int(sum(r["tokens"] for r in rows)),
+        "training_flops": float(sum(r["training_flops"] for r in rows)),
+        "gpu_hours": float(sum(r["gpu_hours"] for r in rows)),
+    }
     return {"runs": rows, "totals": totals, "context": T, "gpu_tflops": gpu_tflops, "mfu": mfu}
-

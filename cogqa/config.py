@@ -157,27 +157,12 @@ class TrainConfig:
             _is_number(self.tokens_per_param) and self.tokens_per_param > 0,
             f"tokens_per_param must be positive, got {self.tokens_per_param!r}",
         )
-        require(
-            _is_int(self.batch_tokens) and self.batch_tokens > 0,
-            f"batch_tokens must be a positive whole number, got {self.batch_tokens!r}",
-        )
-        require(
-            _is_int(self.micro_batch) and self.micro_batch > 0,
-            f"micro_batch must be a positive whole number, got {self.micro_batch!r}",
-        )
+        for name in ("batch_tokens", "micro_batch", "eval_batches", "keep_checkpoints"):
+            value = getattr(self, name)
+            require(_is_int(value) and value > 0, f"{name} must be a positive whole number, got {value!r}")
         for name in ("seed", "eval_every", "checkpoint_every"):
-            require(
-                _is_int(getattr(self, name)) and getattr(self, name) >= 0,
-                f"{name} must be a whole number >= 0, got {getattr(self, name)!r}",
-            )
-        require(
-            _is_int(self.eval_batches) and self.eval_batches > 0,
-            f"eval_batches must be >= 1, got {self.eval_batches!r}",
-        )
-        require(
-            _is_int(self.keep_checkpoints) and self.keep_checkpoints > 0,
-            f"keep_checkpoints must be >= 1, got {self.keep_checkpoints!r}",
-        )
+            value = getattr(self, name)
+            require(_is_int(value) and value >= 0, f"{name} must be a whole number >= 0, got {value!r}")
         require(
             self.dtype in ("auto", "fp32", "bf16", "fp16"),
             f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}",

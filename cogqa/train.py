@@ -1,4 +1,10 @@
-"""The pre-training loop of the paper (Section 5.1, Appendices E, F), single process or torchrun.
+"""The pre-training loop of the paper (Section 5.1, Appendix E), single process or torchrun.
+
+Neighbouring rooms: the configuration and step plan in :mod:`cogqa.config`, the checkpoint layout
+and trainer state in :mod:`cogqa.checkpoint`, DDP/FSDP plumbing in :mod:`cogqa.distributed`, the
+LR search (Appendix F) in :mod:`cogqa.lr_search`. The loop itself runs in named phases:
+:func:`_prepare` -> :func:`_build` -> :func:`_start_or_resume` -> :func:`_loop` (:func:`_step`,
+evaluation, :class:`_Sinks`, checkpoints) -> the result.
 
 ``train(TrainConfig(...)) -> TrainResult`` writes into ``config.out_dir``:
 
@@ -32,7 +38,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -587,47 +593,3 @@ def _truncate_metrics(path: Path, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(k + "\n" for k in keep))
     os.replace(tmp, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# LR grid search (Appendix F)
-# ---------------------------------------------------------------------------------------------
-
-PAPER_LR_GRID = tuple(m * 10.0**e for e in (-3, -4, -5) for m in (1, 2, 5))
-
-
-def lr_search(config: TrainConfig, lrs=PAPER_LR_GRID) -> dict[str, Any]:
-    """Short trainings of ``config`` at each max LR, each in ``out_dir/lr_<lr>``; returns the table.
-
-    Finished runs (with ``result.json``) are reused, so an interrupted search resumes. Returns
-    ``{"runs": [{"lr", "final_val_loss", "out_dir"}...], "best_lr", "best_val_loss"}`` (losses in
-    nats per token) and writes it to ``out_dir/lr_search.json``.
-    """
-    lrs = [float(x) for x in lrs]
-    require(len(lrs) > 0, "lrs: give at least one learning rate")
-    for x in lrs:
-        require(math.isfinite(x) and 0 < x < 1, f"lrs: {x!r} is not a learning rate in (0, 1)")
-    root = Path(config.out_dir)
-    rows = []
-    for x in lrs:
-        sub = root / f"lr_{x:.0e}"
-        done = sub / "result.json"
-        if done.is_file():
-            res = json.loads(done.read_text())
-        else:
-            cfg = replace(config, out_dir=str(sub), optim=replace(config.optim, lr=x), resume=True)
-            try:
-                res = train(cfg).to_dict()
-            except TrainingDiverged:
-                res = {"final_val_loss": None}
-        loss = res.get("final_val_loss")
-        rows.append(
-            {"lr": x, "final_val_loss": loss if loss is not None and math.isfinite(loss) else None, "out_dir": str(sub)}
-        )
-    ok = [r for r in rows if r["final_val_loss"] is not None]
-    require(bool(ok), "lr-search: every run diverged; try smaller learning rates (--lrs)")
-    best = min(ok, key=lambda r: r["final_val_loss"])
-    table = {"runs": rows, "best_lr": best["lr"], "best_val_loss": best["final_val_loss"]}
-    if distributed.is_main_process():
-        write_json_atomic(root / "lr_search.json", table)
-    return table

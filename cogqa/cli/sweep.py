@@ -77,6 +77,7 @@ def spec_from_args(args: argparse.Namespace):
 
 def register(subparsers) -> None:
     """Add ``sweep`` (plan, run, status, collect) and ``demo``."""
+    # one add_argument per option: long, flat and obvious, so not split
     p = subparsers.add_parser(
         "sweep", help="plan, run (local or SLURM), monitor and collect a sweep over head configurations x sizes"
     )
@@ -198,19 +199,7 @@ def cmd_sweep_run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     slurm = None
     if args.executor == "slurm":
-        slurm = SlurmOptions(
-            partition=args.partition,
-            time=args.time,
-            gpus_per_run=args.gpus_per_run,
-            nodes=args.nodes,
-            cpus_per_gpu=args.cpus_per_gpu,
-            mem_gb=args.mem_gb,
-            account=args.account,
-            qos=args.qos,
-            array=args.array,
-            array_parallelism=args.array_parallelism,
-            cluster=args.cluster,
-        )
+        slurm = SlurmOptions(**{name: getattr(args, name) for name in SlurmOptions.__dataclass_fields__})
     out = args.out or f"runs/{spec.name}"
     if args.print_sbatch:
         from ..sweep import first_job_sbatch

@@ -16,6 +16,7 @@ from . import config_value
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
+    # one add_argument per option: long, flat and obvious, so not split
     p.add_argument(
         "--data", required=True, metavar="DIR", help="prepared data directory (cogqa data prepare --out DIR)"
     )
@@ -219,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_lr_search(args: argparse.Namespace) -> int:
     """Handler of ``cogqa lr-search``."""
-    from ..train import PAPER_LR_GRID, lr_search
+    from ..lr_search import PAPER_LR_GRID, lr_search
     from ..units import parse_float
 
     lrs = PAPER_LR_GRID

@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 
 from . import distributed
-from .checkpoint import checkpoint_step, list_checkpoints
 from .config import (  # noqa: F401  (re-exported: the configuration lives in cogqa.config)
     PAPER_BATCH_TOKENS,
     PAPER_TOKENS_PER_PARAM,
@@ -151,6 +150,8 @@ _COMPAT_KEYS = (
 
 def _check_out_dir(config: TrainConfig, resolved: dict) -> int:
     """Validate ``out_dir`` before anything is written; returns the step to resume from (0: fresh)."""
+    from .checkpoint import checkpoint_step, list_checkpoints
+
     out = Path(config.out_dir)
     require(not out.exists() or out.is_dir(), f"out_dir: {out} exists and is not a directory")
     existing = out / "config.json"

@@ -434,3 +434,12 @@ def test_sweep_dir_can_grow_but_not_change_settings(tmp_path, capsys):
     bigger = [{**TINY[0], "hidden_size": 64}]
     with pytest.raises(CogqaError, match="a_h2kv1_s0 has started"):
         materialise(SweepSpec(data=str(data), sizes=bigger, heads="2:1", lr=1e-3, tokens=1000), out, progress=False)
+
+
+def test_submitit_job_requeues_itself_when_preempted():
+    pytest.importorskip("submitit")
+    from cogqa.sweep.executors import _SubmititRun
+
+    job = _SubmititRun("/r/x", gpus=1, nodes=1)
+    again = job.checkpoint()  # what submitit calls on preemption or timeout before requeueing
+    assert again.function is job and again.args == () and again.kwargs == {}

@@ -1,4 +1,10 @@
-"""Model checkpoints: ``model.safetensors`` (weights) + ``shape.json`` (the ModelShape).
+"""Checkpoints: the model files, the training-run layout, trainer state, and averaging.
+
+A model checkpoint is a directory with ``model.safetensors`` (weights) + ``shape.json`` (the
+ModelShape). A training run keeps them as ``RUN/checkpoints/step_XXXXXXXX/`` (plus ``trainer.pt``:
+optimizer, step, RNG states); :func:`checkpoint_step` alone decides what counts as one, so
+``step_N.tmp`` / ``step_N.old`` leftovers of an interrupted save are ignored everywhere (resume,
+``resolve_checkpoint``, averaging).
 
 Writes are atomic: each file is written under a temporary name, flushed to disk and renamed
 into place, weights first; a new directory is assembled under a temporary name and renamed as
@@ -16,11 +22,13 @@ import tempfile
 from pathlib import Path
 
 from .errors import CogqaError, require
-from .shapes import ModelShape
 from .files import fsync_dir
+from .shapes import ModelShape
 
 WEIGHTS_NAME = "model.safetensors"
 SHAPE_NAME = "shape.json"
+TRAINER_NAME = "trainer.pt"
+CHECKPOINT_PREFIX = "step_"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -79,7 +87,9 @@ def save_model(model, directory, extra_metadata: dict | None = None) -> Path:
 def load_shape(directory) -> ModelShape:
     """The ModelShape stored in ``directory/shape.json``."""
     path = Path(directory) / SHAPE_NAME
-    require(path.is_file(), f"{path}: no such file; is {directory} a cogqa checkpoint (model.safetensors + shape.json)?")
+    require(
+        path.is_file(), f"{path}: no such file; is {directory} a cogqa checkpoint (model.safetensors + shape.json)?"
+    )
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -98,7 +108,7 @@ def read_safetensors(path) -> tuple[dict, dict]:
     try:
         tensors = load(data)
         header_len = int.from_bytes(data[:8], "little")
-        header = json.loads(data[8:8 + header_len])
+        header = json.loads(data[8 : 8 + header_len])
     except (SafetensorError, ValueError, RuntimeError, OSError) as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CogqaError(f"{path}: not a readable safetensors file ({first}); is it truncated?") from None
@@ -110,11 +120,22 @@ def check_state_dict(model, tensors: dict, source: str) -> None:
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected) - set(tensors))
     extra = sorted(set(tensors) - set(expected))
-    require(not missing, f"{source}: missing tensor(s) {missing[:3]}{' ...' if len(missing) > 3 else ''} for shape {model.shape.describe()}")
-    require(not extra, f"{source}: unexpected tensor(s) {extra[:3]}{' ...' if len(extra) > 3 else ''} for shape {model.shape.describe()}")
+    require(
+        not missing,
+        f"{source}: missing tensor(s) {missing[:3]}{' ...' if len(missing) > 3 else ''} "
+        f"for shape {model.shape.describe()}",
+    )
+    require(
+        not extra,
+        f"{source}: unexpected tensor(s) {extra[:3]}{' ...' if len(extra) > 3 else ''} "
+        f"for shape {model.shape.describe()}",
+    )
     for k, s in expected.items():
         got = tuple(tensors[k].shape)
-        require(got == s, f"{source}: tensor {k} has shape {list(got)} but shape.json ({model.shape.describe()}) needs {list(s)}")
+        require(
+            got == s,
+            f"{source}: tensor {k} has shape {list(got)} but shape.json ({model.shape.describe()}) needs {list(s)}",
+        )
 
 
 def load_model(directory, device="cpu", dtype=None, max_seq_len: int = 8192):
@@ -146,3 +167,193 @@ def load_model(directory, device="cpu", dtype=None, max_seq_len: int = 8192):
     model.load_state_dict(tensors, strict=True, assign=True)
     target = torch_dtype(dtype) if dtype is not None else None
     return model.to(device=device, dtype=target)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run layout: RUN/checkpoints/step_XXXXXXXX/
+# ---------------------------------------------------------------------------------------------
+
+
+def checkpoint_step(path) -> int | None:
+    """The step of a complete checkpoint directory (``step_<digits>`` holding ``shape.json``), else None.
+
+    The one rule for what a checkpoint directory is: ``step_N.tmp`` (a save in progress) and
+    ``step_N.old`` (a replaced one) are not.
+    """
+    p = Path(path)
+    digits = p.name[len(CHECKPOINT_PREFIX) :]
+    if not (p.name.startswith(CHECKPOINT_PREFIX) and digits.isdigit()):
+        return None
+    return int(digits) if p.is_dir() and (p / SHAPE_NAME).is_file() else None
+
+
+def checkpoint_dir(run_dir, step: int) -> Path:
+    """``run_dir/checkpoints/step_XXXXXXXX`` (step zero-padded to 8 digits)."""
+    return Path(run_dir) / "checkpoints" / f"{CHECKPOINT_PREFIX}{step:08d}"
+
+
+def list_checkpoints(run_dir) -> list[Path]:
+    """Complete checkpoint directories of a run (``run_dir/checkpoints/step_*``), oldest first.
+
+    ``run_dir`` may also be the ``checkpoints`` directory itself.
+    """
+    root = Path(run_dir)
+    if (root / "checkpoints").is_dir():
+        root = root / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(checkpoint_step(p), p) for p in root.iterdir()]
+    return [p for step, p in sorted((s, p) for s, p in found if s is not None)]
+
+
+def resolve_checkpoint(path) -> Path:
+    """A checkpoint directory from itself (it holds ``shape.json``) or from a training run directory
+    (its newest complete ``checkpoints/step_*``); a one-line error otherwise."""
+    p = Path(path)
+    require(p.exists(), f"{p}: no such checkpoint or run directory")
+    if (p / SHAPE_NAME).is_file():
+        return p
+    steps = list_checkpoints(p)
+    require(
+        steps, f"{p}: not a checkpoint (no shape.json) and no checkpoints/step_*/ inside; pass a checkpoint directory"
+    )
+    return steps[-1]
+
+
+def average_last_k(path, k: int):
+    """(model, chosen directories): a GQADecoder whose weights are the mean of the last ``k``
+    complete checkpoints of a run (or of a ``checkpoints`` directory); a checkpoint directory
+    itself averages to its own weights."""
+    path = Path(path)
+    require(isinstance(k, int) and k >= 1, f"--last-k: must be a whole number >= 1, got {k!r}")
+    steps = list_checkpoints(path)
+    if not steps and (path / SHAPE_NAME).exists():
+        steps = [path]
+    require(len(steps) >= 1, f"{path}: no checkpoints (step_*/) found")
+    chosen = steps[-k:]
+    model = load_model(chosen[0])
+    sums = {n: t.double().clone() for n, t in model.state_dict().items()}
+    for p in chosen[1:]:
+        for n, t in load_model(p).state_dict().items():
+            sums[n] += t.double()
+    model.load_state_dict({n: (t / len(chosen)).to(model.state_dict()[n].dtype) for n, t in sums.items()})
+    return model, chosen
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer checkpoints: model files + trainer.pt (optimizer, step, RNG states)
+# ---------------------------------------------------------------------------------------------
+
+
+def rng_state() -> dict:
+    """The torch, numpy, Python and CUDA RNG states (torch-loadable with ``weights_only=True``)."""
+    import random
+
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore the RNG states saved by :func:`rng_state`."""
+    import random
+
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir, step: int, shape, model, optimizer, dist_info, keep: int, extra: dict) -> Path | None:
+    """Write ``checkpoints/step_<step>/`` atomically (rank 0) and prune to the newest ``keep``.
+
+    Contents: ``model.safetensors`` + ``shape.json`` (loadable with :func:`load_model`) and
+    ``trainer.pt`` (optimizer state, step, RNG states, ``extra``). Every rank must call this (the
+    state dicts are gathered collectively). Returns the directory on rank 0, None elsewhere.
+    """
+    from .distributed import barrier, full_state_dicts
+
+    msd, osd = full_state_dicts(model, optimizer, dist_info)
+    final = checkpoint_dir(run_dir, step)
+    if dist_info.main:
+        tmp = final.with_name(final.name + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
+        _write_trainer_checkpoint(
+            tmp, shape, model, msd, dist_info.world > 1, {"step": step, "optimizer": osd, "rng": rng_state(), **extra}
+        )
+        if final.exists():  # re-saving the same step (e.g. the final one): replace atomically
+            old = final.with_name(final.name + ".old")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+        fsync_dir(final.parent)
+        for stale in list_checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(stale, ignore_errors=True)
+    barrier(dist_info)
+    return final if dist_info.main else None
+
+
+def _write_trainer_checkpoint(directory: Path, shape, model, model_state: dict, gathered: bool, trainer: dict) -> None:
+    """Model files and ``trainer.pt`` into ``directory``, every file fsynced."""
+    import torch
+
+    from .distributed import unwrap
+    from .model import GQADecoder
+
+    plain = unwrap(model)
+    if gathered:  # rebuild a plain CPU module from the gathered full state
+        plain = GQADecoder(shape, max_seq_len=getattr(plain, "max_seq_len", 8192))
+        plain.load_state_dict(model_state)
+    save_model(plain, directory)
+    with open(directory / TRAINER_NAME, "wb") as fh:
+        torch.save(trainer, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    for f in directory.iterdir():
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    fsync_dir(directory)
+
+
+def load_trainer_state(ckpt) -> dict:
+    """The ``trainer.pt`` dict of a checkpoint (optimizer state, step, RNG states), tensors on CPU."""
+    import torch
+
+    with open(Path(ckpt) / TRAINER_NAME, "rb") as fh:
+        return torch.load(fh, map_location="cpu", weights_only=True)
+
+
+def restore(ckpt, model, optimizer, dist_info) -> dict:
+    """Load a checkpoint's weights and optimizer state into the (possibly wrapped) objects; returns its
+    trainer state."""
+    from .distributed import load_full_state_dicts
+
+    state = load_trainer_state(ckpt)
+    plain = load_model(ckpt, device="cpu")
+    load_full_state_dicts(model, optimizer, plain.state_dict(), state["optimizer"], dist_info)
+    return state

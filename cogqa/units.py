@@ -1,4 +1,4 @@
-"""Parsing and printing of counts with units: context lengths, sizes, bytes, FLOPs."""
+"""Parsing and printing of counts with units: context lengths, sizes, bytes, FLOPs; head configurations."""
 
 from __future__ import annotations
 
@@ -162,3 +162,56 @@ def parse_length_distribution(spec: str, field: str = "--context-dist") -> tuple
     if sum(counts) <= 0:
         raise CogqaError(f"{where}: counts must not all be zero")
     return lengths, counts
+
+
+# One head configuration H = (n_heads, n_kv_heads). Canonical spelling ``8,1``; accepted aliases
+# ``8:1``, ``8/1``, ``8x1``, ``(8,1)``, ``(8, 1)``, ``H=(8,1)``.
+_HEAD_ITEM = re.compile(r"(?:H\s*=\s*)?\(?\s*(\d+)\s*[:,/x]\s*(\d+)\s*\)?", re.IGNORECASE)
+HEADS_EXAMPLE = "8,1 (also 8:1, (8,1), H=(8,1))"
+
+
+def parse_head_config(text, field: str = "--heads") -> tuple[int, int]:
+    """One head configuration (n_heads, n_kv_heads) from ``8,1`` (canonical), ``8:1``, ``(8, 1)``,
+    ``H=(8,1)`` or a pair of integers; a one-line error unless it is valid GQA
+    (0 < n_kv <= n_h and n_kv divides n_h)."""
+    if isinstance(text, (list, tuple)):
+        ok = len(text) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in text)
+        require(ok, f"{field}: unknown head configuration {text!r}; write [n_heads, n_kv_heads] with integers")
+        return _checked_heads(int(text[0]), int(text[1]), field)
+    m = _HEAD_ITEM.fullmatch(str(text).strip())
+    require(
+        m is not None,
+        f"{field}: unknown head configuration {str(text).strip()!r}; write N_HEADS,N_KV_HEADS, e.g. {HEADS_EXAMPLE}",
+    )
+    return _checked_heads(int(m.group(1)), int(m.group(2)), field)
+
+
+def parse_head_configs(text: str, field: str = "--heads") -> list[tuple[int, int]]:
+    """Head configurations from a list of :func:`parse_head_config` spellings separated by spaces,
+    ``;`` or ``,`` (``8,1 16,4``; ``8:1,16:4``; ``(8,1),(16,4)``); one-line errors name the bad item."""
+    text = str(text).strip()
+    out, pos = [], 0
+    for m in _HEAD_ITEM.finditer(text):
+        gap = text[pos : m.start()]
+        require(
+            gap.strip(" ,;\t") == "",
+            f"{field}: unknown head configuration {gap.strip(' ,;')!r}; write N_HEADS,N_KV_HEADS, e.g. {HEADS_EXAMPLE}",
+        )
+        out.append(_checked_heads(int(m.group(1)), int(m.group(2)), field))
+        pos = m.end()
+    rest = text[pos:].strip(" ,;\t")
+    require(rest == "", f"{field}: unknown head configuration {rest!r}; write N_HEADS,N_KV_HEADS, e.g. {HEADS_EXAMPLE}")
+    require(len(out) > 0, f"{field}: give at least one head configuration, e.g. 8,1 16,4")
+    return out
+
+
+def fmt_heads(n_heads: int, n_kv_heads: int) -> str:
+    """The canonical spelling of a head configuration: ``8,1``."""
+    return f"{n_heads},{n_kv_heads}"
+
+
+def _checked_heads(h: int, kv: int, field: str) -> tuple[int, int]:
+    require(h > 0 and kv > 0, f"{field}: ({h},{kv}) must have positive head counts")
+    require(kv <= h, f"{field}: ({h},{kv}) has n_kv_heads > n_heads; GQA needs n_kv <= n_h")
+    require(h % kv == 0, f"{field}: ({h},{kv}): n_kv_heads must divide n_heads")
+    return h, kv

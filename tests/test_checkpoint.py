@@ -44,8 +44,17 @@ def test_overwrite_and_dtype(tmp_path):
 
 
 def test_untied_and_extras(tmp_path):
-    shape = ModelShape(layers=1, hidden_size=32, ffn_size=48, n_heads=4, n_kv_heads=1, head_dim=8, vocab_size=50,
-                       tie_embeddings=False, qk_norm=True)
+    shape = ModelShape(
+        layers=1,
+        hidden_size=32,
+        ffn_size=48,
+        n_heads=4,
+        n_kv_heads=1,
+        head_dim=8,
+        vocab_size=50,
+        tie_embeddings=False,
+        qk_norm=True,
+    )
     model = _model(shape)
     save_model(model, tmp_path / "ck")
     loaded = load_model(tmp_path / "ck")
@@ -101,6 +110,28 @@ def test_missing_files_are_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(CogqaError, match="shape.json"):
         load_model(tmp_path / "empty")
-    (tmp_path / "empty" / "shape.json").write_text("{\"layers\": 2")
+    (tmp_path / "empty" / "shape.json").write_text('{"layers": 2')
     with pytest.raises(CogqaError, match="truncated"):
         load_model(tmp_path / "empty")
+
+
+def test_run_layout_ignores_tmp_and_old_leftovers(tmp_path):
+    from cogqa.checkpoint import average_last_k, checkpoint_dir, checkpoint_step, list_checkpoints, resolve_checkpoint
+
+    run = tmp_path / "run"
+    a, b = _model(seed=0), _model(seed=1)
+    save_model(a, checkpoint_dir(run, 10))
+    save_model(b, checkpoint_dir(run, 20))
+    save_model(_model(seed=2), run / "checkpoints" / "step_00000030.tmp")  # an interrupted save
+    save_model(_model(seed=3), run / "checkpoints" / "step_00000040.old")  # a replaced one
+    (run / "checkpoints" / "step_00000050").mkdir()  # no shape.json: not a checkpoint
+    assert [checkpoint_step(p) for p in list_checkpoints(run)] == [10, 20]
+    assert list_checkpoints(run) == list_checkpoints(run / "checkpoints")
+    assert resolve_checkpoint(run) == checkpoint_dir(run, 20)
+    model, chosen = average_last_k(run, 5)
+    assert chosen == [checkpoint_dir(run, 10), checkpoint_dir(run, 20)]
+    for name, t in model.state_dict().items():
+        want = (a.state_dict()[name].double() + b.state_dict()[name].double()) / 2
+        assert torch.allclose(t.double(), want, atol=1e-6)
+    with pytest.raises(CogqaError, match="no checkpoints"):
+        average_last_k(tmp_path / "empty_run_dir_missing", 2)

@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from cogqa.cli import main
-from cogqa.data import HEADER_BYTES, TokenChunks, iter_documents, load_manifest, offline_corpus, prepare, read_header, unigram_entropy
+from cogqa.data import (
+    HEADER_BYTES,
+    TokenChunks,
+    iter_documents,
+    load_manifest,
+    offline_corpus,
+    prepare,
+    read_header,
+    unigram_entropy,
+)
 from cogqa.errors import CogqaError
 from cogqa.tokenizer import get_tokenizer, padded_vocab
 
@@ -31,10 +40,18 @@ def test_gpt2_ids_match_transformers_built_from_the_same_files():
     assert (tok.vocab_size, tok.padded_vocab_size, tok.eos_id) == (50257, 50304, 50256)
     enc, bpe = gpt2_files()
     vocab = json.loads(enc.read_text(encoding="utf-8"))
-    merges = [tuple(x.split(" ")) for x in bpe.read_text(encoding="utf-8").split("\n") if x and not x.startswith("#version")]
+    merges = [
+        tuple(x.split(" ")) for x in bpe.read_text(encoding="utf-8").split("\n") if x and not x.startswith("#version")
+    ]
     ref = GPT2TokenizerFast(vocab=vocab, merges=merges, unk_token="<|endoftext|>", eos_token="<|endoftext|>")
-    texts = ["Hello world", "  spaces  and\ttabs\n\nnew lines", "It's we'll they'd 1234567 3.14159",
-             "Ünïcödé – “quotes” 日本語 🙂", "And God said, Let there be light: and there was light.", ""]
+    texts = [
+        "Hello world",
+        "  spaces  and\ttabs\n\nnew lines",
+        "It's we'll they'd 1234567 3.14159",
+        "Ünïcödé – “quotes” 日本語 🙂",
+        "And God said, Let there be light: and there was light.",
+        "",
+    ]
     for text in texts:
         assert tok.encode(text) == ref.encode(text), text
         assert tok.decode(tok.encode(text)) == text
@@ -84,9 +101,21 @@ def test_eos_concatenate_chunk_and_drop_last_by_hand(tmp_path):
 def test_validation_split_is_seeded_nonempty_and_disjoint(tmp_path):
     text = offline_corpus("kjv").read_text()[:60_000]
     (tmp_path / "a.txt").write_text(text)
-    a = prepare([str(tmp_path / "a.txt")], tmp_path / "a", tokenizer="bytes", context=64, val_fraction=0.1, progress=False)
-    b = prepare([str(tmp_path / "a.txt")], tmp_path / "b", tokenizer="bytes", context=64, val_fraction=0.1, progress=False)
-    c = prepare([str(tmp_path / "a.txt")], tmp_path / "c", tokenizer="bytes", context=64, val_fraction=0.1, seed=1, progress=False)
+    a = prepare(
+        [str(tmp_path / "a.txt")], tmp_path / "a", tokenizer="bytes", context=64, val_fraction=0.1, progress=False
+    )
+    b = prepare(
+        [str(tmp_path / "a.txt")], tmp_path / "b", tokenizer="bytes", context=64, val_fraction=0.1, progress=False
+    )
+    c = prepare(
+        [str(tmp_path / "a.txt")],
+        tmp_path / "c",
+        tokenizer="bytes",
+        context=64,
+        val_fraction=0.1,
+        seed=1,
+        progress=False,
+    )
     assert a["content_hash"] == b["content_hash"] != c["content_hash"]
     n_train, n_val = a["splits"]["train"]["chunks"], a["splits"]["val"]["chunks"]
     assert n_train + n_val == (len(text.encode()) + 1) // 64
@@ -102,13 +131,23 @@ def test_validation_split_is_seeded_nonempty_and_disjoint(tmp_path):
 
 def test_small_corpus_still_gets_one_validation_chunk(tmp_path):
     (tmp_path / "t.txt").write_text("x" * 300)
-    m = prepare([str(tmp_path / "t.txt")], tmp_path / "o", tokenizer="bytes", context=64, val_fraction=0.01, progress=False)
+    m = prepare(
+        [str(tmp_path / "t.txt")], tmp_path / "o", tokenizer="bytes", context=64, val_fraction=0.01, progress=False
+    )
     assert m["splits"]["val"]["chunks"] == 1 and m["splits"]["train"]["chunks"] == 3
 
 
 def test_shards_round_trip_and_split_across_files(tmp_path):
     (tmp_path / "t.txt").write_text("".join(chr(33 + i % 90) for i in range(64 * 10 - 1)))
-    prepare([str(tmp_path / "t.txt")], tmp_path / "o", tokenizer="bytes", context=64, val_fraction=0.0, shard_tokens=64 * 3, progress=False)
+    prepare(
+        [str(tmp_path / "t.txt")],
+        tmp_path / "o",
+        tokenizer="bytes",
+        context=64,
+        val_fraction=0.0,
+        shard_tokens=64 * 3,
+        progress=False,
+    )
     m = load_manifest(tmp_path / "o")
     shards = m["splits"]["train"]["shards"]
     assert [s["chunks"] for s in shards] == [3, 3, 3, 1]
@@ -142,11 +181,21 @@ def test_gpt2_uses_uint16_and_parquet_and_datasets_inputs(tmp_path):
 
     docs = ["In the beginning God created the heaven and the earth. " * 20, "Hello world " * 50]
     pq.write_table(pa.table({"body": docs}), tmp_path / "d.parquet")
-    m = prepare([str(tmp_path / "d.parquet")], tmp_path / "p", tokenizer="gpt2", context=32, val_fraction=0.1,
-                text_field="body", progress=False)
+    m = prepare(
+        [str(tmp_path / "d.parquet")],
+        tmp_path / "p",
+        tokenizer="gpt2",
+        context=32,
+        val_fraction=0.1,
+        text_field="body",
+        progress=False,
+    )
     tok = get_tokenizer("gpt2")
     assert m["dtype"] == "uint16" and m["tokens"] == sum(len(tok.encode(d)) + 1 for d in docs)
-    first = TokenChunks(tmp_path / "p", "train").tokens()[:5].tolist() + TokenChunks(tmp_path / "p", "val").tokens()[:5].tolist()
+    first = (
+        TokenChunks(tmp_path / "p", "train").tokens()[:5].tolist()
+        + TokenChunks(tmp_path / "p", "val").tokens()[:5].tolist()
+    )
     assert set(first) <= set(tok.encode(docs[0]) + tok.encode(docs[1]) + [50256])
     datasets = pytest.importorskip("datasets")
     datasets.Dataset.from_dict({"text": docs}).save_to_disk(str(tmp_path / "ds"))
@@ -157,7 +206,9 @@ def test_gpt2_uses_uint16_and_parquet_and_datasets_inputs(tmp_path):
 
 def test_offline_corpus_is_the_kjv_by_chapter():
     docs = list(iter_documents("kjv"))
-    assert len(docs) == 1189 and docs[0].startswith("Genesis 1\n\n1 In the beginning God created the heaven and the earth.")
+    assert len(docs) == 1189 and docs[0].startswith(
+        "Genesis 1\n\n1 In the beginning God created the heaven and the earth."
+    )
     assert docs[-1].startswith("Revelation 22")
     path = offline_corpus("kjv")
     assert path.stat().st_size > 4_000_000 and offline_corpus("shakespeare") == path
@@ -173,7 +224,9 @@ def test_unigram_entropy_by_hand(tmp_path):
 # ----------------------------------------------------------------------------- bad input, CLI
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "short", "badjson", "nofield", "context", "fraction", "exists", "binary"])
+@pytest.mark.parametrize(
+    "case", ["missing", "empty", "short", "badjson", "nofield", "context", "fraction", "exists", "binary"]
+)
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     (tmp_path / "ok.txt").write_text("z" * 500)
     args = {
@@ -196,8 +249,11 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
     if case == "exists":
         out.mkdir()
         (out / "precious.txt").write_text("keep me")
-    status = main(["data", "prepare", *args, "--out", str(out), "--tokenizer", "bytes", "--context", "64", "--no-progress"]
-                  if "--context" not in args else ["data", "prepare", *args, "--out", str(out), "--tokenizer", "bytes", "--no-progress"])
+    status = main(
+        ["data", "prepare", *args, "--out", str(out), "--tokenizer", "bytes", "--context", "64", "--no-progress"]
+        if "--context" not in args
+        else ["data", "prepare", *args, "--out", str(out), "--tokenizer", "bytes", "--no-progress"]
+    )
     err = capsys.readouterr().err
     assert status == 2 and err.startswith("error: ") and err.count("\n") == 1, err
     if case == "exists":
@@ -209,8 +265,25 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
 
 def test_cli_prepare_and_info(tmp_path, capsys):
     (tmp_path / "t.txt").write_text(offline_corpus("kjv").read_text()[:20_000])
-    assert main(["data", "prepare", str(tmp_path / "t.txt"), "--out", str(tmp_path / "o"), "--tokenizer", "bytes",
-                 "--context", "128", "--val-fraction", "0.1", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "prepare",
+                str(tmp_path / "t.txt"),
+                "--out",
+                str(tmp_path / "o"),
+                "--tokenizer",
+                "bytes",
+                "--context",
+                "128",
+                "--val-fraction",
+                "0.1",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "documents        1" in out and "nats/token" in out and "train" in out
     assert main(["data", "info", str(tmp_path / "o"), "--json"]) == 0

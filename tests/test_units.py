@@ -1,0 +1,34 @@
+"""One parser for head configurations: the canonical 8,1 and its aliases, lists, and one-line errors."""
+
+import pytest
+
+from cogqa.errors import CogqaError
+from cogqa.units import fmt_heads, parse_head_config, parse_head_configs
+
+
+@pytest.mark.parametrize("text", ["8,1", "8:1", "(8,1)", "(8, 1)", "H=(8,1)", " h = ( 8 , 1 ) ", "8/1"])
+def test_every_spelling_of_one_head_configuration(text):
+    assert parse_head_config(text) == (8, 1) and fmt_heads(8, 1) == "8,1"
+
+
+def test_lists_and_pairs():
+    want = [(8, 1), (16, 4)]
+    for text in ("8,1 16,4", "8:1,16:4", "(8,1),(16,4)", "H=(8,1); H=(16,4)", "8,1,16,4"):
+        assert parse_head_configs(text) == want, text
+    assert parse_head_config([32, 8]) == (32, 8)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("eight", "unknown head configuration 'eight'"),
+        ("8:3", "must divide"),
+        ("4,8", "n_kv_heads > n_heads"),
+        ("8,1 x", "'x'"),
+        ("", "at least one"),
+    ],
+)
+def test_bad_head_configurations_are_one_line_errors(text, needle):
+    with pytest.raises(CogqaError, match="^--heads: ") as err:
+        parse_head_configs(text)
+    assert needle in str(err.value) and "\n" not in str(err.value)

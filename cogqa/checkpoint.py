@@ -220,6 +220,21 @@ def resolve_checkpoint(path) -> Path:
     return steps[-1]
 
 
+def average_weights(paths) -> "torch.nn.Module":
+    """A GQADecoder whose weights are the element-wise mean (in float64, cast back) of the checkpoint
+    directories ``paths``. Weight averaging; the paper's last-k evaluation averages *scores*
+    (:func:`cogqa.evaluate.checkpoints_to_score`)."""
+    paths = list(paths)
+    require(len(paths) >= 1, "average_weights: no checkpoints given")
+    model = load_model(paths[0])
+    sums = {n: t.double().clone() for n, t in model.state_dict().items()}
+    for p in paths[1:]:
+        for n, t in load_model(p).state_dict().items():
+            sums[n] += t.double()
+    model.load_state_dict({n: (t / len(paths)).to(model.state_dict()[n].dtype) for n, t in sums.items()})
+    return model
+
+
 def average_last_k(path, k: int):
     """(model, chosen directories): a GQADecoder whose weights are the mean of the last ``k``
     complete checkpoints of a run (or of a ``checkpoints`` directory); a checkpoint directory
@@ -231,13 +246,7 @@ def average_last_k(path, k: int):
         steps = [path]
     require(len(steps) >= 1, f"{path}: no checkpoints (step_*/) found")
     chosen = steps[-k:]
-    model = load_model(chosen[0])
-    sums = {n: t.double().clone() for n, t in model.state_dict().items()}
-    for p in chosen[1:]:
-        for n, t in load_model(p).state_dict().items():
-            sums[n] += t.double()
-    model.load_state_dict({n: (t / len(chosen)).to(model.state_dict()[n].dtype) for n, t in sums.items()})
-    return model, chosen
+    return average_weights(chosen), chosen
 
 
 # ---------------------------------------------------------------------------------------------

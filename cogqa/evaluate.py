@@ -225,11 +225,10 @@ CONTEXT_METADATA = "cogqa_context"  # safetensors metadata key: the context (tok
 
 
 def run_checkpoints(run_dir) -> list:
-    """Complete checkpoint directories ``checkpoints/step_*`` of a training run, oldest first."""
-    from pathlib import Path
-    root = Path(run_dir) / "checkpoints"
-    return sorted(d for d in root.glob("step_*") if d.is_dir() and not d.name.endswith((".tmp", ".old"))
-                  and (d / "shape.json").is_file())
+    """Complete checkpoint directories ``checkpoints/step_*`` of a training run, oldest first
+    (:func:`cogqa.checkpoint.list_checkpoints`: the one rule for what a checkpoint directory is)."""
+    from .checkpoint import list_checkpoints
+    return list_checkpoints(run_dir)
 
 
 def checkpoints_to_score(path, last_k: int | None = None) -> list:

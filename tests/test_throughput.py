@@ -33,7 +33,8 @@ def test_cli_one_line_errors(capsys, tmp_path):
 def test_harness_command_and_average(tmp_path):
     import torch
     from cogqa.checkpoint import save_model
-    from cogqa.cli.evaluate import average_last_k, harness_command
+    from cogqa.checkpoint import average_last_k
+    from cogqa.cli.evaluate import harness_command
     from cogqa.model import GQADecoder
     from cogqa.shapes import ModelShape
     assert harness_command("/x", ["piqa", "arc_easy"]) == [

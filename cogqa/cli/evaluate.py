@@ -102,29 +102,10 @@ def make_generate_fn(model, tok):
     return gen
 
 
-def average_weights(paths):
-    """A cogqa model whose weights are the mean of the checkpoints ``paths`` (weight averaging; not the paper's
-    last-k evaluation, which averages scores)."""
-    from ..checkpoint import load_model
-    model = load_model(paths[0])
-    sd = {n: t.double().clone() for n, t in model.state_dict().items()}
-    for p in paths[1:]:
-        for n, t in load_model(p).state_dict().items():
-            sd[n] += t.double()
-    model.load_state_dict({n: (t / len(paths)).to(model.state_dict()[n].dtype) for n, t in sd.items()})
-    return model
-
-
-def average_last_k(checkpoint_dir: Path, k: int):
-    """(model with the mean weights of the last ``k`` checkpoints under ``checkpoint_dir``, their paths)."""
-    from ..evaluate import checkpoints_to_score
-    chosen = checkpoints_to_score(checkpoint_dir, k)
-    return average_weights(chosen), chosen
-
-
 def _scored_models(args, need: int):
     """[(label, model, tokenizer, context)] for the eval command's model argument: the last-k checkpoints one at a
     time (a generator: one model in memory), or their weight average with --average-weights."""
+    from ..checkpoint import average_weights
     from ..evaluate import checkpoints_to_score, load_for_eval
     chosen = checkpoints_to_score(args.model, args.last_k)
     if args.average_weights:
@@ -226,7 +207,7 @@ def cmd_harness(args) -> int:
     if is_hf:
         targets = [(chosen[0].name, chosen[0])]
     else:
-        from ..checkpoint import load_model
+        from ..checkpoint import average_weights, load_model
         from ..hf import export_hf
         groups = [("weight average of " + "+".join(p.name for p in chosen), chosen)] if args.average_weights else \
             [(p.name, [p]) for p in chosen]

@@ -8,19 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..checkpoint import resolve_checkpoint
 from ..errors import CogqaError, require
-
-
-def resolve_checkpoint(path) -> Path:
-    """A checkpoint directory (holding ``shape.json``) from itself or a training run directory
-    (its newest ``checkpoints/step_*``)."""
-    p = Path(path)
-    require(p.exists(), f"{p}: no such checkpoint or run directory")
-    if (p / "shape.json").is_file():
-        return p
-    steps = sorted(d for d in (p / "checkpoints").glob("step_*") if d.is_dir() and not d.name.endswith(".tmp") and (d / "shape.json").is_file())
-    require(steps, f"{p}: not a checkpoint (no shape.json) and no checkpoints/step_*/ inside; pass a checkpoint directory")
-    return steps[-1]
 
 
 def _tokenizer(name):

@@ -65,7 +65,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 class CausalLMOutput(NamedTuple):
-    """``logits`` [B, T, V] in the model's dtype; ``loss`` a scalar (fp32) or None without labels."""
+    """``logits`` [B, T, V] in the model's dtype; ``loss`` a scalar (fp32) or None without labels.
+
+    ``logits`` is None for an fp32 training step with labels (``model.train()``, gradients on, no
+    autocast): the loss then goes through :class:`LinearCrossEntropy`, which never builds them
+    (``model.fused_loss = False`` restores them)."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None
@@ -134,9 +138,14 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
-        )
+        group = self.n_heads // self.n_kv_heads
+        if T == 1 and group > 1:
+            # One new token (decode): the `group` query heads that share a K/V head become `group`
+            # query rows of that head, so each cached K/V head is read once, as one small matmul.
+            q = q.reshape(B, self.n_kv_heads, group, self.head_dim)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).view(B, self.n_heads, 1, self.head_dim)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=group > 1)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -167,6 +176,40 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, mask, is_causal, cache=None, layer=0):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean next-token cross-entropy (nats, fp32) of ``x @ w.T`` against ``targets``, without the
+    [N, V] logits ever existing whole: rows go in chunks, and because the loss is the end of the
+    graph each chunk's gradients (softmax - one-hot) are turned into ``dx`` and ``dw`` right away,
+    so backward is only a scale. Saves the log-softmax backward pass and its [N, V] buffers."""
+
+    @staticmethod
+    def forward(ctx, x, w, targets, chunk: int = 256):
+        valid = targets != IGNORE_INDEX
+        count = valid.sum()
+        scale = 1.0 / max(int(count), 1)
+        safe = targets.clamp(min=0)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x, grad_w = torch.empty_like(x), torch.zeros_like(w)
+        for i in range(0, x.shape[0], chunk):
+            xc, tc, vc = x[i:i + chunk], safe[i:i + chunk, None], valid[i:i + chunk]
+            logits = (xc @ w.t()).float()
+            lse = torch.logsumexp(logits, -1)
+            total += ((lse - logits.gather(1, tc)[:, 0]) * vc).sum()
+            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            probs.scatter_add_(1, tc, -torch.ones_like(tc, dtype=probs.dtype))
+            probs.mul_(vc[:, None] * scale)
+            grad = probs.to(x.dtype)
+            grad_x[i:i + chunk] = grad @ w
+            grad_w.addmm_(grad.t(), xc)
+        ctx.save_for_backward(grad_x, grad_w)
+        return total / count  # nan without any target, as F.cross_entropy
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss.to(grad_x.dtype), grad_w * grad_loss.to(grad_w.dtype), None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +275,8 @@ class GQADecoder(nn.Module):
         require(isinstance(max_seq_len, int) and max_seq_len >= 1, f"max_seq_len must be a positive whole number, got {max_seq_len!r}")
         self.shape = shape
         self.max_seq_len = max_seq_len
+        #: training with labels: the loss through :class:`LinearCrossEntropy` (logits not returned)
+        self.fused_loss = True
         self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden_size)
         self.layers = nn.ModuleList(Block(shape) for _ in range(shape.layers))
         self.norm = RMSNorm(shape.hidden_size, shape.norm_eps)
@@ -281,16 +326,21 @@ class GQADecoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        logits_to_keep: int = 0,
     ) -> CausalLMOutput:
         """Logits [B, T, V] for ``input_ids`` [B, T] and, with ``labels``, the mean next-token loss (nats).
 
         With ``cache`` the tokens are appended after the cached ones (prefill or decode) and the
         cache advances by T. ``attention_mask`` [B, T] (or [B, cached + T]) has 1 for tokens and
-        0 for (left) padding.
+        0 for (left) padding. ``logits_to_keep`` = k > 0 computes the logits of the last k
+        positions only ([B, k, V]; a prefill needs k = 1); it cannot be combined with ``labels``.
         """
         require(input_ids.dim() == 2, f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
         require(T >= 1, "input_ids must hold at least one token")
+        require(isinstance(logits_to_keep, int) and logits_to_keep >= 0,
+                f"logits_to_keep must be a whole number >= 0 (0 = all positions), got {logits_to_keep!r}")
+        require(not (logits_to_keep and labels is not None), "logits_to_keep needs every position's logits when labels are given; pass 0")
         device = input_ids.device
         start = 0
         if cache is not None:
@@ -356,7 +406,15 @@ class GQADecoder(nn.Module):
         cos, sin = rope_cos_sin(position_ids, self.shape.head_dim, self.shape.rope_theta, x.dtype)
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, mask, is_causal, cache, i)
+        if 0 < logits_to_keep < T:
+            x = x[:, -logits_to_keep:]
         x = self.norm(x)
+        if labels is not None and self.fused_loss and self.training and torch.is_grad_enabled() \
+                and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+            require(labels.shape == input_ids.shape, f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            shifted = F.pad(labels.to(device), (0, 1), value=IGNORE_INDEX)[:, 1:]
+            loss = LinearCrossEntropy.apply(x.reshape(B * T, -1), self.output_weight, shifted.reshape(-1))
+            return CausalLMOutput(None, loss)
         logits = F.linear(x, self.output_weight)
 
         if cache is not None:
@@ -413,20 +471,21 @@ class GQADecoder(nn.Module):
         else:
             require(cache.length + total <= cache.max_len,
                     f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) do not fit the KV cache ({cache.max_len - cache.length} free tokens)")
-        out = input_ids
         if max_new_tokens == 0:
-            return out
-        logits = self(input_ids, attention_mask=attention_mask, cache=cache).logits[:, -1]
+            return input_ids
+        out = input_ids.new_empty(B, total)  # preallocated: one write per step, no per-step concatenation
+        out[:, :P] = input_ids
+        logits = self(input_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1).logits[:, -1]
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         for step in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
                 done |= nxt == eos_id
-            out = torch.cat([out, nxt[:, None]], dim=1)
+            out[:, P + step] = nxt
             if step == max_new_tokens - 1 or (eos_id is not None and bool(done.all())):
-                break
-            logits = self(nxt[:, None], cache=cache).logits[:, -1]
+                return out[:, :P + step + 1]
+            logits = self(out[:, P + step:P + step + 1], cache=cache).logits[:, -1]
         return out
 
 

@@ -40,6 +40,7 @@ from typing import Any
 
 from .errors import CogqaError, require
 from .files import write_json_atomic
+from .threads import available_cores, thread_env, thread_plan  # issue 15
 
 #: The paper's candidate set (Section 5 / Appendix): n_h, n_kv powers of two, n_kv <= n_h <= 32.
 PAPER_HEAD_CONFIGS: tuple[tuple[int, int], ...] = tuple(
@@ -674,7 +675,8 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child
         pass
 
 
-def launch_run(run_dir: str | Path, command: list[str] | None = None, die_with_parent: bool = True) -> str:
+def launch_run(run_dir: str | Path, command: list[str] | None = None, die_with_parent: bool = True,
+               threads: int | None = None) -> str:  # threads: issue 15 thread policy
     """Run one run in a child process (output appended to ``log.txt``); returns its status after.
 
     A non-zero exit other than "busy" or an interruption (Ctrl-C, SIGTERM: the run stays pending
@@ -683,7 +685,7 @@ def launch_run(run_dir: str | Path, command: list[str] | None = None, die_with_p
     """
     run_dir = Path(run_dir)
     command = command or run_command(run_dir)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **thread_env(threads))  # issue 15: child's intra-op threads
     with open(run_dir / "log.txt", "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
         log.flush()
@@ -733,10 +735,12 @@ def run_sweep(spec: SweepSpec, out: str | Path, executor: str = "local", workers
 def _run_local(todo: list[Path], workers: int, progress: bool, total: int) -> None:
     from tqdm import tqdm
 
+    threads = thread_plan(available_cores(), os.environ, workers=workers).threads  # issue 15: workers x threads <= cores
+
     bar = tqdm(total=total, initial=total - len(todo), desc="sweep runs", unit="run", disable=not progress, file=sys.stderr)
     def one(d: Path) -> str:
         bar.set_postfix_str(d.name)
-        status = launch_run(d)
+        status = launch_run(d, threads=threads)  # issue 15
         bar.update(1)
         if status == "failed":
             err = json.loads((d / "failed.json").read_text()).get("error", "")

@@ -94,7 +94,7 @@ def register(subparsers) -> None:
 
     d = subparsers.add_parser("demo", help="the whole recipe on a CPU: tiny sweep on the offline corpus -> fit -> search -> report (< 15 min)")
     d.add_argument("--out", default="runs/demo", help="demo directory (default runs/demo); re-running finishes or skips")
-    d.add_argument("--workers", type=int, default=1, help="runs at a time (default 1)")
+    d.add_argument("--workers", type=int, default=None, help="runs at a time (default: one per core, 1 thread each)")  # issue 15
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=run_demo)
 

@@ -115,9 +115,11 @@ def test_forward_matches_a_hand_written_reference():
 
 
 def _rope(model, T):
-    from cogqa.model import rope_cos_sin
+    """cos and the signed sin that blocks take (see cogqa.model.signed_sin)."""
+    from cogqa.model import rope_cos_sin, signed_sin
 
-    return rope_cos_sin(torch.arange(T)[None], model.shape.head_dim, model.shape.rope_theta, torch.float32)
+    cos, sin = rope_cos_sin(torch.arange(T)[None], model.shape.head_dim, model.shape.rope_theta, torch.float32)
+    return cos, signed_sin(sin)
 
 
 def test_loss_follows_the_hugging_face_convention():
@@ -295,11 +297,12 @@ def _reference_loss(model, ids, labels):
 
 
 def _hidden(model, ids):
-    from cogqa.model import rope_cos_sin
+    from cogqa.model import rope_cos_sin, signed_sin
 
     x = model.embed_tokens(ids)
     pos = torch.arange(ids.shape[1])[None].expand(ids.shape[0], -1)
     cos, sin = rope_cos_sin(pos, model.shape.head_dim, model.shape.rope_theta, x.dtype)
+    sin = signed_sin(sin)
     for block in model.layers:
         x = block(x, cos, sin, None, True)
     return x

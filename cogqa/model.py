@@ -354,6 +354,7 @@ class GQADecoder(nn.Module):
                 f"logits_to_keep must be a whole number >= 0 (0 = all positions), got {logits_to_keep!r}")
         require(not (logits_to_keep and labels is not None), "logits_to_keep needs every position's logits when labels are given; pass 0")
         device = input_ids.device
+        position_ids_given = position_ids
         start = 0
         if cache is not None:
             require(cache.batch == B, f"cache holds {cache.batch} sequences but input_ids has batch {B}")
@@ -385,6 +386,7 @@ class GQADecoder(nn.Module):
                 position_ids = (counts - 1).clamp(min=0) + base
         else:
             position_ids = position_ids.to(device).expand(B, T)
+        explicit_positions = None if position_ids_given is None else position_ids
 
         # The attention mask: is_causal (fused kernels) when no padding is involved.
         padded = new_mask is not None or (cache is not None and cache.padded)
@@ -415,8 +417,7 @@ class GQADecoder(nn.Module):
                 cache.padded = True
 
         x = self.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(position_ids, self.shape.head_dim, self.shape.rope_theta, x.dtype)
-        sin = signed_sin(sin)
+        cos, sin = self._rope(position_ids, x.dtype, start + T if explicit_positions is None else None)
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, mask, is_causal, cache, i)
         if 0 < logits_to_keep < T:
@@ -441,6 +442,23 @@ class GQADecoder(nn.Module):
             shifted = F.pad(labels.to(device), (0, 1), value=IGNORE_INDEX)[:, 1:]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=IGNORE_INDEX)
         return CausalLMOutput(logits, loss)
+
+    def _rope(self, position_ids: torch.Tensor, dtype: torch.dtype, bound: int | None):
+        """cos and :func:`signed_sin` [B, 1, T, d_h] at ``position_ids`` (all < ``bound``, or found
+        here when None), gathered from a table of :func:`rope_cos_sin` kept between calls (a decode
+        step then costs two lookups instead of a dozen small kernels)."""
+        if torch.compiler.is_compiling():
+            cos, sin = rope_cos_sin(position_ids, self.shape.head_dim, self.shape.rope_theta, dtype)
+            return cos, signed_sin(sin)
+        bound = int(position_ids.max()) + 1 if bound is None else bound
+        key = (position_ids.device, dtype)
+        table = self._rope_table if getattr(self, "_rope_table", None) and self._rope_table[0] == key else None
+        if table is None or table[1].shape[0] < bound:
+            n = max(bound, 256, 2 * table[1].shape[0] if table else 0)
+            cos, sin = rope_cos_sin(torch.arange(n, device=position_ids.device)[None], self.shape.head_dim,
+                                    self.shape.rope_theta, dtype)
+            table = self._rope_table = (key, cos[0, 0], signed_sin(sin)[0, 0])
+        return table[1][position_ids][:, None], table[2][position_ids][:, None]
 
     # --------------------------------------------------------------------------- inference
 

@@ -36,7 +36,8 @@ from cogqa.model import GQADecoder  # noqa: E402
 from cogqa.shapes import ModelShape  # noqa: E402
 
 TRAIN_SHAPE = ModelShape(layers=4, hidden_size=256, ffn_size=683, n_heads=8, n_kv_heads=2, head_dim=64, vocab_size=8192)
-DECODE_SHAPE = ModelShape(layers=2, hidden_size=256, ffn_size=683, n_heads=8, n_kv_heads=2, head_dim=64, vocab_size=8192)
+DECODE_SHAPE = ModelShape(layers=2, hidden_size=256, ffn_size=683, n_heads=8, n_kv_heads=2, head_dim=64,
+                          vocab_size=8192)
 _RATIO_BASE = dict(layers=2, hidden_size=256, ffn_size=683, head_dim=64, vocab_size=8192)
 BIG, SMALL = ModelShape(n_heads=32, n_kv_heads=8, **_RATIO_BASE), ModelShape(n_heads=8, n_kv_heads=1, **_RATIO_BASE)
 
@@ -67,7 +68,8 @@ def hf_twin(model, tmp):
     import transformers
 
     export_hf(model, tmp)
-    return transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa").eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa")
+    return hf.eval()
 
 
 def bench_train(shape, batch, T, steps, tmp) -> tuple[float, float]:
@@ -169,7 +171,8 @@ def main(argv=None) -> int:
     out = {"threads": torch.get_num_threads(), "dtype": "fp32", "torch": torch.__version__,
            "transformers": transformers.__version__}
     say = (lambda *a, **k: None) if args.json else print
-    say(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} thread(s), fp32, CPU")
+    say(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{torch.get_num_threads()} thread(s), fp32, CPU")
     repeats = 2 if args.quick else 3
     bandwidths = [copy_bandwidth()]
 
@@ -213,7 +216,8 @@ def main(argv=None) -> int:
     say(f"\n(c) decode at {ctx16:,} tokens vs the memory-bandwidth roofline")
     say(f"    copy bandwidth (STREAM-like, read + write) {bw / 1e9:6.1f} GB/s   (samples: "
         + ", ".join(f"{b / 1e9:.1f}" for b in bandwidths) + " GB/s)")
-    say(f"    bytes per step (weights + KV cache)        {need / 1e6:6.1f} MB  -> roofline {need / bw * 1e3:.2f} ms/token")
+    say(f"    bytes per step (weights + KV cache)        {need / 1e6:6.1f} MB  "
+        f"-> roofline {need / bw * 1e3:.2f} ms/token")
     say(f"    measured                                   {secs * 1e3:6.2f} ms/token  -> {fraction:.0%} of the roofline")
 
     # (d) decode-time ratio H = (32, 8) vs H = (8, 1), measured vs the cost model's bytes ratio

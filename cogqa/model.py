@@ -352,7 +352,8 @@ class GQADecoder(nn.Module):
         require(T >= 1, "input_ids must hold at least one token")
         require(isinstance(logits_to_keep, int) and logits_to_keep >= 0,
                 f"logits_to_keep must be a whole number >= 0 (0 = all positions), got {logits_to_keep!r}")
-        require(not (logits_to_keep and labels is not None), "logits_to_keep needs every position's logits when labels are given; pass 0")
+        require(not (logits_to_keep and labels is not None),
+                "logits_to_keep needs every position's logits when labels are given; pass 0")
         device = input_ids.device
         position_ids_given = position_ids
         start = 0
@@ -425,7 +426,8 @@ class GQADecoder(nn.Module):
         x = self.norm(x)
         if labels is not None and self.fused_loss and self.training and torch.is_grad_enabled() \
                 and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
-            require(labels.shape == input_ids.shape, f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            require(labels.shape == input_ids.shape,
+                    f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
             shifted = F.pad(labels.to(device), (0, 1), value=IGNORE_INDEX)[:, 1:]
             loss = LinearCrossEntropy.apply(x.reshape(B * T, -1), self.output_weight, shifted.reshape(-1))
             return CausalLMOutput(None, loss)

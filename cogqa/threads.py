@@ -55,7 +55,8 @@ def available_cores() -> int:
 
 
 def env_threads(env: Mapping[str, str]) -> int | None:
-    """Threads per process fixed by ``OMP_NUM_THREADS`` in ``env`` (units: threads), None when unset or not a positive integer."""
+    """Threads per process fixed by ``OMP_NUM_THREADS`` in ``env`` (units: threads); None when
+    unset or not a positive whole number."""
     raw = str(env.get("OMP_NUM_THREADS", "")).strip()
     return int(raw) if raw.isdigit() and int(raw) >= 1 else None
 

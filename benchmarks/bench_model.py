@@ -2,18 +2,28 @@
 
 (a) training step (forward + backward + AdamW) tokens/s: cogqa GQADecoder vs LlamaForCausalLM;
 (b) decode tokens/s with a KV cache after a prompt of 2K and 16K tokens: cogqa ``generate``
-    vs transformers ``generate``, both continuing from a cache prefilled once (prefill excluded);
-(c) decode time per token of H = (32, 8) vs H = (8, 1) at long context, next to the cost
-    model's predicted ratios (FLOPs per token, and bytes read per token = weights + KV cache).
+    vs transformers ``generate``, both continuing from a cache prefilled once (prefill excluded),
+    greedy; the new tokens must be identical (asserted);
+(c) memory-bandwidth roofline of decode at 16K: bytes one step must read (all weights + the
+    filled KV cache, ``cogqa.costs.inference_memory_bytes``) / the bandwidth a STREAM-like copy
+    measures in this run (2 x 128 MiB arrays, bytes read + bytes written per second, best of 5);
+(d) decode time per token of H = (32, 8) vs H = (8, 1) at 8K and 16K, next to the cost model's
+    predicted ratio of bytes read per token (weights + KV cache).
 
-Usage: python benchmarks/bench_model.py [--quick] [--threads N]   (about 2-3 minutes on a 2-core CPU)
+Contenders are alternated within one run (each timing is the best of the repeats), so load from
+other processes hits them alike; ratios are the numbers to read, absolute speeds vary with load.
+
+Usage: python benchmarks/bench_model.py [--json] [--quick] [--threads N]   (about 3 minutes, 1 thread)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,6 +34,12 @@ from cogqa import costs  # noqa: E402
 from cogqa.hf import export_hf  # noqa: E402
 from cogqa.model import GQADecoder  # noqa: E402
 from cogqa.shapes import ModelShape  # noqa: E402
+
+TRAIN_SHAPE = ModelShape(layers=4, hidden_size=256, ffn_size=683, n_heads=8, n_kv_heads=2, head_dim=64, vocab_size=8192)
+DECODE_SHAPE = ModelShape(layers=2, hidden_size=256, ffn_size=683, n_heads=8, n_kv_heads=2, head_dim=64,
+                          vocab_size=8192)
+_RATIO_BASE = dict(layers=2, hidden_size=256, ffn_size=683, head_dim=64, vocab_size=8192)
+BIG, SMALL = ModelShape(n_heads=32, n_kv_heads=8, **_RATIO_BASE), ModelShape(n_heads=8, n_kv_heads=1, **_RATIO_BASE)
 
 
 def alternate(fns, repeats: int) -> list[float]:
@@ -38,12 +54,22 @@ def alternate(fns, repeats: int) -> list[float]:
     return best
 
 
+def copy_bandwidth(mib: int = 128, repeats: int = 5) -> float:
+    """STREAM-like copy bandwidth (units: bytes per second): bytes read + bytes written by
+    ``dst.copy_(src)`` of two ``mib``-MiB fp32 arrays (far larger than the CPU caches), best of ``repeats``."""
+    src = torch.ones(mib * 2**20 // 4)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    return 2 * src.numel() * 4 / alternate([lambda: dst.copy_(src)], repeats)[0]
+
+
 def hf_twin(model, tmp):
     """The same weights loaded by transformers from a cogqa export (fp32, SDPA attention)."""
     import transformers
 
     export_hf(model, tmp)
-    return transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa").eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32, attn_implementation="sdpa")
+    return hf.eval()
 
 
 def bench_train(shape, batch, T, steps, tmp) -> tuple[float, float]:
@@ -51,9 +77,11 @@ def bench_train(shape, batch, T, steps, tmp) -> tuple[float, float]:
     ours = GQADecoder(shape, max_seq_len=T)
     ours.init_weights(0)
     theirs = hf_twin(ours, tmp).train()
+    ours.train()
     ids = torch.randint(0, shape.vocab_size, (batch, T))
     steps_fns = []
-    for model, call in ((ours, lambda m: m(ids, labels=ids).loss), (theirs, lambda m: m(input_ids=ids, labels=ids, use_cache=False).loss)):
+    for model, call in ((ours, lambda m: m(ids, labels=ids).loss),
+                        (theirs, lambda m: m(input_ids=ids, labels=ids, use_cache=False).loss)):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def step(model=model, call=call, opt=opt):
@@ -67,22 +95,20 @@ def bench_train(shape, batch, T, steps, tmp) -> tuple[float, float]:
     return batch * T / t_ours, batch * T / t_theirs
 
 
-def bench_decode(model, hf, context, new, repeats) -> tuple[float, float, bool]:
-    """Decode tokens/s after a ``context``-token prompt (cogqa, transformers; units: tokens per second)
-    and whether both produced the same greedy tokens.
+def bench_decode(model, hf, context, new, repeats) -> tuple[float, float]:
+    """Decode tokens/s after a ``context``-token prompt (cogqa, transformers; units: tokens per second).
 
     Both caches are prefilled once with the first ``context - 1`` prompt tokens; each timed run
-    restores that cache and calls ``generate`` for the last prompt token + ``new - 1`` decode steps.
+    restores that cache and calls ``generate`` for the last prompt token + ``new - 1`` decode
+    steps. Raises AssertionError unless both produce the same greedy tokens.
     """
-    import copy
-
     ids = torch.randint(0, model.shape.vocab_size, (1, context))
     mask = torch.ones_like(ids)
     outs = {}
     with torch.no_grad():
         cache = model.new_cache(1, context + new)
-        model(ids[:, :-1], cache=cache)
-        hf_cache = hf(input_ids=ids[:, :-1], use_cache=True).past_key_values
+        model(ids[:, :-1], cache=cache, logits_to_keep=1)
+        hf_cache = hf(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1).past_key_values
 
         def ours():
             cache.length = context - 1
@@ -95,81 +121,123 @@ def bench_decode(model, hf, context, new, repeats) -> tuple[float, float, bool]:
                                          min_new_tokens=new, do_sample=False, pad_token_id=0)[0, context:]
 
         t_ours, t_theirs = alternate([ours, theirs], repeats)
-    return new / t_ours, new / t_theirs, torch.equal(outs["ours"], outs["theirs"])
+    assert torch.equal(outs["ours"], outs["theirs"]), f"greedy tokens differ at context {context}"
+    return new / t_ours, new / t_theirs
 
 
-def decode_seconds_per_token(model, context, new, repeats) -> float:
-    """cogqa decode time per token after a ``context``-token prompt (units: seconds), prefill excluded."""
-    ids = torch.randint(0, model.shape.vocab_size, (1, context))
+def decode_runner(shape, context, new):
+    """A function that decodes ``new`` tokens after a prefilled ``context``-token cache (cogqa, fp32)."""
+    model = GQADecoder(shape, max_seq_len=context + new)
+    model.init_weights(0)
+    model.eval()
+    ids = torch.randint(0, shape.vocab_size, (1, context))
     with torch.no_grad():
         cache = model.new_cache(1, context + new)
-        model(ids[:, :-1], cache=cache)
+        model(ids[:, :-1], cache=cache, logits_to_keep=1)
 
-        def run():
-            cache.length = context - 1
-            cache.seen.fill_(context - 1)
-            model.generate(ids[:, -1:], new, cache=cache)
+    @torch.no_grad()
+    def run():
+        cache.length = context - 1
+        cache.seen.fill_(context - 1)
+        model.generate(ids[:, -1:], new, cache=cache)
 
-        return alternate([run], repeats)[0] / new
+    return run
+
+
+def step_bytes(shape, context) -> float:
+    """Bytes one fp32 decode step reads at ``context`` tokens: every weight + the KV cache (units: bytes)."""
+    return float(costs.inference_memory_bytes(shape, context, 1, "fp32", "fp32")["total"])
 
 
 def main(argv=None) -> int:
-    import tempfile
-
     import transformers
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller contexts and fewer repeats (smoke test)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: steadier numbers on a shared machine; both sides use the same)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
+    try:
+        transformers.utils.logging.disable_progress_bar()
+    except AttributeError:  # pragma: no cover - older transformers
+        pass
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.get_num_threads()} threads, fp32, CPU")
+    out = {"threads": torch.get_num_threads(), "dtype": "fp32", "torch": torch.__version__,
+           "transformers": transformers.__version__}
+    say = (lambda *a, **k: None) if args.json else print
+    say(f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{torch.get_num_threads()} thread(s), fp32, CPU")
+    repeats = 2 if args.quick else 3
+    bandwidths = [copy_bandwidth()]
 
     # (a) training step
-    shape = ModelShape(layers=4, hidden_size=256, ffn_size=683, n_heads=8, n_kv_heads=2, head_dim=64, vocab_size=8192)
     batch, T = (2, 128) if args.quick else (4, 256)
     with tempfile.TemporaryDirectory() as tmp:
-        ours, theirs = bench_train(shape, batch, T, 3 if args.quick else 6, tmp)
-    print(f"\n(a) training step, {shape.describe()}, batch {batch} x {T} tokens")
-    print(f"    cogqa        {ours:10,.0f} tokens/s")
-    print(f"    transformers {theirs:10,.0f} tokens/s   (cogqa / transformers = {ours / theirs:.2f}x)")
+        ours, theirs = bench_train(TRAIN_SHAPE, batch, T, 3 if args.quick else 6, tmp)
+    out.update(train_tokens_per_s=ours, train_tokens_per_s_transformers=theirs, train_ratio=ours / theirs)
+    say(f"\n(a) training step, {TRAIN_SHAPE.describe()}, batch {batch} x {T} tokens")
+    say(f"    cogqa        {ours:10,.0f} tokens/s")
+    say(f"    transformers {theirs:10,.0f} tokens/s   (cogqa / transformers = {ours / theirs:.2f}x)")
 
-    # (b) decode with a KV cache
-    shape = ModelShape(layers=2, hidden_size=256, ffn_size=683, n_heads=8, n_kv_heads=2, head_dim=64, vocab_size=8192)
-    model = GQADecoder(shape)
+    # (b) decode with a KV cache, side by side with transformers
+    model = GQADecoder(DECODE_SHAPE, max_seq_len=32768)
     model.init_weights(0)
     model.eval()
-    contexts = (512, 2048) if args.quick else (2048, 16384)
+    contexts = {"2k": 512, "16k": 2048} if args.quick else {"2k": 2048, "16k": 16384}
     new = 16 if args.quick else 32
-    print(f"\n(b) decode tokens/s with a KV cache, batch 1, {shape.describe()}, {new} new tokens")
+    say(f"\n(b) decode tokens/s with a KV cache, batch 1, {DECODE_SHAPE.describe()}, {new} new tokens, greedy")
     with tempfile.TemporaryDirectory() as tmp:
         hf = hf_twin(model, tmp)
-        for ctx in contexts:
-            ours, theirs, same = bench_decode(model, hf, ctx, new, 3)
-            print(f"    context {ctx:6,d} tokens: cogqa {ours:8,.1f} tokens/s   transformers {theirs:8,.1f} tokens/s"
-                  f"   (cogqa / transformers = {ours / theirs:.2f}x; same tokens: {'yes' if same else 'NO'})")
+        for key, ctx in contexts.items():
+            ours, theirs = bench_decode(model, hf, ctx, new, repeats)
+            out.update({f"decode_tokens_per_s_{key}": ours, f"decode_tokens_per_s_{key}_transformers": theirs,
+                        f"decode_ratio_{key}": ours / theirs})
+            say(f"    context {ctx:6,d} tokens: cogqa {ours:8,.1f} tokens/s   transformers {theirs:8,.1f} tokens/s"
+                f"   (cogqa / transformers = {ours / theirs:.2f}x; same tokens: yes)")
+    del hf
 
-    # (c) decode-time ratio H = (32, 8) vs H = (8, 1)
-    ctx = 4096 if args.quick else 8192
-    base = dict(layers=2, hidden_size=256, ffn_size=683, head_dim=64, vocab_size=8192)
-    big, small = ModelShape(n_heads=32, n_kv_heads=8, **base), ModelShape(n_heads=8, n_kv_heads=1, **base)
-    secs = {}
-    for s in (big, small):
-        m = GQADecoder(s)
-        m.init_weights(0)
-        secs[s.heads] = decode_seconds_per_token(m.eval(), ctx, new, 3)
-    measured = secs[big.heads] / secs[small.heads]
-    flops = float(costs.inference_flops_per_token(big, ctx) / costs.inference_flops_per_token(small, ctx))
-    mem_b = costs.inference_memory_bytes(big, ctx, 1, "fp32", "fp32")["total"]
-    mem_s = costs.inference_memory_bytes(small, ctx, 1, "fp32", "fp32")["total"]
-    print(f"\n(c) decode time per token at context {ctx:,} tokens, L=2 d=256, fp32")
-    print(f"    H=(32,8): {secs[big.heads] * 1e3:7.2f} ms/token   H=(8,1): {secs[small.heads] * 1e3:7.2f} ms/token")
-    print(f"    measured ratio (32,8)/(8,1)          {measured:5.2f}x")
-    print(f"    cost model, FLOPs per token ratio    {flops:5.2f}x")
-    print(f"    cost model, bytes read ratio (weights + KV) {float(mem_b / mem_s):5.2f}x")
+    # (c) roofline at 16K: bandwidth measured again right before and after the decode timing
+    ctx16 = contexts["16k"]
+    run = decode_runner(DECODE_SHAPE, ctx16, new)
+    bandwidths.append(copy_bandwidth())
+    secs = alternate([run], repeats)[0] / new
+    bandwidths.append(copy_bandwidth())
+    bw = max(bandwidths)
+    need = step_bytes(DECODE_SHAPE, ctx16)
+    fraction = need / bw / secs
+    out.update(bandwidth_gb_s=bw / 1e9, bandwidth_gb_s_samples=[b / 1e9 for b in bandwidths],
+               decode_ms_per_token_16k=secs * 1e3, decode_bytes_per_token_16k=need, roofline_fraction_16k=fraction)
+    say(f"\n(c) decode at {ctx16:,} tokens vs the memory-bandwidth roofline")
+    say(f"    copy bandwidth (STREAM-like, read + write) {bw / 1e9:6.1f} GB/s   (samples: "
+        + ", ".join(f"{b / 1e9:.1f}" for b in bandwidths) + " GB/s)")
+    say(f"    bytes per step (weights + KV cache)        {need / 1e6:6.1f} MB  "
+        f"-> roofline {need / bw * 1e3:.2f} ms/token")
+    say(f"    measured                                   {secs * 1e3:6.2f} ms/token  -> {fraction:.0%} of the roofline")
+
+    # (d) decode-time ratio H = (32, 8) vs H = (8, 1), measured vs the cost model's bytes ratio
+    say(f"\n(d) decode time per token, H=(32,8) vs H=(8,1), L=2 d=256 d_h=64, fp32")
+    for key, ctx in ({"4k": 4096} if args.quick else {"8k": 8192, "16k": 16384}).items():
+        t_big, t_small = alternate([decode_runner(BIG, ctx, new), decode_runner(SMALL, ctx, new)], repeats)
+        measured = t_big / t_small
+        predicted = step_bytes(BIG, ctx) / step_bytes(SMALL, ctx)
+        flops = float(costs.inference_flops_per_token(BIG, ctx) / costs.inference_flops_per_token(SMALL, ctx))
+        error = abs(measured / predicted - 1)
+        out.update({f"ratio_measured_{key}": measured, f"ratio_predicted_bytes_{key}": predicted,
+                    f"ratio_predicted_flops_{key}": flops, f"predicted_vs_measured_error_{key}": error,
+                    f"effective_gb_s_big_{key}": step_bytes(BIG, ctx) / (t_big / new) / 1e9,
+                    f"effective_gb_s_small_{key}": step_bytes(SMALL, ctx) / (t_small / new) / 1e9})
+        say(f"    context {ctx:6,d}: {t_big / new * 1e3:6.2f} vs {t_small / new * 1e3:6.2f} ms/token; measured "
+            f"{measured:4.2f}x, cost-model bytes {predicted:4.2f}x (off by {error:.0%}), FLOPs {flops:4.2f}x; "
+            f"effective {step_bytes(BIG, ctx) / (t_big / new) / 1e9:4.1f} vs "
+            f"{step_bytes(SMALL, ctx) / (t_small / new) / 1e9:4.1f} GB/s")
+    if args.json:
+        print(json.dumps(out, indent=1, sort_keys=True))
     return 0
 
 

@@ -4,6 +4,7 @@ fit -> search -> report) in minutes on two CPU cores. ``cogqa demo`` runs :func:
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 from .errors import require
 from .files import write_json_atomic
 from .sweep import SweepSpec, collect, run_sweep, vocab_size as _vocab_size
+from .threads import available_cores, thread_plan
 
 
 DEMO_COMMAND = "cogqa demo --out runs/demo"
@@ -43,11 +45,12 @@ def _demo_family(spec: SweepSpec) -> dict[str, Any]:
             "reference_shapes": [[s.layers, s.hidden_size] for s in spec.size_specs], "hidden_multiple": head_dim}
 
 
-def run_demo(out: str | Path = "runs/demo", workers: int = 1, progress: bool = True, spec: SweepSpec | None = None,
+def run_demo(out: str | Path = "runs/demo", workers: int | None = None, progress: bool = True, spec: SweepSpec | None = None,
              context: int = 131072) -> dict[str, Any]:
     """The whole recipe on a CPU: prepare the offline corpus, train the demo sweep, collect, fit
     the per-H laws (``OUT/laws.json``), search and write the report (``OUT/report/report.md``).
 
+    ``workers`` None: one run per core, one thread each (:func:`cogqa.threads.thread_plan`).
     Idempotent: finished runs are skipped, interrupted ones resumed. Returns a summary with the
     wall time of this invocation (s), the files written and the recommended configuration at
     ``context`` tokens; also written to ``OUT/demo_summary.json``.
@@ -59,6 +62,7 @@ def run_demo(out: str | Path = "runs/demo", workers: int = 1, progress: bool = T
     t0 = time.time()
     spec = spec or demo_spec()
     out = Path(out)
+    workers = thread_plan(available_cores(), os.environ, runs=len(spec.runs()), workers=workers, tiny=True).workers
     status = run_sweep(spec, out, workers=workers, progress=progress)
     require(status["counts"]["failed"] == 0, f"demo: {status['counts']['failed']} run(s) failed: "
             + "; ".join(f"{k}: {v}" for k, v in status["failed"].items()) + f" (logs in {out}/runs/*/log.txt; re-run to retry)")

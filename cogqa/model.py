@@ -65,7 +65,11 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 class CausalLMOutput(NamedTuple):
-    """``logits`` [B, T, V] in the model's dtype; ``loss`` a scalar (fp32) or None without labels."""
+    """``logits`` [B, T, V] in the model's dtype; ``loss`` a scalar (fp32) or None without labels.
+
+    ``logits`` is None for an fp32 training step with labels (``model.train()``, gradients on, no
+    autocast): the loss then goes through :class:`LinearCrossEntropy`, which never builds them
+    (``model.fused_loss = False`` restores them)."""
 
     logits: torch.Tensor
     loss: torch.Tensor | None
@@ -85,10 +89,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x.to(dtype)
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # one fused kernel (fwd and bwd)
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling=None, device=None) -> torch.Tensor:
@@ -124,6 +127,18 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """``sin`` with its first half negated, for :func:`apply_rope_signed` (computed once per forward)."""
+    half = sin.shape[-1] // 2
+    return torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
+def apply_rope_signed(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor) -> torch.Tensor:
+    """:func:`apply_rope` in three kernels: ``x cos + roll(x, d_h/2) sin_signed`` (the rotation's
+    minus sign lives in ``sin_signed`` = :func:`signed_sin` of ``sin``)."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with decoupled heads (n_h d_h need not equal d)."""
 
@@ -142,6 +157,7 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
 
     def forward(self, x, cos, sin, mask, is_causal, cache=None, layer=0):
+        """Attention output [B, T, d] for ``x`` [B, T, d]; ``sin`` is :func:`signed_sin` of the RoPE sin."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
@@ -149,12 +165,17 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k = apply_rope_signed(q, cos, sin), apply_rope_signed(k, cos, sin)  # sin: signed_sin(...) of the decoder
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=self.n_kv_heads != self.n_heads
-        )
+        group = self.n_heads // self.n_kv_heads
+        if T == 1 and group > 1:
+            # One new token (decode): the `group` query heads that share a K/V head become `group`
+            # query rows of that head, so each cached K/V head is read once, as one small matmul.
+            q = q.reshape(B, self.n_kv_heads, group, self.head_dim)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).view(B, self.n_heads, 1, self.head_dim)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=group > 1)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
@@ -185,6 +206,40 @@ class Block(nn.Module):
     def forward(self, x, cos, sin, mask, is_causal, cache=None, layer=0):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, is_causal, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Mean next-token cross-entropy (nats, fp32) of ``x @ w.T`` against ``targets``, without the
+    [N, V] logits ever existing whole: rows go in chunks, and because the loss is the end of the
+    graph each chunk's gradients (softmax - one-hot) are turned into ``dx`` and ``dw`` right away,
+    so backward is only a scale. Saves the log-softmax backward pass and its [N, V] buffers."""
+
+    @staticmethod
+    def forward(ctx, x, w, targets, chunk: int = 256):
+        valid = targets != IGNORE_INDEX
+        count = valid.sum()
+        scale = 1.0 / max(int(count), 1)
+        safe = targets.clamp(min=0)
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x, grad_w = torch.empty_like(x), torch.zeros_like(w)
+        for i in range(0, x.shape[0], chunk):
+            xc, tc, vc = x[i:i + chunk], safe[i:i + chunk, None], valid[i:i + chunk]
+            logits = (xc @ w.t()).float()
+            lse = torch.logsumexp(logits, -1)
+            total += ((lse - logits.gather(1, tc)[:, 0]) * vc).sum()
+            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+            probs.scatter_add_(1, tc, -torch.ones_like(tc, dtype=probs.dtype))
+            probs.mul_(vc[:, None] * scale)
+            grad = probs.to(x.dtype)
+            grad_x[i:i + chunk] = grad @ w
+            grad_w.addmm_(grad.t(), xc)
+        ctx.save_for_backward(grad_x, grad_w)
+        return total / count  # nan without any target, as F.cross_entropy
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_x, grad_w = ctx.saved_tensors
+        return grad_x * grad_loss.to(grad_x.dtype), grad_w * grad_loss.to(grad_w.dtype), None, None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,6 +305,8 @@ class GQADecoder(nn.Module):
         require(isinstance(max_seq_len, int) and max_seq_len >= 1, f"max_seq_len must be a positive whole number, got {max_seq_len!r}")
         self.shape = shape
         self.max_seq_len = max_seq_len
+        #: training with labels: the loss through :class:`LinearCrossEntropy` (logits not returned)
+        self.fused_loss = True
         self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden_size)
         self.layers = nn.ModuleList(Block(shape) for _ in range(shape.layers))
         self.norm = RMSNorm(shape.hidden_size, shape.norm_eps)
@@ -299,17 +356,24 @@ class GQADecoder(nn.Module):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         cache: KVCache | None = None,
+        logits_to_keep: int = 0,
     ) -> CausalLMOutput:
         """Logits [B, T, V] for ``input_ids`` [B, T] and, with ``labels``, the mean next-token loss (nats).
 
         With ``cache`` the tokens are appended after the cached ones (prefill or decode) and the
         cache advances by T. ``attention_mask`` [B, T] (or [B, cached + T]) has 1 for tokens and
-        0 for (left) padding.
+        0 for (left) padding. ``logits_to_keep`` = k > 0 computes the logits of the last k
+        positions only ([B, k, V]; a prefill needs k = 1); it cannot be combined with ``labels``.
         """
         require(input_ids.dim() == 2, f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
         require(T >= 1, "input_ids must hold at least one token")
+        require(isinstance(logits_to_keep, int) and logits_to_keep >= 0,
+                f"logits_to_keep must be a whole number >= 0 (0 = all positions), got {logits_to_keep!r}")
+        require(not (logits_to_keep and labels is not None),
+                "logits_to_keep needs every position's logits when labels are given; pass 0")
         device = input_ids.device
+        position_ids_given = position_ids
         start = 0
         if cache is not None:
             require(cache.batch == B, f"cache holds {cache.batch} sequences but input_ids has batch {B}")
@@ -341,6 +405,7 @@ class GQADecoder(nn.Module):
                 position_ids = (counts - 1).clamp(min=0) + base
         else:
             position_ids = position_ids.to(device).expand(B, T)
+        explicit_positions = None if position_ids_given is None else position_ids
 
         # The attention mask: is_causal (fused kernels) when no padding is involved.
         padded = new_mask is not None or (cache is not None and cache.padded)
@@ -371,11 +436,19 @@ class GQADecoder(nn.Module):
                 cache.padded = True
 
         x = self.embed_tokens(input_ids)
-        cos, sin = rope_cos_sin(position_ids, self.shape.head_dim, self.shape.rope_theta, x.dtype,
-                                self.shape.rope_scaling)
+        cos, sin = self._rope(position_ids, x.dtype, start + T if explicit_positions is None else None)
         for i, block in enumerate(self.layers):
             x = block(x, cos, sin, mask, is_causal, cache, i)
+        if 0 < logits_to_keep < T:
+            x = x[:, -logits_to_keep:]
         x = self.norm(x)
+        if labels is not None and self.fused_loss and self.training and torch.is_grad_enabled() \
+                and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
+            require(labels.shape == input_ids.shape,
+                    f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            shifted = F.pad(labels.to(device), (0, 1), value=IGNORE_INDEX)[:, 1:]
+            loss = LinearCrossEntropy.apply(x.reshape(B * T, -1), self.output_weight, shifted.reshape(-1))
+            return CausalLMOutput(None, loss)
         logits = F.linear(x, self.output_weight)
 
         if cache is not None:
@@ -389,6 +462,24 @@ class GQADecoder(nn.Module):
             shifted = F.pad(labels.to(device), (0, 1), value=IGNORE_INDEX)[:, 1:]
             loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=IGNORE_INDEX)
         return CausalLMOutput(logits, loss)
+
+    def _rope(self, position_ids: torch.Tensor, dtype: torch.dtype, bound: int | None):
+        """cos and :func:`signed_sin` [B, 1, T, d_h] at ``position_ids`` (all < ``bound``, or found
+        here when None), gathered from a table of :func:`rope_cos_sin` kept between calls (a decode
+        step then costs two lookups instead of a dozen small kernels)."""
+        if torch.compiler.is_compiling():
+            cos, sin = rope_cos_sin(position_ids, self.shape.head_dim, self.shape.rope_theta, dtype,
+                                    self.shape.rope_scaling)
+            return cos, signed_sin(sin)
+        bound = int(position_ids.max()) + 1 if bound is None else bound
+        key = (position_ids.device, dtype)
+        table = self._rope_table if getattr(self, "_rope_table", None) and self._rope_table[0] == key else None
+        if table is None or table[1].shape[0] < bound:
+            n = max(bound, 256, 2 * table[1].shape[0] if table else 0)
+            cos, sin = rope_cos_sin(torch.arange(n, device=position_ids.device)[None], self.shape.head_dim,
+                                    self.shape.rope_theta, dtype, self.shape.rope_scaling)
+            table = self._rope_table = (key, cos[0, 0], signed_sin(sin)[0, 0])
+        return table[1][position_ids][:, None], table[2][position_ids][:, None]
 
     # --------------------------------------------------------------------------- inference
 
@@ -432,20 +523,21 @@ class GQADecoder(nn.Module):
         else:
             require(cache.length + total <= cache.max_len,
                     f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) do not fit the KV cache ({cache.max_len - cache.length} free tokens)")
-        out = input_ids
         if max_new_tokens == 0:
-            return out
-        logits = self(input_ids, attention_mask=attention_mask, cache=cache).logits[:, -1]
+            return input_ids
+        out = input_ids.new_empty(B, total)  # preallocated: one write per step, no per-step concatenation
+        out[:, :P] = input_ids
+        logits = self(input_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1).logits[:, -1]
         done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
         for step in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_k, top_p, generator)
             if eos_id is not None:
                 nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
                 done |= nxt == eos_id
-            out = torch.cat([out, nxt[:, None]], dim=1)
+            out[:, P + step] = nxt
             if step == max_new_tokens - 1 or (eos_id is not None and bool(done.all())):
-                break
-            logits = self(nxt[:, None], cache=cache).logits[:, -1]
+                return out[:, :P + step + 1]
+            logits = self(out[:, P + step:P + step + 1], cache=cache).logits[:, -1]
         return out
 
 

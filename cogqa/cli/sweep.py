@@ -153,7 +153,7 @@ def register(subparsers) -> None:
     d.add_argument(
         "--out", default="runs/demo", help="demo directory (default runs/demo); re-running finishes or skips"
     )
-    d.add_argument("--workers", type=int, default=1, help="runs at a time (default 1)")
+    d.add_argument("--workers", type=int, default=None, help="runs at a time (default: one per core, 1 thread each)")
     d.add_argument("--no-progress", action="store_true", help="no progress bars")
     d.set_defaults(func=cmd_demo)
 

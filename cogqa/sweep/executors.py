@@ -22,6 +22,7 @@ from typing import Any
 
 from ..errors import require
 from ..files import write_json_atomic
+from ..threads import available_cores, thread_env, thread_plan
 from .rundir import log_tail, materialise, run_status, sweep_status
 from .spec import SweepSpec
 
@@ -141,7 +142,9 @@ def _pdeathsig() -> None:  # pragma: no cover - runs in the child
         pass
 
 
-def launch_run(run_dir: str | Path, command: list[str] | None = None, die_with_parent: bool = True) -> str:
+def launch_run(
+    run_dir: str | Path, command: list[str] | None = None, die_with_parent: bool = True, threads: int | None = None
+) -> str:
     """Run one run in a child process (output appended to ``log.txt``); returns its status after.
 
     A non-zero exit other than "busy" or an interruption (Ctrl-C, SIGTERM: the run stays pending
@@ -150,7 +153,7 @@ def launch_run(run_dir: str | Path, command: list[str] | None = None, die_with_p
     """
     run_dir = Path(run_dir)
     command = command or run_command(run_dir)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **thread_env(threads))  # the child's intra-op threads
     with open(run_dir / "log.txt", "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
         log.flush()
@@ -213,13 +216,14 @@ def run_sweep(
 def _run_local(todo: list[Path], workers: int, progress: bool, total: int) -> None:
     from tqdm import tqdm
 
+    threads = thread_plan(available_cores(), os.environ, workers=workers).threads  # workers x threads <= cores
     bar = tqdm(
         total=total, initial=total - len(todo), desc="sweep runs", unit="run", disable=not progress, file=sys.stderr
     )
 
     def one(d: Path) -> str:
         bar.set_postfix_str(d.name)
-        status = launch_run(d)
+        status = launch_run(d, threads=threads)
         bar.update(1)
         if status == "failed":
             err = json.loads((d / "failed.json").read_text()).get("error", "")

@@ -16,8 +16,10 @@ from .sweep import SweepSpec, _vocab_size, collect, run_sweep
 
 DEMO_COMMAND = "cogqa demo --out runs/demo"
 #: Tiny MHA-family shapes (head size 16) for the CPU demo: name -> (layers, hidden size).
-DEMO_SIZES = {"d48": (2, 48), "d64": (2, 64), "d80": (2, 80), "d96": (2, 96), "d128": (2, 128)}
-DEMO_HEADS = "1:1,2:1,4:1,4:4,8:1"
+DEMO_SIZES = {"d48": (2, 48), "d64": (2, 64), "d96": (2, 96), "d128": (2, 128)}
+#: Query heads 1, 2, 4, 8 at one KV head and KV heads 1, 2, 4 at four query heads: enough levels of each
+#: for the joint law's two saturating head terms (two levels cannot separate a term's size from its exponent).
+DEMO_HEADS = "1:1,2:1,4:1,8:1,4:2,4:4"
 
 
 def demo_spec() -> SweepSpec:

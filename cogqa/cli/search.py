@@ -66,9 +66,14 @@ def _options(args) -> dict:
     if args.max_heads is not None:
         max_heads = _int(args.max_heads, "--max-heads")
         require(max_heads >= 1 and max_heads & (max_heads - 1) == 0, f"--max-heads must be a power of two >= 1 (1, 2, 4, ..., 32), got {max_heads}")
-    require(args.memory_unit in ("values", "bytes"), f"--memory-unit must be values or bytes, got {args.memory_unit!r}")
+    from ..costs import DEFAULT_CONVENTION, MEMORY_UNIT_CONVENTIONS, z_convention
+
+    if args.memory_unit is not None:
+        require(args.memory_unit in MEMORY_UNIT_CONVENTIONS, f"--memory-unit must be values or bytes, got {args.memory_unit!r}")
+        require(args.convention is None, "give --convention or the old --memory-unit, not both")
+    convention = z_convention(args.convention or MEMORY_UNIT_CONVENTIONS.get(args.memory_unit, DEFAULT_CONVENTION))
     return {"weights": ZWeights(lam=lam, alpha=alpha, beta=beta), "weight_dtype": args.weight_dtype, "kv_dtype": args.kv_dtype,
-            "batch": batch, "max_heads": max_heads, "memory_unit": args.memory_unit}
+            "batch": batch, "max_heads": max_heads, "convention": convention}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -80,7 +85,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-dtype", default="bf16", help="dtype of the KV cache (default bf16)")
     p.add_argument("--batch", default="1", help="concurrent sequences sharing the weights (default 1)")
     p.add_argument("--max-heads", default=None, help="largest n_heads to consider, a power of two (default: all in the laws file)")
-    p.add_argument("--memory-unit", default="values", help="M in Z: values (the paper's Eq. 4, default) or bytes (at the dtypes)")
+    p.add_argument("--convention", default=None, help="what M and C mean in Z: paper (default; the paper's Figure 2: M = 2 bytes "
+                   "x (N + 2TLd_h n_kv), C = T x (2N + 4TLd_h n_h)), eq4-per-token (M in values, C per token) or bytes-per-token")
+    p.add_argument("--memory-unit", default=None, help="old spelling: values = --convention eq4-per-token, bytes = bytes-per-token")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -138,7 +145,7 @@ def _print_result(r, laws_arg: str = "default") -> None:
     what = f"target loss {r.target_loss:g} nats/token" if r.target_loss is not None else \
         "budget " + ", ".join(_budget_label(k, v) for k, v in r.budget.items())
     print(f"cost-optimal GQA at T = {fmt_tokens(r.context)}, {what}")
-    print(f"Z = {w.lam:g}*M^{w.alpha:.3g} + {1 - w.lam:g}*C^{w.beta:.3g} (M in {r.memory_unit}, C in FLOPs/token); "
+    print(f"Z = {w.lam:g}*M^{w.alpha:.3g} + {1 - w.lam:g}*C^{w.beta:.3g}, convention {r.convention.describe()}; "
           f"weights {r.weight_dtype}, KV cache {r.kv_dtype}, batch {r.batch}")
     loss_col = r.target_loss is None
     header = f"{'':2}{'H=(n_h,n_kv)':<14}{'N* (params)':>16}{'L x d':>16}{'FLOPs/token':>16}{'memory':>13}{'KV cache':>13}{'Z':>11}"
@@ -206,6 +213,7 @@ def run_table(args: argparse.Namespace) -> int:
         plot_cost_optimal_table(table, args.plot)
     if args.json:
         out = {"losses": losses, "contexts": contexts, "approximate": table.attrs["approximate"],
+               "z_convention": opts["convention"].to_dict(),
                "laws_source": table.attrs["laws_source"],
                "table": {f"{l:g}": {str(t): table.loc[l, t] for t in contexts} for l in losses},
                "cells": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in long.to_dict(orient="records")],
@@ -217,6 +225,8 @@ def run_table(args: argparse.Namespace) -> int:
     if args.format == "csv":
         print(_csv(table), end="")
     else:
+        print(f"cost-optimal (n_h, n_kv); Z convention {opts['convention'].describe()}")
+        print()
         print("| L* (nats/token) | " + " | ".join(f"T = {fmt_tokens(t)}" for t in contexts) + " |")
         print("|---|" + "---|" * len(contexts))
         for l in losses:

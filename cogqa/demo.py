@@ -16,10 +16,8 @@ from .sweep import SweepSpec, _vocab_size, collect, run_sweep
 
 DEMO_COMMAND = "cogqa demo --out runs/demo"
 #: Tiny MHA-family shapes (head size 16) for the CPU demo: name -> (layers, hidden size).
-DEMO_SIZES = {"d48": (2, 48), "d64": (2, 64), "d96": (2, 96), "d128": (2, 128)}
-#: Query heads 1, 2, 4, 8 at one KV head and KV heads 1, 2, 4 at four query heads: enough levels of each
-#: for the joint law's two saturating head terms (two levels cannot separate a term's size from its exponent).
-DEMO_HEADS = "1:1,2:1,4:1,8:1,4:2,4:4"
+DEMO_SIZES = {"d48": (2, 48), "d64": (2, 64), "d80": (2, 80), "d96": (2, 96), "d128": (2, 128)}
+DEMO_HEADS = "1:1,2:1,4:1,4:4,8:1"
 
 
 def demo_spec() -> SweepSpec:
@@ -45,6 +43,26 @@ def _demo_family(spec: SweepSpec) -> dict[str, Any]:
             "reference_shapes": [[s.layers, s.hidden_size] for s in spec.size_specs], "hidden_multiple": head_dim}
 
 
+def demo_laws(df, spec: SweepSpec | None = None):
+    """The demo's laws from its results table: the joint law across head configurations
+    (``heads-joint``, with 200 bootstrap resamples for its intervals), marked approximate, with the
+    demo's model family and measured size range in ``metadata``; a :class:`cogqa.laws.LawSet`."""
+    from dataclasses import replace
+
+    from .fitting import fit_results
+
+    spec = spec or demo_spec()
+    rep = fit_results(df, form="heads-joint", bootstrap=200, seed=0)
+    laws = rep.law_set(f"{DEMO_COMMAND}: CPU demo, {len(df)} tiny runs ({len(set(zip(df.n_heads, df.n_kv_heads)))} head "
+                       f"configurations x {df['size'].nunique()} sizes), KJV bytes tokenizer, T=128, "
+                       f"{int(df.tokens.iloc[0]):,} tokens per run; joint law across head configurations")
+    return replace(laws, approximate=True, metadata={**(laws.metadata or {}), "family": _demo_family(spec),
+                                                     "context": 128, "tokenizer": "bytes", "corpus": "kjv",
+                                                     "command": DEMO_COMMAND,
+                                                     "params_non_embedding_range": [int(df.params_non_embedding.min()),
+                                                                                    int(df.params_non_embedding.max())]})
+
+
 def run_demo(out: str | Path = "runs/demo", workers: int = 1, progress: bool = True, spec: SweepSpec | None = None,
              context: int = 131072) -> dict[str, Any]:
     """The whole recipe on a CPU: prepare the offline corpus, train the demo sweep, collect, fit
@@ -54,9 +72,7 @@ def run_demo(out: str | Path = "runs/demo", workers: int = 1, progress: bool = T
     wall time of this invocation (s), the files written and the recommended configuration at
     ``context`` tokens; also written to ``OUT/demo_summary.json``.
     """
-    from dataclasses import replace
-
-    from .report import build_report, fit_laws
+    from .report import build_report
 
     t0 = time.time()
     spec = spec or demo_spec()
@@ -66,16 +82,9 @@ def run_demo(out: str | Path = "runs/demo", workers: int = 1, progress: bool = T
             + "; ".join(f"{k}: {v}" for k, v in status["failed"].items()) + f" (logs in {out}/runs/*/log.txt; re-run to retry)")
     df = collect(out)
     if progress:
-        print(f"collected {len(df)} runs into {out / 'results.csv'}; fitting one law per head configuration ...", file=sys.stderr)
-    laws = fit_laws(df, f"{DEMO_COMMAND}: CPU demo, {len(df)} tiny runs ({len(set(zip(df.n_heads, df.n_kv_heads)))} head "
-                        f"configurations x {df['size'].nunique()} sizes), KJV bytes tokenizer, T=128, "
-                        f"{int(df.tokens.iloc[0]):,} tokens per run")
-    family = _demo_family(spec)
-    laws = replace(laws, approximate=True, metadata={**(laws.metadata or {}), "family": family,
-                                                     "context": 128, "tokenizer": "bytes", "corpus": "kjv",
-                                                     "command": DEMO_COMMAND,
-                                                     "params_non_embedding_range": [int(df.params_non_embedding.min()),
-                                                                                    int(df.params_non_embedding.max())]})
+        print(f"collected {len(df)} runs into {out / 'results.csv'}; fitting the joint law across head configurations ...",
+              file=sys.stderr)
+    laws = demo_laws(df, spec)
     laws.save(out / "laws.json")
     if progress:
         print(f"laws in {out / 'laws.json'}; searching and writing the report ...", file=sys.stderr)

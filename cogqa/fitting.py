@@ -672,6 +672,8 @@ def _check_points(form: str, label: str, sub: pd.DataFrame, shared_E: bool, sing
     if form == "heads-joint":
         require(sub["n_heads"].nunique() + sub["n_kv_heads"].nunique() >= 3,
                 f"{label}: need at least 2 head configurations differing in n_heads or n_kv_heads for --form heads-joint")
+    elif form == "n":
+        pass
     elif form == "chinchilla":
         require(sub["params_non_embedding"].nunique() >= 2 and sub["tokens"].nunique() >= 2,
                 f"{label}: need at least 2 distinct model sizes and 2 distinct token counts for --form chinchilla")

@@ -466,6 +466,82 @@ def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", bu
 
 
 # ---------------------------------------------------------------------------------------------
+# Section 5.6: the search at a training-compute budget (laws in N and D)
+# ---------------------------------------------------------------------------------------------
+
+
+def _data_laws(laws, heads) -> list[tuple[tuple[int, int], Any]]:
+    """(H, loss(N, D) function) pairs from a joint law with a data term or per-H ChinchillaLaw objects."""
+    from .laws import ChinchillaLaw, HeadsJointLaw
+
+    if isinstance(laws, HeadsJointLaw):
+        require(laws.B_D is not None, "training budget: the joint law has no data term (B_D, beta_D); fit loss in N and D")
+        wanted = list(heads) if heads is not None else candidate_heads(laws.max_heads)
+        return [((int(h), int(kv)), lambda n, d, h=h, kv=kv: laws.loss(n, h, kv, d)) for h, kv in wanted]
+    items = list(laws)
+    require(items and all(isinstance(x, ChinchillaLaw) and x.n_heads is not None for x in items),
+            "training budget: give a joint law with a data term or Chinchilla laws (loss in N and D) with n_heads/n_kv_heads")
+    out = [((x.n_heads, x.n_kv_heads), x.loss) for x in items]
+    if heads is not None:
+        out = [o for o in out if o[0] in {tuple(h) for h in heads}]
+    require(out, "training budget: no head configuration left to search")
+    return out
+
+
+def search_at_training_budget(context, target_loss, train_flops, laws, train_context: int = 8192,
+                              weights: ZWeights = ZWeights(), convention=None, family: ModelFamily = PAPER_FAMILY,
+                              heads=None) -> dict[str, Any]:
+    """Section 5.6: every H gets the same training compute ``train_flops`` (FLOPs, Eq. 11 with its
+    attention term: C = 6 D (N + 2 L T_bar d_h n_h), T_bar = ``train_context`` / 2), so a cheaper
+    configuration trains on more tokens D. For each H the smallest N (non-embedding parameters)
+    whose loss(N, D(N)) reaches ``target_loss`` (nats/token); ranked by Z at ``context`` (tokens).
+
+    ``laws``: a :class:`cogqa.laws.HeadsJointLaw` with a data term, or per-H
+    :class:`cogqa.laws.ChinchillaLaw` objects. Returns {"best", "candidates" (list of dicts with
+    n_heads, n_kv_heads, reachable, params_non_embedding, tokens, predicted_loss, z_memory,
+    z_flops, z), "z_convention"}. Raises :class:`UnreachableTarget` when no H reaches the loss.
+    """
+    from .costs import paper_training_flops
+
+    T = _check_context(context)
+    L = _check_loss(target_loss)
+    conv = _convention(convention, None)
+    require(isinstance(train_flops, (int, float, np.floating)) and math.isfinite(train_flops) and train_flops > 0,
+            f"train_flops must be a positive number of FLOPs, got {train_flops!r}")
+    grid = np.geomspace(1e5, 1e13, 801)
+    rows = []
+    for (h, kv), loss_fn in _data_laws(laws, heads):
+        def tokens(n):
+            shape = shape_for_params(n, h, kv, family=family)
+            return train_flops / paper_training_flops(shape, 1.0, train_context)
+
+        loss = loss_fn(grid, tokens(grid))
+        ok = np.flatnonzero(loss <= L)
+        row = {"n_heads": h, "n_kv_heads": kv, "reachable": bool(ok.size)}
+        if ok.size:
+            i = int(ok[0])
+            lo, hi = (grid[i - 1], grid[i]) if i > 0 else (grid[0], grid[0])
+            for _ in range(60):  # bisection on log N for the left root loss(N, D(N)) = L*
+                mid = math.sqrt(lo * hi)
+                if loss_fn(mid, tokens(mid)) <= L:
+                    hi = mid
+                else:
+                    lo = mid
+            n = hi
+            shape = shape_for_params(n, h, kv, family=family)
+            m, c = z_inputs(shape, T, conv)
+            row.update({"params_non_embedding": float(n), "tokens": float(tokens(n)), "predicted_loss": float(loss_fn(n, tokens(n))),
+                        "z_memory": float(m), "z_flops": float(c), "z": float(z_cost(m, c, weights))})
+        rows.append(row)
+    reach = [r for r in rows if r["reachable"]]
+    if not reach:
+        raise UnreachableTarget(f"--target-loss {L}: no head configuration reaches it within {train_flops:.3g} training FLOPs")
+    ranked = sorted(reach, key=lambda r: r["z"]) + [r for r in rows if not r["reachable"]]
+    return {"best": ranked[0], "candidates": ranked, "z_convention": conv.to_dict(), "context": T,
+            "target_loss": L, "train_flops": float(train_flops), "train_context": int(train_context)}
+
+
+# ---------------------------------------------------------------------------------------------
 # The Table 4 grid
 # ---------------------------------------------------------------------------------------------
 
@@ -578,6 +654,6 @@ def plot_cost_optimal_table(table_df: pd.DataFrame, path: str | Path, title: str
 
 __all__ = [
     "PAPER_TABLE4", "PAPER_TABLE4_CONTEXTS", "LLAMA3_HEADS", "SearchResult", "UnreachableTarget", "candidate_heads", "resolve_laws",
-    "search", "lowest_loss_within_budget", "baseline_costs", "savings_against", "z_memory",
+    "search", "lowest_loss_within_budget", "search_at_training_budget", "baseline_costs", "savings_against", "z_memory",
     "cost_optimal_table", "cost_optimal_table_long", "compare_with_paper_table4", "plot_cost_optimal_table", "parse_cell",
 ]

@@ -87,3 +87,45 @@ def test_default_laws_recreated_by_the_calibration_script():
     for name in ("a", "b", "E", "A", "g", "B", "k"):
         assert getattr(made, name) == pytest.approx(getattr(shipped.joint, name), rel=1e-5), name
     assert c["rms"] <= 0.006 and not c["at_bound"]
+
+
+def test_search_at_training_budget_known_answers():
+    from cogqa.costs import paper_training_flops
+    from cogqa.laws import ChinchillaLaw
+    from cogqa.search import search_at_training_budget
+    from cogqa.shapes import shape_for_params
+
+    # a vanishing data term: the answer is the plain search's N*(H) = a / (L* - E(H))^(1/b)
+    law = HeadsJointLaw(a=6e7, b=0.2, E=2.0, A=0.12, g=0.55, B=0.03, k=0.9, B_D=1e-30, beta_D=0.3)
+    r = search_at_training_budget(131072, 2.6, 1e22, law, heads=[(8, 1), (32, 8)])
+    plain = search(131072, 2.6, LawSet(joint=TRUE), heads=[(8, 1), (32, 8)])
+    assert (r["best"]["n_heads"], r["best"]["n_kv_heads"]) == (plain.best["n_heads"], plain.best["n_kv_heads"])
+    assert r["best"]["params_non_embedding"] == pytest.approx(plain.best["params_non_embedding"], rel=1e-6)
+    # per-H Chinchilla laws with a data term: the answer reaches L* exactly, spends the budget
+    # (Eq. 11), and a slightly smaller model would not reach it
+    laws = [ChinchillaLaw(E=1.8, A=400.0, B=400.0, alpha=0.34, beta=0.28, n_heads=h, n_kv_heads=kv) for h, kv in ((8, 1), (8, 8))]
+    C = 1e23
+    r = search_at_training_budget(131072, 2.4, C, laws)
+    best = r["best"]
+    assert best["predicted_loss"] == pytest.approx(2.4, abs=1e-9)
+    shape = shape_for_params(best["params_non_embedding"], best["n_heads"], best["n_kv_heads"])
+    assert float(paper_training_flops(shape, best["tokens"], 8192)) == pytest.approx(C, rel=1e-9)
+    n = 0.99 * best["params_non_embedding"]
+    d = C / float(paper_training_flops(shape_for_params(n, best["n_heads"], best["n_kv_heads"]), 1.0, 8192))
+    assert float(laws[0].loss(n, d)) > 2.4
+    # equal laws: the configuration with one KV head is cheaper at 128K and gets more tokens
+    assert (best["n_heads"], best["n_kv_heads"]) == (8, 1)
+    with pytest.raises(UnreachableTarget):
+        search_at_training_budget(131072, 1.9, 1e15, laws)
+
+
+def test_cli_search_train_flops(tmp_path, capsys):
+    from cogqa.cli import main
+
+    laws = {"form": "chinchilla", "source": "t", "laws": [
+        {"E": 1.8, "A": 400.0, "B": 400.0, "alpha": 0.34, "beta": 0.28, "n_heads": h, "n_kv_heads": kv} for h, kv in ((8, 1), (32, 8))]}
+    path = tmp_path / "laws.json"
+    path.write_text(json.dumps(laws))
+    assert main(["search", "--context", "128k", "--target-loss", "2.4", "--train-flops", "1e23", "--laws", str(path), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["best"]["n_heads"], out["best"]["n_kv_heads"]) == (8, 1) and out["z_convention"]["name"] == "paper"

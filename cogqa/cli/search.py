@@ -112,6 +112,8 @@ def run_search(args: argparse.Namespace) -> int:
         budgets["budget_memory"] = parse_bytes(args.budget_memory, "--budget-memory")
     if args.budget_flops is not None:
         budgets["budget_flops"] = parse_count(args.budget_flops, "--budget-flops")
+    if args.train_flops is not None:
+        return _run_training_budget(args, T, opts)
     if budgets:
         require(args.target_loss is None, "give either --target-loss or a budget (--budget-z/--budget-memory/--budget-flops), not both")
         require(args.baseline is None, "--baseline compares at a target loss; it cannot be combined with a budget")
@@ -125,6 +127,44 @@ def run_search(args: argparse.Namespace) -> int:
         print_json(result.to_dict())
         return 0
     _print_result(result, args.laws)
+    return 0
+
+
+def _run_training_budget(args, T: int, opts: dict) -> int:
+    """Section 5.6: the search at equal training FLOPs, with laws in N and D."""
+    import json
+    from pathlib import Path
+
+    from ..laws import laws_from_dict
+    from ..search import search_at_training_budget
+    from ..units import fmt_params, parse_count, parse_float
+
+    require(args.target_loss is not None, "--train-flops needs --target-loss (nats per token)")
+    loss = parse_float(args.target_loss, "--target-loss")
+    flops = parse_count(args.train_flops, "--train-flops")
+    path = Path(args.laws)
+    require(path.is_file(), f"--laws: {args.laws}: --train-flops needs a laws file in N and D (cogqa fit --form chinchilla)")
+    try:
+        laws = laws_from_dict(json.loads(path.read_text()), str(path))
+    except json.JSONDecodeError as exc:
+        raise CogqaError(f"--laws: {path}: not valid JSON ({exc.msg})") from None
+    from ..laws import HeadsJointLaw
+
+    laws = laws[0] if len(laws) == 1 and isinstance(laws[0], HeadsJointLaw) else laws
+    r = search_at_training_budget(T, loss, flops, laws, train_context=int(parse_count(args.train_context, "--train-context")),
+                                  weights=opts["weights"], convention=opts["convention"], heads=_parse_heads(args.heads))
+    if args.json:
+        print_json(r)
+        return 0
+    print(f"cost-optimal GQA at equal training compute {flops:.3g} FLOPs (Eq. 11), T = {T:,} tokens, target loss {loss:g} nats/token")
+    print(f"Z convention {opts['convention'].describe()}")
+    for i, row in enumerate(r["candidates"]):
+        heads = f"({row['n_heads']}, {row['n_kv_heads']})"
+        if not row["reachable"]:
+            print(f"  {heads:<10} cannot reach L* within the budget")
+            continue
+        print(f"{'* ' if i == 0 else '  '}{heads:<10} N* {fmt_params(row['params_non_embedding']):>14}  "
+              f"D {row['tokens']:.3g} tokens  Z {row['z']:.5g}")
     return 0
 
 
@@ -274,6 +314,9 @@ def register(sub) -> None:
     p.add_argument("--budget-z", help="inverse question: lowest loss with Z at most this")
     p.add_argument("--budget-memory", help="inverse question: lowest loss within this inference memory (16GiB, 24GB, bytes)")
     p.add_argument("--budget-flops", help="inverse question: lowest loss within this many FLOPs per token (50G, 2e10)")
+    p.add_argument("--train-flops", help="Section 5.6: every H gets this training compute (FLOPs, Eq. 11), the cheaper ones more "
+                   "tokens; needs --laws with loss in N and D (cogqa fit --form chinchilla)")
+    p.add_argument("--train-context", default="8192", help="training context for --train-flops (tokens, default 8192)")
     _add_common(p)
     p.set_defaults(func=run_search)
 

@@ -211,7 +211,9 @@ def _print_result(r, laws_arg: str = "default") -> None:
         print(f"baseline {base['spec']}: H=({base['n_heads']}, {base['n_kv_heads']}), {fmt_params(base['params_non_embedding'])} "
               f"non-embedding ({sized}; predicted loss {loss}): {fmt_flops(base['inference_flops_per_token'])}/token, "
               f"{fmt_bytes(base['inference_memory_bytes'])}, Z {base['z']:.5g}")
-        print(f"best vs baseline: memory {-100 * s['memory']:+.1f}%, FLOPs/token {-100 * s['flops']:+.1f}%, Z {-100 * s['z']:+.1f}%")
+        print(f"best vs baseline: memory {-100 * s['memory']:+.1f}%, FLOPs/token {-100 * s['flops']:+.1f}%, Z {-100 * s['z']:+.1f}%"
+              + (f" (M and C of the {r.convention.name} convention: {-100 * s['z_memory']:+.1f}%, {-100 * s['z_flops']:+.1f}%)"
+                 if "z_memory" in s else ""))
     for warning in r.warnings:
         print(f"warning: {warning}")
     if r.approximate:

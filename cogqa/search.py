@@ -563,17 +563,24 @@ def cost_optimal_table_long(losses, contexts, laws: LawSet | str | Path = "defau
     losses, contexts = _check_grid(losses, contexts)
     conv = _convention(convention, memory_unit)
     law_set = resolve_laws(laws)
-    _select_laws(law_set, max_heads, None)
+    _check_options(weights, weight_dtype, kv_dtype, batch, conv)
+    laws_list = _select_laws(law_set, max_heads, None)
+    n_h = np.array([l.n_heads for l in laws_list], dtype=float)
+    n_kv = np.array([l.n_kv_heads for l in laws_list], dtype=float)
     rows = []
-    for L in losses:
+    for L in losses:  # N*(H) depends on L* only: one Appendix B.1 shape per H, costed at every T
+        n_star = np.array([float(law.params_for_loss(L)) for law in laws_list])
+        reachable = np.isfinite(n_star)
+        shape = shape_for_params(np.where(reachable, n_star, 1e9), n_h, n_kv, family=law_set.family) if reachable.any() else None
         for T in contexts:
-            try:
-                best = search(T, L, law_set, weights, weight_dtype, kv_dtype, batch, max_heads, convention=conv).best
-                rows.append({"target_loss": L, "context": T, "n_heads": int(best["n_heads"]), "n_kv_heads": int(best["n_kv_heads"]),
-                             "params_non_embedding": best["params_non_embedding"], "z": best["z"], "reachable": True})
-            except UnreachableTarget:
+            if shape is None:
                 rows.append({"target_loss": L, "context": T, "n_heads": None, "n_kv_heads": None,
                              "params_non_embedding": math.nan, "z": math.nan, "reachable": False})
+                continue
+            z = np.where(reachable, z_cost(*z_inputs(shape, T, conv, batch, weight_dtype, kv_dtype), weights), np.inf)
+            i = int(np.lexsort((n_kv, n_h, z))[0])  # smallest Z, ties to fewer heads (as search ranks)
+            rows.append({"target_loss": L, "context": T, "n_heads": int(n_h[i]), "n_kv_heads": int(n_kv[i]),
+                         "params_non_embedding": float(n_star[i]), "z": float(z[i]), "reachable": True})
     long = pd.DataFrame(rows)
     for column in ("n_heads", "n_kv_heads"):
         long[column] = pd.array([r[column] for r in rows], dtype="Int64")

@@ -129,3 +129,17 @@ def test_cli_search_train_flops(tmp_path, capsys):
     assert main(["search", "--context", "128k", "--target-loss", "2.4", "--train-flops", "1e23", "--laws", str(path), "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["best"]["n_heads"], out["best"]["n_kv_heads"]) == (8, 1) and out["z_convention"]["name"] == "paper"
+
+
+def test_cli_fit_heads_joint(tmp_path, capsys):
+    from cogqa.cli import main
+
+    path = tmp_path / "results.csv"
+    synthetic_table().to_csv(path, index=False)
+    out = tmp_path / "laws.json"
+    assert main(["fit", str(path), "--form", "heads-joint", "--out", str(out)]) == 0
+    assert "E at n_ref (nats/tok)" in capsys.readouterr().out
+    laws = load_laws(out)
+    assert laws.form == "heads_joint" and laws.joint.b == pytest.approx(TRUE.b, rel=2e-3)
+    assert main(["search", "--laws", str(out), "--context", "128k", "--target-loss", "2.6", "--heads", "12,4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["best"]["n_heads"] == 12

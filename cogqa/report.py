@@ -91,6 +91,30 @@ def fit_laws(df, source: str, grid: str | int | None = None):
     return rep.law_set(source)
 
 
+BAND_RESAMPLES = 40  # bootstrap refits behind the report's 95% bands (each a few hundred ms)
+
+
+def _bootstrap_band(df, law_set, n_grid, fit_grid=None) -> dict:
+    """{H: (2.5%, 97.5%) of the joint law's loss over ``n_grid``} from bootstrap refits of ``df``
+    (rows drawn with replacement); empty when the refits fail."""
+    from .fitting import fit_results
+
+    try:
+        rep = fit_results(df, form="heads-joint", bootstrap=BAND_RESAMPLES, seed=0, grid=fit_grid)
+    except CogqaError:
+        return {}
+    if not rep.samples:
+        return {}
+    n_ref = law_set.joint.n_ref
+    out = {}
+    for law in law_set.laws:
+        h, kv = law.heads
+        curves = np.array([(smp["a"] / n_grid) ** smp["b"] + smp["E"] + smp["A"] * (h ** -smp["g"] - n_ref ** -smp["g"])
+                           + smp["B"] * (kv ** -smp["k"] - n_ref ** -smp["k"]) for smp in rep.samples])
+        out[law.heads] = tuple(np.percentile(curves, [2.5, 97.5], axis=0))
+    return out
+
+
 def _fit_range(df, law_set) -> tuple[float, float]:
     if df is not None:
         return float(df["params_non_embedding"].min()), float(df["params_non_embedding"].max())
@@ -168,8 +192,11 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
     if df is not None and law_set.joint is not None:
         measured = set(zip(df.n_heads.astype(int), df.n_kv_heads.astype(int)))
         shown = [law for law in law_set.laws if law.heads in measured] or law_set.laws
+    band = _bootstrap_band(df, law_set, grid, fit_grid) if df is not None and law_set.joint is not None else {}
     for i, law in enumerate(shown):
         color = f"C{i % 10}"
+        if law.heads in band:
+            ax.fill_between(grid, *band[law.heads], color=color, alpha=0.15, lw=0)
         ax.plot(grid, law.loss(grid), color=color, lw=1.2, label=f"{_label(*law.heads)} R²={law.r2:.3f}" if law.r2 is not None else _label(*law.heads))
         if df is not None:
             sub = df[(df.n_heads == law.n_heads) & (df.n_kv_heads == law.n_kv_heads)]
@@ -183,7 +210,7 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         ax.set_ylim(df["loss"].min() - 0.1, df["loss"].max() + 0.25)
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("Loss vs model size per head configuration" + (": one joint law" if law_set.joint is not None else ", fitted (a/N)^b + E"))
+    ax.set_title("Loss vs model size per head configuration" + (": one joint law (band: bootstrap 95%)" if band else ", fitted (a/N)^b + E"))
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     if law_set.joint is not None:

@@ -220,13 +220,95 @@ class ZWeights:
         require(np.isfinite(self.beta) and self.beta > 0, f"beta must be a positive number, got {self.beta}")
 
 
-#: What M in Z counts: stored values (the paper's Eq. 4, default) or bytes at the chosen dtypes.
+#: What M in Z counts in the old ``memory_unit`` option: stored values or bytes (kept for old callers).
 MEMORY_UNITS = ("values", "bytes")
 
 
+@dataclass(frozen=True)
+class ZConvention:
+    """What M and C mean inside Z: a named setting, units included.
+
+    ``memory`` and ``flops`` are the equations in words (printed in tables and JSON); ``memory_unit``
+    and ``flops_unit`` the units of M and C. See docs/default-laws.md for the evidence behind each.
+    """
+
+    name: str
+    memory: str
+    flops: str
+    memory_unit: str
+    flops_unit: str
+
+    def describe(self) -> str:
+        """One line: ``paper: M = ... (bytes), C = ... (FLOPs per T-token sequence)``."""
+        return f"{self.name}: M = {self.memory} ({self.memory_unit}), C = {self.flops} ({self.flops_unit})"
+
+    def to_dict(self) -> dict:
+        """The convention as a JSON object (name, equations, units)."""
+        return {"name": self.name, "memory": self.memory, "flops": self.flops,
+                "memory_unit": self.memory_unit, "flops_unit": self.flops_unit}
+
+
+#: The Z conventions by name. ``paper`` is the one the paper's Figure 2 plots (decoded from its axes;
+#: see docs/default-laws.md) and the default everywhere.
+Z_CONVENTIONS: dict[str, ZConvention] = {
+    "paper": ZConvention(
+        "paper", "bytes(weights) x N + bytes(KV) x batch x 2 T L d_h n_kv",
+        "batch x T x (2 N + 4 T L d_h n_h)", "bytes", "FLOPs to decode T tokens per sequence"),
+    "eq4-per-token": ZConvention(
+        "eq4-per-token", "all parameters + batch x 2 T L d_h n_kv", "exact forward FLOPs of one token at context T",
+        "values", "FLOPs per token"),
+    "bytes-per-token": ZConvention(
+        "bytes-per-token", "bytes of all parameters and of the KV cache (batch x 2 T L d_h n_kv) at their dtypes",
+        "exact forward FLOPs of one token at context T", "bytes", "FLOPs per token"),
+}
+DEFAULT_CONVENTION = "paper"
+#: The old ``memory_unit`` option as a convention (values -> eq4-per-token, bytes -> bytes-per-token).
+MEMORY_UNIT_CONVENTIONS = {"values": "eq4-per-token", "bytes": "bytes-per-token"}
+
+
+def z_convention(name) -> ZConvention:
+    """The :class:`ZConvention` called ``name`` (``paper``, ``eq4-per-token``, ``bytes-per-token``)."""
+    if isinstance(name, ZConvention):
+        return name
+    key = str(name).strip().lower()
+    if key not in Z_CONVENTIONS:
+        raise CogqaError(f"--convention: unknown Z convention {name!r}; choose one of {', '.join(Z_CONVENTIONS)}")
+    return Z_CONVENTIONS[key]
+
+
+def z_inputs(shape, context, convention="paper", batch=1, weight_dtype="bf16", kv_dtype="bf16") -> tuple:
+    """(M, C) entering Z under ``convention`` (see :data:`Z_CONVENTIONS` for their units).
+
+    ``paper``: N = non-embedding parameters, M = N bytes(weights) + batch 2 T L d_h n_kv bytes(KV) in
+    bytes, C = batch T (2N + 4 T L d_h n_h) FLOPs (decoding a whole T-token sequence; the paper's
+    Figure 2). ``eq4-per-token``: M in values (all parameters + cached keys and values), C the exact
+    FLOPs of one token. ``bytes-per-token``: M in bytes of all parameters and the KV cache, C per token.
+    """
+    conv = z_convention(convention)
+    T = _context(context)
+    b = np.asarray(batch, dtype=float)
+    if conv.name == "paper":
+        n = params_non_embedding(shape)
+        L, dh = _f(shape.layers), _f(shape.head_dim)
+        kv = b * 2 * T * L * dh * _f(shape.n_kv_heads)
+        memory = n * dtype_bytes(weight_dtype) + kv * dtype_bytes(kv_dtype)
+        flops = b * T * (2 * n + 4 * T * L * dh * _f(shape.n_heads))
+        return memory, flops
+    flops = inference_flops_per_token(shape, T)
+    if conv.name == "bytes-per-token":
+        return inference_memory_bytes(shape, T, batch, weight_dtype, kv_dtype)["total"], flops
+    return params_total(shape) + b * T * kv_cache_values_per_token(shape), flops
+
+
+def z_of_shape(shape, context, convention="paper", weights=None, batch=1, weight_dtype="bf16", kv_dtype="bf16") -> np.ndarray:
+    """Z of ``shape`` at ``context`` tokens under ``convention`` (no unit; compare only within one convention)."""
+    memory, flops = z_inputs(shape, context, convention, batch, weight_dtype, kv_dtype)
+    return z_cost(memory, flops, weights or ZWeights())
+
+
 def z_memory(shape, context, batch=1, weight_dtype="bf16", kv_dtype="bf16", memory_unit="values") -> np.ndarray:
-    """The memory M that enters Z: bytes (weights and KV cache at their dtypes) or values
-    (all parameters plus ``2 L n_kv d_h`` per cached token), for ``batch`` sequences at ``context``."""
+    """The memory M of the old ``memory_unit`` option: bytes (weights and KV cache at their dtypes) or
+    values (all parameters plus ``2 L n_kv d_h`` per cached token), for ``batch`` sequences at ``context``."""
     if memory_unit == "bytes":
         return inference_memory_bytes(shape, context, batch, weight_dtype, kv_dtype)["total"]
     return params_total(shape) + batch * np.asarray(context, dtype=float) * kv_cache_values_per_token(shape)
@@ -235,9 +317,8 @@ def z_memory(shape, context, batch=1, weight_dtype="bf16", kv_dtype="bf16", memo
 def z_cost(memory, flops_per_token, weights: ZWeights = ZWeights()) -> np.ndarray:
     """Hardware-aware cost ``Z = lam * M^alpha + (1 - lam) * C^beta`` (Section 4).
 
-    ``M`` is inference memory (from :func:`z_memory`: stored values by default, as the paper's
-    Eq. 4, or bytes) and ``C`` inference FLOPs per token. Z has no unit; it is only comparable
-    between models costed with the same memory unit and (lam, alpha, beta).
+    ``M`` and ``C`` in the units of one :class:`ZConvention` (:func:`z_inputs`). Z has no unit; it
+    is only comparable between models costed with the same convention and (lam, alpha, beta).
     """
     M = np.asarray(memory, dtype=float)
     C = np.asarray(flops_per_token, dtype=float)
@@ -320,14 +401,14 @@ def cost_summary(
     weight_dtype: str = "bf16",
     kv_dtype: str = "bf16",
     z_weights: ZWeights = ZWeights(),
-    memory_unit: str = "values",
+    convention: str = DEFAULT_CONVENTION,
 ) -> dict:
     """Everything ``cogqa cost`` prints for one shape at one context length, as plain numbers.
 
     Units are in the key names: ``*_flops*`` FLOPs, ``*_bytes*`` bytes, ``params*`` parameters;
-    ``z`` takes M in ``memory_unit`` (values, as the paper's Eq. 4, or bytes).
+    ``z`` under the Z ``convention`` (``paper`` by default, named in ``z_convention``).
     """
-    require(memory_unit in MEMORY_UNITS, f"memory unit must be one of {', '.join(MEMORY_UNITS)}, got {memory_unit!r}")
+    conv = z_convention(convention)
     T = float(_context(context))
     counts = parameter_counts(shape)
     flops = forward_flops_per_token(shape, T)
@@ -351,7 +432,7 @@ def cost_summary(
         "kv_cache_bytes": as_num(mem["kv_cache"]),
         "paper_inference_flops": as_num(paper_inference_flops(shape, T)),
         "paper_inference_memory_values": as_num(paper_inference_memory(shape, T)),
-        "z": float(z_cost(z_memory(shape, T, batch, weight_dtype, kv_dtype, memory_unit), flops["total"], z_weights)),
-        "z_memory_unit": memory_unit,
+        "z": float(z_of_shape(shape, T, conv, z_weights, batch, weight_dtype, kv_dtype)),
+        "z_convention": conv.to_dict(),
     }
     return out

@@ -45,6 +45,26 @@ def _demo_family(spec: SweepSpec) -> dict[str, Any]:
             "reference_shapes": [[s.layers, s.hidden_size] for s in spec.size_specs], "hidden_multiple": head_dim}
 
 
+def demo_laws(df, spec: SweepSpec | None = None):
+    """The demo's laws from its results table: the joint law across head configurations
+    (``heads-joint``, with 200 bootstrap resamples for its intervals), marked approximate, with the
+    demo's model family and measured size range in ``metadata``; a :class:`cogqa.laws.LawSet`."""
+    from dataclasses import replace
+
+    from .fitting import fit_results
+
+    spec = spec or demo_spec()
+    rep = fit_results(df, form="heads-joint", bootstrap=200, seed=0)
+    laws = rep.law_set(f"{DEMO_COMMAND}: CPU demo, {len(df)} tiny runs ({len(set(zip(df.n_heads, df.n_kv_heads)))} head "
+                       f"configurations x {df['size'].nunique()} sizes), KJV bytes tokenizer, T=128, "
+                       f"{int(df.tokens.iloc[0]):,} tokens per run; joint law across head configurations")
+    return replace(laws, approximate=True, metadata={**(laws.metadata or {}), "family": _demo_family(spec),
+                                                     "context": 128, "tokenizer": "bytes", "corpus": "kjv",
+                                                     "command": DEMO_COMMAND,
+                                                     "params_non_embedding_range": [int(df.params_non_embedding.min()),
+                                                                                    int(df.params_non_embedding.max())]})
+
+
 def run_demo(out: str | Path = "runs/demo", workers: int | None = None, progress: bool = True, spec: SweepSpec | None = None,
              context: int = 131072) -> dict[str, Any]:
     """The whole recipe on a CPU: prepare the offline corpus, train the demo sweep, collect, fit
@@ -55,9 +75,7 @@ def run_demo(out: str | Path = "runs/demo", workers: int | None = None, progress
     wall time of this invocation (s), the files written and the recommended configuration at
     ``context`` tokens; also written to ``OUT/demo_summary.json``.
     """
-    from dataclasses import replace
-
-    from .report import build_report, fit_laws
+    from .report import build_report
 
     t0 = time.time()
     spec = spec or demo_spec()
@@ -68,16 +86,9 @@ def run_demo(out: str | Path = "runs/demo", workers: int | None = None, progress
             + "; ".join(f"{k}: {v}" for k, v in status["failed"].items()) + f" (logs in {out}/runs/*/log.txt; re-run to retry)")
     df = collect(out)
     if progress:
-        print(f"collected {len(df)} runs into {out / 'results.csv'}; fitting one law per head configuration ...", file=sys.stderr)
-    laws = fit_laws(df, f"{DEMO_COMMAND}: CPU demo, {len(df)} tiny runs ({len(set(zip(df.n_heads, df.n_kv_heads)))} head "
-                        f"configurations x {df['size'].nunique()} sizes), KJV bytes tokenizer, T=128, "
-                        f"{int(df.tokens.iloc[0]):,} tokens per run")
-    family = _demo_family(spec)
-    laws = replace(laws, approximate=True, metadata={**(laws.metadata or {}), "family": family,
-                                                     "context": 128, "tokenizer": "bytes", "corpus": "kjv",
-                                                     "command": DEMO_COMMAND,
-                                                     "params_non_embedding_range": [int(df.params_non_embedding.min()),
-                                                                                    int(df.params_non_embedding.max())]})
+        print(f"collected {len(df)} runs into {out / 'results.csv'}; fitting the joint law across head configurations ...",
+              file=sys.stderr)
+    laws = demo_laws(df, spec)
     laws.save(out / "laws.json")
     if progress:
         print(f"laws in {out / 'laws.json'}; searching and writing the report ...", file=sys.stderr)

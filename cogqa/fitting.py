@@ -9,6 +9,12 @@ of initialisations; the best local minimum is kept.
   ``log L_hat = LSE(c - b ln N, e)`` with ``c = b ln a``, ``e = ln E``. Option ``shared_E``: one E for all H.
 * ``chinchilla``: ``L = E + A / N^alpha + B / D^beta`` (D = tokens), per H or over all rows when the
   table has no head columns; ``log L_hat = LSE(ln A - alpha ln N, ln B - beta ln D, ln E)``.
+* ``heads-joint``: one law across head configurations,
+  ``L = (a / N)^b + E + A (n_h^-g - n_ref^-g) + B (n_kv^-k - n_ref^-k)`` with shared a, b, E; fitted as
+  ``log L_hat = LSE(c - b ln N, e_inf, ln A - g ln n_h, ln B - k ln n_kv)`` where ``e_inf`` is the log of the
+  floor as N, n_h, n_kv grow (E = e^e_inf + A n_ref^-g + B n_ref^-k). A head term whose variable takes one
+  value in the table is left out (its A or B is 0). n_ref = max_heads = the family's largest d / d_h
+  (else the largest n_h of the table, rounded up to a power of two).
 * ``heads`` (Appendix I): ``L(n_h) = a n_h^b + c`` at a fixed size (groups by the ``size`` column if
   present, else by ``params_non_embedding``); ``log L_hat = LSE(ln a + b ln n_h, ln c)``.
 
@@ -45,8 +51,6 @@ import pandas as pd
 
 from .errors import CogqaError, require
 
-FORMS = ("n", "chinchilla", "heads")
-LAW_FORM_NAMES = {"n": "power_law_n", "chinchilla": "chinchilla", "heads": "head_law"}
 HUBER_DELTA = 1e-3
 E_FLOOR = 1e-4  # nats per token: lower bound of every irreducible-loss coefficient
 RESULT_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".pq")
@@ -57,11 +61,7 @@ KNOWN_COLUMNS = ("n_heads", "n_kv_heads", "params_non_embedding", "loss", "token
 
 
 def _required_columns(form: str) -> tuple[str, ...]:
-    if form == "n":
-        return ("n_heads", "n_kv_heads", "params_non_embedding", "loss")
-    if form == "chinchilla":
-        return ("params_non_embedding", "tokens", "loss")
-    return ("n_heads", "loss")
+    return FIT_FORMS[form].columns
 
 
 def _rows(mask: np.ndarray, limit: int = 8) -> str:
@@ -473,8 +473,86 @@ def fit_head_law(n_heads, loss, grid: str | int = 32, starts: np.ndarray | None 
 
 # --------------------------------------------------------------------------- fitting a results table
 
-COEFS = {"n": ("a", "b", "E"), "chinchilla": ("E", "A", "B", "alpha", "beta"), "heads": ("a", "b", "c")}
-MIN_POINTS = {"n": 4, "chinchilla": 6, "heads": 4}
+JOINT_GRID = (np.arange(0.0, 25.0, 5.0), np.array([0.1, 0.3, 0.6]), np.array([-1.0, 0.0, 0.5]), np.array([-4.0, -2.0, -1.0]),
+              np.array([0.3, 1.0]), np.array([-4.0, -2.0]), np.array([0.3, 1.0]))
+JOINT_NAMES = ("a", "b", "E", "A", "g", "B", "k")  # fitted as (c, b, e_inf, ln A, g, ln B, k)
+
+
+def _joint_problem(N, n_heads, n_kv_heads, loss) -> _Problem:
+    lnN, one, zero = np.log(N), np.ones_like(N), np.zeros_like(N)
+    X = np.stack([
+        np.stack([one, -lnN, zero, zero, zero, zero, zero], axis=1),
+        np.stack([zero, zero, one, zero, zero, zero, zero], axis=1),
+        np.stack([zero, zero, zero, one, -np.log(n_heads), zero, zero], axis=1),
+        np.stack([zero, zero, zero, zero, zero, one, -np.log(n_kv_heads)], axis=1),
+    ])
+    top = _e_upper(loss)
+    lower = np.array([-50.0, 1e-3, math.log(E_FLOOR), -30.0, 1e-2, -30.0, 1e-2])
+    upper = np.array([200.0, 5.0, top, top, 5.0, top, 5.0])
+    for column, (i, j) in ((n_heads, (3, 4)), (n_kv_heads, (5, 6))):
+        if np.unique(column).size < 2:  # the term is a constant: leave it out (coefficient 0, exponent 1)
+            lower[i] = upper[i] = -30.0
+            lower[j] = upper[j] = 1.0
+    return _Problem(X, np.log(loss), lower, upper)
+
+
+def _joint_coefs(theta: np.ndarray, n_ref: int, problem: _Problem) -> dict[str, float]:
+    c, b, e_inf, la, g, lb, k = (float(x) for x in theta)
+    A = 0.0 if problem.upper[3] == problem.lower[3] else math.exp(la)
+    B = 0.0 if problem.upper[5] == problem.lower[5] else math.exp(lb)
+    E = math.exp(e_inf) + A * n_ref**-g + B * n_ref**-k
+    return {"a": _a_from(c, b), "b": b, "E": E, "A": A, "g": g, "B": B, "k": k}
+
+
+def fit_heads_joint(N, n_heads, n_kv_heads, loss, n_ref: int = 32, grid: str | int = 32, starts: np.ndarray | None = None) -> dict[str, Any]:
+    """Fit ``L = (a/N)^b + E + A (n_h^-g - n_ref^-g) + B (n_kv^-k - n_ref^-k)`` across head configurations
+    (N non-embedding parameters, L and E in nats/token; E is the floor of H = (n_ref, n_ref)).
+
+    Returns {"a", "b", "E", "A", "g", "B", "k", "n_ref", "r2", "n_points", "objective", "at_bound"}.
+    Fitted as an LSE of four terms (see the module docstring) from the grid :data:`JOINT_GRID`
+    (``grid``/``starts`` as in :func:`fit_chinchilla`).
+    """
+    N, loss = _as_positive(N, "N"), _as_positive(loss, "loss")
+    nh, nkv = _as_positive(n_heads, "n_heads"), _as_positive(n_kv_heads, "n_kv_heads")
+    require(N.size == nh.size == nkv.size == loss.size, "fit_heads_joint: N, n_heads, n_kv_heads and loss must have the same length")
+    problem = _joint_problem(N, nh, nkv, loss)
+    free = int((problem.upper > problem.lower).sum())
+    require(loss.size > free, f"fit_heads_joint: {loss.size} points for {free} coefficients; need at least {free + 1}")
+    require(np.unique(N).size >= 2, "fit_heads_joint: need at least 2 model sizes")
+    theta, f = _minimise(problem, _starts(problem, _grid(*JOINT_GRID), grid, starts))
+    out = _finish(problem, theta, f, loss, _joint_coefs(theta, n_ref, problem), list(JOINT_NAMES))
+    fixed = problem.upper == problem.lower
+    out["at_bound"] = [n for n, hit, fx in zip(JOINT_NAMES, _at_bound(problem, theta), fixed) if hit and not fx]
+    out["n_ref"] = int(n_ref)
+    return out
+
+
+@dataclass(frozen=True)
+class FitForm:
+    """One fit form: its CLI name, the laws-file form it writes, its coefficients, the fewest rows
+    per fitted group, the columns it needs and the axes of its starting grid (fitted space)."""
+
+    name: str
+    law_form: str
+    coefficients: tuple[str, ...]
+    min_points: int
+    columns: tuple[str, ...]
+    grid: tuple
+
+
+#: The fit forms, one record each (``cogqa fit --form NAME``).
+FIT_FORMS: dict[str, FitForm] = {
+    "n": FitForm("n", "power_law_n", ("a", "b", "E"), 4, ("n_heads", "n_kv_heads", "params_non_embedding", "loss"), N_GRID),
+    "heads-joint": FitForm("heads-joint", "heads_joint", JOINT_NAMES, 8,
+                           ("n_heads", "n_kv_heads", "params_non_embedding", "loss"), JOINT_GRID),
+    "chinchilla": FitForm("chinchilla", "chinchilla", ("E", "A", "B", "alpha", "beta"), 6,
+                          ("params_non_embedding", "tokens", "loss"), CHINCHILLA_GRID),
+    "heads": FitForm("heads", "head_law", ("a", "b", "c"), 4, ("n_heads", "loss"), HEAD_GRID),
+}
+FORMS = tuple(FIT_FORMS)
+LAW_FORM_NAMES = {k: f.law_form for k, f in FIT_FORMS.items()}
+COEFS = {k: f.coefficients for k, f in FIT_FORMS.items()}
+MIN_POINTS = {k: f.min_points for k, f in FIT_FORMS.items()}
 
 
 @dataclass
@@ -493,6 +571,7 @@ class FitReport:
     shared_E: bool = False
     bootstrap: int = 0
     data: dict[str, Any] = field(default_factory=dict)  # what the table says about the models: range, context, family
+    samples: list[dict[str, Any]] = field(default_factory=list)  # bootstrap coefficients (for bands), not in the laws file
 
     def __post_init__(self) -> None:
         require(self.form in FORMS, f"FitReport: unknown form {self.form!r}; choose one of {', '.join(FORMS)}")
@@ -511,7 +590,7 @@ class FitReport:
         """The fitted laws as a :class:`cogqa.laws.LawSet` (form ``n`` only), ready for search."""
         from .laws import law_set_from_dict
 
-        require(self.form == "n", f"law_set: form {self.form!r} cannot be searched; fit with form 'n'")
+        require(self.form in ("n", "heads-joint"), f"law_set: form {self.form!r} cannot be searched; fit with form 'n' or 'heads-joint'")
         return law_set_from_dict(self.to_laws_dict(source), "fitted laws")
 
     def table(self) -> pd.DataFrame:
@@ -529,6 +608,8 @@ class FitReport:
 def _group_keys(df: pd.DataFrame, form: str) -> list[str]:
     if form == "n":
         return ["n_heads", "n_kv_heads"]
+    if form == "heads-joint":
+        return []
     if form == "chinchilla":
         keys = ["n_heads", "n_kv_heads"] if "n_heads" in df.columns else []
     else:
@@ -569,8 +650,11 @@ def _entry_keys(keys: list[str], values: tuple, sub: pd.DataFrame, form: str) ->
     return out
 
 
-def _fit_group(form: str, sub: pd.DataFrame, starts=None, grid=None) -> dict[str, Any]:
+def _fit_group(form: str, sub: pd.DataFrame, starts=None, grid=None, n_ref: int = 32) -> dict[str, Any]:
     loss = sub["loss"].to_numpy(float)
+    if form == "heads-joint":
+        return fit_heads_joint(sub["params_non_embedding"].to_numpy(float), sub["n_heads"].to_numpy(float), sub["n_kv_heads"].to_numpy(float),
+                               loss, n_ref=n_ref, grid=32 if grid is None else grid, starts=starts)
     if form == "n":
         return fit_power_law(sub["params_non_embedding"].to_numpy(float), loss, grid=32 if grid is None else grid, starts=starts)
     if form == "chinchilla":
@@ -583,8 +667,13 @@ def _check_points(form: str, label: str, sub: pd.DataFrame, shared_E: bool, sing
     n_coef = 2 if shared_E and not single else len(COEFS[form])
     extra = " besides the shared E" if shared_E and not single else ""
     require(len(sub) >= need, f"{label}: {len(sub)} points for {n_coef} coefficients{extra}; need at least {need} rows for --form {form}")
-    if form == "n":
+    if form in ("n", "heads-joint"):
         require(sub["params_non_embedding"].nunique() >= 2, f"{label}: every row has the same params_non_embedding; need at least 2 model sizes")
+    if form == "heads-joint":
+        require(sub["n_heads"].nunique() + sub["n_kv_heads"].nunique() >= 3,
+                f"{label}: need at least 2 head configurations differing in n_heads or n_kv_heads for --form heads-joint")
+    elif form == "n":
+        pass
     elif form == "chinchilla":
         require(sub["params_non_embedding"].nunique() >= 2 and sub["tokens"].nunique() >= 2,
                 f"{label}: need at least 2 distinct model sizes and 2 distinct token counts for --form chinchilla")
@@ -622,6 +711,8 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
             f"--bootstrap: expected a whole number of resamples in 0..100000, got {bootstrap!r}")
     require(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool), f"--seed: expected an integer, got {seed!r}")
     require(not shared_E or form == "n", f"--shared-E applies to --form n only, not {form!r}")
+    require(form != "heads-joint" or "context" not in df.columns or pd.Series(df["context"]).nunique() <= 1 or context is not None,
+            "context: the table mixes training contexts; fit one at a time with --context (laws depend on the training length)")
     checked = isinstance(df, pd.DataFrame) and "warnings" in df.attrs  # already validated by read_results
     given = list(df.attrs["warnings"]) if checked else []
     df = validate_results(df, form=form)
@@ -638,7 +729,7 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
         mask[order] = True
         warnings.append(f"left out the {drop_highest_loss} highest-loss rows: {_rows(mask, limit=20)}")
         df = df.loc[~mask].reset_index(drop=True)
-    if form == "n" and "context" in df.columns:
+    if form in ("n", "heads-joint") and "context" in df.columns:
         ctx = sorted(int(c) for c in df["context"].unique())
         require(len(ctx) == 1, f"context: the table mixes training contexts {', '.join(map(str, ctx))} tokens; "
                 f"fit one at a time with --context (laws depend on the training length)")
@@ -656,7 +747,26 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
     names = COEFS[form]
     laws: list[dict[str, Any]] = []
     residuals = []
-    if shared_E:
+    meta = _table_metadata(df)
+    n_ref = _max_heads(df, meta)
+    samples_out: list[dict[str, float]] = []
+    if form == "heads-joint":
+        res = _fit_group(form, df, grid=grid, n_ref=n_ref)
+        entry = {k: float(res[k]) for k in names}
+        entry.update({"n_ref": n_ref, "max_heads": n_ref, "r2": res["r2"], "n_points": res["n_points"],
+                      "heads": sorted({(int(h), int(kv)) for h, kv in zip(df["n_heads"], df["n_kv_heads"])})})
+        entry["heads"] = [list(h) for h in entry["heads"]]
+        if "context" in df.columns:
+            entry["context"] = int(df["context"].iloc[0])
+        if bootstrap:
+            samples_out = _bootstrap_group(form, df, res["_theta"], bootstrap, rng, grid, n_ref)
+            entry["ci"] = _ci(samples_out, names)
+            entry["n_bootstrap"] = len(samples_out)
+        _bound_warning(entry, res["at_bound"], "joint law", warnings)
+        laws.append(entry)
+        residuals.append(df.assign(group=[f"H=({h},{kv})" for h, kv in zip(df["n_heads"], df["n_kv_heads"])],
+                                   predicted=res["_pred"], residual=df["loss"].to_numpy() - res["_pred"]))
+    elif shared_E:
         laws, residuals = _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings)
     else:
         for label, sub, ek in zip(labels, subs, entry_keys):
@@ -669,6 +779,7 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
                 samples = _bootstrap_group(form, sub, res["_theta"], bootstrap, rng, grid)
                 entry["ci"] = _ci(samples, names)
                 entry["n_bootstrap"] = len(samples)
+                samples_out.extend({**ek, **smp} for smp in samples)
             _bound_warning(entry, res["at_bound"], label, warnings)
             laws.append(entry)
             residuals.append(sub.assign(group=label, predicted=res["_pred"], residual=sub["loss"].to_numpy() - res["_pred"]))
@@ -676,7 +787,19 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
         if entry["r2"] is None:
             warnings.append(f"{label}: R² is undefined (every loss is equal)")
     return FitReport(form=form, laws=laws, warnings=warnings, residuals=pd.concat(residuals, ignore_index=True),
-                     shared_E=shared_E, bootstrap=int(bootstrap), data=_table_metadata(df))
+                     shared_E=shared_E, bootstrap=int(bootstrap), data=meta, samples=samples_out)
+
+
+def _max_heads(df: pd.DataFrame, meta: dict[str, Any]) -> int:
+    """The largest n_h search should consider: the family's largest d / d_h, else the table's largest
+    n_h; rounded up to a power of two (also the joint law's n_ref)."""
+    top = 1.0
+    family = meta.get("family")
+    if family:
+        top = max(d for _, d in family["reference_shapes"]) / family["head_dim"]
+    if "n_heads" in df.columns:
+        top = max(top, float(df["n_heads"].max()))
+    return int(2 ** math.ceil(math.log2(max(top, 1.0)) - 1e-9))
 
 
 def _table_metadata(df: pd.DataFrame) -> dict[str, Any]:
@@ -716,17 +839,17 @@ def _resample(sub: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     return sub.iloc[rng.integers(0, len(sub), size=len(sub))]
 
 
-def _bootstrap_group(form: str, sub: pd.DataFrame, theta: np.ndarray, k: int, rng: np.random.Generator, grid) -> list[dict[str, float]]:
+def _bootstrap_group(form: str, sub: pd.DataFrame, theta: np.ndarray, k: int, rng: np.random.Generator, grid,
+                     n_ref: int = 32) -> list[dict[str, float]]:
     names = COEFS[form]
     base = _fit_group_problem(form, sub)
-    grid_points = {"n": N_GRID, "chinchilla": CHINCHILLA_GRID, "heads": HEAD_GRID}[form]
-    extra = _rank_starts(base, _grid(*grid_points), BOOTSTRAP_GRID_STARTS)
+    extra = _rank_starts(base, _grid(*FIT_FORMS[form].grid), BOOTSTRAP_GRID_STARTS)
     starts = np.vstack([theta, extra])
     samples = []
     for _ in range(k):
         s = _resample(sub, rng)
         try:
-            res = _fit_group(form, s, starts=starts, grid=0)
+            res = _fit_group(form, s, starts=starts, grid=0, n_ref=n_ref)
         except CogqaError:
             continue
         samples.append({n: res[n] for n in names})
@@ -735,6 +858,9 @@ def _bootstrap_group(form: str, sub: pd.DataFrame, theta: np.ndarray, k: int, rn
 
 def _fit_group_problem(form: str, sub: pd.DataFrame) -> _Problem:
     loss = sub["loss"].to_numpy(float)
+    if form == "heads-joint":
+        return _joint_problem(sub["params_non_embedding"].to_numpy(float), sub["n_heads"].to_numpy(float),
+                              sub["n_kv_heads"].to_numpy(float), loss)
     if form == "n":
         return _n_problem(sub["params_non_embedding"].to_numpy(float), loss, np.zeros(len(sub), dtype=int), 1, False)
     if form == "chinchilla":

@@ -10,6 +10,19 @@ Laws file (JSON). The minimal interchange form, always accepted::
      "laws": [{"n_heads": 8, "n_kv_heads": 1, "a": 1.2e9, "b": 0.3, "E": 1.9}, ...],
      "source": "where the numbers come from"}
 
+The joint law across head configurations (form ``heads_joint``, one entry; ``cogqa fit --form heads-joint``)::
+
+    {"form": "heads_joint",
+     "laws": [{"a": 7.8e7, "b": 0.19, "E": 1.94, "A": 0.13, "g": 0.54, "B": 0.027, "k": 0.98, "n_ref": 32,
+               "max_heads": 32}], "source": "..."}
+
+    loss(N; n_h, n_kv) = (a / N)^b + E + A (n_h^-g - n_ref^-g) + B (n_kv^-k - n_ref^-k)
+
+shared a, b and E (the loss of H = (n_ref, n_ref)) and two saturating head terms; search inverts it for
+N*(H) for every H = powers of two up to ``max_heads``, including configurations without their own runs.
+Optional ``B_D``, ``beta_D`` add a data term ``B_D / D^beta_D`` (D training tokens): a joint law in N and
+D for the search at equal training FLOPs (Section 5.6).
+
 Optional keys per law: ``r2``, ``ci`` ({coefficient: [low, high]}), ``context`` (training
 length in tokens), ``n_points``. Optional top-level keys: ``approximate`` (bool), ``context``,
 ``metadata`` (``metadata.family``: the model family the laws were fitted on, see
@@ -35,6 +48,7 @@ import numpy as np
 from .errors import CogqaError, require
 
 POWER_LAW_N = "power_law_n"
+HEADS_JOINT = "heads_joint"
 SHIPPED_LAW_SETS = ("default", "demo")
 
 
@@ -93,17 +107,127 @@ class PowerLawN:
         return out
 
 
+def power_of_two_heads(max_heads: int) -> list[tuple[int, int]]:
+    """All (n_heads, n_kv_heads) with both powers of two and n_kv <= n_h <= ``max_heads`` (21 for 32)."""
+    powers = [2**i for i in range(int(math.log2(max_heads)) + 1)]
+    return [(h, kv) for h in powers for kv in powers if kv <= h]
+
+
+JOINT_COEFS = ("a", "b", "E", "A", "g", "B", "k")
+
+
+@dataclass(frozen=True)
+class HeadsJointLaw:
+    """loss(N; n_h, n_kv) = (a/N)^b + E + A (n_h^-g - n_ref^-g) + B (n_kv^-k - n_ref^-k) [+ B_D / D^beta_D].
+
+    N non-embedding parameters, loss in nats per token, D training tokens (only when ``B_D`` is set).
+    E is the loss floor of H = (n_ref, n_ref); ``max_heads`` bounds the configurations search considers.
+    """
+
+    a: float
+    b: float
+    E: float
+    A: float
+    g: float
+    B: float
+    k: float
+    n_ref: int = 32
+    max_heads: int = 32
+    B_D: float | None = None
+    beta_D: float | None = None
+    r2: float | None = None
+    ci: dict[str, list[float]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        h = "joint law"
+        for name in JOINT_COEFS:
+            _finite(h, name, getattr(self, name))
+        require(self.a > 0 and self.b > 0, f"{h}: a and b must be > 0")
+        require(self.A >= 0 and self.B >= 0, f"{h}: A and B must be >= 0 (the head terms fall as heads are added)")
+        require(self.g > 0 and self.k > 0, f"{h}: exponents g and k must be > 0")
+        for name in ("n_ref", "max_heads"):
+            v = getattr(self, name)
+            require(isinstance(v, int) and not isinstance(v, bool) and v >= 1 and v & (v - 1) == 0,
+                    f"{h}: {name} must be a power of two >= 1, got {v!r}")
+        require(self.floor_at_infinity() >= -1e-12, f"{h}: E - A n_ref^-g - B n_ref^-k must be >= 0 (the loss of "
+                f"infinitely many heads), got {self.floor_at_infinity():.4g}")
+        require((self.B_D is None) == (self.beta_D is None), f"{h}: give both B_D and beta_D (the data term) or neither")
+        if self.B_D is not None:
+            _finite(h, "B_D", self.B_D)
+            _finite(h, "beta_D", self.beta_D)
+            require(self.B_D > 0 and self.beta_D > 0, f"{h}: B_D and beta_D must be > 0")
+
+    def floor_at_infinity(self) -> float:
+        """E minus both head terms at n_ref: the loss floor as N, n_h and n_kv grow without bound (nats/token)."""
+        return self.E - self.A * self.n_ref ** -self.g - self.B * self.n_ref ** -self.k
+
+    def floor(self, n_heads, n_kv_heads) -> np.ndarray:
+        """E(H): the loss floor of one head configuration as N grows (nats per token)."""
+        nh, nkv = np.asarray(n_heads, dtype=float), np.asarray(n_kv_heads, dtype=float)
+        return self.E + self.A * (nh**-self.g - self.n_ref**-self.g) + self.B * (nkv**-self.k - self.n_ref**-self.k)
+
+    def loss(self, n_params, n_heads, n_kv_heads, tokens=None) -> np.ndarray:
+        """Predicted loss (nats per token) at size ``n_params`` (parameters), heads and (with a data term) ``tokens``."""
+        out = (self.a / np.asarray(n_params, dtype=float)) ** self.b + self.floor(n_heads, n_kv_heads)
+        if self.B_D is not None:
+            require(tokens is not None, "joint law with a data term: give the training tokens D")
+            out = out + self.B_D / np.asarray(tokens, dtype=float) ** self.beta_D
+        return out
+
+    def law_for(self, n_heads: int, n_kv_heads: int) -> PowerLawN:
+        """The per-H law in N the joint law implies: (a/N)^b + E(H) (exact without a data term)."""
+        return PowerLawN(n_heads=int(n_heads), n_kv_heads=int(n_kv_heads), a=self.a, b=self.b,
+                         E=max(float(self.floor(n_heads, n_kv_heads)), 0.0), r2=self.r2, extra={"joint": True})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The law as the laws-file entry of form ``heads_joint``."""
+        out: dict[str, Any] = {name: getattr(self, name) for name in JOINT_COEFS}
+        out.update({"n_ref": self.n_ref, "max_heads": self.max_heads})
+        if self.B_D is not None:
+            out.update({"B_D": self.B_D, "beta_D": self.beta_D})
+        if self.r2 is not None:
+            out["r2"] = self.r2
+        if self.ci:
+            out["ci"] = self.ci
+        out.update(self.extra)
+        return out
+
+
+def joint_law_from_dict(entry: Any, source_name: str = "laws file") -> HeadsJointLaw:
+    """A :class:`HeadsJointLaw` from a laws-file entry; one-line errors name the field."""
+    require(isinstance(entry, dict), f"{source_name}: laws[0] must be an object")
+    for key in JOINT_COEFS:
+        require(key in entry, f"{source_name}: laws[0] is missing field {key!r} of the joint law")
+    known = JOINT_COEFS + ("n_ref", "max_heads", "B_D", "beta_D", "r2", "ci")
+    try:
+        return HeadsJointLaw(**{k: entry[k] for k in JOINT_COEFS}, n_ref=entry.get("n_ref", 32),
+                             max_heads=entry.get("max_heads", 32), B_D=entry.get("B_D"), beta_D=entry.get("beta_D"),
+                             r2=entry.get("r2"), ci=entry.get("ci"), extra={k: v for k, v in entry.items() if k not in known})
+    except CogqaError as exc:
+        raise CogqaError(f"{source_name}: laws[0]: {exc}") from None
+
+
 @dataclass(frozen=True)
 class LawSet:
-    """A set of per-H laws with its provenance."""
+    """A set of per-H laws with its provenance, or one joint law across H (``joint``).
 
-    laws: tuple[PowerLawN, ...]
+    With a joint law, ``laws`` holds the per-H laws it implies for every power-of-two H up to
+    ``joint.max_heads`` (filled in when not given) and :meth:`law_for` gives any other H.
+    """
+
+    laws: tuple[PowerLawN, ...] = ()
     source: str = ""
     form: str = POWER_LAW_N
     approximate: bool = False
     metadata: dict[str, Any] = field(default_factory=dict, compare=False)
+    joint: HeadsJointLaw | None = None
 
     def __post_init__(self) -> None:
+        if self.joint is not None:
+            object.__setattr__(self, "form", HEADS_JOINT)
+            if not self.laws:
+                object.__setattr__(self, "laws", tuple(self.joint.law_for(h, kv) for h, kv in power_of_two_heads(self.joint.max_heads)))
         require(len(self.laws) > 0, "laws file: 'laws' is empty; give at least one head configuration")
         seen = set()
         for law in self.laws:
@@ -121,9 +245,18 @@ class LawSet:
         """Laws keyed by (n_heads, n_kv_heads)."""
         return {law.heads: law for law in self.laws}
 
+    def law_for(self, heads: tuple[int, int]) -> PowerLawN | None:
+        """The law of ``heads``: from the joint law for any H, else the file's own law (None if absent)."""
+        if self.joint is not None:
+            h, kv = int(heads[0]), int(heads[1])
+            require(h >= 1 and kv >= 1 and h % kv == 0, f"heads {heads}: n_kv_heads must divide n_heads")
+            return self.joint.law_for(h, kv)
+        return self.by_heads().get(tuple(heads))
+
     def to_dict(self) -> dict[str, Any]:
         """The laws file as a JSON-serialisable dict."""
-        out = {"form": self.form, "laws": [law.to_dict() for law in self.laws], "source": self.source}
+        entries = [self.joint.to_dict()] if self.joint is not None else [law.to_dict() for law in self.laws]
+        out = {"form": self.form, "laws": entries, "source": self.source}
         if self.approximate:
             out["approximate"] = True
         if self.metadata:
@@ -141,9 +274,17 @@ def law_set_from_dict(data: Any, source_name: str = "laws file") -> LawSet:
     """Validate and build a LawSet from a parsed laws file; one-line errors name the field."""
     require(isinstance(data, dict), f"{source_name}: expected a JSON object with 'form' and 'laws'")
     form = data.get("form", POWER_LAW_N)
-    require(form == POWER_LAW_N, f"{source_name}: form {form!r} cannot be searched; expected {POWER_LAW_N!r} (fit with --form n)")
+    require(form in (POWER_LAW_N, HEADS_JOINT), f"{source_name}: form {form!r} cannot be searched; expected "
+            f"{POWER_LAW_N!r} or {HEADS_JOINT!r} (fit with --form n or --form heads-joint)")
     entries = data.get("laws")
     require(isinstance(entries, list), f"{source_name}: missing list 'laws'")
+    metadata = data.get("metadata") or {}
+    require(isinstance(metadata, dict), f"{source_name}: 'metadata' must be an object")
+    if form == HEADS_JOINT:
+        require(len(entries) == 1, f"{source_name}: form {HEADS_JOINT!r} holds exactly one law, got {len(entries)}")
+        law_set = LawSet(source=str(data.get("source", "")), approximate=bool(data.get("approximate", False)),
+                         metadata=metadata, joint=joint_law_from_dict(entries[0], source_name))
+        return _with_family(law_set, source_name)
     laws = []
     for i, entry in enumerate(entries):
         require(isinstance(entry, dict), f"{source_name}: laws[{i}] must be an object")
@@ -165,8 +306,6 @@ def law_set_from_dict(data: Any, source_name: str = "laws file") -> LawSet:
             )
         except CogqaError as exc:
             raise CogqaError(f"{source_name}: laws[{i}]: {exc}") from None
-    metadata = data.get("metadata") or {}
-    require(isinstance(metadata, dict), f"{source_name}: 'metadata' must be an object")
     law_set = LawSet(
         laws=tuple(laws),
         source=str(data.get("source", "")),
@@ -174,6 +313,10 @@ def law_set_from_dict(data: Any, source_name: str = "laws file") -> LawSet:
         approximate=bool(data.get("approximate", False)),
         metadata=metadata,
     )
+    return _with_family(law_set, source_name)
+
+
+def _with_family(law_set: LawSet, source_name: str) -> LawSet:
     try:
         law_set.family  # validated now, not in the middle of a search
     except CogqaError as exc:
@@ -274,7 +417,10 @@ def laws_from_dict(data: Any, source_name: str = "laws file") -> tuple:
     form = data.get("form", POWER_LAW_N)
     if form == POWER_LAW_N:
         return law_set_from_dict(data, source_name).laws
-    require(form in (CHINCHILLA, HEAD_LAW), f"{source_name}: unknown form {form!r}; expected {POWER_LAW_N}, {CHINCHILLA} or {HEAD_LAW}")
+    if form == HEADS_JOINT:
+        return (law_set_from_dict(data, source_name).joint,)
+    require(form in (CHINCHILLA, HEAD_LAW), f"{source_name}: unknown form {form!r}; expected {POWER_LAW_N}, {HEADS_JOINT}, "
+            f"{CHINCHILLA} or {HEAD_LAW}")
     entries = data.get("laws")
     require(isinstance(entries, list) and entries, f"{source_name}: missing or empty list 'laws'")
     keys = ("E", "A", "B", "alpha", "beta") if form == CHINCHILLA else ("a", "b", "c")

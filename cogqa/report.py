@@ -24,7 +24,7 @@ import numpy as np
 from .errors import CogqaError, require
 from .files import save_figure, write_json_atomic, write_text_atomic
 
-DEFAULT_REPORT_CONTEXTS = (1024, 8192, 32768, 131072)
+DEFAULT_REPORT_CONTEXTS = (128, 1024, 8192, 32768, 131072)
 
 
 def _pyplot():
@@ -79,14 +79,40 @@ def load_source(source: str | Path, laws: Any = None, fit_grid: str | int | None
 
 
 def fit_laws(df, source: str, grid: str | int | None = None):
-    """The per-H power laws (Eq. 7) fitted to a results table, as a :class:`cogqa.laws.LawSet`
-    (``grid``: starting points of :func:`cogqa.fitting.fit_results`; default its full grid)."""
+    """The laws fitted to a results table, as a :class:`cogqa.laws.LawSet`: the joint law across head
+    configurations (``heads-joint``) when the table has at least 2 of them and 8 rows, else one
+    Eq. 7 law per H (``grid``: starting points of :func:`cogqa.fitting.fit_results`)."""
     try:
         from .fitting import fit_results
     except ImportError:
         raise CogqaError("report: cogqa.fitting is not installed in this version; fit with `cogqa fit` and pass --laws") from None
-    rep = fit_results(df, form="n", grid=grid)
+    joint = len(set(zip(df["n_heads"], df["n_kv_heads"]))) >= 2 and len(df) >= 8
+    rep = fit_results(df, form="heads-joint" if joint else "n", grid=grid)
     return rep.law_set(source)
+
+
+BAND_RESAMPLES = 40  # bootstrap refits behind the report's 95% bands (each a few hundred ms)
+
+
+def _bootstrap_band(df, law_set, n_grid, fit_grid=None) -> dict:
+    """{H: (2.5%, 97.5%) of the joint law's loss over ``n_grid``} from bootstrap refits of ``df``
+    (rows drawn with replacement); empty when the refits fail."""
+    from .fitting import fit_results
+
+    try:
+        rep = fit_results(df, form="heads-joint", bootstrap=BAND_RESAMPLES, seed=0, grid=fit_grid)
+    except CogqaError:
+        return {}
+    if not rep.samples:
+        return {}
+    n_ref = law_set.joint.n_ref
+    out = {}
+    for law in law_set.laws:
+        h, kv = law.heads
+        curves = np.array([(smp["a"] / n_grid) ** smp["b"] + smp["E"] + smp["A"] * (h ** -smp["g"] - n_ref ** -smp["g"])
+                           + smp["B"] * (kv ** -smp["k"] - n_ref ** -smp["k"]) for smp in rep.samples])
+        out[law.heads] = tuple(np.percentile(curves, [2.5, 97.5], axis=0))
+    return out
 
 
 def _fit_range(df, law_set) -> tuple[float, float]:
@@ -116,11 +142,10 @@ def _shape_grid(law, n, family):
 
 
 def _costs(shape, T: int):
-    """(inference memory in bytes, FLOPs per token, Z with M in values as in the paper's Eq. 4)."""
-    from .costs import inference_flops_per_token, inference_memory_bytes, z_cost, z_memory
+    """(inference memory in bytes, FLOPs per token, Z in the paper convention, as ``cogqa search`` ranks)."""
+    from .costs import inference_flops_per_token, inference_memory_bytes, z_of_shape
 
-    flops = inference_flops_per_token(shape, T)
-    return inference_memory_bytes(shape, T)["total"], flops, z_cost(z_memory(shape, T), flops)
+    return inference_memory_bytes(shape, T)["total"], inference_flops_per_token(shape, T), z_of_shape(shape, T, "paper")
 
 
 def build_report(source: str | Path, out: str | Path | None = None, context: int | None = None,
@@ -154,7 +179,8 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
                      f"Context T = {T:,} tokens; target loss L* = {target_loss:.3f} nats/token. "
                      f"Inference costs of a size N use its Appendix B.1 shape in the laws' model family (head size {family.head_dim}, "
                      f"vocabulary {family.vocab_size:,}, aspect ratios of {len(family.reference_shapes)} reference shapes; bf16), "
-                     "as `cogqa search` does; Z = 0.9 M^(1/2) + 0.1 C^(1/3) with M in values (Eq. 4) and C in FLOPs per token.", ""]
+                     "as `cogqa search` does; Z = 0.9 M^(1/2) + 0.1 C^(1/3) in the paper convention (the paper's Figure 2: "
+                     "M = 2 bytes x (N + 2TLd_h n_kv), C = T x (2N + 4TLd_h n_h), N non-embedding).", ""]
     numbers: dict[str, Any] = {"context": T, "target_loss": target_loss}
 
     # 1. loss vs N -------------------------------------------------------------------------------
@@ -162,8 +188,15 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
     grid = np.geomspace(n_lo / 1.15, n_hi * 1.3, 100)  # the measured range, barely extrapolated
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     rows = ["| H (n_h, n_kv) | a (params) | b | E (nats/token) | R² | points |", "|---|---|---|---|---|---|"]
-    for i, law in enumerate(law_set.laws):
+    shown = law_set.laws
+    if df is not None and law_set.joint is not None:
+        measured = set(zip(df.n_heads.astype(int), df.n_kv_heads.astype(int)))
+        shown = [law for law in law_set.laws if law.heads in measured] or law_set.laws
+    band = _bootstrap_band(df, law_set, grid, fit_grid) if df is not None and law_set.joint is not None else {}
+    for i, law in enumerate(shown):
         color = f"C{i % 10}"
+        if law.heads in band:
+            ax.fill_between(grid, *band[law.heads], color=color, alpha=0.15, lw=0)
         ax.plot(grid, law.loss(grid), color=color, lw=1.2, label=f"{_label(*law.heads)} R²={law.r2:.3f}" if law.r2 is not None else _label(*law.heads))
         if df is not None:
             sub = df[(df.n_heads == law.n_heads) & (df.n_kv_heads == law.n_kv_heads)]
@@ -177,9 +210,20 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         ax.set_ylim(df["loss"].min() - 0.1, df["loss"].max() + 0.25)
     ax.set_xlabel("non-embedding parameters N")
     ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title("Loss vs model size per head configuration, fitted (a/N)^b + E")
+    ax.set_title("Loss vs model size per head configuration" + (": one joint law (band: bootstrap 95%)" if band else ", fitted (a/N)^b + E"))
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
+    if law_set.joint is not None:
+        j = law_set.joint
+        bound = j.extra.get("at_bound") or []
+        ci = j.ci or {}
+        rows = ["Joint law across head configurations: loss = (a/N)^b + E + A(n_h^-g - n_ref^-g) + B(n_kv^-k - n_ref^-k), "
+                f"n_ref = {j.n_ref}" + (f", R² = {j.r2:.4f}" if j.r2 is not None else "") + ".", "",
+                "| coefficient | value | 95% bootstrap interval | note |", "|---|---|---|---|"]
+        for name in ("a", "b", "E", "A", "g", "B", "k"):
+            lo_hi = ci.get(name)
+            rows.append(f"| {name} | {getattr(j, name):.4g} | " + (f"{lo_hi[0]:.4g} to {lo_hi[1]:.4g}" if lo_hi else "n/a")
+                        + " | " + ("**on its bound: not determined by the data**" if name in bound else "") + " |")
     md += ["## 1. Loss vs model size per head configuration", "", f"![loss vs N]({_save(fig, out / 'loss_vs_n.png')})", "", *rows, ""]
     if df is not None:
         falls = _loss_falls_with_n(df)
@@ -190,7 +234,7 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
 
     # 2. loss vs memory, FLOPs, Z at T ---------------------------------------------------------------
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), constrained_layout=True)
-    for i, law in enumerate(law_set.laws):
+    for i, law in enumerate(shown):
         shape = _shape_grid(law, grid, family)
         mem, flops, z = _costs(shape, T)
         for ax, x in zip(axes, (mem, flops, z)):
@@ -198,7 +242,7 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
     from matplotlib.ticker import EngFormatter, LogLocator, NullFormatter
 
     units = ("B", "FLOP", "")
-    for ax, xl, unit in zip(axes, ("inference memory (bf16)", "inference FLOPs per token", "Z = 0.9 M^1/2 + 0.1 C^1/3 (M in values)"), units):
+    for ax, xl, unit in zip(axes, ("inference memory (bf16)", "inference FLOPs per token", "Z = 0.9 M^1/2 + 0.1 C^1/3 (paper convention)"), units):
         ax.set_xscale("log")
         ax.set_xlabel(xl)
         ax.set_ylabel("loss (nats/token)")
@@ -261,7 +305,10 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         best = res.best
         numbers["best"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()}
         numbers["savings"] = res.savings
+        extrapolated = not (n_lo <= best["params_non_embedding"] <= n_hi)
+        numbers["extrapolated"] = extrapolated
         md += [f"## 5. Recommended configuration for L* = {target_loss:.3f} nats/token at T = {T:,} tokens", "",
+               *([f"**Extrapolation:** N* is outside the measured sizes ({fmt_params(n_lo)} to {fmt_params(n_hi)})."] if extrapolated else []),
                f"- heads H = ({best['n_heads']}, {best['n_kv_heads']}), N = {fmt_params(best['params_non_embedding'])} (non-embedding)"
                + (f", shape L={best['layers']} d={best['hidden_size']}" if "layers" in best else ""),
                f"- inference memory {fmt_bytes(best['inference_memory_bytes'])}, {fmt_flops(best['inference_flops_per_token'])} per token, Z = {best['z']:.4g}",

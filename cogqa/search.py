@@ -8,11 +8,12 @@ shape by Appendix B.1 (:func:`cogqa.shapes.shape_for_params`), its inference cos
 (:mod:`cogqa.costs`, exact per component) and the hardware-aware cost
 ``Z = lam * M^alpha + (1 - lam) * C^beta``. The configuration with the smallest Z wins.
 
-Memory convention of Z (``memory_unit``): ``"values"`` (default) puts M in stored values
-(parameters plus cached keys and values), as the paper's Eq. 4 and its notation table define
-M_infer; ``"bytes"`` puts M in bytes at the weight and KV dtypes (the paper's Figure 2 plots BF16
-bytes). C is always FLOPs per token. Reported memory columns are always in bytes. See docs/default-laws.md for how
-the two conventions compare against the paper's Table 4.
+What M and C mean inside Z is a named convention (:data:`cogqa.costs.Z_CONVENTIONS`): ``paper``
+(default; the paper's Figure 2: M = 2 bytes x (N + 2 T L d_h n_kv), C = T x (2N + 4 T L d_h n_h),
+N non-embedding), ``eq4-per-token`` (M in values, C exact FLOPs per token) or ``bytes-per-token``.
+The old ``memory_unit`` keyword maps values -> eq4-per-token, bytes -> bytes-per-token. Reported
+memory columns are always bytes and FLOPs columns always FLOPs per token, whatever the convention.
+See docs/default-laws.md for the evidence behind ``paper``.
 """
 
 from __future__ import annotations
@@ -26,13 +27,18 @@ import numpy as np
 import pandas as pd
 
 from .costs import (
+    DEFAULT_CONVENTION,
+    MEMORY_UNIT_CONVENTIONS,
+    MEMORY_UNITS,
+    ZConvention,
     ZWeights,
     dtype_bytes,
     inference_flops_per_token,
     inference_memory_bytes,
     params_total,
-    MEMORY_UNITS,
+    z_convention,
     z_cost,
+    z_inputs,
     z_memory,
 )
 from .errors import CogqaError, require
@@ -55,6 +61,10 @@ PAPER_TABLE4: dict[float, tuple[tuple[int, int], ...]] = {
 
 #: The Llama-3 GQA baseline's head configuration (Table 5 of the paper; see docs/default-laws.md).
 LLAMA3_HEADS = (32, 8)
+
+class UnreachableTarget(CogqaError):
+    """No candidate head configuration can reach the target loss (it is at or below every law's floor)."""
+
 
 _N_MIN, _N_MAX = 1e3, 1e15  # bracket of the budget bisection (non-embedding parameters)
 _N_TRUSTED = (1e6, 1e11)  # without a fitted range in the laws file: the paper's 3M-1.2B, widely extended
@@ -103,17 +113,22 @@ def resolve_laws(laws: LawSet | str | Path) -> LawSet:
 
 
 def _select_laws(law_set: LawSet, max_heads, heads) -> list[PowerLawN]:
-    """The candidate laws: the laws file's H, filtered by ``max_heads`` and ``heads``."""
+    """The candidate laws: the laws file's H (a joint law: every power-of-two H up to its
+    ``max_heads``, and any H given in ``heads``), filtered by ``max_heads`` and ``heads``."""
     laws = list(law_set.laws)
     if max_heads is not None:
         require(_is_power_of_two(max_heads), f"--max-heads must be a power of two >= 1 (1, 2, 4, ..., 32), got {max_heads!r}")
+        if law_set.joint is not None:
+            laws = [law_set.law_for(h) for h in candidate_heads(max_heads)]
         laws = [law for law in laws if law.n_heads <= max_heads]
     if heads is not None:
-        wanted = {tuple(h) for h in heads}
+        wanted = list(dict.fromkeys(tuple(h) for h in heads))
         require(len(wanted) > 0, "--heads: give at least one (n_heads, n_kv_heads) pair")
-        missing = sorted(wanted - {law.heads for law in law_set.laws})
+        if law_set.joint is not None:
+            return [law_set.law_for(h) for h in wanted]
+        missing = sorted(set(wanted) - {law.heads for law in law_set.laws})
         require(not missing, f"--heads: no law for {missing} in the laws file; it has {sorted(l.heads for l in law_set.laws)}")
-        laws = [law for law in laws if law.heads in wanted]
+        laws = [law for law in laws if law.heads in set(wanted)]
     require(len(laws) > 0, f"no head configuration left to search (max_heads={max_heads}, heads={heads}); relax the filter")
     return laws
 
@@ -140,12 +155,21 @@ def _check_loss(target_loss, name: str = "target_loss") -> float:
     return float(target_loss)
 
 
-def _check_options(weights, weight_dtype, kv_dtype, batch, memory_unit) -> None:
+def _convention(convention, memory_unit) -> ZConvention:
+    """The Z convention from ``convention`` or the old ``memory_unit`` keyword (default ``paper``)."""
+    if memory_unit is not None:
+        require(memory_unit in MEMORY_UNITS, f"memory_unit must be one of {MEMORY_UNITS}, got {memory_unit!r}")
+        require(convention is None, "give convention or the old memory_unit, not both")
+        return z_convention(MEMORY_UNIT_CONVENTIONS[memory_unit])
+    return z_convention(DEFAULT_CONVENTION if convention is None else convention)
+
+
+def _check_options(weights, weight_dtype, kv_dtype, batch, convention, memory_unit=None) -> ZConvention:
     require(isinstance(weights, ZWeights), "weights must be a cogqa.costs.ZWeights")
     dtype_bytes(weight_dtype)
     dtype_bytes(kv_dtype)
     require(isinstance(batch, (int, np.integer)) and not isinstance(batch, bool) and batch >= 1, f"batch must be a whole number >= 1 of sequences, got {batch!r}")
-    require(memory_unit in MEMORY_UNITS, f"memory_unit must be one of {MEMORY_UNITS}, got {memory_unit!r}")
+    return _convention(convention, memory_unit)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,14 +177,15 @@ def _check_options(weights, weight_dtype, kv_dtype, batch, memory_unit) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _cost_columns(n_params, n_heads, n_kv_heads, context, batch, weight_dtype, kv_dtype, weights, memory_unit,
+def _cost_columns(n_params, n_heads, n_kv_heads, context, batch, weight_dtype, kv_dtype, weights, convention: ZConvention,
                   family: ModelFamily = PAPER_FAMILY) -> dict[str, np.ndarray]:
     """Costs of real-valued Appendix B.1 shapes of ``family`` of sizes ``n_params`` (arrays, one per candidate)."""
     shape = shape_for_params(np.asarray(n_params, dtype=float), np.asarray(n_heads, dtype=float), np.asarray(n_kv_heads, dtype=float),
                              family=family)
     flops = inference_flops_per_token(shape, context)
     mem = inference_memory_bytes(shape, context, batch, weight_dtype, kv_dtype)
-    z = z_cost(z_memory(shape, context, batch, weight_dtype, kv_dtype, memory_unit), flops, weights)
+    z_m, z_c = z_inputs(shape, context, convention, batch, weight_dtype, kv_dtype)
+    z = z_cost(z_m, z_c, weights)
     return {
         "layers_real": np.asarray(shape.layers, dtype=float),
         "hidden_size_real": np.asarray(shape.hidden_size, dtype=float),
@@ -168,6 +193,8 @@ def _cost_columns(n_params, n_heads, n_kv_heads, context, batch, weight_dtype, k
         "inference_flops_per_token": np.asarray(flops, dtype=float),
         "inference_memory_bytes": np.asarray(mem["total"], dtype=float),
         "kv_cache_bytes": np.asarray(mem["kv_cache"], dtype=float),
+        "z_memory": np.asarray(z_m, dtype=float) + 0.0 * np.asarray(z, dtype=float),
+        "z_flops": np.asarray(z_c, dtype=float) + 0.0 * np.asarray(z, dtype=float),
         "z": np.asarray(z, dtype=float),
     }
 
@@ -245,7 +272,7 @@ class SearchResult:
     weight_dtype: str = "bf16"
     kv_dtype: str = "bf16"
     batch: int = 1
-    memory_unit: str = "values"
+    convention: ZConvention = field(default_factory=lambda: z_convention(DEFAULT_CONVENTION))
     budget: dict | None = None
     warnings: list = field(default_factory=list)
 
@@ -266,7 +293,7 @@ class SearchResult:
             "approximate": self.approximate,
             "laws_source": self.laws_source,
             "z_weights": {"lambda": self.weights.lam, "alpha": self.weights.alpha, "beta": self.weights.beta},
-            "memory_unit": self.memory_unit,
+            "z_convention": self.convention.to_dict(),
             "weight_dtype": self.weight_dtype,
             "kv_dtype": self.kv_dtype,
             "batch": self.batch,
@@ -280,7 +307,9 @@ class SearchResult:
 
 
 def _nearest_law(law_set: LawSet, heads: tuple[int, int]) -> PowerLawN:
-    """The law of ``heads``, or the one nearest to it in (log2 n_h, log2 n_kv)."""
+    """The law of ``heads`` (any H under a joint law), or the one nearest to it in (log2 n_h, log2 n_kv)."""
+    if law_set.joint is not None:
+        return law_set.law_for(heads)
     table = law_set.by_heads()
     if heads in table:
         return table[heads]
@@ -288,16 +317,18 @@ def _nearest_law(law_set: LawSet, heads: tuple[int, int]) -> PowerLawN:
     return min(law_set.laws, key=lambda law: (dist(law), -law.n_heads, -law.n_kv_heads))
 
 
-def _shape_costs(shape, context, batch, weight_dtype, kv_dtype, weights, memory_unit) -> dict:
+def _shape_costs(shape, context, batch, weight_dtype, kv_dtype, weights, convention) -> dict:
     flops = float(inference_flops_per_token(shape, context))
     mem = inference_memory_bytes(shape, context, batch, weight_dtype, kv_dtype)
-    z = float(z_cost(z_memory(shape, context, batch, weight_dtype, kv_dtype, memory_unit), flops, weights))
+    z_m, z_c = z_inputs(shape, context, convention, batch, weight_dtype, kv_dtype)
     return {"inference_flops_per_token": flops, "inference_memory_bytes": float(mem["total"]),
-            "kv_cache_bytes": float(mem["kv_cache"]), "params_total": float(params_total(shape)), "z": z}
+            "kv_cache_bytes": float(mem["kv_cache"]), "params_total": float(params_total(shape)),
+            "z_memory": float(z_m), "z_flops": float(z_c), "z": float(z_cost(z_m, z_c, weights))}
 
 
 def baseline_costs(spec: str, context, target_loss, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
-                   weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1, memory_unit: str = "values") -> dict:
+                   weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1, convention=None,
+                   memory_unit: str | None = None) -> dict:
     """Costs of a baseline at ``context`` (tokens): a dict with its heads, size (parameters), how it
     was sized, its predicted loss (nats per token, when a law for its heads exists) and costs.
 
@@ -328,23 +359,28 @@ def baseline_costs(spec: str, context, target_loss, laws: LawSet | str | Path = 
 
         n = float(params_non_embedding(shape))
         heads = (int(round(float(shape.n_heads))), int(round(float(shape.n_kv_heads))))
-        law = law_set.by_heads().get(heads)
+        law = law_set.law_for(heads)
         out = {"spec": text, "n_heads": heads[0], "n_kv_heads": heads[1], "sized_by": "shape",
                "law_heads": list(heads) if law else None, "params_non_embedding": n,
                "predicted_loss": float(law.loss(n)) if law else None,
                "layers": int(round(float(shape.layers))), "hidden_size": int(round(float(shape.hidden_size)))}
-    out.update(_shape_costs(shape, context, batch, weight_dtype, kv_dtype, weights, memory_unit))
+    out.update(_shape_costs(shape, context, batch, weight_dtype, kv_dtype, weights, _convention(convention, memory_unit)))
     return out
 
 
 def savings_against(best: dict, baseline: dict) -> dict:
-    """Fractions saved by ``best`` against ``baseline``: 1 - best/baseline for memory (bytes),
-    FLOPs per token and Z (0.508 = 50.8% less; negative = more)."""
-    return {
+    """Fractions saved by ``best`` against ``baseline``: 1 - best/baseline for memory (exact bytes),
+    FLOPs per token (exact), Z, and the M and C of the Z convention (``z_memory``, ``z_flops``: the
+    paper's Takeaway 2 numbers under ``paper``); 0.508 = 50.8% less, negative = more."""
+    out = {
         "memory": 1.0 - best["inference_memory_bytes"] / baseline["inference_memory_bytes"],
         "flops": 1.0 - best["inference_flops_per_token"] / baseline["inference_flops_per_token"],
         "z": 1.0 - best["z"] / baseline["z"],
     }
+    for key in ("z_memory", "z_flops"):
+        if key in best and key in baseline:
+            out[key] = 1.0 - best[key] / baseline[key]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,45 +390,46 @@ def savings_against(best: dict, baseline: dict) -> dict:
 
 def search(context, target_loss, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
            weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1, max_heads: int | None = None,
-           heads=None, baseline: str | None = None, memory_unit: str = "values") -> SearchResult:
+           heads=None, baseline: str | None = None, convention=None, memory_unit: str | None = None) -> SearchResult:
     """The cost-optimal (N, n_h, n_kv) that reaches ``target_loss`` (nats per token) at ``context``
     (tokens), with the smallest Z. Every candidate H gets N*(H) = a/(L*-E)^(1/b) (parameters);
-    those with L* <= E are kept as unreachable rows. Raises CogqaError when none is reachable."""
+    those with L* <= E are kept as unreachable rows. Raises :class:`UnreachableTarget` when none is reachable.
+    ``convention``: the Z convention (default ``paper``, see :data:`cogqa.costs.Z_CONVENTIONS`)."""
     T = _check_context(context)
     L = _check_loss(target_loss)
-    _check_options(weights, weight_dtype, kv_dtype, batch, memory_unit)
+    conv = _check_options(weights, weight_dtype, kv_dtype, batch, convention, memory_unit)
     law_set = resolve_laws(laws)
     laws_list = _select_laws(law_set, max_heads, heads)
     n_star = np.array([float(law.params_for_loss(L)) for law in laws_list])
     reachable = np.isfinite(n_star)
     if not reachable.any():
         lowest = min(law.E for law in laws_list)
-        raise CogqaError(f"--target-loss {L}: unreachable; every head configuration has E >= it (lowest E is {lowest:.4g} nats/token)")
+        raise UnreachableTarget(f"--target-loss {L}: unreachable; every head configuration has E >= it (lowest E is {lowest:.4g} nats/token)")
     n_eval = np.where(reachable, n_star, 1e9)
     costs = _cost_columns(n_eval, [l.n_heads for l in laws_list], [l.n_kv_heads for l in laws_list], T, batch, weight_dtype, kv_dtype, weights,
-                          memory_unit, law_set.family)
+                          conv, law_set.family)
     df = _frame(laws_list, n_star, np.full(len(laws_list), L), reachable, costs, "z", law_set.family)
     best = _plain(df.iloc[0].to_dict())
     base = savings = None
     if baseline is not None:
-        base = baseline_costs(baseline, T, L, law_set, weights, weight_dtype, kv_dtype, batch, memory_unit)
+        base = baseline_costs(baseline, T, L, law_set, weights, weight_dtype, kv_dtype, batch, conv)
         savings = savings_against(best, base)
     return SearchResult(context=T, target_loss=L, candidates=df, best=best, baseline=base, savings=savings,
                         approximate=law_set.approximate, laws_source=law_set.source, weights=weights,
-                        weight_dtype=weight_dtype, kv_dtype=kv_dtype, batch=batch, memory_unit=memory_unit,
+                        weight_dtype=weight_dtype, kv_dtype=kv_dtype, batch=batch, convention=conv,
                         warnings=_size_warnings(best, law_set))
 
 
 def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", budget_z=None, budget_memory=None,
                               budget_flops=None, weights: ZWeights = ZWeights(), weight_dtype: str = "bf16",
                               kv_dtype: str = "bf16", batch: int = 1, max_heads: int | None = None, heads=None,
-                              memory_unit: str = "values") -> SearchResult:
+                              convention=None, memory_unit: str | None = None) -> SearchResult:
     """The inverse question: for each H the largest N (parameters) whose Z, memory (bytes) and
     FLOPs per token at ``context`` all stay within the given budgets (bisection over N), its
     predicted loss (nats per token); ``best`` is the lowest loss. H that cannot fit even at
     1e5 parameters are unreachable rows; an error if none fits."""
     T = _check_context(context)
-    _check_options(weights, weight_dtype, kv_dtype, batch, memory_unit)
+    conv = _check_options(weights, weight_dtype, kv_dtype, batch, convention, memory_unit)
     budgets = {"z": budget_z, "inference_memory_bytes": budget_memory, "inference_flops_per_token": budget_flops}
     flags = {"z": "--budget-z", "inference_memory_bytes": "--budget-memory", "inference_flops_per_token": "--budget-flops"}
     budgets = {k: v for k, v in budgets.items() if v is not None}
@@ -406,7 +443,7 @@ def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", bu
     n_kv = np.array([l.n_kv_heads for l in laws_list], dtype=float)
 
     def fits(n):
-        c = _cost_columns(n, n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, memory_unit, law_set.family)
+        c = _cost_columns(n, n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, conv, law_set.family)
         return np.all([c[k] <= v for k, v in budgets.items()], axis=0)
 
     lo, hi = np.full(len(laws_list), math.log(_N_MIN)), np.full(len(laws_list), math.log(_N_MAX))
@@ -419,13 +456,89 @@ def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", bu
     losses = np.array([float(law.loss(n)) if ok else np.nan for law, n, ok in zip(laws_list, n_best, reachable)])
     if not reachable.any():
         raise CogqaError(f"budget too small: no head configuration fits within it even at {_N_MIN:.0e} parameters; raise the budget")
-    costs = _cost_columns(np.where(reachable, n_best, 1e9), n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, memory_unit, law_set.family)
+    costs = _cost_columns(np.where(reachable, n_best, 1e9), n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, conv, law_set.family)
     df = _frame(laws_list, n_best, losses, reachable, costs, "predicted_loss", law_set.family)
     best = _plain(df.iloc[0].to_dict())
     budget = {k.replace("inference_", "").replace("_per_token", ""): float(v) for k, v in budgets.items()}
     return SearchResult(context=T, target_loss=None, candidates=df, best=best, approximate=law_set.approximate,
                         laws_source=law_set.source, weights=weights, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                        batch=batch, memory_unit=memory_unit, budget=budget, warnings=_size_warnings(best, law_set))
+                        batch=batch, convention=conv, budget=budget, warnings=_size_warnings(best, law_set))
+
+
+# ---------------------------------------------------------------------------------------------
+# Section 5.6: the search at a training-compute budget (laws in N and D)
+# ---------------------------------------------------------------------------------------------
+
+
+def _data_laws(laws, heads) -> list[tuple[tuple[int, int], Any]]:
+    """(H, loss(N, D) function) pairs from a joint law with a data term or per-H ChinchillaLaw objects."""
+    from .laws import ChinchillaLaw, HeadsJointLaw
+
+    if isinstance(laws, HeadsJointLaw):
+        require(laws.B_D is not None, "training budget: the joint law has no data term (B_D, beta_D); fit loss in N and D")
+        wanted = list(heads) if heads is not None else candidate_heads(laws.max_heads)
+        return [((int(h), int(kv)), lambda n, d, h=h, kv=kv: laws.loss(n, h, kv, d)) for h, kv in wanted]
+    items = list(laws)
+    require(items and all(isinstance(x, ChinchillaLaw) and x.n_heads is not None for x in items),
+            "training budget: give a joint law with a data term or Chinchilla laws (loss in N and D) with n_heads/n_kv_heads")
+    out = [((x.n_heads, x.n_kv_heads), x.loss) for x in items]
+    if heads is not None:
+        out = [o for o in out if o[0] in {tuple(h) for h in heads}]
+    require(out, "training budget: no head configuration left to search")
+    return out
+
+
+def search_at_training_budget(context, target_loss, train_flops, laws, train_context: int = 8192,
+                              weights: ZWeights = ZWeights(), convention=None, family: ModelFamily = PAPER_FAMILY,
+                              heads=None) -> dict[str, Any]:
+    """Section 5.6: every H gets the same training compute ``train_flops`` (FLOPs, Eq. 11 with its
+    attention term: C = 6 D (N + 2 L T_bar d_h n_h), T_bar = ``train_context`` / 2), so a cheaper
+    configuration trains on more tokens D. For each H the smallest N (non-embedding parameters)
+    whose loss(N, D(N)) reaches ``target_loss`` (nats/token); ranked by Z at ``context`` (tokens).
+
+    ``laws``: a :class:`cogqa.laws.HeadsJointLaw` with a data term, or per-H
+    :class:`cogqa.laws.ChinchillaLaw` objects. Returns {"best", "candidates" (list of dicts with
+    n_heads, n_kv_heads, reachable, params_non_embedding, tokens, predicted_loss, z_memory,
+    z_flops, z), "z_convention"}. Raises :class:`UnreachableTarget` when no H reaches the loss.
+    """
+    from .costs import paper_training_flops
+
+    T = _check_context(context)
+    L = _check_loss(target_loss)
+    conv = _convention(convention, None)
+    require(isinstance(train_flops, (int, float, np.floating)) and math.isfinite(train_flops) and train_flops > 0,
+            f"train_flops must be a positive number of FLOPs, got {train_flops!r}")
+    grid = np.geomspace(1e5, 1e13, 801)
+    rows = []
+    for (h, kv), loss_fn in _data_laws(laws, heads):
+        def tokens(n):
+            shape = shape_for_params(n, h, kv, family=family)
+            return train_flops / paper_training_flops(shape, 1.0, train_context)
+
+        loss = loss_fn(grid, tokens(grid))
+        ok = np.flatnonzero(loss <= L)
+        row = {"n_heads": h, "n_kv_heads": kv, "reachable": bool(ok.size)}
+        if ok.size:
+            i = int(ok[0])
+            lo, hi = (grid[i - 1], grid[i]) if i > 0 else (grid[0], grid[0])
+            for _ in range(60):  # bisection on log N for the left root loss(N, D(N)) = L*
+                mid = math.sqrt(lo * hi)
+                if loss_fn(mid, tokens(mid)) <= L:
+                    hi = mid
+                else:
+                    lo = mid
+            n = hi
+            shape = shape_for_params(n, h, kv, family=family)
+            m, c = z_inputs(shape, T, conv)
+            row.update({"params_non_embedding": float(n), "tokens": float(tokens(n)), "predicted_loss": float(loss_fn(n, tokens(n))),
+                        "z_memory": float(m), "z_flops": float(c), "z": float(z_cost(m, c, weights))})
+        rows.append(row)
+    reach = [r for r in rows if r["reachable"]]
+    if not reach:
+        raise UnreachableTarget(f"--target-loss {L}: no head configuration reaches it within {train_flops:.3g} training FLOPs")
+    ranked = sorted(reach, key=lambda r: r["z"]) + [r for r in rows if not r["reachable"]]
+    return {"best": ranked[0], "candidates": ranked, "z_convention": conv.to_dict(), "context": T,
+            "target_loss": L, "train_flops": float(train_flops), "train_context": int(train_context)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,25 +556,31 @@ def _check_grid(losses, contexts) -> tuple[list[float], list[int]]:
 
 def cost_optimal_table_long(losses, contexts, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
                             weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1,
-                            max_heads: int | None = None, memory_unit: str = "values") -> pd.DataFrame:
+                            max_heads: int | None = None, convention=None, memory_unit: str | None = None) -> pd.DataFrame:
     """One row per (target loss, context): the winner's n_heads, n_kv_heads, N*
-    (``params_non_embedding``, parameters) and ``z``; ``reachable`` False (heads None) when no
-    configuration reaches the loss."""
+    (``params_non_embedding``, parameters) and ``z`` (under ``convention``, default ``paper``);
+    ``reachable`` False (heads None) when no configuration reaches the loss."""
     losses, contexts = _check_grid(losses, contexts)
+    conv = _convention(convention, memory_unit)
     law_set = resolve_laws(laws)
-    _select_laws(law_set, max_heads, None)
+    _check_options(weights, weight_dtype, kv_dtype, batch, conv)
+    laws_list = _select_laws(law_set, max_heads, None)
+    n_h = np.array([l.n_heads for l in laws_list], dtype=float)
+    n_kv = np.array([l.n_kv_heads for l in laws_list], dtype=float)
     rows = []
-    for L in losses:
+    for L in losses:  # N*(H) depends on L* only: one Appendix B.1 shape per H, costed at every T
+        n_star = np.array([float(law.params_for_loss(L)) for law in laws_list])
+        reachable = np.isfinite(n_star)
+        shape = shape_for_params(np.where(reachable, n_star, 1e9), n_h, n_kv, family=law_set.family) if reachable.any() else None
         for T in contexts:
-            try:
-                best = search(T, L, law_set, weights, weight_dtype, kv_dtype, batch, max_heads, memory_unit=memory_unit).best
-                rows.append({"target_loss": L, "context": T, "n_heads": int(best["n_heads"]), "n_kv_heads": int(best["n_kv_heads"]),
-                             "params_non_embedding": best["params_non_embedding"], "z": best["z"], "reachable": True})
-            except CogqaError as exc:
-                if "unreachable" not in str(exc):
-                    raise
+            if shape is None:
                 rows.append({"target_loss": L, "context": T, "n_heads": None, "n_kv_heads": None,
                              "params_non_embedding": math.nan, "z": math.nan, "reachable": False})
+                continue
+            z = np.where(reachable, z_cost(*z_inputs(shape, T, conv, batch, weight_dtype, kv_dtype), weights), np.inf)
+            i = int(np.lexsort((n_kv, n_h, z))[0])  # smallest Z, ties to fewer heads (as search ranks)
+            rows.append({"target_loss": L, "context": T, "n_heads": int(n_h[i]), "n_kv_heads": int(n_kv[i]),
+                         "params_non_embedding": float(n_star[i]), "z": float(z[i]), "reachable": True})
     long = pd.DataFrame(rows)
     for column in ("n_heads", "n_kv_heads"):
         long[column] = pd.array([r[column] for r in rows], dtype="Int64")
@@ -470,13 +589,15 @@ def cost_optimal_table_long(losses, contexts, laws: LawSet | str | Path = "defau
 
 def cost_optimal_table(losses, contexts, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
                        weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1,
-                       max_heads: int | None = None, memory_unit: str = "values") -> pd.DataFrame:
+                       max_heads: int | None = None, convention=None, memory_unit: str | None = None) -> pd.DataFrame:
     """The Table 4 grid: rows target losses L* (nats per token), columns contexts T (tokens),
     cells ``"(n_h, n_kv)"`` of the cost-optimal configuration, or None when L* is unreachable.
     ``table.attrs["long"]`` holds :func:`cost_optimal_table_long` (N* and Z per cell) and
-    ``table.attrs["approximate"]`` whether the laws are approximate."""
+    ``table.attrs["approximate"]`` whether the laws are approximate, ``table.attrs["convention"]`` the
+    :class:`cogqa.costs.ZConvention` of Z."""
     law_set = resolve_laws(laws)
-    long = cost_optimal_table_long(losses, contexts, law_set, weights, weight_dtype, kv_dtype, batch, max_heads, memory_unit)
+    conv = _convention(convention, memory_unit)
+    long = cost_optimal_table_long(losses, contexts, law_set, weights, weight_dtype, kv_dtype, batch, max_heads, conv)
     cells = [f"({int(r.n_heads)}, {int(r.n_kv_heads)})" if r.reachable else None for r in long.itertuples()]
     long = long.assign(cell=cells)
     table = long.pivot(index="target_loss", columns="context", values="cell")
@@ -486,6 +607,7 @@ def cost_optimal_table(losses, contexts, laws: LawSet | str | Path = "default", 
     table.attrs["long"] = long
     table.attrs["approximate"] = law_set.approximate
     table.attrs["laws_source"] = law_set.source
+    table.attrs["convention"] = conv
     return table
 
 
@@ -538,7 +660,7 @@ def plot_cost_optimal_table(table_df: pd.DataFrame, path: str | Path, title: str
 
 
 __all__ = [
-    "PAPER_TABLE4", "PAPER_TABLE4_CONTEXTS", "LLAMA3_HEADS", "SearchResult", "candidate_heads", "resolve_laws",
-    "search", "lowest_loss_within_budget", "baseline_costs", "savings_against", "z_memory",
+    "PAPER_TABLE4", "PAPER_TABLE4_CONTEXTS", "LLAMA3_HEADS", "SearchResult", "UnreachableTarget", "candidate_heads", "resolve_laws",
+    "search", "lowest_loss_within_budget", "search_at_training_budget", "baseline_costs", "savings_against", "z_memory",
     "cost_optimal_table", "cost_optimal_table_long", "compare_with_paper_table4", "plot_cost_optimal_table", "parse_cell",
 ]

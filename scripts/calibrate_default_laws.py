@@ -1,218 +1,254 @@
-"""Calibrate cogqa's default laws from numbers the paper publishes, then validate against Table 4.
+"""Calibrate cogqa's default laws from the paper's Figures 1 and 2, then validate them.
 
-Re-runnable and deterministic (no randomness, no data downloads):
+Re-runnable and deterministic (no randomness, no downloads):
 
     MPLBACKEND=Agg python scripts/calibrate_default_laws.py            # writes the laws + figures
     MPLBACKEND=Agg python scripts/calibrate_default_laws.py --check    # prints only, writes nothing
 
-Form (one law per H = (n_h, n_kv), powers of two up to 32, 21 configurations)::
+Form: the joint law across head configurations (``cogqa fit --form heads-joint``)::
 
-    loss(N; H) = (a_H / N)^b + E,    a_H = a_ref * (n_h / 32)^(-p) * (n_kv / 8)^(-q)
+    loss(N; n_h, n_kv) = (a / N)^b + E + A (n_h^-g - 32^-g) + B (n_kv^-k - 32^-k)
 
-i.e. E and b shared across H (the paper's Eq. 7 has one E) and the head configuration acting as
-an effective-size multiplier N_eff = N * (n_h/32)^p * (n_kv/8)^q. Five numbers, five inputs:
+fitted (Huber on log loss, L-BFGS-B from a grid, as ``cogqa fit``) to the 42 (H, N, loss) points
+read from the paper's Figures 1 and 2 (``cogqa/data/paper_fig12_loss_points.csv``, the only
+per-H losses the paper publishes). Appendix B.1 shapes: the figures' own family (L, d = 128 L),
+L = 6..16, below ~1B, Table 7 from 1.8B up (see docs/default-laws.md for the evidence).
 
-1. (a_ref, b, E): the law of Llama-3 GQA, H = (32, 8), passed exactly through the paper's three
-   reference losses (Table 4 caption) 2.615 / 2.448 / 2.362 at the non-embedding sizes of
-   Llama-3.2-1B, Llama-3.2-3B and Llama-3.1-8B (their published config.json shapes).
-2. 2p + 3q: Takeaway 2, H = (8, 1) at the paper's 1.8B shape reaches the same loss 2.615 as
-   the (32, 8) law at Llama-3.2-1B's size.
-3. p + q: Appendix I's head law at 1.2B (0.301 n_h^-0.227 + 2.622, MHA), read as the loss gap
-   between H = (8, 8) and (32, 32) at the 1.2B model's size.
-
-Table 4 is NOT an input: it is only compared against at the end (``--check`` prints it).
+Table 4 is NOT an input: it is only compared against at the end. The other checks (Takeaway 2,
+the equal-Z loss gain, the Table 4 caption losses, Appendix I's head law) are printed too.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import sys
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import brentq
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cogqa.costs import params_non_embedding  # noqa: E402
-from cogqa.files import save_figure  # noqa: E402
-from cogqa.laws import LawSet, PowerLawN  # noqa: E402
-from cogqa.shapes import ModelShape, paper_shape  # noqa: E402
+from cogqa.laws import HeadsJointLaw, LawSet  # noqa: E402
+from cogqa.shapes import PAPER_LARGE_SHAPES, ModelFamily, ModelShape  # noqa: E402
 
-#: Published Llama-3 shapes (Hugging Face config.json of each model).
+FIGURE_POINTS = ROOT / "cogqa" / "data" / "paper_fig12_loss_points.csv"
+AXIS_READOUT = ROOT / "cogqa" / "data" / "paper_fig2_cost_axis_readout.csv"
+N_REF = 32
+#: The figures' model family: L = 6, 8, ..., 16 layers, d = 128 L (decoded from Figure 2's cost axes).
+FIGURE_SHAPES = tuple((L, 128 * L) for L in range(6, 17, 2))
+#: Table 7 from 1.8B up (its 1.2B row, L = 36, d = 1536, is left out: the paper's own ~1B model is (16, 2048)).
+LARGE_SHAPES = tuple(v for k, v in PAPER_LARGE_SHAPES.items() if k != "1.2B")
+FAMILY = ModelFamily(reference_shapes=FIGURE_SHAPES + LARGE_SHAPES)
+#: Published Llama-3 shapes (Hugging Face config.json of each model) and the Table 4 caption's losses.
 LLAMA3_SHAPES = {
     "Llama-3.2-1B": ModelShape(layers=16, hidden_size=2048, ffn_size=8192, n_heads=32, n_kv_heads=8, head_dim=64, vocab_size=128256, tie_embeddings=True),
     "Llama-3.2-3B": ModelShape(layers=28, hidden_size=3072, ffn_size=8192, n_heads=24, n_kv_heads=8, head_dim=128, vocab_size=128256, tie_embeddings=True),
     "Llama-3.1-8B": ModelShape(layers=32, hidden_size=4096, ffn_size=14336, n_heads=32, n_kv_heads=8, head_dim=128, vocab_size=128256, tie_embeddings=False),
 }
-#: Table 4 caption: losses of Llama-3 GQA at 1B, 3B and 8B (nats per token).
 LLAMA3_LOSSES = {"Llama-3.2-1B": 2.615, "Llama-3.2-3B": 2.448, "Llama-3.1-8B": 2.362}
-#: Takeaway 2: H = (8, 1) at the paper's 1.8B shape has the same loss as Llama-3 GQA at 1B.
-TAKEAWAY2_LOSS = 2.615
-#: Appendix I head law at 1.2B (training length 1K, MHA): loss = A n_h^B + c.
-HEAD_LAW_12B = (0.301, -0.227, 2.622)
-REF_HEADS = (32, 8)
+#: The figure family's "1B Llama-3 GQA" (Figure 1, Table 4 caption): L = 16, d = 2048, H = (32, 8).
+FIGURE_LLAMA3_1B = ModelShape(layers=16, hidden_size=2048, ffn_size=5461, n_heads=32, n_kv_heads=8)
+TAKEAWAY2 = {"loss": 2.615, "memory": 0.508, "flops": 0.578, "equal_z_gain": 0.117}
+#: Appendix I head laws at 470M / 680M / 1.2B (MHA, training length 1K): loss = a n_h^b + c.
+HEAD_LAWS = {"470M": (0.579, -0.124, 2.473), "680M": (0.398, -0.177, 2.583), "1.2B": (0.301, -0.227, 2.622)}
+TARGETS = {"exact": 14, "within_one": 26, "takeaway2_points": 3.0, "rms": 0.006}
 
 
-def fit_three_points(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, float]:
-    """(a, b, E) of (a/N)^b + E passing exactly through three (N, loss) points."""
-
-    def mismatch(E):
-        b1 = math.log((loss[0] - E) / (loss[1] - E)) / math.log(n[1] / n[0])
-        b2 = math.log((loss[1] - E) / (loss[2] - E)) / math.log(n[2] / n[1])
-        return b1 - b2
-
-    grid = np.linspace(0.0, loss.min() - 1e-6, 4001)
-    values = np.array([mismatch(e) for e in grid])
-    roots = [brentq(mismatch, grid[i], grid[i + 1]) for i in range(len(grid) - 1) if np.sign(values[i]) != np.sign(values[i + 1])]
-    assert len(roots) == 1, f"expected one solution for E, found {roots}"
-    E = roots[0]
-    b = math.log((loss[0] - E) / (loss[1] - E)) / math.log(n[1] / n[0])
-    a = n[0] * (loss[0] - E) ** (1.0 / b)
-    return a, b, E
+def load_points(path: Path = FIGURE_POINTS) -> dict[str, np.ndarray]:
+    """The figure points as arrays: n_heads, n_kv_heads, params_non_embedding (parameters), loss (nats/token)."""
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    return {k: np.array([float(r[k]) for r in rows]) for k in ("n_heads", "n_kv_heads", "params_non_embedding", "loss", "layers")}
 
 
-def calibrate() -> dict:
-    """All calibration inputs and the five fitted numbers."""
-    names = list(LLAMA3_SHAPES)
-    n_llama = np.array([float(params_non_embedding(LLAMA3_SHAPES[k])) for k in names])
-    l_llama = np.array([LLAMA3_LOSSES[k] for k in names])
-    a_ref, b, E = fit_three_points(n_llama, l_llama)
+def calibrate(points: dict[str, np.ndarray] | None = None) -> dict:
+    """The joint law fitted to the figure points: its coefficients, rms and largest residual (nats/token)."""
+    from cogqa.fitting import fit_heads_joint
 
-    # Takeaway 2: a_(8,1) / a_(32,8) = N_(8,1) / N_(32,8) at equal loss = 4^p 8^q.
-    n_81 = float(params_non_embedding(paper_shape("1.8B", 8, 1)))
-    n_328 = a_ref / (TAKEAWAY2_LOSS - E) ** (1.0 / b)
-    s = math.log2(n_81 / n_328)  # = 2p + 3q
-
-    # Appendix I at 1.2B: loss(8 heads) - loss(32 heads), MHA, read at the 1.2B model's size.
-    A, B, _ = HEAD_LAW_12B
-    gap = A * (8**B - 32**B)
-    n_12 = float(params_non_embedding(paper_shape("1.2B", 32, 8)))
-    base = (a_ref / n_12) ** b
-
-    def head_mismatch(p):
-        q = (s - 2 * p) / 3
-        return base * (4 ** (p * b) - 4 ** (-q * b)) - gap
-
-    p = brentq(head_mismatch, 0.0, s / 2)
-    q = (s - 2 * p) / 3
-    return {
-        "llama3_params_non_embedding": dict(zip(names, n_llama.tolist())),
-        "llama3_losses": LLAMA3_LOSSES,
-        "takeaway2_params_non_embedding_8_1": n_81,
-        "takeaway2_params_non_embedding_32_8": n_328,
-        "head_law_gap_8_vs_32": gap,
-        "a_ref": a_ref, "b": b, "E": E, "p": p, "q": q, "two_p_plus_three_q": s,
-    }
+    p = points or load_points()
+    res = fit_heads_joint(p["params_non_embedding"], p["n_heads"], p["n_kv_heads"], p["loss"], n_ref=N_REF, grid=32)
+    resid = p["loss"] - res["_pred"]
+    out = {k: float(res[k]) for k in ("a", "b", "E", "A", "g", "B", "k")}
+    out.update({"rms": float(np.sqrt(np.mean(resid**2))), "max_abs_residual": float(np.abs(resid).max()),
+                "r2": res["r2"], "n_points": int(resid.size), "at_bound": list(res["at_bound"])})
+    return out
 
 
 def law_set(c: dict) -> LawSet:
-    """The 21 laws of the calibrated form."""
-    from cogqa.search import candidate_heads
-
-    laws = []
-    for h, kv in candidate_heads(32):
-        a = c["a_ref"] * (h / REF_HEADS[0]) ** (-c["p"]) * (kv / REF_HEADS[1]) ** (-c["q"])
-        laws.append(PowerLawN(n_heads=h, n_kv_heads=kv, a=float(f"{a:.6e}"), b=round(c["b"], 6), E=round(c["E"], 6)))
+    """The default LawSet: the joint law rounded to 7 significant digits, the family, provenance."""
+    law = HeadsJointLaw(**{k: float(f"{c[k]:.7g}") for k in ("a", "b", "E", "A", "g", "B", "k")}, n_ref=N_REF, max_heads=32)
     source = (
-        "cogqa default laws, APPROXIMATE: calibrated by scripts/calibrate_default_laws.py from numbers published in "
-        "Chen et al. (EMNLP 2025), not fitted to training runs. Form: loss = (a_H/N)^b + E, N = non-embedding "
-        "parameters, shared b and E, a_H = a_ref (n_h/32)^-p (n_kv/8)^-q. (a_ref, b, E): the H=(32,8) law through the "
-        "Llama-3 GQA losses 2.615/2.448/2.362 at the non-embedding sizes of Llama-3.2-1B/3.2-3B/3.1-8B; 2p+3q: "
-        "Takeaway 2 (H=(8,1) at the 1.8B shape reaches 2.615); p+q: Appendix I head law at 1.2B (8 vs 32 MHA heads). "
-        "Table 4 was not used (validation only). Valid for contexts >= 8K (laws at 8K, Section 5.7). "
-        "See docs/default-laws.md. Replace with your own fits: --laws FILE."
+        "cogqa default laws, APPROXIMATE: the joint law loss = (a/N)^b + E + A(n_h^-g - 32^-g) + B(n_kv^-k - 32^-k), "
+        "N = non-embedding parameters, fitted by scripts/calibrate_default_laws.py to the 42 (H, N, loss) points read "
+        "from Figures 1 and 2 of Chen et al. (EMNLP 2025) (cogqa/data/paper_fig12_loss_points.csv), not to training "
+        "runs. Shapes: the figures' family (L, 128L) below ~1B, Table 7 from 1.8B. Table 4 was not used (validation "
+        "only). Valid for contexts >= 8K (laws at 8K, Section 5.7). See docs/default-laws.md. Replace with your own "
+        "fits: --laws FILE."
     )
-    meta = {"calibration": {k: v for k, v in c.items()}, "form": "a_H = a_ref * (n_h/32)^-p * (n_kv/8)^-q; shared b, E",
-            "script": "scripts/calibrate_default_laws.py"}
-    return LawSet(laws=tuple(laws), source=source, approximate=True, metadata=meta)
+    meta = {"family": FAMILY.to_dict(), "script": "scripts/calibrate_default_laws.py",
+            "calibration": {"points": "cogqa/data/paper_fig12_loss_points.csv", "rms": c["rms"],
+                            "max_abs_residual": c["max_abs_residual"], "n_points": c["n_points"]},
+            "params_non_embedding_range": [3.3e7, 7.1e8], "context": 8192}
+    return LawSet(source=source, approximate=True, metadata=meta, joint=law)
 
 
-def validate(laws: LawSet, memory_unit: str) -> tuple[object, dict]:
-    """The default's Table 4 grid and its agreement with the paper's."""
+def validate_table4(laws: LawSet) -> tuple[object, dict]:
+    """The default's Table 4 grid (paper convention) and its agreement with the paper's."""
     from cogqa.search import PAPER_TABLE4, PAPER_TABLE4_CONTEXTS, compare_with_paper_table4, cost_optimal_table
 
-    table = cost_optimal_table(list(PAPER_TABLE4), PAPER_TABLE4_CONTEXTS, laws, memory_unit=memory_unit)
+    table = cost_optimal_table(list(PAPER_TABLE4), PAPER_TABLE4_CONTEXTS, laws, convention="paper")
     return table, compare_with_paper_table4(table)
 
 
 def takeaway2(laws: LawSet) -> dict:
-    """The default's answer to Takeaway 2 (T = 128K, L* = 2.615) against the Llama-3 baseline."""
-    from cogqa.costs import inference_flops_per_token, inference_memory_bytes
+    """Takeaway 2 at T = 128K, L* = 2.615: H = (8, 1) against Llama-3 GQA (32, 8), both sized by
+    the laws, savings in the paper convention's M and C; and the loss (8, 1) reaches at equal Z."""
     from cogqa.search import lowest_loss_within_budget, search
 
-    T, L = 131072, TAKEAWAY2_LOSS
-    out = {}
-    best = search(T, L, laws, baseline="llama3")
-    out["search_best"] = (best.best["n_heads"], best.best["n_kv_heads"], best.best["params_non_embedding"])
-    out["search_savings_vs_llama3"] = best.savings
-    forced = search(T, L, laws, heads=[(8, 1)], baseline="llama3")
-    out["h81_params_non_embedding"] = forced.best["params_non_embedding"]
-    out["h81_savings_vs_llama3"] = forced.savings
-    equal_z = lowest_loss_within_budget(T, laws, budget_z=best.baseline["z"], heads=[(8, 1)])
-    out["h81_loss_at_llama3_z"] = equal_z.best["predicted_loss"]
-    out["h81_loss_gain_at_equal_z"] = L - equal_z.best["predicted_loss"]
-    # the cost model alone on the paper's named shapes (no laws involved)
-    ours = paper_shape("1.8B", 8, 1)
-    for heads in ((32, 8), (24, 8)):
-        base = paper_shape("1.2B", *heads)
-        mem = lambda s: float(inference_memory_bytes(s, T)["total"])  # noqa: E731
-        out[f"named_shapes_1.8B(8,1)_vs_1.2B{heads}"] = {
-            "memory": 1 - mem(ours) / mem(base),
-            "flops": 1 - float(inference_flops_per_token(ours, T)) / float(inference_flops_per_token(base, T)),
-        }
+    T, L = 131072, TAKEAWAY2["loss"]
+    forced = search(T, L, laws, heads=[(8, 1)], baseline="llama3", convention="paper")
+    equal_z = lowest_loss_within_budget(T, laws, budget_z=forced.baseline["z"], heads=[(8, 1)], convention="paper")
+    best = search(T, L, laws, baseline="llama3", convention="paper")
+    return {"memory": forced.savings["z_memory"], "flops": forced.savings["z_flops"],
+            "n_8_1": forced.best["params_non_embedding"], "n_32_8": forced.baseline["params_non_embedding"],
+            "shape_8_1": (forced.best["layers"], forced.best["hidden_size"]),
+            "equal_z_loss_gain": L - equal_z.best["predicted_loss"],
+            "search_best": (best.best["n_heads"], best.best["n_kv_heads"]),
+            "search_best_savings": {"memory": best.savings["z_memory"], "flops": best.savings["z_flops"]}}
+
+
+def other_checks(laws: LawSet) -> dict:
+    """Predicted losses of the Table 4 caption's Llama-3 models and Appendix I's head-count gaps."""
+    joint = laws.joint
+    out = {"caption": {}}
+    fig_1b = float(params_non_embedding(FIGURE_LLAMA3_1B))
+    out["caption"]["figure 1B (16 x 2048, 32,8)"] = (fig_1b, float(joint.loss(fig_1b, 32, 8)), LLAMA3_LOSSES["Llama-3.2-1B"])
+    for name, shape in LLAMA3_SHAPES.items():
+        n = float(params_non_embedding(shape))
+        out["caption"][name] = (n, float(joint.loss(n, shape.n_heads, shape.n_kv_heads)), LLAMA3_LOSSES[name])
+    out["head_gap_8_vs_32"] = {}
+    for size, (a, b, _c) in HEAD_LAWS.items():
+        paper_gap = a * (8**b - 32**b)
+        ours = float(joint.floor(8, 8) - joint.floor(32, 32))  # at equal N: only the head terms differ
+        out["head_gap_8_vs_32"][size] = (paper_gap, ours)
     return out
 
 
-def unit_sensitivity(laws: LawSet) -> dict:
-    """Agreement with Table 4 when Z takes M and C in other units (values/1e9, FLOPs/1e9, ...)."""
-    from cogqa.search import PAPER_TABLE4, PAPER_TABLE4_CONTEXTS, search
+def residual_table(c: dict, points: dict[str, np.ndarray] | None = None) -> list[tuple]:
+    """(H, layers, N, loss read, loss predicted) per figure point."""
+    p = points or load_points()
+    law = law_set(c).joint
+    pred = law.loss(p["params_non_embedding"], p["n_heads"], p["n_kv_heads"])
+    return [(int(h), int(kv), int(L), n, y, float(q)) for h, kv, L, n, y, q in
+            zip(p["n_heads"], p["n_kv_heads"], p["layers"], p["params_non_embedding"], p["loss"], pred)]
 
-    results = {}
-    cands = {(L, T): search(T, L, laws).candidates for L in PAPER_TABLE4 for T in PAPER_TABLE4_CONTEXTS}
-    for m_scale, c_scale in ((1, 1), (1e9, 1e9), (1e6, 1e6), (1e9, 1e12), (1e9, 1e6)):
-        exact = one = 0
-        for L, row in PAPER_TABLE4.items():
-            for T, paper in zip(PAPER_TABLE4_CONTEXTS, row):
-                df = cands[(L, T)]
-                df = df[df.reachable]
-                values = df.inference_memory_bytes / 2  # BF16 throughout: values = bytes / 2
-                z = 0.9 * (values / m_scale) ** 0.5 + 0.1 * (df.inference_flops_per_token / c_scale) ** (1 / 3)
-                best = df.iloc[int(np.argmin(z.to_numpy()))]
-                steps = abs(math.log2(best.n_heads / paper[0])) + abs(math.log2(best.n_kv_heads / paper[1]))
-                exact += steps == 0
-                one += steps == 1
-        results[f"M/{m_scale:g} values, C/{c_scale:g} FLOPs"] = (int(exact), int(one))
-    return results
+
+def plot_figure2(path: Path) -> Path:
+    """Figure 2's three panels (M, C, Z at T = 128K vs loss) re-drawn from the cost model (lines:
+    the figure family's shapes and read losses) with the markers read from the figure overlaid."""
+    from cogqa.costs import z_cost, z_inputs
+    from cogqa.files import save_figure
+    from cogqa.plots import _pyplot
+    from cogqa.shapes import RealShape
+
+    plt = _pyplot()
+    p = load_points()
+    with open(AXIS_READOUT, newline="") as fh:
+        readout = list(csv.DictReader(fh))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.6), constrained_layout=True)
+    cmap = plt.get_cmap("tab10")
+    heads = [(8, 8), (8, 4), (8, 2), (8, 1), (4, 1), (2, 1), (1, 1)]
+    for i, (h, kv) in enumerate(heads):
+        m = (p["n_heads"] == h) & (p["n_kv_heads"] == kv)
+        L = p["layers"][m]
+        shape = RealShape(layers=L, hidden_size=128 * L, ffn_size=np.floor(8 * 128 * L / 3), n_heads=np.full_like(L, h),
+                          n_kv_heads=np.full_like(L, kv), head_dim=64, vocab_size=50304)
+        M, C = z_inputs(shape, 131072, "paper")
+        values = {"M": M, "C": C, "Z": z_cost(M, C)}
+        for ax, panel in zip(axes, ("M", "C", "Z")):
+            ax.plot(values[panel], p["loss"][m], "-o", color=cmap(i), ms=3, lw=1, label=f"cost model, H=({h},{kv})")
+            pts = [(float(r["x_value"]), float(r["loss"])) for r in readout
+                   if (int(r["n_heads"]), int(r["n_kv_heads"]), r["panel"]) == (h, kv, panel)]
+            if pts:
+                ax.scatter(*zip(*pts), marker="x", s=40, color=cmap(i), zorder=5)
+    for ax, (panel, label) in zip(axes, (("M", "M = 2 bytes x (N + 2TLd_h n_kv) (bytes)"),
+                                         ("C", "C = T x (2N + 4TLd_h n_h) (FLOPs per 128K-token sequence)"),
+                                         ("Z", "Z = 0.9 M^1/2 + 0.1 C^1/3 (paper convention)"))):
+        ax.set_xscale("log")
+        ax.set_xlabel(label, fontsize=8)
+        ax.set_ylabel("loss (nats/token)")
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{panel} at T = 128K: lines cost model, x read from Figure 2", fontsize=9)
+    axes[0].legend(fontsize=7)
+    return save_figure(fig, path)
 
 
 def plot_loss_curves(laws: LawSet, path: Path) -> Path:
-    """Loss vs N per H (PNG), with the calibration points."""
+    """Loss vs N per H (PNG) with the figure points they were fitted to."""
+    from cogqa.files import save_figure
     from cogqa.plots import _pyplot
 
     plt = _pyplot()
-    n = np.geomspace(1e8, 3e10, 200)
+    p = load_points()
+    n = np.geomspace(2e7, 3e10, 200)
     fig, ax = plt.subplots(figsize=(8, 5.5), constrained_layout=True)
-    cmap = plt.get_cmap("viridis")
-    for law in laws.laws:
-        if law.n_kv_heads in (1, law.n_heads) or law.heads == REF_HEADS:
-            colour = cmap(math.log2(law.n_heads) / 5)
-            style = "-" if law.n_kv_heads == 1 else "--"
-            ax.plot(n, law.loss(n), style, color=colour, lw=1.2, label=f"H=({law.n_heads},{law.n_kv_heads})")
-    c = laws.metadata["calibration"]
-    ax.scatter(list(c["llama3_params_non_embedding"].values()), list(c["llama3_losses"].values()), color="red", zorder=5,
-               label="Llama-3 GQA 1B/3B/8B (Table 4 caption)")
-    ax.scatter([c["takeaway2_params_non_embedding_8_1"]], [TAKEAWAY2_LOSS], marker="*", s=150, color="orange", zorder=5,
-               label="H=(8,1) at 1.8B shape (Takeaway 2)")
+    cmap = plt.get_cmap("tab10")
+    series = sorted({(int(h), int(kv)) for h, kv in zip(p["n_heads"], p["n_kv_heads"])}, key=lambda x: (-x[0], -x[1]))
+    for i, (h, kv) in enumerate(series):
+        m = (p["n_heads"] == h) & (p["n_kv_heads"] == kv)
+        ax.plot(n, laws.joint.loss(n, h, kv), "-", color=cmap(i % 10), lw=1)
+        ax.scatter(p["params_non_embedding"][m], p["loss"][m], color=cmap(i % 10), s=14, label=f"H=({h},{kv})")
     ax.set_xscale("log")
     ax.set_xlabel("non-embedding parameters N")
-    ax.set_ylabel("predicted loss (nats/token)")
-    ax.set_title("cogqa default laws (approximate): loss vs N per head configuration")
+    ax.set_ylabel("loss (nats/token)")
+    ax.set_title("default joint law (approximate) and the points read from Figures 1-2")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return save_figure(fig, path)
+
+
+def report(c: dict, laws: LawSet) -> dict:
+    """Print the calibration and every validation number; returns the headline numbers."""
+    print("joint law fitted to the 42 figure points (nats/token, N non-embedding parameters):")
+    print("  " + ", ".join(f"{k} = {c[k]:.6g}" for k in ("a", "b", "E", "A", "g", "B", "k")) + f", n_ref = {N_REF}")
+    print(f"  rms {c['rms']:.4f} nats/token (target <= {TARGETS['rms']}), largest |residual| {c['max_abs_residual']:.4f}, "
+          f"R^2 {c['r2']:.4f}; coefficients on a bound: {c['at_bound'] or 'none'}")
+    table, cmp = validate_table4(laws)
+    per = {(x["target_loss"], x["context"]): x for x in cmp["per_cell"]}
+    within = cmp["exact"] + cmp["one_step"]
+    print(f"\nTable 4 (paper convention), cell by cell: ours / paper; = exact, ~ one step, ! more")
+    from cogqa.search import PAPER_TABLE4, PAPER_TABLE4_CONTEXTS
+
+    print("  L*    " + "".join(f"{t // 1024:>5}K{'':13}" for t in PAPER_TABLE4_CONTEXTS))
+    for loss in PAPER_TABLE4:
+        cells = []
+        for T in PAPER_TABLE4_CONTEXTS:
+            x = per[(loss, T)]
+            mark = "=" if x["steps"] == 0 else "~" if x["steps"] == 1 else "!"
+            ours = tuple(x["ours"]) if x["ours"] else None
+            cells.append(f"{mark} {str(ours):>8} / {str(tuple(x['paper'])):<8}")
+        print(f"  {loss:<5} " + " ".join(cells))
+    print(f"  exact {cmp['exact']}/40 (target >= {TARGETS['exact']}), within one step {within}/40 (target >= {TARGETS['within_one']})")
+    t2 = takeaway2(laws)
+    print(f"\nTakeaway 2 (T = 128K, L* = 2.615, paper convention M and C): H=(8,1) at N = {t2['n_8_1'] / 1e9:.3f}B "
+          f"({t2['shape_8_1'][0]} x {t2['shape_8_1'][1]}) vs H=(32,8) at {t2['n_32_8'] / 1e9:.3f}B: memory {-100 * t2['memory']:+.1f}% "
+          f"(paper -50.8%), FLOPs {-100 * t2['flops']:+.1f}% (paper -57.8%)")
+    print(f"  equal-Z loss gain of H=(8,1): {t2['equal_z_loss_gain']:.3f} nats/token (paper 0.117); "
+          f"the search's own winner at 2.615: H={t2['search_best']} (memory {-100 * t2['search_best_savings']['memory']:+.1f}%, "
+          f"FLOPs {-100 * t2['search_best_savings']['flops']:+.1f}%)")
+    oc = other_checks(laws)
+    print("\nTable 4 caption losses (not fitted): predicted vs published (nats/token)")
+    for name, (n, pred, paper) in oc["caption"].items():
+        print(f"  {name:<28} N = {n / 1e9:.3f}B non-embedding: {pred:.3f} vs {paper:.3f}")
+    print("Appendix I (MHA, training length 1K, not fitted): loss gap 8 vs 32 heads at equal N, paper head law vs ours")
+    for size, (paper_gap, ours) in oc["head_gap_8_vs_32"].items():
+        print(f"  {size:<5} {paper_gap:.4f} vs {ours:.4f}")
+    return {"exact": cmp["exact"], "within_one": within, "takeaway2_memory": t2["memory"], "takeaway2_flops": t2["flops"],
+            "equal_z_gain": t2["equal_z_loss_gain"], "rms": c["rms"], "table": table}
 
 
 def main(argv=None) -> int:
@@ -221,28 +257,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     c = calibrate()
     laws = law_set(c)
-    print("calibration:")
-    for k, v in c.items():
-        print(f"  {k}: {v}")
-    for unit in ("bytes", "values"):
-        table, cmp = validate(laws, unit)
-        print(f"\nTable 4 with M in {unit}: exact {cmp['exact']}/40, one step off {cmp['one_step']}/40")
-        print(table.to_string())
-    print("\nTakeaway 2 (T = 128K, L* = 2.615):")
-    for k, v in takeaway2(laws).items():
-        print(f"  {k}: {v}")
-    print("\nTable 4 agreement (exact, one step) by units of Z:")
-    for k, v in unit_sensitivity(laws).items():
-        print(f"  {k}: {v}")
+    numbers = report(c, laws)
     if not args.check:
         from cogqa.search import plot_cost_optimal_table
 
-        out = laws.save(ROOT / "cogqa" / "data" / "default_laws.json")
-        print(f"\nwrote {out}")
-        table, _ = validate(laws, "values")
+        print(f"\nwrote {laws.save(ROOT / 'cogqa' / 'data' / 'default_laws.json')}")
         figs = ROOT / "docs" / "figures"
-        print("wrote", plot_cost_optimal_table(table, figs / "default_table4.png", "default laws (approximate): cost-optimal (n_h, n_kv), Z with M in values"))
+        print("wrote", plot_cost_optimal_table(numbers["table"], figs / "default_table4.png",
+                                               "default laws (approximate): cost-optimal (n_h, n_kv), paper convention"))
         print("wrote", plot_loss_curves(laws, figs / "default_loss_curves.png"))
+        print("wrote", plot_figure2(figs / "paper_fig2_redrawn.png"))
     return 0
 
 

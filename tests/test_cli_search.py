@@ -77,11 +77,12 @@ def test_table_formats_and_files(tmp_path, capsys):
     csv = (tmp_path / "t.csv").read_text().splitlines()
     assert csv[0] == "target_loss,8192,16384,32768,65536,131072" and len(csv) == 9
     assert not list(tmp_path.glob("*.tmp*"))
-    status, out, _ = run(["table", "--format", "csv", "--losses", "3.0,2.0", "--contexts", "8k"], capsys)
-    assert out.splitlines()[:3] == ["target_loss,8192", '3,"(32, 1)"', "2,"]
+    status, out, _ = run(["table", "--format", "csv", "--losses", "3.0,1.9", "--contexts", "8k"], capsys)
+    assert out.splitlines()[:3] == ["target_loss,8192", '3,"(32, 1)"', "1.9,"]
     status, out, _ = run(["table", "--json"], capsys)
     d = json.loads(out)
     assert d["paper_table4_agreement"]["cells"] == 40 and d["approximate"] is True
+    assert d["z_convention"]["name"] == "paper"
     assert len(d["cells"]) == 40
 
 
@@ -143,7 +144,7 @@ HOSTILE = [
     (S + ["--target-loss", "2.6", "--baseline", "{d}/missing/config.json"], "--baseline"),
     (S + ["--target-loss", "2.6", "--batch", "0"], "--batch"),
     (S + ["--target-loss", "2.6", "--heads", "8"], "--heads"),
-    (S + ["--target-loss", "2.6", "--heads", "64,8"], "--heads"),
+    (S + ["--target-loss", "2.6", "--heads", "64,3"], "divide"),
     (S + ["--target-loss", "2.6", "--memory-unit", "GB"], "--memory-unit"),
     (S + ["--budget-z", "0"], "--budget-z"),
     (S + ["--budget-memory=-1GiB"], "--budget-memory"),

@@ -32,17 +32,19 @@ def test_reduced_demo_end_to_end(tmp_path):
     df = pd.read_csv(out / "results.csv")
     assert len(df) == 8 and df["id"].is_unique and (df["steps"] == 6).all() and (df["tokens"] == 32 * 16 * 6).all()
     laws = json.loads((out / "laws.json").read_text())
-    assert {(x["n_heads"], x["n_kv_heads"]) for x in laws["laws"]} == {(2, 1), (2, 2)}
+    assert laws["form"] == "heads_joint" and laws["laws"][0]["heads"] == [[2, 1], [2, 2]]
     assert "cogqa demo" in laws["source"] and laws["metadata"]["tokenizer"] == "bytes"
     report = (out / "report" / "report.md").read_text()
     for png in ("loss_vs_n.png", "loss_vs_cost.png", "cost_optimal_table.png", "breakdown.png"):
         assert (out / "report" / png).stat().st_size > 1000 and png in report
     numbers = json.loads((out / "report" / "numbers.json").read_text())
-    assert numbers["context"] == 32768 and (numbers["best"]["n_heads"], numbers["best"]["n_kv_heads"]) in {(2, 1), (2, 2)}
-    # the recommended size reaches the target loss under its own law
-    law = next(x for x in laws["laws"] if (x["n_heads"], x["n_kv_heads"]) == (numbers["best"]["n_heads"], numbers["best"]["n_kv_heads"]))
+    assert numbers["context"] == 32768
+    # the recommended size reaches the target loss under the joint law
+    from cogqa.laws import load_laws
+
+    joint = load_laws(out / "laws.json").joint
     n = numbers["best"]["params_non_embedding"]
-    assert (law["a"] / n) ** law["b"] + law["E"] == pytest.approx(numbers["target_loss"], rel=1e-6)
+    assert float(joint.loss(n, numbers["best"]["n_heads"], numbers["best"]["n_kv_heads"])) == pytest.approx(numbers["target_loss"], rel=1e-6)
     # idempotent: a second call trains nothing and gives the same table
     again = run_demo(out, spec=spec, progress=False, context=32768)
     assert again["runs"] == 8 and pd.read_csv(out / "results.csv").equals(df)

@@ -35,9 +35,21 @@ def add_cost_options(parser: argparse.ArgumentParser, multi_context: bool = True
     parser.add_argument("--context-dist", metavar="SPEC", help="a distribution of context lengths instead of --context: "
                         "1k:5,8k:3,128k:2 (length:count) or a file of 'length,count' lines; costs are taken at E[T] "
                         "(they are affine in T)")
-    parser.add_argument("--memory-unit", default="values", choices=("values", "bytes"),
-                        help="M in Z: stored values (the paper's Eq. 4, default) or bytes at the dtypes")
+    parser.add_argument("--convention", default=None, choices=("paper", "eq4-per-token", "bytes-per-token"),
+                        help="what M and C mean in Z: paper (default; Figure 2: M in bytes of N + KV cache, C = FLOPs "
+                        "of a whole T-token sequence), eq4-per-token (M in values, C per token) or bytes-per-token")
+    parser.add_argument("--memory-unit", default=None, choices=("values", "bytes"),
+                        help="old spelling: values = --convention eq4-per-token, bytes = --convention bytes-per-token")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+
+
+def convention_from_args(args: argparse.Namespace) -> str:
+    """The Z convention named by --convention (or the old --memory-unit); default ``paper``."""
+    from ..costs import DEFAULT_CONVENTION, MEMORY_UNIT_CONVENTIONS
+
+    conv, unit = getattr(args, "convention", None), getattr(args, "memory_unit", None)
+    require(conv is None or unit is None, "give --convention or the old --memory-unit, not both")
+    return conv or (MEMORY_UNIT_CONVENTIONS[unit] if unit else DEFAULT_CONVENTION)
 
 
 def shape_from_args(args: argparse.Namespace):
@@ -111,7 +123,7 @@ def run_cost(args: argparse.Namespace) -> int:
     contexts = _check_cost_options(args)
     shape = shape_from_args(args)
     weights = _weights(args)
-    rows = [cost_summary(shape, T, args.batch, args.weight_dtype, args.kv_dtype, weights, args.memory_unit) for T in contexts]
+    rows = [cost_summary(shape, T, args.batch, args.weight_dtype, args.kv_dtype, weights, convention_from_args(args)) for T in contexts]
     if args.train_tokens is not None:
         from ..costs import paper_training_flops, training_flops, training_memory_bytes
         from ..units import parse_context, parse_count
@@ -163,7 +175,8 @@ def run_cost(args: argparse.Namespace) -> int:
         print(f"paper's split (Eqs. 3-4): C = 2N + 4TLd_h n_h = {fmt_flops(r['paper_inference_flops'])} per token; "
               f"M = N + 2TLd_h n_kv = {r['paper_inference_memory_values']:.4g} values")
         print(f"hardware-aware cost Z = {weights.lam:g}*M^{weights.alpha:.3g} + {1 - weights.lam:g}*C^{weights.beta:.3g} "
-              f"(M in {r['z_memory_unit']}, C in FLOPs/token) = {r['z']:.6g}")
+              f"= {r['z']:.6g}, convention {r['z_convention']['name']} (M in {r['z_convention']['memory_unit']}, "
+              f"C in {r['z_convention']['flops_unit']})")
         if "training_flops" in r:
             print()
             print(f"training on {r['training_tokens']:,} tokens at T_train = {fmt_tokens(r['training_context'])} "
@@ -171,6 +184,8 @@ def run_cost(args: argparse.Namespace) -> int:
                   f"(paper's Eq. 11: {fmt_flops(r['paper_training_flops'])}); "
                   f"memory 4N + TdL = {fmt_bytes(r['training_memory_bytes'])} (fp32 states, bf16 activations, batch 1)")
         return 0
+    print(f"Z convention {rows[0]['z_convention']['name']}: M in {rows[0]['z_convention']['memory_unit']}, "
+          f"C in {rows[0]['z_convention']['flops_unit']}")
     print(f"{'context':>14}{'FLOPs/token':>16}{'time-var.':>10}{'KV cache':>14}{'memory':>14}{'KV share':>10}{'Z':>12}")
     for r in rows:
         tv = 100 * r["inference_flops_time_variant"] / r["inference_flops_per_token"]
@@ -183,8 +198,9 @@ def run_cost(args: argparse.Namespace) -> int:
 
 
 def compare_rows(specs: list[str], contexts: list[int], batch: int = 1, weight_dtype: str = "bf16",
-                 kv_dtype: str = "bf16", z_weights=None, memory_unit: str = "values") -> list[dict]:
-    """Cost summaries of several shape specs at each context length, with % differences from the first."""
+                 kv_dtype: str = "bf16", z_weights=None, convention: str = "paper") -> list[dict]:
+    """Cost summaries of several shape specs at each context length, with % differences from the first;
+    ``z`` under the Z ``convention`` (named in each row's ``z_convention``)."""
     from ..costs import ZWeights, cost_summary
     from ..shapes import shape_from_spec
 
@@ -194,7 +210,7 @@ def compare_rows(specs: list[str], contexts: list[int], batch: int = 1, weight_d
     for T in contexts:
         base = None
         for spec, shape in zip(specs, shapes):
-            r = cost_summary(shape, T, batch, weight_dtype, kv_dtype, z_weights, memory_unit)
+            r = cost_summary(shape, T, batch, weight_dtype, kv_dtype, z_weights, convention)
             row = {
                 "config": spec,
                 "context": r["context"],
@@ -204,6 +220,7 @@ def compare_rows(specs: list[str], contexts: list[int], batch: int = 1, weight_d
                 "inference_memory_bytes": r["inference_memory_bytes"],
                 "kv_cache_bytes_per_token": r["kv_cache_bytes_per_token"],
                 "z": r["z"],
+                "z_convention": r["z_convention"]["name"],
             }
             if base is None:
                 base = row
@@ -219,13 +236,14 @@ def run_compare(args: argparse.Namespace) -> int:
 
     require(len(args.configs) >= 2, "compare needs at least two configurations")
     contexts = _check_cost_options(args)
-    rows = compare_rows(args.configs, contexts, args.batch, args.weight_dtype, args.kv_dtype, _weights(args), args.memory_unit)
+    rows = compare_rows(args.configs, contexts, args.batch, args.weight_dtype, args.kv_dtype, _weights(args), convention_from_args(args))
     if args.json:
         print_json(rows)
         return 0
     width = max(len(r["config"]) for r in rows) + 2
     for T in contexts:
-        print(f"T = {fmt_tokens(T)}; weights {args.weight_dtype}, KV cache {args.kv_dtype}, batch {args.batch}; % vs the first")
+        print(f"T = {fmt_tokens(T)}; weights {args.weight_dtype}, KV cache {args.kv_dtype}, batch {args.batch}; "
+              f"Z convention {rows[0]['z_convention']}; % vs the first")
         print(f"{'config':<{width}}{'params':>14}{'FLOPs/token':>16}{'vs 1st':>9}{'memory':>13}{'vs 1st':>9}{'Z':>11}{'vs 1st':>9}")
         for r in (r for r in rows if r["context"] == T):
             print(

@@ -8,7 +8,8 @@ import sys
 from ..errors import CogqaError, require
 from . import print_json
 
-FORM_HELP = "n: L = (a/N)^b + E per (n_heads, n_kv_heads) [paper Eq. 7]; chinchilla: L = E + A/N^alpha + B/D^beta; heads: L = a n_h^b + c per size"
+FORM_HELP = "n: L = (a/N)^b + E per (n_heads, n_kv_heads) [paper Eq. 7]; heads-joint: one law across head configurations, " \
+    "L = (a/N)^b + E + A(n_h^-g - n_ref^-g) + B(n_kv^-k - n_ref^-k); chinchilla: L = E + A/N^alpha + B/D^beta; heads: L = a n_h^b + c per size"
 
 
 def register(subparsers) -> None:
@@ -92,6 +93,9 @@ def _header(form: str) -> list[tuple[str, str]]:
     """(key, printed header) of the coefficient columns; headers carry the units."""
     if form == "n":
         return [("a", "a (params)"), ("b", "b (exponent)"), ("E", "E (nats/tok)")]
+    if form == "heads-joint":
+        return [("a", "a (params)"), ("b", "b (exponent)"), ("E", "E at n_ref (nats/tok)"), ("A", "A (nats/tok)"), ("g", "g (exp.)"),
+                ("B", "B (nats/tok)"), ("k", "k (exp.)")]
     if form == "chinchilla":
         return [("E", "E (nats/tok)"), ("A", "A (nats/tok*N^alpha)"), ("alpha", "alpha (exp.)"), ("B", "B (nats/tok*D^beta)"), ("beta", "beta (exp.)")]
     return [("a", "a (nats/tok)"), ("b", "b (exponent)"), ("c", "c (nats/tok)")]

@@ -66,9 +66,14 @@ def _options(args) -> dict:
     if args.max_heads is not None:
         max_heads = _int(args.max_heads, "--max-heads")
         require(max_heads >= 1 and max_heads & (max_heads - 1) == 0, f"--max-heads must be a power of two >= 1 (1, 2, 4, ..., 32), got {max_heads}")
-    require(args.memory_unit in ("values", "bytes"), f"--memory-unit must be values or bytes, got {args.memory_unit!r}")
+    from ..costs import DEFAULT_CONVENTION, MEMORY_UNIT_CONVENTIONS, z_convention
+
+    if args.memory_unit is not None:
+        require(args.memory_unit in MEMORY_UNIT_CONVENTIONS, f"--memory-unit must be values or bytes, got {args.memory_unit!r}")
+        require(args.convention is None, "give --convention or the old --memory-unit, not both")
+    convention = z_convention(args.convention or MEMORY_UNIT_CONVENTIONS.get(args.memory_unit, DEFAULT_CONVENTION))
     return {"weights": ZWeights(lam=lam, alpha=alpha, beta=beta), "weight_dtype": args.weight_dtype, "kv_dtype": args.kv_dtype,
-            "batch": batch, "max_heads": max_heads, "memory_unit": args.memory_unit}
+            "batch": batch, "max_heads": max_heads, "convention": convention}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -80,7 +85,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-dtype", default="bf16", help="dtype of the KV cache (default bf16)")
     p.add_argument("--batch", default="1", help="concurrent sequences sharing the weights (default 1)")
     p.add_argument("--max-heads", default=None, help="largest n_heads to consider, a power of two (default: all in the laws file)")
-    p.add_argument("--memory-unit", default="values", help="M in Z: values (the paper's Eq. 4, default) or bytes (at the dtypes)")
+    p.add_argument("--convention", default=None, help="what M and C mean in Z: paper (default; the paper's Figure 2: M = 2 bytes "
+                   "x (N + 2TLd_h n_kv), C = T x (2N + 4TLd_h n_h)), eq4-per-token (M in values, C per token) or bytes-per-token")
+    p.add_argument("--memory-unit", default=None, help="old spelling: values = --convention eq4-per-token, bytes = bytes-per-token")
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -105,6 +112,8 @@ def run_search(args: argparse.Namespace) -> int:
         budgets["budget_memory"] = parse_bytes(args.budget_memory, "--budget-memory")
     if args.budget_flops is not None:
         budgets["budget_flops"] = parse_count(args.budget_flops, "--budget-flops")
+    if args.train_flops is not None:
+        return _run_training_budget(args, T, opts)
     if budgets:
         require(args.target_loss is None, "give either --target-loss or a budget (--budget-z/--budget-memory/--budget-flops), not both")
         require(args.baseline is None, "--baseline compares at a target loss; it cannot be combined with a budget")
@@ -118,6 +127,44 @@ def run_search(args: argparse.Namespace) -> int:
         print_json(result.to_dict())
         return 0
     _print_result(result, args.laws)
+    return 0
+
+
+def _run_training_budget(args, T: int, opts: dict) -> int:
+    """Section 5.6: the search at equal training FLOPs, with laws in N and D."""
+    import json
+    from pathlib import Path
+
+    from ..laws import laws_from_dict
+    from ..search import search_at_training_budget
+    from ..units import fmt_params, parse_count, parse_float
+
+    require(args.target_loss is not None, "--train-flops needs --target-loss (nats per token)")
+    loss = parse_float(args.target_loss, "--target-loss")
+    flops = parse_count(args.train_flops, "--train-flops")
+    path = Path(args.laws)
+    require(path.is_file(), f"--laws: {args.laws}: --train-flops needs a laws file in N and D (cogqa fit --form chinchilla)")
+    try:
+        laws = laws_from_dict(json.loads(path.read_text()), str(path))
+    except json.JSONDecodeError as exc:
+        raise CogqaError(f"--laws: {path}: not valid JSON ({exc.msg})") from None
+    from ..laws import HeadsJointLaw
+
+    laws = laws[0] if len(laws) == 1 and isinstance(laws[0], HeadsJointLaw) else laws
+    r = search_at_training_budget(T, loss, flops, laws, train_context=int(parse_count(args.train_context, "--train-context")),
+                                  weights=opts["weights"], convention=opts["convention"], heads=_parse_heads(args.heads))
+    if args.json:
+        print_json(r)
+        return 0
+    print(f"cost-optimal GQA at equal training compute {flops:.3g} FLOPs (Eq. 11), T = {T:,} tokens, target loss {loss:g} nats/token")
+    print(f"Z convention {opts['convention'].describe()}")
+    for i, row in enumerate(r["candidates"]):
+        heads = f"({row['n_heads']}, {row['n_kv_heads']})"
+        if not row["reachable"]:
+            print(f"  {heads:<10} cannot reach L* within the budget")
+            continue
+        print(f"{'* ' if i == 0 else '  '}{heads:<10} N* {fmt_params(row['params_non_embedding']):>14}  "
+              f"D {row['tokens']:.3g} tokens  Z {row['z']:.5g}")
     return 0
 
 
@@ -138,7 +185,7 @@ def _print_result(r, laws_arg: str = "default") -> None:
     what = f"target loss {r.target_loss:g} nats/token" if r.target_loss is not None else \
         "budget " + ", ".join(_budget_label(k, v) for k, v in r.budget.items())
     print(f"cost-optimal GQA at T = {fmt_tokens(r.context)}, {what}")
-    print(f"Z = {w.lam:g}*M^{w.alpha:.3g} + {1 - w.lam:g}*C^{w.beta:.3g} (M in {r.memory_unit}, C in FLOPs/token); "
+    print(f"Z = {w.lam:g}*M^{w.alpha:.3g} + {1 - w.lam:g}*C^{w.beta:.3g}, convention {r.convention.describe()}; "
           f"weights {r.weight_dtype}, KV cache {r.kv_dtype}, batch {r.batch}")
     loss_col = r.target_loss is None
     header = f"{'':2}{'H=(n_h,n_kv)':<14}{'N* (params)':>16}{'L x d':>16}{'FLOPs/token':>16}{'memory':>13}{'KV cache':>13}{'Z':>11}"
@@ -164,7 +211,9 @@ def _print_result(r, laws_arg: str = "default") -> None:
         print(f"baseline {base['spec']}: H=({base['n_heads']}, {base['n_kv_heads']}), {fmt_params(base['params_non_embedding'])} "
               f"non-embedding ({sized}; predicted loss {loss}): {fmt_flops(base['inference_flops_per_token'])}/token, "
               f"{fmt_bytes(base['inference_memory_bytes'])}, Z {base['z']:.5g}")
-        print(f"best vs baseline: memory {-100 * s['memory']:+.1f}%, FLOPs/token {-100 * s['flops']:+.1f}%, Z {-100 * s['z']:+.1f}%")
+        print(f"best vs baseline: memory {-100 * s['memory']:+.1f}%, FLOPs/token {-100 * s['flops']:+.1f}%, Z {-100 * s['z']:+.1f}%"
+              + (f" (M and C of the {r.convention.name} convention: {-100 * s['z_memory']:+.1f}%, {-100 * s['z_flops']:+.1f}%)"
+                 if "z_memory" in s else ""))
     for warning in r.warnings:
         print(f"warning: {warning}")
     if r.approximate:
@@ -206,6 +255,7 @@ def run_table(args: argparse.Namespace) -> int:
         plot_cost_optimal_table(table, args.plot)
     if args.json:
         out = {"losses": losses, "contexts": contexts, "approximate": table.attrs["approximate"],
+               "z_convention": opts["convention"].to_dict(),
                "laws_source": table.attrs["laws_source"],
                "table": {f"{l:g}": {str(t): table.loc[l, t] for t in contexts} for l in losses},
                "cells": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in long.to_dict(orient="records")],
@@ -217,6 +267,8 @@ def run_table(args: argparse.Namespace) -> int:
     if args.format == "csv":
         print(_csv(table), end="")
     else:
+        print(f"cost-optimal (n_h, n_kv); Z convention {opts['convention'].describe()}")
+        print()
         print("| L* (nats/token) | " + " | ".join(f"T = {fmt_tokens(t)}" for t in contexts) + " |")
         print("|---|" + "---|" * len(contexts))
         for l in losses:
@@ -264,6 +316,9 @@ def register(sub) -> None:
     p.add_argument("--budget-z", help="inverse question: lowest loss with Z at most this")
     p.add_argument("--budget-memory", help="inverse question: lowest loss within this inference memory (16GiB, 24GB, bytes)")
     p.add_argument("--budget-flops", help="inverse question: lowest loss within this many FLOPs per token (50G, 2e10)")
+    p.add_argument("--train-flops", help="Section 5.6: every H gets this training compute (FLOPs, Eq. 11), the cheaper ones more "
+                   "tokens; needs --laws with loss in N and D (cogqa fit --form chinchilla)")
+    p.add_argument("--train-context", default="8192", help="training context for --train-flops (tokens, default 8192)")
     _add_common(p)
     p.set_defaults(func=run_search)
 

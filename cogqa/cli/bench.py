@@ -11,7 +11,7 @@ def mean_decode_context(context: int, decode_tokens: int) -> float:
     return context - decode_tokens + (decode_tokens + 1) / 2
 
 
-def cmd_throughput(args) -> int:
+def cmd_bench_throughput(args) -> int:
     """Build each shape on the device, time training and decode, and print them beside the prediction."""
     import torch
 
@@ -86,4 +86,4 @@ def register(sub) -> None:
     p.add_argument("--no-train", action="store_true", help="skip the training measurement")
     p.add_argument("--json", action="store_true", help="print JSON (per shape decode_tokens_per_s beside "
                    "predicted_decode_tokens_per_s)")
-    p.set_defaults(func=cmd_throughput)
+    p.set_defaults(func=cmd_bench_throughput)

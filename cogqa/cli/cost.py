@@ -115,7 +115,7 @@ def _describe(shape) -> str:
     )
 
 
-def run_cost(args: argparse.Namespace) -> int:
+def cmd_cost(args: argparse.Namespace) -> int:
     """Print the cost model of one shape at one or several context lengths."""
     from ..costs import cost_summary
     from ..units import fmt_bytes, fmt_flops, fmt_params, fmt_tokens
@@ -230,7 +230,7 @@ def compare_rows(specs: list[str], contexts: list[int], batch: int = 1, weight_d
     return out
 
 
-def run_compare(args: argparse.Namespace) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:
     """Print several configurations side by side at the given context length(s)."""
     from ..units import fmt_bytes, fmt_flops, fmt_params, fmt_tokens
 
@@ -267,7 +267,7 @@ def register(sub) -> None:
     add_cost_options(p)
     p.add_argument("--train-tokens", metavar="D", help="also print training FLOPs and memory for D tokens (e.g. 20B)")
     p.add_argument("--train-context", default="8k", help="training context length for --train-tokens (default 8k)")
-    p.set_defaults(func=run_cost)
+    p.set_defaults(func=cmd_cost)
 
     c = sub.add_parser(
         "compare",
@@ -277,7 +277,7 @@ def register(sub) -> None:
     )
     c.add_argument("configs", nargs="+", metavar="CONFIG")
     add_cost_options(c)
-    c.set_defaults(func=run_compare)
+    c.set_defaults(func=cmd_compare)
 
 
 __all__ = ["register", "shape_from_args", "add_shape_arguments", "add_cost_options", "compare_rows"]

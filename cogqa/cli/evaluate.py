@@ -28,7 +28,7 @@ def _check_context(name, T, context, what="--contexts") -> None:
             f"context); pass --max-seq-len {T} to evaluate beyond it")
 
 
-def cmd_loss(args) -> int:
+def cmd_eval_loss(args) -> int:
     import numpy as np
 
     from ..data import TokenChunks
@@ -126,7 +126,7 @@ def _scored_models(args, need: int):
         yield p.name, model, tok, context
 
 
-def cmd_niah(args) -> int:
+def cmd_eval_niah(args) -> int:
     from ..niah import TASKS, check_depths, check_tasks, essay_words, heatmap, mean_rows, run_niah
     depths = check_depths(float(d) for d in args.depths.split(","))
     contexts = parse_contexts(args.contexts)
@@ -181,7 +181,7 @@ def harness_command(export_dir, tasks, batch_size="auto", device="cpu", dtype=No
             "--batch_size", str(batch_size), "--device", device]
 
 
-def cmd_harness(args) -> int:
+def cmd_eval_harness(args) -> int:
     import importlib.util
     if importlib.util.find_spec("lm_eval") is None:
         raise CogqaError("lm-evaluation-harness is not installed; run: pip install lm-eval")
@@ -263,7 +263,7 @@ def register(sub) -> None:
                    help="positions whose logits are held at once (default 1024; memory O(block x vocab))")
     _device_args(p)
     p.add_argument("--out", default=None, help="directory for loss.csv, loss.json, loss_by_position.png")
-    p.set_defaults(func=cmd_loss)
+    p.set_defaults(func=cmd_eval_loss)
     average_help = "score one model with the mean weights of the last K checkpoints instead (not the paper's method)"
     last_k_help = ("score each of the last K checkpoints of a training run and report the mean and each "
                    "(default 4, the paper's Appendix J.2; a checkpoint or HF directory is one model)")
@@ -283,7 +283,7 @@ def register(sub) -> None:
                    help=average_help)
     _device_args(p)
     p.add_argument("--out", default=None, help="directory for niah.json and niah_heatmap.png")
-    p.set_defaults(func=cmd_niah)
+    p.set_defaults(func=cmd_eval_niah)
     p = es.add_parser("harness", help="the paper's common-sense tasks through lm-eval, last-k checkpoints")
     p.add_argument("checkpoint_dir", help="a training run, a cogqa checkpoint or a local Hugging Face model directory")
     p.add_argument("--last-k", type=int, default=None, help=last_k_help)
@@ -299,4 +299,4 @@ def register(sub) -> None:
     p.add_argument("--dtype", default="auto", help=f"weights dtype: {DTYPE_HELP}; default auto")
     p.add_argument("--out", default=None, help="JSON file for the scores (mean and per checkpoint)")
     p.add_argument("--dry-run", action="store_true", help="export and print the lm_eval command without running it")
-    p.set_defaults(func=cmd_harness)
+    p.set_defaults(func=cmd_eval_harness)

@@ -38,7 +38,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", metavar="FILE.json", help="write the laws file here (atomically)")
     p.add_argument("--source", help="text for the laws file's 'source' field (default: the command line)")
     p.add_argument("--json", action="store_true", help="print the laws file (JSON) instead of the table")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_fit)
 
 
 def _whole(text: str, name: str, low: int, high: int) -> int:
@@ -58,7 +58,7 @@ def _parse_grid(text: str | None):
     return _whole(text, "--grid", 1, 100000)
 
 
-def run(args: argparse.Namespace) -> int:
+def cmd_fit(args: argparse.Namespace) -> int:
     """Read, fit, print (table or JSON) and optionally write the laws file."""
     from ..fitting import FORMS, fit_results, read_results, write_laws
     from ..units import parse_context

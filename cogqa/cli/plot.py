@@ -7,7 +7,7 @@ import argparse
 from .cost import add_shape_arguments, shape_from_args
 
 
-def run_breakdown(args: argparse.Namespace) -> int:
+def cmd_plot_breakdown(args: argparse.Namespace) -> int:
     """Write the breakdown PNG and print its path."""
     from ..costs import dtype_bytes
     from ..plots import plot_breakdown
@@ -35,4 +35,4 @@ def register(sub) -> None:
     b.add_argument("--weight-dtype", default="bf16", help="weights dtype (default bf16)")
     b.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
     b.add_argument("--out", default="breakdown.png", help="output PNG path (default breakdown.png)")
-    b.set_defaults(func=run_breakdown)
+    b.set_defaults(func=cmd_plot_breakdown)

@@ -14,10 +14,10 @@ def register(subparsers) -> None:
     p.add_argument("--laws", help="use this laws file instead of fitting the sweep's results")
     p.add_argument("--baseline", help="baseline for savings, as cogqa search takes it: llama3, a config.json, or a size with heads like 1.2B:32,8 (default llama3)")
     p.add_argument("--out", help="output directory (default SWEEP_DIR/report or ./report)")
-    p.set_defaults(func=run_report)
+    p.set_defaults(func=cmd_report)
 
 
-def run_report(args: argparse.Namespace) -> int:
+def cmd_report(args: argparse.Namespace) -> int:
     """Handler of ``cogqa report``."""
     from pathlib import Path
 

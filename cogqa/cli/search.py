@@ -96,7 +96,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_search(args: argparse.Namespace) -> int:
+def cmd_search(args: argparse.Namespace) -> int:
     """Rank the head configurations for one context and target loss (or budget) and print them."""
     from ..search import lowest_loss_within_budget, search
     from ..units import parse_context, parse_count, parse_float
@@ -237,7 +237,7 @@ def _parse_losses(text: str) -> list[float]:
     return losses
 
 
-def run_table(args: argparse.Namespace) -> int:
+def cmd_table(args: argparse.Namespace) -> int:
     """Print the grid of cost-optimal (n_h, n_kv) for each target loss and context."""
     from ..search import PAPER_TABLE4, PAPER_TABLE4_CONTEXTS, compare_with_paper_table4, cost_optimal_table, plot_cost_optimal_table
     from ..units import fmt_tokens, parse_contexts
@@ -320,7 +320,7 @@ def register(sub) -> None:
                    "tokens; needs --laws with loss in N and D (cogqa fit --form chinchilla)")
     p.add_argument("--train-context", default="8192", help="training context for --train-flops (tokens, default 8192)")
     _add_common(p)
-    p.set_defaults(func=run_search)
+    p.set_defaults(func=cmd_search)
 
     t = sub.add_parser(
         "table",
@@ -333,7 +333,7 @@ def register(sub) -> None:
     t.add_argument("--out-csv", help="also write the grid as CSV to this file")
     t.add_argument("--plot", help="also write a heatmap PNG to this file")
     _add_common(t)
-    t.set_defaults(func=run_table)
+    t.set_defaults(func=cmd_table)
 
 
-__all__ = ["register", "run_search", "run_table"]
+__all__ = ["register", "cmd_search", "cmd_table"]

@@ -75,7 +75,7 @@ def _parse_batch(text: str):
     return int(text)
 
 
-def run_serving(args) -> int:
+def cmd_serving(args) -> int:
     """Print the roofline serving prediction of one shape on one accelerator."""
     from ..costs import dtype_bytes
     from ..serving import PHASES, serving_summary
@@ -128,7 +128,7 @@ def run_serving(args) -> int:
     return 0
 
 
-def run_hardware_list(args) -> int:
+def cmd_hardware_list(args) -> int:
     """Print the built-in profiles."""
     from ..hardware import builtin_profiles
     from ..units import fmt_bytes
@@ -170,7 +170,7 @@ def _print_profile(hw, json_out: bool) -> None:
             print(f"  default {key}: {text}")
 
 
-def run_hardware_show(args) -> int:
+def cmd_hardware_show(args) -> int:
     """Print one profile with its sources."""
     from ..hardware import get_hardware
 
@@ -178,7 +178,7 @@ def run_hardware_show(args) -> int:
     return 0
 
 
-def run_hardware_measure(args) -> int:
+def cmd_hardware_measure(args) -> int:
     """Measure this machine again and update the cached ``local`` profile."""
     from ..hardware import local_cache_path, local_profile
 
@@ -206,20 +206,20 @@ def register(sub) -> None:
     p.add_argument("--weight-dtype", default="bf16", help="fp32, bf16, fp16, fp8, int8, int4 (default bf16)")
     p.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    p.set_defaults(func=run_serving)
+    p.set_defaults(func=cmd_serving)
 
     h = sub.add_parser("hardware", help="accelerator profiles: list, show, measure this machine")
     hs = h.add_subparsers(dest="hardware_command", metavar="HARDWARE")
     hs.required = True
     q = hs.add_parser("list", help="the built-in datasheet profiles")
     q.add_argument("--json", action="store_true")
-    q.set_defaults(func=run_hardware_list)
+    q.set_defaults(func=cmd_hardware_list)
     q = hs.add_parser("show", help="one profile with the source of every number")
     q.add_argument("profile", metavar="NAME|FILE|local")
     q.add_argument("--json", action="store_true")
-    q.set_defaults(func=run_hardware_show)
+    q.set_defaults(func=cmd_hardware_show)
     q = hs.add_parser("measure", help="measure this machine (matmul FLOP/s, copy bandwidth) and cache it as 'local'")
     q.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     q.add_argument("--dtype", default=None, help="matmul dtype (default: bf16 on CUDA, fp32 on CPU)")
     q.add_argument("--json", action="store_true")
-    q.set_defaults(func=run_hardware_measure)
+    q.set_defaults(func=cmd_hardware_measure)

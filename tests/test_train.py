@@ -174,6 +174,14 @@ def test_tiny_model_learns_below_unigram_entropy(tmp_path, prepared):
     assert [r["step"] for r in lines] == list(range(1, 101)) and lines[0]["lr"] == 0.0
     env = json.loads((tmp_path / "run" / "config.json").read_text())["environment"]
     assert env["world_size"] == 1 and env["torch_version"] and env["cogqa_version"]
+    from safetensors import safe_open
+
+    from cogqa.checkpoint import list_checkpoints
+    from cogqa.evaluate import CONTEXT_METADATA
+
+    last = list_checkpoints(tmp_path / "run")[-1]
+    with safe_open(str(last / "model.safetensors"), "pt") as f:  # the weights themselves record their context
+        assert f.metadata()[CONTEXT_METADATA] == "64"
 
 
 def test_context_extension_loads_weights_with_a_fresh_optimizer(tmp_path, prepared):

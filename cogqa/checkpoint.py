@@ -293,10 +293,29 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir, step: int, shape, model, optimizer, dist_info, keep: int, extra: dict) -> Path | None:
+RESUME_ONLY_NAME = "resume_only"  # marker file: a checkpoint saved only to resume (a stop, the wall-clock interval)
+
+
+def save_checkpoint(
+    run_dir,
+    step: int,
+    shape,
+    model,
+    optimizer,
+    dist_info,
+    keep: int,
+    extra: dict,
+    context: int | None = None,
+    resume_only: bool = False,
+) -> Path | None:
     """Write ``checkpoints/step_<step>/`` atomically (rank 0) and prune to the newest ``keep``.
 
-    Contents: ``model.safetensors`` + ``shape.json`` (loadable with :func:`load_model`) and
+    A ``resume_only`` checkpoint (saved on a stop signal or the wall-clock interval, marked by a
+    ``resume_only`` file) is removed by the next save and not counted in ``keep``, so it never
+    pushes out the checkpoints kept for last-k scoring.
+
+    Contents: ``model.safetensors`` (its metadata records the training ``context`` in tokens under
+    :data:`cogqa.evaluate.CONTEXT_METADATA`) + ``shape.json`` (loadable with :func:`load_model`) and
     ``trainer.pt`` (optimizer state, step, RNG states, ``extra``). Every rank must call this (the
     state dicts are gathered collectively). Returns the directory on rank 0, None elsewhere.
     """
@@ -309,9 +328,10 @@ def save_checkpoint(run_dir, step: int, shape, model, optimizer, dist_info, keep
         if tmp.exists():
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
-        _write_trainer_checkpoint(
-            tmp, shape, model, msd, dist_info.world > 1, {"step": step, "optimizer": osd, "rng": rng_state(), **extra}
-        )
+        trainer = {"step": step, "optimizer": osd, "rng": rng_state(), **extra}
+        _write_trainer_checkpoint(tmp, shape, model, msd, dist_info.world > 1, trainer, context)
+        if resume_only:
+            (tmp / RESUME_ONLY_NAME).write_text("saved to resume only; removed by the next checkpoint\n")
         if final.exists():  # re-saving the same step (e.g. the final one): replace atomically
             old = final.with_name(final.name + ".old")
             os.replace(final, old)
@@ -320,24 +340,33 @@ def save_checkpoint(run_dir, step: int, shape, model, optimizer, dist_info, keep
         else:
             os.replace(tmp, final)
         fsync_dir(final.parent)
-        for stale in list_checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(stale, ignore_errors=True)
+        older = [c for c in list_checkpoints(run_dir) if c.name != final.name]
+        regular = [c for c in older if not (c / RESUME_ONLY_NAME).exists()]
+        if not resume_only:
+            regular.append(final)
+        stale = [c for c in older if (c / RESUME_ONLY_NAME).exists()] + regular[:-keep]
+        for c in stale:
+            shutil.rmtree(c, ignore_errors=True)
     barrier(dist_info)
     return final if dist_info.main else None
 
 
-def _write_trainer_checkpoint(directory: Path, shape, model, model_state: dict, gathered: bool, trainer: dict) -> None:
-    """Model files and ``trainer.pt`` into ``directory``, every file fsynced."""
+def _write_trainer_checkpoint(
+    directory: Path, shape, model, model_state: dict, gathered: bool, trainer: dict, context: int | None = None
+) -> None:
+    """Model files (with the training ``context`` in the weights' metadata) and ``trainer.pt`` into
+    ``directory``, every file fsynced."""
     import torch
 
     from .distributed import unwrap
+    from .evaluate import CONTEXT_METADATA
     from .model import GQADecoder
 
     plain = unwrap(model)
     if gathered:  # rebuild a plain CPU module from the gathered full state
         plain = GQADecoder(shape, max_seq_len=getattr(plain, "max_seq_len", 8192))
         plain.load_state_dict(model_state)
-    save_model(plain, directory)
+    save_model(plain, directory, extra_metadata=None if context is None else {CONTEXT_METADATA: int(context)})
     with open(directory / TRAINER_NAME, "wb") as fh:
         torch.save(trainer, fh)
         fh.flush()

@@ -21,6 +21,16 @@ from .errors import CogqaError, require
 
 PAPER_BATCH_TOKENS = 524_288
 PAPER_TOKENS_PER_PARAM = 20.0
+#: Appendix J.2: the paper scores the last four checkpoints and averages the scores (as cogqa.evaluate.PAPER_LAST_K)
+PAPER_LAST_K = 4
+#: Per-chunk standard deviation (nats/token) of the mean loss of 8K-token chunks of web text, as assumed for
+#: sizing the validation set (an estimate, not a measurement on the paper's models; val_loss_se reports the real one)
+ASSUMED_CHUNK_LOSS_STD = 0.09
+#: Target standard error of the mean validation loss (nats/token) of a run on the paper's setup
+TARGET_VAL_LOSS_SE = 0.002
+#: Default validation size: 2,048 chunks at the paper's 8K context (16,777,216 tokens) --
+#: cogqa.evaluate.chunks_for_standard_error(0.09, 0.002) = 2,025 chunks, rounded up to a power of two
+DEFAULT_VAL_TOKENS = 2048 * 8192
 
 
 # ---------------------------------------------------------------------------------------------
@@ -88,6 +98,17 @@ class TrainConfig:
     ``tokens_per_param`` x non-embedding parameters. ``batch_tokens`` is the global batch in
     tokens; it is rounded to whole sequences of the data's context length and to a multiple of
     ``micro_batch`` x world size.
+
+    Validation: ceil(``val_tokens`` / T) validation chunks (all of them, with a warning, if the
+    split has fewer); ``eval_batches`` (legacy) instead evaluates ``eval_batches`` x ``micro_batch``.
+
+    Evaluation and checkpoints: the validation loss is measured every ``eval_every`` steps (0:
+    none but the schedule below) and at the ``last_k_checkpoints`` last evaluation points (with
+    ``eval_every`` 0: evenly spaced over the decay phase, the last at the end), where a checkpoint
+    is saved too, so that the paper's last-k scoring (Appendix J.2) finds its k checkpoints;
+    ``keep_checkpoints`` newest are kept (see :func:`score_steps`). Besides, a checkpoint is saved
+    every ``checkpoint_interval_minutes`` of wall time (0: off) and on SIGTERM/SIGINT/SIGUSR1/SIGUSR2,
+    to resume from only (removed by the next save).
     """
 
     data: str = ""
@@ -105,14 +126,17 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     seed: int = 0
     eval_every: int = 0
-    eval_batches: int = 8
+    val_tokens: int = DEFAULT_VAL_TOKENS
+    eval_batches: int | None = None
     checkpoint_every: int = 0
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = PAPER_LAST_K
+    last_k_checkpoints: int = PAPER_LAST_K
     dtype: str = "auto"
     compile: bool = False
     fsdp: bool = False
     device: str = "auto"
     deterministic: bool = True
+    checkpoint_interval_minutes: float = 30.0
     resume: bool = False
     progress: bool = True
     tensorboard: bool = False
@@ -157,12 +181,22 @@ class TrainConfig:
             _is_number(self.tokens_per_param) and self.tokens_per_param > 0,
             f"tokens_per_param must be positive, got {self.tokens_per_param!r}",
         )
-        for name in ("batch_tokens", "micro_batch", "eval_batches", "keep_checkpoints"):
+        for name in ("batch_tokens", "micro_batch", "keep_checkpoints", "val_tokens"):
             value = getattr(self, name)
             require(_is_int(value) and value > 0, f"{name} must be a positive whole number, got {value!r}")
-        for name in ("seed", "eval_every", "checkpoint_every"):
+        if self.eval_batches is not None:
+            require(
+                _is_int(self.eval_batches) and self.eval_batches > 0,
+                f"eval_batches must be a positive whole number (or null: use val_tokens), got {self.eval_batches!r}",
+            )
+        for name in ("seed", "eval_every", "checkpoint_every", "last_k_checkpoints"):
             value = getattr(self, name)
             require(_is_int(value) and value >= 0, f"{name} must be a whole number >= 0, got {value!r}")
+        require(
+            _is_number(self.checkpoint_interval_minutes) and self.checkpoint_interval_minutes >= 0,
+            f"checkpoint_interval_minutes must be a number of minutes >= 0 (0 = off), "
+            f"got {self.checkpoint_interval_minutes!r}",
+        )
         require(
             self.dtype in ("auto", "fp32", "bf16", "fp16"),
             f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}",
@@ -273,6 +307,7 @@ class TrainResult:
     lr: float
     batch_tokens: int
     resumed_from_step: int = 0
+    final_val_loss_se: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """All fields as a JSON-serialisable dict."""
@@ -319,6 +354,35 @@ def resolve_lr(config: TrainConfig) -> float:
         raise CogqaError(
             f"optim.lr: the paper gives no LR for size {config.size!r}; pass --lr (cogqa lr-search finds one)"
         ) from None
+
+
+def repeat_warning(tokens: float, unique_tokens: float) -> str | None:
+    """A one-line warning when ``tokens`` training tokens exceed the ``unique_tokens`` of the training
+    split (the data is repeated), naming the number of epochs; None when the data is seen at most once."""
+    if unique_tokens <= 0 or tokens <= unique_tokens:
+        return None
+    return (
+        f"the run trains on {tokens:,.0f} tokens but the training split holds {unique_tokens:,.0f} unique tokens: "
+        f"the data is repeated over {tokens / unique_tokens:.2f} epochs (more text, or fewer --tokens, avoids it)"
+    )
+
+
+def score_steps(steps: int, eval_every: int, decay_fraction: float, k: int) -> list[int]:
+    """The steps (1-based, ascending, at most ``k``) where a run of ``steps`` optimiser steps evaluates
+    and checkpoints for last-k scoring: the last ``k`` evaluation points (multiples of ``eval_every``
+    and the end) when ``eval_every`` > 0, else ``k`` points evenly spaced over the WSD decay phase
+    (the last ``k`` steps if the decay phase is shorter), the last one at the end. Empty if ``k`` is 0."""
+    from .optim import wsd_phase_steps
+
+    if k <= 0:
+        return []
+    if eval_every > 0:
+        points = sorted({s for s in range(eval_every, steps + 1, eval_every)} | {steps})
+        return points[-k:]
+    _, decay = wsd_phase_steps(steps, 0.0, decay_fraction)
+    span = max(decay, min(k, steps))
+    start = steps - span
+    return sorted({start + int(math.ceil(span * i / k)) for i in range(1, k + 1)} - {start})
 
 
 def plan_steps(config: TrainConfig, n_non_embedding: float, context: int, world: int) -> dict[str, int]:

@@ -86,6 +86,15 @@ def all_reduce_sum(tensor, dist_info: Dist) -> None:
         dist.all_reduce(tensor)
 
 
+def all_reduce_max(tensor, dist_info: Dist) -> None:
+    """Elementwise maximum of ``tensor`` over ranks in place (no-op in a single process): how ranks agree
+    on a flag any one of them raised (a stop signal, a wall-clock checkpoint)."""
+    if dist_info.world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+
+
 def wrap(model, dist_info: Dist, fsdp: bool, device):
     """(model to train, sharded): DDP around ``model``, FSDP2 ``fully_shard`` per block and whole,
     or ``model`` itself."""

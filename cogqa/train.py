@@ -36,7 +36,9 @@ import math
 import os
 import platform
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +48,7 @@ import numpy as np
 
 from . import distributed
 from .config import (  # noqa: F401  (re-exported: the configuration lives in cogqa.config)
+    DEFAULT_VAL_TOKENS,
     PAPER_BATCH_TOKENS,
     PAPER_TOKENS_PER_PARAM,
     OptimConfig,
@@ -53,8 +56,10 @@ from .config import (  # noqa: F401  (re-exported: the configuration lives in co
     TrainResult,
     apply_overrides,
     plan_steps,
+    repeat_warning,
     resolve_lr,
     resolve_shape,
+    score_steps,
 )
 from .distributed import Dist
 from .errors import CogqaError, require
@@ -63,6 +68,46 @@ from .files import write_json_atomic
 
 class TrainingDiverged(CogqaError):
     """The training loss became NaN or infinite (the LR is too high)."""
+
+
+class TrainingStopped(CogqaError):
+    """A stop signal (SIGTERM, SIGINT, SIGUSR1, SIGUSR2) ended the run after a checkpoint; ``--resume``
+    continues it. ``exit_status`` is 128 + the signal number (the shell's convention)."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.exit_status = 128 + int(signum)
+
+
+#: the signals that make the trainer checkpoint and stop (SLURM sends SIGUSR1/SIGTERM before its time limit;
+#: submitit uses SIGUSR2)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+
+
+class _StopFlag:
+    """Records the first stop signal; a second one aborts at once (KeyboardInterrupt). Installed only in
+    the main thread, restored on exit."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in STOP_SIGNALS:
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum:
+            raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: stopping without a checkpoint")
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,8 +203,13 @@ def _check_out_dir(config: TrainConfig, resolved: dict) -> int:
     ckpts = list_checkpoints(out)
     if not config.resume:
         require(
-            not existing.exists() and not ckpts,
+            not ckpts,
             f"out_dir: {out} already holds a run; pass --resume to continue it or choose another --out",
+        )
+        require(
+            not existing.exists(),
+            f"out_dir: {out} holds a run stopped before its first checkpoint (nothing to resume); "
+            "delete it or choose another --out",
         )
         return 0
     if not existing.exists():
@@ -240,6 +290,7 @@ class _Run:
     lr: float
     train_chunks: Any
     val_chunks: Any
+    n_val: int
     context: int
     shape: Any
     plan: dict
@@ -272,12 +323,15 @@ def _train(config: TrainConfig, dist_info: Dist) -> TrainResult:
     finally:
         sinks.close()
     if val_loss is None:  # resumed at the very end: nothing ran
-        val_loss = evaluate()
+        val_loss, val_se = evaluate()
+    else:
+        val_loss, val_se = val_loss
     result = TrainResult(
         out_dir=str(run.out),
         steps=run.plan["steps"],
         tokens=run.plan["tokens"],
         final_val_loss=val_loss,
+        final_val_loss_se=_finite(val_se),
         final_train_loss=last_loss,
         wall_time_s=time.perf_counter() - t_start,
         params_non_embedding=run.resolved["params_non_embedding"],
@@ -308,6 +362,8 @@ def _prepare(config: TrainConfig, dist_info: Dist) -> _Run:
     shape = resolve_shape(config, int(train_chunks.manifest["padded_vocab_size"]))
     n_ne = int(params_non_embedding(shape))
     plan = plan_steps(config, n_ne, T, dist_info.world)
+    n_val, warnings = _validation_size(config, len(val_chunks), T, dist_info)
+    warnings.append(repeat_warning(plan["tokens"], len(train_chunks) * T))
     resolved = {
         "shape": shape.to_dict(),
         "context": T,
@@ -319,8 +375,13 @@ def _prepare(config: TrainConfig, dist_info: Dist) -> _Run:
         "data_hash": train_chunks.manifest["content_hash"],
         "train_chunks": len(train_chunks),
         "val_chunks": len(val_chunks),
+        "val_sequences": n_val,
+        "val_tokens": n_val * T,
     }
     start_step = _check_out_dir(config, resolved)
+    for w in warnings:
+        if w and dist_info.main:
+            print(f"warning: {w}", file=sys.stderr)
     return _Run(
         Path(config.out_dir),
         device,
@@ -328,6 +389,7 @@ def _prepare(config: TrainConfig, dist_info: Dist) -> _Run:
         lr,
         train_chunks,
         val_chunks,
+        n_val,
         T,
         shape,
         plan,
@@ -399,80 +461,153 @@ def _batch(chunks, ids, device):
     return torch.from_numpy(rows).to(device, non_blocking=True)
 
 
-def _evaluator(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist):
-    """A function returning the mean validation loss (nats/token) on a fixed set of validation chunks.
+def _finite(x: float | None) -> float | None:
+    """``x``, or None when it is None or not finite (JSON has no infinity)."""
+    return x if x is not None and math.isfinite(x) else None
 
+
+def _validation_size(config: TrainConfig, available: int, context: int, dist_info: Dist) -> tuple[int, list]:
+    """(validation sequences to evaluate, warnings): ceil(``val_tokens`` / T) (or the legacy
+    ``eval_batches`` x ``micro_batch``), clamped with a warning to the split's ``available`` chunks,
+    rounded down to a multiple of the world size (every rank evaluates as many)."""
+    warnings = []
+    if config.eval_batches is not None:
+        want = config.eval_batches * config.micro_batch
+    else:
+        want = int(math.ceil(config.val_tokens / context))
+    if want > available and config.eval_batches is None:
+        warnings.append(
+            f"val_tokens {config.val_tokens:,} asks for {want:,} validation chunks of {context} tokens but "
+            f"the data has {available:,}; evaluating on all {available * context:,} tokens (the standard error "
+            "of the validation loss, val_loss_se in metrics.jsonl, says how precise that is)"
+        )
+    n_val = min(available, want)
+    require(
+        n_val >= dist_info.world,
+        f"data: {available} validation chunks cannot be split over {dist_info.world} processes; "
+        "prepare with a larger --val-fraction",
+    )
+    return n_val - n_val % dist_info.world, warnings
+
+
+def _evaluator(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist):
+    """A function returning (mean validation loss, its standard error), both nats/token, over a fixed
+    set of ``run.n_val`` validation sequences.
+
+    The standard error is std(per-sequence mean losses, ddof=1) / sqrt(n) (inf for one sequence).
     The same sequences whatever the world size, split evenly (FSDP needs equal forward counts).
     """
     import torch
+    import torch.nn.functional as F
 
-    n_val = min(len(run.val_chunks), config.eval_batches * config.micro_batch)
-    n_val = max(dist_info.world, n_val - n_val % dist_info.world)
-    require(
-        len(run.val_chunks) >= n_val,
-        f"data: {len(run.val_chunks)} validation chunks cannot be split over {dist_info.world} processes",
-    )
-    mine = np.array_split(np.arange(n_val), dist_info.world)[dist_info.rank]
+    mine = np.array_split(np.arange(run.n_val), dist_info.world)[dist_info.rank]
 
-    def evaluate() -> float:
+    def evaluate() -> tuple[float, float]:
         was = m.train_model.training
         m.train_model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=run.device)
+        total = torch.zeros(3, dtype=torch.float64, device=run.device)  # sum, sum of squares, count
         with torch.no_grad():
             for i in range(0, len(mine), config.micro_batch):
                 x = _batch(run.val_chunks, mine[i : i + config.micro_batch], run.device)
                 with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
-                    loss = m.forward(x, labels=x).loss
-                total[0] += loss.double() * x.shape[0]
-                total[1] += x.shape[0]
+                    logits = m.forward(x).logits
+                for b in range(x.shape[0]):  # one sequence's fp32 logits at a time
+                    seq = F.cross_entropy(logits[b, :-1].float(), x[b, 1:]).double()
+                    total[0] += seq
+                    total[1] += seq * seq
+                    total[2] += 1
+                del logits
         distributed.all_reduce_sum(total, dist_info)
         m.train_model.train(was)
-        return float(total[0] / total[1])
+        s, s2, n = (float(v) for v in total)
+        mean = s / n
+        if n < 2:
+            return mean, float("inf")
+        var = max(s2 - n * mean * mean, 0.0) / (n - 1)
+        return mean, math.sqrt(var / n)
 
     return evaluate
 
 
 def _loop(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist, evaluate, sinks: "_Sinks", t_start: float):
-    """Optimiser steps from the resume step to the end; returns (last train loss, last validation loss),
-    both in nats/token."""
-    steps, batch_tokens = run.plan["steps"], run.plan["batch_tokens"]
-    last_loss = val_loss = None
-    t0 = t_start
-    m.train_model.train()
-    for step in range(run.start_step, steps):
-        step_lr, train_loss, grad_norm = _step(config, run, m, dist_info, step)
-        done = step + 1
-        last_loss = train_loss
-        now = time.perf_counter()
-        record = {
-            "step": done,
-            "loss": train_loss,
-            "lr": step_lr,
-            "grad_norm": grad_norm,
-            "tokens": done * batch_tokens,
-            "tokens_per_s": batch_tokens / max(now - t0, 1e-9),
-            "elapsed_s": now - t_start,
-        }
-        t0 = now
-        if (config.eval_every and done % config.eval_every == 0) or done == steps:
-            val_loss = evaluate()
-            record["val_loss"] = val_loss
-        sinks.log(record)
-        if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == steps:
-            from .checkpoint import save_checkpoint
+    """Optimiser steps from the resume step to the end; returns (last train loss, (last validation loss,
+    its standard error)), in nats/token.
 
-            sinks.sync()
-            save_checkpoint(
-                run.out,
-                done,
-                run.shape,
-                m.model,
-                m.optimizer,
-                dist_info,
-                config.keep_checkpoints,
-                {"val_loss": val_loss},
+    Evaluates every ``eval_every`` steps and at :func:`cogqa.config.score_steps`; checkpoints every
+    ``checkpoint_every`` steps, at the score steps, every ``checkpoint_interval_minutes`` of wall
+    time and on a stop signal (then raises :class:`TrainingStopped`). Ranks agree on the
+    time- and signal-driven saves (a max all-reduce of the flags), so all of them save together.
+    """
+    import torch
+
+    steps, batch_tokens = run.plan["steps"], run.plan["batch_tokens"]
+    scored = set(score_steps(steps, config.eval_every, config.optim.decay_fraction, config.last_k_checkpoints))
+    interval_s = config.checkpoint_interval_minutes * 60.0
+    last_loss = val = None
+    t0 = t_last_save = t_start
+    m.train_model.train()
+    with _StopFlag() as stop:
+        for step in range(run.start_step, steps):
+            step_lr, train_loss, grad_norm = _step(config, run, m, dist_info, step)
+            done = step + 1
+            last_loss = train_loss
+            now = time.perf_counter()
+            record = {
+                "step": done,
+                "loss": train_loss,
+                "lr": step_lr,
+                "grad_norm": grad_norm,
+                "tokens": done * batch_tokens,
+                "tokens_per_s": batch_tokens / max(now - t0, 1e-9),
+                "elapsed_s": now - t_start,
+            }
+            t0 = now
+            if (config.eval_every and done % config.eval_every == 0) or done == steps or done in scored:
+                val = evaluate()
+                record["val_loss"], record["val_loss_se"] = val[0], _finite(val[1])
+            sinks.log(record)
+            saved = False
+            if (config.checkpoint_every and done % config.checkpoint_every == 0) or done == steps or done in scored:
+                _save(config, run, m, dist_info, sinks, done, val, resume_only=False)
+                saved, t_last_save = True, time.perf_counter()
+            if done == steps:
+                break
+            flags = torch.tensor(
+                [float(stop.signum), float(interval_s > 0 and time.perf_counter() - t_last_save >= interval_s)],
+                device=run.device,
             )
-    return last_loss, val_loss
+            distributed.all_reduce_max(flags, dist_info)
+            signum, due = int(flags[0]), bool(flags[1])
+            if (signum or due) and not saved:
+                _save(config, run, m, dist_info, sinks, done, val, resume_only=True)
+                t_last_save = time.perf_counter()
+            if signum:
+                name = signal.Signals(signum).name
+                raise TrainingStopped(
+                    f"stopped by {name} after step {done} of {steps}; checkpoint saved in "
+                    f"{run.out / 'checkpoints'}; continue with the same command and --resume",
+                    signum,
+                )
+    return last_loss, val
+
+
+def _save(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist, sinks, done: int, val, resume_only: bool):
+    """Checkpoint step ``done`` (every rank calls it; metrics flushed first so a resume finds them complete)."""
+    from .checkpoint import save_checkpoint
+
+    sinks.sync()
+    save_checkpoint(
+        run.out,
+        done,
+        run.shape,
+        m.model,
+        m.optimizer,
+        dist_info,
+        config.keep_checkpoints,
+        {"val_loss": None if val is None else val[0]},
+        context=run.context,
+        resume_only=resume_only,
+    )
 
 
 def _step(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist, step: int) -> tuple[float, float, float]:
@@ -557,9 +692,9 @@ class _Sinks:
         self.fh.flush()
         done = record["step"]
         if self.tb is not None:
-            for k in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss"):
+            for k in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss", "val_loss_se"):
                 if k in record:
-                    self.tb.add_scalar(f"train/{k}" if k != "val_loss" else "val/loss", record[k], done)
+                    self.tb.add_scalar(f"train/{k}" if not k.startswith("val_") else f"val/{k[4:]}", record[k], done)
         if self.wb is not None:
             self.wb.log(record, step=done)
         if self.bar is not None:

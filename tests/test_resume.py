@@ -83,3 +83,41 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path, prepared):
     assert losses(ref) == losses(killed)  # the same loss curve, step by step, bit for bit
     assert json.loads((ref / "result.json").read_text())["final_val_loss"] == res["final_val_loss"]
     assert len(list((killed / "checkpoints").iterdir())) == 2  # keep last k
+
+
+@pytest.mark.timeout(300)
+def test_sigterm_checkpoints_stops_and_resumes(tmp_path, prepared):
+    """SIGTERM mid-run (no step checkpoints asked for): the trainer finishes its step, saves a resume-only
+    checkpoint, exits 128 + 15 with one clear line; --resume ends the run with its last 4 checkpoints."""
+    data = prepared(tmp_path, context=32, n_bytes=60_000)
+    out = tmp_path / "run"
+    args = [
+        "train", "--data", str(data), "--out", str(out), *TINY_ARGS, "--lr", "3e-3", "--tokens", str(32 * 8 * 400),
+        "--batch-tokens", "256", "--micro-batch", "8", "--val-tokens", "320", "--no-progress",
+    ]  # fmt: skip
+    proc = subprocess.Popen([*LAUNCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run ended before it could be stopped; make it longer"
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by SIGTERM" in err and "--resume" in err and "Traceback" not in err
+    ckpts = sorted((out / "checkpoints").iterdir())
+    assert len(ckpts) == 1 and (ckpts[0] / "resume_only").is_file()
+    stopped_at = int(ckpts[0].name[5:])
+    assert 5 <= stopped_at < 400 and len(losses(out)) == stopped_at
+    assert not (out / "result.json").exists()
+
+    r = subprocess.run([*LAUNCH, *args, "--resume"], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "result.json").read_text())
+    assert res["resumed_from_step"] == stopped_at and res["steps"] == 400
+    assert [s for s, _ in losses(out)] == list(range(1, 401))  # no step lost, none repeated
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == [
+        f"step_{s:08d}" for s in (340, 360, 380, 400)
+    ]  # the resume-only checkpoint is gone; the last 4 evaluation points remain

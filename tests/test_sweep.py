@@ -255,7 +255,10 @@ def test_run_skip_status_collect(tmp_path, prepared):
         r = json.loads((d / "result.json").read_text())
         assert r["status"] == "done" and r["steps"] == 4 and r["final_val_loss"] > 0
         assert set(r["loss_by_position"]) == {"2", "4", "8", "16", "32"}
+        assert 0 < r["final_val_loss_se"] < 1  # 16 validation sequences: a finite standard error
+        assert len(list((d / "checkpoints").iterdir())) == 4  # what the paper's last-4 scoring needs
     df = collect(out)
+    assert (df["loss_se"] > 0).all()
     for col in (
         "n_heads",
         "n_kv_heads",

@@ -174,6 +174,14 @@ def test_tiny_model_learns_below_unigram_entropy(tmp_path, prepared):
     assert [r["step"] for r in lines] == list(range(1, 101)) and lines[0]["lr"] == 0.0
     env = json.loads((tmp_path / "run" / "config.json").read_text())["environment"]
     assert env["world_size"] == 1 and env["torch_version"] and env["cogqa_version"]
+    from safetensors import safe_open
+
+    from cogqa.checkpoint import list_checkpoints
+    from cogqa.evaluate import CONTEXT_METADATA
+
+    last = list_checkpoints(tmp_path / "run")[-1]
+    with safe_open(str(last / "model.safetensors"), "pt") as f:  # the weights themselves record their context
+        assert f.metadata()[CONTEXT_METADATA] == "64"
 
 
 def test_context_extension_loads_weights_with_a_fresh_optimizer(tmp_path, prepared):
@@ -328,3 +336,68 @@ def test_lr_search_reports_the_best_and_reuses_finished_runs(tmp_path, prepared)
     r = cli("lr-search", *common, "--lrs", "1e-5,3e-3", "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["best_lr"] == 3e-3
     assert (out / "lr_3e-03" / "result.json").stat().st_mtime_ns == stamp  # reused, not retrained
+
+
+def test_score_steps_and_validation_defaults():
+    from cogqa.config import (
+        ASSUMED_CHUNK_LOSS_STD,
+        DEFAULT_VAL_TOKENS,
+        TARGET_VAL_LOSS_SE,
+        repeat_warning,
+        score_steps,
+    )
+    from cogqa.evaluate import PAPER_LAST_K, chunks_for_standard_error
+
+    assert score_steps(100, 0, 0.2, 4) == [85, 90, 95, 100]  # evenly over the 20-step decay phase
+    assert score_steps(100, 40, 0.2, 4) == [40, 80, 100]  # the last evaluation points
+    assert score_steps(10, 0, 0.2, 4) == [7, 8, 9, 10] and score_steps(3, 0, 0.2, 4) == [1, 2, 3]
+    assert score_steps(100, 0, 0.2, 0) == []
+    cfg = TrainConfig(data="d", out_dir="o", size="470M")
+    assert cfg.keep_checkpoints >= PAPER_LAST_K and cfg.last_k_checkpoints == PAPER_LAST_K
+    assert cfg.checkpoint_interval_minutes == 30 and cfg.val_tokens == DEFAULT_VAL_TOKENS == 16_777_216
+    need = chunks_for_standard_error(ASSUMED_CHUNK_LOSS_STD, TARGET_VAL_LOSS_SE)
+    assert need * 8192 <= DEFAULT_VAL_TOKENS < 2 * need * 8192
+    assert repeat_warning(100, 100) is None
+    w = repeat_warning(250, 100)
+    assert "2.50 epochs" in w and "\n" not in w
+    with pytest.raises(CogqaError, match="checkpoint_interval_minutes"):
+        TrainConfig(data="d", out_dir="o", size="470M", checkpoint_interval_minutes=-1)
+
+
+def test_default_run_keeps_its_last_four_evaluation_points(tmp_path, prepared):
+    from cogqa.checkpoint import list_checkpoints
+    from cogqa.evaluate import checkpoints_to_score
+    from cogqa.train import train
+
+    data = prepared(tmp_path, context=32, n_bytes=40_000)
+    cfg = TrainConfig(
+        data=str(data),
+        out_dir=str(tmp_path / "run"),
+        shape=dict(TINY),
+        optim=OptimConfig(lr=3e-3),
+        tokens=32 * 8 * 20,
+        batch_tokens=32 * 8,
+        micro_batch=8,
+        val_tokens=32 * 10,
+        progress=False,
+    )
+    result = train(cfg)
+    assert [int(c.name[5:]) for c in list_checkpoints(tmp_path / "run")] == [17, 18, 19, 20]
+    assert len(checkpoints_to_score(tmp_path / "run")) == 4
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [(r["step"], r["val_loss_se"]) for r in lines if "val_loss" in r]
+    assert [s for s, _ in evals] == [17, 18, 19, 20] and all(0 < se < 1 for _, se in evals)
+    resolved = json.loads((tmp_path / "run" / "config.json").read_text())["resolved"]
+    assert resolved["val_sequences"] == 10 and resolved["val_tokens"] == 320
+    assert result.final_val_loss_se == evals[-1][1]
+
+
+def test_repeated_data_and_clamped_validation_warn(tmp_path, prepared):
+    data = prepared(tmp_path, 32, 30_000)
+    args = ("--lr", "1e-3", "--batch-tokens", "4096", "--micro-batch", "8", "--no-progress")
+    r = cli("train", "--data", str(data), "--out", str(tmp_path / "a"), *TINY_ARGS, "--tokens", "40000", *args)
+    assert r.returncode == 0, r.stderr
+    assert "epochs" in r.stderr and "val_tokens 16,777,216" in r.stderr
+    r = cli("train", "--data", str(data), "--out", str(tmp_path / "b"), *TINY_ARGS, "--resume", *args)
+    _one_line_error(r, "resume:", "drop --resume")
+    assert not (tmp_path / "b").exists()

@@ -7,6 +7,7 @@ this process by plan/status/collect; ``run`` executes every training run in a ch
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import require
 from . import ConfigDefault as default
@@ -165,6 +166,8 @@ def cmd_sweep_plan(args: argparse.Namespace) -> int:
 
     spec = spec_from_args(args)
     p = plan(spec, args.gpu_tflops, args.mfu)
+    for w in p["warnings"]:
+        print(f"warning: {w}", file=sys.stderr)
     if args.json:
         print_json(p)
         return 0

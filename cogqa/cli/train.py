@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import require
+from ..errors import CogqaError, require
 from . import ConfigDefault as default
 from . import config_value
 
@@ -67,16 +67,27 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="validation loss every N steps (always at the end)",
     )
     o.add_argument(
+        "--val-tokens",
+        default=default("val_tokens"),
+        help="validation size in tokens, e.g. 16M or 65536: ceil(tokens / T) chunks, all of them (with a warning) "
+        "if the data has fewer (default %(default)s: standard error ~0.002 nats/token at 8K)",
+    )
+    o.add_argument(
         "--eval-batches",
         type=int,
-        default=default("eval_batches"),
-        help="validation on the first N x --micro-batch validation chunks, split over processes (default %(default)s)",
+        help="instead of --val-tokens: validation on the first N x --micro-batch validation chunks",
     )
     o.add_argument(
         "--checkpoint-every",
         type=int,
         default=default("checkpoint_every"),
-        help="checkpoint every N steps (always at the end)",
+        help="checkpoint every N steps (always at the end and at the last 4 evaluation points)",
+    )
+    o.add_argument(
+        "--checkpoint-interval",
+        default=default("checkpoint_interval_minutes"),
+        metavar="MINUTES",
+        help="also checkpoint every MINUTES of wall time, to resume from (0: off; default %(default)s)",
     )
     o.add_argument(
         "--keep", type=int, default=default("keep_checkpoints"), help="checkpoints to keep (default %(default)s)"
@@ -167,7 +178,9 @@ def config_from_args(args: argparse.Namespace, resume: bool = False):
         optim=optim,
         seed=config_value(args.seed),
         eval_every=config_value(args.eval_every),
-        eval_batches=config_value(args.eval_batches),
+        val_tokens=_whole(parse_count(config_value(args.val_tokens), "--val-tokens"), "--val-tokens"),
+        eval_batches=args.eval_batches,
+        checkpoint_interval_minutes=parse_float(config_value(args.checkpoint_interval), "--checkpoint-interval"),
         checkpoint_every=config_value(args.checkpoint_every),
         keep_checkpoints=config_value(args.keep),
         dtype=config_value(args.dtype),
@@ -190,11 +203,19 @@ def _whole(x: float, field: str) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Handler of ``cogqa train``."""
-    from ..train import train
+    from ..train import TrainingStopped, train
     from ..units import fmt_params, fmt_tokens
 
     config = config_from_args(args, resume=args.resume)
-    result = train(config)
+    if args.resume:
+        _require_checkpoint(Path(config.out_dir))
+    try:
+        result = train(config)
+    except TrainingStopped as exc:
+        import sys
+
+        print(f"stopped: {exc}", file=sys.stderr)
+        return exc.exit_status
     from ..distributed import is_main_process
 
     if not is_main_process():
@@ -216,6 +237,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"  final validation loss {val}; wall time {result.wall_time_s:.1f} s")
     print(f"  written to {Path(result.out_dir) / 'result.json'}")
     return 0
+
+
+def _require_checkpoint(out: Path) -> None:
+    """``--resume`` needs a checkpoint: a one-line refusal instead of silently restarting at step 0."""
+    from ..checkpoint import list_checkpoints
+
+    if out.is_dir() and list_checkpoints(out):
+        return
+    if (out / "config.json").is_file():
+        raise CogqaError(
+            f"resume: {out} has no checkpoint (the run stopped before its first one); nothing to resume -- "
+            "delete it or choose another --out to start over"
+        )
+    raise CogqaError(f"resume: {out} holds no run to resume; drop --resume to start a new run there")
 
 
 def cmd_lr_search(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..distributed import is_main_process
 from ..files import write_json_atomic
+from ..train import TrainingStopped
 from .executors import BUSY_EXIT
 from .rundir import RunBusy, execute_run
 
@@ -21,6 +22,9 @@ def _child_main(argv: list[str]) -> int:  # pragma: no cover - exercised through
     except RunBusy as exc:
         print(f"busy: {exc}", file=sys.stderr)
         return BUSY_EXIT
+    except TrainingStopped as exc:  # checkpointed on a signal: pending, resumed by the next sweep run
+        print(f"stopped: {exc}", file=sys.stderr)
+        return exc.exit_status
     except KeyboardInterrupt:
         print("interrupted; re-run the sweep to resume from the last checkpoint", file=sys.stderr)
         return 130

@@ -19,6 +19,7 @@ RESULT_COLUMNS = (
     "params_total",
     "loss",
     "final_val_loss",
+    "loss_se",
     "final_train_loss",
     "tokens",
     "context",
@@ -39,7 +40,8 @@ def collect(out: str | Path, write: bool = True):
     """The results table of the finished runs in ``out`` (a pandas DataFrame, one row per run).
 
     Columns: those ``cogqa fit`` reads (``n_heads, n_kv_heads, params_non_embedding, loss,
-    tokens, context``; ``loss`` = final validation loss in nats/token) plus shape, steps, LR,
+    tokens, context``; ``loss`` = final validation loss in nats/token, ``loss_se`` its standard
+    error in nats/token, empty for runs of older versions) plus shape, steps, LR,
     wall time (s) and ``loss_by_position`` (a JSON string {t: mean loss over the first t-1
     positions}) and ``loss_at_<t>`` columns for a few t. With ``write``, also writes
     ``out/results.csv`` and ``out/results.parquet`` atomically.
@@ -53,8 +55,9 @@ def collect(out: str | Path, write: bool = True):
             continue
         r = json.loads((Path(out) / "runs" / run_id / "result.json").read_text())
         require(r.get("final_val_loss") is not None, f"run {run_id}: no final validation loss in result.json")
-        row = {k: r.get(k) for k in RESULT_COLUMNS if k not in ("loss", "loss_by_position")}
+        row = {k: r.get(k) for k in RESULT_COLUMNS if k not in ("loss", "loss_se", "loss_by_position")}
         row["loss"] = r["final_val_loss"]
+        row["loss_se"] = r.get("final_val_loss_se")
         pos = r.get("loss_by_position") or {}
         row["loss_by_position"] = json.dumps(pos)
         for t in sorted(pos, key=int):

@@ -27,7 +27,14 @@ from .rundir import log_tail, materialise, run_status, sweep_status
 from .spec import SweepSpec
 
 BUSY_EXIT = 75  # run-one: another worker holds the run's lock
-INTERRUPTED_EXITS = (130, -signal.SIGINT, -signal.SIGTERM)  # run-one stopped by the user, not failed
+#: run-one stopped by the user or the scheduler, not failed: Ctrl-C, or the trainer's checkpoint-and-stop on a
+#: signal (exit 128 + signal number), or killed by the signal itself
+INTERRUPTED_EXITS = (
+    130,
+    *(128 + int(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)),
+    -signal.SIGINT,
+    -signal.SIGTERM,
+)
 
 
 @dataclass

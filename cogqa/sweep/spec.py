@@ -166,7 +166,8 @@ class SweepSpec:
     micro_batch: int = default("micro_batch")
     max_steps: int | None = default("max_steps")
     checkpoint_every: int = default("checkpoint_every")
-    eval_batches: int = default("eval_batches")
+    eval_batches: int | None = default("eval_batches")
+    val_tokens: Any = default("val_tokens")
     position_eval_chunks: int = 32
     train: dict = field(default_factory=dict)
     name: str = "sweep"
@@ -209,6 +210,11 @@ class SweepSpec:
             f"batch_tokens must be a whole number of tokens, got {self.batch_tokens!r}",
         )
         self.batch_tokens = int(self.batch_tokens)
+        self.val_tokens = parse_count(self.val_tokens, "val_tokens")
+        require(
+            float(self.val_tokens).is_integer(), f"val_tokens must be a whole number of tokens, got {self.val_tokens!r}"
+        )
+        self.val_tokens = int(self.val_tokens)
         v = self.position_eval_chunks
         require(isinstance(v, int) and v > 0, f"position_eval_chunks must be a positive whole number, got {v!r}")
         require(isinstance(self.train, dict), "train: a dict of extra TrainConfig fields")
@@ -340,6 +346,7 @@ def train_config_dict(
         seed=run.seed,
         checkpoint_every=spec.checkpoint_every,
         eval_batches=spec.eval_batches,
+        val_tokens=spec.val_tokens,
         resume=True,
         progress=False,
     )
@@ -374,6 +381,17 @@ def vocab_size(spec: SweepSpec) -> int:
     return int(get_tokenizer(spec.data.get("tokenizer", "gpt2")).padded_vocab_size)
 
 
+def train_tokens(spec: SweepSpec) -> int | None:
+    """Unique tokens of the training split of the prepared data (whole chunks), None if not prepared yet."""
+    if not isinstance(spec.data, str):
+        return None
+    from ..data import load_manifest
+
+    m = load_manifest(spec.data)
+    chunks = sum(int(s.get("chunks", 0)) for s in m["splits"]["train"]["shards"])
+    return chunks * int(m["context"])
+
+
 def data_context(spec: SweepSpec) -> int | None:
     """Chunk length of the prepared data (tokens), if known."""
     if isinstance(spec.data, str):
@@ -392,7 +410,7 @@ def plan(spec: SweepSpec, gpu_tflops: float = 312.0, mfu: float = 0.4) -> dict[s
     come from :func:`cogqa.costs.training_flops` at the spec's context (2048 tokens if none is
     known). Returns ``{"runs": [...], "totals": {...}, "context": T, "gpu_tflops", "mfu"}``.
     """
-    from ..config import TrainConfig, plan_steps
+    from ..config import TrainConfig, plan_steps, repeat_warning
     from ..costs import params_non_embedding, params_total, training_flops
 
     require(gpu_tflops > 0, f"--gpu-tflops must be positive, got {gpu_tflops}")
@@ -427,10 +445,20 @@ def plan(spec: SweepSpec, gpu_tflops: float = 312.0, mfu: float = 0.4) -> dict[s
                 "gpu_hours": flops / (gpu_tflops * 1e12 * mfu) / 3600,
             }
         )
+    unique = train_tokens(spec)
+    warnings = [f"run {r['id']}: {w}" for r in rows if (w := repeat_warning(r["tokens"], unique) if unique else None)]
     totals = {
         "runs": len(rows),
         "tokens": int(sum(r["tokens"] for r in rows)),
         "training_flops": float(sum(r["training_flops"] for r in rows)),
         "gpu_hours": float(sum(r["gpu_hours"] for r in rows)),
     }
-    return {"runs": rows, "totals": totals, "context": T, "gpu_tflops": gpu_tflops, "mfu": mfu}
+    return {
+        "runs": rows,
+        "totals": totals,
+        "context": T,
+        "gpu_tflops": gpu_tflops,
+        "mfu": mfu,
+        "train_tokens": unique,
+        "warnings": warnings,
+    }

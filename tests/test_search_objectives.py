@@ -118,3 +118,14 @@ def test_search_path_does_not_import_torch():
             "search(131072, 2.6, settings=CostSettings(objective='throughput', hardware='h100-sxm', batch='auto')); "
             "print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_cli_compare_marks_best_and_infeasible():
+    p = _cli("compare", "1.2B:32,8", "1.8B:8,1", "--context", "128k", "--objective", "throughput", "--hardware",
+             "a800-80gb", "--batch", "16", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = {r["config"]: r for r in json.loads(p.stdout)}
+    assert not rows["1.2B:32,8"]["fits"] and rows["1.2B:32,8"]["objective_value"] is None
+    assert rows["1.8B:8,1"]["best"] and rows["1.8B:8,1"]["tokens_per_second"] > 0
+    bad = _cli("compare", "1.2B:32,8", "1.8B:8,1", "--objective", "latency")
+    assert bad.returncode != 0 and "--hardware" in bad.stderr and "Traceback" not in bad.stderr

@@ -129,3 +129,29 @@ def test_cli_compare_marks_best_and_infeasible():
     assert rows["1.8B:8,1"]["best"] and rows["1.8B:8,1"]["tokens_per_second"] > 0
     bad = _cli("compare", "1.2B:32,8", "1.8B:8,1", "--objective", "latency")
     assert bad.returncode != 0 and "--hardware" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_pareto_candidates_marks_a_nondominated_set():
+    from cogqa.report import pareto_candidates
+    from cogqa.search import resolve_laws
+
+    df = pareto_candidates(resolve_laws("default"), 131072, [2.7, 2.9])
+    assert df["pareto"].any() and not df["pareto"].all()
+    cols = ["predicted_loss", "inference_memory_bytes", "inference_flops_per_token"]
+    front, rest = df[df["pareto"]][cols].to_numpy(), df[~df["pareto"]][cols].to_numpy()
+    for p in front:  # no other point dominates a front point
+        others = df[cols].to_numpy()
+        assert not (((others <= p).all(axis=1)) & ((others < p).any(axis=1))).any()
+    for q in rest:  # every other point is dominated by some point
+        assert (((df[cols].to_numpy() <= q).all(axis=1)) & ((df[cols].to_numpy() < q).any(axis=1))).any()
+
+
+def test_cli_report_with_objective_writes_pareto(tmp_path):
+    p = _cli("report", "default", "--out", str(tmp_path), "--objective", "throughput", "--hardware", "h100-sxm",
+             "--batch", "auto")
+    assert p.returncode == 0, p.stderr
+    md = (tmp_path / "report.md").read_text()
+    assert (tmp_path / "pareto.png").is_file() and "## 7. Pareto view" in md
+    assert "tokens/s per device" in md and "h100-sxm" in md
+    bad = _cli("report", "default", "--out", str(tmp_path / "x"), "--objective", "latency")
+    assert bad.returncode != 0 and "--hardware" in bad.stderr and "Traceback" not in bad.stderr

@@ -463,7 +463,8 @@ def _pareto_section(law_set, T: int, targets, settings, out: Path, plt, numbers:
     rows = [head, "|---|---|---|---|---|" + ("---|---|" if serve else "")]
     for r in front.sort_values(["predicted_loss", "inference_memory_bytes"]).itertuples():
         line = (f"| {_label(r.n_heads, r.n_kv_heads)} | {fmt_params(r.params_non_embedding)} | "
-                f"{r.predicted_loss:.3f} | {fmt_bytes(r.inference_memory_bytes)} | {fmt_flops(r.inference_flops_per_token)} |")
+                f"{r.predicted_loss:.3f} | {fmt_bytes(r.inference_memory_bytes)} | "
+                f"{fmt_flops(r.inference_flops_per_token)} |")
         if serve:
             line += f" {1e3 * r.seconds_per_token:.3g} ms | {r.tokens_per_second:,.0f} |"
         rows.append(line)

@@ -283,9 +283,9 @@ def _parse_losses(text: str) -> list[float]:
 
 def cmd_table(args: argparse.Namespace) -> int:
     """Print the grid of cost-optimal (n_h, n_kv) for each target loss and context."""
-    from ..search import PAPER_TABLE4, PAPER_TABLE4_CONTEXTS, compare_with_paper_table4, cost_optimal_table, plot_cost_optimal_table
     import pandas as pd
 
+    from ..search import PAPER_TABLE4, PAPER_TABLE4_CONTEXTS, compare_with_paper_table4, cost_optimal_table, plot_cost_optimal_table
     from ..units import fmt_tokens, parse_contexts
 
     losses = _parse_losses(args.losses)

@@ -150,10 +150,12 @@ def _costs(shape, T: int):
 
 def build_report(source: str | Path, out: str | Path | None = None, context: int | None = None,
                  target_loss: float | None = None, laws: Any = None, baseline: str | None = None,
-                 fit_grid: str | int | None = None) -> Path:
+                 fit_grid: str | int | None = None, settings=None) -> Path:
     """Write ``report.md`` and its PNG figures into ``out`` (default ``SOURCE/report`` for a sweep
     directory, ``report/`` otherwise); returns the Markdown path. ``context`` (tokens) defaults to
-    128K and ``target_loss`` (nats/token) to the middle of the laws' loss range."""
+    128K and ``target_loss`` (nats/token) to the middle of the laws' loss range. ``settings``: a
+    :class:`cogqa.search.CostSettings` (objective and hardware) for the table, the recommendation
+    and the Pareto view (section 7); default: Z, no hardware."""
     from .units import fmt_bytes, fmt_flops, fmt_params
 
     df, law_set, what = load_source(source, laws, fit_grid)
@@ -281,7 +283,7 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
     try:
         from .search import cost_optimal_table, plot_cost_optimal_table
 
-        table = cost_optimal_table(targets, contexts, laws=law_set)
+        table = cost_optimal_table(targets, contexts, laws=law_set, settings=settings)
         kind = "approximate laws" if law_set.approximate else "fitted laws"
         table_png = plot_cost_optimal_table(table, out / "cost_optimal_table.png",
                                             title=f"cost-optimal (n_h, n_kv), {kind}: {what}")
@@ -297,11 +299,11 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         from .search import search
 
         try:
-            res = search(T, target_loss, laws=law_set, baseline=baseline or "llama3")
+            res = search(T, target_loss, laws=law_set, baseline=baseline or "llama3", settings=settings)
         except CogqaError:
             if baseline is not None:
                 raise
-            res = search(T, target_loss, laws=law_set)
+            res = search(T, target_loss, laws=law_set, settings=settings)
         best = res.best
         numbers["best"] = {k: (v.item() if hasattr(v, "item") else v) for k, v in best.items()}
         numbers["savings"] = res.savings
@@ -314,7 +316,15 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
                f"- inference memory {fmt_bytes(best['inference_memory_bytes'])}, {fmt_flops(best['inference_flops_per_token'])} per token, Z = {best['z']:.4g}",
                f"- savings against the baseline {_fmt_baseline(res.baseline)}: {_fmt_savings(res.savings)}", ""]
         cands = res.candidates.head(8)
-        md += ["Top candidates (ranked by Z):", "", _candidates_table(cands), ""]
+        ranked = "Z"
+        if settings is not None and settings.hardware is not None:
+            names = {"z": "Z", "latency": "decode seconds/token", "throughput": "tokens/s per device"}
+            ranked = names[settings.objective]
+            ranked += f" on {settings.hardware.name}"
+            md += [f"- on {settings.hardware.name} (roofline, batch {settings.batch}): "
+                   f"{1e3 * best['seconds_per_token']:.3g} ms per output token, "
+                   f"{best['tokens_per_second']:,.0f} tokens/s per device at batch {int(best['serving_batch'])}", ""]
+        md += [f"Top candidates (ranked by {ranked}):", "", _candidates_table(cands), ""]
         from .plots import plot_breakdown
         from .shapes import nearest_buildable, shape_for_params
 
@@ -325,6 +335,11 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         md += ["## 6. Where the recommended model's inference cost goes vs T", "", f"![breakdown]({png.name})", ""]
     except ImportError:
         md += ["## 5. Recommendation", "", "_Skipped: cogqa.search is not available in this install._", ""]
+
+    try:
+        md += _pareto_section(law_set, T, targets, settings, out, plt, numbers)
+    except ImportError:
+        md += ["## 7. Pareto view", "", "_Skipped: cogqa.search is not available in this install._", ""]
 
     write_json_atomic(out / "numbers.json", numbers)
     return write_text_atomic(out / "report.md", "\n".join(md) + "\n")
@@ -393,3 +408,72 @@ def _fmt_savings(savings) -> str:
     names = {"memory": "inference memory", "flops": "FLOPs per token", "z": "Z"}
     return "; ".join(f"{100 * float(v):.1f}% less {names.get(k, k)}" if v >= 0 else f"{-100 * float(v):.1f}% more {names.get(k, k)}"
                      for k, v in savings.items())
+
+
+def pareto_candidates(law_set, T: int, targets, settings=None):
+    """Every (head configuration, target loss) candidate of the search at ``T`` tokens, one DataFrame.
+
+    Columns as :func:`cogqa.search.search` candidates (loss nats/token, memory bytes, FLOPs per
+    token, and with hardware seconds/token and tokens/s) plus ``pareto``: True where no other
+    candidate is at most as lossy, as large in memory and as costly in FLOPs, and better in one.
+    """
+    import pandas as pd
+
+    from .search import search
+    from .serving import pareto_front
+
+    frames = []
+    for L in targets:
+        try:
+            c = search(T, L, laws=law_set, settings=settings).candidates
+        except CogqaError:
+            continue  # unreachable target
+        frames.append(c[c["reachable"]])
+    require(frames, "no target loss is reachable: nothing to put on a Pareto front")
+    df = pd.concat(frames, ignore_index=True)
+    if "fits" in df:
+        df = df[df["fits"].fillna(False).astype(bool)].reset_index(drop=True)
+    df["pareto"] = pareto_front(df["predicted_loss"], df["inference_memory_bytes"], df["inference_flops_per_token"])
+    return df
+
+
+def _pareto_section(law_set, T: int, targets, settings, out: Path, plt, numbers: dict) -> list[str]:
+    """Section 7: loss vs memory vs FLOPs over all candidates, non-dominated ones marked (PNG + table)."""
+    from .units import fmt_bytes, fmt_flops, fmt_params
+
+    df = pareto_candidates(law_set, T, targets, settings)
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    sc = ax.scatter(df["inference_memory_bytes"] / 2**30, df["inference_flops_per_token"] / 1e9,
+                    c=df["predicted_loss"], cmap="viridis", s=22)
+    front = df[df["pareto"]]
+    ax.scatter(front["inference_memory_bytes"] / 2**30, front["inference_flops_per_token"] / 1e9, s=80,
+               facecolors="none", edgecolors="red", label="non-dominated (loss, memory, FLOPs)")
+    for r in front.itertuples():
+        xy = (r.inference_memory_bytes / 2**30, r.inference_flops_per_token / 1e9)
+        ax.annotate(_label(r.n_heads, r.n_kv_heads), xy, fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set(xscale="log", yscale="log", xlabel="inference memory (GiB)", ylabel="FLOPs per token (GFLOPs)",
+           title=f"Pareto view at T = {T:,} tokens")
+    fig.colorbar(sc, ax=ax, label="loss (nats/token)")
+    ax.legend(fontsize=8)
+    png = _save(fig, out / "pareto.png")
+    plt.close(fig)
+    serve = "tokens_per_second" in df
+    head = "| H | N (non-emb.) | loss (nats/token) | memory | FLOPs/token |"
+    head += " s/token | tokens/s/device |" if serve else ""
+    rows = [head, "|---|---|---|---|---|" + ("---|---|" if serve else "")]
+    for r in front.sort_values(["predicted_loss", "inference_memory_bytes"]).itertuples():
+        line = (f"| {_label(r.n_heads, r.n_kv_heads)} | {fmt_params(r.params_non_embedding)} | "
+                f"{r.predicted_loss:.3f} | {fmt_bytes(r.inference_memory_bytes)} | "
+                f"{fmt_flops(r.inference_flops_per_token)} |")
+        if serve:
+            line += f" {1e3 * r.seconds_per_token:.3g} ms | {r.tokens_per_second:,.0f} |"
+        rows.append(line)
+    numbers["pareto"] = [{"n_heads": int(r.n_heads), "n_kv_heads": int(r.n_kv_heads),
+                          "params_non_embedding": float(r.params_non_embedding), "loss": float(r.predicted_loss),
+                          "inference_memory_bytes": float(r.inference_memory_bytes),
+                          "inference_flops_per_token": float(r.inference_flops_per_token)} for r in front.itertuples()]
+    return [f"## 7. Pareto view: loss vs memory vs FLOPs at T = {T:,} tokens", "",
+            f"{len(df)} candidates (every head configuration at each target loss {', '.join(f'{x:g}' for x in targets)}"
+            f" nats/token, sized by the laws); {len(front)} are non-dominated (circled): no other candidate is at "
+            "most as lossy, as large and as costly, and strictly better in one.", "",
+            f"![pareto]({png})", "", *rows, ""]

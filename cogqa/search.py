@@ -172,6 +172,79 @@ def _check_options(weights, weight_dtype, kv_dtype, batch, convention, memory_un
     return _convention(convention, memory_unit)
 
 
+@dataclass(frozen=True)
+class CostSettings:
+    """The cost options of a search, validated once: Z weights and convention, dtypes, batch, objective, hardware.
+
+    ``objective``: ``"z"`` (the paper's Z, the default), ``"latency"`` (decode seconds per
+    output token) or ``"throughput"`` (tokens/s per device); the last two need ``hardware`` (a
+    :class:`cogqa.hardware.Hardware` or a profile name). ``batch``: sequences (>= 1) or ``"auto"``
+    (the largest batch that fits, needs ``hardware``; Z is then taken at batch 1).
+    """
+
+    weights: ZWeights = field(default_factory=ZWeights)
+    weight_dtype: str = "bf16"
+    kv_dtype: str = "bf16"
+    batch: Any = 1
+    convention: Any = None
+    objective: str = "z"
+    hardware: Any = None
+
+    def __post_init__(self) -> None:
+        from .hardware import get_hardware
+        from .serving import OBJECTIVES
+
+        require(isinstance(self.weights, ZWeights), "weights must be a cogqa.costs.ZWeights")
+        dtype_bytes(self.weight_dtype)
+        dtype_bytes(self.kv_dtype)
+        require(self.objective in OBJECTIVES,
+                f"--objective: choose one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.hardware is not None:
+            object.__setattr__(self, "hardware", get_hardware(self.hardware))
+        require(self.objective == "z" or self.hardware is not None,
+                f"--objective {self.objective} needs --hardware (a profile name: cogqa hardware list)")
+        if isinstance(self.batch, str):
+            require(self.batch == "auto", f"--batch: give a number of sequences >= 1 or auto, got {self.batch!r}")
+            require(self.hardware is not None, "--batch auto needs --hardware (the batch that fits its memory)")
+        else:
+            require(isinstance(self.batch, (int, np.integer)) and not isinstance(self.batch, bool) and self.batch >= 1,
+                    f"--batch must be a whole number >= 1 of sequences or auto, got {self.batch!r}")
+        object.__setattr__(self, "convention", _convention(self.convention, None))
+
+    @property
+    def z_batch(self) -> int:
+        """The batch at which Z and memory are computed (1 when ``batch`` is ``"auto"``)."""
+        return 1 if isinstance(self.batch, str) else int(self.batch)
+
+    @property
+    def ranks_by(self) -> str:
+        """The candidate column the ranking minimises: ``z`` or ``objective_value``."""
+        return "z" if self.objective == "z" else "objective_value"
+
+    def serving_columns(self, shape, context) -> dict[str, np.ndarray]:
+        """Serving predictions for candidate ``shape`` (arrays) at ``context`` tokens, empty without hardware.
+
+        ``objective_value`` (seconds per token for latency, device-seconds per token for
+        throughput, Z for z; inf where the batch does not fit), ``seconds_per_token``,
+        ``tokens_per_second`` (per device), ``serving_batch``, ``max_batch`` (sequences), ``fits`` (1/0).
+        """
+        if self.hardware is None:
+            return {}
+        from .serving import objective_values
+
+        v = objective_values(shape, context, "latency" if self.objective == "z" else self.objective, self.hardware,
+                             self.batch, self.weight_dtype, self.kv_dtype)
+        out = {} if self.objective == "z" else {"objective_value": v["value"]}
+        return out | {"seconds_per_token": v["seconds_per_token"],
+                "tokens_per_second": v["tokens_per_second"], "serving_batch": v["batch"],
+                "max_batch": v["max_batch"], "fits": v["fits"].astype(float)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The objective, hardware name and serving batch as plain values."""
+        return {"objective": self.objective, "hardware": None if self.hardware is None else self.hardware.name,
+                "serving_batch": self.batch}
+
+
 # ---------------------------------------------------------------------------------------------
 # Costs of a set of configurations
 # ---------------------------------------------------------------------------------------------
@@ -275,6 +348,7 @@ class SearchResult:
     convention: ZConvention = field(default_factory=lambda: z_convention(DEFAULT_CONVENTION))
     budget: dict | None = None
     warnings: list = field(default_factory=list)
+    settings: CostSettings | None = None
 
     def __post_init__(self) -> None:
         require(isinstance(self.candidates, pd.DataFrame) and len(self.candidates) > 0, "a search result needs at least one candidate")
@@ -298,7 +372,7 @@ class SearchResult:
             "kv_dtype": self.kv_dtype,
             "batch": self.batch,
             "warnings": list(self.warnings),
-        })
+        } | (self.settings.to_dict() if self.settings is not None else {"objective": "z", "hardware": None}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,13 +464,21 @@ def savings_against(best: dict, baseline: dict) -> dict:
 
 def search(context, target_loss, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
            weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1, max_heads: int | None = None,
-           heads=None, baseline: str | None = None, convention=None, memory_unit: str | None = None) -> SearchResult:
+           heads=None, baseline: str | None = None, convention=None, memory_unit: str | None = None,
+           settings: CostSettings | None = None) -> SearchResult:
     """The cost-optimal (N, n_h, n_kv) that reaches ``target_loss`` (nats per token) at ``context``
     (tokens), with the smallest Z. Every candidate H gets N*(H) = a/(L*-E)^(1/b) (parameters);
     those with L* <= E are kept as unreachable rows. Raises :class:`UnreachableTarget` when none is reachable.
-    ``convention``: the Z convention (default ``paper``, see :data:`cogqa.costs.Z_CONVENTIONS`)."""
+    ``convention``: the Z convention (default ``paper``, see :data:`cogqa.costs.Z_CONVENTIONS`).
+    ``settings``: a :class:`CostSettings` replacing the cost keywords; with an objective other
+    than z the ranking minimises it on ``settings.hardware`` (candidates whose batch does not fit
+    rank last, ``fits`` False) and the candidates gain serving columns (seconds/token, tokens/s)."""
     T = _check_context(context)
     L = _check_loss(target_loss)
+    if settings is not None:
+        require(isinstance(settings, CostSettings), "settings must be a cogqa.search.CostSettings")
+        weights, weight_dtype, kv_dtype = settings.weights, settings.weight_dtype, settings.kv_dtype
+        batch, convention, memory_unit = settings.z_batch, settings.convention, None
     conv = _check_options(weights, weight_dtype, kv_dtype, batch, convention, memory_unit)
     law_set = resolve_laws(laws)
     laws_list = _select_laws(law_set, max_heads, heads)
@@ -408,7 +490,18 @@ def search(context, target_loss, laws: LawSet | str | Path = "default", weights:
     n_eval = np.where(reachable, n_star, 1e9)
     costs = _cost_columns(n_eval, [l.n_heads for l in laws_list], [l.n_kv_heads for l in laws_list], T, batch, weight_dtype, kv_dtype, weights,
                           conv, law_set.family)
-    df = _frame(laws_list, n_star, np.full(len(laws_list), L), reachable, costs, "z", law_set.family)
+    sort_by = "z"
+    if settings is not None and settings.hardware is not None:
+        shape = shape_for_params(n_eval, np.array([l.n_heads for l in laws_list], dtype=float),
+                                 np.array([l.n_kv_heads for l in laws_list], dtype=float), family=law_set.family)
+        costs = costs | settings.serving_columns(shape, T)
+        sort_by = settings.ranks_by
+    df = _frame(laws_list, n_star, np.full(len(laws_list), L), reachable, costs, sort_by, law_set.family)
+    if "fits" in df:
+        df["fits"] = pd.array([None if pd.isna(v) else bool(v) for v in df["fits"]], dtype="boolean")
+        if sort_by != "z":
+            require(bool(df["fits"].iloc[0]), f"no candidate fits batch {settings.batch} at T = {T:,} tokens on "
+                    f"{settings.hardware.name}; lower --batch or use --batch auto")
     best = _plain(df.iloc[0].to_dict())
     base = savings = None
     if baseline is not None:
@@ -417,18 +510,25 @@ def search(context, target_loss, laws: LawSet | str | Path = "default", weights:
     return SearchResult(context=T, target_loss=L, candidates=df, best=best, baseline=base, savings=savings,
                         approximate=law_set.approximate, laws_source=law_set.source, weights=weights,
                         weight_dtype=weight_dtype, kv_dtype=kv_dtype, batch=batch, convention=conv,
-                        warnings=_size_warnings(best, law_set))
+                        warnings=_size_warnings(best, law_set), settings=settings)
 
 
 def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", budget_z=None, budget_memory=None,
                               budget_flops=None, weights: ZWeights = ZWeights(), weight_dtype: str = "bf16",
                               kv_dtype: str = "bf16", batch: int = 1, max_heads: int | None = None, heads=None,
-                              convention=None, memory_unit: str | None = None) -> SearchResult:
+                              convention=None, memory_unit: str | None = None,
+                              settings: CostSettings | None = None) -> SearchResult:
     """The inverse question: for each H the largest N (parameters) whose Z, memory (bytes) and
     FLOPs per token at ``context`` all stay within the given budgets (bisection over N), its
     predicted loss (nats per token); ``best`` is the lowest loss. H that cannot fit even at
-    1e5 parameters are unreachable rows; an error if none fits."""
+    1e5 parameters are unreachable rows; an error if none fits. ``settings``: a
+    :class:`CostSettings` replacing the cost keywords (with hardware the candidates gain serving
+    columns; the ranking stays by loss)."""
     T = _check_context(context)
+    if settings is not None:
+        require(isinstance(settings, CostSettings), "settings must be a cogqa.search.CostSettings")
+        weights, weight_dtype, kv_dtype = settings.weights, settings.weight_dtype, settings.kv_dtype
+        batch, convention, memory_unit = settings.z_batch, settings.convention, None
     conv = _check_options(weights, weight_dtype, kv_dtype, batch, convention, memory_unit)
     budgets = {"z": budget_z, "inference_memory_bytes": budget_memory, "inference_flops_per_token": budget_flops}
     flags = {"z": "--budget-z", "inference_memory_bytes": "--budget-memory", "inference_flops_per_token": "--budget-flops"}
@@ -457,12 +557,18 @@ def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", bu
     if not reachable.any():
         raise CogqaError(f"budget too small: no head configuration fits within it even at {_N_MIN:.0e} parameters; raise the budget")
     costs = _cost_columns(np.where(reachable, n_best, 1e9), n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, conv, law_set.family)
+    if settings is not None and settings.hardware is not None:
+        shape = shape_for_params(np.where(reachable, n_best, 1e9), n_h, n_kv, family=law_set.family)
+        costs = costs | {k: v for k, v in settings.serving_columns(shape, T).items() if k != "objective_value"}
     df = _frame(laws_list, n_best, losses, reachable, costs, "predicted_loss", law_set.family)
+    if "fits" in df:
+        df["fits"] = pd.array([None if pd.isna(v) else bool(v) for v in df["fits"]], dtype="boolean")
     best = _plain(df.iloc[0].to_dict())
     budget = {k.replace("inference_", "").replace("_per_token", ""): float(v) for k, v in budgets.items()}
     return SearchResult(context=T, target_loss=None, candidates=df, best=best, approximate=law_set.approximate,
                         laws_source=law_set.source, weights=weights, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                        batch=batch, convention=conv, budget=budget, warnings=_size_warnings(best, law_set))
+                        batch=batch, convention=conv, budget=budget, warnings=_size_warnings(best, law_set),
+                        settings=settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -556,11 +662,20 @@ def _check_grid(losses, contexts) -> tuple[list[float], list[int]]:
 
 def cost_optimal_table_long(losses, contexts, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
                             weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1,
-                            max_heads: int | None = None, convention=None, memory_unit: str | None = None) -> pd.DataFrame:
+                            max_heads: int | None = None, convention=None, memory_unit: str | None = None,
+                            settings: CostSettings | None = None) -> pd.DataFrame:
     """One row per (target loss, context): the winner's n_heads, n_kv_heads, N*
     (``params_non_embedding``, parameters) and ``z`` (under ``convention``, default ``paper``);
-    ``reachable`` False (heads None) when no configuration reaches the loss."""
+    ``reachable`` False (heads None) when no configuration reaches the loss. With ``settings``
+    on hardware: the winner minimises its objective, and ``seconds_per_token``,
+    ``tokens_per_second`` (per device), ``serving_batch`` and ``fits`` are added (a cell where no
+    reachable candidate fits the batch is ``reachable`` True, ``fits`` False, heads None)."""
     losses, contexts = _check_grid(losses, contexts)
+    if settings is not None:
+        require(isinstance(settings, CostSettings), "settings must be a cogqa.search.CostSettings")
+        weights, weight_dtype, kv_dtype = settings.weights, settings.weight_dtype, settings.kv_dtype
+        batch, convention, memory_unit = settings.z_batch, settings.convention, None
+    serve = settings is not None and settings.hardware is not None
     conv = _convention(convention, memory_unit)
     law_set = resolve_laws(laws)
     _check_options(weights, weight_dtype, kv_dtype, batch, conv)
@@ -578,9 +693,21 @@ def cost_optimal_table_long(losses, contexts, laws: LawSet | str | Path = "defau
                              "params_non_embedding": math.nan, "z": math.nan, "reachable": False})
                 continue
             z = np.where(reachable, z_cost(*z_inputs(shape, T, conv, batch, weight_dtype, kv_dtype), weights), np.inf)
-            i = int(np.lexsort((n_kv, n_h, z))[0])  # smallest Z, ties to fewer heads (as search ranks)
+            key, extra = z, {}
+            if serve:
+                sv = settings.serving_columns(shape, T)
+                key = np.where(reachable, sv.get("objective_value", z), np.inf)
+            i = int(np.lexsort((n_kv, n_h, key))[0])  # smallest Z (or objective), ties to fewer heads (as search ranks)
+            if serve:
+                extra = {"seconds_per_token": float(sv["seconds_per_token"][i]),
+                         "tokens_per_second": float(sv["tokens_per_second"][i]),
+                         "serving_batch": float(sv["serving_batch"][i]), "fits": bool(np.isfinite(key[i]))}
+                if not extra["fits"]:
+                    rows.append({"target_loss": L, "context": T, "n_heads": None, "n_kv_heads": None,
+                                 "params_non_embedding": math.nan, "z": math.nan, "reachable": True} | extra)
+                    continue
             rows.append({"target_loss": L, "context": T, "n_heads": int(n_h[i]), "n_kv_heads": int(n_kv[i]),
-                         "params_non_embedding": float(n_star[i]), "z": float(z[i]), "reachable": True})
+                         "params_non_embedding": float(n_star[i]), "z": float(z[i]), "reachable": True} | extra)
     long = pd.DataFrame(rows)
     for column in ("n_heads", "n_kv_heads"):
         long[column] = pd.array([r[column] for r in rows], dtype="Int64")
@@ -589,16 +716,19 @@ def cost_optimal_table_long(losses, contexts, laws: LawSet | str | Path = "defau
 
 def cost_optimal_table(losses, contexts, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
                        weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1,
-                       max_heads: int | None = None, convention=None, memory_unit: str | None = None) -> pd.DataFrame:
+                       max_heads: int | None = None, convention=None, memory_unit: str | None = None,
+                       settings: CostSettings | None = None) -> pd.DataFrame:
     """The Table 4 grid: rows target losses L* (nats per token), columns contexts T (tokens),
     cells ``"(n_h, n_kv)"`` of the cost-optimal configuration, or None when L* is unreachable.
     ``table.attrs["long"]`` holds :func:`cost_optimal_table_long` (N* and Z per cell) and
     ``table.attrs["approximate"]`` whether the laws are approximate, ``table.attrs["convention"]`` the
     :class:`cogqa.costs.ZConvention` of Z."""
     law_set = resolve_laws(laws)
-    conv = _convention(convention, memory_unit)
-    long = cost_optimal_table_long(losses, contexts, law_set, weights, weight_dtype, kv_dtype, batch, max_heads, conv)
-    cells = [f"({int(r.n_heads)}, {int(r.n_kv_heads)})" if r.reachable else None for r in long.itertuples()]
+    conv = settings.convention if settings is not None else _convention(convention, memory_unit)
+    long = cost_optimal_table_long(losses, contexts, law_set, weights, weight_dtype, kv_dtype, batch, max_heads, conv,
+                                   settings=settings)
+    cells = [None if not r.reachable else "does not fit" if pd.isna(r.n_heads)
+             else f"({int(r.n_heads)}, {int(r.n_kv_heads)})" for r in long.itertuples()]
     long = long.assign(cell=cells)
     table = long.pivot(index="target_loss", columns="context", values="cell")
     table = table.reindex(index=list(dict.fromkeys(long["target_loss"])), columns=list(dict.fromkeys(long["context"])))

@@ -198,9 +198,13 @@ def cmd_cost(args: argparse.Namespace) -> int:
 
 
 def compare_rows(specs: list[str], contexts: list[int], batch: int = 1, weight_dtype: str = "bf16",
-                 kv_dtype: str = "bf16", z_weights=None, convention: str = "paper") -> list[dict]:
+                 kv_dtype: str = "bf16", z_weights=None, convention: str = "paper", objective: str = "z",
+                 hardware=None) -> list[dict]:
     """Cost summaries of several shape specs at each context length, with % differences from the first;
-    ``z`` under the Z ``convention`` (named in each row's ``z_convention``)."""
+    ``z`` under the Z ``convention`` (named in each row's ``z_convention``). With ``hardware``: each
+    row adds ``seconds_per_token``, ``tokens_per_second`` (per device), ``max_batch``, ``fits`` and
+    ``objective_value`` (Z, seconds/token or device-seconds/token; null where the batch does not fit),
+    and ``best`` marks the lowest objective value per context (never a row that does not fit)."""
     from ..costs import ZWeights, cost_summary
     from ..shapes import shape_from_spec
 
@@ -222,11 +226,28 @@ def compare_rows(specs: list[str], contexts: list[int], batch: int = 1, weight_d
                 "z": r["z"],
                 "z_convention": r["z_convention"]["name"],
             }
+            if hardware is not None:
+                from ..serving import objective_values
+
+                v = objective_values(shape, T, "latency" if objective == "z" else objective, hardware, batch,
+                                     weight_dtype, kv_dtype)
+                fits = bool(v["fits"])
+                value = r["z"] if objective == "z" else float(v["value"])
+                row.update({"objective": objective, "hardware": hardware.name,
+                            "seconds_per_token": float(v["seconds_per_token"]),
+                            "tokens_per_second": float(v["tokens_per_second"]), "max_batch": int(v["max_batch"]),
+                            "fits": fits, "objective_value": value if (fits or objective == "z") else None})
             if base is None:
                 base = row
             for key in ("params", "inference_flops_per_token", "inference_memory_bytes", "z"):
                 row[f"{key}_vs_first_pct"] = 100.0 * (row[key] / base[key] - 1.0)
             out.append(row)
+    if hardware is not None:
+        for T in contexts:
+            here = [r for r in out if r["context"] == T]
+            ok = [r for r in here if r["objective_value"] is not None]
+            for r in here:
+                r["best"] = bool(ok) and r is min(ok, key=lambda x: x["objective_value"])
     return out
 
 
@@ -236,7 +257,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     require(len(args.configs) >= 2, "compare needs at least two configurations")
     contexts = _check_cost_options(args)
-    rows = compare_rows(args.configs, contexts, args.batch, args.weight_dtype, args.kv_dtype, _weights(args), convention_from_args(args))
+    from ..search import CostSettings
+    from .serving import hardware_from_args
+
+    st = CostSettings(weights=_weights(args), weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype, batch=args.batch,
+                      convention=convention_from_args(args), objective=args.objective,
+                      hardware=hardware_from_args(args))
+    rows = compare_rows(args.configs, contexts, st.batch, st.weight_dtype, st.kv_dtype, st.weights, st.convention.name,
+                        st.objective, st.hardware)
+    serve = st.hardware is not None
     if args.json:
         print_json(rows)
         return 0
@@ -244,14 +273,24 @@ def cmd_compare(args: argparse.Namespace) -> int:
     for T in contexts:
         print(f"T = {fmt_tokens(T)}; weights {args.weight_dtype}, KV cache {args.kv_dtype}, batch {args.batch}; "
               f"Z convention {rows[0]['z_convention']}; % vs the first")
-        print(f"{'config':<{width}}{'params':>14}{'FLOPs/token':>16}{'vs 1st':>9}{'memory':>13}{'vs 1st':>9}{'Z':>11}{'vs 1st':>9}")
+        if serve:
+            from .search import objective_line
+
+            print(objective_line(st) + "; * = best")
+        head = f"{'config':<{width}}{'params':>14}{'FLOPs/token':>16}{'vs 1st':>9}{'memory':>13}{'vs 1st':>9}"
+        print(head + f"{'Z':>11}{'vs 1st':>9}" + (f"{'s/token':>12}{'tokens/s/dev':>14}" if serve else ""))
         for r in (r for r in rows if r["context"] == T):
-            print(
+            line = (
                 f"{r['config']:<{width}}{fmt_params(r['params']):>14}"
                 f"{fmt_flops(r['inference_flops_per_token']):>16}{r['inference_flops_per_token_vs_first_pct']:>+8.1f}%"
                 f"{fmt_bytes(r['inference_memory_bytes']):>13}{r['inference_memory_bytes_vs_first_pct']:>+8.1f}%"
                 f"{r['z']:>11.5g}{r['z_vs_first_pct']:>+8.1f}%"
             )
+            if serve:
+                line += f"{1e3 * r['seconds_per_token']:>9.3g} ms{r['tokens_per_second']:>14,.0f}"
+                why = "" if r["fits"] else f"  infeasible: batch does not fit (max {r['max_batch']})"
+                line += "  *" if r["best"] else why
+            print(line)
         print()
     return 0
 
@@ -277,6 +316,11 @@ def register(sub) -> None:
     )
     c.add_argument("configs", nargs="+", metavar="CONFIG")
     add_cost_options(c)
+    c.add_argument("--objective", default="z", help="z (default), latency or throughput: marks the best config "
+                   "(* in the table); latency/throughput need --hardware")
+    from .serving import add_hardware_options
+
+    add_hardware_options(c, required=False)
     c.set_defaults(func=cmd_compare)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import require
+
 
 def register(subparsers) -> None:
     """Add ``report``."""
@@ -14,6 +16,12 @@ def register(subparsers) -> None:
     p.add_argument("--laws", help="use this laws file instead of fitting the sweep's results")
     p.add_argument("--baseline", help="baseline for savings, as cogqa search takes it: llama3, a config.json, or a size with heads like 1.2B:32,8 (default llama3)")
     p.add_argument("--out", help="output directory (default SWEEP_DIR/report or ./report)")
+    p.add_argument("--objective", default="z", help="z (default), latency or throughput: ranks the table and the "
+                   "recommendation on --hardware (roofline, docs/serving.md)")
+    p.add_argument("--batch", default="1", help="serving batch for --objective: sequences or auto (default 1)")
+    from .serving import add_hardware_options
+
+    add_hardware_options(p, required=False)
     p.set_defaults(func=cmd_report)
 
 
@@ -30,8 +38,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         collect(source)  # a sweep directory not collected yet: collect it first (report never imports sweep)
 
+    from ..search import CostSettings
+    from .serving import hardware_from_args
+
+    batch = str(args.batch).strip().lower()
+    require(batch == "auto" or batch.isdigit(), f"--batch: give a number of sequences >= 1 or auto, got {args.batch!r}")
+    settings = CostSettings(batch=batch if batch == "auto" else int(batch), objective=args.objective,
+                            hardware=hardware_from_args(args))
     path = build_report(args.source, out=args.out, context=parse_context(args.context, "--context"),
                         target_loss=parse_float(args.target_loss, "--target-loss") if args.target_loss else None,
-                        laws=args.laws, baseline=args.baseline)
+                        laws=args.laws, baseline=args.baseline, settings=settings)
     print(f"wrote {path} (figures alongside)")
     return 0

@@ -27,6 +27,20 @@ def approximate_line(laws_arg: str) -> str:
 
 
 
+def objective_line(settings) -> str:
+    """One line naming the objective, the hardware and the serving batch of a search or table."""
+    what = {"z": "minimise Z (the paper's cost)", "latency": "minimise decode latency (seconds per output token)",
+            "throughput": "maximise decode throughput (tokens/s per device)"}[settings.objective]
+    hw = settings.hardware
+    batch = "the largest batch that fits" if settings.batch == "auto" else f"batch {settings.batch} sequences"
+    return (f"objective: {what}; hardware {hw.name} (roofline, {batch}, weights {settings.weight_dtype}, "
+            f"KV {settings.kv_dtype}; see docs/serving.md)")
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{1e3 * s:.3g} ms" if s >= 1e-3 else f"{1e6 * s:.3g} us"
+
+
 def _int(text, field: str) -> int:
     require(text is not None and re.fullmatch(r"\s*-?[0-9]+\s*", str(text)) is not None, f"{field}: {text!r} is not a whole number")
     return int(text)
@@ -60,8 +74,11 @@ def _options(args) -> dict:
             dtype_bytes(value)
         except CogqaError as exc:
             raise CogqaError(f"{flag}: {exc}") from None
-    batch = _int(args.batch, "--batch")
-    require(batch >= 1, f"--batch must be at least 1 sequence, got {batch}")
+    if str(args.batch).strip().lower() == "auto":
+        batch = "auto"
+    else:
+        batch = _int(args.batch, "--batch")
+        require(batch >= 1, f"--batch must be at least 1 sequence (or auto), got {batch}")
     max_heads = None
     if args.max_heads is not None:
         max_heads = _int(args.max_heads, "--max-heads")
@@ -72,8 +89,13 @@ def _options(args) -> dict:
         require(args.memory_unit in MEMORY_UNIT_CONVENTIONS, f"--memory-unit must be values or bytes, got {args.memory_unit!r}")
         require(args.convention is None, "give --convention or the old --memory-unit, not both")
     convention = z_convention(args.convention or MEMORY_UNIT_CONVENTIONS.get(args.memory_unit, DEFAULT_CONVENTION))
-    return {"weights": ZWeights(lam=lam, alpha=alpha, beta=beta), "weight_dtype": args.weight_dtype, "kv_dtype": args.kv_dtype,
-            "batch": batch, "max_heads": max_heads, "convention": convention}
+    from ..search import CostSettings
+    from .serving import hardware_from_args
+
+    settings = CostSettings(weights=ZWeights(lam=lam, alpha=alpha, beta=beta), weight_dtype=args.weight_dtype,
+                            kv_dtype=args.kv_dtype, batch=batch, convention=convention, objective=args.objective,
+                            hardware=hardware_from_args(args))
+    return {"settings": settings, "max_heads": max_heads}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -83,11 +105,17 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", default=str(1 / 3), help="Z exponent of FLOPs per token (default 1/3)")
     p.add_argument("--weight-dtype", default="bf16", help="dtype of the weights in memory (default bf16)")
     p.add_argument("--kv-dtype", default="bf16", help="dtype of the KV cache (default bf16)")
-    p.add_argument("--batch", default="1", help="concurrent sequences sharing the weights (default 1)")
+    p.add_argument("--batch", default="1", help="concurrent sequences sharing the weights, or auto (the most that fit "
+                   "--hardware; Z then at batch 1) (default 1)")
     p.add_argument("--max-heads", default=None, help="largest n_heads to consider, a power of two (default: all in the laws file)")
     p.add_argument("--convention", default=None, help="what M and C mean in Z: paper (default; the paper's Figure 2: M = 2 bytes "
                    "x (N + 2TLd_h n_kv), C = T x (2N + 4TLd_h n_h)), eq4-per-token (M in values, C per token) or bytes-per-token")
     p.add_argument("--memory-unit", default=None, help="old spelling: values = --convention eq4-per-token, bytes = bytes-per-token")
+    p.add_argument("--objective", default="z", help="what to minimise: z (the paper's Z, default), latency (decode "
+                   "seconds per token) or throughput (maximise tokens/s per device); the last two need --hardware")
+    from .serving import add_hardware_options
+
+    add_hardware_options(p, required=False)
     p.add_argument("--json", action="store_true", help="print JSON")
 
 
@@ -152,12 +180,13 @@ def _run_training_budget(args, T: int, opts: dict) -> int:
 
     laws = laws[0] if len(laws) == 1 and isinstance(laws[0], HeadsJointLaw) else laws
     r = search_at_training_budget(T, loss, flops, laws, train_context=int(parse_count(args.train_context, "--train-context")),
-                                  weights=opts["weights"], convention=opts["convention"], heads=_parse_heads(args.heads))
+                                  weights=opts["settings"].weights, convention=opts["settings"].convention,
+                                  heads=_parse_heads(args.heads))
     if args.json:
         print_json(r)
         return 0
     print(f"cost-optimal GQA at equal training compute {flops:.3g} FLOPs (Eq. 11), T = {T:,} tokens, target loss {loss:g} nats/token")
-    print(f"Z convention {opts['convention'].describe()}")
+    print(f"Z convention {opts['settings'].convention.describe()}")
     for i, row in enumerate(r["candidates"]):
         heads = f"({row['n_heads']}, {row['n_kv_heads']})"
         if not row["reachable"]:
@@ -188,8 +217,13 @@ def _print_result(r, laws_arg: str = "default") -> None:
     print(f"Z = {w.lam:g}*M^{w.alpha:.3g} + {1 - w.lam:g}*C^{w.beta:.3g}, convention {r.convention.describe()}; "
           f"weights {r.weight_dtype}, KV cache {r.kv_dtype}, batch {r.batch}")
     loss_col = r.target_loss is None
+    st = r.settings
+    serve = st is not None and st.hardware is not None
+    if serve:
+        print(objective_line(st))
     header = f"{'':2}{'H=(n_h,n_kv)':<14}{'N* (params)':>16}{'L x d':>16}{'FLOPs/token':>16}{'memory':>13}{'KV cache':>13}{'Z':>11}"
-    print(header + (f"{'loss':>9}" if loss_col else ""))
+    print(header + (f"{'loss':>9}" if loss_col else "")
+          + (f"{'s/token':>11}{'tokens/s/dev':>14}{'batch':>7}" if serve else ""))
     for i, row in enumerate(r.candidates.itertuples()):
         heads = f"({row.n_heads}, {row.n_kv_heads})"
         if not row.reachable:
@@ -200,10 +234,20 @@ def _print_result(r, laws_arg: str = "default") -> None:
         line = (f"{mark}{heads:<14}{fmt_params(row.params_non_embedding).replace(' params', ''):>16}"
                 f"{f'{row.layers} x {row.hidden_size}':>16}{fmt_flops(row.inference_flops_per_token):>16}"
                 f"{fmt_bytes(row.inference_memory_bytes):>13}{fmt_bytes(row.kv_cache_bytes):>13}{row.z:>11.5g}")
-        print(line + (f"{row.predicted_loss:>9.4f}" if loss_col else ""))
+        line += f"{row.predicted_loss:>9.4f}" if loss_col else ""
+        if serve:
+            fits = bool(row.fits)
+            batch = f"{int(row.serving_batch)}" if fits else f"max {int(row.max_batch)}"
+            line += f"{_fmt_seconds(row.seconds_per_token):>11}{row.tokens_per_second:>14,.0f}{batch:>7}"
+            line += "" if fits else "  infeasible: batch does not fit memory"
+        print(line)
     b = r.best
     print(f"* best: H=({b['n_heads']}, {b['n_kv_heads']}), N* = {fmt_params(b['params_non_embedding'])} "
           f"(buildable: {b['layers']} layers x {b['hidden_size']} hidden), predicted loss {b['predicted_loss']:.4f} nats/token")
+    if serve:
+        print(f"  on {st.hardware.name}: {_fmt_seconds(b['seconds_per_token'])} per output token, "
+              f"{b['tokens_per_second']:,.0f} tokens/s per device at batch {int(b['serving_batch'])} sequences "
+              f"(max batch that fits: {int(b['max_batch'])})")
     if r.baseline is not None:
         base, s = r.baseline, r.savings
         sized = f"sized by the law of H={tuple(base['law_heads'])} to reach L*" if base["sized_by"] == "law" else "its own shape"
@@ -239,6 +283,8 @@ def _parse_losses(text: str) -> list[float]:
 
 def cmd_table(args: argparse.Namespace) -> int:
     """Print the grid of cost-optimal (n_h, n_kv) for each target loss and context."""
+    import pandas as pd
+
     from ..search import PAPER_TABLE4, PAPER_TABLE4_CONTEXTS, compare_with_paper_table4, cost_optimal_table, plot_cost_optimal_table
     from ..units import fmt_tokens, parse_contexts
 
@@ -255,7 +301,7 @@ def cmd_table(args: argparse.Namespace) -> int:
         plot_cost_optimal_table(table, args.plot)
     if args.json:
         out = {"losses": losses, "contexts": contexts, "approximate": table.attrs["approximate"],
-               "z_convention": opts["convention"].to_dict(),
+               "z_convention": opts["settings"].convention.to_dict(), **opts["settings"].to_dict(),
                "laws_source": table.attrs["laws_source"],
                "table": {f"{l:g}": {str(t): table.loc[l, t] for t in contexts} for l in losses},
                "cells": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in long.to_dict(orient="records")],
@@ -267,12 +313,22 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.format == "csv":
         print(_csv(table), end="")
     else:
-        print(f"cost-optimal (n_h, n_kv); Z convention {opts['convention'].describe()}")
+        print(f"cost-optimal (n_h, n_kv); Z convention {opts['settings'].convention.describe()}")
+        if opts["settings"].hardware is not None:
+            print(objective_line(opts["settings"]))
         print()
         print("| L* (nats/token) | " + " | ".join(f"T = {fmt_tokens(t)}" for t in contexts) + " |")
         print("|---|" + "---|" * len(contexts))
+        tps = {}
+        if opts["settings"].hardware is not None:
+            unit = "s/token" if opts["settings"].objective == "latency" else "tok/s/dev"
+            for r in long.itertuples():
+                if r.reachable and not pd.isna(r.n_heads):
+                    v = r.seconds_per_token if unit == "s/token" else r.tokens_per_second
+                    tps[(r.target_loss, r.context)] = f" {v:.3g} {unit}" if unit == "s/token" else f" {v:,.0f} {unit}"
         for l in losses:
-            print(f"| {l:g} | " + " | ".join(table.loc[l, t] or "unreachable" for t in contexts) + " |")
+            cells = ((table.loc[l, t] or "unreachable") + tps.get((l, t), "") for t in contexts)
+            print(f"| {l:g} | " + " | ".join(cells) + " |")
     if args.plot:
         print(f"wrote {args.plot}")
     if args.out_csv:

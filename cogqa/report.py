@@ -203,6 +203,9 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
         if df is not None:
             sub = df[(df.n_heads == law.n_heads) & (df.n_kv_heads == law.n_kv_heads)]
             ax.scatter(sub.params_non_embedding, sub.loss, color=color, s=18)
+            if "loss_se" in sub and sub["loss_se"].notna().any():  # validation standard error of each run
+                ax.errorbar(sub.params_non_embedding, sub.loss, yerr=2 * sub["loss_se"].fillna(0), fmt="none",
+                            ecolor=color, elinewidth=0.8, capsize=2)
         r2 = f"{law.r2:.4f}" if law.r2 is not None else "n/a"
         bound = law.extra.get("at_bound") or []
         note = f" (on its bound: {', '.join(bound)}; not determined by the data)" if bound else ""
@@ -227,6 +230,12 @@ def build_report(source: str | Path, out: str | Path | None = None, context: int
             rows.append(f"| {name} | {getattr(j, name):.4g} | " + (f"{lo_hi[0]:.4g} to {lo_hi[1]:.4g}" if lo_hi else "n/a")
                         + " | " + ("**on its bound: not determined by the data**" if name in bound else "") + " |")
     md += ["## 1. Loss vs model size per head configuration", "", f"![loss vs N]({_save(fig, out / 'loss_vs_n.png')})", "", *rows, ""]
+    if df is not None and "loss_se" in df and df["loss_se"].notna().any():
+        se = df["loss_se"].dropna()
+        numbers["validation_loss_se"] = {"median": float(se.median()), "max": float(se.max())}
+        md += [f"Validation loss standard error of the runs (error bars: ±2 SE): median {se.median():.4f}, "
+               f"largest {se.max():.4f} nats/token; differences between runs smaller than about twice that are "
+               "within measurement noise.", ""]
     if df is not None:
         falls = _loss_falls_with_n(df)
         numbers["loss_falls_with_n"] = falls

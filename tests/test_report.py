@@ -76,3 +76,17 @@ def test_report_bad_input(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["report", str(tmp_path / "empty")]) == 2
     assert "results.csv" in capsys.readouterr().err
+
+
+def test_report_shows_validation_standard_error(tmp_path):
+    from cogqa.report import build_report
+
+    d = synthetic_sweep(tmp_path)
+    df = pd.read_csv(d / "results.csv")
+    df["loss_se"] = 0.0015
+    df.to_csv(d / "results.csv", index=False)
+    path = build_report(d, context=131072, fit_grid=16)
+    text = path.read_text()
+    assert "standard error" in text and "0.0015" in text
+    numbers = json.loads((path.parent / "numbers.json").read_text())
+    assert numbers["validation_loss_se"] == {"median": 0.0015, "max": 0.0015}

@@ -387,7 +387,8 @@ def _shard_problems(root: Path, manifest: dict, name: str, shard: dict, full: bo
     try:
         head = read_header(path)
     except CogqaError as exc:
-        return [f"{shard['file']}: {str(exc).split(': ', 1)[-1]}"], False
+        reason = str(exc).split(": ", 1)[-1].replace("; re-run cogqa data prepare", "")
+        return [f"{shard['file']}: {reason}"], False
     problems = []
     dtype = np.dtype(manifest["dtype"])
     context = int(manifest["context"])

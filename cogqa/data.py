@@ -353,33 +353,49 @@ def load_manifest(root: str | Path) -> dict[str, Any]:
         return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 40
 
     for key in ("context", "padded_vocab_size"):
-        require(positive_int(manifest[key]), f"data: {path}: {key!r} must be a positive integer, got "
-                f"{str(manifest[key])[:40]}; re-run cogqa data prepare")
-    require(manifest["dtype"] in ("uint16", "uint32"), f"data: {path}: 'dtype' must be uint16 or uint32, got "
-            f"{str(manifest['dtype'])[:40]}; re-run cogqa data prepare")
+        require(
+            positive_int(manifest[key]),
+            f"data: {path}: {key!r} must be a positive integer, got "
+            f"{str(manifest[key])[:40]}; re-run cogqa data prepare",
+        )
+    require(
+        manifest["dtype"] in ("uint16", "uint32"),
+        f"data: {path}: 'dtype' must be uint16 or uint32, got {str(manifest['dtype'])[:40]}; re-run cogqa data prepare",
+    )
     splits = manifest["splits"]
-    require(isinstance(splits, dict) and all(isinstance(v, dict) for v in splits.values()),
-            f"data: {path}: 'splits' must map split names to objects; re-run cogqa data prepare")
+    require(
+        isinstance(splits, dict) and all(isinstance(v, dict) for v in splits.values()),
+        f"data: {path}: 'splits' must map split names to objects; re-run cogqa data prepare",
+    )
     for name, split in splits.items():
         shards = split.get("shards")
-        require(isinstance(shards, list) and all(isinstance(sh, dict) for sh in shards),
-                f"data: {path}: splits.{name}.shards must be a list of objects; re-run cogqa data prepare")
+        require(
+            isinstance(shards, list) and all(isinstance(sh, dict) for sh in shards),
+            f"data: {path}: splits.{name}.shards must be a list of objects; re-run cogqa data prepare",
+        )
         for sh in shards:
             f = sh.get("file")
-            require(isinstance(f, str) and f and "/" not in f and "\\" not in f and f not in (".", ".."),
-                    f"data: {path}: splits.{name} lists a shard file {str(f)[:40]!r} that is not a plain file name")
+            require(
+                isinstance(f, str) and f and "/" not in f and "\\" not in f and f not in (".", ".."),
+                f"data: {path}: splits.{name} lists a shard file {str(f)[:40]!r} that is not a plain file name",
+            )
             for key in ("chunks", "tokens"):
-                require(key not in sh or (isinstance(sh[key], int) and not isinstance(sh[key], bool) and sh[key] >= 0),
-                        f"data: {path}: splits.{name} shard {f}: {key!r} must be a count >= 0")
+                require(
+                    key not in sh or (isinstance(sh[key], int) and not isinstance(sh[key], bool) and sh[key] >= 0),
+                    f"data: {path}: splits.{name} shard {f}: {key!r} must be a count >= 0",
+                )
         for key in ("chunks", "tokens"):
-            require(key not in split or (isinstance(split[key], int) and not isinstance(split[key], bool)
-                                         and split[key] >= 0),
-                    f"data: {path}: splits.{name}.{key} must be a count >= 0; re-run cogqa data prepare")
+            require(
+                key not in split
+                or (isinstance(split[key], int) and not isinstance(split[key], bool) and split[key] >= 0),
+                f"data: {path}: splits.{name}.{key} must be a count >= 0; re-run cogqa data prepare",
+            )
     return manifest
 
 
-def _shard_problems(root: Path, manifest: dict, name: str, shard: dict, full: bool,
-                    sample: int = 4) -> tuple[list[str], bool]:
+def _shard_problems(
+    root: Path, manifest: dict, name: str, shard: dict, full: bool, sample: int = 4
+) -> tuple[list[str], bool]:
     """Problems of one shard (empty if fine) and whether its SHA-256 was checked."""
     path = root / shard["file"]
     if not path.is_file():
@@ -393,8 +409,10 @@ def _shard_problems(root: Path, manifest: dict, name: str, shard: dict, full: bo
     dtype = np.dtype(manifest["dtype"])
     context = int(manifest["context"])
     if head["bytes_per_token"] != dtype.itemsize or head["context"] != context:
-        problems.append(f"{shard['file']}: header ({head['bytes_per_token']} bytes/token, context {head['context']}) "
-                        f"does not match the manifest ({dtype.itemsize}, {context})")
+        problems.append(
+            f"{shard['file']}: header ({head['bytes_per_token']} bytes/token, context {head['context']}) "
+            f"does not match the manifest ({dtype.itemsize}, {context})"
+        )
         return problems, False
     if "tokens" in shard and shard["tokens"] != head["tokens"]:
         problems.append(f"{shard['file']}: {head['tokens']:,} tokens, the manifest says {shard['tokens']:,}")
@@ -410,8 +428,14 @@ def _shard_problems(root: Path, manifest: dict, name: str, shard: dict, full: bo
             f.seek(HEADER_BYTES)
             while block := f.read(1 << 24):
                 digest.update(block)
-                top = max(top, int(np.frombuffer(block[: len(block) // dtype.itemsize * dtype.itemsize],
-                                                 dtype=dtype).max(initial=0)))
+                top = max(
+                    top,
+                    int(
+                        np.frombuffer(block[: len(block) // dtype.itemsize * dtype.itemsize], dtype=dtype).max(
+                            initial=0
+                        )
+                    ),
+                )
         if "sha256" in shard:
             hashed = True
             if digest.hexdigest() != shard["sha256"]:
@@ -454,8 +478,10 @@ def verify_data(root: str | Path, full: bool = True) -> dict[str, Any]:
         if "tokens" in split and all("tokens" in sh for sh in split["shards"]) and tokens != split["tokens"]:
             problems.append(f"split {name}: shards hold {tokens:,} tokens, the manifest says {split['tokens']:,}")
     if unhashed:
-        notes.append(f"{unhashed} shard(s) have no SHA-256 in the manifest (prepared by an older cogqa): "
-                     "their headers, sizes, counts and token ids were checked, not their bytes")
+        notes.append(
+            f"{unhashed} shard(s) have no SHA-256 in the manifest (prepared by an older cogqa): "
+            "their headers, sizes, counts and token ids were checked, not their bytes"
+        )
     return {"dir": str(root), "shards": n_shards, "hashed": n_hashed, "problems": problems, "notes": notes}
 
 
@@ -468,8 +494,11 @@ def check_shards_cheap(root: str | Path) -> dict[str, Any]:
     are below the padded vocabulary. Reads a few KB per shard.
     """
     report = verify_data(root, full=False)
-    require(not report["problems"], f"data: {root}: {report['problems'][0] if report['problems'] else ''}; "
-            "run `cogqa data verify` and re-run cogqa data prepare")
+    require(
+        not report["problems"],
+        f"data: {root}: {report['problems'][0] if report['problems'] else ''}; "
+        "run `cogqa data verify` and re-run cogqa data prepare",
+    )
     return report
 
 
@@ -568,8 +597,7 @@ def is_legacy_data_dir(path: str | Path) -> bool:
         return False
     if manifest.get("format") != "cogqa-tokens":
         return False
-    return all(p.name == "manifest.json" or p.name in listed and _SHARD_NAME.fullmatch(p.name)
-               for p in path.iterdir())
+    return all(p.name == "manifest.json" or p.name in listed and _SHARD_NAME.fullmatch(p.name) for p in path.iterdir())
 
 
 def _tokenise(docs, tok, context, counts, emit, bar) -> tuple[np.ndarray, int, int]:

@@ -125,7 +125,7 @@ def clean_stale_temps(out: str | Path) -> list[Path]:
         return removed
     for infix in (TMP_INFIX, OLD_INFIX):
         for p in out.parent.glob(f".{out.name}{infix}*"):
-            pid_text = p.name[len(f".{out.name}{infix}"):].split("-", 1)[0]
+            pid_text = p.name[len(f".{out.name}{infix}") :].split("-", 1)[0]
             if not pid_text.isdigit() or _pid_alive(int(pid_text)):
                 continue
             if p.is_dir() and not p.is_symlink():
@@ -136,8 +136,9 @@ def clean_stale_temps(out: str | Path) -> list[Path]:
     return removed
 
 
-def check_output_dir(out: str | Path, command: str, overwrite: bool, field: str = "--out",
-                     legacy_ok=None, inputs: tuple = ()) -> None:
+def check_output_dir(
+    out: str | Path, command: str, overwrite: bool, field: str = "--out", legacy_ok=None, inputs: tuple = ()
+) -> None:
     """Raise CogqaError unless ``command`` may write the directory ``out`` as a whole.
 
     Allowed: a path that does not exist, an empty directory, or (with ``overwrite``) a directory holding
@@ -156,17 +157,22 @@ def check_output_dir(out: str | Path, command: str, overwrite: bool, field: str 
     if not out.exists() and not out.is_symlink():
         return
     if not out.is_dir() or out.is_symlink():
-        raise CogqaError(f"{field} {out}: exists and is not a directory; choose another path (--overwrite "
-                         "replaces only directories cogqa wrote)")
+        raise CogqaError(
+            f"{field} {out}: exists and is not a directory; choose another path (--overwrite "
+            "replaces only directories cogqa wrote)"
+        )
     if not any(out.iterdir()):
         return
     ours = read_marker(out) is not None or (legacy_ok is not None and legacy_ok(out))
     if not ours:
-        raise CogqaError(f"{field} {out}: holds files cogqa did not write (no {MARKER}); refusing to replace it even "
-                         "with --overwrite; choose a new or empty directory")
+        raise CogqaError(
+            f"{field} {out}: holds files cogqa did not write (no {MARKER}); refusing to replace it even "
+            "with --overwrite; choose a new or empty directory"
+        )
     if not overwrite:
-        raise CogqaError(f"{field} {out}: already holds cogqa output; pass --overwrite to replace it, or choose "
-                         "another directory")
+        raise CogqaError(
+            f"{field} {out}: already holds cogqa output; pass --overwrite to replace it, or choose another directory"
+        )
 
 
 def new_temp_dir(out: str | Path) -> Path:
@@ -213,8 +219,15 @@ def commit_dir(tmp: str | Path, out: str | Path) -> Path:
     return out
 
 
-def write_output_dir(out: str | Path, command: str, build, overwrite: bool = False, field: str = "--out",
-                     legacy_ok=None, inputs: tuple = ()) -> Path:
+def write_output_dir(
+    out: str | Path,
+    command: str,
+    build,
+    overwrite: bool = False,
+    field: str = "--out",
+    legacy_ok=None,
+    inputs: tuple = (),
+) -> Path:
     """Build the output directory ``out`` of ``command`` with ``build(tmp_dir)``, then swap it in; returns ``out``.
 
     Checks the policy of :func:`check_output_dir` first, cleans temporaries of killed runs, builds in a

@@ -15,6 +15,7 @@ from cogqa.files import MARKER, check_output_dir, clean_stale_temps, read_marker
 def _build(text):
     def build(tmp):
         (tmp / "out.txt").write_text(text)
+
     return build
 
 

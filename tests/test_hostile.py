@@ -40,8 +40,9 @@ def _tiny_model(vocab=320):
     from cogqa.model import GQADecoder
     from cogqa.shapes import ModelShape
 
-    m = GQADecoder(ModelShape(layers=1, hidden_size=32, ffn_size=48, n_heads=4, n_kv_heads=2, head_dim=8,
-                              vocab_size=vocab))
+    m = GQADecoder(
+        ModelShape(layers=1, hidden_size=32, ffn_size=48, n_heads=4, n_kv_heads=2, head_dim=8, vocab_size=vocab)
+    )
     m.init_weights(0)
     return m
 
@@ -64,8 +65,7 @@ def ws(tmp_path_factory):
     (root / "short.txt").write_text("too short")
     (root / "text.txt").write_text("In the beginning was the word. " * 200)
     save_model(_tiny_model(), root / "ck")
-    prepare([str(root / "text.txt")], root / "data", tokenizer="bytes", context=64, val_fraction=0.1,
-            progress=False)
+    prepare([str(root / "text.txt")], root / "data", tokenizer="bytes", context=64, val_fraction=0.1, progress=False)
     return root
 
 
@@ -99,6 +99,7 @@ def _flip(path, at=100):
 def _set_manifest(**kw):
     def f(m):
         m.update(kw)
+
     return f
 
 
@@ -106,6 +107,7 @@ def _raw_manifest(blob):
     def f(ws, t):
         shutil.copytree(ws / "data", t / "d")
         (t / "d" / "manifest.json").write_bytes(blob)
+
     return f
 
 
@@ -122,12 +124,21 @@ def _hf_dir(config_bytes, weights=False):
     def f(ws, t):
         (t / "hf").mkdir()
         (t / "hf" / "config.json").write_bytes(config_bytes)
+
     return f
 
 
 def _llama_config(**kw):
-    cfg = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 48, "num_attention_heads": 4,
-           "num_key_value_heads": 2, "num_hidden_layers": 1, "vocab_size": 320, "head_dim": 8}
+    cfg = {
+        "model_type": "llama",
+        "hidden_size": 32,
+        "intermediate_size": 48,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "num_hidden_layers": 1,
+        "vocab_size": 320,
+        "head_dim": 8,
+    }
     cfg.update(kw)
     return json.dumps(cfg).encode()
 
@@ -137,12 +148,14 @@ def _marker_dir(command):
         (t / "prev").mkdir()
         (t / "prev" / ".cogqa-output").write_text(json.dumps({"command": command}))
         (t / "prev" / "config.json").write_text("{}")
+
     return f
 
 
 def _write(name, blob):
     def f(ws, t):
         (t / name).write_bytes(blob)
+
     return f
 
 
@@ -151,6 +164,7 @@ def _shard_id_too_big(ws, t):
         b = bytearray(path.read_bytes())
         b[64:66] = (0xFFFF).to_bytes(2, "little")
         path.write_bytes(bytes(b))
+
     _copy_data(ws, t, mutate_shard=mutate)
 
 
@@ -170,12 +184,14 @@ def _count_mismatch(ws, t):
     def m(man):
         man["splits"]["train"]["shards"][0]["chunks"] += 1
         man["splits"]["train"]["shards"][0]["tokens"] += 64
+
     _copy_data(ws, t, mutate_manifest=m)
 
 
 def _shard_escape(ws, t):
     def m(man):
         man["splits"]["train"]["shards"][0]["file"] = "../../etc/passwd"
+
     _copy_data(ws, t, mutate_manifest=m)
 
 
@@ -253,26 +269,57 @@ CASES = [
     ("prepare-valfrac-big", "data prepare {ws}/text.txt --out {t}/o --val-fraction 1.5", None, None),
     ("prepare-valfrac-nan", "data prepare {ws}/text.txt --out {t}/o --val-fraction nan", None, None),
     ("prepare-workers-zero", "data prepare {ws}/text.txt --out {t}/o --workers 0", None, None),
-    ("prepare-tokenizer-nope", "data prepare {ws}/text.txt --out {t}/o --tokenizer {ws}/adir --no-progress", None,
-     None),
-    ("prepare-jsonl-deep", "data prepare {t}/x.jsonl --out {t}/o --tokenizer bytes --no-progress",
-     _write("x.jsonl", b"[" * 200_000 + b"]" * 200_000 + b"\n"), None),
-    ("prepare-jsonl-bad", "data prepare {t}/x.jsonl --out {t}/o --tokenizer bytes --no-progress",
-     _write("x.jsonl", b'{"text": "a"}\n{"text": \n'), None),
-    ("prepare-jsonl-latin1", "data prepare {t}/x.jsonl --out {t}/o --tokenizer bytes --no-progress",
-     _write("x.jsonl", b'{"text": "caf\xe9"}\n'), None),
-    ("prepare-jsonl-nonstring", "data prepare {t}/x.jsonl --out {t}/o --tokenizer bytes --no-progress",
-     _write("x.jsonl", b'{"text": 1e999}\n'), None),
-    ("prepare-jsonl-nofield", "data prepare {t}/x.jsonl --out {t}/o --tokenizer bytes --no-progress",
-     _write("x.jsonl", b'{"body": "abc"}\n'), None),
-    ("prepare-jsonl-bigint", "data prepare {t}/x.jsonl --out {t}/o --tokenizer bytes --no-progress",
-     _write("x.jsonl", b'{"text": 1' + b"0" * 5000 + b"}\n"), None),
+    (
+        "prepare-tokenizer-nope",
+        "data prepare {ws}/text.txt --out {t}/o --tokenizer {ws}/adir --no-progress",
+        None,
+        None,
+    ),
+    (
+        "prepare-jsonl-deep",
+        "data prepare {t}/x.jsonl --out {t}/o --tokenizer bytes --no-progress",
+        _write("x.jsonl", b"[" * 200_000 + b"]" * 200_000 + b"\n"),
+        None,
+    ),
+    (
+        "prepare-jsonl-bad",
+        "data prepare {t}/x.jsonl --out {t}/o --tokenizer bytes --no-progress",
+        _write("x.jsonl", b'{"text": "a"}\n{"text": \n'),
+        None,
+    ),
+    (
+        "prepare-jsonl-latin1",
+        "data prepare {t}/x.jsonl --out {t}/o --tokenizer bytes --no-progress",
+        _write("x.jsonl", b'{"text": "caf\xe9"}\n'),
+        None,
+    ),
+    (
+        "prepare-jsonl-nonstring",
+        "data prepare {t}/x.jsonl --out {t}/o --tokenizer bytes --no-progress",
+        _write("x.jsonl", b'{"text": 1e999}\n'),
+        None,
+    ),
+    (
+        "prepare-jsonl-nofield",
+        "data prepare {t}/x.jsonl --out {t}/o --tokenizer bytes --no-progress",
+        _write("x.jsonl", b'{"body": "abc"}\n'),
+        None,
+    ),
+    (
+        "prepare-jsonl-bigint",
+        "data prepare {t}/x.jsonl --out {t}/o --tokenizer bytes --no-progress",
+        _write("x.jsonl", b'{"text": 1' + b"0" * 5000 + b"}\n"),
+        None,
+    ),
     ("prepare-out-userdir", "data prepare {ws}/text.txt --out {ws}/user --tokenizer bytes --no-progress", None, None),
-    ("prepare-out-userdir-overwrite",
-     "data prepare {ws}/text.txt --out {ws}/user --tokenizer bytes --no-progress --overwrite", None, None),
+    (
+        "prepare-out-userdir-overwrite",
+        "data prepare {ws}/text.txt --out {ws}/user --tokenizer bytes --no-progress --overwrite",
+        None,
+        None,
+    ),
     ("prepare-out-file", "data prepare {ws}/text.txt --out {ws}/afile.txt --tokenizer bytes --overwrite", None, None),
-    ("prepare-out-own-data", "data prepare {ws}/text.txt --out {ws}/data --tokenizer bytes --no-progress", None,
-     None),
+    ("prepare-out-own-data", "data prepare {ws}/text.txt --out {ws}/data --tokenizer bytes --no-progress", None, None),
     # --- data info
     ("info-missing", "data info {ws}/nope", None, None),
     ("info-userdir", "data info {ws}/adir", None, None),
@@ -286,8 +333,12 @@ CASES = [
     ("info-context-str", "data info {t}/d", lambda ws, t: _copy_data(ws, t, _set_manifest(context="abc")), None),
     ("info-context-bigint", "data info {t}/d", lambda ws, t: _copy_data(ws, t, _set_manifest(context=10**30)), None),
     ("info-dtype-float", "data info {t}/d", lambda ws, t: _copy_data(ws, t, _set_manifest(dtype="float64")), None),
-    ("info-vocab-null", "data info {t}/d",
-     lambda ws, t: _copy_data(ws, t, _set_manifest(padded_vocab_size=None)), None),
+    (
+        "info-vocab-null",
+        "data info {t}/d",
+        lambda ws, t: _copy_data(ws, t, _set_manifest(padded_vocab_size=None)),
+        None,
+    ),
     ("info-shard-escape", "data info {t}/d", _shard_escape, None),
     ("info-shard-truncated", "data info {t}/d", _truncate_shard, None),
     ("info-shard-missing", "data info {t}/d", _missing_shard, None),
@@ -312,10 +363,18 @@ CASES = [
     ("export-into-file", "export {ws}/ck {ws}/afile.txt", None, None),
     ("export-into-previous", "export {ws}/ck {t}/prev", _marker_dir("export"), None),
     ("export-missing-ck", "export {ws}/nope {t}/o", None, None),
-    ("export-ck-shape-binary", "export {t}/ck {t}/o",
-     lambda ws, t: _copy_ck(ws, t, shape_bytes=HOSTILE_FILES["binary.bin"]), None),
-    ("export-ck-shape-deep", "export {t}/ck {t}/o",
-     lambda ws, t: _copy_ck(ws, t, shape_bytes=HOSTILE_FILES["deep.json"]), None),
+    (
+        "export-ck-shape-binary",
+        "export {t}/ck {t}/o",
+        lambda ws, t: _copy_ck(ws, t, shape_bytes=HOSTILE_FILES["binary.bin"]),
+        None,
+    ),
+    (
+        "export-ck-shape-deep",
+        "export {t}/ck {t}/o",
+        lambda ws, t: _copy_ck(ws, t, shape_bytes=HOSTILE_FILES["deep.json"]),
+        None,
+    ),
     ("export-ck-shape-null", "export {t}/ck {t}/o", lambda ws, t: _copy_ck(ws, t, shape_bytes=b"null"), None),
     ("export-ck-truncated", "export {t}/ck {t}/o", lambda ws, t: _copy_ck(ws, t, weights="truncate"), None),
     ("export-max-positions-neg", "export {ws}/ck {t}/o --max-positions -1", None, None),
@@ -331,12 +390,20 @@ CASES = [
     ("import-no-weights", "import {t}/hf {t}/o", _hf_dir(_llama_config()), None),
     ("import-into-userdir", "import {t}/hf {ws}/user", _hf_dir(_llama_config()), None),
     ("import-into-itself", "import {t}/hf {t}/hf", _hf_dir(_llama_config()), None),
-    ("import-into-previous", "import {t}/hf {t}/prev", lambda ws, t: (_marker_dir("import")(ws, t),
-                                                                       _hf_dir(_llama_config())(ws, t)), None),
+    (
+        "import-into-previous",
+        "import {t}/hf {t}/prev",
+        lambda ws, t: (_marker_dir("import")(ws, t), _hf_dir(_llama_config())(ws, t)),
+        None,
+    ),
     # --- generate
     ("generate-missing", "generate {ws}/nope --prompt hi --tokenizer bytes", None, None),
-    ("generate-huge-new-tokens", "generate {ws}/ck --prompt hi --tokenizer bytes --max-new-tokens 100000000", None,
-     None),
+    (
+        "generate-huge-new-tokens",
+        "generate {ws}/ck --prompt hi --tokenizer bytes --max-new-tokens 100000000",
+        None,
+        None,
+    ),
     ("generate-neg-new-tokens", "generate {ws}/ck --prompt hi --tokenizer bytes --max-new-tokens -1", None, None),
     ("generate-word-new-tokens", "generate {ws}/ck --prompt hi --tokenizer bytes --max-new-tokens abc", None, None),
     ("generate-top-p-2", "generate {ws}/ck --prompt hi --tokenizer bytes --top-p 2 --temperature 1", None, None),
@@ -345,10 +412,18 @@ CASES = [
     ("generate-top-k-zero", "generate {ws}/ck --prompt hi --tokenizer bytes --top-k 0 --temperature 1", None, None),
     ("generate-empty-prompt", "generate {ws}/ck --prompt '' --tokenizer bytes", None, None),
     ("generate-tokenizer-nope", "generate {ws}/ck --prompt hi --tokenizer {ws}/adir", None, None),
-    ("generate-ck-shape-latin1", "generate {t}/ck --prompt hi --tokenizer bytes",
-     lambda ws, t: _copy_ck(ws, t, shape_bytes=HOSTILE_FILES["latin1.json"]), None),
-    ("generate-ck-truncated", "generate {t}/ck --prompt hi --tokenizer bytes",
-     lambda ws, t: _copy_ck(ws, t, weights="truncate"), None),
+    (
+        "generate-ck-shape-latin1",
+        "generate {t}/ck --prompt hi --tokenizer bytes",
+        lambda ws, t: _copy_ck(ws, t, shape_bytes=HOSTILE_FILES["latin1.json"]),
+        None,
+    ),
+    (
+        "generate-ck-truncated",
+        "generate {t}/ck --prompt hi --tokenizer bytes",
+        lambda ws, t: _copy_ck(ws, t, weights="truncate"),
+        None,
+    ),
 ]
 
 

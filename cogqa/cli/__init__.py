@@ -19,7 +19,20 @@ from pathlib import Path
 from ..errors import CogqaError
 
 #: Command-group modules, in the order their commands appear in ``--help``.
-COMMAND_MODULES = ("cost", "plot", "fit", "search", "model", "data", "train", "sweep", "evaluate", "bench", "serving", "report")
+COMMAND_MODULES = (
+    "cost",
+    "plot",
+    "fit",
+    "search",
+    "model",
+    "data",
+    "train",
+    "sweep",
+    "evaluate",
+    "bench",
+    "serving",
+    "report",
+)
 
 
 #: Longest error line printed (characters); longer messages are cut (a YAML bomb must not print gigabytes).
@@ -49,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cost-optimal grouped-query attention: cost model, scaling laws, search, training pipeline.",
     )
     parser.add_argument("--version", action="version", version=f"cogqa {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="show Python tracebacks instead of one-line errors (also COGQA_DEBUG=1)")
+    parser.add_argument(
+        "--debug", action="store_true", help="show Python tracebacks instead of one-line errors (also COGQA_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -103,8 +117,7 @@ def describe_error(exc: BaseException) -> tuple[str, int]:
         name = exc.filename or where or ""
         reason = exc.strerror or one_line(exc)
         return (f"{name}: {reason}" if name else reason), 2
-    return f"{type(exc).__name__}: {one_line(exc) or 'no message'}{f' ({at[:-2]})' if where else ''}; " \
-           f"{DEBUG_HINT}", 1
+    return f"{type(exc).__name__}: {one_line(exc) or 'no message'}{f' ({at[:-2]})' if where else ''}; {DEBUG_HINT}", 1
 
 
 def _quiet_broken_pipe() -> int:

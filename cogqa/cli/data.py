@@ -33,7 +33,9 @@ def register(subparsers) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed of the validation draw")
     q.add_argument("--workers", type=int, default=None, help="tokeniser threads (default: the tokeniser's own)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
-    q.add_argument("--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)")
+    q.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)"
+    )
     q.add_argument("--json", action="store_true", help="print the manifest as JSON")
     q.set_defaults(func=cmd_data_prepare)
 
@@ -42,8 +44,9 @@ def register(subparsers) -> None:
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_data_info)
 
-    v = sub.add_parser("verify", help="check every shard against the manifest's hashes and counts (exit 1 on a "
-                       "mismatch)")
+    v = sub.add_parser(
+        "verify", help="check every shard against the manifest's hashes and counts (exit 1 on a mismatch)"
+    )
     v.add_argument("dir", metavar="DIR")
     v.add_argument("--quick", action="store_true", help="cheap invariants only: headers, sizes, counts, sampled ids")
     v.add_argument("--json", action="store_true")
@@ -122,8 +125,10 @@ def cmd_data_verify(args) -> int:
             print(f"note: {note}")
         if not report["problems"]:
             what = "hashes, counts and token ids" if not args.quick else "headers, sizes, counts and sampled ids"
-            print(f"ok: {report['shards']} shard(s) of {args.dir} match the manifest ({what}; "
-                  f"{report['hashed']} SHA-256 compared)")
+            print(
+                f"ok: {report['shards']} shard(s) of {args.dir} match the manifest ({what}; "
+                f"{report['hashed']} SHA-256 compared)"
+            )
     if report["problems"]:
         more = f" (and {len(report['problems']) - 1} more)" if len(report["problems"]) > 1 else ""
         print(f"error: {args.dir}: {report['problems'][0]}{more}; re-run cogqa data prepare", file=sys.stderr)

@@ -26,7 +26,7 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
+import re
 import struct
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CogqaError, require
-from .files import write_json_atomic
+from .files import check_output_dir, write_json_atomic, write_output_dir
 
 MAGIC = b"COGQATOK"
 HEADER_BYTES = 64
@@ -338,16 +338,168 @@ class TokenChunks:
 
 
 def load_manifest(root: str | Path) -> dict[str, Any]:
-    """The ``manifest.json`` of a prepared directory, checked for the fields readers need."""
+    """The ``manifest.json`` of a prepared directory, checked for the fields and types readers need."""
     path = Path(root) / "manifest.json"
     require(path.is_file(), f"data: no manifest.json in {root}; prepare it with `cogqa data prepare ... --out {root}`")
     try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise CogqaError(f"data: {path} is not valid JSON; re-run cogqa data prepare") from None
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, RecursionError):
+        raise CogqaError(f"data: {path} is not valid UTF-8 JSON; re-run cogqa data prepare") from None
+    require(isinstance(manifest, dict), f"data: {path} is not a JSON object; re-run cogqa data prepare")
     for key in ("context", "dtype", "splits", "padded_vocab_size", "tokenizer"):
         require(key in manifest, f"data: {path} lacks {key!r}; re-run cogqa data prepare")
+
+    def positive_int(value) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 40
+
+    for key in ("context", "padded_vocab_size"):
+        require(
+            positive_int(manifest[key]),
+            f"data: {path}: {key!r} must be a positive integer, got "
+            f"{str(manifest[key])[:40]}; re-run cogqa data prepare",
+        )
+    require(
+        manifest["dtype"] in ("uint16", "uint32"),
+        f"data: {path}: 'dtype' must be uint16 or uint32, got {str(manifest['dtype'])[:40]}; re-run cogqa data prepare",
+    )
+    splits = manifest["splits"]
+    require(
+        isinstance(splits, dict) and all(isinstance(v, dict) for v in splits.values()),
+        f"data: {path}: 'splits' must map split names to objects; re-run cogqa data prepare",
+    )
+    for name, split in splits.items():
+        shards = split.get("shards")
+        require(
+            isinstance(shards, list) and all(isinstance(sh, dict) for sh in shards),
+            f"data: {path}: splits.{name}.shards must be a list of objects; re-run cogqa data prepare",
+        )
+        for sh in shards:
+            f = sh.get("file")
+            require(
+                isinstance(f, str) and f and "/" not in f and "\\" not in f and f not in (".", ".."),
+                f"data: {path}: splits.{name} lists a shard file {str(f)[:40]!r} that is not a plain file name",
+            )
+            for key in ("chunks", "tokens"):
+                require(
+                    key not in sh or (isinstance(sh[key], int) and not isinstance(sh[key], bool) and sh[key] >= 0),
+                    f"data: {path}: splits.{name} shard {f}: {key!r} must be a count >= 0",
+                )
+        for key in ("chunks", "tokens"):
+            require(
+                key not in split
+                or (isinstance(split[key], int) and not isinstance(split[key], bool) and split[key] >= 0),
+                f"data: {path}: splits.{name}.{key} must be a count >= 0; re-run cogqa data prepare",
+            )
     return manifest
+
+
+def _shard_problems(
+    root: Path, manifest: dict, name: str, shard: dict, full: bool, sample: int = 4
+) -> tuple[list[str], bool]:
+    """Problems of one shard (empty if fine) and whether its SHA-256 was checked."""
+    path = root / shard["file"]
+    if not path.is_file():
+        return [f"{shard['file']}: missing"], False
+    try:
+        head = read_header(path)
+    except CogqaError as exc:
+        reason = str(exc).split(": ", 1)[-1].replace("; re-run cogqa data prepare", "")
+        return [f"{shard['file']}: {reason}"], False
+    problems = []
+    dtype = np.dtype(manifest["dtype"])
+    context = int(manifest["context"])
+    if head["bytes_per_token"] != dtype.itemsize or head["context"] != context:
+        problems.append(
+            f"{shard['file']}: header ({head['bytes_per_token']} bytes/token, context {head['context']}) "
+            f"does not match the manifest ({dtype.itemsize}, {context})"
+        )
+        return problems, False
+    if "tokens" in shard and shard["tokens"] != head["tokens"]:
+        problems.append(f"{shard['file']}: {head['tokens']:,} tokens, the manifest says {shard['tokens']:,}")
+    if "chunks" in shard and shard["chunks"] * context != head["tokens"]:
+        problems.append(f"{shard['file']}: {head['tokens'] // context:,} chunks, the manifest says {shard['chunks']:,}")
+    n = head["tokens"] // context
+    vocab = int(manifest["padded_vocab_size"])
+    hashed = False
+    if n and full:
+        digest = hashlib.sha256()
+        top = 0
+        with open(path, "rb") as f:
+            f.seek(HEADER_BYTES)
+            while block := f.read(1 << 24):
+                digest.update(block)
+                top = max(
+                    top,
+                    int(
+                        np.frombuffer(block[: len(block) // dtype.itemsize * dtype.itemsize], dtype=dtype).max(
+                            initial=0
+                        )
+                    ),
+                )
+        if "sha256" in shard:
+            hashed = True
+            if digest.hexdigest() != shard["sha256"]:
+                problems.append(f"{shard['file']}: SHA-256 differs from the manifest (the shard is corrupt)")
+        if top >= vocab:
+            problems.append(f"{shard['file']}: token id {top} >= the vocabulary ({vocab:,})")
+    elif n:
+        data = np.memmap(path, dtype=dtype, mode="r", offset=HEADER_BYTES, shape=(n, context))
+        rows = sorted({0, n - 1, *np.random.default_rng(0).integers(0, n, size=sample).tolist()})
+        top = int(np.asarray(data[rows]).max())
+        if top >= vocab:
+            problems.append(f"{shard['file']}: token id {top} >= the vocabulary ({vocab:,})")
+    return problems, hashed
+
+
+def verify_data(root: str | Path, full: bool = True) -> dict[str, Any]:
+    """Check every shard of a prepared directory against its manifest; returns a report.
+
+    ``full``: read every byte (SHA-256 against the manifest's per-shard hash, every token id below the
+    padded vocabulary); otherwise only the cheap invariants (files present, headers, sizes and counts, ids of
+    a few chunks per shard). The report: ``shards`` (count), ``hashed`` (shards whose hash was compared),
+    ``problems`` (one line each, naming the shard) and ``notes`` (what could not be checked, e.g. an old
+    manifest without hashes).
+    """
+    root = Path(root)
+    manifest = load_manifest(root)
+    problems: list[str] = []
+    notes: list[str] = []
+    n_shards = n_hashed = 0
+    unhashed = 0
+    for name, split in manifest["splits"].items():
+        tokens = 0
+        for shard in split["shards"]:
+            n_shards += 1
+            found, hashed = _shard_problems(root, manifest, name, shard, full)
+            problems += found
+            n_hashed += hashed
+            unhashed += full and "sha256" not in shard
+            tokens += shard.get("tokens", 0)
+        if "tokens" in split and all("tokens" in sh for sh in split["shards"]) and tokens != split["tokens"]:
+            problems.append(f"split {name}: shards hold {tokens:,} tokens, the manifest says {split['tokens']:,}")
+    if unhashed:
+        notes.append(
+            f"{unhashed} shard(s) have no SHA-256 in the manifest (prepared by an older cogqa): "
+            "their headers, sizes, counts and token ids were checked, not their bytes"
+        )
+    return {"dir": str(root), "shards": n_shards, "hashed": n_hashed, "problems": problems, "notes": notes}
+
+
+def check_shards_cheap(root: str | Path) -> dict[str, Any]:
+    """The cheap invariants of a prepared directory, for a trainer to call at start; raises CogqaError on the first
+    problem (naming the shard), else returns the :func:`verify_data` report (``full=False``).
+
+    Checks the manifest's fields and types, that every shard exists with a valid header matching the manifest's
+    dtype/context, that its size and counts agree with the manifest, and that the ids of a few chunks per shard
+    are below the padded vocabulary. Reads a few KB per shard.
+    """
+    report = verify_data(root, full=False)
+    require(
+        not report["problems"],
+        f"data: {root}: {report['problems'][0] if report['problems'] else ''}; "
+        "run `cogqa data verify` and re-run cogqa data prepare",
+    )
+    return report
 
 
 # ---------------------------------------------------------------------------------------------
@@ -406,19 +558,14 @@ def prepare(
             f"input {src}: no such file or directory (offline corpora: {', '.join(OFFLINE_CORPORA)})",
         )
     out = Path(out)
-    if out.exists():
-        require(overwrite, f"--out {out}: already exists; choose another directory or pass --overwrite")
-        require(
-            out.is_dir() and (not any(out.iterdir()) or (out / "manifest.json").is_file()),
-            f"--out {out}: exists and is not a cogqa data directory; refusing to overwrite it",
-        )
+    check_output_dir(out, "data prepare", overwrite, legacy_ok=is_legacy_data_dir)
     tok = get_tokenizer(tokenizer)
     if workers is not None and hasattr(tok, "threads"):
         tok.threads = max(1, int(workers))
     dtype = token_dtype(tok.padded_vocab_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    result: dict[str, Any] = {}
+
+    def build(tmp: Path) -> None:
         manifest = _prepare_into(
             tmp, inputs, tok, context, float(val_fraction), text_field, seed, progress, dtype, shard_tokens
         )
@@ -430,36 +577,33 @@ def prepare(
             val_fraction=float(val_fraction),
         )
         write_json_atomic(tmp / "manifest.json", manifest)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return manifest
+        result.update(manifest)
+
+    write_output_dir(out, "data prepare", build, overwrite, legacy_ok=is_legacy_data_dir)
+    return result
 
 
-def _prepare_into(
-    root, inputs, tok, context, val_fraction, text_field, seed, progress, dtype, shard_tokens
-) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+_SHARD_NAME = re.compile(r"(train|val)_\d{5}\.bin")
 
-    rng = np.random.default_rng(seed)
-    writers = {s: _ShardWriter(root, s, dtype, context, shard_tokens) for s in ("train", "val")}
-    held: np.ndarray | None = None  # the first chunk, held back until we know a validation chunk exists
+
+def is_legacy_data_dir(path: str | Path) -> bool:
+    """True when ``path`` is a data directory prepared before cogqa wrote markers: a cogqa-tokens manifest
+    and nothing but the shards it lists (so replacing it can lose nothing of the user's)."""
+    path = Path(path)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        listed = {sh["file"] for split in manifest["splits"].values() for sh in split["shards"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    if manifest.get("format") != "cogqa-tokens":
+        return False
+    return all(p.name == "manifest.json" or p.name in listed and _SHARD_NAME.fullmatch(p.name) for p in path.iterdir())
+
+
+def _tokenise(docs, tok, context, counts, emit, bar) -> tuple[np.ndarray, int, int]:
+    """Tokenise ``docs`` in batches, EOS after each, emit full chunks; returns (leftover ids, documents, tokens)."""
     buf = np.zeros(0, dtype=np.int64)
     n_docs = n_tokens = 0
-    counts = np.zeros(tok.padded_vocab_size, dtype=np.int64)
-
-    def emit(chunk: np.ndarray) -> None:
-        nonlocal held
-        if held is None and val_fraction > 0 and writers["val"].chunks == 0 and writers["train"].chunks == 0:
-            held = chunk.copy()
-            return
-        writers["val" if rng.random() < val_fraction else "train"].write(chunk)
-
-    docs = (d for src in inputs for d in iter_documents(str(src), text_field))
-    bar = tqdm(desc="tokenising", unit="doc", disable=not progress)
     for batch in _batches(docs):
         pieces = [buf]
         for ids in tok.encode_batch(batch):
@@ -478,7 +622,35 @@ def _prepare_into(
             emit(buf[k * context : (k + 1) * context])
         buf = buf[n_full * context :]
         bar.update(len(batch))
-    bar.close()
+    return buf, n_docs, n_tokens
+
+
+def _prepare_into(
+    root, inputs, tok, context, val_fraction, text_field, seed, progress, dtype, shard_tokens
+) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    rng = np.random.default_rng(seed)
+    writers = {s: _ShardWriter(root, s, dtype, context, shard_tokens) for s in ("train", "val")}
+    held: np.ndarray | None = None  # the first chunk, held back until we know a validation chunk exists
+    counts = np.zeros(tok.padded_vocab_size, dtype=np.int64)
+
+    def emit(chunk: np.ndarray) -> None:
+        nonlocal held
+        if held is None and val_fraction > 0 and writers["val"].chunks == 0 and writers["train"].chunks == 0:
+            held = chunk.copy()
+            return
+        writers["val" if rng.random() < val_fraction else "train"].write(chunk)
+
+    docs = (d for src in inputs for d in iter_documents(str(src), text_field))
+    bar = tqdm(desc="tokenising", unit="doc", disable=not progress)
+    try:
+        buf, n_docs, n_tokens = _tokenise(docs, tok, context, counts, emit, bar)
+    except BaseException:
+        bar.leave = False  # an error: clear the bar so the one error line stands alone
+        raise
+    finally:
+        bar.close()
     require(n_docs > 0, "inputs: they hold no text (empty files or records); give a corpus with documents")
     n_chunks = writers["train"].chunks + writers["val"].chunks + (held is not None)
     require(

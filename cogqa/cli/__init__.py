@@ -10,24 +10,61 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import io
 import json
+import os
 import sys
+from pathlib import Path
 
 from ..errors import CogqaError
 
 #: Command-group modules, in the order their commands appear in ``--help``.
-COMMAND_MODULES = ("cost", "plot", "fit", "search", "model", "data", "train", "sweep", "evaluate", "bench", "serving", "report")
+COMMAND_MODULES = (
+    "cost",
+    "plot",
+    "fit",
+    "search",
+    "model",
+    "data",
+    "train",
+    "sweep",
+    "evaluate",
+    "bench",
+    "serving",
+    "report",
+)
+
+
+#: Longest error line printed (characters); longer messages are cut (a YAML bomb must not print gigabytes).
+MAX_ERROR_CHARS = 400
+DEBUG_HINT = "rerun with --debug for the traceback"
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr: ``error: cogqa CMD: <what> (see --help)``."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
+    """``text`` with its lines joined by ``; `` and cut to ``limit`` characters."""
+    text = "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every available command group registered."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="cogqa",
         description="Cost-optimal grouped-query attention: cost model, scaling laws, search, training pipeline.",
     )
     parser.add_argument("--version", action="version", version=f"cogqa {__version__}")
+    parser.add_argument(
+        "--debug", action="store_true", help="show Python tracebacks instead of one-line errors (also COGQA_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -36,24 +73,95 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``cogqa`` console script; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def _debug_requested(argv: list[str]) -> bool:
+    return os.environ.get("COGQA_DEBUG", "").strip() not in ("", "0") or "--debug" in argv[:1]
+
+
+def _file_of(exc: BaseException) -> str | None:
+    """The file an exception concerns: its ``filename``, else a path-like local of the innermost frame that has one."""
+    name = getattr(exc, "filename", None)
+    if name:
+        return str(name)
+    tb, found = exc.__traceback__, None
+    while tb is not None:
+        for key in ("path", "source", "file", "filename", "fname"):
+            value = tb.tb_frame.f_locals.get(key)
+            if isinstance(value, (str, Path)) and str(value) and len(str(value)) < 4096:
+                try:
+                    if Path(value).is_file():
+                        found = str(value)
+                        break
+                except (OSError, ValueError):
+                    continue
+        tb = tb.tb_next
+    return found
+
+
+def describe_error(exc: BaseException) -> tuple[str, int]:
+    """One line (without the ``error:`` prefix) describing ``exc`` for a user, and the exit status."""
+    if isinstance(exc, CogqaError):
+        return one_line(exc), 2
+    where = _file_of(exc)
+    at = f"{where}: " if where else ""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{at}invalid JSON ({exc.msg} at line {exc.lineno}); is the file truncated?", 2
+    if isinstance(exc, UnicodeError):
+        return f"{at}not UTF-8 text ({one_line(exc, 120)}); convert the file to UTF-8", 2
+    if isinstance(exc, RecursionError):
+        return f"{at}nested too deeply to read (JSON/YAML deeper than Python's recursion limit)", 2
+    if isinstance(exc, MemoryError):
+        return f"{at}out of memory; use a smaller input or a machine with more memory", 2
+    if isinstance(exc, OverflowError) or (isinstance(exc, ValueError) and "digits" in str(exc)):
+        return f"{at}a number is too large ({one_line(exc, 120)})", 2
+    if isinstance(exc, OSError):
+        name = exc.filename or where or ""
+        reason = exc.strerror or one_line(exc)
+        return (f"{name}: {reason}" if name else reason), 2
+    return f"{type(exc).__name__}: {one_line(exc) or 'no message'}{f' ({at[:-2]})' if where else ''}; {DEBUG_HINT}", 1
+
+
+def _quiet_broken_pipe() -> int:
+    """Stdout's reader went away (``cogqa ... | head -1``): point stdout at /dev/null so the interpreter's final
+    flush cannot fail again (the recipe of the Python documentation, "Note on SIGPIPE"); exit status 1."""
     try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cogqa`` console script; returns the exit status.
+
+    Any error becomes one line on stderr (``error: ...``) and a non-zero status: 2 for bad input, 1 for an
+    unexpected failure (with a hint to rerun with ``--debug``), 130 for Ctrl-C. ``--debug`` before the command
+    (or ``COGQA_DEBUG=1``) re-raises instead, showing the traceback.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = _debug_requested(argv)
+    try:
+        args = build_parser().parse_args(argv)
         status = args.func(args)
-    except CogqaError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as exc:
-        print(f"error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
-    except json.JSONDecodeError as exc:
-        print(f"error: invalid JSON ({exc.msg} at line {exc.lineno}); is the file truncated?", file=sys.stderr)
-        return 2
+        sys.stdout.flush()
+    except SystemExit:
+        raise
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
     except KeyboardInterrupt:
+        if debug:
+            raise
         print("interrupted", file=sys.stderr)
         return 130
+    except BaseException as exc:  # noqa: BLE001 - the one place every remaining error becomes one line
+        if debug:
+            raise
+        message, status = describe_error(exc)
+        try:
+            print(f"error: {message}", file=sys.stderr)
+        except (BrokenPipeError, OSError):
+            pass
+        return status
     return int(status or 0)
 
 

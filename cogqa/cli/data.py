@@ -1,8 +1,9 @@
-"""``cogqa data prepare`` (tokenise into chunked shards) and ``cogqa data info`` (what a directory holds)."""
+"""``cogqa data prepare`` (tokenise into chunked shards), ``data info`` (what a directory holds) and ``data verify``."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..errors import require
 from ..units import fmt_bytes, fmt_tokens, parse_context, parse_float
@@ -32,7 +33,9 @@ def register(subparsers) -> None:
     q.add_argument("--seed", type=int, default=0, help="seed of the validation draw")
     q.add_argument("--workers", type=int, default=None, help="tokeniser threads (default: the tokeniser's own)")
     q.add_argument("--overwrite", action="store_true", help="replace an existing data directory")
-    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    q.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (none either when stderr is not a terminal)"
+    )
     q.add_argument("--json", action="store_true", help="print the manifest as JSON")
     q.set_defaults(func=cmd_data_prepare)
 
@@ -40,6 +43,14 @@ def register(subparsers) -> None:
     i.add_argument("dir", metavar="DIR")
     i.add_argument("--json", action="store_true")
     i.set_defaults(func=cmd_data_info)
+
+    v = sub.add_parser(
+        "verify", help="check every shard against the manifest's hashes and counts (exit 1 on a mismatch)"
+    )
+    v.add_argument("dir", metavar="DIR")
+    v.add_argument("--quick", action="store_true", help="cheap invariants only: headers, sizes, counts, sampled ids")
+    v.add_argument("--json", action="store_true")
+    v.set_defaults(func=cmd_data_verify)
 
 
 def _summary(manifest: dict, entropy: float | None = None) -> list[str]:
@@ -78,7 +89,7 @@ def cmd_data_prepare(args) -> int:
         text_field=args.text_field,
         seed=args.seed,
         workers=args.workers,
-        progress=not args.no_progress and not args.json,
+        progress=not args.no_progress and not args.json and sys.stderr.isatty(),
         overwrite=args.overwrite,
     )
     if args.json:
@@ -99,4 +110,27 @@ def cmd_data_info(args) -> int:
         print_json({**manifest, "unigram_entropy_train_nats": entropy})
     else:
         print("\n".join(_summary(manifest, entropy)))
+    return 0
+
+
+def cmd_data_verify(args) -> int:
+    """Handler of ``cogqa data verify``: 0 when every shard matches the manifest, 1 on a mismatch."""
+    from ..data import verify_data
+
+    report = verify_data(args.dir, full=not args.quick)
+    if args.json:
+        print_json(report)
+    else:
+        for note in report["notes"]:
+            print(f"note: {note}")
+        if not report["problems"]:
+            what = "hashes, counts and token ids" if not args.quick else "headers, sizes, counts and sampled ids"
+            print(
+                f"ok: {report['shards']} shard(s) of {args.dir} match the manifest ({what}; "
+                f"{report['hashed']} SHA-256 compared)"
+            )
+    if report["problems"]:
+        more = f" (and {len(report['problems']) - 1} more)" if len(report["problems"]) > 1 else ""
+        print(f"error: {args.dir}: {report['problems'][0]}{more}; re-run cogqa data prepare", file=sys.stderr)
+        return 1
     return 0

@@ -147,8 +147,9 @@ def _open_data(config: TrainConfig):
         (root / "manifest.json").is_file(),
         f"data: no manifest.json in {config.data}; prepare it with `cogqa data prepare`",
     )
-    from .data import TokenChunks
+    from .data import TokenChunks, check_shards_cheap
 
+    check_shards_cheap(root)  # headers, sizes, counts, sampled ids < vocabulary (a few KB per shard)
     train_chunks = TokenChunks(root, split="train")
     val_chunks = TokenChunks(root, split="val")
     T = int(train_chunks.context)

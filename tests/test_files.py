@@ -102,3 +102,17 @@ def test_verify_good_old_and_cheap(tmp_path, prepared, capsys):
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(CogqaError, match="train_00000.bin"):
         check_shards_cheap(data)
+
+
+def test_train_refuses_a_damaged_shard(tmp_path, prepared, capsys):
+    """cogqa train checks the cheap shard invariants at start: a truncated shard is refused in one line."""
+    from conftest import TINY_ARGS
+
+    data = prepared(tmp_path)
+    shard = sorted(p for p in data.iterdir() if p.suffix == ".bin")[0]
+    shard.write_bytes(shard.read_bytes()[:-7])
+    out = tmp_path / "run"
+    status = main(["train", "--data", str(data), "--out", str(out), *TINY_ARGS, "--tokens", "4096", "--lr", "1e-3"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert status != 0 and len(err) == 1 and shard.name in err[0], err
+    assert not (out / "checkpoints").exists()

@@ -244,22 +244,39 @@ class ZConvention:
 
     def to_dict(self) -> dict:
         """The convention as a JSON object (name, equations, units)."""
-        return {"name": self.name, "memory": self.memory, "flops": self.flops,
-                "memory_unit": self.memory_unit, "flops_unit": self.flops_unit}
+        return {
+            "name": self.name,
+            "memory": self.memory,
+            "flops": self.flops,
+            "memory_unit": self.memory_unit,
+            "flops_unit": self.flops_unit,
+        }
 
 
 #: The Z conventions by name. ``paper`` is the one the paper's Figure 2 plots (decoded from its axes;
 #: see docs/default-laws.md) and the default everywhere.
 Z_CONVENTIONS: dict[str, ZConvention] = {
     "paper": ZConvention(
-        "paper", "bytes(weights) x N + bytes(KV) x batch x 2 T L d_h n_kv",
-        "batch x T x (2 N + 4 T L d_h n_h)", "bytes", "FLOPs to decode T tokens per sequence"),
+        "paper",
+        "bytes(weights) x N + bytes(KV) x batch x 2 T L d_h n_kv",
+        "batch x T x (2 N + 4 T L d_h n_h)",
+        "bytes",
+        "FLOPs to decode T tokens per sequence",
+    ),
     "eq4-per-token": ZConvention(
-        "eq4-per-token", "all parameters + batch x 2 T L d_h n_kv", "exact forward FLOPs of one token at context T",
-        "values", "FLOPs per token"),
+        "eq4-per-token",
+        "all parameters + batch x 2 T L d_h n_kv",
+        "exact forward FLOPs of one token at context T",
+        "values",
+        "FLOPs per token",
+    ),
     "bytes-per-token": ZConvention(
-        "bytes-per-token", "bytes of all parameters and of the KV cache (batch x 2 T L d_h n_kv) at their dtypes",
-        "exact forward FLOPs of one token at context T", "bytes", "FLOPs per token"),
+        "bytes-per-token",
+        "bytes of all parameters and of the KV cache (batch x 2 T L d_h n_kv) at their dtypes",
+        "exact forward FLOPs of one token at context T",
+        "bytes",
+        "FLOPs per token",
+    ),
 }
 DEFAULT_CONVENTION = "paper"
 #: The old ``memory_unit`` option as a convention (values -> eq4-per-token, bytes -> bytes-per-token).
@@ -300,7 +317,9 @@ def z_inputs(shape, context, convention="paper", batch=1, weight_dtype="bf16", k
     return params_total(shape) + b * T * kv_cache_values_per_token(shape), flops
 
 
-def z_of_shape(shape, context, convention="paper", weights=None, batch=1, weight_dtype="bf16", kv_dtype="bf16") -> np.ndarray:
+def z_of_shape(
+    shape, context, convention="paper", weights=None, batch=1, weight_dtype="bf16", kv_dtype="bf16"
+) -> np.ndarray:
     """Z of ``shape`` at ``context`` tokens under ``convention`` (no unit; compare only within one convention)."""
     memory, flops = z_inputs(shape, context, convention, batch, weight_dtype, kv_dtype)
     return z_cost(memory, flops, weights or ZWeights())

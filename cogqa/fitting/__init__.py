@@ -37,7 +37,6 @@ Results table: CSV, JSONL or Parquet with columns ``n_heads``, ``n_kv_heads``, `
 after the header) in every message.
 """
 
-
 from __future__ import annotations
 
 from .arrays import (

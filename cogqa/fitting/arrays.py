@@ -11,10 +11,18 @@ import numpy as np
 from ..errors import require
 from .core import E_FLOOR, _as_positive, _at_bound, _e_upper, _grid, _minimise, _Problem, _r2, _starts
 
-CHINCHILLA_GRID = (np.arange(0, 30, 5.0), np.arange(0, 30, 5.0), np.arange(-1, 1.5, 0.5), np.arange(0, 2.5, 0.5), np.arange(0, 2.5, 0.5))
+CHINCHILLA_GRID = (
+    np.arange(0, 30, 5.0),
+    np.arange(0, 30, 5.0),
+    np.arange(-1, 1.5, 0.5),
+    np.arange(0, 2.5, 0.5),
+    np.arange(0, 2.5, 0.5),
+)
 
 
-def _finish(problem: _Problem, theta: np.ndarray, f: float, loss: np.ndarray, coefs: dict[str, float], names: list[str]) -> dict[str, Any]:
+def _finish(
+    problem: _Problem, theta: np.ndarray, f: float, loss: np.ndarray, coefs: dict[str, float], names: list[str]
+) -> dict[str, Any]:
     pred = np.exp(problem.predict_log(theta))
     out: dict[str, Any] = dict(coefs)
     out["r2"] = _r2(loss, pred)
@@ -29,18 +37,26 @@ def _finish(problem: _Problem, theta: np.ndarray, f: float, loss: np.ndarray, co
 def _chinchilla_problem(N, D, loss) -> _Problem:
     lnN, lnD, one, zero = np.log(N), np.log(D), np.ones_like(N), np.zeros_like(N)
     # theta = (a = ln A, b = ln B, e = ln E, alpha, beta)
-    X = np.stack([
-        np.stack([one, zero, zero, -lnN, zero], axis=1),
-        np.stack([zero, one, zero, zero, -lnD], axis=1),
-        np.stack([zero, zero, one, zero, zero], axis=1),
-    ])
+    X = np.stack(
+        [
+            np.stack([one, zero, zero, -lnN, zero], axis=1),
+            np.stack([zero, one, zero, zero, -lnD], axis=1),
+            np.stack([zero, zero, one, zero, zero], axis=1),
+        ]
+    )
     lower = np.array([-30.0, -30.0, math.log(E_FLOOR), 0.0, 0.0])
     upper = np.array([100.0, 100.0, _e_upper(loss), 5.0, 5.0])
     return _Problem(X, np.log(loss), lower, upper)
 
 
 def _chinchilla_coefs(theta: np.ndarray) -> dict[str, float]:
-    return {"A": math.exp(theta[0]), "B": math.exp(theta[1]), "E": math.exp(theta[2]), "alpha": float(theta[3]), "beta": float(theta[4])}
+    return {
+        "A": math.exp(theta[0]),
+        "B": math.exp(theta[1]),
+        "E": math.exp(theta[2]),
+        "alpha": float(theta[3]),
+        "beta": float(theta[4]),
+    }
 
 
 def fit_chinchilla(N, D, loss, grid: str | int = 32, starts: np.ndarray | None = None) -> dict[str, Any]:
@@ -61,7 +77,6 @@ def fit_chinchilla(N, D, loss, grid: str | int = 32, starts: np.ndarray | None =
     return _finish(problem, theta, f, loss, _chinchilla_coefs(theta), ["A", "B", "E", "alpha", "beta"])
 
 
-
 N_GRID = (np.arange(0.0, 30.0, 2.5), np.array([0.05, 0.1, 0.2, 0.3, 0.5, 1.0]), np.arange(-1, 1.5, 0.5))
 
 
@@ -77,8 +92,8 @@ def _n_problem(N: np.ndarray, loss: np.ndarray, group: np.ndarray, n_groups: int
     X[1, rows, (p - 1) if shared_E else (per * group + 2)] = 1.0
     lower, upper = np.empty(p), np.empty(p)
     for g in range(n_groups):
-        lower[per * g: per * g + 2] = (-50.0, 1e-3)
-        upper[per * g: per * g + 2] = (200.0, 5.0)
+        lower[per * g : per * g + 2] = (-50.0, 1e-3)
+        upper[per * g : per * g + 2] = (200.0, 5.0)
         if not shared_E:
             lower[per * g + 2], upper[per * g + 2] = math.log(E_FLOOR), _e_upper(loss[group == g])
     if shared_E:
@@ -104,12 +119,17 @@ def fit_power_law(N, loss, grid: str | int = 32, starts: np.ndarray | None = Non
 
 def _a_from(c: float, b: float) -> float:
     """a = exp(c / b) in parameters; a one-line error when a degenerate fit (b -> 0) makes it overflow."""
-    require(c / b < 700, f"fit: a = exp({c / b:.0f}) parameters overflows (b = {b:.3g}): the losses barely fall with N; "
-            "check the data or fit with --form heads / a wider range of sizes")
+    require(
+        c / b < 700,
+        f"fit: a = exp({c / b:.0f}) parameters overflows (b = {b:.3g}): the losses barely fall with N; "
+        "check the data or fit with --form heads / a wider range of sizes",
+    )
     return math.exp(c / b)
 
 
-def fit_power_law_shared_E(N, loss, group, grid_per_group: str | int = 32, starts: np.ndarray | None = None) -> dict[str, Any]:
+def fit_power_law_shared_E(
+    N, loss, group, grid_per_group: str | int = 32, starts: np.ndarray | None = None
+) -> dict[str, Any]:
     """Joint fit of ``L = (a_g / N)^b_g + E`` with one E for all groups g = 0..G-1 (integer labels).
 
     Returns {"E", "groups": [{"a", "b", "r2", "n_points", "at_bound"}...], "objective", "at_bound"}.
@@ -131,10 +151,26 @@ def fit_power_law_shared_E(N, loss, group, grid_per_group: str | int = 32, start
     for g in range(n_groups):
         c, b = theta[2 * g], theta[2 * g + 1]
         m = group == g
-        names = [n for n, hit in zip(("a", "b"), hits[2 * g: 2 * g + 2]) if hit]
-        groups.append({"a": _a_from(c, b), "b": float(b), "r2": _r2(loss[m], pred[m]), "n_points": int(m.sum()), "at_bound": names})
-    return {"E": math.exp(theta[-1]), "groups": groups, "objective": f, "at_bound": ["E"] if hits[-1] else [],
-            "r2": _r2(loss, pred), "n_points": int(loss.size), "_theta": theta, "_pred": pred}
+        names = [n for n, hit in zip(("a", "b"), hits[2 * g : 2 * g + 2]) if hit]
+        groups.append(
+            {
+                "a": _a_from(c, b),
+                "b": float(b),
+                "r2": _r2(loss[m], pred[m]),
+                "n_points": int(m.sum()),
+                "at_bound": names,
+            }
+        )
+    return {
+        "E": math.exp(theta[-1]),
+        "groups": groups,
+        "objective": f,
+        "at_bound": ["E"] if hits[-1] else [],
+        "r2": _r2(loss, pred),
+        "n_points": int(loss.size),
+        "_theta": theta,
+        "_pred": pred,
+    }
 
 
 def _own_start(N: np.ndarray, loss: np.ndarray, loss_min: float, grid) -> np.ndarray:
@@ -147,7 +183,11 @@ def _own_start(N: np.ndarray, loss: np.ndarray, loss_min: float, grid) -> np.nda
     return np.array([float(icept), b, math.log(E0)])
 
 
-HEAD_GRID = (np.array([-3.0, -2.0, -1.0, 0.0, 1.0]), np.array([-1.0, -0.5, -0.2, -0.1, -0.03, 0.1]), np.arange(-1, 1.5, 0.5))
+HEAD_GRID = (
+    np.array([-3.0, -2.0, -1.0, 0.0, 1.0]),
+    np.array([-1.0, -0.5, -0.2, -0.1, -0.03, 0.1]),
+    np.arange(-1, 1.5, 0.5),
+)
 
 
 def _head_problem(n_heads: np.ndarray, loss: np.ndarray) -> _Problem:
@@ -170,22 +210,38 @@ def fit_head_law(n_heads, loss, grid: str | int = 32, starts: np.ndarray | None 
     require(np.unique(n_heads).size >= 3, "fit_head_law: needs at least 3 distinct head counts")
     problem = _head_problem(n_heads, loss)
     theta, f = _minimise(problem, _starts(problem, _grid(*HEAD_GRID), grid, starts))
-    return _finish(problem, theta, f, loss, {"a": math.exp(theta[0]), "b": float(theta[1]), "c": math.exp(theta[2])}, ["a", "b", "c"])
+    return _finish(
+        problem,
+        theta,
+        f,
+        loss,
+        {"a": math.exp(theta[0]), "b": float(theta[1]), "c": math.exp(theta[2])},
+        ["a", "b", "c"],
+    )
 
 
-JOINT_GRID = (np.arange(0.0, 25.0, 5.0), np.array([0.1, 0.3, 0.6]), np.array([-1.0, 0.0, 0.5]), np.array([-4.0, -2.0, -1.0]),
-              np.array([0.3, 1.0]), np.array([-4.0, -2.0]), np.array([0.3, 1.0]))
+JOINT_GRID = (
+    np.arange(0.0, 25.0, 5.0),
+    np.array([0.1, 0.3, 0.6]),
+    np.array([-1.0, 0.0, 0.5]),
+    np.array([-4.0, -2.0, -1.0]),
+    np.array([0.3, 1.0]),
+    np.array([-4.0, -2.0]),
+    np.array([0.3, 1.0]),
+)
 JOINT_NAMES = ("a", "b", "E", "A", "g", "B", "k")  # fitted as (c, b, e_inf, ln A, g, ln B, k)
 
 
 def _joint_problem(N, n_heads, n_kv_heads, loss) -> _Problem:
     lnN, one, zero = np.log(N), np.ones_like(N), np.zeros_like(N)
-    X = np.stack([
-        np.stack([one, -lnN, zero, zero, zero, zero, zero], axis=1),
-        np.stack([zero, zero, one, zero, zero, zero, zero], axis=1),
-        np.stack([zero, zero, zero, one, -np.log(n_heads), zero, zero], axis=1),
-        np.stack([zero, zero, zero, zero, zero, one, -np.log(n_kv_heads)], axis=1),
-    ])
+    X = np.stack(
+        [
+            np.stack([one, -lnN, zero, zero, zero, zero, zero], axis=1),
+            np.stack([zero, zero, one, zero, zero, zero, zero], axis=1),
+            np.stack([zero, zero, zero, one, -np.log(n_heads), zero, zero], axis=1),
+            np.stack([zero, zero, zero, zero, zero, one, -np.log(n_kv_heads)], axis=1),
+        ]
+    )
     top = _e_upper(loss)
     lower = np.array([-50.0, 1e-3, math.log(E_FLOOR), -30.0, 1e-2, -30.0, 1e-2])
     upper = np.array([200.0, 5.0, top, top, 5.0, top, 5.0])
@@ -204,7 +260,9 @@ def _joint_coefs(theta: np.ndarray, n_ref: int, problem: _Problem) -> dict[str, 
     return {"a": _a_from(c, b), "b": b, "E": E, "A": A, "g": g, "B": B, "k": k}
 
 
-def fit_heads_joint(N, n_heads, n_kv_heads, loss, n_ref: int = 32, grid: str | int = 32, starts: np.ndarray | None = None) -> dict[str, Any]:
+def fit_heads_joint(
+    N, n_heads, n_kv_heads, loss, n_ref: int = 32, grid: str | int = 32, starts: np.ndarray | None = None
+) -> dict[str, Any]:
     """Fit ``L = (a/N)^b + E + A (n_h^-g - n_ref^-g) + B (n_kv^-k - n_ref^-k)`` across head configurations
     (N non-embedding parameters, L and E in nats/token; E is the floor of H = (n_ref, n_ref)).
 
@@ -214,7 +272,10 @@ def fit_heads_joint(N, n_heads, n_kv_heads, loss, n_ref: int = 32, grid: str | i
     """
     N, loss = _as_positive(N, "N"), _as_positive(loss, "loss")
     nh, nkv = _as_positive(n_heads, "n_heads"), _as_positive(n_kv_heads, "n_kv_heads")
-    require(N.size == nh.size == nkv.size == loss.size, "fit_heads_joint: N, n_heads, n_kv_heads and loss must have the same length")
+    require(
+        N.size == nh.size == nkv.size == loss.size,
+        "fit_heads_joint: N, n_heads, n_kv_heads and loss must have the same length",
+    )
     problem = _joint_problem(N, nh, nkv, loss)
     free = int((problem.upper > problem.lower).sum())
     require(loss.size > free, f"fit_heads_joint: {loss.size} points for {free} coefficients; need at least {free + 1}")

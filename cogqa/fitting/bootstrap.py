@@ -21,7 +21,6 @@ def _ci(samples: list[dict[str, float]], names: tuple[str, ...]) -> dict[str, li
     return out
 
 
-
 BOOTSTRAP_GRID_STARTS = 2  # grid points tried in each bootstrap refit besides the full-data best fit
 
 
@@ -29,8 +28,9 @@ def _resample(sub: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     return sub.iloc[rng.integers(0, len(sub), size=len(sub))]
 
 
-def _bootstrap_group(form: str, sub: pd.DataFrame, theta: np.ndarray, k: int, rng: np.random.Generator, grid,
-                     n_ref: int = 32) -> list[dict[str, float]]:
+def _bootstrap_group(
+    form: str, sub: pd.DataFrame, theta: np.ndarray, k: int, rng: np.random.Generator, grid, n_ref: int = 32
+) -> list[dict[str, float]]:
     names = COEFS[form]
     base = _fit_group_problem(form, sub)
     extra = _rank_starts(base, _grid(*FIT_FORMS[form].grid), BOOTSTRAP_GRID_STARTS)
@@ -44,5 +44,3 @@ def _bootstrap_group(form: str, sub: pd.DataFrame, theta: np.ndarray, k: int, rn
             continue
         samples.append({n: res[n] for n in names})
     return samples
-
-

@@ -61,7 +61,9 @@ def _minimise(problem: _Problem, starts: np.ndarray) -> tuple[np.ndarray, float]
     bounds = list(zip(problem.lower, problem.upper))
     with _one_blas_thread():
         best_x, best_f = _minimise_from(problem, starts, bounds)
-    require(best_x is not None, "fit: the optimiser failed from every starting point; check the data for extreme values")
+    require(
+        best_x is not None, "fit: the optimiser failed from every starting point; check the data for extreme values"
+    )
     return best_x, best_f
 
 
@@ -80,8 +82,14 @@ def _minimise_from(problem: _Problem, starts: np.ndarray, bounds) -> tuple[np.nd
     best_x, best_f = None, np.inf
     for x0 in starts:
         x0 = np.clip(x0, problem.lower, problem.upper)
-        res = minimize(problem.objective, x0, jac=True, method="L-BFGS-B", bounds=bounds,
-                       options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 20000, "maxfun": 40000, "maxcor": 20})
+        res = minimize(
+            problem.objective,
+            x0,
+            jac=True,
+            method="L-BFGS-B",
+            bounds=bounds,
+            options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": 20000, "maxfun": 40000, "maxcor": 20},
+        )
         if np.isfinite(res.fun) and res.fun < best_f:
             best_x, best_f = np.asarray(res.x, dtype=float), float(res.fun)
     return best_x, best_f
@@ -128,7 +136,11 @@ def _e_upper(loss: np.ndarray) -> float:
 
 
 def _starts(problem: _Problem, grid: np.ndarray, how: str | int, extra: np.ndarray | None) -> np.ndarray:
-    ok = how == "full" or (isinstance(how, (int, np.integer)) and not isinstance(how, bool) and (how > 0 or (how == 0 and extra is not None)))
+    ok = how == "full" or (
+        isinstance(how, (int, np.integer))
+        and not isinstance(how, bool)
+        and (how > 0 or (how == 0 and extra is not None))
+    )
     require(ok, f"grid: expected 'full' or a positive number of starting points, got {how!r}")
     if how == 0:
         return np.atleast_2d(np.asarray(extra, dtype=float))
@@ -136,4 +148,3 @@ def _starts(problem: _Problem, grid: np.ndarray, how: str | int, extra: np.ndarr
     if extra is not None:
         x0 = np.vstack([np.atleast_2d(np.asarray(extra, dtype=float)), x0])
     return x0
-

@@ -34,7 +34,9 @@ class FitReport:
     shared_E: bool = False
     bootstrap: int = 0
     data: dict[str, Any] = field(default_factory=dict)  # what the table says about the models: range, context, family
-    samples: list[dict[str, Any]] = field(default_factory=list)  # bootstrap coefficients (for bands), not in the laws file
+    samples: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # bootstrap coefficients (for bands), not in the laws file
 
     def __post_init__(self) -> None:
         require(self.form in FORMS, f"FitReport: unknown form {self.form!r}; choose one of {', '.join(FORMS)}")
@@ -42,18 +44,32 @@ class FitReport:
 
     def to_laws_dict(self, source: str = "") -> dict[str, Any]:
         """The laws file (JSON-serialisable dict); for form ``n`` the ``power_law_n`` interchange form."""
-        meta: dict[str, Any] = {"fit": {"objective": f"sum of Huber(delta={HUBER_DELTA}) of log-loss residuals, L-BFGS-B from a grid",
-                                        "form": self.form, "shared_E": self.shared_E, "bootstrap": self.bootstrap}}
+        meta: dict[str, Any] = {
+            "fit": {
+                "objective": f"sum of Huber(delta={HUBER_DELTA}) of log-loss residuals, L-BFGS-B from a grid",
+                "form": self.form,
+                "shared_E": self.shared_E,
+                "bootstrap": self.bootstrap,
+            }
+        }
         if self.warnings:
             meta["warnings"] = list(self.warnings)
         meta.update(self.data)
-        return {"form": LAW_FORM_NAMES[self.form], "laws": [dict(law) for law in self.laws], "source": source, "metadata": meta}
+        return {
+            "form": LAW_FORM_NAMES[self.form],
+            "laws": [dict(law) for law in self.laws],
+            "source": source,
+            "metadata": meta,
+        }
 
     def law_set(self, source: str = ""):
         """The fitted laws as a :class:`cogqa.laws.LawSet` (form ``n`` only), ready for search."""
         from ..laws import law_set_from_dict
 
-        require(self.form in ("n", "heads-joint"), f"law_set: form {self.form!r} cannot be searched; fit with form 'n' or 'heads-joint'")
+        require(
+            self.form in ("n", "heads-joint"),
+            f"law_set: form {self.form!r} cannot be searched; fit with form 'n' or 'heads-joint'",
+        )
         return law_set_from_dict(self.to_laws_dict(source), "fitted laws")
 
     def table(self) -> pd.DataFrame:
@@ -113,9 +129,16 @@ def _entry_keys(keys: list[str], values: tuple, sub: pd.DataFrame, form: str) ->
     return out
 
 
-
-def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, bootstrap: int = 0, seed: int = 0,
-                context: int | None = None, grid: str | int | None = None, drop_highest_loss: int = 0) -> FitReport:
+def fit_results(
+    df: pd.DataFrame,
+    form: str = "n",
+    shared_E: bool = False,
+    bootstrap: int = 0,
+    seed: int = 0,
+    context: int | None = None,
+    grid: str | int | None = None,
+    drop_highest_loss: int = 0,
+) -> FitReport:
     """Fit one law per group of a results table; returns a :class:`FitReport`.
 
     ``form``: ``n`` (L = (a/N)^b + E per H; ``shared_E`` fits one E jointly), ``chinchilla``
@@ -129,12 +152,22 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
     initial objective; ``"full"`` for every grid point).
     """
     require(form in FORMS, f"--form: unknown form {form!r}; choose one of {', '.join(FORMS)}")
-    require(isinstance(bootstrap, (int, np.integer)) and not isinstance(bootstrap, bool) and 0 <= bootstrap <= 100000,
-            f"--bootstrap: expected a whole number of resamples in 0..100000, got {bootstrap!r}")
-    require(isinstance(seed, (int, np.integer)) and not isinstance(seed, bool), f"--seed: expected an integer, got {seed!r}")
+    require(
+        isinstance(bootstrap, (int, np.integer)) and not isinstance(bootstrap, bool) and 0 <= bootstrap <= 100000,
+        f"--bootstrap: expected a whole number of resamples in 0..100000, got {bootstrap!r}",
+    )
+    require(
+        isinstance(seed, (int, np.integer)) and not isinstance(seed, bool), f"--seed: expected an integer, got {seed!r}"
+    )
     require(not shared_E or form == "n", f"--shared-E applies to --form n only, not {form!r}")
-    require(form != "heads-joint" or "context" not in df.columns or pd.Series(df["context"]).nunique() <= 1 or context is not None,
-            "context: the table mixes training contexts; fit one at a time with --context (laws depend on the training length)")
+    require(
+        form != "heads-joint"
+        or "context" not in df.columns
+        or pd.Series(df["context"]).nunique() <= 1
+        or context is not None,
+        "context: the table mixes training contexts; fit one at a time with --context (laws depend on the "
+        "training length)",
+    )
     checked = isinstance(df, pd.DataFrame) and "warnings" in df.attrs  # already validated by read_results
     given = list(df.attrs["warnings"]) if checked else []
     df = validate_results(df, form=form)
@@ -143,8 +176,13 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
         require("context" in df.columns, "--context: the results table has no 'context' column")
         df = df[df["context"] == context].reset_index(drop=True)
         require(len(df) > 0, f"--context: no rows trained at context {context} tokens")
-    require(isinstance(drop_highest_loss, (int, np.integer)) and not isinstance(drop_highest_loss, bool) and 0 <= drop_highest_loss < len(df),
-            f"--drop-highest-loss: expected a whole number in 0..{len(df) - 1} (the table has {len(df)} rows), got {drop_highest_loss!r}")
+    require(
+        isinstance(drop_highest_loss, (int, np.integer))
+        and not isinstance(drop_highest_loss, bool)
+        and 0 <= drop_highest_loss < len(df),
+        f"--drop-highest-loss: expected a whole number in 0..{len(df) - 1} (the table has {len(df)} rows), got "
+        f"{drop_highest_loss!r}",
+    )
     if drop_highest_loss:
         order = np.argsort(-df["loss"].to_numpy(), kind="stable")[:drop_highest_loss]
         mask = np.zeros(len(df), dtype=bool)
@@ -153,8 +191,11 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
         df = df.loc[~mask].reset_index(drop=True)
     if form in ("n", "heads-joint") and "context" in df.columns:
         ctx = sorted(int(c) for c in df["context"].unique())
-        require(len(ctx) == 1, f"context: the table mixes training contexts {', '.join(map(str, ctx))} tokens; "
-                f"fit one at a time with --context (laws depend on the training length)")
+        require(
+            len(ctx) == 1,
+            f"context: the table mixes training contexts {', '.join(map(str, ctx))} tokens; "
+            f"fit one at a time with --context (laws depend on the training length)",
+        )
     keys = _group_keys(df, form)
     groups = list(df.groupby(keys, sort=True)) if keys else [((), df)]
     labels, subs, entry_keys = [], [], []
@@ -175,8 +216,15 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
     if form == "heads-joint":
         res = _fit_group(form, df, grid=grid, n_ref=n_ref)
         entry = {k: float(res[k]) for k in names}
-        entry.update({"n_ref": n_ref, "max_heads": n_ref, "r2": res["r2"], "n_points": res["n_points"],
-                      "heads": sorted({(int(h), int(kv)) for h, kv in zip(df["n_heads"], df["n_kv_heads"])})})
+        entry.update(
+            {
+                "n_ref": n_ref,
+                "max_heads": n_ref,
+                "r2": res["r2"],
+                "n_points": res["n_points"],
+                "heads": sorted({(int(h), int(kv)) for h, kv in zip(df["n_heads"], df["n_kv_heads"])}),
+            }
+        )
         entry["heads"] = [list(h) for h in entry["heads"]]
         if "context" in df.columns:
             entry["context"] = int(df["context"].iloc[0])
@@ -186,8 +234,13 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
             entry["n_bootstrap"] = len(samples_out)
         _bound_warning(entry, res["at_bound"], "joint law", warnings)
         laws.append(entry)
-        residuals.append(df.assign(group=[f"H=({h},{kv})" for h, kv in zip(df["n_heads"], df["n_kv_heads"])],
-                                   predicted=res["_pred"], residual=df["loss"].to_numpy() - res["_pred"]))
+        residuals.append(
+            df.assign(
+                group=[f"H=({h},{kv})" for h, kv in zip(df["n_heads"], df["n_kv_heads"])],
+                predicted=res["_pred"],
+                residual=df["loss"].to_numpy() - res["_pred"],
+            )
+        )
     elif shared_E:
         laws, residuals = _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings)
     else:
@@ -204,12 +257,22 @@ def fit_results(df: pd.DataFrame, form: str = "n", shared_E: bool = False, boots
                 samples_out.extend({**ek, **smp} for smp in samples)
             _bound_warning(entry, res["at_bound"], label, warnings)
             laws.append(entry)
-            residuals.append(sub.assign(group=label, predicted=res["_pred"], residual=sub["loss"].to_numpy() - res["_pred"]))
+            residuals.append(
+                sub.assign(group=label, predicted=res["_pred"], residual=sub["loss"].to_numpy() - res["_pred"])
+            )
     for entry, label in zip(laws, labels):
         if entry["r2"] is None:
             warnings.append(f"{label}: R² is undefined (every loss is equal)")
-    return FitReport(form=form, laws=laws, warnings=warnings, residuals=pd.concat(residuals, ignore_index=True),
-                     shared_E=shared_E, bootstrap=int(bootstrap), data=meta, samples=samples_out)
+    return FitReport(
+        form=form,
+        laws=laws,
+        warnings=warnings,
+        residuals=pd.concat(residuals, ignore_index=True),
+        shared_E=shared_E,
+        bootstrap=int(bootstrap),
+        data=meta,
+        samples=samples_out,
+    )
 
 
 def _max_heads(df: pd.DataFrame, meta: dict[str, Any]) -> int:
@@ -231,7 +294,10 @@ def _table_metadata(df: pd.DataFrame) -> dict[str, Any]:
     (``metadata.family``, see :class:`cogqa.shapes.ModelFamily`)."""
     out: dict[str, Any] = {}
     if "params_non_embedding" in df.columns:
-        out["params_non_embedding_range"] = [float(df["params_non_embedding"].min()), float(df["params_non_embedding"].max())]
+        out["params_non_embedding_range"] = [
+            float(df["params_non_embedding"].min()),
+            float(df["params_non_embedding"].max()),
+        ]
     if "context" in df.columns and df["context"].nunique() == 1:
         out["context"] = int(df["context"].iloc[0])
     shape_cols = {"layers", "hidden_size", "head_dim", "params_total", "params_non_embedding"}
@@ -239,8 +305,14 @@ def _table_metadata(df: pd.DataFrame) -> dict[str, Any]:
         vocab = (df["params_total"] - df["params_non_embedding"]) / df["hidden_size"]  # tied embeddings: V x d
         if np.allclose(vocab, np.round(vocab)) and np.round(vocab).nunique() == 1 and vocab.iloc[0] > 0:
             head_dim = int(df["head_dim"].iloc[0])
-            out["family"] = {"head_dim": head_dim, "vocab_size": int(round(vocab.iloc[0])), "hidden_multiple": head_dim,
-                             "reference_shapes": sorted({(int(l), int(d)) for l, d in zip(df["layers"], df["hidden_size"])})}
+            out["family"] = {
+                "head_dim": head_dim,
+                "vocab_size": int(round(vocab.iloc[0])),
+                "hidden_multiple": head_dim,
+                "reference_shapes": sorted(
+                    {(int(n_layers), int(d)) for n_layers, d in zip(df["layers"], df["hidden_size"])}
+                ),
+            }
     return out
 
 
@@ -250,9 +322,13 @@ def _bound_warning(entry: dict[str, Any], at_bound: list[str], label: str, warni
     entry["at_bound"] = list(at_bound)
     shown = ", ".join(f"{n} = {entry[n]:.4g}" for n in at_bound if n in entry)
     floor = [n for n in at_bound if n in ("E", "c") and abs(entry.get(n, 1.0) - E_FLOOR) < 1e-6]
-    why = f"; {floor[0]} at its floor of {E_FLOOR:g} nats/token means the data show no irreducible loss" if floor else ""
-    warnings.append(f"{label}: {', '.join(at_bound)} ended on its bound ({shown}): the data do not determine it{why}; treat the law with care")
-
+    why = (
+        f"; {floor[0]} at its floor of {E_FLOOR:g} nats/token means the data show no irreducible loss" if floor else ""
+    )
+    warnings.append(
+        f"{label}: {', '.join(at_bound)} ended on its bound ({shown}): the data do not determine it{why}; treat "
+        "the law with care"
+    )
 
 
 def _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings):
@@ -268,7 +344,9 @@ def _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings):
     samples = []
     if bootstrap:
         theta = res["_theta"]
-        starts = np.array([theta, np.concatenate([theta[:-1], [theta[-1] - 0.1]]), np.concatenate([theta[:-1], [theta[-1] + 0.1]])])
+        starts = np.array(
+            [theta, np.concatenate([theta[:-1], [theta[-1] - 0.1]]), np.concatenate([theta[:-1], [theta[-1] + 0.1]])]
+        )
         for _ in range(bootstrap):
             try:
                 samples.append(joint([_resample(s, rng) for s in subs], starts=starts))
@@ -278,7 +356,16 @@ def _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings):
     for i, (label, sub, ek) in enumerate(zip(labels, subs, entry_keys)):
         g = res["groups"][i]
         entry = dict(ek)
-        entry.update({"a": float(g["a"]), "b": float(g["b"]), "E": float(res["E"]), "r2": g["r2"], "n_points": g["n_points"], "shared_E": True})
+        entry.update(
+            {
+                "a": float(g["a"]),
+                "b": float(g["b"]),
+                "E": float(res["E"]),
+                "r2": g["r2"],
+                "n_points": g["n_points"],
+                "shared_E": True,
+            }
+        )
         if bootstrap:
             ci = _ci([s["groups"][i] for s in samples], ("a", "b"))
             ci.update(e_ci)
@@ -286,7 +373,7 @@ def _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings):
             entry["n_bootstrap"] = len(samples)
         _bound_warning(entry, g["at_bound"] + res["at_bound"], label, warnings)
         laws.append(entry)
-        pred = res["_pred"][offset: offset + len(sub)]
+        pred = res["_pred"][offset : offset + len(sub)]
         offset += len(sub)
         residuals.append(sub.assign(group=label, predicted=pred, residual=sub["loss"].to_numpy() - pred))
     return laws, residuals

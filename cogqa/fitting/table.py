@@ -37,7 +37,11 @@ def read_results(path: str | Path, columns: dict[str, str] | None = None, form: 
     require(path.exists(), f"RESULTS: {path}: no such file")
     require(path.is_file(), f"RESULTS: {path}: is not a file")
     suffix = path.suffix.lower()
-    require(suffix in RESULT_SUFFIXES, f"RESULTS: {path}: unknown extension {suffix or '(none)'!r}; use .csv, .jsonl, .json (array of rows) or .parquet")
+    require(
+        suffix in RESULT_SUFFIXES,
+        f"RESULTS: {path}: unknown extension {suffix or '(none)'!r}; use .csv, .jsonl, .json (array of rows) or "
+        ".parquet",
+    )
     require(path.stat().st_size > 0, f"RESULTS: {path}: the file is empty; it needs a header and one row per run")
     try:
         if suffix == ".csv":
@@ -57,7 +61,9 @@ def read_results(path: str | Path, columns: dict[str, str] | None = None, form: 
     return validate_results(df, form=form, columns=columns, source=str(path))
 
 
-def validate_results(df: pd.DataFrame, form: str = "n", columns: dict[str, str] | None = None, source: str = "results") -> pd.DataFrame:
+def validate_results(
+    df: pd.DataFrame, form: str = "n", columns: dict[str, str] | None = None, source: str = "results"
+) -> pd.DataFrame:
     """Check a results table and return a clean float copy with canonical column names.
 
     Required: form ``n``: n_heads, n_kv_heads, params_non_embedding, loss; ``chinchilla``:
@@ -74,16 +80,24 @@ def validate_results(df: pd.DataFrame, form: str = "n", columns: dict[str, str] 
     df.columns = [str(c).strip() for c in df.columns]
     for canon, name in (columns or {}).items():
         require(canon in KNOWN_COLUMNS, f"column mapping: unknown field {canon!r}; known: {', '.join(KNOWN_COLUMNS)}")
-        require(name in df.columns, f"{source}: no column {name!r} (mapped to {canon}); columns are: {', '.join(df.columns)}")
+        require(
+            name in df.columns,
+            f"{source}: no column {name!r} (mapped to {canon}); columns are: {', '.join(df.columns)}",
+        )
         if canon in df.columns and canon != name:
             df = df.drop(columns=[canon])
         df = df.rename(columns={name: canon})
     if form == "chinchilla":
-        require("tokens" in df.columns or "compute" in df.columns, f"{source}: missing column 'tokens' (training tokens D) for --form chinchilla; "
-                "add it, map it with --tokens-column, or give training FLOPs with --compute-column")
+        require(
+            "tokens" in df.columns or "compute" in df.columns,
+            f"{source}: missing column 'tokens' (training tokens D) for --form chinchilla; "
+            "add it, map it with --tokens-column, or give training FLOPs with --compute-column",
+        )
     if form == "heads":
-        require("size" in df.columns or "params_non_embedding" in df.columns,
-                f"{source}: missing column 'size' or 'params_non_embedding' (the fixed model size of each head law)")
+        require(
+            "size" in df.columns or "params_non_embedding" in df.columns,
+            f"{source}: missing column 'size' or 'params_non_embedding' (the fixed model size of each head law)",
+        )
     for name in _required_columns(form):
         if name == "tokens" and "compute" in df.columns:
             continue  # tokens = compute / (6 N), derived below once the numbers are checked
@@ -93,18 +107,29 @@ def validate_results(df: pd.DataFrame, form: str = "n", columns: dict[str, str] 
         require("n_kv_heads" in df.columns, f"{source}: column 'n_heads' without 'n_kv_heads'; give both or neither")
     if form == "heads" and "size" in df.columns and not pd.api.types.is_numeric_dtype(df["size"]):
         df["size"] = [_size_value(v, i) for i, v in enumerate(df["size"])]  # 470M, 1.2B ... -> parameters
-    numeric = [c for c in ("n_heads", "n_kv_heads", "params_non_embedding", "loss", "tokens", "compute", "context") if c in df.columns]
+    numeric = [
+        c
+        for c in ("n_heads", "n_kv_heads", "params_non_embedding", "loss", "tokens", "compute", "context")
+        if c in df.columns
+    ]
     if form == "heads" and "size" in df.columns:
         numeric.append("size")
     for name in numeric:
         values = pd.to_numeric(df[name], errors="coerce")
         bad = values.isna().to_numpy() & df[name].notna().to_numpy()
         if bad.any():
-            raise CogqaError(f"{source}: column {name!r} is not numeric in rows {_rows(bad)} (e.g. {df[name][bad].iloc[0]!r})")
+            raise CogqaError(
+                f"{source}: column {name!r} is not numeric in rows {_rows(bad)} (e.g. {df[name][bad].iloc[0]!r})"
+            )
         arr = values.to_numpy(dtype=float)
-        require(np.isfinite(arr).all(), f"{source}: column {name!r} has missing or non-finite values (NaN/inf) in rows {_rows(~np.isfinite(arr))}")
+        require(
+            np.isfinite(arr).all(),
+            f"{source}: column {name!r} has missing or non-finite values (NaN/inf) in rows {_rows(~np.isfinite(arr))}",
+        )
         if not (arr > 0).all():
-            raise CogqaError(f"{source}: column {name!r} must be > 0; rows {_rows(arr <= 0)} are not (e.g. {arr[arr <= 0][0]:g})")
+            raise CogqaError(
+                f"{source}: column {name!r} must be > 0; rows {_rows(arr <= 0)} are not (e.g. {arr[arr <= 0][0]:g})"
+            )
         df[name] = arr
     for name in ("n_heads", "n_kv_heads"):
         if name in df.columns:
@@ -115,7 +140,9 @@ def validate_results(df: pd.DataFrame, form: str = "n", columns: dict[str, str] 
     if "n_heads" in df.columns and "n_kv_heads" in df.columns:
         nh, nkv = df["n_heads"].to_numpy(), df["n_kv_heads"].to_numpy()
         bad = nkv > nh
-        require(not bad.any(), f"{source}: n_kv_heads > n_heads in rows {_rows(bad)}; a KV head serves >= 1 query heads")
+        require(
+            not bad.any(), f"{source}: n_kv_heads > n_heads in rows {_rows(bad)}; a KV head serves >= 1 query heads"
+        )
         bad = nh % nkv != 0
         require(not bad.any(), f"{source}: n_kv_heads must divide n_heads; rows {_rows(bad)} do not")
     if form == "chinchilla" and "tokens" not in df.columns:
@@ -124,8 +151,10 @@ def validate_results(df: pd.DataFrame, form: str = "n", columns: dict[str, str] 
     keep = [c for c in KNOWN_COLUMNS if c in df.columns]
     dup = df.duplicated(subset=keep, keep="first").to_numpy()
     if dup.any():
-        warnings.append(f"{source}: rows {_rows(dup)} repeat the values of earlier rows; all are kept, "
-                        "so a run listed twice weighs double: remove such repeats if they are the same run")
+        warnings.append(
+            f"{source}: rows {_rows(dup)} repeat the values of earlier rows; all are kept, "
+            "so a run listed twice weighs double: remove such repeats if they are the same run"
+        )
     df.attrs["warnings"] = warnings
     return df
 
@@ -137,6 +166,8 @@ def _size_value(value: Any, i: int) -> Any:
         try:
             return parse_count(value.strip(), "size")
         except CogqaError:
-            raise CogqaError(f"results: column 'size' in row {i + 1} is {value!r}; write a number of parameters such as 470M or 4.7e8") from None
+            raise CogqaError(
+                f"results: column 'size' in row {i + 1} is {value!r}; write a number of parameters such as 470M "
+                "or 4.7e8"
+            ) from None
     return value
-

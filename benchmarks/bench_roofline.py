@@ -49,16 +49,16 @@ SHAPES = [  # (layers, hidden, n_heads, n_kv_heads): GQA groups from MHA to MQA,
 VOCAB = 16384
 
 
-def shape_of(L, d, nh, nkv) -> ModelShape:
+def shape_of(n_layers, d, nh, nkv) -> ModelShape:
     return ModelShape(
-        layers=L,
+        layers=n_layers,
         hidden_size=d,
         ffn_size=int(8 * d / 3) // 64 * 64,
         n_heads=nh,
         n_kv_heads=nkv,
         head_dim=64,
         vocab_size=VOCAB,
-        name=f"L{L} d{d} H=({nh},{nkv})",
+        name=f"L{n_layers} d{d} H=({nh},{nkv})",
     )
 
 
@@ -155,8 +155,8 @@ def main() -> int:
     )
     ratios = []
     for T in parse_contexts(args.contexts):
-        for L, d, nh, nkv in shapes:
-            s = shape_of(L, d, nh, nkv)
+        for n_layers, d, nh, nkv in shapes:
+            s = shape_of(n_layers, d, nh, nkv)
             model = GQADecoder(s, max_seq_len=T).to(device=device, dtype=torch_dtype(dtype))
             fn, dev = decode_timer(model, T, 1, n)
             ref = ReferenceDecoder(s, T, device, torch_dtype(dtype))

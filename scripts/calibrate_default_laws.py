@@ -38,7 +38,7 @@ FIGURE_POINTS = ROOT / "cogqa" / "data" / "paper_fig12_loss_points.csv"
 AXIS_READOUT = ROOT / "cogqa" / "data" / "paper_fig2_cost_axis_readout.csv"
 N_REF = 32
 #: The figures' model family: L = 6, 8, ..., 16 layers, d = 128 L (decoded from Figure 2's cost axes).
-FIGURE_SHAPES = tuple((L, 128 * L) for L in range(6, 17, 2))
+FIGURE_SHAPES = tuple((n_layers, 128 * n_layers) for n_layers in range(6, 17, 2))
 #: Table 7 from 1.8B up (its 1.2B row, L = 36, d = 1536, is left out: the paper's own ~1B model is (16, 2048)).
 LARGE_SHAPES = tuple(v for k, v in PAPER_LARGE_SHAPES.items() if k != "1.2B")
 FAMILY = ModelFamily(reference_shapes=FIGURE_SHAPES + LARGE_SHAPES)
@@ -155,17 +155,17 @@ def takeaway2(laws: LawSet) -> dict:
     the laws, savings in the paper convention's M and C; and the loss (8, 1) reaches at equal Z."""
     from cogqa.search import lowest_loss_within_budget, search
 
-    T, L = 131072, TAKEAWAY2["loss"]
-    forced = search(T, L, laws, heads=[(8, 1)], baseline="llama3", convention="paper")
+    T, target_loss = 131072, TAKEAWAY2["loss"]
+    forced = search(T, target_loss, laws, heads=[(8, 1)], baseline="llama3", convention="paper")
     equal_z = lowest_loss_within_budget(T, laws, budget_z=forced.baseline["z"], heads=[(8, 1)], convention="paper")
-    best = search(T, L, laws, baseline="llama3", convention="paper")
+    best = search(T, target_loss, laws, baseline="llama3", convention="paper")
     return {
         "memory": forced.savings["z_memory"],
         "flops": forced.savings["z_flops"],
         "n_8_1": forced.best["params_non_embedding"],
         "n_32_8": forced.baseline["params_non_embedding"],
         "shape_8_1": (forced.best["layers"], forced.best["hidden_size"]),
-        "equal_z_loss_gain": L - equal_z.best["predicted_loss"],
+        "equal_z_loss_gain": target_loss - equal_z.best["predicted_loss"],
         "search_best": (best.best["n_heads"], best.best["n_kv_heads"]),
         "search_best_savings": {"memory": best.savings["z_memory"], "flops": best.savings["z_flops"]},
     }
@@ -198,8 +198,8 @@ def residual_table(c: dict, points: dict[str, np.ndarray] | None = None) -> list
     law = law_set(c).joint
     pred = law.loss(p["params_non_embedding"], p["n_heads"], p["n_kv_heads"])
     return [
-        (int(h), int(kv), int(L), n, y, float(q))
-        for h, kv, L, n, y, q in zip(
+        (int(h), int(kv), int(n_layers), n, y, float(q))
+        for h, kv, n_layers, n, y, q in zip(
             p["n_heads"], p["n_kv_heads"], p["layers"], p["params_non_embedding"], p["loss"], pred
         )
     ]
@@ -222,13 +222,13 @@ def plot_figure2(path: Path) -> Path:
     heads = [(8, 8), (8, 4), (8, 2), (8, 1), (4, 1), (2, 1), (1, 1)]
     for i, (h, kv) in enumerate(heads):
         m = (p["n_heads"] == h) & (p["n_kv_heads"] == kv)
-        L = p["layers"][m]
+        n_layers = p["layers"][m]
         shape = RealShape(
-            layers=L,
-            hidden_size=128 * L,
-            ffn_size=np.floor(8 * 128 * L / 3),
-            n_heads=np.full_like(L, h),
-            n_kv_heads=np.full_like(L, kv),
+            layers=n_layers,
+            hidden_size=128 * n_layers,
+            ffn_size=np.floor(8 * 128 * n_layers / 3),
+            n_heads=np.full_like(n_layers, h),
+            n_kv_heads=np.full_like(n_layers, kv),
             head_dim=64,
             vocab_size=50304,
         )

@@ -129,7 +129,7 @@ def test_vectorised_grid_broadcasts():
 # ----------------------------------------------------------------------------- properties
 
 shapes = st.builds(
-    lambda L, d, ff, kv, g, dh: ModelShape(L, d, ff, kv * g, kv, dh),
+    lambda n_layers, d, ff, kv, g, dh: ModelShape(n_layers, d, ff, kv * g, kv, dh),
     st.integers(1, 96),
     st.integers(1, 16384),
     st.integers(1, 65536),

@@ -334,9 +334,9 @@ def _bound_warning(entry: dict[str, Any], at_bound: list[str], label: str, warni
 def _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings):
     def joint(parts, starts=None):
         N = np.concatenate([p["params_non_embedding"].to_numpy(float) for p in parts])
-        L = np.concatenate([p["loss"].to_numpy(float) for p in parts])
+        loss = np.concatenate([p["loss"].to_numpy(float) for p in parts])
         g = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
-        return fit_power_law_shared_E(N, L, g, starts=starts)
+        return fit_power_law_shared_E(N, loss, g, starts=starts)
 
     res = joint(subs)
     laws, residuals = [], []

@@ -151,6 +151,39 @@ def fit_results(
     ``grid``: starting points, as in :func:`fit_chinchilla` (default: the 32 grid points with the lowest
     initial objective; ``"full"`` for every grid point).
     """
+    _check_fit_args(df, form, shared_E, bootstrap, seed, context)
+    checked = isinstance(df, pd.DataFrame) and "warnings" in df.attrs  # already validated by read_results
+    given = list(df.attrs["warnings"]) if checked else []
+    df = validate_results(df, form=form)
+    warnings = given if checked else list(df.attrs["warnings"])
+    df = _select_rows(df, form, context, drop_highest_loss, warnings)
+    labels, subs, entry_keys = _groups(df, form, shared_E)
+    rng = np.random.default_rng(int(seed))
+    meta = _table_metadata(df)
+    samples_out: list[dict[str, float]] = []
+    if form == "heads-joint":
+        laws, residuals, samples_out = _fit_joint(df, _max_heads(df, meta), bootstrap, rng, grid, warnings)
+    elif shared_E:
+        laws, residuals = _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings)
+    else:
+        laws, residuals, samples_out = _fit_each(form, labels, subs, entry_keys, bootstrap, rng, grid, warnings)
+    for entry, label in zip(laws, labels):
+        if entry["r2"] is None:
+            warnings.append(f"{label}: R² is undefined (every loss is equal)")
+    return FitReport(
+        form=form,
+        laws=laws,
+        warnings=warnings,
+        residuals=pd.concat(residuals, ignore_index=True),
+        shared_E=shared_E,
+        bootstrap=int(bootstrap),
+        data=meta,
+        samples=samples_out,
+    )
+
+
+def _check_fit_args(df, form: str, shared_E: bool, bootstrap, seed, context) -> None:
+    """One-line errors for the options of :func:`fit_results`."""
     require(form in FORMS, f"--form: unknown form {form!r}; choose one of {', '.join(FORMS)}")
     require(
         isinstance(bootstrap, (int, np.integer)) and not isinstance(bootstrap, bool) and 0 <= bootstrap <= 100000,
@@ -168,10 +201,11 @@ def fit_results(
         "context: the table mixes training contexts; fit one at a time with --context (laws depend on the "
         "training length)",
     )
-    checked = isinstance(df, pd.DataFrame) and "warnings" in df.attrs  # already validated by read_results
-    given = list(df.attrs["warnings"]) if checked else []
-    df = validate_results(df, form=form)
-    warnings = given if checked else list(df.attrs["warnings"])
+
+
+def _select_rows(df: pd.DataFrame, form: str, context, drop_highest_loss, warnings: list[str]) -> pd.DataFrame:
+    """The rows to fit: those at ``context`` (tokens) when given, minus the ``drop_highest_loss`` highest-loss
+    rows (named in ``warnings``); forms n and heads-joint need one training context."""
     if context is not None:
         require("context" in df.columns, "--context: the results table has no 'context' column")
         df = df[df["context"] == context].reset_index(drop=True)
@@ -196,6 +230,11 @@ def fit_results(
             f"context: the table mixes training contexts {', '.join(map(str, ctx))} tokens; "
             f"fit one at a time with --context (laws depend on the training length)",
         )
+    return df
+
+
+def _groups(df: pd.DataFrame, form: str, shared_E: bool) -> tuple[list[str], list[pd.DataFrame], list[dict[str, Any]]]:
+    """(labels, row subsets, laws-entry keys) of the groups fitted separately, each checked for enough points."""
     keys = _group_keys(df, form)
     groups = list(df.groupby(keys, sort=True)) if keys else [((), df)]
     labels, subs, entry_keys = [], [], []
@@ -206,73 +245,63 @@ def fit_results(
         labels.append(label)
         subs.append(sub)
         entry_keys.append(_entry_keys(keys, values, sub, form))
-    rng = np.random.default_rng(int(seed))
+    return labels, subs, entry_keys
+
+
+def _fit_joint(df: pd.DataFrame, n_ref: int, bootstrap: int, rng, grid, warnings: list[str]):
+    """Form heads-joint: (laws [one entry], residuals [one frame], bootstrap samples)."""
+    form, names = "heads-joint", COEFS["heads-joint"]
+    samples_out: list[dict[str, float]] = []
+    res = _fit_group(form, df, grid=grid, n_ref=n_ref)
+    entry = {k: float(res[k]) for k in names}
+    entry.update(
+        {
+            "n_ref": n_ref,
+            "max_heads": n_ref,
+            "r2": res["r2"],
+            "n_points": res["n_points"],
+            "heads": sorted({(int(h), int(kv)) for h, kv in zip(df["n_heads"], df["n_kv_heads"])}),
+        }
+    )
+    entry["heads"] = [list(h) for h in entry["heads"]]
+    if "context" in df.columns:
+        entry["context"] = int(df["context"].iloc[0])
+    if bootstrap:
+        samples_out = _bootstrap_group(form, df, res["_theta"], bootstrap, rng, grid, n_ref)
+        entry["ci"] = _ci(samples_out, names)
+        entry["n_bootstrap"] = len(samples_out)
+    _bound_warning(entry, res["at_bound"], "joint law", warnings)
+    residual = df.assign(
+        group=[f"H=({h},{kv})" for h, kv in zip(df["n_heads"], df["n_kv_heads"])],
+        predicted=res["_pred"],
+        residual=df["loss"].to_numpy() - res["_pred"],
+    )
+    return [entry], [residual], samples_out
+
+
+def _fit_each(form: str, labels, subs, entry_keys, bootstrap: int, rng, grid, warnings: list[str]):
+    """One law per group: (laws entries, residual frames, bootstrap samples with their group keys)."""
     names = COEFS[form]
     laws: list[dict[str, Any]] = []
-    residuals = []
-    meta = _table_metadata(df)
-    n_ref = _max_heads(df, meta)
-    samples_out: list[dict[str, float]] = []
-    if form == "heads-joint":
-        res = _fit_group(form, df, grid=grid, n_ref=n_ref)
-        entry = {k: float(res[k]) for k in names}
-        entry.update(
-            {
-                "n_ref": n_ref,
-                "max_heads": n_ref,
-                "r2": res["r2"],
-                "n_points": res["n_points"],
-                "heads": sorted({(int(h), int(kv)) for h, kv in zip(df["n_heads"], df["n_kv_heads"])}),
-            }
-        )
-        entry["heads"] = [list(h) for h in entry["heads"]]
-        if "context" in df.columns:
-            entry["context"] = int(df["context"].iloc[0])
+    residuals: list[pd.DataFrame] = []
+    samples_out: list[dict[str, Any]] = []
+    for label, sub, ek in zip(labels, subs, entry_keys):
+        res = _fit_group(form, sub, grid=grid)
+        entry = dict(ek)
+        entry.update({k: float(res[k]) for k in names})
+        entry["r2"] = res["r2"]
+        entry["n_points"] = res["n_points"]
         if bootstrap:
-            samples_out = _bootstrap_group(form, df, res["_theta"], bootstrap, rng, grid, n_ref)
-            entry["ci"] = _ci(samples_out, names)
-            entry["n_bootstrap"] = len(samples_out)
-        _bound_warning(entry, res["at_bound"], "joint law", warnings)
+            samples = _bootstrap_group(form, sub, res["_theta"], bootstrap, rng, grid)
+            entry["ci"] = _ci(samples, names)
+            entry["n_bootstrap"] = len(samples)
+            samples_out.extend({**ek, **smp} for smp in samples)
+        _bound_warning(entry, res["at_bound"], label, warnings)
         laws.append(entry)
         residuals.append(
-            df.assign(
-                group=[f"H=({h},{kv})" for h, kv in zip(df["n_heads"], df["n_kv_heads"])],
-                predicted=res["_pred"],
-                residual=df["loss"].to_numpy() - res["_pred"],
-            )
+            sub.assign(group=label, predicted=res["_pred"], residual=sub["loss"].to_numpy() - res["_pred"])
         )
-    elif shared_E:
-        laws, residuals = _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings)
-    else:
-        for label, sub, ek in zip(labels, subs, entry_keys):
-            res = _fit_group(form, sub, grid=grid)
-            entry = dict(ek)
-            entry.update({k: float(res[k]) for k in names})
-            entry["r2"] = res["r2"]
-            entry["n_points"] = res["n_points"]
-            if bootstrap:
-                samples = _bootstrap_group(form, sub, res["_theta"], bootstrap, rng, grid)
-                entry["ci"] = _ci(samples, names)
-                entry["n_bootstrap"] = len(samples)
-                samples_out.extend({**ek, **smp} for smp in samples)
-            _bound_warning(entry, res["at_bound"], label, warnings)
-            laws.append(entry)
-            residuals.append(
-                sub.assign(group=label, predicted=res["_pred"], residual=sub["loss"].to_numpy() - res["_pred"])
-            )
-    for entry, label in zip(laws, labels):
-        if entry["r2"] is None:
-            warnings.append(f"{label}: R² is undefined (every loss is equal)")
-    return FitReport(
-        form=form,
-        laws=laws,
-        warnings=warnings,
-        residuals=pd.concat(residuals, ignore_index=True),
-        shared_E=shared_E,
-        bootstrap=int(bootstrap),
-        data=meta,
-        samples=samples_out,
-    )
+    return laws, residuals, samples_out
 
 
 def _max_heads(df: pd.DataFrame, meta: dict[str, Any]) -> int:

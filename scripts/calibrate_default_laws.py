@@ -100,7 +100,7 @@ def calibrate(points: dict[str, np.ndarray] | None = None) -> dict:
 
     p = points or load_points()
     res = fit_heads_joint(p["params_non_embedding"], p["n_heads"], p["n_kv_heads"], p["loss"], n_ref=N_REF, grid=32)
-    resid = p["loss"] - res["_pred"]
+    resid = p["loss"] - res.predicted
     out = {k: float(res[k]) for k in ("a", "b", "E", "A", "g", "B", "k")}
     out.update(
         {

@@ -52,7 +52,7 @@ from .arrays import (
     fit_power_law,
     fit_power_law_shared_E,
 )
-from .core import E_FLOOR, HUBER_DELTA, huber
+from .core import E_FLOOR, HUBER_DELTA, LawFit, huber
 from .forms import COEFS, FIT_FORMS, FORMS, LAW_FORM_NAMES, MIN_POINTS, FitForm
 from .results import FitReport, fit_results, group_label, write_laws
 from .table import KNOWN_COLUMNS, RESULT_SUFFIXES, read_results, validate_results
@@ -68,6 +68,7 @@ __all__ = [
     "JOINT_GRID",
     "JOINT_NAMES",
     "KNOWN_COLUMNS",
+    "LawFit",
     "LAW_FORM_NAMES",
     "MIN_POINTS",
     "N_GRID",

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import require
-from .core import E_FLOOR, _as_positive, _at_bound, _e_upper, _grid, _minimise, _Problem, _r2, _starts
+from .core import E_FLOOR, LawFit, _as_positive, _at_bound, _e_upper, _grid, _minimise, _Problem, _r2, _starts
 
 CHINCHILLA_GRID = (
     np.arange(0, 30, 5.0),
@@ -22,16 +22,14 @@ CHINCHILLA_GRID = (
 
 def _finish(
     problem: _Problem, theta: np.ndarray, f: float, loss: np.ndarray, coefs: dict[str, float], names: list[str]
-) -> dict[str, Any]:
+) -> LawFit:
     pred = np.exp(problem.predict_log(theta))
     out: dict[str, Any] = dict(coefs)
     out["r2"] = _r2(loss, pred)
     out["n_points"] = int(loss.size)
     out["objective"] = f
     out["at_bound"] = [n for n, hit in zip(names, _at_bound(problem, theta)) if hit]
-    out["_theta"] = theta
-    out["_pred"] = pred
-    return out
+    return LawFit(out, theta, pred)
 
 
 def _chinchilla_problem(N, D, loss) -> _Problem:
@@ -59,7 +57,7 @@ def _chinchilla_coefs(theta: np.ndarray) -> dict[str, float]:
     }
 
 
-def fit_chinchilla(N, D, loss, grid: str | int = 32, starts: np.ndarray | None = None) -> dict[str, Any]:
+def fit_chinchilla(N, D, loss, grid: str | int = 32, starts: np.ndarray | None = None) -> LawFit:
     """Fit ``L = E + A / N^alpha + B / D^beta`` (N parameters, D tokens, L nats/token).
 
     Returns {"E", "A", "B", "alpha", "beta", "r2", "n_points", "objective" (summed Huber of log
@@ -101,7 +99,7 @@ def _n_problem(N: np.ndarray, loss: np.ndarray, group: np.ndarray, n_groups: int
     return _Problem(X, np.log(loss), lower, upper)
 
 
-def fit_power_law(N, loss, grid: str | int = 32, starts: np.ndarray | None = None) -> dict[str, Any]:
+def fit_power_law(N, loss, grid: str | int = 32, starts: np.ndarray | None = None) -> LawFit:
     """Fit the paper's Eq. 7 ``L = (a / N)^b + E`` for one head configuration (N parameters, L nats/token).
 
     Returns {"a" (parameters), "b", "E" (nats/token), "r2", "n_points", "objective", "at_bound"}.
@@ -127,9 +125,7 @@ def _a_from(c: float, b: float) -> float:
     return math.exp(c / b)
 
 
-def fit_power_law_shared_E(
-    N, loss, group, grid_per_group: str | int = 32, starts: np.ndarray | None = None
-) -> dict[str, Any]:
+def fit_power_law_shared_E(N, loss, group, grid_per_group: str | int = 32, starts: np.ndarray | None = None) -> LawFit:
     """Joint fit of ``L = (a_g / N)^b_g + E`` with one E for all groups g = 0..G-1 (integer labels).
 
     Returns {"E", "groups": [{"a", "b", "r2", "n_points", "at_bound"}...], "objective", "at_bound"}.
@@ -161,22 +157,21 @@ def fit_power_law_shared_E(
                 "at_bound": names,
             }
         )
-    return {
+    values = {
         "E": math.exp(theta[-1]),
         "groups": groups,
         "objective": f,
         "at_bound": ["E"] if hits[-1] else [],
         "r2": _r2(loss, pred),
         "n_points": int(loss.size),
-        "_theta": theta,
-        "_pred": pred,
     }
+    return LawFit(values, theta, pred)
 
 
 def _own_start(N: np.ndarray, loss: np.ndarray, loss_min: float, grid) -> np.ndarray:
     """(c, b, ln E) of one group: its own fit, or with < 4 points a straight line through log(L - 0.9 min L)."""
     if loss.size >= 4 and np.unique(N).size >= 2:
-        return fit_power_law(N, loss, grid=grid)["_theta"]
+        return fit_power_law(N, loss, grid=grid).theta
     E0 = 0.9 * loss_min
     slope, icept = np.polyfit(np.log(N), np.log(loss - E0), 1) if np.unique(N).size >= 2 else (-0.3, 0.0)
     b = float(np.clip(-slope, 0.01, 2.0))
@@ -198,7 +193,7 @@ def _head_problem(n_heads: np.ndarray, loss: np.ndarray) -> _Problem:
     return _Problem(X, np.log(loss), lower, upper)
 
 
-def fit_head_law(n_heads, loss, grid: str | int = 32, starts: np.ndarray | None = None) -> dict[str, Any]:
+def fit_head_law(n_heads, loss, grid: str | int = 32, starts: np.ndarray | None = None) -> LawFit:
     """Fit Appendix I's head law ``L(n_h) = a n_h^b + c`` at one model size (L and c in nats/token).
 
     Returns {"a", "b", "c", "r2", "n_points", "objective", "at_bound"}. Fitted as LSE(ln a + b ln n_h, ln c)
@@ -262,7 +257,7 @@ def _joint_coefs(theta: np.ndarray, n_ref: int, problem: _Problem) -> dict[str, 
 
 def fit_heads_joint(
     N, n_heads, n_kv_heads, loss, n_ref: int = 32, grid: str | int = 32, starts: np.ndarray | None = None
-) -> dict[str, Any]:
+) -> LawFit:
     """Fit ``L = (a/N)^b + E + A (n_h^-g - n_ref^-g) + B (n_kv^-k - n_ref^-k)`` across head configurations
     (N non-embedding parameters, L and E in nats/token; E is the floor of H = (n_ref, n_ref)).
 
@@ -283,6 +278,6 @@ def fit_heads_joint(
     theta, f = _minimise(problem, _starts(problem, _grid(*JOINT_GRID), grid, starts))
     out = _finish(problem, theta, f, loss, _joint_coefs(theta, n_ref, problem), list(JOINT_NAMES))
     fixed = problem.upper == problem.lower
-    out["at_bound"] = [n for n, hit, fx in zip(JOINT_NAMES, _at_bound(problem, theta), fixed) if hit and not fx]
-    out["n_ref"] = int(n_ref)
+    out.entries["at_bound"] = [n for n, hit, fx in zip(JOINT_NAMES, _at_bound(problem, theta), fixed) if hit and not fx]
+    out.entries["n_ref"] = int(n_ref)
     return out

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math  # noqa: F401
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -148,3 +150,24 @@ def _starts(problem: _Problem, grid: np.ndarray, how: str | int, extra: np.ndarr
     if extra is not None:
         x0 = np.vstack([np.atleast_2d(np.asarray(extra, dtype=float)), x0])
     return x0
+
+
+@dataclass(eq=False)
+class LawFit(Mapping):
+    """One fitted law. Reads like the dict of its public ``entries`` (coefficients, ``r2``, ``n_points``,
+    ``objective`` = summed Huber of log residuals, ``at_bound`` = coefficient names on their bounds, and for
+    shared-E fits ``E`` and ``groups``); ``theta`` is the optimum in the fitted (log) space, the starting point
+    of bootstrap refits, and ``predicted`` the fitted loss of each row (nats/token)."""
+
+    entries: dict[str, Any]
+    theta: np.ndarray
+    predicted: np.ndarray = field(repr=False)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.entries[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +23,7 @@ from .arrays import (
     fit_heads_joint,
     fit_power_law,
 )
-from .core import _Problem
+from .core import LawFit, _Problem
 
 
 @dataclass(frozen=True)
@@ -69,7 +68,7 @@ COEFS = {k: f.coefficients for k, f in FIT_FORMS.items()}
 MIN_POINTS = {k: f.min_points for k, f in FIT_FORMS.items()}
 
 
-def _fit_group(form: str, sub: pd.DataFrame, starts=None, grid=None, n_ref: int = 32) -> dict[str, Any]:
+def _fit_group(form: str, sub: pd.DataFrame, starts=None, grid=None, n_ref: int = 32) -> LawFit:
     loss = sub["loss"].to_numpy(float)
     if form == "heads-joint":
         return fit_heads_joint(

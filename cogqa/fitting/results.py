@@ -267,14 +267,14 @@ def _fit_joint(df: pd.DataFrame, n_ref: int, bootstrap: int, rng, grid, warnings
     if "context" in df.columns:
         entry["context"] = int(df["context"].iloc[0])
     if bootstrap:
-        samples_out = _bootstrap_group(form, df, res["_theta"], bootstrap, rng, grid, n_ref)
+        samples_out = _bootstrap_group(form, df, res.theta, bootstrap, rng, grid, n_ref)
         entry["ci"] = _ci(samples_out, names)
         entry["n_bootstrap"] = len(samples_out)
     _bound_warning(entry, res["at_bound"], "joint law", warnings)
     residual = df.assign(
         group=[f"H=({h},{kv})" for h, kv in zip(df["n_heads"], df["n_kv_heads"])],
-        predicted=res["_pred"],
-        residual=df["loss"].to_numpy() - res["_pred"],
+        predicted=res.predicted,
+        residual=df["loss"].to_numpy() - res.predicted,
     )
     return [entry], [residual], samples_out
 
@@ -292,14 +292,14 @@ def _fit_each(form: str, labels, subs, entry_keys, bootstrap: int, rng, grid, wa
         entry["r2"] = res["r2"]
         entry["n_points"] = res["n_points"]
         if bootstrap:
-            samples = _bootstrap_group(form, sub, res["_theta"], bootstrap, rng, grid)
+            samples = _bootstrap_group(form, sub, res.theta, bootstrap, rng, grid)
             entry["ci"] = _ci(samples, names)
             entry["n_bootstrap"] = len(samples)
             samples_out.extend({**ek, **smp} for smp in samples)
         _bound_warning(entry, res["at_bound"], label, warnings)
         laws.append(entry)
         residuals.append(
-            sub.assign(group=label, predicted=res["_pred"], residual=sub["loss"].to_numpy() - res["_pred"])
+            sub.assign(group=label, predicted=res.predicted, residual=sub["loss"].to_numpy() - res.predicted)
         )
     return laws, residuals, samples_out
 
@@ -372,7 +372,7 @@ def _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings):
     offset = 0
     samples = []
     if bootstrap:
-        theta = res["_theta"]
+        theta = res.theta
         starts = np.array(
             [theta, np.concatenate([theta[:-1], [theta[-1] - 0.1]]), np.concatenate([theta[:-1], [theta[-1] + 0.1]])]
         )
@@ -402,7 +402,7 @@ def _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings):
             entry["n_bootstrap"] = len(samples)
         _bound_warning(entry, g["at_bound"] + res["at_bound"], label, warnings)
         laws.append(entry)
-        pred = res["_pred"][offset : offset + len(sub)]
+        pred = res.predicted[offset : offset + len(sub)]
         offset += len(sub)
         residuals.append(sub.assign(group=label, predicted=pred, residual=sub["loss"].to_numpy() - pred))
     return laws, residuals

@@ -78,15 +78,7 @@ def validate_results(
     require(len(df) > 0, f"{source}: no rows; the table needs one row per training run")
     df = df.reset_index(drop=True)
     df.columns = [str(c).strip() for c in df.columns]
-    for canon, name in (columns or {}).items():
-        require(canon in KNOWN_COLUMNS, f"column mapping: unknown field {canon!r}; known: {', '.join(KNOWN_COLUMNS)}")
-        require(
-            name in df.columns,
-            f"{source}: no column {name!r} (mapped to {canon}); columns are: {', '.join(df.columns)}",
-        )
-        if canon in df.columns and canon != name:
-            df = df.drop(columns=[canon])
-        df = df.rename(columns={name: canon})
+    df = _map_columns(df, columns, source)
     if form == "chinchilla":
         require(
             "tokens" in df.columns or "compute" in df.columns,
@@ -107,6 +99,38 @@ def validate_results(
         require("n_kv_heads" in df.columns, f"{source}: column 'n_heads' without 'n_kv_heads'; give both or neither")
     if form == "heads" and "size" in df.columns and not pd.api.types.is_numeric_dtype(df["size"]):
         df["size"] = [_size_value(v, i) for i, v in enumerate(df["size"])]  # 470M, 1.2B ... -> parameters
+    _check_numbers(df, form, source)
+    if form == "chinchilla" and "tokens" not in df.columns:
+        df["tokens"] = df["compute"] / (6.0 * df["params_non_embedding"])
+    warnings: list[str] = []
+    keep = [c for c in KNOWN_COLUMNS if c in df.columns]
+    dup = df.duplicated(subset=keep, keep="first").to_numpy()
+    if dup.any():
+        warnings.append(
+            f"{source}: rows {_rows(dup)} repeat the values of earlier rows; all are kept, "
+            "so a run listed twice weighs double: remove such repeats if they are the same run"
+        )
+    df.attrs["warnings"] = warnings
+    return df
+
+
+def _map_columns(df: pd.DataFrame, columns: dict[str, str] | None, source: str) -> pd.DataFrame:
+    """``df`` with the user's column names renamed to the canonical ones of ``columns`` {canonical: file name}."""
+    for canon, name in (columns or {}).items():
+        require(canon in KNOWN_COLUMNS, f"column mapping: unknown field {canon!r}; known: {', '.join(KNOWN_COLUMNS)}")
+        require(
+            name in df.columns,
+            f"{source}: no column {name!r} (mapped to {canon}); columns are: {', '.join(df.columns)}",
+        )
+        if canon in df.columns and canon != name:
+            df = df.drop(columns=[canon])
+        df = df.rename(columns={name: canon})
+    return df
+
+
+def _check_numbers(df: pd.DataFrame, form: str, source: str) -> None:
+    """Make the numeric columns of ``df`` floats in place (head counts integers); one-line errors naming the rows
+    that are not numeric, not finite, <= 0, or not valid GQA head counts."""
     numeric = [
         c
         for c in ("n_heads", "n_kv_heads", "params_non_embedding", "loss", "tokens", "compute", "context")
@@ -145,18 +169,6 @@ def validate_results(
         )
         bad = nh % nkv != 0
         require(not bad.any(), f"{source}: n_kv_heads must divide n_heads; rows {_rows(bad)} do not")
-    if form == "chinchilla" and "tokens" not in df.columns:
-        df["tokens"] = df["compute"] / (6.0 * df["params_non_embedding"])
-    warnings: list[str] = []
-    keep = [c for c in KNOWN_COLUMNS if c in df.columns]
-    dup = df.duplicated(subset=keep, keep="first").to_numpy()
-    if dup.any():
-        warnings.append(
-            f"{source}: rows {_rows(dup)} repeat the values of earlier rows; all are kept, "
-            "so a run listed twice weighs double: remove such repeats if they are the same run"
-        )
-    df.attrs["warnings"] = warnings
-    return df
 
 
 def _size_value(value: Any, i: int) -> Any:

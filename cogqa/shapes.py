@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CogqaError, require
-from .units import parse_count
+from .units import parse_count, parse_head_config
 
 PAPER_HEAD_DIM = 64
 PAPER_VOCAB = 50304  # GPT-2's 50,257 tokens padded to a multiple of 64
@@ -589,14 +589,10 @@ def shape_from_spec(spec: str) -> ModelShape | RealShape:
     size, _, heads = text.partition(":")
     n_h = n_kv = None
     if heads:
-        parts = heads.split(",")
-        require(
-            len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts),
-            f"shape spec {text!r}: heads must be written ':N_HEADS,N_KV_HEADS' with positive integers, e.g. 470M:8,1",
-        )
-        n_h = int(parts[0])
-        n_kv = int(parts[1]) if len(parts) == 2 else n_h
-        require(n_h % n_kv == 0, f"shape spec {text!r}: n_kv_heads ({n_kv}) must divide n_heads ({n_h})")
+        if heads.strip().isdigit() and int(heads) > 0:
+            n_h = n_kv = int(heads)  # 470M:8 is MHA with 8 heads
+        else:  # the one head-configuration parser: 8,1 (also 8:1, (8,1), H=(8,1))
+            n_h, n_kv = parse_head_config(heads, field=f"shape spec {text!r}")
     known = {k.upper() for k in list(PAPER_SWEEP_SHAPES) + list(PAPER_LARGE_SHAPES)}
     if size.strip().upper() in known:
         return paper_shape(size.strip(), n_h, n_kv)

@@ -263,6 +263,7 @@ def paper_learning_rate(size: str) -> float:
 SUPPORTED_HF_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
+# ~90 lines on purpose: one check per config.json field (19 of them), read top to bottom like the file itself.
 def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
     """A ModelShape from a Hugging Face ``config.json`` (a dict, a file, or a model directory).
 

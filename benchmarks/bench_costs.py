@@ -47,12 +47,16 @@ def main() -> None:
     shape_for_params(np.geomspace(1e7, 1e11, 1000)[:, None], 8, 1)
     t_b1 = time.perf_counter() - t0
     t_grid = time_grid()
-    print(f"cost model on 10^6 (shape, T) points: {t_grid * 1e3:.1f} ms (target < 1000 ms); "
-          f"Appendix B.1 shapes for 1000 sizes: {t_b1 * 1e3:.1f} ms")
+    print(
+        f"cost model on 10^6 (shape, T) points: {t_grid * 1e3:.1f} ms (target < 1000 ms); "
+        f"Appendix B.1 shapes for 1000 sizes: {t_b1 * 1e3:.1f} ms"
+    )
     cli = time_command([sys.executable, "-m", "cogqa", "cost", "--size", "470M", "--context", "128k", "--json"])
     torch_import = time_command([sys.executable, "-c", "import torch"])
-    print(f"cold start: `cogqa cost --size 470M --context 128k --json` {cli * 1e3:.0f} ms | "
-          f"`python -c 'import torch'` {torch_import * 1e3:.0f} ms | ratio {torch_import / cli:.1f}x faster")
+    print(
+        f"cold start: `cogqa cost --size 470M --context 128k --json` {cli * 1e3:.0f} ms | "
+        f"`python -c 'import torch'` {torch_import * 1e3:.0f} ms | ratio {torch_import / cli:.1f}x faster"
+    )
 
 
 if __name__ == "__main__":

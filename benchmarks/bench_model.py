@@ -36,8 +36,9 @@ from cogqa.model import GQADecoder  # noqa: E402
 from cogqa.shapes import ModelShape  # noqa: E402
 
 TRAIN_SHAPE = ModelShape(layers=4, hidden_size=256, ffn_size=683, n_heads=8, n_kv_heads=2, head_dim=64, vocab_size=8192)
-DECODE_SHAPE = ModelShape(layers=2, hidden_size=256, ffn_size=683, n_heads=8, n_kv_heads=2, head_dim=64,
-                          vocab_size=8192)
+DECODE_SHAPE = ModelShape(
+    layers=2, hidden_size=256, ffn_size=683, n_heads=8, n_kv_heads=2, head_dim=64, vocab_size=8192
+)
 _RATIO_BASE = dict(layers=2, hidden_size=256, ffn_size=683, head_dim=64, vocab_size=8192)
 BIG, SMALL = ModelShape(n_heads=32, n_kv_heads=8, **_RATIO_BASE), ModelShape(n_heads=8, n_kv_heads=1, **_RATIO_BASE)
 
@@ -80,8 +81,10 @@ def bench_train(shape, batch, T, steps, tmp) -> tuple[float, float]:
     ours.train()
     ids = torch.randint(0, shape.vocab_size, (batch, T))
     steps_fns = []
-    for model, call in ((ours, lambda m: m(ids, labels=ids).loss),
-                        (theirs, lambda m: m(input_ids=ids, labels=ids, use_cache=False).loss)):
+    for model, call in (
+        (ours, lambda m: m(ids, labels=ids).loss),
+        (theirs, lambda m: m(input_ids=ids, labels=ids, use_cache=False).loss),
+    ):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
         def step(model=model, call=call, opt=opt):
@@ -117,8 +120,15 @@ def bench_decode(model, hf, context, new, repeats) -> tuple[float, float]:
 
         def theirs():
             kv = copy.deepcopy(hf_cache)
-            outs["theirs"] = hf.generate(input_ids=ids, attention_mask=mask, past_key_values=kv, max_new_tokens=new,
-                                         min_new_tokens=new, do_sample=False, pad_token_id=0)[0, context:]
+            outs["theirs"] = hf.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                past_key_values=kv,
+                max_new_tokens=new,
+                min_new_tokens=new,
+                do_sample=False,
+                pad_token_id=0,
+            )[0, context:]
 
         t_ours, t_theirs = alternate([ours, theirs], repeats)
     assert torch.equal(outs["ours"], outs["theirs"]), f"greedy tokens differ at context {context}"
@@ -155,8 +165,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller contexts and fewer repeats (smoke test)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads (default 1: steadier numbers on a shared machine; both sides use the same)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: steadier numbers on a shared machine; both sides use the same)",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     transformers.logging.set_verbosity_error()
@@ -168,11 +182,17 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore", category=FutureWarning)
     torch.manual_seed(0)
-    out = {"threads": torch.get_num_threads(), "dtype": "fp32", "torch": torch.__version__,
-           "transformers": transformers.__version__}
+    out = {
+        "threads": torch.get_num_threads(),
+        "dtype": "fp32",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
     say = (lambda *a, **k: None) if args.json else print
-    say(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-        f"{torch.get_num_threads()} thread(s), fp32, CPU")
+    say(
+        f"torch {torch.__version__}, transformers {transformers.__version__}, "
+        f"{torch.get_num_threads()} thread(s), fp32, CPU"
+    )
     repeats = 2 if args.quick else 3
     bandwidths = [copy_bandwidth()]
 
@@ -196,10 +216,17 @@ def main(argv=None) -> int:
         hf = hf_twin(model, tmp)
         for key, ctx in contexts.items():
             ours, theirs = bench_decode(model, hf, ctx, new, repeats)
-            out.update({f"decode_tokens_per_s_{key}": ours, f"decode_tokens_per_s_{key}_transformers": theirs,
-                        f"decode_ratio_{key}": ours / theirs})
-            say(f"    context {ctx:6,d} tokens: cogqa {ours:8,.1f} tokens/s   transformers {theirs:8,.1f} tokens/s"
-                f"   (cogqa / transformers = {ours / theirs:.2f}x; same tokens: yes)")
+            out.update(
+                {
+                    f"decode_tokens_per_s_{key}": ours,
+                    f"decode_tokens_per_s_{key}_transformers": theirs,
+                    f"decode_ratio_{key}": ours / theirs,
+                }
+            )
+            say(
+                f"    context {ctx:6,d} tokens: cogqa {ours:8,.1f} tokens/s   transformers {theirs:8,.1f} tokens/s"
+                f"   (cogqa / transformers = {ours / theirs:.2f}x; same tokens: yes)"
+            )
     del hf
 
     # (c) roofline at 16K: bandwidth measured again right before and after the decode timing
@@ -211,31 +238,49 @@ def main(argv=None) -> int:
     bw = max(bandwidths)
     need = step_bytes(DECODE_SHAPE, ctx16)
     fraction = need / bw / secs
-    out.update(bandwidth_gb_s=bw / 1e9, bandwidth_gb_s_samples=[b / 1e9 for b in bandwidths],
-               decode_ms_per_token_16k=secs * 1e3, decode_bytes_per_token_16k=need, roofline_fraction_16k=fraction)
+    out.update(
+        bandwidth_gb_s=bw / 1e9,
+        bandwidth_gb_s_samples=[b / 1e9 for b in bandwidths],
+        decode_ms_per_token_16k=secs * 1e3,
+        decode_bytes_per_token_16k=need,
+        roofline_fraction_16k=fraction,
+    )
     say(f"\n(c) decode at {ctx16:,} tokens vs the memory-bandwidth roofline")
-    say(f"    copy bandwidth (STREAM-like, read + write) {bw / 1e9:6.1f} GB/s   (samples: "
-        + ", ".join(f"{b / 1e9:.1f}" for b in bandwidths) + " GB/s)")
-    say(f"    bytes per step (weights + KV cache)        {need / 1e6:6.1f} MB  "
-        f"-> roofline {need / bw * 1e3:.2f} ms/token")
+    say(
+        f"    copy bandwidth (STREAM-like, read + write) {bw / 1e9:6.1f} GB/s   (samples: "
+        + ", ".join(f"{b / 1e9:.1f}" for b in bandwidths)
+        + " GB/s)"
+    )
+    say(
+        f"    bytes per step (weights + KV cache)        {need / 1e6:6.1f} MB  "
+        f"-> roofline {need / bw * 1e3:.2f} ms/token"
+    )
     say(f"    measured                                   {secs * 1e3:6.2f} ms/token  -> {fraction:.0%} of the roofline")
 
     # (d) decode-time ratio H = (32, 8) vs H = (8, 1), measured vs the cost model's bytes ratio
-    say(f"\n(d) decode time per token, H=(32,8) vs H=(8,1), L=2 d=256 d_h=64, fp32")
+    say("\n(d) decode time per token, H=(32,8) vs H=(8,1), L=2 d=256 d_h=64, fp32")
     for key, ctx in ({"4k": 4096} if args.quick else {"8k": 8192, "16k": 16384}).items():
         t_big, t_small = alternate([decode_runner(BIG, ctx, new), decode_runner(SMALL, ctx, new)], repeats)
         measured = t_big / t_small
         predicted = step_bytes(BIG, ctx) / step_bytes(SMALL, ctx)
         flops = float(costs.inference_flops_per_token(BIG, ctx) / costs.inference_flops_per_token(SMALL, ctx))
         error = abs(measured / predicted - 1)
-        out.update({f"ratio_measured_{key}": measured, f"ratio_predicted_bytes_{key}": predicted,
-                    f"ratio_predicted_flops_{key}": flops, f"predicted_vs_measured_error_{key}": error,
-                    f"effective_gb_s_big_{key}": step_bytes(BIG, ctx) / (t_big / new) / 1e9,
-                    f"effective_gb_s_small_{key}": step_bytes(SMALL, ctx) / (t_small / new) / 1e9})
-        say(f"    context {ctx:6,d}: {t_big / new * 1e3:6.2f} vs {t_small / new * 1e3:6.2f} ms/token; measured "
+        out.update(
+            {
+                f"ratio_measured_{key}": measured,
+                f"ratio_predicted_bytes_{key}": predicted,
+                f"ratio_predicted_flops_{key}": flops,
+                f"predicted_vs_measured_error_{key}": error,
+                f"effective_gb_s_big_{key}": step_bytes(BIG, ctx) / (t_big / new) / 1e9,
+                f"effective_gb_s_small_{key}": step_bytes(SMALL, ctx) / (t_small / new) / 1e9,
+            }
+        )
+        say(
+            f"    context {ctx:6,d}: {t_big / new * 1e3:6.2f} vs {t_small / new * 1e3:6.2f} ms/token; measured "
             f"{measured:4.2f}x, cost-model bytes {predicted:4.2f}x (off by {error:.0%}), FLOPs {flops:4.2f}x; "
             f"effective {step_bytes(BIG, ctx) / (t_big / new) / 1e9:4.1f} vs "
-            f"{step_bytes(SMALL, ctx) / (t_small / new) / 1e9:4.1f} GB/s")
+            f"{step_bytes(SMALL, ctx) / (t_small / new) / 1e9:4.1f} GB/s"
+        )
     if args.json:
         print(json.dumps(out, indent=1, sort_keys=True))
     return 0

@@ -19,13 +19,20 @@ Re-run it after model.py changes: only the ``model`` column should move.
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import time
 
 import torch
 
-from cogqa.hardware import (Hardware, default_device, default_dtype, measure_copy_bandwidth, measure_gemv_bandwidth,
-                            measure_matmul_flops)
+from cogqa.hardware import (
+    Hardware,
+    default_device,
+    default_dtype,
+    measure_copy_bandwidth,
+    measure_gemv_bandwidth,
+    measure_matmul_flops,
+)
 from cogqa.model import GQADecoder, torch_dtype
 from cogqa.serving import decode_step
 from cogqa.shapes import ModelShape
@@ -42,9 +49,17 @@ SHAPES = [  # (layers, hidden, n_heads, n_kv_heads): GQA groups from MHA to MQA,
 VOCAB = 16384
 
 
-def shape_of(L, d, nh, nkv) -> ModelShape:
-    return ModelShape(layers=L, hidden_size=d, ffn_size=int(8 * d / 3) // 64 * 64, n_heads=nh, n_kv_heads=nkv,
-                      head_dim=64, vocab_size=VOCAB, name=f"L{L} d{d} H=({nh},{nkv})")
+def shape_of(n_layers, d, nh, nkv) -> ModelShape:
+    return ModelShape(
+        layers=n_layers,
+        hidden_size=d,
+        ffn_size=int(8 * d / 3) // 64 * 64,
+        n_heads=nh,
+        n_kv_heads=nkv,
+        head_dim=64,
+        vocab_size=VOCAB,
+        name=f"L{n_layers} d{d} H=({nh},{nkv})",
+    )
 
 
 class ReferenceDecoder:
@@ -75,8 +90,8 @@ class ReferenceDecoder:
             h = torch.nn.functional.rms_norm(x, (s.hidden_size,))
             qkv = h @ self.qkv[i]
             q = qkv[:, : nh * dh].view(nkv, g, dh)
-            self.kt[i, :, :, T - 1] = qkv[:, nh * dh:(nh + nkv) * dh].view(nkv, dh)
-            self.v[i, :, T - 1] = qkv[:, (nh + nkv) * dh:].view(nkv, dh)
+            self.kt[i, :, :, T - 1] = qkv[:, nh * dh : (nh + nkv) * dh].view(nkv, dh)
+            self.v[i, :, T - 1] = qkv[:, (nh + nkv) * dh :].view(nkv, dh)
             att = torch.softmax((q @ self.kt[i, :, :, :T]) / math.sqrt(dh), dim=-1)
             x = x + (att @ self.v[i, :, :T]).reshape(1, nh * dh) @ self.o[i]
             gate, up = (torch.nn.functional.rms_norm(x, (s.hidden_size,)) @ self.up[i]).chunk(2, dim=-1)
@@ -92,9 +107,16 @@ def local_now(device: str, dtype: str, seconds: float) -> Hardware:
     """The local profile measured now (short, as ``cogqa.hardware.measure_local``), not cached."""
     copy = measure_copy_bandwidth(device, seconds=seconds)
     gemv = measure_gemv_bandwidth(device, dtype, seconds=seconds)
-    return Hardware(name="local", peak_flops=measure_matmul_flops(device, dtype, seconds=seconds),
-                    memory_bandwidth=copy, memory_bytes=1e12, matmul_efficiency=1.0, attention_efficiency=1.0,
-                    bandwidth_efficiency=min(1.0, gemv / copy), dtype=dtype)
+    return Hardware(
+        name="local",
+        peak_flops=measure_matmul_flops(device, dtype, seconds=seconds),
+        memory_bandwidth=copy,
+        memory_bytes=1e12,
+        matmul_efficiency=1.0,
+        attention_efficiency=1.0,
+        bandwidth_efficiency=min(1.0, gemv / copy),
+        dtype=dtype,
+    )
 
 
 def fastest(fn, repeats: int, device: str) -> float:
@@ -123,36 +145,46 @@ def main() -> int:
     shapes = SHAPES[:4] if args.quick else SHAPES
     repeats = 2 if args.quick else args.repeats
     n = args.decode_tokens
-    print(f"{device} {dtype}, torch threads {torch.get_num_threads()}; machine shared with other jobs (loaded): "
-          "profile and decode timings alternated in one run")
-    print(f"{'shape':<20}{'context':>8}{'model tok/s':>12}{'ref tok/s':>11}{'predicted':>11}{'model/pred':>11}"
-          f"{'ref/pred':>9}  bound (weights, attention)   profile (GFLOP/s, gemv GB/s)")
+    print(
+        f"{device} {dtype}, torch threads {torch.get_num_threads()}; machine shared with other jobs (loaded): "
+        "profile and decode timings alternated in one run"
+    )
+    print(
+        f"{'shape':<20}{'context':>8}{'model tok/s':>12}{'ref tok/s':>11}{'predicted':>11}{'model/pred':>11}"
+        f"{'ref/pred':>9}  bound (weights, attention)   profile (GFLOP/s, gemv GB/s)"
+    )
     ratios = []
     for T in parse_contexts(args.contexts):
-        for L, d, nh, nkv in shapes:
-            s = shape_of(L, d, nh, nkv)
+        for n_layers, d, nh, nkv in shapes:
+            s = shape_of(n_layers, d, nh, nkv)
             model = GQADecoder(s, max_seq_len=T).to(device=device, dtype=torch_dtype(dtype))
             fn, dev = decode_timer(model, T, 1, n)
             ref = ReferenceDecoder(s, T, device, torch_dtype(dtype))
             hw1 = local_now(device, dtype, 0.3)
             t_model = fastest(fn, repeats, dev)
-            t_ref = fastest(lambda: ref.decode(n), repeats, dev)
+            t_ref = fastest(functools.partial(ref.decode, n), repeats, dev)
             hw2 = local_now(device, dtype, 0.3)
-            hw = hw1.with_overrides(peak_flops=(hw1.peak_flops + hw2.peak_flops) / 2,
-                                    memory_bandwidth=(hw1.memory_bandwidth + hw2.memory_bandwidth) / 2,
-                                    bandwidth_efficiency=(hw1.bandwidth_efficiency + hw2.bandwidth_efficiency) / 2)
+            hw = hw1.with_overrides(
+                peak_flops=(hw1.peak_flops + hw2.peak_flops) / 2,
+                memory_bandwidth=(hw1.memory_bandwidth + hw2.memory_bandwidth) / 2,
+                bandwidth_efficiency=(hw1.bandwidth_efficiency + hw2.bandwidth_efficiency) / 2,
+            )
             mean_T = T - n + (n + 1) / 2
             pred = decode_step(s, mean_T, 1, hw, dtype, dtype)
             p = float(pred["tokens_per_second"])
             m, r = n / t_model, n / t_ref
             ratios.append((m / p, r / p))
             bound = f"{pred['weights']['bound']}, {pred['attention']['bound']}"
-            print(f"{s.name:<20}{T:>8}{m:>12.1f}{r:>11.1f}{p:>11.1f}{m / p:>11.2f}{r / p:>9.2f}  {bound:<28}"
-                  f"{hw.peak_flops / 1e9:.0f}, {hw.bandwidth / 1e9:.1f}")
+            print(
+                f"{s.name:<20}{T:>8}{m:>12.1f}{r:>11.1f}{p:>11.1f}{m / p:>11.2f}{r / p:>9.2f}  {bound:<28}"
+                f"{hw.peak_flops / 1e9:.0f}, {hw.bandwidth / 1e9:.1f}"
+            )
             del model, ref
     within = [sum(abs(x[i] - 1) <= 0.2 for x in ratios) for i in (0, 1)]
-    print(f"within 20% of the prediction: model {within[0]}/{len(ratios)}, reference {within[1]}/{len(ratios)} "
-          f"(time {time.strftime('%H:%M:%S')})")
+    print(
+        f"within 20% of the prediction: model {within[0]}/{len(ratios)}, reference {within[1]}/{len(ratios)} "
+        f"(time {time.strftime('%H:%M:%S')})"
+    )
     return 0
 
 

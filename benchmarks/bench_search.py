@@ -34,15 +34,29 @@ def main() -> None:
     laws = load_laws("default")  # loaded once: the timings are the search itself
     t_query = best_time(lambda: search(131072, 2.615, laws))
     t_table = best_time(lambda: cost_optimal_table(list(PAPER_TABLE4), PAPER_TABLE4_CONTEXTS, laws), repeats=3)
-    print(f"one search query (T=128K, L*=2.615, 21 H): {t_query * 1e3:.1f} ms | "
-          f"full 8x5 Table 4 grid (40 searches): {t_table * 1e3:.1f} ms")
-    cli = time_command([sys.executable, "-m", "cogqa", "search", "--context", "128k", "--target-loss", "2.615", "--json"])
-    probe = subprocess.run([sys.executable, "-c", "import sys; from cogqa.cli import main; main(['search', '--context', '128k', "
-                            "'--target-loss', '2.615', '--json']); print('torch' in sys.modules, file=sys.stderr)"],
-                           capture_output=True, text=True, check=True)
+    print(
+        f"one search query (T=128K, L*=2.615, 21 H): {t_query * 1e3:.1f} ms | "
+        f"full 8x5 Table 4 grid (40 searches): {t_table * 1e3:.1f} ms"
+    )
+    cli = time_command(
+        [sys.executable, "-m", "cogqa", "search", "--context", "128k", "--target-loss", "2.615", "--json"]
+    )
+    probe = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from cogqa.cli import main; main(['search', '--context', '128k', "
+            "'--target-loss', '2.615', '--json']); print('torch' in sys.modules, file=sys.stderr)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     torch_import = time_command([sys.executable, "-c", "import torch"])
-    print(f"cold start: `cogqa search --context 128k --target-loss 2.615 --json` {cli * 1e3:.0f} ms "
-          f"(torch imported: {probe.stderr.strip()}) | `python -c 'import torch'` {torch_import * 1e3:.0f} ms")
+    print(
+        f"cold start: `cogqa search --context 128k --target-loss 2.615 --json` {cli * 1e3:.0f} ms "
+        f"(torch imported: {probe.stderr.strip()}) | `python -c 'import torch'` {torch_import * 1e3:.0f} ms"
+    )
 
 
 if __name__ == "__main__":

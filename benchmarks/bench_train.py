@@ -64,10 +64,19 @@ def hand_loop(model, x, steps: int) -> float:
 def llama_for(shape: ModelShape):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, intermediate_size=shape.ffn_size,
-                      num_hidden_layers=shape.layers, num_attention_heads=shape.n_heads, num_key_value_heads=shape.n_kv_heads,
-                      head_dim=shape.head_dim, rms_norm_eps=shape.norm_eps, rope_theta=shape.rope_theta,
-                      tie_word_embeddings=shape.tie_embeddings, attn_implementation="sdpa")
+    cfg = LlamaConfig(
+        vocab_size=shape.vocab_size,
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.ffn_size,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.n_heads,
+        num_key_value_heads=shape.n_kv_heads,
+        head_dim=shape.head_dim,
+        rms_norm_eps=shape.norm_eps,
+        rope_theta=shape.rope_theta,
+        tie_word_embeddings=shape.tie_embeddings,
+        attn_implementation="sdpa",
+    )
     return LlamaForCausalLM(cfg)
 
 
@@ -85,8 +94,16 @@ def trainer_end_to_end(context: int, batch: int, steps: int) -> float | None:
         src.write_bytes(Path(data.offline_corpus("shakespeare")).read_bytes()[: context * batch * (steps + 4) * 2])
         data.prepare([str(src)], str(Path(tmp) / "d"), tokenizer="bytes", context=context, val_fraction=0.1)
         shape = {k: v for k, v in SHAPE.to_dict().items() if k not in ("vocab_size",)}
-        cfg = TrainConfig(data=str(Path(tmp) / "d"), out_dir=str(Path(tmp) / "run"), shape=shape, optim=OptimConfig(lr=1e-3),
-                          tokens=context * batch * (steps + 2), batch_tokens=context * batch, micro_batch=batch, progress=False)
+        cfg = TrainConfig(
+            data=str(Path(tmp) / "d"),
+            out_dir=str(Path(tmp) / "run"),
+            shape=shape,
+            optim=OptimConfig(lr=1e-3),
+            tokens=context * batch * (steps + 2),
+            batch_tokens=context * batch,
+            micro_batch=batch,
+            progress=False,
+        )
         train(cfg)
         rows = [json.loads(x) for x in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
         return float(np.median([r["tokens_per_s"] for r in rows[2:] if "val_loss" not in r]))
@@ -105,7 +122,10 @@ def main() -> None:
     flops_step = float(training_flops(SHAPE, tokens, T))
     peak = peak_flops()
     print(f"shape: {SHAPE.describe()}; batch {B} x {T} = {tokens} tokens/step; threads {torch.get_num_threads()}")
-    print(f"measured peak (fp32 matmul 2048^3): {peak / 1e9:.1f} GFLOP/s; cost-model training FLOPs/step: {flops_step / 1e9:.2f} GFLOP")
+    print(
+        f"measured peak (fp32 matmul 2048^3): {peak / 1e9:.1f} GFLOP/s; "
+        f"cost-model training FLOPs/step: {flops_step / 1e9:.2f} GFLOP"
+    )
     results = {}
     results["cogqa GQADecoder (hand loop)"] = hand_loop(GQADecoder(SHAPE, max_seq_len=T), x, args.steps)
     results["transformers LlamaForCausalLM (hand loop)"] = hand_loop(llama_for(SHAPE), x, args.steps)
@@ -116,7 +136,10 @@ def main() -> None:
         print(f"{name:<44} {sec:>8.3f} {tokens / sec:>10.0f} {flops_step / sec / peak:>6.1%} {ref / sec:>6.2f}x")
     if e2e is not None:
         sec = tokens / e2e
-        print(f"{'cogqa train (end to end, data + logging)':<44} {sec:>8.3f} {e2e:>10.0f} {flops_step / sec / peak:>6.1%} {ref / sec:>6.2f}x")
+        print(
+            f"{'cogqa train (end to end, data + logging)':<44} {sec:>8.3f} {e2e:>10.0f} "
+            f"{flops_step / sec / peak:>6.1%} {ref / sec:>6.2f}x"
+        )
     else:
         print("cogqa train end to end: skipped (cogqa.data not available)")
 

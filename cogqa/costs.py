@@ -73,7 +73,7 @@ def parameter_counts(shape) -> dict[str, np.ndarray]:
     layers), ``qk_norm``, ``norms`` (two RMSNorms per layer plus the final one), ``ffn``,
     ``lm_head`` (0 when tied), ``non_embedding`` and ``total``.
     """
-    L, d, dff = _f(shape.layers), _f(shape.hidden_size), _f(shape.ffn_size)
+    n_layers, d, dff = _f(shape.layers), _f(shape.hidden_size), _f(shape.ffn_size)
     nh, nkv, dh, V = _f(shape.n_heads), _f(shape.n_kv_heads), _f(shape.head_dim), _f(shape.vocab_size)
     attn = d * dh * (nh + 2 * nkv) + nh * dh * d
     if shape.qkv_bias:
@@ -86,10 +86,10 @@ def parameter_counts(shape) -> dict[str, np.ndarray]:
         ffn = ffn + (matrices - 1) * dff + d
     counts = {
         "embedding": V * d,
-        "attention": L * attn,
-        "qk_norm": L * 2 * dh * (1.0 if shape.qk_norm else 0.0),
-        "norms": 2 * L * d + d,
-        "ffn": L * ffn,
+        "attention": n_layers * attn,
+        "qk_norm": n_layers * 2 * dh * (1.0 if shape.qk_norm else 0.0),
+        "norms": 2 * n_layers * d + d,
+        "ffn": n_layers * ffn,
         "lm_head": V * d * (0.0 if shape.tie_embeddings else 1.0),
     }
     counts["non_embedding"] = counts["attention"] + counts["qk_norm"] + counts["norms"] + counts["ffn"]
@@ -123,14 +123,14 @@ def forward_flops_per_token(shape, context) -> dict[str, np.ndarray]:
     ``time_variant`` and ``total``. Units: FLOPs per token.
     """
     T = _context(context)
-    L, d, dff = _f(shape.layers), _f(shape.hidden_size), _f(shape.ffn_size)
+    n_layers, d, dff = _f(shape.layers), _f(shape.hidden_size), _f(shape.ffn_size)
     nh, nkv, dh, V = _f(shape.n_heads), _f(shape.n_kv_heads), _f(shape.head_dim), _f(shape.vocab_size)
     matrices = 3 if shape.ffn_kind == "swiglu" else 2
     out = {
-        "embedding": np.zeros_like(L * T),
-        "attention_projections": 2 * L * (d * dh * (nh + 2 * nkv) + nh * dh * d) + 0 * T,
-        "attention_computation": 4 * L * T * nh * dh,
-        "ffn": 2 * L * matrices * d * dff + 0 * T,
+        "embedding": np.zeros_like(n_layers * T),
+        "attention_projections": 2 * n_layers * (d * dh * (nh + 2 * nkv) + nh * dh * d) + 0 * T,
+        "attention_computation": 4 * n_layers * T * nh * dh,
+        "ffn": 2 * n_layers * matrices * d * dff + 0 * T,
         "lm_head": 2 * d * V + 0 * T,
     }
     out["time_variant"] = out["attention_computation"]
@@ -154,8 +154,8 @@ def prefill_flops(shape, prompt_tokens, causal: bool = True) -> np.ndarray:
     P = _context(prompt_tokens)
     per_token = forward_flops_per_token(shape, 0)
     pairs = P * (P + 1) / 2 if causal else P * P
-    L, nh, dh = _f(shape.layers), _f(shape.n_heads), _f(shape.head_dim)
-    return P * per_token["time_invariant"] + 4 * L * nh * dh * pairs
+    n_layers, nh, dh = _f(shape.layers), _f(shape.n_heads), _f(shape.head_dim)
+    return P * per_token["time_invariant"] + 4 * n_layers * nh * dh * pairs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,22 +244,39 @@ class ZConvention:
 
     def to_dict(self) -> dict:
         """The convention as a JSON object (name, equations, units)."""
-        return {"name": self.name, "memory": self.memory, "flops": self.flops,
-                "memory_unit": self.memory_unit, "flops_unit": self.flops_unit}
+        return {
+            "name": self.name,
+            "memory": self.memory,
+            "flops": self.flops,
+            "memory_unit": self.memory_unit,
+            "flops_unit": self.flops_unit,
+        }
 
 
 #: The Z conventions by name. ``paper`` is the one the paper's Figure 2 plots (decoded from its axes;
 #: see docs/default-laws.md) and the default everywhere.
 Z_CONVENTIONS: dict[str, ZConvention] = {
     "paper": ZConvention(
-        "paper", "bytes(weights) x N + bytes(KV) x batch x 2 T L d_h n_kv",
-        "batch x T x (2 N + 4 T L d_h n_h)", "bytes", "FLOPs to decode T tokens per sequence"),
+        "paper",
+        "bytes(weights) x N + bytes(KV) x batch x 2 T L d_h n_kv",
+        "batch x T x (2 N + 4 T L d_h n_h)",
+        "bytes",
+        "FLOPs to decode T tokens per sequence",
+    ),
     "eq4-per-token": ZConvention(
-        "eq4-per-token", "all parameters + batch x 2 T L d_h n_kv", "exact forward FLOPs of one token at context T",
-        "values", "FLOPs per token"),
+        "eq4-per-token",
+        "all parameters + batch x 2 T L d_h n_kv",
+        "exact forward FLOPs of one token at context T",
+        "values",
+        "FLOPs per token",
+    ),
     "bytes-per-token": ZConvention(
-        "bytes-per-token", "bytes of all parameters and of the KV cache (batch x 2 T L d_h n_kv) at their dtypes",
-        "exact forward FLOPs of one token at context T", "bytes", "FLOPs per token"),
+        "bytes-per-token",
+        "bytes of all parameters and of the KV cache (batch x 2 T L d_h n_kv) at their dtypes",
+        "exact forward FLOPs of one token at context T",
+        "bytes",
+        "FLOPs per token",
+    ),
 }
 DEFAULT_CONVENTION = "paper"
 #: The old ``memory_unit`` option as a convention (values -> eq4-per-token, bytes -> bytes-per-token).
@@ -289,10 +306,10 @@ def z_inputs(shape, context, convention="paper", batch=1, weight_dtype="bf16", k
     b = np.asarray(batch, dtype=float)
     if conv.name == "paper":
         n = params_non_embedding(shape)
-        L, dh = _f(shape.layers), _f(shape.head_dim)
-        kv = b * 2 * T * L * dh * _f(shape.n_kv_heads)
+        n_layers, dh = _f(shape.layers), _f(shape.head_dim)
+        kv = b * 2 * T * n_layers * dh * _f(shape.n_kv_heads)
         memory = n * dtype_bytes(weight_dtype) + kv * dtype_bytes(kv_dtype)
-        flops = b * T * (2 * n + 4 * T * L * dh * _f(shape.n_heads))
+        flops = b * T * (2 * n + 4 * T * n_layers * dh * _f(shape.n_heads))
         return memory, flops
     flops = inference_flops_per_token(shape, T)
     if conv.name == "bytes-per-token":
@@ -300,7 +317,9 @@ def z_inputs(shape, context, convention="paper", batch=1, weight_dtype="bf16", k
     return params_total(shape) + b * T * kv_cache_values_per_token(shape), flops
 
 
-def z_of_shape(shape, context, convention="paper", weights=None, batch=1, weight_dtype="bf16", kv_dtype="bf16") -> np.ndarray:
+def z_of_shape(
+    shape, context, convention="paper", weights=None, batch=1, weight_dtype="bf16", kv_dtype="bf16"
+) -> np.ndarray:
     """Z of ``shape`` at ``context`` tokens under ``convention`` (no unit; compare only within one convention)."""
     memory, flops = z_inputs(shape, context, convention, batch, weight_dtype, kv_dtype)
     return z_cost(memory, flops, weights or ZWeights())

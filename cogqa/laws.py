@@ -26,7 +26,8 @@ D for the search at equal training FLOPs (Section 5.6).
 Optional keys per law: ``r2``, ``ci`` ({coefficient: [low, high]}), ``context`` (training
 length in tokens), ``n_points``. Optional top-level keys: ``approximate`` (bool), ``context``,
 ``metadata`` (``metadata.family``: the model family the laws were fitted on, see
-:class:`cogqa.shapes.ModelFamily`; search costs shapes of that family). Shipped law sets are addressed by name: ``default`` and ``demo``.
+:class:`cogqa.shapes.ModelFamily`; search costs shapes of that family).
+Shipped law sets are addressed by name: ``default`` and ``demo``.
 
 ``cogqa fit`` also writes two other forms, read by :func:`laws_from_dict` (not searchable):
 ``"chinchilla"`` (entries ``E, A, B, alpha, beta``: loss = E + A/N^alpha + B/D^beta, D in
@@ -69,11 +70,17 @@ class PowerLawN:
         h = f"law H=({self.n_heads},{self.n_kv_heads})"
         for name in ("n_heads", "n_kv_heads"):
             v = getattr(self, name)
-            require(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"{h}: {name} must be a positive integer, got {v!r}")
+            require(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                f"{h}: {name} must be a positive integer, got {v!r}",
+            )
         require(self.n_heads % self.n_kv_heads == 0, f"{h}: n_kv_heads must divide n_heads")
         for name in ("a", "b", "E"):
             v = getattr(self, name)
-            require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), f"{h}: {name} must be a finite number, got {v!r}")
+            require(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                f"{h}: {name} must be a finite number, got {v!r}",
+            )
         require(self.a > 0, f"{h}: a must be > 0 (parameters), got {self.a}")
         require(self.b > 0, f"{h}: b must be > 0, got {self.b}")
         require(self.E >= 0, f"{h}: E must be >= 0 (nats per token), got {self.E}")
@@ -98,7 +105,13 @@ class PowerLawN:
 
     def to_dict(self) -> dict[str, Any]:
         """The law as a laws-file entry."""
-        out: dict[str, Any] = {"n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads, "a": self.a, "b": self.b, "E": self.E}
+        out: dict[str, Any] = {
+            "n_heads": self.n_heads,
+            "n_kv_heads": self.n_kv_heads,
+            "a": self.a,
+            "b": self.b,
+            "E": self.E,
+        }
         if self.r2 is not None:
             out["r2"] = self.r2
         if self.ci:
@@ -148,11 +161,18 @@ class HeadsJointLaw:
         require(self.g > 0 and self.k > 0, f"{h}: exponents g and k must be > 0")
         for name in ("n_ref", "max_heads"):
             v = getattr(self, name)
-            require(isinstance(v, int) and not isinstance(v, bool) and v >= 1 and v & (v - 1) == 0,
-                    f"{h}: {name} must be a power of two >= 1, got {v!r}")
-        require(self.floor_at_infinity() >= -1e-12, f"{h}: E - A n_ref^-g - B n_ref^-k must be >= 0 (the loss of "
-                f"infinitely many heads), got {self.floor_at_infinity():.4g}")
-        require((self.B_D is None) == (self.beta_D is None), f"{h}: give both B_D and beta_D (the data term) or neither")
+            require(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 and v & (v - 1) == 0,
+                f"{h}: {name} must be a power of two >= 1, got {v!r}",
+            )
+        require(
+            self.floor_at_infinity() >= -1e-12,
+            f"{h}: E - A n_ref^-g - B n_ref^-k must be >= 0 (the loss of "
+            f"infinitely many heads), got {self.floor_at_infinity():.4g}",
+        )
+        require(
+            (self.B_D is None) == (self.beta_D is None), f"{h}: give both B_D and beta_D (the data term) or neither"
+        )
         if self.B_D is not None:
             _finite(h, "B_D", self.B_D)
             _finite(h, "beta_D", self.beta_D)
@@ -160,7 +180,7 @@ class HeadsJointLaw:
 
     def floor_at_infinity(self) -> float:
         """E minus both head terms at n_ref: the loss floor as N, n_h and n_kv grow without bound (nats/token)."""
-        return self.E - self.A * self.n_ref ** -self.g - self.B * self.n_ref ** -self.k
+        return self.E - self.A * self.n_ref**-self.g - self.B * self.n_ref**-self.k
 
     def floor(self, n_heads, n_kv_heads) -> np.ndarray:
         """E(H): the loss floor of one head configuration as N grows (nats per token)."""
@@ -168,7 +188,8 @@ class HeadsJointLaw:
         return self.E + self.A * (nh**-self.g - self.n_ref**-self.g) + self.B * (nkv**-self.k - self.n_ref**-self.k)
 
     def loss(self, n_params, n_heads, n_kv_heads, tokens=None) -> np.ndarray:
-        """Predicted loss (nats per token) at size ``n_params`` (parameters), heads and (with a data term) ``tokens``."""
+        """Predicted loss (nats per token) at size ``n_params`` (parameters), heads and (with a data term)
+        ``tokens``."""
         out = (self.a / np.asarray(n_params, dtype=float)) ** self.b + self.floor(n_heads, n_kv_heads)
         if self.B_D is not None:
             require(tokens is not None, "joint law with a data term: give the training tokens D")
@@ -177,8 +198,15 @@ class HeadsJointLaw:
 
     def law_for(self, n_heads: int, n_kv_heads: int) -> PowerLawN:
         """The per-H law in N the joint law implies: (a/N)^b + E(H) (exact without a data term)."""
-        return PowerLawN(n_heads=int(n_heads), n_kv_heads=int(n_kv_heads), a=self.a, b=self.b,
-                         E=max(float(self.floor(n_heads, n_kv_heads)), 0.0), r2=self.r2, extra={"joint": True})
+        return PowerLawN(
+            n_heads=int(n_heads),
+            n_kv_heads=int(n_kv_heads),
+            a=self.a,
+            b=self.b,
+            E=max(float(self.floor(n_heads, n_kv_heads)), 0.0),
+            r2=self.r2,
+            extra={"joint": True},
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The law as the laws-file entry of form ``heads_joint``."""
@@ -201,9 +229,16 @@ def joint_law_from_dict(entry: Any, source_name: str = "laws file") -> HeadsJoin
         require(key in entry, f"{source_name}: laws[0] is missing field {key!r} of the joint law")
     known = JOINT_COEFS + ("n_ref", "max_heads", "B_D", "beta_D", "r2", "ci")
     try:
-        return HeadsJointLaw(**{k: entry[k] for k in JOINT_COEFS}, n_ref=entry.get("n_ref", 32),
-                             max_heads=entry.get("max_heads", 32), B_D=entry.get("B_D"), beta_D=entry.get("beta_D"),
-                             r2=entry.get("r2"), ci=entry.get("ci"), extra={k: v for k, v in entry.items() if k not in known})
+        return HeadsJointLaw(
+            **{k: entry[k] for k in JOINT_COEFS},
+            n_ref=entry.get("n_ref", 32),
+            max_heads=entry.get("max_heads", 32),
+            B_D=entry.get("B_D"),
+            beta_D=entry.get("beta_D"),
+            r2=entry.get("r2"),
+            ci=entry.get("ci"),
+            extra={k: v for k, v in entry.items() if k not in known},
+        )
     except CogqaError as exc:
         raise CogqaError(f"{source_name}: laws[0]: {exc}") from None
 
@@ -227,7 +262,9 @@ class LawSet:
         if self.joint is not None:
             object.__setattr__(self, "form", HEADS_JOINT)
             if not self.laws:
-                object.__setattr__(self, "laws", tuple(self.joint.law_for(h, kv) for h, kv in power_of_two_heads(self.joint.max_heads)))
+                object.__setattr__(
+                    self, "laws", tuple(self.joint.law_for(h, kv) for h, kv in power_of_two_heads(self.joint.max_heads))
+                )
         require(len(self.laws) > 0, "laws file: 'laws' is empty; give at least one head configuration")
         seen = set()
         for law in self.laws:
@@ -274,16 +311,23 @@ def law_set_from_dict(data: Any, source_name: str = "laws file") -> LawSet:
     """Validate and build a LawSet from a parsed laws file; one-line errors name the field."""
     require(isinstance(data, dict), f"{source_name}: expected a JSON object with 'form' and 'laws'")
     form = data.get("form", POWER_LAW_N)
-    require(form in (POWER_LAW_N, HEADS_JOINT), f"{source_name}: form {form!r} cannot be searched; expected "
-            f"{POWER_LAW_N!r} or {HEADS_JOINT!r} (fit with --form n or --form heads-joint)")
+    require(
+        form in (POWER_LAW_N, HEADS_JOINT),
+        f"{source_name}: form {form!r} cannot be searched; expected "
+        f"{POWER_LAW_N!r} or {HEADS_JOINT!r} (fit with --form n or --form heads-joint)",
+    )
     entries = data.get("laws")
     require(isinstance(entries, list), f"{source_name}: missing list 'laws'")
     metadata = data.get("metadata") or {}
     require(isinstance(metadata, dict), f"{source_name}: 'metadata' must be an object")
     if form == HEADS_JOINT:
         require(len(entries) == 1, f"{source_name}: form {HEADS_JOINT!r} holds exactly one law, got {len(entries)}")
-        law_set = LawSet(source=str(data.get("source", "")), approximate=bool(data.get("approximate", False)),
-                         metadata=metadata, joint=joint_law_from_dict(entries[0], source_name))
+        law_set = LawSet(
+            source=str(data.get("source", "")),
+            approximate=bool(data.get("approximate", False)),
+            metadata=metadata,
+            joint=joint_law_from_dict(entries[0], source_name),
+        )
         return _with_family(law_set, source_name)
     laws = []
     for i, entry in enumerate(entries):
@@ -318,7 +362,7 @@ def law_set_from_dict(data: Any, source_name: str = "laws file") -> LawSet:
 
 def _with_family(law_set: LawSet, source_name: str) -> LawSet:
     try:
-        law_set.family  # validated now, not in the middle of a search
+        _ = law_set.family  # validated now, not in the middle of a search
     except CogqaError as exc:
         raise CogqaError(f"{source_name}: metadata.{exc}") from None
     return law_set
@@ -338,7 +382,9 @@ def load_laws(spec: str | Path = "default") -> LawSet:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise CogqaError(f"{source_name}: not valid JSON ({exc.msg} at line {exc.lineno}); is the file truncated?") from None
+        raise CogqaError(
+            f"{source_name}: not valid JSON ({exc.msg} at line {exc.lineno}); is the file truncated?"
+        ) from None
     return law_set_from_dict(data, source_name)
 
 
@@ -351,8 +397,10 @@ HEAD_LAW = "head_law"
 
 
 def _finite(owner: str, name: str, value: Any) -> None:
-    require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-            f"{owner}: {name} must be a finite number, got {value!r}")
+    require(
+        isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        f"{owner}: {name} must be a finite number, got {value!r}",
+    )
 
 
 @dataclass(frozen=True)
@@ -419,8 +467,10 @@ def laws_from_dict(data: Any, source_name: str = "laws file") -> tuple:
         return law_set_from_dict(data, source_name).laws
     if form == HEADS_JOINT:
         return (law_set_from_dict(data, source_name).joint,)
-    require(form in (CHINCHILLA, HEAD_LAW), f"{source_name}: unknown form {form!r}; expected {POWER_LAW_N}, {HEADS_JOINT}, "
-            f"{CHINCHILLA} or {HEAD_LAW}")
+    require(
+        form in (CHINCHILLA, HEAD_LAW),
+        f"{source_name}: unknown form {form!r}; expected {POWER_LAW_N}, {HEADS_JOINT}, {CHINCHILLA} or {HEAD_LAW}",
+    )
     entries = data.get("laws")
     require(isinstance(entries, list) and entries, f"{source_name}: missing or empty list 'laws'")
     keys = ("E", "A", "B", "alpha", "beta") if form == CHINCHILLA else ("a", "b", "c")
@@ -432,13 +482,29 @@ def laws_from_dict(data: Any, source_name: str = "laws file") -> tuple:
         try:
             if form == CHINCHILLA:
                 known = keys + ("n_heads", "n_kv_heads", "r2", "ci")
-                out.append(ChinchillaLaw(**{k: entry[k] for k in keys}, n_heads=entry.get("n_heads"), n_kv_heads=entry.get("n_kv_heads"),
-                                         r2=entry.get("r2"), ci=entry.get("ci"), extra={k: v for k, v in entry.items() if k not in known}))
+                out.append(
+                    ChinchillaLaw(
+                        **{k: entry[k] for k in keys},
+                        n_heads=entry.get("n_heads"),
+                        n_kv_heads=entry.get("n_kv_heads"),
+                        r2=entry.get("r2"),
+                        ci=entry.get("ci"),
+                        extra={k: v for k, v in entry.items() if k not in known},
+                    )
+                )
             else:
                 known = keys + ("size", "params_non_embedding", "n_kv_heads", "context", "r2", "ci")
-                out.append(HeadLaw(**{k: entry[k] for k in keys}, size=entry.get("size", entry.get("params_non_embedding")),
-                                   n_kv_heads=entry.get("n_kv_heads"), context=entry.get("context"), r2=entry.get("r2"), ci=entry.get("ci"),
-                                   extra={k: v for k, v in entry.items() if k not in known}))
+                out.append(
+                    HeadLaw(
+                        **{k: entry[k] for k in keys},
+                        size=entry.get("size", entry.get("params_non_embedding")),
+                        n_kv_heads=entry.get("n_kv_heads"),
+                        context=entry.get("context"),
+                        r2=entry.get("r2"),
+                        ci=entry.get("ci"),
+                        extra={k: v for k, v in entry.items() if k not in known},
+                    )
+                )
         except CogqaError as exc:
             raise CogqaError(f"{source_name}: laws[{i}]: {exc}") from None
     return tuple(out)

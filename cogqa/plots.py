@@ -19,7 +19,9 @@ def _pyplot():
     return plt
 
 
-def breakdown_shares(shape, contexts, weight_dtype: str = "bf16", kv_dtype: str = "bf16") -> dict[str, dict[str, np.ndarray]]:
+def breakdown_shares(
+    shape, contexts, weight_dtype: str = "bf16", kv_dtype: str = "bf16"
+) -> dict[str, dict[str, np.ndarray]]:
     """Shares (fractions summing to 1) of decode FLOPs per component and of inference memory
     (weights vs KV cache) at each context length in ``contexts`` (tokens)."""
     T = np.asarray(contexts, dtype=float)
@@ -30,8 +32,14 @@ def breakdown_shares(shape, contexts, weight_dtype: str = "bf16", kv_dtype: str 
     return {"flops": flop_parts, "memory": mem_parts}
 
 
-def plot_breakdown(shape, path: str | Path, max_context: int = 131072, title: str = "",
-                   weight_dtype: str = "bf16", kv_dtype: str = "bf16") -> Path:
+def plot_breakdown(
+    shape,
+    path: str | Path,
+    max_context: int = 131072,
+    title: str = "",
+    weight_dtype: str = "bf16",
+    kv_dtype: str = "bf16",
+) -> Path:
     """Write a PNG with two stacked-area panels: share of decode FLOPs per component and share
     of inference memory (weights, KV cache) vs context length, 1 to ``max_context`` tokens."""
     plt = _pyplot()
@@ -46,7 +54,10 @@ def plot_breakdown(shape, path: str | Path, max_context: int = 131072, title: st
         "weights": f"weights ({weight_dtype})",
         "kv_cache": f"KV cache ({kv_dtype}, time-variant)",
     }
-    for ax, key, ylabel in ((axes[0], "flops", "share of FLOPs per token"), (axes[1], "memory", "share of inference memory")):
+    for ax, key, ylabel in (
+        (axes[0], "flops", "share of FLOPs per token"),
+        (axes[1], "memory", "share of inference memory"),
+    ):
         parts = shares[key]
         ax.stackplot(T, *parts.values(), labels=[labels[k] for k in parts])
         ax.set_xscale("log", base=2)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .errors import CogqaError, require
-from .units import parse_count
+from .units import parse_count, parse_head_config
 
 PAPER_HEAD_DIM = 64
 PAPER_VOCAB = 50304  # GPT-2's 50,257 tokens padded to a multiple of 64
@@ -45,15 +45,19 @@ ROPE_SCALINGS = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "or
 def check_rope_scaling(value) -> tuple:
     """``("llama3", factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)`` validated
     (a tuple, from a tuple or a list); a one-line error for any other kind or a bad parameter."""
-    require(isinstance(value, (list, tuple)) and len(value) >= 1 and value[0] in ROPE_SCALINGS,
-            f"rope_scaling must be ('llama3', factor, low_freq_factor, high_freq_factor, "
-            f"original_max_position_embeddings), got {value!r}")
+    require(
+        isinstance(value, (list, tuple)) and len(value) >= 1 and value[0] in ROPE_SCALINGS,
+        f"rope_scaling must be ('llama3', factor, low_freq_factor, high_freq_factor, "
+        f"original_max_position_embeddings), got {value!r}",
+    )
     names = ROPE_SCALINGS[value[0]]
     require(len(value) == len(names) + 1, f"rope_scaling {value[0]} needs {', '.join(names)}; got {list(value[1:])!r}")
     nums = []
     for n, v in zip(names, value[1:]):
-        require(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
-                f"rope_scaling {n} must be a positive number, got {v!r}")
+        require(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0,
+            f"rope_scaling {n} must be a positive number, got {v!r}",
+        )
         nums.append(int(v) if n == "original_max_position_embeddings" else float(v))
     require(nums[2] > nums[1], f"rope_scaling: high_freq_factor ({nums[2]}) must exceed low_freq_factor ({nums[1]})")
     return (value[0], *nums)
@@ -228,7 +232,8 @@ def paper_shape(size: str, n_heads: int | None = None, n_kv_heads: int | None = 
     table = {k.upper(): v[:2] for k, v in {**PAPER_LARGE_SHAPES, **PAPER_SWEEP_SHAPES}.items()}
     require(
         key in table,
-        f"unknown paper size {size!r}; choose one of {', '.join(list(PAPER_SWEEP_SHAPES) + list(PAPER_LARGE_SHAPES)[1:])}",
+        f"unknown paper size {size!r}; choose one of "
+        f"{', '.join(list(PAPER_SWEEP_SHAPES) + list(PAPER_LARGE_SHAPES)[1:])}",
     )
     layers, hidden = table[key]
     n_h = n_heads if n_heads is not None else hidden // PAPER_HEAD_DIM
@@ -258,6 +263,7 @@ def paper_learning_rate(size: str) -> float:
 SUPPORTED_HF_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
+# ~90 lines on purpose: one check per config.json field (19 of them), read top to bottom like the file itself.
 def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
     """A ModelShape from a Hugging Face ``config.json`` (a dict, a file, or a model directory).
 
@@ -275,7 +281,9 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
         try:
             config = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise CogqaError(f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}); is the file truncated?") from None
+            raise CogqaError(
+                f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}); is the file truncated?"
+            ) from None
         except UnicodeDecodeError:
             raise CogqaError(f"{source}: not a text file; pass a config.json") from None
         require(isinstance(config, dict), f"{source}: expected a JSON object at the top level")
@@ -290,7 +298,9 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
     )
 
     def need(key: str) -> int:
-        require(key in config and config[key] is not None, f"{source}: missing field {key!r} in the {model_type} config")
+        require(
+            key in config and config[key] is not None, f"{source}: missing field {key!r} in the {model_type} config"
+        )
         value = config[key]
         require(
             isinstance(value, int) and not isinstance(value, bool) and value > 0,
@@ -303,7 +313,11 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
     n_kv = config.get("num_key_value_heads") or n_heads
     head_dim = config.get("head_dim")
     if head_dim is None:
-        require(hidden % n_heads == 0, f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {n_heads} and no head_dim is given")
+        require(
+            hidden % n_heads == 0,
+            f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {n_heads} and no head_dim "
+            "is given",
+        )
         head_dim = hidden // n_heads
     act = config.get("hidden_act", "silu")
     require(act in ("silu", "swish"), f"{source}: hidden_act {act!r} is not supported (SwiGLU with silu expected)")
@@ -393,15 +407,27 @@ class ModelFamily:
     def __post_init__(self) -> None:
         for name in ("head_dim", "vocab_size", "hidden_multiple"):
             v = getattr(self, name)
-            require(isinstance(v, int) and not isinstance(v, bool) and v > 0, f"family.{name}: must be a positive integer, got {v!r}")
-        shapes = tuple((int(layers), int(hidden)) for layers, hidden in self.reference_shapes) or _paper_reference_shapes()
-        require(all(layers > 0 and hidden > 0 for layers, hidden in shapes), "family.reference_shapes: layers and hidden sizes must be positive")
+            require(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                f"family.{name}: must be a positive integer, got {v!r}",
+            )
+        shapes = (
+            tuple((int(layers), int(hidden)) for layers, hidden in self.reference_shapes) or _paper_reference_shapes()
+        )
+        require(
+            all(layers > 0 and hidden > 0 for layers, hidden in shapes),
+            "family.reference_shapes: layers and hidden sizes must be positive",
+        )
         object.__setattr__(self, "reference_shapes", tuple(sorted(set(shapes))))
 
     def to_dict(self) -> dict[str, Any]:
         """The family as a JSON object (``metadata.family`` of a laws file)."""
-        return {"head_dim": self.head_dim, "vocab_size": self.vocab_size,
-                "reference_shapes": [list(x) for x in self.reference_shapes], "hidden_multiple": self.hidden_multiple}
+        return {
+            "head_dim": self.head_dim,
+            "vocab_size": self.vocab_size,
+            "reference_shapes": [list(x) for x in self.reference_shapes],
+            "hidden_multiple": self.hidden_multiple,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "ModelFamily":
@@ -412,10 +438,16 @@ class ModelFamily:
         unknown = set(data) - {"head_dim", "vocab_size", "reference_shapes", "hidden_multiple"}
         require(not unknown, f"family: unknown field(s) {', '.join(sorted(unknown))}")
         refs = data.get("reference_shapes") or ()
-        require(all(isinstance(x, (list, tuple)) and len(x) == 2 for x in refs),
-                "family.reference_shapes: expected a list of [layers, hidden_size] pairs")
-        return cls(head_dim=data.get("head_dim", PAPER_HEAD_DIM), vocab_size=data.get("vocab_size", PAPER_VOCAB),
-                   reference_shapes=tuple(tuple(x) for x in refs), hidden_multiple=data.get("hidden_multiple", PAPER_HEAD_DIM))
+        require(
+            all(isinstance(x, (list, tuple)) and len(x) == 2 for x in refs),
+            "family.reference_shapes: expected a list of [layers, hidden_size] pairs",
+        )
+        return cls(
+            head_dim=data.get("head_dim", PAPER_HEAD_DIM),
+            vocab_size=data.get("vocab_size", PAPER_VOCAB),
+            reference_shapes=tuple(tuple(x) for x in refs),
+            hidden_multiple=data.get("hidden_multiple", PAPER_HEAD_DIM),
+        )
 
 
 def _paper_reference_shapes() -> tuple[tuple[int, int], ...]:
@@ -558,14 +590,10 @@ def shape_from_spec(spec: str) -> ModelShape | RealShape:
     size, _, heads = text.partition(":")
     n_h = n_kv = None
     if heads:
-        parts = heads.split(",")
-        require(
-            len(parts) in (1, 2) and all(p.strip().isdigit() and int(p) > 0 for p in parts),
-            f"shape spec {text!r}: heads must be written ':N_HEADS,N_KV_HEADS' with positive integers, e.g. 470M:8,1",
-        )
-        n_h = int(parts[0])
-        n_kv = int(parts[1]) if len(parts) == 2 else n_h
-        require(n_h % n_kv == 0, f"shape spec {text!r}: n_kv_heads ({n_kv}) must divide n_heads ({n_h})")
+        if heads.strip().isdigit() and int(heads) > 0:
+            n_h = n_kv = int(heads)  # 470M:8 is MHA with 8 heads
+        else:  # the one head-configuration parser: 8,1 (also 8:1, (8,1), H=(8,1))
+            n_h, n_kv = parse_head_config(heads, field=f"shape spec {text!r}")
     known = {k.upper() for k in list(PAPER_SWEEP_SHAPES) + list(PAPER_LARGE_SHAPES)}
     if size.strip().upper() in known:
         return paper_shape(size.strip(), n_h, n_kv)

@@ -13,6 +13,7 @@ import time
 
 from .errors import require
 from .shapes import ModelShape, paper_shape
+from .units import parse_head_config
 
 
 def parse_shape(text: str) -> ModelShape:
@@ -20,16 +21,18 @@ def parse_shape(text: str) -> ModelShape:
     text = text.strip()
     if ":" in text:
         size, heads = text.split(":", 1)
-        h = heads.split(",")
-        require(len(h) == 2, f"shape {text!r}: heads must be 'n_h,n_kv' as in 470M:32,8")
-        return paper_shape(size, n_heads=int(h[0]), n_kv_heads=int(h[1]))
+        n_heads, n_kv_heads = parse_head_config(heads, field=f"shape {text!r}")  # 32,8 (also 32:8, (32,8))
+        return paper_shape(size, n_heads=n_heads, n_kv_heads=n_kv_heads)
     parts = text.split(",")
-    require(len(parts) == 5 and all(p.strip().isdigit() for p in parts),
-            f"shape {text!r}: give L,d,n_h,n_kv,d_h (e.g. 4,256,32,8,16) or a paper size with heads (470M:32,8)")
-    L, d, nh, nkv, dh = (int(p) for p in parts)
+    require(
+        len(parts) == 5 and all(p.strip().isdigit() for p in parts),
+        f"shape {text!r}: give L,d,n_h,n_kv,d_h (e.g. 4,256,32,8,16) or a paper size with heads (470M:32,8)",
+    )
+    n_layers, d, nh, nkv, dh = (int(p) for p in parts)
     ffn = max(64, int(round(8 * d / 3 / 64)) * 64)
-    return ModelShape(layers=L, hidden_size=d, ffn_size=ffn, n_heads=nh, n_kv_heads=nkv, head_dim=dh,
-                      name=f"H=({nh},{nkv})")
+    return ModelShape(
+        layers=n_layers, hidden_size=d, ffn_size=ffn, n_heads=nh, n_kv_heads=nkv, head_dim=dh, name=f"H=({nh},{nkv})"
+    )
 
 
 def _sync(device) -> None:
@@ -71,7 +74,7 @@ def decode_timer(model, context: int, batch: int, decode_tokens: int = 16, prefi
     with torch.no_grad():
         cache = model.new_cache(batch, context)
         for i in range(0, ids.shape[1], prefill_chunk):  # chunks keep the logits at [batch, chunk, V]
-            logits = model(ids[:, i:i + prefill_chunk], cache=cache).logits[:, -1]
+            logits = model(ids[:, i : i + prefill_chunk], cache=cache).logits[:, -1]
     start = cache.length
 
     @torch.no_grad()
@@ -130,7 +133,8 @@ def predict(shape: ModelShape, context: int, batch: int, hardware, dtype: str = 
 
 
 def predicted(shape: ModelShape, context: int, batch: int) -> dict:
-    """Cost-model numbers at ``context``: inference FLOPs per token and bytes read per decode step (weights + KV, bf16)."""
+    """Cost-model numbers at ``context``: inference FLOPs per token and bytes read per decode step
+    (weights + KV, bf16)."""
     from .costs import inference_flops_per_token, inference_memory_bytes
 
     mem = inference_memory_bytes(shape, context, batch, "bf16", "bf16")

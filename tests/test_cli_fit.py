@@ -22,7 +22,9 @@ def _table(n_per_h: int = 8) -> pd.DataFrame:
     rows = []
     for nh, nkv, a, b, E in ((8, 1, 5.0e7, 0.30, 1.90), (32, 8, 8.0e7, 0.28, 1.85)):
         for n in sizes:
-            rows.append({"n_heads": nh, "n_kv_heads": nkv, "params_non_embedding": n, "loss": (a / n) ** b + E, "context": 1024})
+            rows.append(
+                {"n_heads": nh, "n_kv_heads": nkv, "params_non_embedding": n, "loss": (a / n) ** b + E, "context": 1024}
+            )
     return pd.DataFrame(rows)
 
 
@@ -59,8 +61,24 @@ def test_json_is_the_laws_file_and_out_is_atomic(results, tmp_path, capsys):
 
 
 def test_chinchilla_reference_through_the_cli(capsys):
-    assert main(["fit", str(DATA / "chinchilla_fig4_epoch.csv"), "--form", "chinchilla", "--n-column", "Model Size",
-                 "--compute-column", "Training FLOP", "--drop-highest-loss", "5", "--json"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(DATA / "chinchilla_fig4_epoch.csv"),
+                "--form",
+                "chinchilla",
+                "--n-column",
+                "Model Size",
+                "--compute-column",
+                "Training FLOP",
+                "--drop-highest-loss",
+                "5",
+                "--json",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "left out the 5 highest-loss rows" in captured.err
     law = json.loads(captured.out)["laws"][0]
@@ -77,7 +95,11 @@ def test_heads_form_and_shared_E(tmp_path, capsys):
     df.to_json(path, orient="records", lines=True)
     assert main(["fit", str(path), "--form", "heads", "--json"]) == 0
     law = json.loads(capsys.readouterr().out)["laws"][0]
-    assert law["size"] == 470 and law["b"] == pytest.approx(-0.124, abs=1e-3) and law["c"] == pytest.approx(2.473, abs=1e-3)
+    assert (
+        law["size"] == 470
+        and law["b"] == pytest.approx(-0.124, abs=1e-3)
+        and law["c"] == pytest.approx(2.473, abs=1e-3)
+    )
     res = tmp_path / "r.parquet"
     _table().to_parquet(res)
     assert main(["fit", str(res), "--shared-E"]) == 0
@@ -95,8 +117,23 @@ def test_duplicate_rows_warn_but_fit(tmp_path, capsys):
 
 
 def test_at_bound_is_reported(capsys):
-    assert main(["fit", str(DATA / "openlm_misfitting_last_ckpt.csv"), "--form", "chinchilla", "--n-column", "N_no_emb",
-                 "--tokens-column", "D", "--grid", "4"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(DATA / "openlm_misfitting_last_ckpt.csv"),
+                "--form",
+                "chinchilla",
+                "--n-column",
+                "N_no_emb",
+                "--tokens-column",
+                "D",
+                "--grid",
+                "4",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "[E at bound]" in captured.out
     assert "E ended on its bound" in captured.err
@@ -117,6 +154,7 @@ def _mod(col, row, value):
         df[col] = df[col].astype(object)
         df.loc[row, col] = value
         return df
+
     return f
 
 
@@ -126,30 +164,98 @@ HOSTILE = [
     ("wrong extension", lambda p: [_write(p, "r.txt", _table())], "unknown extension '.txt'"),
     ("empty file", lambda p: [_write(p, "e.csv", text="")], "the file is empty"),
     ("header only", lambda p: [_write(p, "h.csv", text="n_heads,n_kv_heads,params_non_embedding,loss\n")], "no rows"),
-    ("missing column", lambda p: [_write(p, "m.csv", _table().drop(columns=["n_kv_heads"]))], "missing column 'n_kv_heads'"),
-    ("non-numeric", lambda p: [_write(p, "x.csv", _mod("loss", 2, "high")(_table()))], "'loss' is not numeric in rows 3"),
-    ("NaN", lambda p: [_write(p, "n.csv", _mod("loss", 4, float("nan"))(_table()))], "non-finite values (NaN/inf) in rows 5"),
-    ("negative N", lambda p: [_write(p, "neg.csv", _mod("params_non_embedding", 0, -3e6)(_table()))], "'params_non_embedding' must be > 0; rows 1"),
+    (
+        "missing column",
+        lambda p: [_write(p, "m.csv", _table().drop(columns=["n_kv_heads"]))],
+        "missing column 'n_kv_heads'",
+    ),
+    (
+        "non-numeric",
+        lambda p: [_write(p, "x.csv", _mod("loss", 2, "high")(_table()))],
+        "'loss' is not numeric in rows 3",
+    ),
+    (
+        "NaN",
+        lambda p: [_write(p, "n.csv", _mod("loss", 4, float("nan"))(_table()))],
+        "non-finite values (NaN/inf) in rows 5",
+    ),
+    (
+        "negative N",
+        lambda p: [_write(p, "neg.csv", _mod("params_non_embedding", 0, -3e6)(_table()))],
+        "'params_non_embedding' must be > 0; rows 1",
+    ),
     ("zero loss", lambda p: [_write(p, "z.csv", _mod("loss", 9, 0.0)(_table()))], "'loss' must be > 0; rows 10"),
-    ("n_kv > n_h", lambda p: [_write(p, "kv.csv", _mod("n_kv_heads", 1, 16)(_table()))], "n_kv_heads > n_heads in rows 2"),
-    ("n_kv not dividing", lambda p: [_write(p, "kv3.csv", _mod("n_kv_heads", 1, 3)(_table()))], "must divide n_heads; rows 2"),
+    (
+        "n_kv > n_h",
+        lambda p: [_write(p, "kv.csv", _mod("n_kv_heads", 1, 16)(_table()))],
+        "n_kv_heads > n_heads in rows 2",
+    ),
+    (
+        "n_kv not dividing",
+        lambda p: [_write(p, "kv3.csv", _mod("n_kv_heads", 1, 3)(_table()))],
+        "must divide n_heads; rows 2",
+    ),
     ("fractional heads", lambda p: [_write(p, "fh.csv", _mod("n_heads", 0, 8.5)(_table()))], "whole numbers; rows 1"),
     ("too few points", lambda p: [_write(p, "few.csv", _table(3))], "H=(8,1): 3 points for 3 coefficients"),
-    ("one size only", lambda p: [_write(p, "one.csv", _table().assign(params_non_embedding=1e8))], "need at least 2 model sizes"),
+    (
+        "one size only",
+        lambda p: [_write(p, "one.csv", _table().assign(params_non_embedding=1e8))],
+        "need at least 2 model sizes",
+    ),
     ("unknown form", lambda p: [_write(p, "r.csv", _table()), "--form", "kaplan"], "unknown form 'kaplan'"),
-    ("bootstrap text", lambda p: [_write(p, "r.csv", _table()), "--bootstrap", "many"], "--bootstrap: expected a whole number"),
-    ("bootstrap negative", lambda p: [_write(p, "r.csv", _table()), "--bootstrap", "-3"], "--bootstrap: expected a whole number in 0..100000"),
+    (
+        "bootstrap text",
+        lambda p: [_write(p, "r.csv", _table()), "--bootstrap", "many"],
+        "--bootstrap: expected a whole number",
+    ),
+    (
+        "bootstrap negative",
+        lambda p: [_write(p, "r.csv", _table()), "--bootstrap", "-3"],
+        "--bootstrap: expected a whole number in 0..100000",
+    ),
     ("bad seed", lambda p: [_write(p, "r.csv", _table()), "--seed", "1.5"], "--seed: expected a whole number"),
-    ("bad grid", lambda p: [_write(p, "r.csv", _table()), "--grid", "0"], "--grid: expected a whole number in 1..100000"),
-    ("shared E with chinchilla", lambda p: [_write(p, "r.csv", _table().assign(tokens=1e9)), "--form", "chinchilla", "--shared-E"], "--shared-E applies to --form n only"),
-    ("chinchilla without tokens", lambda p: [_write(p, "r.csv", _table()), "--form", "chinchilla"], "missing column 'tokens'"),
-    ("drop too many", lambda p: [_write(p, "r.csv", _table()), "--drop-highest-loss", "16"], "--drop-highest-loss: expected a whole number in 0..15"),
-    ("shared E, one H, 3 rows", lambda p: [_write(p, "s.csv", _table(3).iloc[:3]), "--shared-E"], "H=(8,1): 3 points for 3 coefficients; need at least 4"),
-    ("mapped column absent", lambda p: [_write(p, "r.csv", _table()), "--n-column", "Model Size"], "no column 'Model Size'"),
-    ("bad context", lambda p: [_write(p, "r.csv", _table()), "--context", "lots"], "--context: 'lots' is not a context length"),
+    (
+        "bad grid",
+        lambda p: [_write(p, "r.csv", _table()), "--grid", "0"],
+        "--grid: expected a whole number in 1..100000",
+    ),
+    (
+        "shared E with chinchilla",
+        lambda p: [_write(p, "r.csv", _table().assign(tokens=1e9)), "--form", "chinchilla", "--shared-E"],
+        "--shared-E applies to --form n only",
+    ),
+    (
+        "chinchilla without tokens",
+        lambda p: [_write(p, "r.csv", _table()), "--form", "chinchilla"],
+        "missing column 'tokens'",
+    ),
+    (
+        "drop too many",
+        lambda p: [_write(p, "r.csv", _table()), "--drop-highest-loss", "16"],
+        "--drop-highest-loss: expected a whole number in 0..15",
+    ),
+    (
+        "shared E, one H, 3 rows",
+        lambda p: [_write(p, "s.csv", _table(3).iloc[:3]), "--shared-E"],
+        "H=(8,1): 3 points for 3 coefficients; need at least 4",
+    ),
+    (
+        "mapped column absent",
+        lambda p: [_write(p, "r.csv", _table()), "--n-column", "Model Size"],
+        "no column 'Model Size'",
+    ),
+    (
+        "bad context",
+        lambda p: [_write(p, "r.csv", _table()), "--context", "lots"],
+        "--context: 'lots' is not a context length",
+    ),
     ("context absent", lambda p: [_write(p, "r.csv", _table()), "--context", "8k"], "no rows trained at context 8192"),
     ("out not json", lambda p: [_write(p, "r.csv", _table()), "--out", str(p / "laws.txt")], "must end in .json"),
-    ("out dir missing", lambda p: [_write(p, "r.csv", _table()), "--out", str(p / "no" / "laws.json")], "does not exist"),
+    (
+        "out dir missing",
+        lambda p: [_write(p, "r.csv", _table()), "--out", str(p / "no" / "laws.json")],
+        "does not exist",
+    ),
     ("corrupt parquet", lambda p: [_write(p, "c.parquet", text="not parquet at all")], "cannot be read as parquet"),
     ("broken jsonl", lambda p: [_write(p, "b.jsonl", text='{"n_heads": 8,\n')], "cannot be read as jsonl"),
 ]
@@ -172,9 +278,11 @@ def test_subprocess_error_and_no_torch(tmp_path, results):
     proc = subprocess.run([sys.executable, "-m", "cogqa", "fit", bad], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
-    code = ("import sys; from cogqa.cli import main; "
-            f"s = main(['fit', {str(results)!r}, '--json']); "
-            "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(s)")
+    code = (
+        "import sys; from cogqa.cli import main; "
+        f"s = main(['fit', {str(results)!r}, '--json']); "
+        "assert 'torch' not in sys.modules, 'torch imported'; sys.exit(s)"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["form"] == "power_law_n"

@@ -114,8 +114,11 @@ def test_vectorised_grid_broadcasts():
     from cogqa.shapes import RealShape
 
     grid = RealShape(
-        layers=np.array([[12.0], [24.0]]), hidden_size=np.array([[768.0], [1280.0]]),
-        ffn_size=np.array([[2048.0], [3413.0]]), n_heads=8.0, n_kv_heads=1.0,
+        layers=np.array([[12.0], [24.0]]),
+        hidden_size=np.array([[768.0], [1280.0]]),
+        ffn_size=np.array([[2048.0], [3413.0]]),
+        n_heads=8.0,
+        n_kv_heads=1.0,
     )
     T = np.array([1024.0, 8192.0, 131072.0])
     f = costs.inference_flops_per_token(grid, T)
@@ -126,9 +129,13 @@ def test_vectorised_grid_broadcasts():
 # ----------------------------------------------------------------------------- properties
 
 shapes = st.builds(
-    lambda L, d, ff, kv, g, dh: ModelShape(L, d, ff, kv * g, kv, dh),
-    st.integers(1, 96), st.integers(1, 16384), st.integers(1, 65536),
-    st.sampled_from([1, 2, 4, 8, 16]), st.sampled_from([1, 2, 4, 8]), st.sampled_from([32, 64, 128, 256]),
+    lambda n_layers, d, ff, kv, g, dh: ModelShape(n_layers, d, ff, kv * g, kv, dh),
+    st.integers(1, 96),
+    st.integers(1, 16384),
+    st.integers(1, 65536),
+    st.sampled_from([1, 2, 4, 8, 16]),
+    st.sampled_from([1, 2, 4, 8]),
+    st.sampled_from([32, 64, 128, 256]),
 )
 
 
@@ -177,9 +184,17 @@ FAMILIES = [
 
 def _hf_config_dict(model_type, extra, tie, head_dim):
     cfg = {
-        "model_type": model_type, "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 101, "tie_word_embeddings": tie,
-        "hidden_act": "silu", "max_position_embeddings": 256, "rms_norm_eps": 1e-6,
+        "model_type": model_type,
+        "hidden_size": 64,
+        "intermediate_size": 96,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "vocab_size": 101,
+        "tie_word_embeddings": tie,
+        "hidden_act": "silu",
+        "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-6,
     }
     if head_dim is not None:
         cfg["head_dim"] = head_dim

@@ -13,13 +13,23 @@ from cogqa.laws import law_set_from_dict
 from cogqa.search import search
 from cogqa.shapes import PAPER_FAMILY, ModelFamily, shape_for_params
 
-DEMO_FAMILY = {"head_dim": 16, "vocab_size": 320, "reference_shapes": [[2, 48], [2, 64], [2, 96], [2, 128]], "hidden_multiple": 16}
+DEMO_FAMILY = {
+    "head_dim": 16,
+    "vocab_size": 320,
+    "reference_shapes": [[2, 48], [2, 64], [2, 96], [2, 128]],
+    "hidden_multiple": 16,
+}
 
 
 def laws(family=None):
-    data = {"form": "power_law_n", "source": "test",
-            "laws": [{"n_heads": 4, "n_kv_heads": 1, "a": 2e4, "b": 1.0, "E": 1.4},
-                     {"n_heads": 4, "n_kv_heads": 4, "a": 2e4, "b": 1.0, "E": 1.4}]}
+    data = {
+        "form": "power_law_n",
+        "source": "test",
+        "laws": [
+            {"n_heads": 4, "n_kv_heads": 1, "a": 2e4, "b": 1.0, "E": 1.4},
+            {"n_heads": 4, "n_kv_heads": 4, "a": 2e4, "b": 1.0, "E": 1.4},
+        ],
+    }
     if family is not None:
         data["metadata"] = {"family": family}
     return law_set_from_dict(data)
@@ -29,7 +39,9 @@ def test_paper_family_is_the_default_and_round_trips():
     assert laws().family == PAPER_FAMILY
     fam = ModelFamily.from_dict(DEMO_FAMILY)
     assert ModelFamily.from_dict(fam.to_dict()) == fam
-    assert {(4, 256), (36, 1536), (80, 8192)} <= set(PAPER_FAMILY.reference_shapes) and len(PAPER_FAMILY.reference_shapes) == 14
+    assert {(4, 256), (36, 1536), (80, 8192)} <= set(PAPER_FAMILY.reference_shapes) and len(
+        PAPER_FAMILY.reference_shapes
+    ) == 14
 
 
 def test_shapes_follow_the_family_and_hit_the_size_exactly():
@@ -55,13 +67,16 @@ def test_search_costs_the_laws_family():
     assert demo.best["hidden_size"] % 16 == 0
 
 
-@pytest.mark.parametrize("family, message", [
-    ({"head_dim": 0}, "family.head_dim"),
-    ({"vocab_size": "big"}, "family.vocab_size"),
-    ({"reference_shapes": [[2]]}, "family.reference_shapes"),
-    ({"colour": "blue"}, "unknown field"),
-    ("paper", "family: expected an object"),
-])
+@pytest.mark.parametrize(
+    "family, message",
+    [
+        ({"head_dim": 0}, "family.head_dim"),
+        ({"vocab_size": "big"}, "family.vocab_size"),
+        ({"reference_shapes": [[2]]}, "family.reference_shapes"),
+        ({"colour": "blue"}, "unknown field"),
+        ("paper", "family: expected an object"),
+    ],
+)
 def test_bad_family_is_a_one_line_error_at_load(family, message):
     with pytest.raises(CogqaError, match=message) as info:
         laws(family)
@@ -87,7 +102,9 @@ def test_fit_records_the_family_and_size_range_of_a_collected_sweep():
 
     df = pd.read_csv(resources.files("cogqa") / "data" / "demo_results.csv")
     laws = fit_results(df, form="n").law_set("demo results")
-    assert laws.family == ModelFamily.from_dict(DEMO_FAMILY | {"reference_shapes": [[2, d] for d in (48, 64, 80, 96, 128)]})
+    assert laws.family == ModelFamily.from_dict(
+        DEMO_FAMILY | {"reference_shapes": [[2, d] for d in (48, 64, 80, 96, 128)]}
+    )
     lo, hi = laws.metadata["params_non_embedding_range"]
     assert (lo, hi) == (df.params_non_embedding.min(), df.params_non_embedding.max())
     # a table without shape columns: no family, so search uses the paper's

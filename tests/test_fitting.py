@@ -35,7 +35,10 @@ def _n_table(truth: dict, noise: float, seed: int = 0, sizes=SIZES) -> pd.DataFr
     for (nh, nkv), (a, b, E) in truth.items():
         loss = (a / sizes) ** b + E
         loss = loss * np.exp(rng.normal(0, noise, sizes.size))
-        rows += [{"n_heads": nh, "n_kv_heads": nkv, "params_non_embedding": n, "loss": l} for n, l in zip(sizes, loss)]
+        rows += [
+            {"n_heads": nh, "n_kv_heads": nkv, "params_non_embedding": n, "loss": value}
+            for n, value in zip(sizes, loss)
+        ]
     return pd.DataFrame(rows)
 
 
@@ -151,7 +154,9 @@ def test_head_form_groups_by_size_with_noise():
 def _chinchilla_table() -> pd.DataFrame:
     raw = pd.read_csv(DATA / "chinchilla_fig4_epoch.csv")
     raw = raw.sort_values("loss").iloc[:-5]  # Besiroglu et al.: drop the 5 highest-loss points
-    return validate_results(raw, form="chinchilla", columns={"params_non_embedding": "Model Size", "compute": "Training FLOP"})
+    return validate_results(
+        raw, form="chinchilla", columns={"params_non_embedding": "Model Size", "compute": "Training FLOP"}
+    )
 
 
 def test_chinchilla_reference_reproduces_besiroglu():
@@ -178,7 +183,11 @@ def test_chinchilla_reference_short_bootstrap_is_not_collapsed():
         assert lo - 0.05 < est < hi + 0.05
 
 
-PUBLISHED_CI = {"E": (1.769, 1.871), "alpha": (0.317, 0.373), "beta": (0.331, 0.415)}  # Besiroglu et al., 4,000 resamples
+PUBLISHED_CI = {
+    "E": (1.769, 1.871),
+    "alpha": (0.317, 0.373),
+    "beta": (0.331, 0.415),
+}  # Besiroglu et al., 4,000 resamples
 
 
 def test_chinchilla_reference_bootstrap_intervals_close_to_published():
@@ -202,7 +211,11 @@ def test_openlm_reference_reproduces_published_hoffmann_fit():
     published = json.loads((DATA / "openlm_misfitting_published_fits.json").read_text())
     pub = [3.9388019787438124, 13.055763753008362, 0.592076393221421, 0.20019580085843525, 0.6356967859533506]
     assert published["Hoffmann Form"]["params"] == pytest.approx(pub)
-    df = read_results(DATA / "openlm_misfitting_last_ckpt.csv", form="chinchilla", columns={"params_non_embedding": "N", "tokens": "D"})
+    df = read_results(
+        DATA / "openlm_misfitting_last_ckpt.csv",
+        form="chinchilla",
+        columns={"params_non_embedding": "N", "tokens": "D"},
+    )
     assert len(df) == 261  # repeated rows are kept (and warned about), as in the authors' fit
     assert any("repeat" in w for w in df.attrs["warnings"])
     report = fit_results(df, form="chinchilla", grid=16)
@@ -216,11 +229,20 @@ def test_openlm_reference_reproduces_published_hoffmann_fit():
 
     problem = _chinchilla_problem(df["params_non_embedding"].to_numpy(), df["tokens"].to_numpy(), df["loss"].to_numpy())
     assert problem.objective(np.array(pub))[0] == pytest.approx(0.005021654212110655, rel=1e-9)
-    assert problem.objective(np.array([math.log(law["A"]), math.log(law["B"]), math.log(law["E"]), law["alpha"], law["beta"]]))[0] <= 0.005021654212110655 + 1e-12
+    assert (
+        problem.objective(
+            np.array([math.log(law["A"]), math.log(law["B"]), math.log(law["E"]), law["alpha"], law["beta"]])
+        )[0]
+        <= 0.005021654212110655 + 1e-12
+    )
 
 
 def test_openlm_non_embedding_drives_E_to_its_bound_and_says_so():
-    df = read_results(DATA / "openlm_misfitting_last_ckpt.csv", form="chinchilla", columns={"params_non_embedding": "N_no_emb", "tokens": "D"})
+    df = read_results(
+        DATA / "openlm_misfitting_last_ckpt.csv",
+        form="chinchilla",
+        columns={"params_non_embedding": "N_no_emb", "tokens": "D"},
+    )
     report = fit_results(df, form="chinchilla", grid=4)
     law = report.laws[0]
     assert law["at_bound"] == ["E"]
@@ -251,7 +273,9 @@ def test_laws_file_round_trip(tmp_path):
     assert loaded.by_heads()[(8, 1)].a == pytest.approx(report.laws[0]["a"])
     assert law_set_from_dict(json.loads(path.read_text())).source == "synthetic test"
     table = report.table()
-    assert {"n_heads", "n_kv_heads", "a", "b", "E", "r2", "n_points", "a_lo", "a_hi", "E_lo", "E_hi"} <= set(table.columns)
+    assert {"n_heads", "n_kv_heads", "a", "b", "E", "r2", "n_points", "a_lo", "a_hi", "E_lo", "E_hi"} <= set(
+        table.columns
+    )
     assert len(table) == 2
 
 
@@ -299,7 +323,10 @@ def test_too_few_points_names_the_head_configuration():
     "change,match",
     [
         (lambda d: d.assign(loss=d["loss"].where(d.index != 2, np.nan)), r"non-finite values .* rows 3\b"),
-        (lambda d: d.assign(params_non_embedding=d["params_non_embedding"].where(d.index != 0, -5.0)), r"must be > 0; rows 1\b"),
+        (
+            lambda d: d.assign(params_non_embedding=d["params_non_embedding"].where(d.index != 0, -5.0)),
+            r"must be > 0; rows 1\b",
+        ),
         (lambda d: d.assign(loss=d["loss"].where(d.index != 4, 0.0)), r"'loss' must be > 0; rows 5\b"),
         (lambda d: d.assign(n_kv_heads=d["n_kv_heads"].where(d.index != 1, 16)), r"n_kv_heads > n_heads in rows 2\b"),
         (lambda d: d.assign(n_kv_heads=d["n_kv_heads"].where(d.index != 1, 3)), r"must divide n_heads; rows 2\b"),
@@ -325,15 +352,25 @@ def test_bad_options():
         fit_results(df.assign(tokens=1e9), form="chinchilla", shared_E=True)
     with pytest.raises(CogqaError, match="mixes training contexts"):
         fit_results(pd.concat([df.assign(context=1024), df.assign(context=8192)]), form="n")
-    assert fit_results(pd.concat([df.assign(context=1024), df.assign(context=8192)]), form="n", context=8192).laws[0]["context"] == 8192
+    assert (
+        fit_results(pd.concat([df.assign(context=1024), df.assign(context=8192)]), form="n", context=8192).laws[0][
+            "context"
+        ]
+        == 8192
+    )
     with pytest.raises(TypeError):
         FitReport(form="n")  # laws are required
 
 
 def test_head_form_accepts_size_labels():
     n_h = 2.0 ** np.arange(8)
-    df = pd.DataFrame({"n_heads": np.tile(n_h, 2), "size": ["470M"] * 8 + ["1.2B"] * 8,
-                       "loss": np.concatenate([0.579 * n_h**-0.124 + 2.473, 0.301 * n_h**-0.227 + 2.622])})
+    df = pd.DataFrame(
+        {
+            "n_heads": np.tile(n_h, 2),
+            "size": ["470M"] * 8 + ["1.2B"] * 8,
+            "loss": np.concatenate([0.579 * n_h**-0.124 + 2.473, 0.301 * n_h**-0.227 + 2.622]),
+        }
+    )
     report = fit_results(df, form="heads")
     assert [law["size"] for law in report.laws] == [4.7e8, 1.2e9]
     assert report.laws[1]["a"] == pytest.approx(0.301, rel=2e-3)

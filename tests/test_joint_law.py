@@ -24,8 +24,14 @@ def synthetic_table(law=TRUE, noise=0.0, seed=0):
     rows = []
     for h, kv in ((1, 1), (2, 1), (4, 1), (8, 1), (8, 2), (8, 4), (8, 8), (32, 8)):
         for n in np.geomspace(3e7, 7e8, 5):
-            rows.append({"n_heads": h, "n_kv_heads": kv, "params_non_embedding": n,
-                         "loss": float(law.loss(n, h, kv)) + noise * rng.standard_normal()})
+            rows.append(
+                {
+                    "n_heads": h,
+                    "n_kv_heads": kv,
+                    "params_non_embedding": n,
+                    "loss": float(law.loss(n, h, kv)) + noise * rng.standard_normal(),
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -69,9 +75,13 @@ def test_paper_convention_matches_figure2_readout():
     assert set(Z_CONVENTIONS) >= {"paper", "eq4-per-token"}
     for h, kv in ((8, 8), (8, 4)):
         pts = points[(points.n_heads == h) & (points.n_kv_heads == kv)].sort_values("layers")
-        z_read = readout[(readout.n_heads == h) & (readout.n_kv_heads == kv) & (readout.panel == "Z")].sort_values("x_value")
+        z_read = readout[(readout.n_heads == h) & (readout.n_kv_heads == kv) & (readout.panel == "Z")].sort_values(
+            "x_value"
+        )
         for row, x in zip(pts.itertuples(), z_read.x_value):
-            shape = ModelShape(layers=row.layers, hidden_size=row.hidden_size, ffn_size=row.ffn_size, n_heads=h, n_kv_heads=kv)
+            shape = ModelShape(
+                layers=row.layers, hidden_size=row.hidden_size, ffn_size=row.ffn_size, n_heads=h, n_kv_heads=kv
+            )
             M, C = z_inputs(shape, 131072, "paper")
             assert 0.9 * M**0.5 + 0.1 * C ** (1 / 3) == pytest.approx(x, rel=1e-3)
 
@@ -103,7 +113,10 @@ def test_search_at_training_budget_known_answers():
     assert r["best"]["params_non_embedding"] == pytest.approx(plain.best["params_non_embedding"], rel=1e-6)
     # per-H Chinchilla laws with a data term: the answer reaches L* exactly, spends the budget
     # (Eq. 11), and a slightly smaller model would not reach it
-    laws = [ChinchillaLaw(E=1.8, A=400.0, B=400.0, alpha=0.34, beta=0.28, n_heads=h, n_kv_heads=kv) for h, kv in ((8, 1), (8, 8))]
+    laws = [
+        ChinchillaLaw(E=1.8, A=400.0, B=400.0, alpha=0.34, beta=0.28, n_heads=h, n_kv_heads=kv)
+        for h, kv in ((8, 1), (8, 8))
+    ]
     C = 1e23
     r = search_at_training_budget(131072, 2.4, C, laws)
     best = r["best"]
@@ -122,11 +135,33 @@ def test_search_at_training_budget_known_answers():
 def test_cli_search_train_flops(tmp_path, capsys):
     from cogqa.cli import main
 
-    laws = {"form": "chinchilla", "source": "t", "laws": [
-        {"E": 1.8, "A": 400.0, "B": 400.0, "alpha": 0.34, "beta": 0.28, "n_heads": h, "n_kv_heads": kv} for h, kv in ((8, 1), (32, 8))]}
+    laws = {
+        "form": "chinchilla",
+        "source": "t",
+        "laws": [
+            {"E": 1.8, "A": 400.0, "B": 400.0, "alpha": 0.34, "beta": 0.28, "n_heads": h, "n_kv_heads": kv}
+            for h, kv in ((8, 1), (32, 8))
+        ],
+    }
     path = tmp_path / "laws.json"
     path.write_text(json.dumps(laws))
-    assert main(["search", "--context", "128k", "--target-loss", "2.4", "--train-flops", "1e23", "--laws", str(path), "--json"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--context",
+                "128k",
+                "--target-loss",
+                "2.4",
+                "--train-flops",
+                "1e23",
+                "--laws",
+                str(path),
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert (out["best"]["n_heads"], out["best"]["n_kv_heads"]) == (8, 1) and out["z_convention"]["name"] == "paper"
 
@@ -141,5 +176,8 @@ def test_cli_fit_heads_joint(tmp_path, capsys):
     assert "E at n_ref (nats/tok)" in capsys.readouterr().out
     laws = load_laws(out)
     assert laws.form == "heads_joint" and laws.joint.b == pytest.approx(TRUE.b, rel=2e-3)
-    assert main(["search", "--laws", str(out), "--context", "128k", "--target-loss", "2.6", "--heads", "12,4", "--json"]) == 0
+    assert (
+        main(["search", "--laws", str(out), "--context", "128k", "--target-loss", "2.6", "--heads", "12,4", "--json"])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["best"]["n_heads"] == 12

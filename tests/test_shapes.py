@@ -57,9 +57,16 @@ def test_shape_dict_round_trip_and_unknown_keys():
 
 def test_hf_config_head_dim_and_defaults(tmp_path):
     cfg = {
-        "model_type": "qwen3", "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
-        "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
-        "tie_word_embeddings": True, "rope_theta": 1000000,
+        "model_type": "qwen3",
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "head_dim": 128,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+        "rope_theta": 1000000,
     }
     s = shape_from_hf_config(cfg)
     assert (s.head_dim, s.n_heads, s.n_kv_heads, s.qk_norm, s.tie_embeddings) == (128, 16, 8, True, True)
@@ -79,7 +86,7 @@ def test_hf_config_head_dim_and_defaults(tmp_path):
         ('{"model_type": "gpt2", "n_embd": 768}', "model_type 'gpt2' is not supported"),
         ('{"model_type": "llama", "hidden_size": 64', "not valid JSON"),
         ('{"model_type": "llama", "hidden_size": 64}', "missing field 'num_attention_heads'"),
-        ('[1, 2]', "JSON object"),
+        ("[1, 2]", "JSON object"),
     ],
 )
 def test_hf_config_errors(tmp_path, content, message):
@@ -122,7 +129,10 @@ def test_appendix_b1_interpolates_monotonically():
     assert 1536 / 36 < mid < 2048 / 36
     assert np.all(np.isfinite(ratio))
     # the real-valued shape has exactly the requested size
-    recount = real.layers * (2 * real.hidden_size * 64 * 9 + 8 * real.hidden_size**2 + 2 * real.hidden_size) + real.hidden_size
+    recount = (
+        real.layers * (2 * real.hidden_size * 64 * 9 + 8 * real.hidden_size**2 + 2 * real.hidden_size)
+        + real.hidden_size
+    )
     np.testing.assert_allclose(recount, n, rtol=1e-10)
 
 

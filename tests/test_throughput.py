@@ -15,14 +15,17 @@ def test_parse_and_predict():
 
 def test_bench_runs_tiny():
     from cogqa.model import GQADecoder
-    s = parse_shape("1,64,4,2,16").__class__(layers=1, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=2,
-                                              head_dim=16, vocab_size=128)
+
+    s = parse_shape("1,64,4,2,16").__class__(
+        layers=1, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=128
+    )
     r = bench_model(GQADecoder(s, max_seq_len=64), 64, 1, decode_tokens=4, repeats=1)
     assert r["train_tokens_per_s"] > 0 and r["decode_tokens_per_s"] > 0
 
 
 def test_cli_one_line_errors(capsys, tmp_path):
     from cogqa.cli import main
+
     assert main(["eval", "niah", str(tmp_path), "--depths", "0,150"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --depths") and err.count("\n") == 1
@@ -32,14 +35,25 @@ def test_cli_one_line_errors(capsys, tmp_path):
 
 def test_harness_command_and_average(tmp_path):
     import torch
-    from cogqa.checkpoint import save_model
-    from cogqa.checkpoint import average_last_k
+
+    from cogqa.checkpoint import average_last_k, save_model
     from cogqa.cli.evaluate import harness_command
     from cogqa.model import GQADecoder
     from cogqa.shapes import ModelShape
+
     assert harness_command("/x", ["piqa", "arc_easy"]) == [
-        "lm_eval", "--model", "hf", "--model_args", "pretrained=/x", "--tasks", "piqa,arc_easy",
-        "--batch_size", "auto", "--device", "cpu"]
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        "pretrained=/x",
+        "--tasks",
+        "piqa,arc_easy",
+        "--batch_size",
+        "auto",
+        "--device",
+        "cpu",
+    ]
     shape = ModelShape(layers=1, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=64)
     ms = []
     for i in range(3):
@@ -56,7 +70,9 @@ def test_harness_command_and_average(tmp_path):
 
 def test_harness_without_lm_eval(capsys, tmp_path, monkeypatch):
     import importlib.util
+
     from cogqa.cli import main
+
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "lm_eval" else real(n, *a))
     assert main(["eval", "harness", str(tmp_path)]) == 2
@@ -71,14 +87,31 @@ def test_harness_loads_exported_model_in_lm_eval(tmp_path, capsys, monkeypatch):
     from cogqa.cli import main
     from cogqa.model import GQADecoder
     from cogqa.shapes import ModelShape
+
     shape = ModelShape(layers=1, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=50304)
     m = GQADecoder(shape, max_seq_len=64)
     save_model(m, tmp_path / "checkpoints" / "step_00000001")
     assert main(["eval", "harness", str(tmp_path), "--tasks", "no_such_task"]) == 2
     assert "unknown task" in capsys.readouterr().err
-    assert main(["eval", "harness", str(tmp_path), "--tasks", "piqa", "--last-k", "1", "--dry-run",
-                 "--export-dir", str(tmp_path / "hf")]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "harness",
+                str(tmp_path),
+                "--tasks",
+                "piqa",
+                "--last-k",
+                "1",
+                "--dry-run",
+                "--export-dir",
+                str(tmp_path / "hf"),
+            ]
+        )
+        == 0
+    )
     from lm_eval.models.huggingface import HFLM
+
     lm = HFLM(pretrained=str(tmp_path / "hf"), device="cpu", batch_size=1)
     req = type("Req", (), {"args": ("The grass is green.",)})()
     (ll,) = lm.loglikelihood_rolling([req])

@@ -8,8 +8,11 @@ import sys
 from ..errors import CogqaError, require
 from . import print_json
 
-FORM_HELP = "n: L = (a/N)^b + E per (n_heads, n_kv_heads) [paper Eq. 7]; heads-joint: one law across head configurations, " \
-    "L = (a/N)^b + E + A(n_h^-g - n_ref^-g) + B(n_kv^-k - n_ref^-k); chinchilla: L = E + A/N^alpha + B/D^beta; heads: L = a n_h^b + c per size"
+FORM_HELP = (
+    "n: L = (a/N)^b + E per (n_heads, n_kv_heads) [paper Eq. 7]; heads-joint: one law across head configurations, "
+    "L = (a/N)^b + E + A(n_h^-g - n_ref^-g) + B(n_kv^-k - n_ref^-k); chinchilla: L = E + A/N^alpha + B/D^beta; "
+    "heads: L = a n_h^b + c per size"
+)
 
 
 def register(subparsers) -> None:
@@ -17,22 +20,40 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "fit",
         help="fit scaling laws (Eq. 7, Chinchilla, head law) to a table of training results",
-        description="Fit scaling laws to RESULTS (CSV, JSONL or Parquet; columns n_heads, n_kv_heads, params_non_embedding, "
-        "loss, optional tokens, context, size, compute). Minimises the summed Huber(1e-3) of log-loss residuals with L-BFGS-B "
+        description="Fit scaling laws to RESULTS (CSV, JSONL or Parquet; columns n_heads, n_kv_heads, "
+        "params_non_embedding, loss, optional tokens, context, size, compute). "
+        "Minimises the summed Huber(1e-3) of log-loss "
+        "residuals with L-BFGS-B "
         "from a grid of starting points (Chinchilla approach 3). Rows are numbered from 1 after the header.",
     )
     p.add_argument("results", metavar="RESULTS", help="results table: .csv, .jsonl or .parquet")
     p.add_argument("--form", default="n", help=FORM_HELP + " (default n)")
-    p.add_argument("--shared-E", dest="shared_E", action="store_true", help="form n: one irreducible loss E shared by every H (joint fit)")
-    p.add_argument("--bootstrap", default="0", metavar="K", help="resamples for 95%% bootstrap intervals (default 0: none)")
+    p.add_argument(
+        "--shared-E",
+        dest="shared_E",
+        action="store_true",
+        help="form n: one irreducible loss E shared by every H (joint fit)",
+    )
+    p.add_argument(
+        "--bootstrap", default="0", metavar="K", help="resamples for 95%% bootstrap intervals (default 0: none)"
+    )
     p.add_argument("--seed", default="0", help="seed of the bootstrap resampling (default 0)")
     p.add_argument("--context", metavar="T", help="fit only rows trained at context T (tokens: 1024, 8k)")
-    p.add_argument("--grid", metavar="full|K", help="starting points: 'full' grid, or the K grid points with the lowest "
-                   "initial objective (default 32)")
-    p.add_argument("--drop-highest-loss", default="0", metavar="K", help="leave out the K highest-loss rows first (default 0)")
+    p.add_argument(
+        "--grid",
+        metavar="full|K",
+        help="starting points: 'full' grid, or the K grid points with the lowest initial objective (default 32)",
+    )
+    p.add_argument(
+        "--drop-highest-loss", default="0", metavar="K", help="leave out the K highest-loss rows first (default 0)"
+    )
     p.add_argument("--n-column", metavar="NAME", help="column holding N (parameters), instead of params_non_embedding")
     p.add_argument("--tokens-column", metavar="NAME", help="column holding D (training tokens), instead of tokens")
-    p.add_argument("--compute-column", metavar="NAME", help="column holding training FLOPs C; tokens = C / (6 N) when there is no tokens column")
+    p.add_argument(
+        "--compute-column",
+        metavar="NAME",
+        help="column holding training FLOPs C; tokens = C / (6 N) when there is no tokens column",
+    )
     p.add_argument("--loss-column", metavar="NAME", help="column holding the loss (nats/token), instead of loss")
     p.add_argument("--size-column", metavar="NAME", help="form heads: column naming the model size of each row")
     p.add_argument("--out", metavar="FILE.json", help="write the laws file here (atomically)")
@@ -70,13 +91,37 @@ def cmd_fit(args: argparse.Namespace) -> int:
     grid = _parse_grid(args.grid)
     drop = _whole(args.drop_highest_loss, "--drop-highest-loss", 0, 10**9)
     context = parse_context(args.context) if args.context is not None else None
-    columns = {canon: name for canon, name in (
-        ("params_non_embedding", args.n_column), ("tokens", args.tokens_column), ("compute", args.compute_column),
-        ("loss", args.loss_column), ("size", args.size_column)) if name is not None}
+    columns = {
+        canon: name
+        for canon, name in (
+            ("params_non_embedding", args.n_column),
+            ("tokens", args.tokens_column),
+            ("compute", args.compute_column),
+            ("loss", args.loss_column),
+            ("size", args.size_column),
+        )
+        if name is not None
+    }
     df = read_results(args.results, columns=columns, form=form)
-    report = fit_results(df, form=form, shared_E=args.shared_E, bootstrap=bootstrap, seed=seed, context=context, grid=grid, drop_highest_loss=drop)
-    source = args.source if args.source is not None else (
-        f"fitted by cogqa fit {args.results} --form {form}" + (" --shared-E" if args.shared_E else "") + (f" --context {context}" if context else ""))
+    report = fit_results(
+        df,
+        form=form,
+        shared_E=args.shared_E,
+        bootstrap=bootstrap,
+        seed=seed,
+        context=context,
+        grid=grid,
+        drop_highest_loss=drop,
+    )
+    source = (
+        args.source
+        if args.source is not None
+        else (
+            f"fitted by cogqa fit {args.results} --form {form}"
+            + (" --shared-E" if args.shared_E else "")
+            + (f" --context {context}" if context else "")
+        )
+    )
     for line in report.warnings:
         print(f"warning: {line}", file=sys.stderr)
     if args.out:
@@ -94,10 +139,23 @@ def _header(form: str) -> list[tuple[str, str]]:
     if form == "n":
         return [("a", "a (params)"), ("b", "b (exponent)"), ("E", "E (nats/tok)")]
     if form == "heads-joint":
-        return [("a", "a (params)"), ("b", "b (exponent)"), ("E", "E at n_ref (nats/tok)"), ("A", "A (nats/tok)"), ("g", "g (exp.)"),
-                ("B", "B (nats/tok)"), ("k", "k (exp.)")]
+        return [
+            ("a", "a (params)"),
+            ("b", "b (exponent)"),
+            ("E", "E at n_ref (nats/tok)"),
+            ("A", "A (nats/tok)"),
+            ("g", "g (exp.)"),
+            ("B", "B (nats/tok)"),
+            ("k", "k (exp.)"),
+        ]
     if form == "chinchilla":
-        return [("E", "E (nats/tok)"), ("A", "A (nats/tok*N^alpha)"), ("alpha", "alpha (exp.)"), ("B", "B (nats/tok*D^beta)"), ("beta", "beta (exp.)")]
+        return [
+            ("E", "E (nats/tok)"),
+            ("A", "A (nats/tok*N^alpha)"),
+            ("alpha", "alpha (exp.)"),
+            ("B", "B (nats/tok*D^beta)"),
+            ("beta", "beta (exp.)"),
+        ]
     return [("a", "a (nats/tok)"), ("b", "b (exponent)"), ("c", "c (nats/tok)")]
 
 
@@ -121,7 +179,12 @@ def format_report(report) -> str:
             row[0] += " [" + ",".join(law["at_bound"]) + " at bound]"
         rows.append(row)
     widths = [max(len(r[i]) for r in rows + [head]) for i in range(len(head))]
-    lines = [f"{report.form} fit" + (" (shared E)" if report.shared_E else "") + ": loss in nats/token, N in parameters" + (", D in tokens" if report.form == "chinchilla" else "")]
+    lines = [
+        f"{report.form} fit"
+        + (" (shared E)" if report.shared_E else "")
+        + ": loss in nats/token, N in parameters"
+        + (", D in tokens" if report.form == "chinchilla" else "")
+    ]
     lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
     if report.bootstrap:

@@ -745,8 +745,9 @@ def parse_cell(cell) -> tuple[int, int] | None:
     """``"(8, 1)"`` -> (8, 1); None stays None."""
     if cell is None or (isinstance(cell, float) and math.isnan(cell)):
         return None
-    h, kv = str(cell).strip("() ").split(",")
-    return int(h), int(kv)
+    from .units import parse_head_config
+
+    return parse_head_config(cell, "table cell")
 
 
 def compare_with_paper_table4(table: pd.DataFrame) -> dict:

@@ -47,16 +47,13 @@ def _int(text, field: str) -> int:
 
 
 def _parse_heads(items) -> list[tuple[int, int]] | None:
-    """``["8,1", "32,8"]`` -> [(8, 1), (32, 8)]; None stays None."""
+    """``["8,1", "32:8", "(4,1)"]`` -> [(8, 1), (32, 8), (4, 1)] (:func:`cogqa.units.parse_head_config`: one
+    spelling accepted everywhere); None stays None."""
     if items is None:
         return None
-    out = []
-    for item in items:
-        parts = str(item).split(",")
-        require(len(parts) == 2 and all(p.strip().isdigit() and int(p) > 0 for p in parts),
-                f"--heads: {item!r} is not N_HEADS,N_KV_HEADS with positive integers, e.g. --heads 8,1 32,8")
-        out.append((int(parts[0]), int(parts[1])))
-    return out
+    from ..units import parse_head_config
+
+    return [parse_head_config(item, "--heads") for item in items]
 
 
 def _options(args) -> dict:

@@ -220,7 +220,7 @@ def resolve_checkpoint(path) -> Path:
     return steps[-1]
 
 
-def average_weights(paths) -> "torch.nn.Module":
+def average_weights(paths):
     """A GQADecoder whose weights are the element-wise mean (in float64, cast back) of the checkpoint
     directories ``paths``. Weight averaging; the paper's last-k evaluation averages *scores*
     (:func:`cogqa.evaluate.checkpoints_to_score`)."""

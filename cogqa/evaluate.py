@@ -25,6 +25,7 @@ DTYPE_HELP = "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16"
 def resolve_device(name: str | None = "auto"):
     """The torch.device to evaluate on: ``auto`` is ``cuda`` when a GPU is visible, else ``cpu``."""
     import torch
+
     name = (name or "auto").strip().lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -32,8 +33,9 @@ def resolve_device(name: str | None = "auto"):
         device = torch.device(name)
     except RuntimeError:
         require(False, f"--device: {name!r} is not a device; use {DEVICE_HELP}")
-    require(device.type != "cuda" or torch.cuda.is_available(),
-            f"--device {name}: no CUDA GPU is visible; use --device cpu")
+    require(
+        device.type != "cuda" or torch.cuda.is_available(), f"--device {name}: no CUDA GPU is visible; use --device cpu"
+    )
     return device
 
 
@@ -43,6 +45,7 @@ def resolve_dtype(name: str | None, device):
     import torch
 
     from .model import torch_dtype
+
     name = (name or "auto").strip().lower()
     require(name in DTYPE_CHOICES, f"--dtype: {name!r} is not supported; use {DTYPE_HELP}")
     if name == "auto":
@@ -53,10 +56,13 @@ def resolve_dtype(name: str | None, device):
 def token_losses(logits, input_ids):
     """Per-token next-token losses (nats), a float64 numpy array [B, T-1] from logits [B, T, V] and ids [B, T]."""
     import torch
+
     logits = torch.as_tensor(logits).float()
     ids = torch.as_tensor(input_ids).long()
-    require(logits.dim() == 3 and ids.dim() == 2 and logits.shape[:2] == ids.shape,
-            f"logits {tuple(logits.shape)} and input_ids {tuple(ids.shape)} do not line up")
+    require(
+        logits.dim() == 3 and ids.dim() == 2 and logits.shape[:2] == ids.shape,
+        f"logits {tuple(logits.shape)} and input_ids {tuple(ids.shape)} do not line up",
+    )
     lp = torch.log_softmax(logits[:, :-1], dim=-1)
     nll = -lp.gather(-1, ids[:, 1:, None])[..., 0]
     return nll.double().cpu().numpy()
@@ -66,17 +72,22 @@ def hidden_token_losses(hidden, weight, input_ids, position_block: int = 1024):
     """Per-token next-token losses (nats), float64 numpy [B, T-1], from final hidden states [B, T, d] and the
     LM-head matrix [V, d], ``position_block`` positions at a time (fp32 logits of one block only)."""
     import torch
+
     require(position_block >= 1, f"position_block must be >= 1 position, got {position_block}")
     ids = torch.as_tensor(input_ids, device=hidden.device).long()
-    require(hidden.dim() == 3 and ids.dim() == 2 and hidden.shape[:2] == ids.shape,
-            f"hidden {tuple(hidden.shape)} and input_ids {tuple(ids.shape)} do not line up")
+    require(
+        hidden.dim() == 3 and ids.dim() == 2 and hidden.shape[:2] == ids.shape,
+        f"hidden {tuple(hidden.shape)} and input_ids {tuple(ids.shape)} do not line up",
+    )
     with torch.no_grad():
         w = weight.float()
         out = torch.empty(ids.shape[0], ids.shape[1] - 1, dtype=torch.float64, device=hidden.device)
         for s in range(0, ids.shape[1] - 1, position_block):
             e = min(s + position_block, ids.shape[1] - 1)
             logits = hidden[:, s:e].float() @ w.T
-            out[:, s:e] = (torch.logsumexp(logits, -1) - logits.gather(-1, ids[:, s + 1:e + 1, None])[..., 0]).double()
+            out[:, s:e] = (
+                torch.logsumexp(logits, -1) - logits.gather(-1, ids[:, s + 1 : e + 1, None])[..., 0]
+            ).double()
     return out.cpu().numpy()
 
 
@@ -137,8 +148,11 @@ def loss_at_contexts(position_loss: np.ndarray, contexts) -> dict:
     position_loss = np.asarray(position_loss, dtype=np.float64)
     out = {}
     for T in contexts:
-        require(2 <= T <= position_loss.shape[0] + 1,
-                f"evaluation context {T} tokens needs chunks of at least {T} tokens; the data has {position_loss.shape[0] + 1}")
+        require(
+            2 <= T <= position_loss.shape[0] + 1,
+            f"evaluation context {T} tokens needs chunks of at least {T} tokens; the data has "
+            f"{position_loss.shape[0] + 1}",
+        )
         out[int(T)] = float(position_loss[: T - 1].mean())
     return out
 
@@ -186,20 +200,24 @@ def evaluate_chunks(model, chunks, max_chunks: int = 64, batch: int = 4, positio
     """Loss by position and per chunk (nats/token) of ``model`` over up to ``max_chunks`` token chunks, on the
     device and in the dtype of the model's weights (losses in fp32, accumulated in fp64)."""
     import torch
+
     n = min(len(chunks), max_chunks)
     require(n >= 1, "no evaluation chunks: prepare more validation data")
     T = len(chunks[0])
-    require(T <= model_max_context(model),
-            f"chunks of {T} tokens are longer than the model is loaded for ({model_max_context(model)} tokens); "
-            "pass --max-seq-len to evaluate beyond it, or prepare the data with a shorter --context")
+    require(
+        T <= model_max_context(model),
+        f"chunks of {T} tokens are longer than the model is loaded for ({model_max_context(model)} tokens); "
+        "pass --max-seq-len to evaluate beyond it, or prepare the data with a shorter --context",
+    )
     device = next(model.parameters()).device
     total = np.zeros(T - 1)
     per_chunk = []
     model.eval()
     with torch.no_grad():
         for i in range(0, n, batch):
-            ids = torch.as_tensor(np.stack([np.asarray(chunks[j]) for j in range(i, min(n, i + batch))]),
-                                  dtype=torch.long, device=device)
+            ids = torch.as_tensor(
+                np.stack([np.asarray(chunks[j]) for j in range(i, min(n, i + batch))]), dtype=torch.long, device=device
+            )
             hidden, weight = final_hidden(model, ids)
             losses = hidden_token_losses(hidden, weight, ids, position_block)
             total += losses.sum(axis=0)
@@ -207,8 +225,9 @@ def evaluate_chunks(model, chunks, max_chunks: int = 64, batch: int = 4, positio
     return PositionLoss(total / n, np.asarray(per_chunk))
 
 
-def evaluate_positions(model, chunks, max_chunks: int = 64, batch: int = 4, device=None,
-                       position_block: int = 1024) -> np.ndarray:
+def evaluate_positions(
+    model, chunks, max_chunks: int = 64, batch: int = 4, device=None, position_block: int = 1024
+) -> np.ndarray:
     """Mean loss per predicted position (nats/token) of ``model`` over up to ``max_chunks`` token chunks
     (``device``, if given, moves the model there first)."""
     if device is not None:
@@ -228,6 +247,7 @@ def run_checkpoints(run_dir) -> list:
     """Complete checkpoint directories ``checkpoints/step_*`` of a training run, oldest first
     (:func:`cogqa.checkpoint.list_checkpoints`: the one rule for what a checkpoint directory is)."""
     from .checkpoint import list_checkpoints
+
     return list_checkpoints(run_dir)
 
 
@@ -236,19 +256,29 @@ def checkpoints_to_score(path, last_k: int | None = None) -> list:
     must be None or 1); a training run directory gives its last ``last_k`` checkpoints (default
     :data:`PAPER_LAST_K`, as the paper), an error naming the fix if it has fewer."""
     from pathlib import Path
+
     p = Path(path)
     require(p.is_dir(), f"{p}: no such directory; give a training run, a checkpoint or a Hugging Face model directory")
     require(last_k is None or (isinstance(last_k, int) and last_k >= 1), f"--last-k must be >= 1, got {last_k!r}")
     if (p / "shape.json").is_file() or ((p / "config.json").is_file() and not (p / "checkpoints").is_dir()):
-        require(last_k in (None, 1), f"--last-k {last_k}: {p} is a single checkpoint; give its training run "
-                "directory to score the run's last checkpoints")
+        require(
+            last_k in (None, 1),
+            f"--last-k {last_k}: {p} is a single checkpoint; give its training run "
+            "directory to score the run's last checkpoints",
+        )
         return [p]
     found = run_checkpoints(p)
-    require(bool(found), f"{p}: not a checkpoint (no shape.json), a Hugging Face directory (no config.json) "
-            "or a training run (no checkpoints/step_*/)")
+    require(
+        bool(found),
+        f"{p}: not a checkpoint (no shape.json), a Hugging Face directory (no config.json) "
+        "or a training run (no checkpoints/step_*/)",
+    )
     k = PAPER_LAST_K if last_k is None else last_k
-    require(len(found) >= k, f"--last-k {k}: {p} has {len(found)} checkpoint(s) ({', '.join(d.name for d in found)}); "
-            f"train keeping {k} (--checkpoint-every, --keep-checkpoints {k}) or pass --last-k {len(found)}")
+    require(
+        len(found) >= k,
+        f"--last-k {k}: {p} has {len(found)} checkpoint(s) ({', '.join(d.name for d in found)}); "
+        f"train keeping {k} (--checkpoint-every, --keep-checkpoints {k}) or pass --last-k {len(found)}",
+    )
     return found[-k:]
 
 
@@ -257,6 +287,7 @@ def checkpoint_context(ckpt) -> int | None:
     its run's ``config.json`` (``resolved.context``); None if neither records it."""
     import json
     from pathlib import Path
+
     ckpt = Path(ckpt)
     try:
         with open(ckpt / "model.safetensors", "rb") as f:
@@ -283,12 +314,14 @@ def load_for_eval(path, device="auto", dtype="auto", max_seq_len: int | None = N
     """
     import os
     from pathlib import Path
+
     p = Path(path)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     require(max_seq_len is None or max_seq_len >= 2, f"--max-seq-len must be >= 2 tokens, got {max_seq_len}")
     if (p / "shape.json").is_file():
         from .checkpoint import load_model
+
         context = max_seq_len or checkpoint_context(p) or max(int(need), 2)
         model = load_model(p, device=dev, dtype=dt, max_seq_len=int(context))
         tok = None
@@ -296,6 +329,7 @@ def load_for_eval(path, device="auto", dtype="auto", max_seq_len: int | None = N
         require((p / "config.json").is_file(), f"{p}: neither shape.json (cogqa) nor config.json (Hugging Face) found")
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
         model = AutoModelForCausalLM.from_pretrained(p, dtype=dt).to(dev)
         context = max_seq_len or int(getattr(model.config, "max_position_embeddings", 0) or max(int(need), 2))
         try:

@@ -133,8 +133,10 @@ _KINDS = {"peak_flops": "flops", "memory_bandwidth": "bytes", "memory_bytes": "b
 
 def hardware_from_dict(data: dict, where: str = "hardware profile") -> Hardware:
     """A :class:`Hardware` from a dict; unknown or missing fields are a one-line error naming them."""
-    require(isinstance(data, dict), f"{where}: must be a JSON/YAML object with name, peak_flops, memory_bandwidth, "
-                                    "memory_bytes")
+    require(
+        isinstance(data, dict),
+        f"{where}: must be a JSON/YAML object with name, peak_flops, memory_bandwidth, memory_bytes",
+    )
     known = {f.name for f in fields(Hardware)}
     unknown = sorted(set(data) - known)
     require(not unknown, f"{where}: unknown field(s) {', '.join(unknown)}; known fields: {', '.join(sorted(known))}")
@@ -151,7 +153,9 @@ def hardware_from_dict(data: dict, where: str = "hardware profile") -> Hardware:
 def load_profile_file(path: str | Path) -> Hardware:
     """A profile from a ``.json``, ``.yaml`` or ``.yml`` file holding one object (see the module docstring)."""
     p = Path(path)
-    require(p.is_file(), f"--hardware: {path} is not a file; give a profile name (cogqa hardware list) or a JSON/YAML file")
+    require(
+        p.is_file(), f"--hardware: {path} is not a file; give a profile name (cogqa hardware list) or a JSON/YAML file"
+    )
     text = p.read_text()
     if p.suffix.lower() in (".yaml", ".yml"):
         import yaml
@@ -195,8 +199,9 @@ def get_hardware(spec: str | Hardware, remeasure: bool = False) -> Hardware:
             return hw
     if Path(text).suffix.lower() in (".json", ".yaml", ".yml") or Path(text).exists():
         return load_profile_file(text)
-    raise CogqaError(f"--hardware: unknown profile {text!r}; choose one of {', '.join(profiles)}, local, "
-                     "or a JSON/YAML profile file")
+    raise CogqaError(
+        f"--hardware: unknown profile {text!r}; choose one of {', '.join(profiles)}, local, or a JSON/YAML profile file"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,7 +250,9 @@ def _best_rate(fn, work: float, device: str, seconds: float) -> float:
             return best
 
 
-def measure_matmul_flops(device: str = "cpu", dtype: str = "fp32", size: int | None = None, seconds: float = 1.0) -> float:
+def measure_matmul_flops(
+    device: str = "cpu", dtype: str = "fp32", size: int | None = None, seconds: float = 1.0
+) -> float:
     """Achievable matmul FLOP/s: the best of square ``size x size`` products (2 n^3 FLOPs each)."""
     import torch
 
@@ -267,8 +274,9 @@ def measure_copy_bandwidth(device: str = "cpu", nbytes: int | None = None, secon
     return _best_rate(lambda: dst.copy_(src), 2.0 * src.numel() * 4, device, seconds)
 
 
-def measure_gemv_bandwidth(device: str = "cpu", dtype: str = "fp32", nbytes: int | None = None,
-                           seconds: float = 1.0) -> float:
+def measure_gemv_bandwidth(
+    device: str = "cpu", dtype: str = "fp32", nbytes: int | None = None, seconds: float = 1.0
+) -> float:
     """Achievable weight-streaming bandwidth (bytes/s): matrix-vector products ``W @ x`` over an ``nbytes`` matrix,
     as a decode step reads its weights; counts the matrix bytes once per product."""
     import torch
@@ -322,13 +330,21 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
         memory_usable_fraction=0.9,
         dtype=dtype,
         description=f"this machine ({device}: {name}), measured",
-        sources={"peak_flops": f"measured: best {dtype} square matmul, torch.mm",
-                 "memory_bandwidth": "measured: best dst.copy_(src), 2 x bytes moved per copy",
-                 "bandwidth_efficiency": f"measured: best torch.mv over a {dtype} matrix / copy bandwidth",
-                 "memory_bytes": "total device memory (CPU: physical RAM)"},
-        measured={"device": device, "dtype": dtype, "threads": threads, "torch": torch.__version__,
-                  "copy_bandwidth": bw, "gemv_bandwidth": gemv,
-                  "time_unix": time.time()},
+        sources={
+            "peak_flops": f"measured: best {dtype} square matmul, torch.mm",
+            "memory_bandwidth": "measured: best dst.copy_(src), 2 x bytes moved per copy",
+            "bandwidth_efficiency": f"measured: best torch.mv over a {dtype} matrix / copy bandwidth",
+            "memory_bytes": "total device memory (CPU: physical RAM)",
+        },
+        measured={
+            "device": device,
+            "dtype": dtype,
+            "threads": threads,
+            "torch": torch.__version__,
+            "copy_bandwidth": bw,
+            "gemv_bandwidth": gemv,
+            "time_unix": time.time(),
+        },
     )
 
 

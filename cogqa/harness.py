@@ -58,23 +58,37 @@ def mean_over_checkpoints(summaries: dict) -> dict:
         values = [m["tasks"][task]["value"] for m in summaries.values()]
         tasks[task] = {**s, "value": sum(values) / len(values)}
     averages = [m["average"] for m in summaries.values()]
-    return {"tasks": tasks, "average": sum(averages) / len(averages), "average_tasks": first["average_tasks"],
-            "checkpoints": list(summaries)}
+    return {
+        "tasks": tasks,
+        "average": sum(averages) / len(averages),
+        "average_tasks": first["average_tasks"],
+        "checkpoints": list(summaries),
+    }
 
 
-def run_lm_eval(hf_dir, tasks, device: str, dtype: str, batch_size="auto", limit=None, include_path=None,
-                task_manager=None) -> dict:
+def run_lm_eval(
+    hf_dir, tasks, device: str, dtype: str, batch_size="auto", limit=None, include_path=None, task_manager=None
+) -> dict:
     """lm-eval's ``results`` section ({task: {metric: value}}) for the transformers directory ``hf_dir`` (zero-shot,
     in this process, offline); ``limit`` caps the examples per task; ``include_path`` adds a folder of task YAMLs
     (or pass a ready lm-eval ``task_manager``: building one indexes every task, seconds)."""
     import os
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from lm_eval import evaluator
     from lm_eval.tasks import TaskManager
+
     hf_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)
     out = evaluator.simple_evaluate(
-        model="hf", model_args={"pretrained": str(hf_dir), "dtype": hf_dtype}, tasks=list(tasks), device=device,
-        batch_size=batch_size, limit=limit, task_manager=task_manager or TaskManager(include_path=include_path),
-        log_samples=False, bootstrap_iters=0)
+        model="hf",
+        model_args={"pretrained": str(hf_dir), "dtype": hf_dtype},
+        tasks=list(tasks),
+        device=device,
+        batch_size=batch_size,
+        limit=limit,
+        task_manager=task_manager or TaskManager(include_path=include_path),
+        log_samples=False,
+        bootstrap_iters=0,
+    )
     return {t: out["results"][t] for t in tasks if t in out["results"]}

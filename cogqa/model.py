@@ -43,16 +43,22 @@ from .shapes import ModelShape
 IGNORE_INDEX = -100
 
 _DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-    "fp16": torch.float16, "float16": torch.float16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
+    "fp16": torch.float16,
+    "float16": torch.float16,
 }
 
 
 def torch_dtype(dtype) -> torch.dtype:
     """A torch floating dtype from a name (``fp32``, ``bf16``, ``fp16``) or a torch.dtype."""
     if isinstance(dtype, torch.dtype):
-        require(dtype in (torch.float32, torch.bfloat16, torch.float16), f"dtype {dtype} is not supported; use fp32, bf16 or fp16")
+        require(
+            dtype in (torch.float32, torch.bfloat16, torch.float16),
+            f"dtype {dtype} is not supported; use fp32, bf16 or fp16",
+        )
         return dtype
     key = str(dtype).strip().lower()
     require(key in _DTYPES, f"dtype {dtype!r} is not supported; use fp32, bf16 or fp16")
@@ -223,7 +229,7 @@ class LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         grad_x, grad_w = torch.empty_like(x), torch.zeros_like(w)
         for i in range(0, x.shape[0], chunk):
-            xc, tc, vc = x[i:i + chunk], safe[i:i + chunk, None], valid[i:i + chunk]
+            xc, tc, vc = x[i : i + chunk], safe[i : i + chunk, None], valid[i : i + chunk]
             logits = (xc @ w.t()).float()
             lse = torch.logsumexp(logits, -1)
             total += ((lse - logits.gather(1, tc)[:, 0]) * vc).sum()
@@ -231,7 +237,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             probs.scatter_add_(1, tc, -torch.ones_like(tc, dtype=probs.dtype))
             probs.mul_(vc[:, None] * scale)
             grad = probs.to(x.dtype)
-            grad_x[i:i + chunk] = grad @ w
+            grad_x[i : i + chunk] = grad @ w
             grad_w.addmm_(grad.t(), xc)
         ctx.save_for_backward(grad_x, grad_w)
         return total / count  # nan without any target, as F.cross_entropy
@@ -277,8 +283,8 @@ class KVCache:
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
         """Write new keys/values at ``[length, length + T)`` of ``layer``; return the filled views."""
         end = self.length + k.shape[2]
-        self.keys[layer][:, :, self.length:end] = k
-        self.values[layer][:, :, self.length:end] = v
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
     def reset(self) -> None:
@@ -302,7 +308,10 @@ class GQADecoder(nn.Module):
         require(isinstance(shape, ModelShape), f"shape must be a ModelShape, got {type(shape).__name__}")
         require(shape.ffn_kind == "swiglu", f"ffn_kind {shape.ffn_kind!r} is not supported by the model; use 'swiglu'")
         require(shape.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {shape.head_dim}")
-        require(isinstance(max_seq_len, int) and max_seq_len >= 1, f"max_seq_len must be a positive whole number, got {max_seq_len!r}")
+        require(
+            isinstance(max_seq_len, int) and max_seq_len >= 1,
+            f"max_seq_len must be a positive whole number, got {max_seq_len!r}",
+        )
         self.shape = shape
         self.max_seq_len = max_seq_len
         #: training with labels: the loss through :class:`LinearCrossEntropy` (logits not returned)
@@ -368,10 +377,14 @@ class GQADecoder(nn.Module):
         require(input_ids.dim() == 2, f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
         require(T >= 1, "input_ids must hold at least one token")
-        require(isinstance(logits_to_keep, int) and logits_to_keep >= 0,
-                f"logits_to_keep must be a whole number >= 0 (0 = all positions), got {logits_to_keep!r}")
-        require(not (logits_to_keep and labels is not None),
-                "logits_to_keep needs every position's logits when labels are given; pass 0")
+        require(
+            isinstance(logits_to_keep, int) and logits_to_keep >= 0,
+            f"logits_to_keep must be a whole number >= 0 (0 = all positions), got {logits_to_keep!r}",
+        )
+        require(
+            not (logits_to_keep and labels is not None),
+            "logits_to_keep needs every position's logits when labels are given; pass 0",
+        )
         device = input_ids.device
         position_ids_given = position_ids
         start = 0
@@ -386,10 +399,15 @@ class GQADecoder(nn.Module):
 
         new_mask = None
         if attention_mask is not None:
-            require(attention_mask.dim() == 2 and attention_mask.shape[0] == B,
-                    f"attention_mask must be [batch, tokens], got shape {tuple(attention_mask.shape)}")
-            require(attention_mask.shape[1] in (T, start + T),
-                    f"attention_mask has {attention_mask.shape[1]} columns; expected {T} (new tokens) or {start + T} (cached + new)")
+            require(
+                attention_mask.dim() == 2 and attention_mask.shape[0] == B,
+                f"attention_mask must be [batch, tokens], got shape {tuple(attention_mask.shape)}",
+            )
+            require(
+                attention_mask.shape[1] in (T, start + T),
+                f"attention_mask has {attention_mask.shape[1]} columns; expected {T} (new tokens) or {start + T} "
+                "(cached + new)",
+            )
             new_mask = attention_mask[:, -T:].to(device=device, dtype=torch.bool)
             if bool(new_mask.all()):
                 new_mask = None
@@ -431,7 +449,7 @@ class GQADecoder(nn.Module):
             mask = allowed
 
         if cache is not None:
-            cache.valid[:, start:start + T] = True if new_mask is None else new_mask
+            cache.valid[:, start : start + T] = True if new_mask is None else new_mask
             if new_mask is not None:
                 cache.padded = True
 
@@ -442,10 +460,18 @@ class GQADecoder(nn.Module):
         if 0 < logits_to_keep < T:
             x = x[:, -logits_to_keep:]
         x = self.norm(x)
-        if labels is not None and self.fused_loss and self.training and torch.is_grad_enabled() \
-                and x.dtype == torch.float32 and not torch.is_autocast_enabled(x.device.type):
-            require(labels.shape == input_ids.shape,
-                    f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+        if (
+            labels is not None
+            and self.fused_loss
+            and self.training
+            and torch.is_grad_enabled()
+            and x.dtype == torch.float32
+            and not torch.is_autocast_enabled(x.device.type)
+        ):
+            require(
+                labels.shape == input_ids.shape,
+                f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}",
+            )
             shifted = F.pad(labels.to(device), (0, 1), value=IGNORE_INDEX)[:, 1:]
             loss = LinearCrossEntropy.apply(x.reshape(B * T, -1), self.output_weight, shifted.reshape(-1))
             return CausalLMOutput(None, loss)
@@ -457,10 +483,15 @@ class GQADecoder(nn.Module):
 
         loss = None
         if labels is not None:
-            require(labels.shape == input_ids.shape, f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+            require(
+                labels.shape == input_ids.shape,
+                f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}",
+            )
             # shift the labels, not the logits: no copy of the [B, T, V] logits
             shifted = F.pad(labels.to(device), (0, 1), value=IGNORE_INDEX)[:, 1:]
-            loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=IGNORE_INDEX
+            )
         return CausalLMOutput(logits, loss)
 
     def _rope(self, position_ids: torch.Tensor, dtype: torch.dtype, bound: int | None):
@@ -468,16 +499,22 @@ class GQADecoder(nn.Module):
         here when None), gathered from a table of :func:`rope_cos_sin` kept between calls (a decode
         step then costs two lookups instead of a dozen small kernels)."""
         if torch.compiler.is_compiling():
-            cos, sin = rope_cos_sin(position_ids, self.shape.head_dim, self.shape.rope_theta, dtype,
-                                    self.shape.rope_scaling)
+            cos, sin = rope_cos_sin(
+                position_ids, self.shape.head_dim, self.shape.rope_theta, dtype, self.shape.rope_scaling
+            )
             return cos, signed_sin(sin)
         bound = int(position_ids.max()) + 1 if bound is None else bound
         key = (position_ids.device, dtype)
         table = self._rope_table if getattr(self, "_rope_table", None) and self._rope_table[0] == key else None
         if table is None or table[1].shape[0] < bound:
             n = max(bound, 256, 2 * table[1].shape[0] if table else 0)
-            cos, sin = rope_cos_sin(torch.arange(n, device=position_ids.device)[None], self.shape.head_dim,
-                                    self.shape.rope_theta, dtype, self.shape.rope_scaling)
+            cos, sin = rope_cos_sin(
+                torch.arange(n, device=position_ids.device)[None],
+                self.shape.head_dim,
+                self.shape.rope_theta,
+                dtype,
+                self.shape.rope_scaling,
+            )
             table = self._rope_table = (key, cos[0, 0], signed_sin(sin)[0, 0])
         return table[1][position_ids][:, None], table[2][position_ids][:, None]
 
@@ -509,20 +546,35 @@ class GQADecoder(nn.Module):
         ``attention_mask`` marking real tokens. Finished sequences (``eos_id``) repeat ``eos_id``;
         generation stops when every sequence has finished.
         """
-        require(input_ids.dim() == 2 and input_ids.shape[1] >= 1, "input_ids must be [batch, tokens] with at least one token")
-        require(isinstance(max_new_tokens, int) and max_new_tokens >= 0, f"max_new_tokens must be >= 0, got {max_new_tokens!r}")
+        require(
+            input_ids.dim() == 2 and input_ids.shape[1] >= 1,
+            "input_ids must be [batch, tokens] with at least one token",
+        )
+        require(
+            isinstance(max_new_tokens, int) and max_new_tokens >= 0,
+            f"max_new_tokens must be >= 0, got {max_new_tokens!r}",
+        )
         require(temperature >= 0 and math.isfinite(temperature), f"temperature must be >= 0, got {temperature}")
-        require(top_k is None or (isinstance(top_k, int) and top_k >= 1), f"top_k must be a positive whole number, got {top_k!r}")
+        require(
+            top_k is None or (isinstance(top_k, int) and top_k >= 1),
+            f"top_k must be a positive whole number, got {top_k!r}",
+        )
         require(top_p is None or 0 < top_p <= 1, f"top_p must be in (0, 1], got {top_p!r}")
         B, P = input_ids.shape
         total = P + max_new_tokens
         if cache is None:
-            require(total <= self.max_seq_len,
-                    f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len ({self.max_seq_len} tokens)")
+            require(
+                total <= self.max_seq_len,
+                f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len ({self.max_seq_len} "
+                "tokens)",
+            )
             cache = self.new_cache(B, total)
         else:
-            require(cache.length + total <= cache.max_len,
-                    f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) do not fit the KV cache ({cache.max_len - cache.length} free tokens)")
+            require(
+                cache.length + total <= cache.max_len,
+                f"prompt ({P} tokens) + max_new_tokens ({max_new_tokens}) do not fit the KV cache "
+                f"({cache.max_len - cache.length} free tokens)",
+            )
         if max_new_tokens == 0:
             return input_ids
         out = input_ids.new_empty(B, total)  # preallocated: one write per step, no per-step concatenation
@@ -536,8 +588,8 @@ class GQADecoder(nn.Module):
                 done |= nxt == eos_id
             out[:, P + step] = nxt
             if step == max_new_tokens - 1 or (eos_id is not None and bool(done.all())):
-                return out[:, :P + step + 1]
-            logits = self(out[:, P + step:P + step + 1], cache=cache).logits[:, -1]
+                return out[:, : P + step + 1]
+            logits = self(out[:, P + step : P + step + 1], cache=cache).logits[:, -1]
         return out
 
 

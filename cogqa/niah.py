@@ -43,9 +43,11 @@ from .files import save_figure
 
 NOISE = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 NEEDLE = "One of the special magic {type} for {key} is: {value}."
-TEMPLATE = ("A special magic {type} is hidden within the following text. Make sure to memorize it. "
-            "I will quiz you about the {type} afterwards.\n{context}\n"
-            "What is the special magic {type} for {key} mentioned in the provided text?")
+TEMPLATE = (
+    "A special magic {type} is hidden within the following text. Make sure to memorize it. "
+    "I will quiz you about the {type} afterwards.\n{context}\n"
+    "What is the special magic {type} for {key} mentioned in the provided text?"
+)
 ANSWER_PREFIX = " The special magic {type} for {key} mentioned in the provided text is"
 #: task -> (haystack, value kind); every task's key is an adjective-noun word.
 TASKS = {
@@ -77,8 +79,9 @@ def check_depths(depths) -> list[float]:
     out = []
     for d in depths:
         d = float(d)
-        require(0.0 <= d <= 100.0,
-                f"--depths: depth {d:g} is outside [0, 100]; give percentages such as 0,25,50,75,100")
+        require(
+            0.0 <= d <= 100.0, f"--depths: depth {d:g} is outside [0, 100]; give percentages such as 0,25,50,75,100"
+        )
         out.append(d)
     return out
 
@@ -97,6 +100,7 @@ def key_words() -> tuple[tuple[str, ...], tuple[str, ...]]:
     """RULER's key vocabulary: (adjectives, nouns) of the ``wonderwords`` package, sorted and deduplicated."""
     try:
         from importlib.resources import files
+
         assets = files("wonderwords") / "assets"
         adjs, nouns = ((assets / f).read_text(encoding="utf-8") for f in ("adjectivelist.txt", "nounlist.txt"))
     except (ImportError, ModuleNotFoundError, FileNotFoundError):
@@ -114,7 +118,7 @@ def make_key(rng: random.Random) -> str:
 def make_value(kind: str, rng: random.Random) -> str:
     """A random needle value: ``numbers`` a 7-digit number, ``uuids`` a version-4 UUID."""
     if kind == "numbers":
-        return str(rng.randint(10 ** 6, 10 ** 7 - 1))
+        return str(rng.randint(10**6, 10**7 - 1))
     if kind == "uuids":
         return str(uuid.UUID(int=rng.getrandbits(128), version=4))
     raise CogqaError(f"unknown needle value kind {kind!r}; use numbers or uuids")
@@ -167,8 +171,11 @@ def make_sample(tokenizer, task: str, context: int, depth: float, essay=None, se
 
     limit = context - budget
     n_min = len(tokenizer.encode(prompt(1)))
-    require(n_min <= limit, f"context {context} tokens is too short for {task}: the prompt alone needs {n_min} tokens "
-            f"and the answer {budget}; use at least {n_min + budget} tokens")
+    require(
+        n_min <= limit,
+        f"context {context} tokens is too short for {task}: the prompt alone needs {n_min} tokens "
+        f"and the answer {budget}; use at least {n_min + budget} tokens",
+    )
     lo, hi = 1, (min(len(essay), context) if kind == "essay" else context)  # a unit costs >= 1 token
     while lo < hi:  # the most units whose prompt fits
         mid = (lo + hi + 1) // 2
@@ -178,9 +185,11 @@ def make_sample(tokenizer, task: str, context: int, depth: float, essay=None, se
             hi = mid - 1
     text = prompt(lo)
     n = len(tokenizer.encode(text))
-    require(kind == "repeat" or lo < len(essay) or n > 0.9 * limit,
-            f"{task}: the essay haystack is too short for {context} tokens; give a longer text")
-    needle_token = len(tokenizer.encode(text[:text.index(needle)]))
+    require(
+        kind == "repeat" or lo < len(essay) or n > 0.9 * limit,
+        f"{task}: the essay haystack is too short for {context} tokens; give a longer text",
+    )
+    needle_token = len(tokenizer.encode(text[: text.index(needle)]))
     return NiahSample(task, text, value, key, context, depth, n, needle_token, budget)
 
 
@@ -195,8 +204,9 @@ def score(prediction: str, reference: str) -> float:
     return 1.0 if reference.lower() in normalize(prediction).lower() else 0.0
 
 
-def run_niah(generate_fn, tokenizer, tasks, contexts, depths, essay=None, samples: int = 1,
-             seed: int = 0) -> list[dict]:
+def run_niah(
+    generate_fn, tokenizer, tasks, contexts, depths, essay=None, samples: int = 1, seed: int = 0
+) -> list[dict]:
     """Rows {task, context (tokens), depth (%), accuracy (fraction 0..1), samples} from
     ``generate_fn(prompt, max_new_tokens) -> str`` (greedy), ``samples`` prompts per cell."""
     tasks = check_tasks(tasks)
@@ -210,8 +220,9 @@ def run_niah(generate_fn, tokenizer, tasks, contexts, depths, essay=None, sample
                 for k in range(samples):
                     s = make_sample(tokenizer, task, T, d, essay, seed=seed * 1000 + k)
                     hits += score(generate_fn(s.prompt, s.max_new_tokens), s.answer)
-                rows.append({"task": task, "context": int(T), "depth": d, "accuracy": hits / samples,
-                             "samples": samples})
+                rows.append(
+                    {"task": task, "context": int(T), "depth": d, "accuracy": hits / samples, "samples": samples}
+                )
     return rows
 
 
@@ -224,17 +235,21 @@ def mean_rows(row_sets: list[list[dict]], keys=("task", "context", "depth")) -> 
             cell = cells.setdefault(tuple(r[k] for k in keys), {"acc": [], "samples": 0})
             cell["acc"].append(r["accuracy"])
             cell["samples"] += r["samples"]
-    return [{**dict(zip(keys, k)), "accuracy": sum(c["acc"]) / len(c["acc"]), "samples": c["samples"]}
-            for k, c in cells.items()]
+    return [
+        {**dict(zip(keys, k)), "accuracy": sum(c["acc"]) / len(c["acc"]), "samples": c["samples"]}
+        for k, c in cells.items()
+    ]
 
 
 def heatmap(rows: list[dict], path, title: str = "S-NIAH accuracy") -> None:
     """Write a depth x context-length accuracy heatmap PNG to ``path`` (atomic); rows of several tasks are
     averaged per cell."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
     rows = mean_rows([rows], keys=("context", "depth"))
     ctxs = sorted({r["context"] for r in rows})
     deps = sorted({r["depth"] for r in rows})

@@ -44,7 +44,15 @@ from .costs import (
 from .errors import CogqaError, require
 from .files import save_figure
 from .laws import LawSet, PowerLawN, load_laws
-from .shapes import PAPER_FAMILY, ModelFamily, ModelShape, RealShape, nearest_buildable, shape_for_params, shape_from_spec
+from .shapes import (
+    PAPER_FAMILY,
+    ModelFamily,
+    ModelShape,
+    RealShape,
+    nearest_buildable,
+    shape_for_params,
+    shape_from_spec,
+)
 
 #: The paper's Table 4: cost-optimal (n_h, n_kv) per target loss (rows) and context (columns).
 PAPER_TABLE4_CONTEXTS = (8192, 16384, 32768, 65536, 131072)
@@ -61,6 +69,7 @@ PAPER_TABLE4: dict[float, tuple[tuple[int, int], ...]] = {
 
 #: The Llama-3 GQA baseline's head configuration (Table 5 of the paper; see docs/default-laws.md).
 LLAMA3_HEADS = (32, 8)
+
 
 class UnreachableTarget(CogqaError):
     """No candidate head configuration can reach the target loss (it is at or below every law's floor)."""
@@ -108,7 +117,10 @@ def resolve_laws(laws: LawSet | str | Path) -> LawSet:
     """A LawSet from a LawSet, a laws-file path, or a shipped name (``default``, ``demo``)."""
     if isinstance(laws, LawSet):
         return laws
-    require(isinstance(laws, (str, Path)) and str(laws).strip() != "", "--laws: give a laws file path or a shipped name (default, demo)")
+    require(
+        isinstance(laws, (str, Path)) and str(laws).strip() != "",
+        "--laws: give a laws file path or a shipped name (default, demo)",
+    )
     return load_laws(laws)
 
 
@@ -117,7 +129,10 @@ def _select_laws(law_set: LawSet, max_heads, heads) -> list[PowerLawN]:
     ``max_heads``, and any H given in ``heads``), filtered by ``max_heads`` and ``heads``."""
     laws = list(law_set.laws)
     if max_heads is not None:
-        require(_is_power_of_two(max_heads), f"--max-heads must be a power of two >= 1 (1, 2, 4, ..., 32), got {max_heads!r}")
+        require(
+            _is_power_of_two(max_heads),
+            f"--max-heads must be a power of two >= 1 (1, 2, 4, ..., 32), got {max_heads!r}",
+        )
         if law_set.joint is not None:
             laws = [law_set.law_for(h) for h in candidate_heads(max_heads)]
         laws = [law for law in laws if law.n_heads <= max_heads]
@@ -127,9 +142,14 @@ def _select_laws(law_set: LawSet, max_heads, heads) -> list[PowerLawN]:
         if law_set.joint is not None:
             return [law_set.law_for(h) for h in wanted]
         missing = sorted(set(wanted) - {law.heads for law in law_set.laws})
-        require(not missing, f"--heads: no law for {missing} in the laws file; it has {sorted(l.heads for l in law_set.laws)}")
+        require(
+            not missing,
+            f"--heads: no law for {missing} in the laws file; it has {sorted(law_.heads for law_ in law_set.laws)}",
+        )
         laws = [law for law in laws if law.heads in set(wanted)]
-    require(len(laws) > 0, f"no head configuration left to search (max_heads={max_heads}, heads={heads}); relax the filter")
+    require(
+        len(laws) > 0, f"no head configuration left to search (max_heads={max_heads}, heads={heads}); relax the filter"
+    )
     return laws
 
 
@@ -151,7 +171,10 @@ def _check_loss(target_loss, name: str = "target_loss") -> float:
         isinstance(target_loss, (int, float, np.floating)) and not isinstance(target_loss, bool),
         f"{name} must be a number in nats per token, got {target_loss!r}",
     )
-    require(math.isfinite(target_loss) and target_loss > 0, f"{name} must be a positive, finite loss in nats per token, got {target_loss}")
+    require(
+        math.isfinite(target_loss) and target_loss > 0,
+        f"{name} must be a positive, finite loss in nats per token, got {target_loss}",
+    )
     return float(target_loss)
 
 
@@ -168,7 +191,10 @@ def _check_options(weights, weight_dtype, kv_dtype, batch, convention, memory_un
     require(isinstance(weights, ZWeights), "weights must be a cogqa.costs.ZWeights")
     dtype_bytes(weight_dtype)
     dtype_bytes(kv_dtype)
-    require(isinstance(batch, (int, np.integer)) and not isinstance(batch, bool) and batch >= 1, f"batch must be a whole number >= 1 of sequences, got {batch!r}")
+    require(
+        isinstance(batch, (int, np.integer)) and not isinstance(batch, bool) and batch >= 1,
+        f"batch must be a whole number >= 1 of sequences, got {batch!r}",
+    )
     return _convention(convention, memory_unit)
 
 
@@ -197,18 +223,23 @@ class CostSettings:
         require(isinstance(self.weights, ZWeights), "weights must be a cogqa.costs.ZWeights")
         dtype_bytes(self.weight_dtype)
         dtype_bytes(self.kv_dtype)
-        require(self.objective in OBJECTIVES,
-                f"--objective: choose one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        require(
+            self.objective in OBJECTIVES, f"--objective: choose one of {', '.join(OBJECTIVES)}, got {self.objective!r}"
+        )
         if self.hardware is not None:
             object.__setattr__(self, "hardware", get_hardware(self.hardware))
-        require(self.objective == "z" or self.hardware is not None,
-                f"--objective {self.objective} needs --hardware (a profile name: cogqa hardware list)")
+        require(
+            self.objective == "z" or self.hardware is not None,
+            f"--objective {self.objective} needs --hardware (a profile name: cogqa hardware list)",
+        )
         if isinstance(self.batch, str):
             require(self.batch == "auto", f"--batch: give a number of sequences >= 1 or auto, got {self.batch!r}")
             require(self.hardware is not None, "--batch auto needs --hardware (the batch that fits its memory)")
         else:
-            require(isinstance(self.batch, (int, np.integer)) and not isinstance(self.batch, bool) and self.batch >= 1,
-                    f"--batch must be a whole number >= 1 of sequences or auto, got {self.batch!r}")
+            require(
+                isinstance(self.batch, (int, np.integer)) and not isinstance(self.batch, bool) and self.batch >= 1,
+                f"--batch must be a whole number >= 1 of sequences or auto, got {self.batch!r}",
+            )
         object.__setattr__(self, "convention", _convention(self.convention, None))
 
     @property
@@ -232,17 +263,31 @@ class CostSettings:
             return {}
         from .serving import objective_values
 
-        v = objective_values(shape, context, "latency" if self.objective == "z" else self.objective, self.hardware,
-                             self.batch, self.weight_dtype, self.kv_dtype)
+        v = objective_values(
+            shape,
+            context,
+            "latency" if self.objective == "z" else self.objective,
+            self.hardware,
+            self.batch,
+            self.weight_dtype,
+            self.kv_dtype,
+        )
         out = {} if self.objective == "z" else {"objective_value": v["value"]}
-        return out | {"seconds_per_token": v["seconds_per_token"],
-                "tokens_per_second": v["tokens_per_second"], "serving_batch": v["batch"],
-                "max_batch": v["max_batch"], "fits": v["fits"].astype(float)}
+        return out | {
+            "seconds_per_token": v["seconds_per_token"],
+            "tokens_per_second": v["tokens_per_second"],
+            "serving_batch": v["batch"],
+            "max_batch": v["max_batch"],
+            "fits": v["fits"].astype(float),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         """The objective, hardware name and serving batch as plain values."""
-        return {"objective": self.objective, "hardware": None if self.hardware is None else self.hardware.name,
-                "serving_batch": self.batch}
+        return {
+            "objective": self.objective,
+            "hardware": None if self.hardware is None else self.hardware.name,
+            "serving_batch": self.batch,
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,11 +295,25 @@ class CostSettings:
 # ---------------------------------------------------------------------------------------------
 
 
-def _cost_columns(n_params, n_heads, n_kv_heads, context, batch, weight_dtype, kv_dtype, weights, convention: ZConvention,
-                  family: ModelFamily = PAPER_FAMILY) -> dict[str, np.ndarray]:
+def _cost_columns(
+    n_params,
+    n_heads,
+    n_kv_heads,
+    context,
+    batch,
+    weight_dtype,
+    kv_dtype,
+    weights,
+    convention: ZConvention,
+    family: ModelFamily = PAPER_FAMILY,
+) -> dict[str, np.ndarray]:
     """Costs of real-valued Appendix B.1 shapes of ``family`` of sizes ``n_params`` (arrays, one per candidate)."""
-    shape = shape_for_params(np.asarray(n_params, dtype=float), np.asarray(n_heads, dtype=float), np.asarray(n_kv_heads, dtype=float),
-                             family=family)
+    shape = shape_for_params(
+        np.asarray(n_params, dtype=float),
+        np.asarray(n_heads, dtype=float),
+        np.asarray(n_kv_heads, dtype=float),
+        family=family,
+    )
     flops = inference_flops_per_token(shape, context)
     mem = inference_memory_bytes(shape, context, batch, weight_dtype, kv_dtype)
     z_m, z_c = z_inputs(shape, context, convention, batch, weight_dtype, kv_dtype)
@@ -275,29 +334,53 @@ def _cost_columns(n_params, n_heads, n_kv_heads, context, batch, weight_dtype, k
 def _buildable(costs: dict, i: int, n_heads: int, n_kv_heads: int, family: ModelFamily = PAPER_FAMILY) -> ModelShape:
     """The buildable shape nearest to candidate ``i``'s real-valued Appendix B.1 shape."""
     layers, hidden = float(costs["layers_real"][i]), float(costs["hidden_size_real"][i])
-    real = RealShape(layers=layers, hidden_size=hidden, ffn_size=8 * hidden / 3, n_heads=n_heads, n_kv_heads=n_kv_heads,
-                     head_dim=family.head_dim, vocab_size=family.vocab_size)
+    real = RealShape(
+        layers=layers,
+        hidden_size=hidden,
+        ffn_size=8 * hidden / 3,
+        n_heads=n_heads,
+        n_kv_heads=n_kv_heads,
+        head_dim=family.head_dim,
+        vocab_size=family.vocab_size,
+    )
     return nearest_buildable(real, hidden_multiple=family.hidden_multiple)
 
 
-def _frame(laws: list[PowerLawN], n_params: np.ndarray, losses: np.ndarray, reachable: np.ndarray, costs: dict, sort_by: str,
-           family: ModelFamily = PAPER_FAMILY) -> pd.DataFrame:
+def _frame(
+    laws: list[PowerLawN],
+    n_params: np.ndarray,
+    losses: np.ndarray,
+    reachable: np.ndarray,
+    costs: dict,
+    sort_by: str,
+    family: ModelFamily = PAPER_FAMILY,
+) -> pd.DataFrame:
     rows = []
     for i, law in enumerate(laws):
         row = {"n_heads": law.n_heads, "n_kv_heads": law.n_kv_heads, "reachable": bool(reachable[i])}
         if reachable[i]:
             built = _buildable(costs, i, law.n_heads, law.n_kv_heads, family)
-            row.update({"params_non_embedding": float(n_params[i]), "predicted_loss": float(losses[i]),
-                        "layers": built.layers, "hidden_size": built.hidden_size})
+            row.update(
+                {
+                    "params_non_embedding": float(n_params[i]),
+                    "predicted_loss": float(losses[i]),
+                    "layers": built.layers,
+                    "hidden_size": built.hidden_size,
+                }
+            )
             row.update({k: float(v[i]) for k, v in costs.items()})
         else:
-            row.update({"params_non_embedding": math.nan, "predicted_loss": math.nan, "layers": None, "hidden_size": None})
+            row.update(
+                {"params_non_embedding": math.nan, "predicted_loss": math.nan, "layers": None, "hidden_size": None}
+            )
             row.update({k: math.nan for k in costs})
         rows.append(row)
     df = pd.DataFrame(rows)
     for column in ("layers", "hidden_size"):  # whole numbers, missing where unreachable
         df[column] = pd.array([r[column] for r in rows], dtype="Int64")
-    df = df.sort_values(["reachable", sort_by, "n_heads", "n_kv_heads"], ascending=[False, True, True, True], kind="stable")
+    df = df.sort_values(
+        ["reachable", sort_by, "n_heads", "n_kv_heads"], ascending=[False, True, True, True], kind="stable"
+    )
     return df.reset_index(drop=True)
 
 
@@ -351,28 +434,34 @@ class SearchResult:
     settings: CostSettings | None = None
 
     def __post_init__(self) -> None:
-        require(isinstance(self.candidates, pd.DataFrame) and len(self.candidates) > 0, "a search result needs at least one candidate")
+        require(
+            isinstance(self.candidates, pd.DataFrame) and len(self.candidates) > 0,
+            "a search result needs at least one candidate",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict: context, target_loss, best, candidates (list), baseline, savings,
         approximate, laws_source, the cost settings and the budget (NaN written as null)."""
-        return _plain({
-            "context": self.context,
-            "target_loss": self.target_loss,
-            "budget": self.budget,
-            "best": self.best,
-            "candidates": self.candidates.to_dict(orient="records"),
-            "baseline": self.baseline,
-            "savings": self.savings,
-            "approximate": self.approximate,
-            "laws_source": self.laws_source,
-            "z_weights": {"lambda": self.weights.lam, "alpha": self.weights.alpha, "beta": self.weights.beta},
-            "z_convention": self.convention.to_dict(),
-            "weight_dtype": self.weight_dtype,
-            "kv_dtype": self.kv_dtype,
-            "batch": self.batch,
-            "warnings": list(self.warnings),
-        } | (self.settings.to_dict() if self.settings is not None else {"objective": "z", "hardware": None}))
+        return _plain(
+            {
+                "context": self.context,
+                "target_loss": self.target_loss,
+                "budget": self.budget,
+                "best": self.best,
+                "candidates": self.candidates.to_dict(orient="records"),
+                "baseline": self.baseline,
+                "savings": self.savings,
+                "approximate": self.approximate,
+                "laws_source": self.laws_source,
+                "z_weights": {"lambda": self.weights.lam, "alpha": self.weights.alpha, "beta": self.weights.beta},
+                "z_convention": self.convention.to_dict(),
+                "weight_dtype": self.weight_dtype,
+                "kv_dtype": self.kv_dtype,
+                "batch": self.batch,
+                "warnings": list(self.warnings),
+            }
+            | (self.settings.to_dict() if self.settings is not None else {"objective": "z", "hardware": None})
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,14 +484,29 @@ def _shape_costs(shape, context, batch, weight_dtype, kv_dtype, weights, convent
     flops = float(inference_flops_per_token(shape, context))
     mem = inference_memory_bytes(shape, context, batch, weight_dtype, kv_dtype)
     z_m, z_c = z_inputs(shape, context, convention, batch, weight_dtype, kv_dtype)
-    return {"inference_flops_per_token": flops, "inference_memory_bytes": float(mem["total"]),
-            "kv_cache_bytes": float(mem["kv_cache"]), "params_total": float(params_total(shape)),
-            "z_memory": float(z_m), "z_flops": float(z_c), "z": float(z_cost(z_m, z_c, weights))}
+    return {
+        "inference_flops_per_token": flops,
+        "inference_memory_bytes": float(mem["total"]),
+        "kv_cache_bytes": float(mem["kv_cache"]),
+        "params_total": float(params_total(shape)),
+        "z_memory": float(z_m),
+        "z_flops": float(z_c),
+        "z": float(z_cost(z_m, z_c, weights)),
+    }
 
 
-def baseline_costs(spec: str, context, target_loss, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
-                   weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1, convention=None,
-                   memory_unit: str | None = None) -> dict:
+def baseline_costs(
+    spec: str,
+    context,
+    target_loss,
+    laws: LawSet | str | Path = "default",
+    weights: ZWeights = ZWeights(),
+    weight_dtype: str = "bf16",
+    kv_dtype: str = "bf16",
+    batch: int = 1,
+    convention=None,
+    memory_unit: str | None = None,
+) -> dict:
     """Costs of a baseline at ``context`` (tokens): a dict with its heads, size (parameters), how it
     was sized, its predicted loss (nats per token, when a law for its heads exists) and costs.
 
@@ -418,27 +522,49 @@ def baseline_costs(spec: str, context, target_loss, laws: LawSet | str | Path = 
         require(target_loss is not None, "--baseline llama3 needs --target-loss (its size is the one that reaches it)")
         law = _nearest_law(law_set, LLAMA3_HEADS)
         n = float(law.params_for_loss(target_loss))
-        require(math.isfinite(n), f"--baseline llama3: the law of H={law.heads} cannot reach loss {target_loss} (its E is {law.E:.4g})")
+        require(
+            math.isfinite(n),
+            f"--baseline llama3: the law of H={law.heads} cannot reach loss {target_loss} (its E is {law.E:.4g})",
+        )
         shape = shape_for_params(n, *LLAMA3_HEADS, family=law_set.family)
         built = nearest_buildable(shape, hidden_multiple=law_set.family.hidden_multiple)
-        out = {"spec": "llama3", "n_heads": LLAMA3_HEADS[0], "n_kv_heads": LLAMA3_HEADS[1], "sized_by": "law",
-               "law_heads": list(law.heads), "params_non_embedding": n, "predicted_loss": float(target_loss),
-               "layers": built.layers, "hidden_size": built.hidden_size}
+        out = {
+            "spec": "llama3",
+            "n_heads": LLAMA3_HEADS[0],
+            "n_kv_heads": LLAMA3_HEADS[1],
+            "sized_by": "law",
+            "law_heads": list(law.heads),
+            "params_non_embedding": n,
+            "predicted_loss": float(target_loss),
+            "layers": built.layers,
+            "hidden_size": built.hidden_size,
+        }
     else:
         try:
             shape = shape_from_spec(text)
         except CogqaError as exc:
-            raise CogqaError(f"--baseline {text!r}: not llama3, a config.json or a size with heads like 1.2B:32,8 ({exc})") from None
+            raise CogqaError(
+                f"--baseline {text!r}: not llama3, a config.json or a size with heads like 1.2B:32,8 ({exc})"
+            ) from None
         from .costs import params_non_embedding
 
         n = float(params_non_embedding(shape))
         heads = (int(round(float(shape.n_heads))), int(round(float(shape.n_kv_heads))))
         law = law_set.law_for(heads)
-        out = {"spec": text, "n_heads": heads[0], "n_kv_heads": heads[1], "sized_by": "shape",
-               "law_heads": list(heads) if law else None, "params_non_embedding": n,
-               "predicted_loss": float(law.loss(n)) if law else None,
-               "layers": int(round(float(shape.layers))), "hidden_size": int(round(float(shape.hidden_size)))}
-    out.update(_shape_costs(shape, context, batch, weight_dtype, kv_dtype, weights, _convention(convention, memory_unit)))
+        out = {
+            "spec": text,
+            "n_heads": heads[0],
+            "n_kv_heads": heads[1],
+            "sized_by": "shape",
+            "law_heads": list(heads) if law else None,
+            "params_non_embedding": n,
+            "predicted_loss": float(law.loss(n)) if law else None,
+            "layers": int(round(float(shape.layers))),
+            "hidden_size": int(round(float(shape.hidden_size))),
+        }
+    out.update(
+        _shape_costs(shape, context, batch, weight_dtype, kv_dtype, weights, _convention(convention, memory_unit))
+    )
     return out
 
 
@@ -462,10 +588,21 @@ def savings_against(best: dict, baseline: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def search(context, target_loss, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
-           weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1, max_heads: int | None = None,
-           heads=None, baseline: str | None = None, convention=None, memory_unit: str | None = None,
-           settings: CostSettings | None = None) -> SearchResult:
+def search(
+    context,
+    target_loss,
+    laws: LawSet | str | Path = "default",
+    weights: ZWeights = ZWeights(),
+    weight_dtype: str = "bf16",
+    kv_dtype: str = "bf16",
+    batch: int = 1,
+    max_heads: int | None = None,
+    heads=None,
+    baseline: str | None = None,
+    convention=None,
+    memory_unit: str | None = None,
+    settings: CostSettings | None = None,
+) -> SearchResult:
     """The cost-optimal (N, n_h, n_kv) that reaches ``target_loss`` (nats per token) at ``context``
     (tokens), with the smallest Z. Every candidate H gets N*(H) = a/(L*-E)^(1/b) (parameters);
     those with L* <= E are kept as unreachable rows. Raises :class:`UnreachableTarget` when none is reachable.
@@ -486,38 +623,82 @@ def search(context, target_loss, laws: LawSet | str | Path = "default", weights:
     reachable = np.isfinite(n_star)
     if not reachable.any():
         lowest = min(law.E for law in laws_list)
-        raise UnreachableTarget(f"--target-loss {L}: unreachable; every head configuration has E >= it (lowest E is {lowest:.4g} nats/token)")
+        raise UnreachableTarget(
+            f"--target-loss {L}: unreachable; every head configuration has E >= it (lowest E is {lowest:.4g} "
+            "nats/token)"
+        )
     n_eval = np.where(reachable, n_star, 1e9)
-    costs = _cost_columns(n_eval, [l.n_heads for l in laws_list], [l.n_kv_heads for l in laws_list], T, batch, weight_dtype, kv_dtype, weights,
-                          conv, law_set.family)
+    costs = _cost_columns(
+        n_eval,
+        [law.n_heads for law in laws_list],
+        [law.n_kv_heads for law in laws_list],
+        T,
+        batch,
+        weight_dtype,
+        kv_dtype,
+        weights,
+        conv,
+        law_set.family,
+    )
     sort_by = "z"
     if settings is not None and settings.hardware is not None:
-        shape = shape_for_params(n_eval, np.array([l.n_heads for l in laws_list], dtype=float),
-                                 np.array([l.n_kv_heads for l in laws_list], dtype=float), family=law_set.family)
+        shape = shape_for_params(
+            n_eval,
+            np.array([law.n_heads for law in laws_list], dtype=float),
+            np.array([law.n_kv_heads for law in laws_list], dtype=float),
+            family=law_set.family,
+        )
         costs = costs | settings.serving_columns(shape, T)
         sort_by = settings.ranks_by
     df = _frame(laws_list, n_star, np.full(len(laws_list), L), reachable, costs, sort_by, law_set.family)
     if "fits" in df:
         df["fits"] = pd.array([None if pd.isna(v) else bool(v) for v in df["fits"]], dtype="boolean")
         if sort_by != "z":
-            require(bool(df["fits"].iloc[0]), f"no candidate fits batch {settings.batch} at T = {T:,} tokens on "
-                    f"{settings.hardware.name}; lower --batch or use --batch auto")
+            require(
+                bool(df["fits"].iloc[0]),
+                f"no candidate fits batch {settings.batch} at T = {T:,} tokens on "
+                f"{settings.hardware.name}; lower --batch or use --batch auto",
+            )
     best = _plain(df.iloc[0].to_dict())
     base = savings = None
     if baseline is not None:
         base = baseline_costs(baseline, T, L, law_set, weights, weight_dtype, kv_dtype, batch, conv)
         savings = savings_against(best, base)
-    return SearchResult(context=T, target_loss=L, candidates=df, best=best, baseline=base, savings=savings,
-                        approximate=law_set.approximate, laws_source=law_set.source, weights=weights,
-                        weight_dtype=weight_dtype, kv_dtype=kv_dtype, batch=batch, convention=conv,
-                        warnings=_size_warnings(best, law_set), settings=settings)
+    return SearchResult(
+        context=T,
+        target_loss=L,
+        candidates=df,
+        best=best,
+        baseline=base,
+        savings=savings,
+        approximate=law_set.approximate,
+        laws_source=law_set.source,
+        weights=weights,
+        weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype,
+        batch=batch,
+        convention=conv,
+        warnings=_size_warnings(best, law_set),
+        settings=settings,
+    )
 
 
-def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", budget_z=None, budget_memory=None,
-                              budget_flops=None, weights: ZWeights = ZWeights(), weight_dtype: str = "bf16",
-                              kv_dtype: str = "bf16", batch: int = 1, max_heads: int | None = None, heads=None,
-                              convention=None, memory_unit: str | None = None,
-                              settings: CostSettings | None = None) -> SearchResult:
+def lowest_loss_within_budget(
+    context,
+    laws: LawSet | str | Path = "default",
+    budget_z=None,
+    budget_memory=None,
+    budget_flops=None,
+    weights: ZWeights = ZWeights(),
+    weight_dtype: str = "bf16",
+    kv_dtype: str = "bf16",
+    batch: int = 1,
+    max_heads: int | None = None,
+    heads=None,
+    convention=None,
+    memory_unit: str | None = None,
+    settings: CostSettings | None = None,
+) -> SearchResult:
     """The inverse question: for each H the largest N (parameters) whose Z, memory (bytes) and
     FLOPs per token at ``context`` all stay within the given budgets (bisection over N), its
     predicted loss (nats per token); ``best`` is the lowest loss. H that cannot fit even at
@@ -531,16 +712,25 @@ def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", bu
         batch, convention, memory_unit = settings.z_batch, settings.convention, None
     conv = _check_options(weights, weight_dtype, kv_dtype, batch, convention, memory_unit)
     budgets = {"z": budget_z, "inference_memory_bytes": budget_memory, "inference_flops_per_token": budget_flops}
-    flags = {"z": "--budget-z", "inference_memory_bytes": "--budget-memory", "inference_flops_per_token": "--budget-flops"}
+    flags = {
+        "z": "--budget-z",
+        "inference_memory_bytes": "--budget-memory",
+        "inference_flops_per_token": "--budget-flops",
+    }
     budgets = {k: v for k, v in budgets.items() if v is not None}
     require(budgets, "give a budget: budget_z, budget_memory (bytes) or budget_flops (FLOPs per token)")
     for key, value in budgets.items():
-        require(isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and math.isfinite(value) and value > 0,
-                f"{flags[key]} must be a positive, finite number, got {value!r}")
+        require(
+            isinstance(value, (int, float, np.floating))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+            and value > 0,
+            f"{flags[key]} must be a positive, finite number, got {value!r}",
+        )
     law_set = resolve_laws(laws)
     laws_list = _select_laws(law_set, max_heads, heads)
-    n_h = np.array([l.n_heads for l in laws_list], dtype=float)
-    n_kv = np.array([l.n_kv_heads for l in laws_list], dtype=float)
+    n_h = np.array([law.n_heads for law in laws_list], dtype=float)
+    n_kv = np.array([law.n_kv_heads for law in laws_list], dtype=float)
 
     def fits(n):
         c = _cost_columns(n, n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, conv, law_set.family)
@@ -555,8 +745,12 @@ def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", bu
     n_best = np.where(reachable, np.exp(lo), np.nan)
     losses = np.array([float(law.loss(n)) if ok else np.nan for law, n, ok in zip(laws_list, n_best, reachable)])
     if not reachable.any():
-        raise CogqaError(f"budget too small: no head configuration fits within it even at {_N_MIN:.0e} parameters; raise the budget")
-    costs = _cost_columns(np.where(reachable, n_best, 1e9), n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, conv, law_set.family)
+        raise CogqaError(
+            f"budget too small: no head configuration fits within it even at {_N_MIN:.0e} parameters; raise the budget"
+        )
+    costs = _cost_columns(
+        np.where(reachable, n_best, 1e9), n_h, n_kv, T, batch, weight_dtype, kv_dtype, weights, conv, law_set.family
+    )
     if settings is not None and settings.hardware is not None:
         shape = shape_for_params(np.where(reachable, n_best, 1e9), n_h, n_kv, family=law_set.family)
         costs = costs | {k: v for k, v in settings.serving_columns(shape, T).items() if k != "objective_value"}
@@ -565,10 +759,22 @@ def lowest_loss_within_budget(context, laws: LawSet | str | Path = "default", bu
         df["fits"] = pd.array([None if pd.isna(v) else bool(v) for v in df["fits"]], dtype="boolean")
     best = _plain(df.iloc[0].to_dict())
     budget = {k.replace("inference_", "").replace("_per_token", ""): float(v) for k, v in budgets.items()}
-    return SearchResult(context=T, target_loss=None, candidates=df, best=best, approximate=law_set.approximate,
-                        laws_source=law_set.source, weights=weights, weight_dtype=weight_dtype, kv_dtype=kv_dtype,
-                        batch=batch, convention=conv, budget=budget, warnings=_size_warnings(best, law_set),
-                        settings=settings)
+    return SearchResult(
+        context=T,
+        target_loss=None,
+        candidates=df,
+        best=best,
+        approximate=law_set.approximate,
+        laws_source=law_set.source,
+        weights=weights,
+        weight_dtype=weight_dtype,
+        kv_dtype=kv_dtype,
+        batch=batch,
+        convention=conv,
+        budget=budget,
+        warnings=_size_warnings(best, law_set),
+        settings=settings,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -581,12 +787,17 @@ def _data_laws(laws, heads) -> list[tuple[tuple[int, int], Any]]:
     from .laws import ChinchillaLaw, HeadsJointLaw
 
     if isinstance(laws, HeadsJointLaw):
-        require(laws.B_D is not None, "training budget: the joint law has no data term (B_D, beta_D); fit loss in N and D")
+        require(
+            laws.B_D is not None, "training budget: the joint law has no data term (B_D, beta_D); fit loss in N and D"
+        )
         wanted = list(heads) if heads is not None else candidate_heads(laws.max_heads)
         return [((int(h), int(kv)), lambda n, d, h=h, kv=kv: laws.loss(n, h, kv, d)) for h, kv in wanted]
     items = list(laws)
-    require(items and all(isinstance(x, ChinchillaLaw) and x.n_heads is not None for x in items),
-            "training budget: give a joint law with a data term or Chinchilla laws (loss in N and D) with n_heads/n_kv_heads")
+    require(
+        items and all(isinstance(x, ChinchillaLaw) and x.n_heads is not None for x in items),
+        "training budget: give a joint law with a data term or Chinchilla laws (loss in N and D) with "
+        "n_heads/n_kv_heads",
+    )
     out = [((x.n_heads, x.n_kv_heads), x.loss) for x in items]
     if heads is not None:
         out = [o for o in out if o[0] in {tuple(h) for h in heads}]
@@ -594,9 +805,17 @@ def _data_laws(laws, heads) -> list[tuple[tuple[int, int], Any]]:
     return out
 
 
-def search_at_training_budget(context, target_loss, train_flops, laws, train_context: int = 8192,
-                              weights: ZWeights = ZWeights(), convention=None, family: ModelFamily = PAPER_FAMILY,
-                              heads=None) -> dict[str, Any]:
+def search_at_training_budget(
+    context,
+    target_loss,
+    train_flops,
+    laws,
+    train_context: int = 8192,
+    weights: ZWeights = ZWeights(),
+    convention=None,
+    family: ModelFamily = PAPER_FAMILY,
+    heads=None,
+) -> dict[str, Any]:
     """Section 5.6: every H gets the same training compute ``train_flops`` (FLOPs, Eq. 11 with its
     attention term: C = 6 D (N + 2 L T_bar d_h n_h), T_bar = ``train_context`` / 2), so a cheaper
     configuration trains on more tokens D. For each H the smallest N (non-embedding parameters)
@@ -612,12 +831,15 @@ def search_at_training_budget(context, target_loss, train_flops, laws, train_con
     T = _check_context(context)
     L = _check_loss(target_loss)
     conv = _convention(convention, None)
-    require(isinstance(train_flops, (int, float, np.floating)) and math.isfinite(train_flops) and train_flops > 0,
-            f"train_flops must be a positive number of FLOPs, got {train_flops!r}")
+    require(
+        isinstance(train_flops, (int, float, np.floating)) and math.isfinite(train_flops) and train_flops > 0,
+        f"train_flops must be a positive number of FLOPs, got {train_flops!r}",
+    )
     grid = np.geomspace(1e5, 1e13, 801)
     rows = []
     for (h, kv), loss_fn in _data_laws(laws, heads):
-        def tokens(n):
+
+        def tokens(n, h=h, kv=kv):
             shape = shape_for_params(n, h, kv, family=family)
             return train_flops / paper_training_flops(shape, 1.0, train_context)
 
@@ -636,15 +858,32 @@ def search_at_training_budget(context, target_loss, train_flops, laws, train_con
             n = hi
             shape = shape_for_params(n, h, kv, family=family)
             m, c = z_inputs(shape, T, conv)
-            row.update({"params_non_embedding": float(n), "tokens": float(tokens(n)), "predicted_loss": float(loss_fn(n, tokens(n))),
-                        "z_memory": float(m), "z_flops": float(c), "z": float(z_cost(m, c, weights))})
+            row.update(
+                {
+                    "params_non_embedding": float(n),
+                    "tokens": float(tokens(n)),
+                    "predicted_loss": float(loss_fn(n, tokens(n))),
+                    "z_memory": float(m),
+                    "z_flops": float(c),
+                    "z": float(z_cost(m, c, weights)),
+                }
+            )
         rows.append(row)
     reach = [r for r in rows if r["reachable"]]
     if not reach:
-        raise UnreachableTarget(f"--target-loss {L}: no head configuration reaches it within {train_flops:.3g} training FLOPs")
+        raise UnreachableTarget(
+            f"--target-loss {L}: no head configuration reaches it within {train_flops:.3g} training FLOPs"
+        )
     ranked = sorted(reach, key=lambda r: r["z"]) + [r for r in rows if not r["reachable"]]
-    return {"best": ranked[0], "candidates": ranked, "z_convention": conv.to_dict(), "context": T,
-            "target_loss": L, "train_flops": float(train_flops), "train_context": int(train_context)}
+    return {
+        "best": ranked[0],
+        "candidates": ranked,
+        "z_convention": conv.to_dict(),
+        "context": T,
+        "target_loss": L,
+        "train_flops": float(train_flops),
+        "train_context": int(train_context),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -657,13 +896,22 @@ def _check_grid(losses, contexts) -> tuple[list[float], list[int]]:
     contexts = list(contexts) if contexts is not None else []
     require(len(losses) > 0, "--losses: give at least one target loss, e.g. 3.0,2.9,2.8")
     require(len(contexts) > 0, "--contexts: give at least one context length, e.g. 8k,128k")
-    return [_check_loss(l, "--losses") for l in losses], [_check_context(t) for t in contexts]
+    return [_check_loss(loss, "--losses") for loss in losses], [_check_context(t) for t in contexts]
 
 
-def cost_optimal_table_long(losses, contexts, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
-                            weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1,
-                            max_heads: int | None = None, convention=None, memory_unit: str | None = None,
-                            settings: CostSettings | None = None) -> pd.DataFrame:
+def cost_optimal_table_long(
+    losses,
+    contexts,
+    laws: LawSet | str | Path = "default",
+    weights: ZWeights = ZWeights(),
+    weight_dtype: str = "bf16",
+    kv_dtype: str = "bf16",
+    batch: int = 1,
+    max_heads: int | None = None,
+    convention=None,
+    memory_unit: str | None = None,
+    settings: CostSettings | None = None,
+) -> pd.DataFrame:
     """One row per (target loss, context): the winner's n_heads, n_kv_heads, N*
     (``params_non_embedding``, parameters) and ``z`` (under ``convention``, default ``paper``);
     ``reachable`` False (heads None) when no configuration reaches the loss. With ``settings``
@@ -680,17 +928,30 @@ def cost_optimal_table_long(losses, contexts, laws: LawSet | str | Path = "defau
     law_set = resolve_laws(laws)
     _check_options(weights, weight_dtype, kv_dtype, batch, conv)
     laws_list = _select_laws(law_set, max_heads, None)
-    n_h = np.array([l.n_heads for l in laws_list], dtype=float)
-    n_kv = np.array([l.n_kv_heads for l in laws_list], dtype=float)
+    n_h = np.array([law.n_heads for law in laws_list], dtype=float)
+    n_kv = np.array([law.n_kv_heads for law in laws_list], dtype=float)
     rows = []
     for L in losses:  # N*(H) depends on L* only: one Appendix B.1 shape per H, costed at every T
         n_star = np.array([float(law.params_for_loss(L)) for law in laws_list])
         reachable = np.isfinite(n_star)
-        shape = shape_for_params(np.where(reachable, n_star, 1e9), n_h, n_kv, family=law_set.family) if reachable.any() else None
+        shape = (
+            shape_for_params(np.where(reachable, n_star, 1e9), n_h, n_kv, family=law_set.family)
+            if reachable.any()
+            else None
+        )
         for T in contexts:
             if shape is None:
-                rows.append({"target_loss": L, "context": T, "n_heads": None, "n_kv_heads": None,
-                             "params_non_embedding": math.nan, "z": math.nan, "reachable": False})
+                rows.append(
+                    {
+                        "target_loss": L,
+                        "context": T,
+                        "n_heads": None,
+                        "n_kv_heads": None,
+                        "params_non_embedding": math.nan,
+                        "z": math.nan,
+                        "reachable": False,
+                    }
+                )
                 continue
             z = np.where(reachable, z_cost(*z_inputs(shape, T, conv, batch, weight_dtype, kv_dtype), weights), np.inf)
             key, extra = z, {}
@@ -699,25 +960,57 @@ def cost_optimal_table_long(losses, contexts, laws: LawSet | str | Path = "defau
                 key = np.where(reachable, sv.get("objective_value", z), np.inf)
             i = int(np.lexsort((n_kv, n_h, key))[0])  # smallest Z (or objective), ties to fewer heads (as search ranks)
             if serve:
-                extra = {"seconds_per_token": float(sv["seconds_per_token"][i]),
-                         "tokens_per_second": float(sv["tokens_per_second"][i]),
-                         "serving_batch": float(sv["serving_batch"][i]), "fits": bool(np.isfinite(key[i]))}
+                extra = {
+                    "seconds_per_token": float(sv["seconds_per_token"][i]),
+                    "tokens_per_second": float(sv["tokens_per_second"][i]),
+                    "serving_batch": float(sv["serving_batch"][i]),
+                    "fits": bool(np.isfinite(key[i])),
+                }
                 if not extra["fits"]:
-                    rows.append({"target_loss": L, "context": T, "n_heads": None, "n_kv_heads": None,
-                                 "params_non_embedding": math.nan, "z": math.nan, "reachable": True} | extra)
+                    rows.append(
+                        {
+                            "target_loss": L,
+                            "context": T,
+                            "n_heads": None,
+                            "n_kv_heads": None,
+                            "params_non_embedding": math.nan,
+                            "z": math.nan,
+                            "reachable": True,
+                        }
+                        | extra
+                    )
                     continue
-            rows.append({"target_loss": L, "context": T, "n_heads": int(n_h[i]), "n_kv_heads": int(n_kv[i]),
-                         "params_non_embedding": float(n_star[i]), "z": float(z[i]), "reachable": True} | extra)
+            rows.append(
+                {
+                    "target_loss": L,
+                    "context": T,
+                    "n_heads": int(n_h[i]),
+                    "n_kv_heads": int(n_kv[i]),
+                    "params_non_embedding": float(n_star[i]),
+                    "z": float(z[i]),
+                    "reachable": True,
+                }
+                | extra
+            )
     long = pd.DataFrame(rows)
     for column in ("n_heads", "n_kv_heads"):
         long[column] = pd.array([r[column] for r in rows], dtype="Int64")
     return long
 
 
-def cost_optimal_table(losses, contexts, laws: LawSet | str | Path = "default", weights: ZWeights = ZWeights(),
-                       weight_dtype: str = "bf16", kv_dtype: str = "bf16", batch: int = 1,
-                       max_heads: int | None = None, convention=None, memory_unit: str | None = None,
-                       settings: CostSettings | None = None) -> pd.DataFrame:
+def cost_optimal_table(
+    losses,
+    contexts,
+    laws: LawSet | str | Path = "default",
+    weights: ZWeights = ZWeights(),
+    weight_dtype: str = "bf16",
+    kv_dtype: str = "bf16",
+    batch: int = 1,
+    max_heads: int | None = None,
+    convention=None,
+    memory_unit: str | None = None,
+    settings: CostSettings | None = None,
+) -> pd.DataFrame:
     """The Table 4 grid: rows target losses L* (nats per token), columns contexts T (tokens),
     cells ``"(n_h, n_kv)"`` of the cost-optimal configuration, or None when L* is unreachable.
     ``table.attrs["long"]`` holds :func:`cost_optimal_table_long` (N* and Z per cell) and
@@ -725,10 +1018,17 @@ def cost_optimal_table(losses, contexts, laws: LawSet | str | Path = "default", 
     :class:`cogqa.costs.ZConvention` of Z."""
     law_set = resolve_laws(laws)
     conv = settings.convention if settings is not None else _convention(convention, memory_unit)
-    long = cost_optimal_table_long(losses, contexts, law_set, weights, weight_dtype, kv_dtype, batch, max_heads, conv,
-                                   settings=settings)
-    cells = [None if not r.reachable else "does not fit" if pd.isna(r.n_heads)
-             else f"({int(r.n_heads)}, {int(r.n_kv_heads)})" for r in long.itertuples()]
+    long = cost_optimal_table_long(
+        losses, contexts, law_set, weights, weight_dtype, kv_dtype, batch, max_heads, conv, settings=settings
+    )
+    cells = [
+        None
+        if not r.reachable
+        else "does not fit"
+        if pd.isna(r.n_heads)
+        else f"({int(r.n_heads)}, {int(r.n_kv_heads)})"
+        for r in long.itertuples()
+    ]
     long = long.assign(cell=cells)
     table = long.pivot(index="target_loss", columns="context", values="cell")
     table = table.reindex(index=list(dict.fromkeys(long["target_loss"])), columns=list(dict.fromkeys(long["context"])))
@@ -760,7 +1060,15 @@ def compare_with_paper_table4(table: pd.DataFrame) -> dict:
             steps = None if ours is None else abs(math.log2(ours[0] / paper[0])) + abs(math.log2(ours[1] / paper[1]))
             exact += steps == 0
             one += steps == 1
-            per_cell.append({"target_loss": loss, "context": T, "paper": list(paper), "ours": list(ours) if ours else None, "steps": steps})
+            per_cell.append(
+                {
+                    "target_loss": loss,
+                    "context": T,
+                    "paper": list(paper),
+                    "ours": list(ours) if ours else None,
+                    "steps": steps,
+                }
+            )
     return {"cells": len(per_cell), "exact": int(exact), "one_step": int(one), "per_cell": per_cell}
 
 
@@ -772,8 +1080,16 @@ def plot_cost_optimal_table(table_df: pd.DataFrame, path: str | Path, title: str
     plt = _pyplot()
     cells = [[parse_cell(c) for c in row] for row in table_df.itertuples(index=False)]
     values = np.array([[math.log2(c[0] * c[1]) if c else np.nan for c in row] for row in cells], dtype=float)
-    fig, ax = plt.subplots(figsize=(1.3 * len(table_df.columns) + 2, 0.55 * len(table_df.index) + 1.5), constrained_layout=True)
-    image = ax.imshow(np.ma.masked_invalid(values), cmap="viridis", aspect="auto", vmin=0, vmax=max(10, np.nanmax(values) if np.isfinite(values).any() else 10))
+    fig, ax = plt.subplots(
+        figsize=(1.3 * len(table_df.columns) + 2, 0.55 * len(table_df.index) + 1.5), constrained_layout=True
+    )
+    image = ax.imshow(
+        np.ma.masked_invalid(values),
+        cmap="viridis",
+        aspect="auto",
+        vmin=0,
+        vmax=max(10, np.nanmax(values) if np.isfinite(values).any() else 10),
+    )
     for i, row in enumerate(cells):
         for j, c in enumerate(row):
             text = f"({c[0]}, {c[1]})" if c else "unreachable"
@@ -782,16 +1098,34 @@ def plot_cost_optimal_table(table_df: pd.DataFrame, path: str | Path, title: str
     from .units import fmt_tokens
 
     ax.set_xticks(range(len(table_df.columns)), [fmt_tokens(t).replace(" tokens", "") for t in table_df.columns])
-    ax.set_yticks(range(len(table_df.index)), [f"{l:g}" for l in table_df.index])
+    ax.set_yticks(range(len(table_df.index)), [f"{loss:g}" for loss in table_df.index])
     ax.set_xlabel("context length T (tokens)")
     ax.set_ylabel("target loss L* (nats/token)")
     fig.colorbar(image, ax=ax, label="log2(n_h * n_kv)")
-    ax.set_title(title or ("cost-optimal (n_h, n_kv)" + (" (approximate default laws)" if table_df.attrs.get("approximate") else "")))
+    ax.set_title(
+        title
+        or ("cost-optimal (n_h, n_kv)" + (" (approximate default laws)" if table_df.attrs.get("approximate") else ""))
+    )
     return save_figure(fig, path)
 
 
 __all__ = [
-    "PAPER_TABLE4", "PAPER_TABLE4_CONTEXTS", "LLAMA3_HEADS", "SearchResult", "UnreachableTarget", "candidate_heads", "resolve_laws",
-    "search", "lowest_loss_within_budget", "search_at_training_budget", "baseline_costs", "savings_against", "z_memory",
-    "cost_optimal_table", "cost_optimal_table_long", "compare_with_paper_table4", "plot_cost_optimal_table", "parse_cell",
+    "PAPER_TABLE4",
+    "PAPER_TABLE4_CONTEXTS",
+    "LLAMA3_HEADS",
+    "SearchResult",
+    "UnreachableTarget",
+    "candidate_heads",
+    "resolve_laws",
+    "search",
+    "lowest_loss_within_budget",
+    "search_at_training_budget",
+    "baseline_costs",
+    "savings_against",
+    "z_memory",
+    "cost_optimal_table",
+    "cost_optimal_table_long",
+    "compare_with_paper_table4",
+    "plot_cost_optimal_table",
+    "parse_cell",
 ]

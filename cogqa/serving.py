@@ -84,12 +84,19 @@ def decode_step(shape, context, batch, hardware: Hardware, weight_dtype="bf16", 
     B = _batch(batch)
     f = forward_flops_per_token(shape, context)
     T = np.asarray(context, dtype=float)
-    weights = _phase(B * f["time_invariant"], weight_bytes(shape, weight_dtype) + 0 * B * T, hw.matmul_flops, hw.bandwidth)
+    weights = _phase(
+        B * f["time_invariant"], weight_bytes(shape, weight_dtype) + 0 * B * T, hw.matmul_flops, hw.bandwidth
+    )
     kv = B * T * kv_cache_bytes_per_token(shape, kv_dtype)
     attention = _phase(B * f["attention_computation"], kv, hw.attention_flops, hw.bandwidth)
     step = weights["seconds"] + attention["seconds"]
-    return {"weights": weights, "attention": attention, "seconds": step, "seconds_per_token": step,
-            "tokens_per_second": B / step}
+    return {
+        "weights": weights,
+        "attention": attention,
+        "seconds": step,
+        "seconds_per_token": step,
+        "tokens_per_second": B / step,
+    }
 
 
 def prefill(shape, prompt_tokens, batch, hardware: Hardware, weight_dtype="bf16", kv_dtype="bf16") -> dict:
@@ -126,8 +133,13 @@ def training_step(shape, train_context, hardware: Hardware, batch=1, weight_dtyp
     weights = _phase(linear, 3 * weight_bytes(shape, weight_dtype) + 0 * tokens, hw.matmul_flops, hw.bandwidth)
     attention = _phase(attn, 0 * tokens, hw.attention_flops, hw.bandwidth)
     seconds = weights["seconds"] + attention["seconds"]
-    return {"weights": weights, "attention": attention, "seconds": seconds, "tokens_per_second": tokens / seconds,
-            "mean_context": T / 2}
+    return {
+        "weights": weights,
+        "attention": attention,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+        "mean_context": T / 2,
+    }
 
 
 def max_batch(shape, context, hardware: Hardware, weight_dtype="bf16", kv_dtype="bf16") -> np.ndarray:
@@ -163,8 +175,9 @@ def _plain(x):
     return float(v) if isinstance(v, (int, float)) else v
 
 
-def serving_summary(shape, context, hardware, batch=1, prompt=None, weight_dtype="bf16", kv_dtype="bf16",
-                    train_context=None) -> dict:
+def serving_summary(
+    shape, context, hardware, batch=1, prompt=None, weight_dtype="bf16", kv_dtype="bf16", train_context=None
+) -> dict:
     """Everything ``cogqa serving`` prints for one shape at one context, as plain numbers.
 
     Keys: ``context`` (tokens), ``batch`` and ``max_batch`` (sequences), ``fits``,
@@ -195,18 +208,31 @@ def serving_summary(shape, context, hardware, batch=1, prompt=None, weight_dtype
         "weights_bytes": float(weight_bytes(shape, weight_dtype)),
         "kv_cache_bytes": float(B * T * kv_cache_bytes_per_token(shape, kv_dtype)),
         "usable_memory_bytes": hw.usable_memory_bytes,
-        "decode": {"phases": phases(dec), "step_seconds": float(dec["seconds"]),
-                   "seconds_per_token": float(dec["seconds_per_token"]),
-                   "tokens_per_second": float(dec["tokens_per_second"])},
-        "prefill": {"prompt_tokens": int(T if prompt is None else prompt), "batch": 1, "phases": phases(pre),
-                    "seconds": float(pre["seconds"]), "tokens_per_second": float(pre["tokens_per_second"])},
+        "decode": {
+            "phases": phases(dec),
+            "step_seconds": float(dec["seconds"]),
+            "seconds_per_token": float(dec["seconds_per_token"]),
+            "tokens_per_second": float(dec["tokens_per_second"]),
+        },
+        "prefill": {
+            "prompt_tokens": int(T if prompt is None else prompt),
+            "batch": 1,
+            "phases": phases(pre),
+            "seconds": float(pre["seconds"]),
+            "tokens_per_second": float(pre["tokens_per_second"]),
+        },
         "max_context_batch1": int(max_context(shape, hw, 1, weight_dtype, kv_dtype)),
     }
     if train_context is not None:
         tr = training_step(shape, float(train_context), hw, 1, weight_dtype)
-        out["training"] = {"train_context": int(train_context), "mean_context": float(tr["mean_context"]),
-                           "batch": 1, "phases": phases(tr), "step_seconds": float(tr["seconds"]),
-                           "tokens_per_second": float(tr["tokens_per_second"])}
+        out["training"] = {
+            "train_context": int(train_context),
+            "mean_context": float(tr["mean_context"]),
+            "batch": 1,
+            "phases": phases(tr),
+            "step_seconds": float(tr["seconds"]),
+            "tokens_per_second": float(tr["tokens_per_second"]),
+        }
     return out
 
 
@@ -215,8 +241,17 @@ def serving_summary(shape, context, hardware, batch=1, prompt=None, weight_dtype
 # ---------------------------------------------------------------------------------------------
 
 
-def objective_values(shape, context, objective: str, hardware, batch=1, weight_dtype="bf16", kv_dtype="bf16",
-                     z_weights: ZWeights = ZWeights(), memory_unit: str = "values") -> dict[str, np.ndarray]:
+def objective_values(
+    shape,
+    context,
+    objective: str,
+    hardware,
+    batch=1,
+    weight_dtype="bf16",
+    kv_dtype="bf16",
+    z_weights: ZWeights = ZWeights(),
+    memory_unit: str = "values",
+) -> dict[str, np.ndarray]:
     """The value to minimise for ``objective`` over candidate shapes (fields may be arrays), and printable columns.
 
     ``objective``: ``"z"`` (the paper's Z), ``"latency"`` (decode seconds per output token at
@@ -238,9 +273,14 @@ def objective_values(shape, context, objective: str, hardware, batch=1, weight_d
     else:
         value = 1.0 / dec["tokens_per_second"]
     value = np.where(fits | (objective == "z"), value, np.inf)
-    return {"value": np.asarray(value, dtype=float), "seconds_per_token": np.asarray(dec["seconds_per_token"]),
-            "tokens_per_second": np.asarray(dec["tokens_per_second"]), "batch": np.asarray(B),
-            "max_batch": np.asarray(most), "fits": np.asarray(fits)}
+    return {
+        "value": np.asarray(value, dtype=float),
+        "seconds_per_token": np.asarray(dec["seconds_per_token"]),
+        "tokens_per_second": np.asarray(dec["tokens_per_second"]),
+        "batch": np.asarray(B),
+        "max_batch": np.asarray(most),
+        "fits": np.asarray(fits),
+    }
 
 
 def pareto_front(*costs) -> np.ndarray:

@@ -18,8 +18,8 @@ gives the environment variables a child needs, :func:`available_cores` reads thi
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from .errors import require
 
@@ -61,8 +61,13 @@ def env_threads(env: Mapping[str, str]) -> int | None:
     return int(raw) if raw.isdigit() and int(raw) >= 1 else None
 
 
-def thread_plan(cores: int, env: Mapping[str, str] | None = None, runs: int | None = None,
-                workers: int | None = None, tiny: bool = False) -> ThreadPlan:
+def thread_plan(
+    cores: int,
+    env: Mapping[str, str] | None = None,
+    runs: int | None = None,
+    workers: int | None = None,
+    tiny: bool = False,
+) -> ThreadPlan:
     """Workers and threads per run for ``runs`` runs on ``cores`` cores (see the module docstring).
 
     ``workers`` given by the user is kept (even if it oversubscribes: their choice); ``tiny``
@@ -71,8 +76,10 @@ def thread_plan(cores: int, env: Mapping[str, str] | None = None, runs: int | No
     ``OMP_NUM_THREADS`` in ``env`` fixes the threads per run.
     """
     require(isinstance(cores, int) and cores >= 1, f"cores must be a whole number >= 1, got {cores!r}")
-    require(workers is None or (isinstance(workers, int) and workers >= 1),
-            f"--workers must be a positive whole number, got {workers!r}")
+    require(
+        workers is None or (isinstance(workers, int) and workers >= 1),
+        f"--workers must be a positive whole number, got {workers!r}",
+    )
     require(runs is None or (isinstance(runs, int) and runs >= 0), f"runs must be a whole number >= 0, got {runs!r}")
     per_run = env_threads(env or {}) or (1 if tiny else None)
     if workers is None:

@@ -33,7 +33,9 @@ def test_cost_json_keys_and_values(capsys):
 
 
 def test_cost_several_contexts_and_hf_config(capsys):
-    status, out, _ = run(capsys, "cost", "--hf-config", LLAMA_1B, "--context", "8k,131072", "--json", "--kv-dtype", "fp8")
+    status, out, _ = run(
+        capsys, "cost", "--hf-config", LLAMA_1B, "--context", "8k,131072", "--json", "--kv-dtype", "fp8"
+    )
     rows = json.loads(out)
     assert status == 0 and [r["context"] for r in rows] == [8192, 131072]
     shape = shape_from_hf_config(LLAMA_1B)
@@ -46,8 +48,27 @@ def test_cost_several_contexts_and_hf_config(capsys):
 
 
 def test_explicit_shape_and_compare(capsys):
-    status, out, _ = run(capsys, "cost", "--layers", "2", "--hidden", "48", "--ffn", "96", "--heads", "4",
-                         "--kv-heads", "2", "--head-dim", "16", "--vocab", "100", "--context", "1000", "--json")
+    status, out, _ = run(
+        capsys,
+        "cost",
+        "--layers",
+        "2",
+        "--hidden",
+        "48",
+        "--ffn",
+        "96",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--head-dim",
+        "16",
+        "--vocab",
+        "100",
+        "--context",
+        "1000",
+        "--json",
+    )
     assert status == 0 and json.loads(out)["params"] == 18432 + 27648 + 240 + 4800
     status, out, _ = run(capsys, "compare", LLAMA_1B, "1.8B:8,1", "--context", "128k", "--json")
     rows = json.loads(out)
@@ -55,14 +76,27 @@ def test_explicit_shape_and_compare(capsys):
     second = paper_shape("1.8B", 8, 1)
     mem = float(costs.inference_memory_bytes(second, 131072)["total"])
     assert rows[1]["inference_memory_bytes"] == int(mem)
-    assert rows[1]["inference_memory_bytes_vs_first_pct"] == pytest.approx(100 * (mem / rows[0]["inference_memory_bytes"] - 1))
+    assert rows[1]["inference_memory_bytes_vs_first_pct"] == pytest.approx(
+        100 * (mem / rows[0]["inference_memory_bytes"] - 1)
+    )
 
 
 def test_context_distribution_and_training_costs(tmp_path, capsys):
     hist = tmp_path / "lengths.csv"
     hist.write_text("length,count\n1024,5\n8192,3\n131072,2\n")
-    status, out, _ = run(capsys, "cost", "--size", "470M", "--context-dist", str(hist), "--json",
-                         "--train-tokens", "1B", "--train-context", "8k")
+    status, out, _ = run(
+        capsys,
+        "cost",
+        "--size",
+        "470M",
+        "--context-dist",
+        str(hist),
+        "--json",
+        "--train-tokens",
+        "1B",
+        "--train-context",
+        "8k",
+    )
     data = json.loads(out)
     t_mean = (5 * 1024 + 3 * 8192 + 2 * 131072) / 10
     assert status == 0 and data["context"] == t_mean
@@ -113,7 +147,9 @@ def test_hostile_inputs_one_line(argv, needle, capsys):
 def test_bad_config_files_exit_cleanly_in_a_subprocess(tmp_path, content, needle):
     path = tmp_path / "config.json"
     path.write_text(content)
-    proc = subprocess.run([sys.executable, "-m", "cogqa", "cost", "--hf-config", str(path)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "cogqa", "cost", "--hf-config", str(path)], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1 and needle in proc.stderr
 

@@ -28,16 +28,24 @@ def _run(tmp_path, steps=(10, 20, 30), vocab=256, context=None):
 
 def _data(tmp_path, context=64):
     from cogqa.data import prepare
+
     text = "In the beginning God created the heaven and the earth. " * 200
     (tmp_path / "t.txt").write_text(text)
-    prepare([str(tmp_path / "t.txt")], tmp_path / "data", tokenizer="bytes", context=context, val_fraction=0.2,
-            progress=False)
+    prepare(
+        [str(tmp_path / "t.txt")],
+        tmp_path / "data",
+        tokenizer="bytes",
+        context=context,
+        val_fraction=0.2,
+        progress=False,
+    )
     return tmp_path / "data"
 
 
 def test_checkpoint_selection_and_recorded_context(tmp_path):
     from cogqa.errors import CogqaError
     from cogqa.evaluate import checkpoint_context, checkpoints_to_score, load_for_eval
+
     run = _run(tmp_path, context=48)
     assert [p.name for p in checkpoints_to_score(run, 2)] == ["step_00000020", "step_00000030"]
     with pytest.raises(CogqaError, match=r"--last-k 4: .* has 3 checkpoint\(s\).*--last-k 3") as e:
@@ -63,8 +71,30 @@ def test_eval_loss_context_device_dtype_and_standard_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "--max-seq-len 64" in err and err.count("\n") == 1
     out = tmp_path / "out"
-    assert main(["eval", "loss", str(run), "--data", str(data), "--device", "cpu", "--dtype", "fp32",
-                 "--max-seq-len", "64", "--contexts", "16,64", "--position-block", "7", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "loss",
+                str(run),
+                "--data",
+                str(data),
+                "--device",
+                "cpu",
+                "--dtype",
+                "fp32",
+                "--max-seq-len",
+                "64",
+                "--contexts",
+                "16,64",
+                "--position-block",
+                "7",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "± " in text and "standard error over" in text
     res = json.loads((out / "loss.json").read_text())["positions"][str(run)]
@@ -77,8 +107,23 @@ def test_eval_loss_context_device_dtype_and_standard_error(tmp_path, capsys):
 def test_eval_niah_last_k_each_and_mean(tmp_path, capsys):
     run = _run(tmp_path, vocab=320, context=640)
     (tmp_path / "essay.txt").write_text("The river ran on. The hill stood still! Why? " * 100)
-    args = ["eval", "niah", str(run), "--tokenizer", "bytes", "--contexts", "512,640", "--depths", "0,100",
-            "--samples", "1", "--haystack-file", str(tmp_path / "essay.txt"), "--device", "cpu"]
+    args = [
+        "eval",
+        "niah",
+        str(run),
+        "--tokenizer",
+        "bytes",
+        "--contexts",
+        "512,640",
+        "--depths",
+        "0,100",
+        "--samples",
+        "1",
+        "--haystack-file",
+        str(tmp_path / "essay.txt"),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 2  # 3 checkpoints, the paper's 4 asked for by default
     assert "--last-k 4" in capsys.readouterr().err
     assert main(args + ["--last-k", "2", "--out", str(tmp_path / "n")]) == 0
@@ -131,15 +176,42 @@ def test_harness_end_to_end_offline_on_a_local_task(tmp_path, capsys, monkeypatc
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
     tasks = tmp_path / "tasks"
     tasks.mkdir()
-    rows = [{"question": f"Question {i}: is the sky blue?", "choices": ["yes", "no", "maybe"], "label": i % 3,
-             "text": f"The sky is blue number {i}."} for i in range(4)]
+    rows = [
+        {
+            "question": f"Question {i}: is the sky blue?",
+            "choices": ["yes", "no", "maybe"],
+            "label": i % 3,
+            "text": f"The sky is blue number {i}.",
+        }
+        for i in range(4)
+    ]
     (tasks / "tiny.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tasks / "tiny_choice.yaml").write_text(TASK_YAML.format(data=tasks / "tiny.jsonl"))
     (tasks / "tiny_ppl.yaml").write_text(PPL_YAML.format(data=tasks / "tiny.jsonl"))
     run = _run(tmp_path, steps=(1, 2), vocab=50304)
     out = tmp_path / "scores.json"
-    assert main(["eval", "harness", str(run), "--last-k", "2", "--tasks", "tiny_choice,tiny_ppl", "--include-path",
-                 str(tasks), "--batch-size", "2", "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "harness",
+                str(run),
+                "--last-k",
+                "2",
+                "--tasks",
+                "tiny_choice,tiny_ppl",
+                "--include-path",
+                str(tasks),
+                "--batch-size",
+                "2",
+                "--device",
+                "cpu",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "step_00000001: average" in text and "step_00000002: average" in text and "mean of 2 checkpoints" in text
     res = json.loads(out.read_text())
@@ -157,16 +229,31 @@ def test_harness_end_to_end_offline_on_a_local_task(tmp_path, capsys, monkeypatc
 
 def test_harness_paper_tasks_and_scores():
     from cogqa.harness import PAPER_TASKS, mean_over_checkpoints, summarize, task_score
-    assert PAPER_TASKS == ("arc_challenge", "arc_easy", "boolq", "hellaswag", "lambada_openai", "piqa", "social_iqa",
-                           "wsc273", "wikitext")
-    assert task_score({"acc,none": 0.5, "acc_norm,none": 0.6, "acc_norm_stderr,none": 0.1}) == \
-        ("acc_norm", 0.6, "accuracy")
+
+    assert PAPER_TASKS == (
+        "arc_challenge",
+        "arc_easy",
+        "boolq",
+        "hellaswag",
+        "lambada_openai",
+        "piqa",
+        "social_iqa",
+        "wsc273",
+        "wikitext",
+    )
+    assert task_score({"acc,none": 0.5, "acc_norm,none": 0.6, "acc_norm_stderr,none": 0.1}) == (
+        "acc_norm",
+        0.6,
+        "accuracy",
+    )
     assert task_score({"acc,none": 0.5, "alias": "boolq"}) == ("acc", 0.5, "accuracy")
     assert task_score({"word_perplexity,none": 30.0, "bits_per_byte,none": 1.0})[2] == "perplexity"
-    a = summarize({"piqa": {"acc_norm,none": 0.6}, "boolq": {"acc,none": 0.4},
-                   "wikitext": {"word_perplexity,none": 40.0}})
-    b = summarize({"piqa": {"acc_norm,none": 0.8}, "boolq": {"acc,none": 0.6},
-                   "wikitext": {"word_perplexity,none": 20.0}})
+    a = summarize(
+        {"piqa": {"acc_norm,none": 0.6}, "boolq": {"acc,none": 0.4}, "wikitext": {"word_perplexity,none": 40.0}}
+    )
+    b = summarize(
+        {"piqa": {"acc_norm,none": 0.8}, "boolq": {"acc,none": 0.6}, "wikitext": {"word_perplexity,none": 20.0}}
+    )
     assert a["average"] == 0.5 and a["average_tasks"] == ["piqa", "boolq"]
     m = mean_over_checkpoints({"s1": a, "s2": b})
     assert abs(m["average"] - 0.6) < 1e-12 and m["tasks"]["wikitext"]["value"] == 30.0

@@ -8,8 +8,8 @@ import pytest
 
 from cogqa.cli import main
 from cogqa.cli.search import APPROXIMATE_LINE
-from cogqa.units import parse_bytes
 from cogqa.errors import CogqaError
+from cogqa.units import parse_bytes
 
 
 def run(argv, capsys):
@@ -22,12 +22,12 @@ def test_search_prints_ranked_table_with_units(capsys):
     status, out, err = run(["search", "--context", "128k", "--target-loss", "2.615", "--baseline", "llama3"], capsys)
     assert status == 0 and err == ""
     lines = out.splitlines()
-    winners = [l for l in lines if l.startswith("* (")]
+    winners = [line for line in lines if line.startswith("* (")]
     assert len(winners) == 1
     assert "GiB" in out and "GFLOPs" in out and "B " in winners[0] or "M " in winners[0]
     assert "best vs baseline: memory" in out
     assert APPROXIMATE_LINE in lines
-    assert sum(1 for l in lines if l.startswith("  (") or l.startswith("* (")) == 21
+    assert sum(1 for line in lines if line.startswith("  (") or line.startswith("* (")) == 21
 
 
 def test_search_json(capsys):
@@ -36,13 +36,23 @@ def test_search_json(capsys):
     d = json.loads(out)
     assert d["approximate"] is True and d["context"] == 32768 and d["target_loss"] == 2.7
     assert len(d["candidates"]) == 10 and d["best"] == d["candidates"][0]
-    for key in ("n_heads", "n_kv_heads", "params_non_embedding", "layers", "hidden_size", "inference_flops_per_token",
-                "inference_memory_bytes", "z"):
+    for key in (
+        "n_heads",
+        "n_kv_heads",
+        "params_non_embedding",
+        "layers",
+        "hidden_size",
+        "inference_flops_per_token",
+        "inference_memory_bytes",
+        "z",
+    ):
         assert key in d["best"]
 
 
 def test_search_heads_filter(capsys):
-    status, out, _ = run(["search", "--context", "128k", "--target-loss", "2.615", "--heads", "8,1", "32,8", "--json"], capsys)
+    status, out, _ = run(
+        ["search", "--context", "128k", "--target-loss", "2.615", "--heads", "8,1", "32,8", "--json"], capsys
+    )
     d = json.loads(out)
     assert status == 0 and sorted((c["n_heads"], c["n_kv_heads"]) for c in d["candidates"]) == [(8, 1), (32, 8)]
 
@@ -71,7 +81,7 @@ def test_search_budget(capsys):
 def test_table_formats_and_files(tmp_path, capsys):
     status, out, _ = run(["table", "--plot", str(tmp_path / "t.png"), "--out-csv", str(tmp_path / "t.csv")], capsys)
     assert status == 0
-    rows = [l for l in out.splitlines() if l.startswith("| ") and not l.startswith("| L*")]
+    rows = [line for line in out.splitlines() if line.startswith("| ") and not line.startswith("| L*")]
     assert len(rows) == 8 and all(r.count("(") == 5 for r in rows)
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
     csv = (tmp_path / "t.csv").read_text().splitlines()
@@ -86,16 +96,24 @@ def test_table_formats_and_files(tmp_path, capsys):
     assert len(d["cells"]) == 40
 
 
-@pytest.mark.parametrize("argv", [
-    ["search", "--context", "128k", "--target-loss", "2.615"],
-    ["table", "--losses", "2.6", "--contexts", "8k"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["search", "--context", "128k", "--target-loss", "2.615"],
+        ["table", "--losses", "2.6", "--contexts", "8k"],
+    ],
+)
 def test_no_torch_import(argv):
-    code = (f"import sys; from cogqa.cli import main; s = main({argv!r}); "
-            "assert s == 0; assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        f"import sys; from cogqa.cli import main; s = main({argv!r}); "
+        "assert s == 0; assert 'torch' not in sys.modules, 'torch imported'"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    code = "import sys; from cogqa.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nassert 'torch' not in sys.modules"
+    code = (
+        "import sys; from cogqa.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\nassert "
+        "'torch' not in sys.modules"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
 
@@ -112,7 +130,9 @@ def test_parse_bytes():
 
 def _laws_files(tmp_path):
     (tmp_path / "notjson.json").write_text("{not json")
-    (tmp_path / "nofield.json").write_text(json.dumps({"form": "power_law_n", "laws": [{"n_heads": 8, "n_kv_heads": 1, "a": 1e8, "b": 0.3}]}))
+    (tmp_path / "nofield.json").write_text(
+        json.dumps({"form": "power_law_n", "laws": [{"n_heads": 8, "n_kv_heads": 1, "a": 1e8, "b": 0.3}]})
+    )
     (tmp_path / "empty.json").write_text(json.dumps({"form": "power_law_n", "laws": []}))
     return tmp_path
 

@@ -21,9 +21,18 @@ def test_reduced_demo_end_to_end(tmp_path):
     src = tmp_path / "slice.txt"
     src.write_text(data.offline_corpus("kjv").read_text()[:150_000])
     sizes = [{"name": f"d{d}", "layers": 1, "hidden_size": d, "head_dim": 16} for d in (16, 32, 48, 64)]
-    spec = SweepSpec(data={"inputs": [str(src)], "tokenizer": "bytes", "context": 32, "val_fraction": 0.05},
-                     sizes=sizes, heads="2:1,2:2", tokens=32 * 16 * 6, lr=5e-3, batch_tokens=32 * 16, micro_batch=16,
-                     eval_batches=4, position_eval_chunks=8, name="mini-demo")
+    spec = SweepSpec(
+        data={"inputs": [str(src)], "tokenizer": "bytes", "context": 32, "val_fraction": 0.05},
+        sizes=sizes,
+        heads="2:1,2:2",
+        tokens=32 * 16 * 6,
+        lr=5e-3,
+        batch_tokens=32 * 16,
+        micro_batch=16,
+        eval_batches=4,
+        position_eval_chunks=8,
+        name="mini-demo",
+    )
     p = plan(spec)
     assert p["totals"]["runs"] == 8 and p["context"] == 32
     out = tmp_path / "demo"
@@ -44,7 +53,9 @@ def test_reduced_demo_end_to_end(tmp_path):
 
     joint = load_laws(out / "laws.json").joint
     n = numbers["best"]["params_non_embedding"]
-    assert float(joint.loss(n, numbers["best"]["n_heads"], numbers["best"]["n_kv_heads"])) == pytest.approx(numbers["target_loss"], rel=1e-6)
+    assert float(joint.loss(n, numbers["best"]["n_heads"], numbers["best"]["n_kv_heads"])) == pytest.approx(
+        numbers["target_loss"], rel=1e-6
+    )
     # idempotent: a second call trains nothing and gives the same table
     again = run_demo(out, spec=spec, progress=False, context=32768)
     assert again["runs"] == 8 and pd.read_csv(out / "results.csv").equals(df)

@@ -43,6 +43,7 @@ def test_tiny_model_positions_and_too_long_context():
     from cogqa.evaluate import evaluate_positions
     from cogqa.model import GQADecoder
     from cogqa.shapes import ModelShape
+
     shape = ModelShape(layers=1, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=97)
     model = GQADecoder(shape, max_seq_len=32)
     model.init_weights(seed=1)
@@ -59,6 +60,7 @@ def test_tiny_model_positions_and_too_long_context():
 def _tiny(V=97, T=32, seed=1):
     from cogqa.model import GQADecoder
     from cogqa.shapes import ModelShape
+
     shape = ModelShape(layers=2, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=V)
     model = GQADecoder(shape, max_seq_len=T)
     model.init_weights(seed=seed)
@@ -69,6 +71,7 @@ def _tiny(V=97, T=32, seed=1):
 def test_blocked_losses_equal_the_full_logits(block):
     """Loss by position from hidden states a block of positions at a time equals the loss from the full logits."""
     from cogqa.evaluate import final_hidden, hidden_token_losses
+
     model = _tiny()
     ids = torch.randint(0, 97, (3, 23), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -82,6 +85,7 @@ def test_hf_model_positions_equal_full_logits(tmp_path):
     transformers = pytest.importorskip("transformers")
     from cogqa.evaluate import evaluate_chunks
     from cogqa.hf import export_hf
+
     export_hf(_tiny(), tmp_path)
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
     chunks = [np.arange(i, i + 20) % 97 for i in range(3)]
@@ -95,11 +99,13 @@ def test_hf_model_positions_equal_full_logits(tmp_path):
 
 def test_standard_error_of_the_mean_loss():
     from cogqa.evaluate import chunks_for_standard_error, evaluate_chunks, mean_and_standard_error
+
     m, se = mean_and_standard_error([1.0, 2.0, 3.0, 4.0])
     assert m == 2.5 and abs(se - np.std([1, 2, 3, 4], ddof=1) / 2) < 1e-12
     assert mean_and_standard_error([2.0]) == (2.0, float("inf"))
     assert chunks_for_standard_error(0.04, 0.002) == 400
     from cogqa.evaluate import paired_standard_error
+
     d, dse = paired_standard_error([3.0, 2.0, 4.0], [2.9, 1.8, 3.9])
     assert abs(d - 0.4 / 3) < 1e-12 and 0 < dse < mean_and_standard_error([3.0, 2.0, 4.0])[1]
     r = evaluate_chunks(_tiny(), [np.arange(i, i + 16) % 97 for i in range(6)], batch=4)
@@ -108,6 +114,7 @@ def test_standard_error_of_the_mean_loss():
 
 def test_device_and_dtype_resolution():
     from cogqa.evaluate import resolve_device, resolve_dtype
+
     dev = resolve_device("auto")
     assert dev.type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
@@ -125,6 +132,7 @@ def test_device_and_dtype_resolution():
 def test_bf16_weights_evaluate_close_to_fp32():
     """The reduced-precision path (what CUDA runs by default) is the same code: bf16 weights, fp32 losses."""
     from cogqa.evaluate import evaluate_chunks
+
     chunks = [np.arange(i, i + 16) % 97 for i in range(4)]
     a = evaluate_chunks(_tiny(), chunks)
     b = evaluate_chunks(_tiny().to(torch.bfloat16), chunks)

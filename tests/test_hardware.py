@@ -33,8 +33,17 @@ def test_get_hardware_by_alias_and_unknown_name():
 
 def test_user_profile_json_and_yaml_with_units(tmp_path):
     j = tmp_path / "my.json"
-    j.write_text(json.dumps({"name": "mygpu", "peak_flops": "100T", "memory_bandwidth": "1TB",
-                             "memory_bytes": "16GiB", "bandwidth_efficiency": 0.9}))
+    j.write_text(
+        json.dumps(
+            {
+                "name": "mygpu",
+                "peak_flops": "100T",
+                "memory_bandwidth": "1TB",
+                "memory_bytes": "16GiB",
+                "bandwidth_efficiency": 0.9,
+            }
+        )
+    )
     hw = get_hardware(str(j))
     assert (hw.peak_flops, hw.memory_bandwidth, hw.memory_bytes) == (100e12, 1e12, 16 * 2**30)
     assert hw.bandwidth == pytest.approx(0.9e12)
@@ -43,14 +52,28 @@ def test_user_profile_json_and_yaml_with_units(tmp_path):
     assert load_profile_file(y).memory_bytes == 8e9
 
 
-@pytest.mark.parametrize("data, match", [
-    ({"name": "x", "peak_flops": 1e12, "memory_bandwidth": 1e11}, "missing field.*memory_bytes"),
-    ({"name": "x", "peak_flops": 1e12, "memory_bandwidth": 1e11, "memory_bytes": 1e9, "tflops": 3}, "unknown field.*tflops"),
-    ({"name": "x", "peak_flops": "lots", "memory_bandwidth": 1e11, "memory_bytes": 1e9}, "'peak_flops' must be a positive"),
-    ({"name": "x", "peak_flops": 1e12, "memory_bandwidth": 1e11, "memory_bytes": 1e9, "matmul_efficiency": 1.5},
-     "'matmul_efficiency' must be a fraction"),
-    ({"name": "x", "peak_flops": -1, "memory_bandwidth": 1e11, "memory_bytes": 1e9}, "'peak_flops' must be a positive"),
-])
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        ({"name": "x", "peak_flops": 1e12, "memory_bandwidth": 1e11}, "missing field.*memory_bytes"),
+        (
+            {"name": "x", "peak_flops": 1e12, "memory_bandwidth": 1e11, "memory_bytes": 1e9, "tflops": 3},
+            "unknown field.*tflops",
+        ),
+        (
+            {"name": "x", "peak_flops": "lots", "memory_bandwidth": 1e11, "memory_bytes": 1e9},
+            "'peak_flops' must be a positive",
+        ),
+        (
+            {"name": "x", "peak_flops": 1e12, "memory_bandwidth": 1e11, "memory_bytes": 1e9, "matmul_efficiency": 1.5},
+            "'matmul_efficiency' must be a fraction",
+        ),
+        (
+            {"name": "x", "peak_flops": -1, "memory_bandwidth": 1e11, "memory_bytes": 1e9},
+            "'peak_flops' must be a positive",
+        ),
+    ],
+)
 def test_bad_profiles_one_line_errors(data, match):
     with pytest.raises(CogqaError, match=match) as exc:
         hardware_from_dict(data, where="p.json")
@@ -85,8 +108,16 @@ def test_local_profile_cached_and_remeasured(tmp_path, monkeypatch):
 
     def fake(device, dtype, seconds=1.0):
         calls.append((device, dtype))
-        return Hardware(name="local", peak_flops=1e11 * len(calls), memory_bandwidth=2e10, memory_bytes=8e9,
-                        matmul_efficiency=1, attention_efficiency=1, bandwidth_efficiency=0.5, dtype=dtype)
+        return Hardware(
+            name="local",
+            peak_flops=1e11 * len(calls),
+            memory_bandwidth=2e10,
+            memory_bytes=8e9,
+            matmul_efficiency=1,
+            attention_efficiency=1,
+            bandwidth_efficiency=0.5,
+            dtype=dtype,
+        )
 
     monkeypatch.setattr(hwmod, "measure_local", fake)
     a = get_hardware("local:cpu")

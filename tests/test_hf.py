@@ -22,11 +22,17 @@ CASES = {
     # n_h d_h != d everywhere; d divisible by n_h -> Llama, not divisible -> Mistral
     "llama-gqa4": (ModelShape(hidden_size=48, n_heads=8, n_kv_heads=2, **BASE), "LlamaForCausalLM"),
     "mistral-gqa3": (ModelShape(hidden_size=40, n_heads=6, n_kv_heads=2, **BASE), "MistralForCausalLM"),
-    "mqa-untied": (ModelShape(hidden_size=48, n_heads=4, n_kv_heads=1, tie_embeddings=False, **BASE), "LlamaForCausalLM"),
+    "mqa-untied": (
+        ModelShape(hidden_size=48, n_heads=4, n_kv_heads=1, tie_embeddings=False, **BASE),
+        "LlamaForCausalLM",
+    ),
     "mha": (ModelShape(hidden_size=36, n_heads=3, n_kv_heads=3, **BASE), "LlamaForCausalLM"),
     "qwen2-bias": (ModelShape(hidden_size=48, n_heads=4, n_kv_heads=2, qkv_bias=True, **BASE), "Qwen2ForCausalLM"),
     "qwen3-qknorm": (ModelShape(hidden_size=40, n_heads=6, n_kv_heads=3, qk_norm=True, **BASE), "Qwen3ForCausalLM"),
-    "llama-bias": (ModelShape(hidden_size=48, n_heads=4, n_kv_heads=2, qkv_bias=True, o_bias=True, mlp_bias=True, **BASE), "LlamaForCausalLM"),
+    "llama-bias": (
+        ModelShape(hidden_size=48, n_heads=4, n_kv_heads=2, qkv_bias=True, o_bias=True, mlp_bias=True, **BASE),
+        "LlamaForCausalLM",
+    ),
 }
 
 
@@ -80,8 +86,11 @@ def test_left_padded_generation_matches_transformers(tmp_path):
     with torch.no_grad():
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         a = model(ours[:, :-1], attention_mask=torch.cat([mask, torch.ones(2, 5, dtype=mask.dtype)], 1)).logits
-        b = hf(ours[:, :-1], attention_mask=torch.cat([mask, torch.ones(2, 5, dtype=mask.dtype)], 1),
-               position_ids=torch.cat([pos, pos[:, -1:] + torch.arange(1, 6)], 1)).logits
+        b = hf(
+            ours[:, :-1],
+            attention_mask=torch.cat([mask, torch.ones(2, 5, dtype=mask.dtype)], 1),
+            position_ids=torch.cat([pos, pos[:, -1:] + torch.arange(1, 6)], 1),
+        ).logits
     assert (a[1] - b[1]).abs().max() <= 1e-5
     assert (a[0, 4:] - b[0, 4:]).abs().max() <= 1e-5
 
@@ -91,7 +100,9 @@ def test_paper_shape_d1280_24_heads_exports_as_mistral(tmp_path):
     shape = ModelShape(layers=1, hidden_size=1280, ffn_size=64, n_heads=24, n_kv_heads=8, vocab_size=64)
     assert hf_model_type(shape) == "mistral"
     with pytest.raises(Exception, match="multiple"):
-        transformers.LlamaConfig(**{k: v for k, v in hf_config(shape).items() if k not in ("model_type", "architectures")})
+        transformers.LlamaConfig(
+            **{k: v for k, v in hf_config(shape).items() if k not in ("model_type", "architectures")}
+        )
     model = _model(shape)
     export_hf(model, tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
@@ -160,19 +171,36 @@ def test_llama_32_config_reads_its_llama3_rope_scaling():
     assert rope_parameters(shape)["factor"] == 32.0
     assert "rope_scaling" not in CASES["mha"][0].to_dict()  # shapes without scaling serialise as before
     with pytest.raises(CogqaError, match="high_freq_factor"):
-        ModelShape(layers=1, hidden_size=32, ffn_size=32, n_heads=2, n_kv_heads=1,
-                   rope_scaling=("llama3", 8.0, 4.0, 1.0, 32))
+        ModelShape(
+            layers=1, hidden_size=32, ffn_size=32, n_heads=2, n_kv_heads=1, rope_scaling=("llama3", 8.0, 4.0, 1.0, 32)
+        )
 
 
 def test_llama3_rope_scaling_logits_parity_past_the_original_context(tmp_path, capsys):
     """A tiny random Llama with rope_type llama3 (original context 32 tokens), made and saved by transformers:
     cogqa's import computes its logits within 1e-4 at positions up to 160 (5x the original context), and the
     export of the import reproduces the config's scaling."""
-    rope = {"rope_type": "llama3", "rope_theta": 10000.0, "factor": 8.0, "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
-    config = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-5,
-                                      max_position_embeddings=256, rope_parameters=rope, tie_word_embeddings=False)
+    rope = {
+        "rope_type": "llama3",
+        "rope_theta": 10000.0,
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32,
+    }
+    config = transformers.LlamaConfig(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=256,
+        rope_parameters=rope,
+        tie_word_embeddings=False,
+    )
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(config).eval()
     hf.save_pretrained(str(tmp_path / "hf"))
@@ -205,9 +233,14 @@ def test_cli_generate_with_the_byte_tokenizer(tmp_path, capsys):
     from cogqa.tokenizer import get_tokenizer
 
     tok = get_tokenizer("bytes")
-    shape = ModelShape(layers=1, hidden_size=32, ffn_size=64, n_heads=4, n_kv_heads=1, head_dim=8, vocab_size=tok.padded_vocab_size)
+    shape = ModelShape(
+        layers=1, hidden_size=32, ffn_size=64, n_heads=4, n_kv_heads=1, head_dim=8, vocab_size=tok.padded_vocab_size
+    )
     save_model(_model(shape), tmp_path / "ck")
-    assert main(["generate", str(tmp_path / "ck"), "--prompt", "To be", "--tokenizer", "bytes", "--max-new-tokens", "5"]) == 0
+    assert (
+        main(["generate", str(tmp_path / "ck"), "--prompt", "To be", "--tokenizer", "bytes", "--max-new-tokens", "5"])
+        == 0
+    )
     assert capsys.readouterr().out.startswith("To be")
 
 
@@ -224,10 +257,23 @@ def test_export_writes_gpt2_tokenizer_files(tmp_path):
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 def test_import_a_directory_saved_by_transformers_sharded(family, tmp_path):
     """A model made and saved by transformers itself (sharded safetensors) imports with equal logits."""
-    common = dict(vocab_size=96, hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-5, tie_word_embeddings=False,
-                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
-    config_cls = {"llama": transformers.LlamaConfig, "qwen2": transformers.Qwen2Config, "qwen3": transformers.Qwen3Config}[family]
+    common = dict(
+        vocab_size=96,
+        hidden_size=48,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    )
+    config_cls = {
+        "llama": transformers.LlamaConfig,
+        "qwen2": transformers.Qwen2Config,
+        "qwen3": transformers.Qwen3Config,
+    }[family]
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(config_cls(**common)).eval()
     hf.save_pretrained(str(tmp_path), max_shard_size="60KB")

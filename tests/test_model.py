@@ -16,10 +16,16 @@ from cogqa.shapes import ModelShape
 SHAPES = {
     "gqa": ModelShape(layers=2, hidden_size=40, ffn_size=96, n_heads=6, n_kv_heads=2, head_dim=16, vocab_size=101),
     "gqa4": ModelShape(layers=2, hidden_size=48, ffn_size=64, n_heads=8, n_kv_heads=2, head_dim=8, vocab_size=97),
-    "mqa": ModelShape(layers=3, hidden_size=32, ffn_size=80, n_heads=4, n_kv_heads=1, head_dim=16, vocab_size=64, tie_embeddings=False),
+    "mqa": ModelShape(
+        layers=3, hidden_size=32, ffn_size=80, n_heads=4, n_kv_heads=1, head_dim=16, vocab_size=64, tie_embeddings=False
+    ),
     "mha": ModelShape(layers=1, hidden_size=24, ffn_size=64, n_heads=2, n_kv_heads=2, head_dim=32, vocab_size=50),
-    "qwen3": ModelShape(layers=2, hidden_size=32, ffn_size=64, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=64, qk_norm=True),
-    "qwen2": ModelShape(layers=2, hidden_size=32, ffn_size=64, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=64, qkv_bias=True),
+    "qwen3": ModelShape(
+        layers=2, hidden_size=32, ffn_size=64, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=64, qk_norm=True
+    ),
+    "qwen2": ModelShape(
+        layers=2, hidden_size=32, ffn_size=64, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=64, qkv_bias=True
+    ),
 }
 
 
@@ -28,7 +34,7 @@ def make(shape, seed=0):
     model = GQADecoder(shape, max_seq_len=256)
     model.init_weights(seed)
     with torch.no_grad():  # non-trivial norms and biases so that every parameter matters
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model.eval()
@@ -99,7 +105,7 @@ def test_forward_matches_a_hand_written_reference():
     pos = torch.arange(T).double()
     inv = 1.0 / shape.rope_theta ** (torch.arange(0, dh, 2).double() / dh)
     ang = torch.cat([pos[:, None] * inv, pos[:, None] * inv], -1)
-    rot = lambda t: t * ang.cos().float() + torch.cat([-t[..., dh // 2:], t[..., : dh // 2]], -1) * ang.sin().float()  # noqa: E731
+    rot = lambda t: t * ang.cos().float() + torch.cat([-t[..., dh // 2 :], t[..., : dh // 2]], -1) * ang.sin().float()  # noqa: E731
     q, k = rot(q), rot(k)
     k, v = k.repeat_interleave(3, 0), v.repeat_interleave(3, 0)
     scores = q @ k.transpose(-1, -2) / math.sqrt(dh)
@@ -145,7 +151,7 @@ def test_kv_cache_decode_equals_full_forward_batch1(name):
         full = model(ids).logits
         cache = model.new_cache(1, 32)
         parts = [model(ids[:, :8], cache=cache).logits, model(ids[:, 8:11], cache=cache).logits]  # prefill, chunk
-        parts += [model(ids[:, t:t + 1], cache=cache).logits for t in range(11, 20)]  # token by token
+        parts += [model(ids[:, t : t + 1], cache=cache).logits for t in range(11, 20)]  # token by token
     assert cache.length == 20
     assert (torch.cat(parts, 1) - full).abs().max() < 1e-5
 
@@ -159,8 +165,8 @@ def test_kv_cache_decode_with_left_padding_batch3():
     ids = torch.zeros(3, P, dtype=torch.long)
     mask = torch.zeros(3, P, dtype=torch.long)
     for b, n in enumerate(lengths):
-        ids[b, P - n:] = seqs[b][:n]
-        mask[b, P - n:] = 1
+        ids[b, P - n :] = seqs[b][:n]
+        mask[b, P - n :] = 1
     with torch.no_grad():
         cache = model.new_cache(3, P + new)
         logits = [model(ids, attention_mask=mask, cache=cache).logits[:, -1]]
@@ -168,12 +174,12 @@ def test_kv_cache_decode_with_left_padding_batch3():
             step = torch.stack([seqs[b][lengths[b] + t] for b in range(3)])[:, None]
             logits.append(model(step, cache=cache).logits[:, -1])
         for b, n in enumerate(lengths):
-            ref = model(seqs[b][None, : n + new - 1]).logits[0, n - 1:]
+            ref = model(seqs[b][None, : n + new - 1]).logits[0, n - 1 :]
             got = torch.stack([lg[b] for lg in logits])
             assert (got - ref).abs().max() < 1e-5, b
         # a padded full forward (no cache) agrees on the real tokens too
         padded = model(ids, attention_mask=mask).logits
-        assert (padded[0, P - 5:] - model(seqs[0][None, :5]).logits[0]).abs().max() < 1e-5
+        assert (padded[0, P - 5 :] - model(seqs[0][None, :5]).logits[0]).abs().max() < 1e-5
         assert torch.isfinite(padded).all()
 
 
@@ -232,7 +238,10 @@ def test_cache_nbytes_equals_cost_model(dtype, kv):
     cache = KVCache(shape, batch, T, dtype=dtype)
     assert cache.nbytes == costs.kv_cache_bytes_per_token(shape, kv) * T * batch
     big = ModelShape(layers=24, hidden_size=1280, ffn_size=3413, n_heads=8, n_kv_heads=1)
-    assert KVCache(big, 1, 1024, device="meta", dtype=torch.bfloat16).nbytes == costs.kv_cache_bytes_per_token(big, "bf16") * 1024
+    assert (
+        KVCache(big, 1, 1024, device="meta", dtype=torch.bfloat16).nbytes
+        == costs.kv_cache_bytes_per_token(big, "bf16") * 1024
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -383,8 +392,14 @@ def test_greedy_decode_matches_transformers_token_for_token(tmp_path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
     ids = torch.randint(0, shape.vocab_size, (1, 40))
     ours = model.generate(ids, 12)
-    theirs = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, min_new_tokens=12,
-                         do_sample=False, pad_token_id=0)
+    theirs = hf.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=12,
+        min_new_tokens=12,
+        do_sample=False,
+        pad_token_id=0,
+    )
     assert torch.equal(ours, theirs)
 
 

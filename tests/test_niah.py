@@ -6,14 +6,26 @@ import re
 import pytest
 
 from cogqa.errors import CogqaError
-from cogqa.niah import (ANSWER_PREFIX, NOISE, TASKS, check_depths, essay_words, key_words, make_sample, mean_rows,
-                        normalize, run_niah, score)
+from cogqa.niah import (
+    ANSWER_PREFIX,
+    NOISE,
+    TASKS,
+    check_depths,
+    essay_words,
+    key_words,
+    make_sample,
+    mean_rows,
+    normalize,
+    run_niah,
+    score,
+)
 
 pytest.importorskip("wonderwords")
 
 ESSAY_TEXT = "Genesis 1\n\n" + "\n".join(
-    f"{i} And the {w} said, let there be light: and there was light. The {w} rested." for i, w in
-    enumerate(["river", "hill", "lamp", "stone", "field", "cloud", "tree", "bird"] * 60, start=1))
+    f"{i} And the {w} said, let there be light: and there was light. The {w} rested."
+    for i, w in enumerate(["river", "hill", "lamp", "stone", "field", "cloud", "tree", "bird"] * 60, start=1)
+)
 
 
 class ByteTok:
@@ -50,10 +62,14 @@ def test_prompt_follows_ruler(task, depth):
     assert s.n_tokens + s.max_new_tokens <= 1536 and s.n_tokens > 1536 - s.max_new_tokens - 120  # filled
     assert s.max_new_tokens == len(tok.encode(" " + s.answer)) + 4
     singular = value_kind[:-1]
-    assert s.prompt.startswith(f"A special magic {singular} is hidden within the following text. Make sure to "
-                               f"memorize it. I will quiz you about the {singular} afterwards.\n")
-    assert s.prompt.endswith(f"\nWhat is the special magic {singular} for {s.key} mentioned in the provided text?"
-                             + ANSWER_PREFIX.format(type=singular, key=s.key))
+    assert s.prompt.startswith(
+        f"A special magic {singular} is hidden within the following text. Make sure to "
+        f"memorize it. I will quiz you about the {singular} afterwards.\n"
+    )
+    assert s.prompt.endswith(
+        f"\nWhat is the special magic {singular} for {s.key} mentioned in the provided text?"
+        + ANSWER_PREFIX.format(type=singular, key=s.key)
+    )
     assert f"One of the special magic {value_kind} for {s.key} is: {s.answer}." in s.prompt
     assert re.fullmatch(r"[a-z-]+-[a-z-]+", s.key) and s.key.split("-")[-1] in key_words()[1]
     if value_kind == "numbers":
@@ -74,7 +90,7 @@ def test_retrieving_model_scores_full_and_others_zero():
     rows = run_niah(oracle, ByteTok(), **kw)
     assert len(rows) == 3 * 2 * 3 and all(r["accuracy"] == 1.0 and r["samples"] == 2 for r in rows)
     assert all(r["accuracy"] == 0.0 for r in run_niah(lambda p, n: " 1234567.", ByteTok(), **kw))
-    truncated = run_niah(lambda p, n: oracle(p, n)[:n - 5], ByteTok(), **kw)  # cut short of the budget
+    truncated = run_niah(lambda p, n: oracle(p, n)[: n - 5], ByteTok(), **kw)  # cut short of the budget
     assert all(r["accuracy"] == 0.0 for r in truncated)
 
 
@@ -83,8 +99,10 @@ def test_scoring_rules_and_averages():
     assert score("ABC-def\x00", "abc-DEF") == 1.0
     assert score("123456", "1234567") == 0.0
     assert normalize(" a\tb \n") == "a\nb"
-    rows = [{"task": "a", "context": 8, "depth": 0.0, "accuracy": 1.0, "samples": 2},
-            {"task": "b", "context": 8, "depth": 0.0, "accuracy": 0.0, "samples": 2}]
+    rows = [
+        {"task": "a", "context": 8, "depth": 0.0, "accuracy": 1.0, "samples": 2},
+        {"task": "b", "context": 8, "depth": 0.0, "accuracy": 0.0, "samples": 2},
+    ]
     assert mean_rows([rows], keys=("context",)) == [{"context": 8, "accuracy": 0.5, "samples": 4}]
     assert mean_rows([rows, rows])[0]["samples"] == 4
 

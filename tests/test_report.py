@@ -21,9 +21,20 @@ def synthetic_sweep(tmp_path):
     for (h, kv), (a, b, E) in TRUE.items():
         for name, n in SIZES.items():
             n_h = n * (1 + 0.05 * (h + kv) / 8)  # attention width adds parameters, as in a real sweep
-            rows.append({"id": f"{name}_h{h}kv{kv}_s0", "size": name, "n_heads": h, "n_kv_heads": kv, "seed": 0,
-                         "params_non_embedding": n_h, "loss": (a / n_h) ** b + E + rng.normal(0, 1e-4),
-                         "tokens": 65536, "context": 128, "wall_time_s": 10.0})
+            rows.append(
+                {
+                    "id": f"{name}_h{h}kv{kv}_s0",
+                    "size": name,
+                    "n_heads": h,
+                    "n_kv_heads": kv,
+                    "seed": 0,
+                    "params_non_embedding": n_h,
+                    "loss": (a / n_h) ** b + E + rng.normal(0, 1e-4),
+                    "tokens": 65536,
+                    "context": 128,
+                    "wall_time_s": 10.0,
+                }
+            )
     d = tmp_path / "sweep"
     d.mkdir()
     pd.DataFrame(rows).to_csv(d / "results.csv", index=False)
@@ -58,8 +69,14 @@ def test_report_from_sweep_dir(tmp_path):
 
 def test_report_cli_from_laws_file(tmp_path, capsys):
     pytest.importorskip("cogqa.search")
-    laws = {"form": "power_law_n", "source": "test",
-            "laws": [{"n_heads": h, "n_kv_heads": kv, "a": a * 1e4, "b": b, "E": E, "r2": 0.99} for (h, kv), (a, b, E) in TRUE.items()]}
+    laws = {
+        "form": "power_law_n",
+        "source": "test",
+        "laws": [
+            {"n_heads": h, "n_kv_heads": kv, "a": a * 1e4, "b": b, "E": E, "r2": 0.99}
+            for (h, kv), (a, b, E) in TRUE.items()
+        ],
+    }
     f = tmp_path / "laws.json"
     f.write_text(json.dumps(laws))
     out = tmp_path / "rep"

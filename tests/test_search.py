@@ -176,7 +176,9 @@ def test_documented_validation_numbers():
     r = search(131072, 2.615, baseline="llama3")
     assert (r.best["n_heads"], r.best["n_kv_heads"]) == (16, 1)
     forced = search(131072, 2.615, heads=[(8, 1)], baseline="llama3")
-    assert forced.savings["z_memory"] == pytest.approx(0.515, abs=5e-4) and forced.savings["z_flops"] == pytest.approx(0.583, abs=5e-4)
+    assert forced.savings["z_memory"] == pytest.approx(0.515, abs=5e-4) and forced.savings["z_flops"] == pytest.approx(
+        0.583, abs=5e-4
+    )
 
 
 def test_to_dict_json_keys():
@@ -186,8 +188,18 @@ def test_to_dict_json_keys():
     back = json.loads(text)
     for key in ("best", "candidates", "baseline", "savings", "approximate", "laws_source", "context", "target_loss"):
         assert key in back
-    for key in ("n_heads", "n_kv_heads", "params_non_embedding", "layers", "hidden_size", "inference_flops_per_token",
-                "inference_memory_bytes", "kv_cache_bytes", "z", "reachable"):
+    for key in (
+        "n_heads",
+        "n_kv_heads",
+        "params_non_embedding",
+        "layers",
+        "hidden_size",
+        "inference_flops_per_token",
+        "inference_memory_bytes",
+        "kv_cache_bytes",
+        "z",
+        "reachable",
+    ):
         assert key in back["best"]
         assert all(key in c for c in back["candidates"])
     assert back["candidates"][-1]["reachable"] is False and back["candidates"][-1]["z"] is None
@@ -226,12 +238,16 @@ def test_budget_consistent_with_forward_search():
     forward = search(T, L)
     inverse = lowest_loss_within_budget(T, budget_z=forward.best["z"] * (1 + 1e-9))
     assert inverse.best["predicted_loss"] <= L + 1e-6
-    row = inverse.candidates.set_index(["n_heads", "n_kv_heads"]).loc[(forward.best["n_heads"], forward.best["n_kv_heads"])]
+    row = inverse.candidates.set_index(["n_heads", "n_kv_heads"]).loc[
+        (forward.best["n_heads"], forward.best["n_kv_heads"])
+    ]
     assert row["params_non_embedding"] == pytest.approx(forward.best["params_non_embedding"], rel=1e-6)
     # memory and FLOPs budgets hold for every reachable row
     inv = lowest_loss_within_budget(T, budget_memory=4e9, budget_flops=2e10)
     ok = inv.candidates[inv.candidates.reachable]
-    assert (ok.inference_memory_bytes <= 4e9 * (1 + 1e-9)).all() and (ok.inference_flops_per_token <= 2e10 * (1 + 1e-9)).all()
+    assert (ok.inference_memory_bytes <= 4e9 * (1 + 1e-9)).all() and (
+        ok.inference_flops_per_token <= 2e10 * (1 + 1e-9)
+    ).all()
     assert inv.candidates["predicted_loss"][inv.candidates.reachable].is_monotonic_increasing
     with pytest.raises(CogqaError, match="budget too small"):
         lowest_loss_within_budget(T, budget_memory=1e3)
@@ -249,25 +265,33 @@ def test_table_paper_comparison_and_plot(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
     import pandas as pd
 
-    paper = pd.DataFrame({T: [f"({h}, {kv})" for h, kv in (row[i] for row in PAPER_TABLE4.values())]
-                          for i, T in enumerate(PAPER_TABLE4_CONTEXTS)}, index=list(PAPER_TABLE4))
+    paper = pd.DataFrame(
+        {
+            T: [f"({h}, {kv})" for h, kv in (row[i] for row in PAPER_TABLE4.values())]
+            for i, T in enumerate(PAPER_TABLE4_CONTEXTS)
+        },
+        index=list(PAPER_TABLE4),
+    )
     assert compare_with_paper_table4(paper)["exact"] == 40
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"context": 0, "target_loss": 2.6}, "context"),
-    ({"context": float("nan"), "target_loss": 2.6}, "context"),
-    ({"context": "abc", "target_loss": 2.6}, "context"),
-    ({"context": None, "target_loss": 2.6}, "context"),
-    ({"context": 8192, "target_loss": -1.0}, "target_loss"),
-    ({"context": 8192, "target_loss": float("nan")}, "target_loss"),
-    ({"context": 8192, "target_loss": 2.6, "weight_dtype": "fp7"}, "dtype"),
-    ({"context": 8192, "target_loss": 2.6, "batch": 0}, "batch"),
-    ({"context": 8192, "target_loss": 2.6, "memory_unit": "GB"}, "memory_unit"),
-    ({"context": 8192, "target_loss": 2.6, "max_heads": 3}, "power of two"),
-    ({"context": 8192, "target_loss": 2.6, "baseline": "nonsense"}, "baseline"),
-    ({"context": 8192, "target_loss": 2.6, "laws": "/no/such/laws.json"}, "no such file"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"context": 0, "target_loss": 2.6}, "context"),
+        ({"context": float("nan"), "target_loss": 2.6}, "context"),
+        ({"context": "abc", "target_loss": 2.6}, "context"),
+        ({"context": None, "target_loss": 2.6}, "context"),
+        ({"context": 8192, "target_loss": -1.0}, "target_loss"),
+        ({"context": 8192, "target_loss": float("nan")}, "target_loss"),
+        ({"context": 8192, "target_loss": 2.6, "weight_dtype": "fp7"}, "dtype"),
+        ({"context": 8192, "target_loss": 2.6, "batch": 0}, "batch"),
+        ({"context": 8192, "target_loss": 2.6, "memory_unit": "GB"}, "memory_unit"),
+        ({"context": 8192, "target_loss": 2.6, "max_heads": 3}, "power of two"),
+        ({"context": 8192, "target_loss": 2.6, "baseline": "nonsense"}, "baseline"),
+        ({"context": 8192, "target_loss": 2.6, "laws": "/no/such/laws.json"}, "no such file"),
+    ],
+)
 def test_search_bad_input(kwargs, match):
     with pytest.raises(CogqaError, match=match):
         search(**kwargs)

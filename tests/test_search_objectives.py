@@ -20,9 +20,14 @@ def test_cost_settings_validates_once():
     s = CostSettings(objective="throughput", hardware="h100-sxm", batch="auto")
     assert isinstance(s.hardware, Hardware) and s.z_batch == 1 and s.ranks_by == "objective_value"
     assert CostSettings().ranks_by == "z" and CostSettings().convention.name == "paper"
-    for kwargs, field in [({"objective": "x"}, "--objective"), ({"objective": "latency"}, "--hardware"),
-                          ({"batch": 0}, "--batch"), ({"batch": "auto"}, "--hardware"),
-                          ({"hardware": "nope"}, "nope"), ({"kv_dtype": "fp7"}, "fp7")]:
+    for kwargs, field in [
+        ({"objective": "x"}, "--objective"),
+        ({"objective": "latency"}, "--hardware"),
+        ({"batch": 0}, "--batch"),
+        ({"batch": "auto"}, "--hardware"),
+        ({"hardware": "nope"}, "nope"),
+        ({"kv_dtype": "fp7"}, "fp7"),
+    ]:
         with pytest.raises(CogqaError, match=field):
             CostSettings(**kwargs)
 
@@ -36,8 +41,9 @@ def test_default_objective_unchanged():
 
 
 def test_huge_context_throughput_picks_the_fewest_kv_heads():
-    r = search(1_000_000, 2.6, heads=HEADS, settings=CostSettings(objective="throughput", hardware="h100-sxm",
-                                                                      batch="auto"))
+    r = search(
+        1_000_000, 2.6, heads=HEADS, settings=CostSettings(objective="throughput", hardware="h100-sxm", batch="auto")
+    )
     assert r.best["n_kv_heads"] == 1 and bool(r.best["fits"])
     tps = r.candidates["tokens_per_second"].to_numpy()
     assert np.all(np.diff(tps) <= 0)  # ranked by tokens/s per device, highest first
@@ -87,13 +93,37 @@ def _cli(*args):
 
 
 def test_cli_search_throughput_prints_objective_and_units():
-    p = _cli("search", "--context", "128k", "--target-loss", "2.6", "--objective", "throughput", "--hardware",
-             "h100-sxm", "--batch", "auto", "--heads", "32,8", "8,1")
+    p = _cli(
+        "search",
+        "--context",
+        "128k",
+        "--target-loss",
+        "2.6",
+        "--objective",
+        "throughput",
+        "--hardware",
+        "h100-sxm",
+        "--batch",
+        "auto",
+        "--heads",
+        "32,8",
+        "8,1",
+    )
     assert p.returncode == 0, p.stderr
     assert "objective: maximise decode throughput" in p.stdout and "h100-sxm" in p.stdout
     assert "tokens/s per device" in p.stdout and " ms per output token" in p.stdout
-    j = _cli("search", "--context", "128k", "--target-loss", "2.6", "--objective", "latency", "--hardware",
-             "h100-sxm", "--json")
+    j = _cli(
+        "search",
+        "--context",
+        "128k",
+        "--target-loss",
+        "2.6",
+        "--objective",
+        "latency",
+        "--hardware",
+        "h100-sxm",
+        "--json",
+    )
     d = json.loads(j.stdout)
     assert d["objective"] == "latency" and d["best"]["seconds_per_token"] > 0
 
@@ -104,8 +134,15 @@ def test_cli_table_throughput():
     assert "tok/s/dev" in p.stdout and "h100-sxm" in p.stdout
 
 
-@pytest.mark.parametrize("flags,field", [(["--hardware", "nope"], "--hardware"), (["--objective", "x"], "--objective"),
-                                         (["--batch", "0"], "--batch"), (["--objective", "latency"], "--hardware")])
+@pytest.mark.parametrize(
+    "flags,field",
+    [
+        (["--hardware", "nope"], "--hardware"),
+        (["--objective", "x"], "--objective"),
+        (["--batch", "0"], "--batch"),
+        (["--objective", "latency"], "--hardware"),
+    ],
+)
 def test_cli_hostile_flags_one_line(flags, field):
     p = _cli("search", "--context", "128k", "--target-loss", "2.6", *flags)
     assert p.returncode != 0 and "Traceback" not in p.stderr
@@ -114,15 +151,29 @@ def test_cli_hostile_flags_one_line(flags, field):
 
 
 def test_search_path_does_not_import_torch():
-    code = ("import sys; from cogqa.search import search, CostSettings; "
-            "search(131072, 2.6, settings=CostSettings(objective='throughput', hardware='h100-sxm', batch='auto')); "
-            "print('torch' in sys.modules)")
+    code = (
+        "import sys; from cogqa.search import search, CostSettings; "
+        "search(131072, 2.6, settings=CostSettings(objective='throughput', hardware='h100-sxm', batch='auto')); "
+        "print('torch' in sys.modules)"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
 def test_cli_compare_marks_best_and_infeasible():
-    p = _cli("compare", "1.2B:32,8", "1.8B:8,1", "--context", "128k", "--objective", "throughput", "--hardware",
-             "a800-80gb", "--batch", "16", "--json")
+    p = _cli(
+        "compare",
+        "1.2B:32,8",
+        "1.8B:8,1",
+        "--context",
+        "128k",
+        "--objective",
+        "throughput",
+        "--hardware",
+        "a800-80gb",
+        "--batch",
+        "16",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     rows = {r["config"]: r for r in json.loads(p.stdout)}
     assert not rows["1.2B:32,8"]["fits"] and rows["1.2B:32,8"]["objective_value"] is None
@@ -147,8 +198,18 @@ def test_pareto_candidates_marks_a_nondominated_set():
 
 
 def test_cli_report_with_objective_writes_pareto(tmp_path):
-    p = _cli("report", "default", "--out", str(tmp_path), "--objective", "throughput", "--hardware", "h100-sxm",
-             "--batch", "auto")
+    p = _cli(
+        "report",
+        "default",
+        "--out",
+        str(tmp_path),
+        "--objective",
+        "throughput",
+        "--hardware",
+        "h100-sxm",
+        "--batch",
+        "auto",
+    )
     assert p.returncode == 0, p.stderr
     md = (tmp_path / "report.md").read_text()
     assert (tmp_path / "pareto.png").is_file() and "## 7. Pareto view" in md

@@ -6,12 +6,28 @@ import pytest
 from cogqa import costs
 from cogqa.errors import CogqaError
 from cogqa.hardware import Hardware, get_hardware
-from cogqa.serving import (decode_step, max_batch, max_context, objective_values, pareto_front, prefill,
-                           serving_summary, training_step)
+from cogqa.serving import (
+    decode_step,
+    max_batch,
+    max_context,
+    objective_values,
+    pareto_front,
+    prefill,
+    serving_summary,
+    training_step,
+)
 from cogqa.shapes import paper_shape, shape_for_params
 
-TOY = Hardware(name="toy", peak_flops=1e12, memory_bandwidth=1e11, memory_bytes=10e9, matmul_efficiency=0.5,
-               attention_efficiency=0.25, bandwidth_efficiency=0.8, memory_usable_fraction=1.0)
+TOY = Hardware(
+    name="toy",
+    peak_flops=1e12,
+    memory_bandwidth=1e11,
+    memory_bytes=10e9,
+    matmul_efficiency=0.5,
+    attention_efficiency=0.25,
+    bandwidth_efficiency=0.8,
+    memory_usable_fraction=1.0,
+)
 
 
 def test_decode_step_is_the_sum_of_phase_maxima():
@@ -79,8 +95,11 @@ def test_vectorised_over_real_shapes_matches_scalars():
 def test_table5_direction_on_a800():
     a800 = get_hardware("a800")
     old, new = paper_shape("1.2B", 32, 8), paper_shape("1.8B", 8, 1)
-    for fn in (lambda s: prefill(s, 131072, 1, a800), lambda s: decode_step(s, 131072, 1, a800),
-               lambda s: training_step(s, 131072, a800)):
+    for fn in (
+        lambda s: prefill(s, 131072, 1, a800),
+        lambda s: decode_step(s, 131072, 1, a800),
+        lambda s: training_step(s, 131072, a800),
+    ):
         assert fn(new)["tokens_per_second"] > 1.5 * fn(old)["tokens_per_second"]
 
 
@@ -117,20 +136,58 @@ def test_summary_json_ready():
 def test_cli_serving_and_hardware(capsys, tmp_path):
     from cogqa.cli import main
 
-    assert main(["serving", "--size", "470M", "--heads", "8", "--kv-heads", "1", "--hardware", "h100-sxm",
-                 "--context", "8k,128k", "--batch", "auto", "--train-context", "8k"]) == 0
+    assert (
+        main(
+            [
+                "serving",
+                "--size",
+                "470M",
+                "--heads",
+                "8",
+                "--kv-heads",
+                "1",
+                "--hardware",
+                "h100-sxm",
+                "--context",
+                "8k,128k",
+                "--batch",
+                "auto",
+                "--train-context",
+                "8k",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "time per output token" in out and "tokens/s per device" in out and "memory" in out
-    assert main(["serving", "--hf-config", "tests/data/llama-3.2-1b-config.json", "--hardware", "a800",
-                 "--context", "128k", "--json", "--bandwidth-efficiency", "0.5"]) == 0
+    assert (
+        main(
+            [
+                "serving",
+                "--hf-config",
+                "tests/data/llama-3.2-1b-config.json",
+                "--hardware",
+                "a800",
+                "--context",
+                "128k",
+                "--json",
+                "--bandwidth-efficiency",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["hardware"]["bandwidth_efficiency"] == 0.5 and data["rows"][0]["decode"]["tokens_per_second"] > 0
     assert main(["hardware", "list"]) == 0
     assert "mi300x" in capsys.readouterr().out
     assert main(["hardware", "show", "h100-pcie"]) == 0
     assert "source of peak_flops" in capsys.readouterr().out
-    for argv, msg in ((["--batch", "0"], "--batch"), (["--hardware", str(tmp_path / "x.json")], "is not a file"),
-                      (["--matmul-efficiency", "2"], "matmul_efficiency")):
+    for argv, msg in (
+        (["--batch", "0"], "--batch"),
+        (["--hardware", str(tmp_path / "x.json")], "is not a file"),
+        (["--matmul-efficiency", "2"], "matmul_efficiency"),
+    ):
         base = ["serving", "--size", "470M", "--hardware", "h100-sxm"]
         assert main(base + argv) == 2
         err = capsys.readouterr().err

@@ -65,6 +65,11 @@ def test_a_child_torch_follows_the_variables(tmp_path):
 
     pytest.importorskip("torch")
     env = dict(os.environ, **thread_env(1))
-    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"], env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert out.stdout.strip() == "1"

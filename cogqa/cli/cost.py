@@ -11,8 +11,16 @@ from . import print_json
 def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
     """The ways to name one shape: --hf-config, --size (+ --heads/--kv-heads), or explicit sizes."""
     g = parser.add_argument_group("model shape (one of --hf-config, --size, or explicit --layers ...)")
-    g.add_argument("--hf-config", metavar="PATH", help="a Hugging Face config.json (or its directory): llama, mistral, qwen2, qwen3")
-    g.add_argument("--size", metavar="SIZE", help="a paper size (3M ... 1.2B, 1.8B ... 64B) or any size in parameters (2.5B: Appendix B.1 shape)")
+    g.add_argument(
+        "--hf-config",
+        metavar="PATH",
+        help="a Hugging Face config.json (or its directory): llama, mistral, qwen2, qwen3",
+    )
+    g.add_argument(
+        "--size",
+        metavar="SIZE",
+        help="a paper size (3M ... 1.2B, 1.8B ... 64B) or any size in parameters (2.5B: Appendix B.1 shape)",
+    )
     g.add_argument("--layers", type=int, help="number of layers L")
     g.add_argument("--hidden", type=int, help="hidden size d")
     g.add_argument("--ffn", type=int, help="FFN size d_ff (default int(8d/3))")
@@ -25,21 +33,39 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_cost_options(parser: argparse.ArgumentParser, multi_context: bool = True) -> None:
     """--context, --batch, dtypes and the Z weights."""
-    parser.add_argument("--context", default="8k", help="context length(s) T in tokens: 131072, 128k, or a list 8k,32k,128k (default 8k)")
+    parser.add_argument(
+        "--context",
+        default="8k",
+        help="context length(s) T in tokens: 131072, 128k, or a list 8k,32k,128k (default 8k)",
+    )
     parser.add_argument("--batch", type=int, default=1, help="concurrent sequences sharing the weights (default 1)")
     parser.add_argument("--weight-dtype", default="bf16", help="fp32, bf16, fp16, fp8, int8, int4 (default bf16)")
     parser.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
-    parser.add_argument("--lambda", dest="lam", type=float, default=0.9, help="Z weight of memory, in [0, 1] (default 0.9)")
+    parser.add_argument(
+        "--lambda", dest="lam", type=float, default=0.9, help="Z weight of memory, in [0, 1] (default 0.9)"
+    )
     parser.add_argument("--alpha", type=float, default=0.5, help="Z exponent of memory (default 1/2)")
     parser.add_argument("--beta", type=float, default=1 / 3, help="Z exponent of FLOPs per token (default 1/3)")
-    parser.add_argument("--context-dist", metavar="SPEC", help="a distribution of context lengths instead of --context: "
-                        "1k:5,8k:3,128k:2 (length:count) or a file of 'length,count' lines; costs are taken at E[T] "
-                        "(they are affine in T)")
-    parser.add_argument("--convention", default=None, choices=("paper", "eq4-per-token", "bytes-per-token"),
-                        help="what M and C mean in Z: paper (default; Figure 2: M in bytes of N + KV cache, C = FLOPs "
-                        "of a whole T-token sequence), eq4-per-token (M in values, C per token) or bytes-per-token")
-    parser.add_argument("--memory-unit", default=None, choices=("values", "bytes"),
-                        help="old spelling: values = --convention eq4-per-token, bytes = --convention bytes-per-token")
+    parser.add_argument(
+        "--context-dist",
+        metavar="SPEC",
+        help="a distribution of context lengths instead of --context: "
+        "1k:5,8k:3,128k:2 (length:count) or a file of 'length,count' lines; costs are taken at E[T] "
+        "(they are affine in T)",
+    )
+    parser.add_argument(
+        "--convention",
+        default=None,
+        choices=("paper", "eq4-per-token", "bytes-per-token"),
+        help="what M and C mean in Z: paper (default; Figure 2: M in bytes of N + KV cache, C = FLOPs "
+        "of a whole T-token sequence), eq4-per-token (M in values, C per token) or bytes-per-token",
+    )
+    parser.add_argument(
+        "--memory-unit",
+        default=None,
+        choices=("values", "bytes"),
+        help="old spelling: values = --convention eq4-per-token, bytes = --convention bytes-per-token",
+    )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
 
 
@@ -58,9 +84,14 @@ def shape_from_args(args: argparse.Namespace):
 
     explicit = any(getattr(args, k) is not None for k in ("layers", "hidden", "ffn"))
     ways = [args.hf_config is not None, args.size is not None, explicit]
-    require(sum(ways) == 1, "name the model once: --hf-config PATH, --size 470M, or --layers/--hidden/--heads/--kv-heads")
+    require(
+        sum(ways) == 1, "name the model once: --hf-config PATH, --size 470M, or --layers/--hidden/--heads/--kv-heads"
+    )
     if args.hf_config is not None:
-        require(args.heads is None and args.kv_heads is None, "--heads/--kv-heads cannot modify --hf-config; edit the config or use explicit sizes")
+        require(
+            args.heads is None and args.kv_heads is None,
+            "--heads/--kv-heads cannot modify --hf-config; edit the config or use explicit sizes",
+        )
         return shape_from_hf_config(args.hf_config)
     if args.size is not None:
         spec = args.size
@@ -72,7 +103,12 @@ def shape_from_args(args: argparse.Namespace):
     for name in ("layers", "hidden", "heads"):
         require(getattr(args, name) is not None, f"--{name} is required with explicit sizes")
     n_kv = args.kv_heads if args.kv_heads is not None else args.heads
-    for name, value in (("--layers", args.layers), ("--hidden", args.hidden), ("--heads", args.heads), ("--kv-heads", n_kv)):
+    for name, value in (
+        ("--layers", args.layers),
+        ("--hidden", args.hidden),
+        ("--heads", args.heads),
+        ("--kv-heads", n_kv),
+    ):
         require(value > 0, f"{name} must be positive, got {value}")
     return ModelShape(
         layers=args.layers,
@@ -123,7 +159,10 @@ def cmd_cost(args: argparse.Namespace) -> int:
     contexts = _check_cost_options(args)
     shape = shape_from_args(args)
     weights = _weights(args)
-    rows = [cost_summary(shape, T, args.batch, args.weight_dtype, args.kv_dtype, weights, convention_from_args(args)) for T in contexts]
+    rows = [
+        cost_summary(shape, T, args.batch, args.weight_dtype, args.kv_dtype, weights, convention_from_args(args))
+        for T in contexts
+    ]
     if args.train_tokens is not None:
         from ..costs import paper_training_flops, training_flops, training_memory_bytes
         from ..units import parse_context, parse_count
@@ -144,15 +183,24 @@ def cmd_cost(args: argparse.Namespace) -> int:
         return 0
     first = rows[0]
     print(_describe(shape))
-    print(f"weights {args.weight_dtype}, KV cache {args.kv_dtype}, batch {args.batch} sequence(s); FLOPs = 2 x multiply-adds")
+    print(
+        f"weights {args.weight_dtype}, KV cache {args.kv_dtype}, batch {args.batch} sequence(s); FLOPs = 2 x "
+        "multiply-adds"
+    )
     print()
     print("parameters")
     for key, value in first["params_by_component"].items():
         if value:
             print(f"  {key.replace('_', ' '):<24}{fmt_params(value):>18}")
     print(f"  {'total':<24}{fmt_params(first['params']):>18}   ({first['params']:,} parameters)")
-    print(f"  {'non-embedding N':<24}{fmt_params(first['params_non_embedding']):>18}   ({first['params_non_embedding']:,} parameters)")
-    print(f"  KV cache per token      {fmt_bytes(first['kv_cache_bytes_per_token']):>18}   ({first['kv_cache_bytes_per_token']:,} bytes at {args.kv_dtype})")
+    print(
+        f"  {'non-embedding N':<24}{fmt_params(first['params_non_embedding']):>18}   "
+        f"({first['params_non_embedding']:,} parameters)"
+    )
+    print(
+        f"  KV cache per token      {fmt_bytes(first['kv_cache_bytes_per_token']):>18}   "
+        f"({first['kv_cache_bytes_per_token']:,} bytes at {args.kv_dtype})"
+    )
     print()
     if len(rows) == 1:
         r = first
@@ -164,28 +212,45 @@ def cmd_cost(args: argparse.Namespace) -> int:
             tag = " (time-variant)" if key == "attention_computation" else ""
             print(f"  {(key.replace('_', ' ') + tag):<34}{fmt_flops(value):>16}{100 * value / total:>7.1f}%")
         print(f"  {'total':<34}{fmt_flops(total):>16}")
-        print(f"  time-invariant / time-variant     {fmt_flops(r['inference_flops_time_invariant'])} / {fmt_flops(r['inference_flops_time_variant'])}")
+        print(
+            f"  time-invariant / time-variant     {fmt_flops(r['inference_flops_time_invariant'])} / "
+            f"{fmt_flops(r['inference_flops_time_variant'])}"
+        )
         print()
         mem = r["inference_memory_bytes"]
         print("inference memory")
-        print(f"  {'weights (time-invariant)':<34}{fmt_bytes(r['weights_bytes']):>16}{100 * r['weights_bytes'] / mem:>7.1f}%")
-        print(f"  {'KV cache (time-variant)':<34}{fmt_bytes(r['kv_cache_bytes']):>16}{100 * r['kv_cache_bytes'] / mem:>7.1f}%")
+        print(
+            f"  {'weights (time-invariant)':<34}{fmt_bytes(r['weights_bytes']):>16}"
+            f"{100 * r['weights_bytes'] / mem:>7.1f}%"
+        )
+        print(
+            f"  {'KV cache (time-variant)':<34}{fmt_bytes(r['kv_cache_bytes']):>16}"
+            f"{100 * r['kv_cache_bytes'] / mem:>7.1f}%"
+        )
         print(f"  {'total':<34}{fmt_bytes(mem):>16}")
         print()
-        print(f"paper's split (Eqs. 3-4): C = 2N + 4TLd_h n_h = {fmt_flops(r['paper_inference_flops'])} per token; "
-              f"M = N + 2TLd_h n_kv = {r['paper_inference_memory_values']:.4g} values")
-        print(f"hardware-aware cost Z = {weights.lam:g}*M^{weights.alpha:.3g} + {1 - weights.lam:g}*C^{weights.beta:.3g} "
-              f"= {r['z']:.6g}, convention {r['z_convention']['name']} (M in {r['z_convention']['memory_unit']}, "
-              f"C in {r['z_convention']['flops_unit']})")
+        print(
+            f"paper's split (Eqs. 3-4): C = 2N + 4TLd_h n_h = {fmt_flops(r['paper_inference_flops'])} per token; "
+            f"M = N + 2TLd_h n_kv = {r['paper_inference_memory_values']:.4g} values"
+        )
+        print(
+            f"hardware-aware cost Z = {weights.lam:g}*M^{weights.alpha:.3g} + {1 - weights.lam:g}*C^{weights.beta:.3g} "
+            f"= {r['z']:.6g}, convention {r['z_convention']['name']} (M in {r['z_convention']['memory_unit']}, "
+            f"C in {r['z_convention']['flops_unit']})"
+        )
         if "training_flops" in r:
             print()
-            print(f"training on {r['training_tokens']:,} tokens at T_train = {fmt_tokens(r['training_context'])} "
-                  f"(T_bar = T_train/2): {fmt_flops(r['training_flops'])} "
-                  f"(paper's Eq. 11: {fmt_flops(r['paper_training_flops'])}); "
-                  f"memory 4N + TdL = {fmt_bytes(r['training_memory_bytes'])} (fp32 states, bf16 activations, batch 1)")
+            print(
+                f"training on {r['training_tokens']:,} tokens at T_train = {fmt_tokens(r['training_context'])} "
+                f"(T_bar = T_train/2): {fmt_flops(r['training_flops'])} "
+                f"(paper's Eq. 11: {fmt_flops(r['paper_training_flops'])}); "
+                f"memory 4N + TdL = {fmt_bytes(r['training_memory_bytes'])} (fp32 states, bf16 activations, batch 1)"
+            )
         return 0
-    print(f"Z convention {rows[0]['z_convention']['name']}: M in {rows[0]['z_convention']['memory_unit']}, "
-          f"C in {rows[0]['z_convention']['flops_unit']}")
+    print(
+        f"Z convention {rows[0]['z_convention']['name']}: M in {rows[0]['z_convention']['memory_unit']}, "
+        f"C in {rows[0]['z_convention']['flops_unit']}"
+    )
     print(f"{'context':>14}{'FLOPs/token':>16}{'time-var.':>10}{'KV cache':>14}{'memory':>14}{'KV share':>10}{'Z':>12}")
     for r in rows:
         tv = 100 * r["inference_flops_time_variant"] / r["inference_flops_per_token"]
@@ -197,9 +262,17 @@ def cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare_rows(specs: list[str], contexts: list[int], batch: int = 1, weight_dtype: str = "bf16",
-                 kv_dtype: str = "bf16", z_weights=None, convention: str = "paper", objective: str = "z",
-                 hardware=None) -> list[dict]:
+def compare_rows(
+    specs: list[str],
+    contexts: list[int],
+    batch: int = 1,
+    weight_dtype: str = "bf16",
+    kv_dtype: str = "bf16",
+    z_weights=None,
+    convention: str = "paper",
+    objective: str = "z",
+    hardware=None,
+) -> list[dict]:
     """Cost summaries of several shape specs at each context length, with % differences from the first;
     ``z`` under the Z ``convention`` (named in each row's ``z_convention``). With ``hardware``: each
     row adds ``seconds_per_token``, ``tokens_per_second`` (per device), ``max_batch``, ``fits`` and
@@ -229,14 +302,22 @@ def compare_rows(specs: list[str], contexts: list[int], batch: int = 1, weight_d
             if hardware is not None:
                 from ..serving import objective_values
 
-                v = objective_values(shape, T, "latency" if objective == "z" else objective, hardware, batch,
-                                     weight_dtype, kv_dtype)
+                v = objective_values(
+                    shape, T, "latency" if objective == "z" else objective, hardware, batch, weight_dtype, kv_dtype
+                )
                 fits = bool(v["fits"])
                 value = r["z"] if objective == "z" else float(v["value"])
-                row.update({"objective": objective, "hardware": hardware.name,
-                            "seconds_per_token": float(v["seconds_per_token"]),
-                            "tokens_per_second": float(v["tokens_per_second"]), "max_batch": int(v["max_batch"]),
-                            "fits": fits, "objective_value": value if (fits or objective == "z") else None})
+                row.update(
+                    {
+                        "objective": objective,
+                        "hardware": hardware.name,
+                        "seconds_per_token": float(v["seconds_per_token"]),
+                        "tokens_per_second": float(v["tokens_per_second"]),
+                        "max_batch": int(v["max_batch"]),
+                        "fits": fits,
+                        "objective_value": value if (fits or objective == "z") else None,
+                    }
+                )
             if base is None:
                 base = row
             for key in ("params", "inference_flops_per_token", "inference_memory_bytes", "z"):
@@ -260,19 +341,36 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from ..search import CostSettings
     from .serving import hardware_from_args
 
-    st = CostSettings(weights=_weights(args), weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype, batch=args.batch,
-                      convention=convention_from_args(args), objective=args.objective,
-                      hardware=hardware_from_args(args))
-    rows = compare_rows(args.configs, contexts, st.batch, st.weight_dtype, st.kv_dtype, st.weights, st.convention.name,
-                        st.objective, st.hardware)
+    st = CostSettings(
+        weights=_weights(args),
+        weight_dtype=args.weight_dtype,
+        kv_dtype=args.kv_dtype,
+        batch=args.batch,
+        convention=convention_from_args(args),
+        objective=args.objective,
+        hardware=hardware_from_args(args),
+    )
+    rows = compare_rows(
+        args.configs,
+        contexts,
+        st.batch,
+        st.weight_dtype,
+        st.kv_dtype,
+        st.weights,
+        st.convention.name,
+        st.objective,
+        st.hardware,
+    )
     serve = st.hardware is not None
     if args.json:
         print_json(rows)
         return 0
     width = max(len(r["config"]) for r in rows) + 2
     for T in contexts:
-        print(f"T = {fmt_tokens(T)}; weights {args.weight_dtype}, KV cache {args.kv_dtype}, batch {args.batch}; "
-              f"Z convention {rows[0]['z_convention']}; % vs the first")
+        print(
+            f"T = {fmt_tokens(T)}; weights {args.weight_dtype}, KV cache {args.kv_dtype}, batch {args.batch}; "
+            f"Z convention {rows[0]['z_convention']}; % vs the first"
+        )
         if serve:
             from .search import objective_line
 
@@ -300,7 +398,8 @@ def register(sub) -> None:
     p = sub.add_parser(
         "cost",
         help="inference/training cost of one decoder at context T",
-        description="The exact cost model of a GQA decoder: parameters, FLOPs per token, memory, the paper's split and Z.",
+        description="The exact cost model of a GQA decoder: parameters, FLOPs per token, memory, the paper's split "
+        "and Z.",
     )
     add_shape_arguments(p)
     add_cost_options(p)
@@ -316,8 +415,12 @@ def register(sub) -> None:
     )
     c.add_argument("configs", nargs="+", metavar="CONFIG")
     add_cost_options(c)
-    c.add_argument("--objective", default="z", help="z (default), latency or throughput: marks the best config "
-                   "(* in the table); latency/throughput need --hardware")
+    c.add_argument(
+        "--objective",
+        default="z",
+        help="z (default), latency or throughput: marks the best config "
+        "(* in the table); latency/throughput need --hardware",
+    )
     from .serving import add_hardware_options
 
     add_hardware_options(c, required=False)

@@ -18,14 +18,22 @@ DTYPE_HELP = "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16 or fp16"
 def _device_args(p) -> None:
     p.add_argument("--device", default="auto", help=f"device: {DEVICE_HELP}; default auto")
     p.add_argument("--dtype", default="auto", help=f"weights dtype: {DTYPE_HELP}; default auto")
-    p.add_argument("--max-seq-len", type=lambda s: parse_contexts(s)[0], default=None, metavar="TOKENS",
-                   help="context the model is loaded at (default: the checkpoint's training context, "
-                   "HF max_position_embeddings); evaluating beyond it needs this")
+    p.add_argument(
+        "--max-seq-len",
+        type=lambda s: parse_contexts(s)[0],
+        default=None,
+        metavar="TOKENS",
+        help="context the model is loaded at (default: the checkpoint's training context, "
+        "HF max_position_embeddings); evaluating beyond it needs this",
+    )
 
 
 def _check_context(name, T, context, what="--contexts") -> None:
-    require(T <= context, f"{what}: {T} tokens is longer than {name} is loaded for ({context} tokens, its training "
-            f"context); pass --max-seq-len {T} to evaluate beyond it")
+    require(
+        T <= context,
+        f"{what}: {T} tokens is longer than {name} is loaded for ({context} tokens, its training "
+        f"context); pass --max-seq-len {T} to evaluate beyond it",
+    )
 
 
 def cmd_eval_loss(args) -> int:
@@ -33,6 +41,7 @@ def cmd_eval_loss(args) -> int:
 
     from ..data import TokenChunks
     from ..evaluate import checkpoints_to_score, evaluate_chunks, load_for_eval, loss_at_contexts, relative_delta
+
     chunks = TokenChunks(args.data, split=args.split)
     contexts = parse_contexts(args.contexts) if args.contexts else [chunks.context]
     require(args.max_chunks >= 1, f"--max-chunks must be >= 1, got {args.max_chunks}")
@@ -42,11 +51,17 @@ def cmd_eval_loss(args) -> int:
         path = checkpoints_to_score(name, 1)[-1]  # a run directory: its newest checkpoint
         model, _, context = load_for_eval(path, args.device, args.dtype, args.max_seq_len, need=chunks.context)
         _check_context(name, chunks.context, context, "--data")
-        r = evaluate_chunks(model, chunks, max_chunks=args.max_chunks, batch=args.batch,
-                            position_block=args.position_block)
-        results[name] = {"checkpoint": str(path), "position_loss": r.position.tolist(),
-                         "context_loss": loss_at_contexts(r.position, contexts), "chunk_loss": r.chunk.tolist(),
-                         "mean_loss": r.mean, "standard_error": r.standard_error}
+        r = evaluate_chunks(
+            model, chunks, max_chunks=args.max_chunks, batch=args.batch, position_block=args.position_block
+        )
+        results[name] = {
+            "checkpoint": str(path),
+            "position_loss": r.position.tolist(),
+            "context_loss": loss_at_contexts(r.position, contexts),
+            "chunk_loss": r.chunk.tolist(),
+            "mean_loss": r.mean,
+            "standard_error": r.standard_error,
+        }
         del model
     rows = []
     for name in names:
@@ -60,18 +75,28 @@ def cmd_eval_loss(args) -> int:
         print(f"{r['model'][-40:]:40s} {r['context']:16d} {r['loss_nats_per_token']:18.4f} {d:>8s}")
     for name in names:
         n = len(results[name]["chunk_loss"])
-        print(f"{name[-40:]}: mean {results[name]['mean_loss']:.4f} ± {results[name]['standard_error']:.4f} "
-              f"nats/token (standard error over {n} chunks of {chunks.context} tokens)")
+        print(
+            f"{name[-40:]}: mean {results[name]['mean_loss']:.4f} ± {results[name]['standard_error']:.4f} "
+            f"nats/token (standard error over {n} chunks of {chunks.context} tokens)"
+        )
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         write_text_atomic(out / "loss.json", json.dumps({"rows": rows, "positions": results}, indent=1))
-        write_text_atomic(out / "loss.csv", "model,context_tokens,loss_nats_per_token,delta_rel\n" + "".join(
-            f"{r['model']},{r['context']},{r['loss_nats_per_token']},{'' if r['delta_rel'] is None else r['delta_rel']}\n"
-            for r in rows))
+        write_text_atomic(
+            out / "loss.csv",
+            "model,context_tokens,loss_nats_per_token,delta_rel\n"
+            + "".join(
+                f"{r['model']},{r['context']},{r['loss_nats_per_token']},"
+                f"{'' if r['delta_rel'] is None else r['delta_rel']}\n"
+                for r in rows
+            ),
+        )
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+
         fig, ax = plt.subplots()
         for name in names:
             pos = np.asarray(results[name]["position_loss"])
@@ -96,9 +121,15 @@ def make_generate_fn(model, tok):
             if hasattr(model, "max_seq_len"):
                 out = model.generate(ids, max_new_tokens=n)
             else:
-                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                                     pad_token_id=getattr(tok, "eos_token_id", None) or 0)
-        return tok.decode(out[0, ids.shape[1]:].tolist())
+                out = model.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=n,
+                    do_sample=False,
+                    pad_token_id=getattr(tok, "eos_token_id", None) or 0,
+                )
+        return tok.decode(out[0, ids.shape[1] :].tolist())
+
     return gen
 
 
@@ -107,6 +138,7 @@ def _scored_models(args, need: int):
     time (a generator: one model in memory), or their weight average with --average-weights."""
     from ..checkpoint import average_weights
     from ..evaluate import checkpoints_to_score, load_for_eval
+
     chosen = checkpoints_to_score(args.model, args.last_k)
     if args.average_weights:
         require(len(chosen) >= 2, "--average-weights needs at least 2 checkpoints (--last-k)")
@@ -114,10 +146,12 @@ def _scored_models(args, need: int):
 
         from ..checkpoint import save_model
         from ..evaluate import CONTEXT_METADATA, checkpoint_context
+
         with tempfile.TemporaryDirectory() as tmp:
             ctx = checkpoint_context(chosen[-1])
-            save_model(average_weights(chosen), Path(tmp) / "avg",
-                       extra_metadata={CONTEXT_METADATA: ctx} if ctx else None)
+            save_model(
+                average_weights(chosen), Path(tmp) / "avg", extra_metadata={CONTEXT_METADATA: ctx} if ctx else None
+            )
             model, tok, context = load_for_eval(Path(tmp) / "avg", args.device, args.dtype, args.max_seq_len, need)
         yield "weight average of " + "+".join(p.name for p in chosen), model, tok, context
         return
@@ -128,6 +162,7 @@ def _scored_models(args, need: int):
 
 def cmd_eval_niah(args) -> int:
     from ..niah import TASKS, check_depths, check_tasks, essay_words, heatmap, mean_rows, run_niah
+
     depths = check_depths(float(d) for d in args.depths.split(","))
     contexts = parse_contexts(args.contexts)
     tasks = check_tasks(t for t in args.tasks.split(",") if t)
@@ -136,6 +171,7 @@ def cmd_eval_niah(args) -> int:
         path = args.haystack_file
         if path is None:
             from ..data import offline_corpus
+
             path = offline_corpus()
         require(Path(path).is_file(), f"--haystack-file: {path} is not a file")
         essay = essay_words(Path(path).read_text(errors="replace"))
@@ -143,17 +179,21 @@ def cmd_eval_niah(args) -> int:
     for label, model, tok, context in _scored_models(args, max(contexts)):
         if tok is None:
             from ..tokenizer import get_tokenizer
+
             tok = get_tokenizer(args.tokenizer)
         for T in contexts:
             _check_context(label, T, context)
-        per_model[label] = run_niah(make_generate_fn(model, tok), tok, tasks, contexts, depths, essay,
-                                    samples=args.samples, seed=args.seed)
+        per_model[label] = run_niah(
+            make_generate_fn(model, tok), tok, tasks, contexts, depths, essay, samples=args.samples, seed=args.seed
+        )
         print(f"{label}: mean accuracy {100 * _mean_acc(per_model[label]):.1f} %")
         del model
     rows = mean_rows(list(per_model.values()))
     n = len(per_model)
-    print(f"S-NIAH accuracy (%), mean over {len(tasks)} task(s) x {len(depths)} depth(s)"
-          + (f" x {n} checkpoints (each above)" if n > 1 else ""))
+    print(
+        f"S-NIAH accuracy (%), mean over {len(tasks)} task(s) x {len(depths)} depth(s)"
+        + (f" x {n} checkpoints (each above)" if n > 1 else "")
+    )
     print(f"{'context (tokens)':>16s} " + " ".join(f"{t:>14s}" for t in tasks) + f" {'mean':>8s}")
     for T in contexts:
         cells = [_mean_acc([r for r in rows if r["context"] == T and r["task"] == t]) for t in tasks]
@@ -162,8 +202,10 @@ def cmd_eval_niah(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "niah.json", json.dumps({"rows": rows, "per_checkpoint": per_model,
-                                                         "mean_accuracy": _mean_acc(rows)}, indent=1))
+        write_text_atomic(
+            out / "niah.json",
+            json.dumps({"rows": rows, "per_checkpoint": per_model, "mean_accuracy": _mean_acc(rows)}, indent=1),
+        )
         heatmap(rows, out / "niah_heatmap.png", title=f"S-NIAH accuracy, mean of {', '.join(tasks)}")
         print(f"wrote {out}/niah.json, niah_heatmap.png")
     return 0
@@ -177,22 +219,38 @@ def harness_command(export_dir, tasks, batch_size="auto", device="cpu", dtype=No
     """The equivalent lm_eval command line for ``export_dir``:
     ``lm_eval --model hf --model_args pretrained=EXPORT_DIR[,dtype=D] --tasks T1,T2 --batch_size auto --device cpu``."""
     model_args = f"pretrained={export_dir}" + (f",dtype={dtype}" if dtype else "")
-    return ["lm_eval", "--model", "hf", "--model_args", model_args, "--tasks", ",".join(tasks),
-            "--batch_size", str(batch_size), "--device", device]
+    return [
+        "lm_eval",
+        "--model",
+        "hf",
+        "--model_args",
+        model_args,
+        "--tasks",
+        ",".join(tasks),
+        "--batch_size",
+        str(batch_size),
+        "--device",
+        device,
+    ]
 
 
 def cmd_eval_harness(args) -> int:
     import importlib.util
+
     if importlib.util.find_spec("lm_eval") is None:
         raise CogqaError("lm-evaluation-harness is not installed; run: pip install lm-eval")
     from ..evaluate import checkpoints_to_score, resolve_device, resolve_dtype
     from ..harness import ACCURACY_TASKS, PAPER_TASKS, mean_over_checkpoints, run_lm_eval, summarize
     from ..model import dtype_name
+
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else list(PAPER_TASKS)
     require(bool(tasks), "--tasks: give at least one task name, e.g. hellaswag,arc_easy")
-    require(args.include_path is None or Path(args.include_path).is_dir(),
-            f"--include-path: {args.include_path} is not a directory of task YAML files")
+    require(
+        args.include_path is None or Path(args.include_path).is_dir(),
+        f"--include-path: {args.include_path} is not a directory of task YAML files",
+    )
     from lm_eval.tasks import TaskManager
+
     manager = TaskManager(include_path=args.include_path)
     known = set(manager.all_tasks)
     bad = [t for t in tasks if t not in known]
@@ -209,23 +267,28 @@ def cmd_eval_harness(args) -> int:
     else:
         from ..checkpoint import average_weights, load_model
         from ..hf import export_hf
-        groups = [("weight average of " + "+".join(p.name for p in chosen), chosen)] if args.average_weights else \
-            [(p.name, [p]) for p in chosen]
+
+        groups = (
+            [("weight average of " + "+".join(p.name for p in chosen), chosen)]
+            if args.average_weights
+            else [(p.name, [p]) for p in chosen]
+        )
         for label, paths in groups:
             model = average_weights(paths) if len(paths) > 1 else load_model(paths[0])
             target = export_root if len(groups) == 1 else export_root / paths[0].name
             export_hf(model, target, tokenizer=args.tokenizer)
             targets.append((label, target))
             print(f"exported {label} -> {target}")
-    for label, target in targets:
+    for _label, target in targets:
         hf_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
         print(" ".join(harness_command(target, tasks, args.batch_size, str(device), hf_dtype)))
     if args.dry_run:
         return 0
     summaries = {}
     for label, target in targets:
-        results = run_lm_eval(target, tasks, str(device), dtype, args.batch_size, args.limit, args.include_path,
-                              manager)
+        results = run_lm_eval(
+            target, tasks, str(device), dtype, args.batch_size, args.limit, args.include_path, manager
+        )
         summaries[label] = summarize(results)
         s = summaries[label]
         print(f"{label}: average {100 * s['average']:.2f} % over {len(s['average_tasks'])} accuracy task(s)")
@@ -236,8 +299,10 @@ def cmd_eval_harness(args) -> int:
         value = f"{100 * s['value']:9.2f}%" if s["kind"] == "accuracy" else f"{s['value']:10.3f}"
         print(f"{task:18s} {s['metric']:16s} {value}")
     label = "8-task average" if sorted(total["average_tasks"]) == sorted(ACCURACY_TASKS) else "average"
-    print(f"{label} ({', '.join(total['average_tasks'])}): {100 * total['average']:.2f} % "
-          "(acc_norm where reported, else acc)")
+    print(
+        f"{label} ({', '.join(total['average_tasks'])}): {100 * total['average']:.2f} % "
+        "(acc_norm where reported, else acc)"
+    )
     if args.out:
         write_text_atomic(Path(args.out), json.dumps({"mean": total, "per_checkpoint": summaries}, indent=1))
         print(f"wrote {args.out}")
@@ -250,45 +315,60 @@ def register(sub) -> None:
     es = ev.add_subparsers(dest="eval_command", metavar="EVAL")
     es.required = True
     p = es.add_parser("loss", help="loss by token position and context length; ΔL(T) vs a baseline")
-    p.add_argument("models", nargs="+", metavar="MODEL",
-                   help="cogqa checkpoints, training runs (their newest checkpoint) or local Hugging Face model "
-                   "directories")
+    p.add_argument(
+        "models",
+        nargs="+",
+        metavar="MODEL",
+        help="cogqa checkpoints, training runs (their newest checkpoint) or local Hugging Face model directories",
+    )
     p.add_argument("--data", required=True, help="prepared data directory (cogqa data prepare)")
     p.add_argument("--split", default="val", help="data split to evaluate on (default val)")
     p.add_argument("--contexts", default=None, help="evaluation context lengths, e.g. 1k,2k,4k (tokens)")
-    p.add_argument("--baseline", default=None, metavar="MODEL", help="model the relative loss difference ΔL(T) is taken against")
+    p.add_argument(
+        "--baseline", default=None, metavar="MODEL", help="model the relative loss difference ΔL(T) is taken against"
+    )
     p.add_argument("--max-chunks", type=int, default=64, help="evaluate on at most this many chunks (default 64)")
     p.add_argument("--batch", type=int, default=1, help="chunks per forward pass (default 1)")
-    p.add_argument("--position-block", type=int, default=1024,
-                   help="positions whose logits are held at once (default 1024; memory O(block x vocab))")
+    p.add_argument(
+        "--position-block",
+        type=int,
+        default=1024,
+        help="positions whose logits are held at once (default 1024; memory O(block x vocab))",
+    )
     _device_args(p)
     p.add_argument("--out", default=None, help="directory for loss.csv, loss.json, loss_by_position.png")
     p.set_defaults(func=cmd_eval_loss)
     average_help = "score one model with the mean weights of the last K checkpoints instead (not the paper's method)"
-    last_k_help = ("score each of the last K checkpoints of a training run and report the mean and each "
-                   "(default 4, the paper's Appendix J.2; a checkpoint or HF directory is one model)")
+    last_k_help = (
+        "score each of the last K checkpoints of a training run and report the mean and each "
+        "(default 4, the paper's Appendix J.2; a checkpoint or HF directory is one model)"
+    )
     p = es.add_parser("niah", help="RULER's single-needle S-NIAH tasks by context length and depth")
     p.add_argument("model", help="a training run, a cogqa checkpoint or a local Hugging Face model directory")
-    p.add_argument("--tasks", default="niah_single_1,niah_single_2,niah_single_3",
-                   help="RULER tasks (default all three: niah_single_1,niah_single_2,niah_single_3)")
+    p.add_argument(
+        "--tasks",
+        default="niah_single_1,niah_single_2,niah_single_3",
+        help="RULER tasks (default all three: niah_single_1,niah_single_2,niah_single_3)",
+    )
     p.add_argument("--contexts", default="1k,2k", help="prompt lengths in tokens (default 1k,2k)")
     p.add_argument("--depths", default="0,25,50,75,100", help="needle depths in %% of the haystack, in [0, 100]")
-    p.add_argument("--haystack-file", default=None,
-                   help="text of the essay haystack (default: the offline corpus, the King James Bible)")
+    p.add_argument(
+        "--haystack-file",
+        default=None,
+        help="text of the essay haystack (default: the offline corpus, the King James Bible)",
+    )
     p.add_argument("--samples", type=int, default=4, help="prompts per (task, context, depth) cell (default 4)")
     p.add_argument("--seed", type=int, default=0, help="seed of keys and values (default 0)")
     p.add_argument("--tokenizer", default="gpt2", help="tokenizer for cogqa checkpoints (default gpt2)")
     p.add_argument("--last-k", type=int, default=None, help=last_k_help)
-    p.add_argument("--average-weights", action="store_true",
-                   help=average_help)
+    p.add_argument("--average-weights", action="store_true", help=average_help)
     _device_args(p)
     p.add_argument("--out", default=None, help="directory for niah.json and niah_heatmap.png")
     p.set_defaults(func=cmd_eval_niah)
     p = es.add_parser("harness", help="the paper's common-sense tasks through lm-eval, last-k checkpoints")
     p.add_argument("checkpoint_dir", help="a training run, a cogqa checkpoint or a local Hugging Face model directory")
     p.add_argument("--last-k", type=int, default=None, help=last_k_help)
-    p.add_argument("--average-weights", action="store_true",
-                   help=average_help)
+    p.add_argument("--average-weights", action="store_true", help=average_help)
     p.add_argument("--tasks", default=None, help="lm-eval tasks (default the paper's: " + PAPER_TASKS_HELP + ")")
     p.add_argument("--include-path", default=None, help="a folder of extra lm-eval task YAML files")
     p.add_argument("--limit", type=int, default=None, help="examples per task (default all)")

@@ -18,8 +18,14 @@ def cmd_plot_breakdown(args: argparse.Namespace) -> int:
     dtype_bytes(args.kv_dtype)
     shape = shape_from_args(args)
     title = getattr(shape, "name", "") or ""
-    path = plot_breakdown(shape, args.out, max_context, title=f"{title} cost breakdown".strip(),
-                          weight_dtype=args.weight_dtype, kv_dtype=args.kv_dtype)
+    path = plot_breakdown(
+        shape,
+        args.out,
+        max_context,
+        title=f"{title} cost breakdown".strip(),
+        weight_dtype=args.weight_dtype,
+        kv_dtype=args.kv_dtype,
+    )
     print(f"wrote {path}")
     return 0
 

@@ -9,15 +9,32 @@ from ..errors import require
 
 def register(subparsers) -> None:
     """Add ``report``."""
-    p = subparsers.add_parser("report", help="Markdown + PNG report of a sweep directory or a laws file (fits, cost plots, table, recommendation)")
-    p.add_argument("source", metavar="SWEEP_DIR|LAWS_FILE", help="a sweep directory (results.csv), a laws JSON file, or a shipped set (default, demo)")
-    p.add_argument("--context", default="128k", help="context length T of the cost plots and recommendation (default 128k)")
+    p = subparsers.add_parser(
+        "report",
+        help="Markdown + PNG report of a sweep directory or a laws file (fits, cost plots, table, recommendation)",
+    )
+    p.add_argument(
+        "source",
+        metavar="SWEEP_DIR|LAWS_FILE",
+        help="a sweep directory (results.csv), a laws JSON file, or a shipped set (default, demo)",
+    )
+    p.add_argument(
+        "--context", default="128k", help="context length T of the cost plots and recommendation (default 128k)"
+    )
     p.add_argument("--target-loss", help="target loss L* in nats/token (default: middle of the laws' loss range)")
     p.add_argument("--laws", help="use this laws file instead of fitting the sweep's results")
-    p.add_argument("--baseline", help="baseline for savings, as cogqa search takes it: llama3, a config.json, or a size with heads like 1.2B:32,8 (default llama3)")
+    p.add_argument(
+        "--baseline",
+        help="baseline for savings, as cogqa search takes it: llama3, a config.json, or a size with heads like "
+        "1.2B:32,8 (default llama3)",
+    )
     p.add_argument("--out", help="output directory (default SWEEP_DIR/report or ./report)")
-    p.add_argument("--objective", default="z", help="z (default), latency or throughput: ranks the table and the "
-                   "recommendation on --hardware (roofline, docs/serving.md)")
+    p.add_argument(
+        "--objective",
+        default="z",
+        help="z (default), latency or throughput: ranks the table and the "
+        "recommendation on --hardware (roofline, docs/serving.md)",
+    )
     p.add_argument("--batch", default="1", help="serving batch for --objective: sequences or auto (default 1)")
     from .serving import add_hardware_options
 
@@ -43,10 +60,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     batch = str(args.batch).strip().lower()
     require(batch == "auto" or batch.isdigit(), f"--batch: give a number of sequences >= 1 or auto, got {args.batch!r}")
-    settings = CostSettings(batch=batch if batch == "auto" else int(batch), objective=args.objective,
-                            hardware=hardware_from_args(args))
-    path = build_report(args.source, out=args.out, context=parse_context(args.context, "--context"),
-                        target_loss=parse_float(args.target_loss, "--target-loss") if args.target_loss else None,
-                        laws=args.laws, baseline=args.baseline, settings=settings)
+    settings = CostSettings(
+        batch=batch if batch == "auto" else int(batch), objective=args.objective, hardware=hardware_from_args(args)
+    )
+    path = build_report(
+        args.source,
+        out=args.out,
+        context=parse_context(args.context, "--context"),
+        target_loss=parse_float(args.target_loss, "--target-loss") if args.target_loss else None,
+        laws=args.laws,
+        baseline=args.baseline,
+        settings=settings,
+    )
     print(f"wrote {path} (figures alongside)")
     return 0

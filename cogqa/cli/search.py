@@ -26,15 +26,19 @@ def approximate_line(laws_arg: str) -> str:
     return f"approximate: the laws file {laws_arg} marks its laws as approximate (see its 'source')"
 
 
-
 def objective_line(settings) -> str:
     """One line naming the objective, the hardware and the serving batch of a search or table."""
-    what = {"z": "minimise Z (the paper's cost)", "latency": "minimise decode latency (seconds per output token)",
-            "throughput": "maximise decode throughput (tokens/s per device)"}[settings.objective]
+    what = {
+        "z": "minimise Z (the paper's cost)",
+        "latency": "minimise decode latency (seconds per output token)",
+        "throughput": "maximise decode throughput (tokens/s per device)",
+    }[settings.objective]
     hw = settings.hardware
     batch = "the largest batch that fits" if settings.batch == "auto" else f"batch {settings.batch} sequences"
-    return (f"objective: {what}; hardware {hw.name} (roofline, {batch}, weights {settings.weight_dtype}, "
-            f"KV {settings.kv_dtype}; see docs/serving.md)")
+    return (
+        f"objective: {what}; hardware {hw.name} (roofline, {batch}, weights {settings.weight_dtype}, "
+        f"KV {settings.kv_dtype}; see docs/serving.md)"
+    )
 
 
 def _fmt_seconds(s: float) -> str:
@@ -42,7 +46,10 @@ def _fmt_seconds(s: float) -> str:
 
 
 def _int(text, field: str) -> int:
-    require(text is not None and re.fullmatch(r"\s*-?[0-9]+\s*", str(text)) is not None, f"{field}: {text!r} is not a whole number")
+    require(
+        text is not None and re.fullmatch(r"\s*-?[0-9]+\s*", str(text)) is not None,
+        f"{field}: {text!r} is not a whole number",
+    )
     return int(text)
 
 
@@ -79,37 +86,69 @@ def _options(args) -> dict:
     max_heads = None
     if args.max_heads is not None:
         max_heads = _int(args.max_heads, "--max-heads")
-        require(max_heads >= 1 and max_heads & (max_heads - 1) == 0, f"--max-heads must be a power of two >= 1 (1, 2, 4, ..., 32), got {max_heads}")
+        require(
+            max_heads >= 1 and max_heads & (max_heads - 1) == 0,
+            f"--max-heads must be a power of two >= 1 (1, 2, 4, ..., 32), got {max_heads}",
+        )
     from ..costs import DEFAULT_CONVENTION, MEMORY_UNIT_CONVENTIONS, z_convention
 
     if args.memory_unit is not None:
-        require(args.memory_unit in MEMORY_UNIT_CONVENTIONS, f"--memory-unit must be values or bytes, got {args.memory_unit!r}")
+        require(
+            args.memory_unit in MEMORY_UNIT_CONVENTIONS,
+            f"--memory-unit must be values or bytes, got {args.memory_unit!r}",
+        )
         require(args.convention is None, "give --convention or the old --memory-unit, not both")
     convention = z_convention(args.convention or MEMORY_UNIT_CONVENTIONS.get(args.memory_unit, DEFAULT_CONVENTION))
     from ..search import CostSettings
     from .serving import hardware_from_args
 
-    settings = CostSettings(weights=ZWeights(lam=lam, alpha=alpha, beta=beta), weight_dtype=args.weight_dtype,
-                            kv_dtype=args.kv_dtype, batch=batch, convention=convention, objective=args.objective,
-                            hardware=hardware_from_args(args))
+    settings = CostSettings(
+        weights=ZWeights(lam=lam, alpha=alpha, beta=beta),
+        weight_dtype=args.weight_dtype,
+        kv_dtype=args.kv_dtype,
+        batch=batch,
+        convention=convention,
+        objective=args.objective,
+        hardware=hardware_from_args(args),
+    )
     return {"settings": settings, "max_heads": max_heads}
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--laws", default="default", help="laws file (JSON from cogqa fit) or a shipped set: default, demo (default: default)")
+    p.add_argument(
+        "--laws",
+        default="default",
+        help="laws file (JSON from cogqa fit) or a shipped set: default, demo (default: default)",
+    )
     p.add_argument("--lambda", dest="lam", default="0.9", help="Z weight of memory, in [0, 1] (default 0.9)")
     p.add_argument("--alpha", default="0.5", help="Z exponent of memory (default 1/2)")
     p.add_argument("--beta", default=str(1 / 3), help="Z exponent of FLOPs per token (default 1/3)")
     p.add_argument("--weight-dtype", default="bf16", help="dtype of the weights in memory (default bf16)")
     p.add_argument("--kv-dtype", default="bf16", help="dtype of the KV cache (default bf16)")
-    p.add_argument("--batch", default="1", help="concurrent sequences sharing the weights, or auto (the most that fit "
-                   "--hardware; Z then at batch 1) (default 1)")
-    p.add_argument("--max-heads", default=None, help="largest n_heads to consider, a power of two (default: all in the laws file)")
-    p.add_argument("--convention", default=None, help="what M and C mean in Z: paper (default; the paper's Figure 2: M = 2 bytes "
-                   "x (N + 2TLd_h n_kv), C = T x (2N + 4TLd_h n_h)), eq4-per-token (M in values, C per token) or bytes-per-token")
-    p.add_argument("--memory-unit", default=None, help="old spelling: values = --convention eq4-per-token, bytes = bytes-per-token")
-    p.add_argument("--objective", default="z", help="what to minimise: z (the paper's Z, default), latency (decode "
-                   "seconds per token) or throughput (maximise tokens/s per device); the last two need --hardware")
+    p.add_argument(
+        "--batch",
+        default="1",
+        help="concurrent sequences sharing the weights, or auto (the most that fit "
+        "--hardware; Z then at batch 1) (default 1)",
+    )
+    p.add_argument(
+        "--max-heads", default=None, help="largest n_heads to consider, a power of two (default: all in the laws file)"
+    )
+    p.add_argument(
+        "--convention",
+        default=None,
+        help="what M and C mean in Z: paper (default; the paper's Figure 2: M = 2 bytes "
+        "x (N + 2TLd_h n_kv), C = T x (2N + 4TLd_h n_h)), eq4-per-token (M in values, C per token) or bytes-per-token",
+    )
+    p.add_argument(
+        "--memory-unit", default=None, help="old spelling: values = --convention eq4-per-token, bytes = bytes-per-token"
+    )
+    p.add_argument(
+        "--objective",
+        default="z",
+        help="what to minimise: z (the paper's Z, default), latency (decode "
+        "seconds per token) or throughput (maximise tokens/s per device); the last two need --hardware",
+    )
     from .serving import add_hardware_options
 
     add_hardware_options(p, required=False)
@@ -140,11 +179,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.train_flops is not None:
         return _run_training_budget(args, T, opts)
     if budgets:
-        require(args.target_loss is None, "give either --target-loss or a budget (--budget-z/--budget-memory/--budget-flops), not both")
+        require(
+            args.target_loss is None,
+            "give either --target-loss or a budget (--budget-z/--budget-memory/--budget-flops), not both",
+        )
         require(args.baseline is None, "--baseline compares at a target loss; it cannot be combined with a budget")
         result = lowest_loss_within_budget(T, args.laws, **budgets, heads=_parse_heads(args.heads), **opts)
     else:
-        require(args.target_loss is not None, "--target-loss is required (nats per token, e.g. 2.615), or give a budget")
+        require(
+            args.target_loss is not None, "--target-loss is required (nats per token, e.g. 2.615), or give a budget"
+        )
         loss = parse_float(args.target_loss, "--target-loss")
         require(loss > 0, f"--target-loss must be a positive loss in nats per token, got {loss:g}")
         result = search(T, loss, args.laws, baseline=args.baseline, heads=_parse_heads(args.heads), **opts)
@@ -168,7 +212,9 @@ def _run_training_budget(args, T: int, opts: dict) -> int:
     loss = parse_float(args.target_loss, "--target-loss")
     flops = parse_count(args.train_flops, "--train-flops")
     path = Path(args.laws)
-    require(path.is_file(), f"--laws: {args.laws}: --train-flops needs a laws file in N and D (cogqa fit --form chinchilla)")
+    require(
+        path.is_file(), f"--laws: {args.laws}: --train-flops needs a laws file in N and D (cogqa fit --form chinchilla)"
+    )
     try:
         laws = laws_from_dict(json.loads(path.read_text()), str(path))
     except json.JSONDecodeError as exc:
@@ -176,21 +222,33 @@ def _run_training_budget(args, T: int, opts: dict) -> int:
     from ..laws import HeadsJointLaw
 
     laws = laws[0] if len(laws) == 1 and isinstance(laws[0], HeadsJointLaw) else laws
-    r = search_at_training_budget(T, loss, flops, laws, train_context=int(parse_count(args.train_context, "--train-context")),
-                                  weights=opts["settings"].weights, convention=opts["settings"].convention,
-                                  heads=_parse_heads(args.heads))
+    r = search_at_training_budget(
+        T,
+        loss,
+        flops,
+        laws,
+        train_context=int(parse_count(args.train_context, "--train-context")),
+        weights=opts["settings"].weights,
+        convention=opts["settings"].convention,
+        heads=_parse_heads(args.heads),
+    )
     if args.json:
         print_json(r)
         return 0
-    print(f"cost-optimal GQA at equal training compute {flops:.3g} FLOPs (Eq. 11), T = {T:,} tokens, target loss {loss:g} nats/token")
+    print(
+        f"cost-optimal GQA at equal training compute {flops:.3g} FLOPs (Eq. 11), T = {T:,} tokens, target loss "
+        f"{loss:g} nats/token"
+    )
     print(f"Z convention {opts['settings'].convention.describe()}")
     for i, row in enumerate(r["candidates"]):
         heads = f"({row['n_heads']}, {row['n_kv_heads']})"
         if not row["reachable"]:
             print(f"  {heads:<10} cannot reach L* within the budget")
             continue
-        print(f"{'* ' if i == 0 else '  '}{heads:<10} N* {fmt_params(row['params_non_embedding']):>14}  "
-              f"D {row['tokens']:.3g} tokens  Z {row['z']:.5g}")
+        print(
+            f"{'* ' if i == 0 else '  '}{heads:<10} N* {fmt_params(row['params_non_embedding']):>14}  "
+            f"D {row['tokens']:.3g} tokens  Z {row['z']:.5g}"
+        )
     return 0
 
 
@@ -208,19 +266,30 @@ def _print_result(r, laws_arg: str = "default") -> None:
     from ..units import fmt_bytes, fmt_flops, fmt_params, fmt_tokens
 
     w = r.weights
-    what = f"target loss {r.target_loss:g} nats/token" if r.target_loss is not None else \
-        "budget " + ", ".join(_budget_label(k, v) for k, v in r.budget.items())
+    what = (
+        f"target loss {r.target_loss:g} nats/token"
+        if r.target_loss is not None
+        else "budget " + ", ".join(_budget_label(k, v) for k, v in r.budget.items())
+    )
     print(f"cost-optimal GQA at T = {fmt_tokens(r.context)}, {what}")
-    print(f"Z = {w.lam:g}*M^{w.alpha:.3g} + {1 - w.lam:g}*C^{w.beta:.3g}, convention {r.convention.describe()}; "
-          f"weights {r.weight_dtype}, KV cache {r.kv_dtype}, batch {r.batch}")
+    print(
+        f"Z = {w.lam:g}*M^{w.alpha:.3g} + {1 - w.lam:g}*C^{w.beta:.3g}, convention {r.convention.describe()}; "
+        f"weights {r.weight_dtype}, KV cache {r.kv_dtype}, batch {r.batch}"
+    )
     loss_col = r.target_loss is None
     st = r.settings
     serve = st is not None and st.hardware is not None
     if serve:
         print(objective_line(st))
-    header = f"{'':2}{'H=(n_h,n_kv)':<14}{'N* (params)':>16}{'L x d':>16}{'FLOPs/token':>16}{'memory':>13}{'KV cache':>13}{'Z':>11}"
-    print(header + (f"{'loss':>9}" if loss_col else "")
-          + (f"{'s/token':>11}{'tokens/s/dev':>14}{'batch':>7}" if serve else ""))
+    header = (
+        f"{'':2}{'H=(n_h,n_kv)':<14}{'N* (params)':>16}{'L x d':>16}{'FLOPs/token':>16}"
+        f"{'memory':>13}{'KV cache':>13}{'Z':>11}"
+    )
+    print(
+        header
+        + (f"{'loss':>9}" if loss_col else "")
+        + (f"{'s/token':>11}{'tokens/s/dev':>14}{'batch':>7}" if serve else "")
+    )
     for i, row in enumerate(r.candidates.itertuples()):
         heads = f"({row.n_heads}, {row.n_kv_heads})"
         if not row.reachable:
@@ -228,9 +297,11 @@ def _print_result(r, laws_arg: str = "default") -> None:
             print(f"{'':2}{heads:<14}{why:>16}")
             continue
         mark = "* " if i == 0 else "  "
-        line = (f"{mark}{heads:<14}{fmt_params(row.params_non_embedding).replace(' params', ''):>16}"
-                f"{f'{row.layers} x {row.hidden_size}':>16}{fmt_flops(row.inference_flops_per_token):>16}"
-                f"{fmt_bytes(row.inference_memory_bytes):>13}{fmt_bytes(row.kv_cache_bytes):>13}{row.z:>11.5g}")
+        line = (
+            f"{mark}{heads:<14}{fmt_params(row.params_non_embedding).replace(' params', ''):>16}"
+            f"{f'{row.layers} x {row.hidden_size}':>16}{fmt_flops(row.inference_flops_per_token):>16}"
+            f"{fmt_bytes(row.inference_memory_bytes):>13}{fmt_bytes(row.kv_cache_bytes):>13}{row.z:>11.5g}"
+        )
         line += f"{row.predicted_loss:>9.4f}" if loss_col else ""
         if serve:
             fits = bool(row.fits)
@@ -239,22 +310,43 @@ def _print_result(r, laws_arg: str = "default") -> None:
             line += "" if fits else "  infeasible: batch does not fit memory"
         print(line)
     b = r.best
-    print(f"* best: H=({b['n_heads']}, {b['n_kv_heads']}), N* = {fmt_params(b['params_non_embedding'])} "
-          f"(buildable: {b['layers']} layers x {b['hidden_size']} hidden), predicted loss {b['predicted_loss']:.4f} nats/token")
+    print(
+        f"* best: H=({b['n_heads']}, {b['n_kv_heads']}), N* = {fmt_params(b['params_non_embedding'])} "
+        f"(buildable: {b['layers']} layers x {b['hidden_size']} hidden), predicted loss {b['predicted_loss']:.4f} "
+        "nats/token"
+    )
     if serve:
-        print(f"  on {st.hardware.name}: {_fmt_seconds(b['seconds_per_token'])} per output token, "
-              f"{b['tokens_per_second']:,.0f} tokens/s per device at batch {int(b['serving_batch'])} sequences "
-              f"(max batch that fits: {int(b['max_batch'])})")
+        print(
+            f"  on {st.hardware.name}: {_fmt_seconds(b['seconds_per_token'])} per output token, "
+            f"{b['tokens_per_second']:,.0f} tokens/s per device at batch {int(b['serving_batch'])} sequences "
+            f"(max batch that fits: {int(b['max_batch'])})"
+        )
     if r.baseline is not None:
         base, s = r.baseline, r.savings
-        sized = f"sized by the law of H={tuple(base['law_heads'])} to reach L*" if base["sized_by"] == "law" else "its own shape"
-        loss = f"{base['predicted_loss']:.4f} nats/token" if base["predicted_loss"] is not None else "no law for its heads"
-        print(f"baseline {base['spec']}: H=({base['n_heads']}, {base['n_kv_heads']}), {fmt_params(base['params_non_embedding'])} "
-              f"non-embedding ({sized}; predicted loss {loss}): {fmt_flops(base['inference_flops_per_token'])}/token, "
-              f"{fmt_bytes(base['inference_memory_bytes'])}, Z {base['z']:.5g}")
-        print(f"best vs baseline: memory {-100 * s['memory']:+.1f}%, FLOPs/token {-100 * s['flops']:+.1f}%, Z {-100 * s['z']:+.1f}%"
-              + (f" (M and C of the {r.convention.name} convention: {-100 * s['z_memory']:+.1f}%, {-100 * s['z_flops']:+.1f}%)"
-                 if "z_memory" in s else ""))
+        sized = (
+            f"sized by the law of H={tuple(base['law_heads'])} to reach L*"
+            if base["sized_by"] == "law"
+            else "its own shape"
+        )
+        loss = (
+            f"{base['predicted_loss']:.4f} nats/token" if base["predicted_loss"] is not None else "no law for its heads"
+        )
+        print(
+            f"baseline {base['spec']}: H=({base['n_heads']}, {base['n_kv_heads']}), "
+            f"{fmt_params(base['params_non_embedding'])} "
+            f"non-embedding ({sized}; predicted loss {loss}): {fmt_flops(base['inference_flops_per_token'])}/token, "
+            f"{fmt_bytes(base['inference_memory_bytes'])}, Z {base['z']:.5g}"
+        )
+        print(
+            f"best vs baseline: memory {-100 * s['memory']:+.1f}%, FLOPs/token {-100 * s['flops']:+.1f}%, Z "
+            f"{-100 * s['z']:+.1f}%"
+            + (
+                f" (M and C of the {r.convention.name} convention: {-100 * s['z_memory']:+.1f}%, "
+                f"{-100 * s['z_flops']:+.1f}%)"
+                if "z_memory" in s
+                else ""
+            )
+        )
     for warning in r.warnings:
         print(f"warning: {warning}")
     if r.approximate:
@@ -282,7 +374,13 @@ def cmd_table(args: argparse.Namespace) -> int:
     """Print the grid of cost-optimal (n_h, n_kv) for each target loss and context."""
     import pandas as pd
 
-    from ..search import PAPER_TABLE4, PAPER_TABLE4_CONTEXTS, compare_with_paper_table4, cost_optimal_table, plot_cost_optimal_table
+    from ..search import (
+        PAPER_TABLE4,
+        PAPER_TABLE4_CONTEXTS,
+        compare_with_paper_table4,
+        cost_optimal_table,
+        plot_cost_optimal_table,
+    )
     from ..units import fmt_tokens, parse_contexts
 
     losses = _parse_losses(args.losses)
@@ -297,14 +395,24 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.plot:
         plot_cost_optimal_table(table, args.plot)
     if args.json:
-        out = {"losses": losses, "contexts": contexts, "approximate": table.attrs["approximate"],
-               "z_convention": opts["settings"].convention.to_dict(), **opts["settings"].to_dict(),
-               "laws_source": table.attrs["laws_source"],
-               "table": {f"{l:g}": {str(t): table.loc[l, t] for t in contexts} for l in losses},
-               "cells": [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in long.to_dict(orient="records")],
-               "paper_table4_agreement": None}
+        out = {
+            "losses": losses,
+            "contexts": contexts,
+            "approximate": table.attrs["approximate"],
+            "z_convention": opts["settings"].convention.to_dict(),
+            **opts["settings"].to_dict(),
+            "laws_source": table.attrs["laws_source"],
+            "table": {f"{loss:g}": {str(t): table.loc[loss, t] for t in contexts} for loss in losses},
+            "cells": [
+                {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
+                for row in long.to_dict(orient="records")
+            ],
+            "paper_table4_agreement": None,
+        }
         if set(PAPER_TABLE4) <= set(losses) and set(PAPER_TABLE4_CONTEXTS) <= set(contexts):
-            out["paper_table4_agreement"] = {k: v for k, v in compare_with_paper_table4(table).items() if k != "per_cell"}
+            out["paper_table4_agreement"] = {
+                k: v for k, v in compare_with_paper_table4(table).items() if k != "per_cell"
+            }
         print_json(out)
         return 0
     if args.format == "csv":
@@ -323,9 +431,9 @@ def cmd_table(args: argparse.Namespace) -> int:
                 if r.reachable and not pd.isna(r.n_heads):
                     v = r.seconds_per_token if unit == "s/token" else r.tokens_per_second
                     tps[(r.target_loss, r.context)] = f" {v:.3g} {unit}" if unit == "s/token" else f" {v:,.0f} {unit}"
-        for l in losses:
-            cells = ((table.loc[l, t] or "unreachable") + tps.get((l, t), "") for t in contexts)
-            print(f"| {l:g} | " + " | ".join(cells) + " |")
+        for loss in losses:
+            cells = ((table.loc[loss, t] or "unreachable") + tps.get((loss, t), "") for t in contexts)
+            print(f"| {loss:g} | " + " | ".join(cells) + " |")
     if args.plot:
         print(f"wrote {args.plot}")
     if args.out_csv:
@@ -337,8 +445,9 @@ def cmd_table(args: argparse.Namespace) -> int:
 
 def _csv(table) -> str:
     lines = ["target_loss," + ",".join(str(t) for t in table.columns)]
-    for l in table.index:
-        lines.append(f"{l:g}," + ",".join(f'"{table.loc[l, t]}"' if table.loc[l, t] else "" for t in table.columns))
+    for loss in table.index:
+        cells = (f'"{table.loc[loss, t]}"' if table.loc[loss, t] else "" for t in table.columns)
+        lines.append(f"{loss:g}," + ",".join(cells))
     return "\n".join(lines) + "\n"
 
 
@@ -363,14 +472,24 @@ def register(sub) -> None:
     )
     p.add_argument("--context", help="context length T in tokens (8192, 8k, 128k)")
     p.add_argument("--target-loss", help="target loss L* in nats per token")
-    p.add_argument("--baseline", help="compare the winner with: llama3 (H=(32,8) sized to reach L*), a config.json, "
-                   "or a size with heads such as 1.2B:32,8")
-    p.add_argument("--heads", nargs="+", metavar="N_H,N_KV", help="only these head configurations (default: all in the laws file)")
+    p.add_argument(
+        "--baseline",
+        help="compare the winner with: llama3 (H=(32,8) sized to reach L*), a config.json, "
+        "or a size with heads such as 1.2B:32,8",
+    )
+    p.add_argument(
+        "--heads", nargs="+", metavar="N_H,N_KV", help="only these head configurations (default: all in the laws file)"
+    )
     p.add_argument("--budget-z", help="inverse question: lowest loss with Z at most this")
-    p.add_argument("--budget-memory", help="inverse question: lowest loss within this inference memory (16GiB, 24GB, bytes)")
+    p.add_argument(
+        "--budget-memory", help="inverse question: lowest loss within this inference memory (16GiB, 24GB, bytes)"
+    )
     p.add_argument("--budget-flops", help="inverse question: lowest loss within this many FLOPs per token (50G, 2e10)")
-    p.add_argument("--train-flops", help="Section 5.6: every H gets this training compute (FLOPs, Eq. 11), the cheaper ones more "
-                   "tokens; needs --laws with loss in N and D (cogqa fit --form chinchilla)")
+    p.add_argument(
+        "--train-flops",
+        help="Section 5.6: every H gets this training compute (FLOPs, Eq. 11), the cheaper ones more "
+        "tokens; needs --laws with loss in N and D (cogqa fit --form chinchilla)",
+    )
     p.add_argument("--train-context", default="8192", help="training context for --train-flops (tokens, default 8192)")
     _add_common(p)
     p.set_defaults(func=cmd_search)

@@ -40,21 +40,32 @@ def describe_hardware(hw) -> str:
     """One line: name, peaks, efficiencies and capacity of a profile."""
     from ..units import fmt_bytes
 
-    return (f"{hw.name} ({hw.description or 'user profile'}): {fmt_decimal(hw.peak_flops, 'FLOP/s')} peak {hw.dtype} "
-            f"x {hw.matmul_efficiency:.3g} matmul / {hw.attention_efficiency:.3g} attention, "
-            f"{fmt_decimal(hw.memory_bandwidth, 'B/s')} x {hw.bandwidth_efficiency:.3g}, "
-            f"{fmt_bytes(hw.memory_bytes)} x {hw.memory_usable_fraction:.3g} usable")
+    return (
+        f"{hw.name} ({hw.description or 'user profile'}): {fmt_decimal(hw.peak_flops, 'FLOP/s')} peak {hw.dtype} "
+        f"x {hw.matmul_efficiency:.3g} matmul / {hw.attention_efficiency:.3g} attention, "
+        f"{fmt_decimal(hw.memory_bandwidth, 'B/s')} x {hw.bandwidth_efficiency:.3g}, "
+        f"{fmt_bytes(hw.memory_bytes)} x {hw.memory_usable_fraction:.3g} usable"
+    )
 
 
 def add_hardware_options(p: argparse.ArgumentParser, required: bool = True) -> None:
     """--hardware and the efficiency overrides (``required=False`` for commands where it is optional)."""
-    p.add_argument("--hardware", required=required, default=None, metavar="NAME|FILE",
-                   help="a profile name (cogqa hardware list), local (this machine, measured), or a JSON/YAML file")
+    p.add_argument(
+        "--hardware",
+        required=required,
+        default=None,
+        metavar="NAME|FILE",
+        help="a profile name (cogqa hardware list), local (this machine, measured), or a JSON/YAML file",
+    )
     p.add_argument("--matmul-efficiency", type=float, default=None, help="achievable / peak FLOP/s of weight matmuls")
     p.add_argument("--attention-efficiency", type=float, default=None, help="achievable / peak FLOP/s of attention")
     p.add_argument("--bandwidth-efficiency", type=float, default=None, help="achievable / peak memory bandwidth")
-    p.add_argument("--memory-fraction", type=float, default=None,
-                   help="fraction of device memory for weights + KV cache (default 0.9)")
+    p.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=None,
+        help="fraction of device memory for weights + KV cache (default 0.9)",
+    )
 
 
 def hardware_from_args(args):
@@ -64,14 +75,20 @@ def hardware_from_args(args):
     if args.hardware is None:
         return None
     return get_hardware(args.hardware).with_overrides(
-        matmul_efficiency=args.matmul_efficiency, attention_efficiency=args.attention_efficiency,
-        bandwidth_efficiency=args.bandwidth_efficiency, memory_usable_fraction=args.memory_fraction)
+        matmul_efficiency=args.matmul_efficiency,
+        attention_efficiency=args.attention_efficiency,
+        bandwidth_efficiency=args.bandwidth_efficiency,
+        memory_usable_fraction=args.memory_fraction,
+    )
 
 
 def _parse_batch(text: str):
     if str(text).strip().lower() == "auto":
         return "auto"
-    require(str(text).strip().isdigit() and int(text) >= 1, f"--batch: give a number of sequences >= 1 or auto, got {text!r}")
+    require(
+        str(text).strip().isdigit() and int(text) >= 1,
+        f"--batch: give a number of sequences >= 1 or auto, got {text!r}",
+    )
     return int(text)
 
 
@@ -97,34 +114,48 @@ def cmd_serving(args) -> int:
         return 0
     print(_describe(shape))
     print(f"hardware {describe_hardware(hw)}")
-    print(f"weights {args.weight_dtype}, KV cache {args.kv_dtype}; roofline: each phase takes max(FLOPs / achievable "
-          "FLOP/s, bytes / achievable bandwidth)")
+    print(
+        f"weights {args.weight_dtype}, KV cache {args.kv_dtype}; roofline: each phase takes max(FLOPs / achievable "
+        "FLOP/s, bytes / achievable bandwidth)"
+    )
     for r in rows:
         print()
         fit = "" if r["fits"] else "  ** does NOT fit in memory **"
-        print(f"context {fmt_tokens(r['context'])}, batch {r['batch']} sequence(s) (max {r['max_batch']} fit at this "
-              f"context; weights {fmt_bytes(r['weights_bytes'])} + KV cache {fmt_bytes(r['kv_cache_bytes'])} of "
-              f"{fmt_bytes(r['usable_memory_bytes'])} usable){fit}")
+        print(
+            f"context {fmt_tokens(r['context'])}, batch {r['batch']} sequence(s) (max {r['max_batch']} fit at this "
+            f"context; weights {fmt_bytes(r['weights_bytes'])} + KV cache {fmt_bytes(r['kv_cache_bytes'])} of "
+            f"{fmt_bytes(r['usable_memory_bytes'])} usable){fit}"
+        )
         d = r["decode"]
         print(f"  decode step: {'phase':<10}{'FLOPs':>14}{'bytes':>13}{'compute':>11}{'memory':>11}  bound")
         for p in PHASES:
             ph = d["phases"][p]
-            print(f"  {'':<13}{p:<10}{fmt_flops(ph['flops']):>14}{fmt_bytes(ph['bytes']):>13}"
-                  f"{fmt_seconds(ph['compute_seconds']):>11}{fmt_seconds(ph['memory_seconds']):>11}  {ph['bound']}")
-        print(f"  time per output token {fmt_seconds(d['seconds_per_token'])}; "
-              f"{fmt_rate(d['tokens_per_second'])} per device at batch {r['batch']}")
+            print(
+                f"  {'':<13}{p:<10}{fmt_flops(ph['flops']):>14}{fmt_bytes(ph['bytes']):>13}"
+                f"{fmt_seconds(ph['compute_seconds']):>11}{fmt_seconds(ph['memory_seconds']):>11}  {ph['bound']}"
+            )
+        print(
+            f"  time per output token {fmt_seconds(d['seconds_per_token'])}; "
+            f"{fmt_rate(d['tokens_per_second'])} per device at batch {r['batch']}"
+        )
         pre = r["prefill"]
         bounds = ", ".join(f"{p} {pre['phases'][p]['bound']}-bound" for p in PHASES)
-        print(f"  prefill of {fmt_tokens(pre['prompt_tokens'])} (batch 1): {fmt_seconds(pre['seconds'])} to first "
-              f"token, {fmt_rate(pre['tokens_per_second'])} ({bounds})")
+        print(
+            f"  prefill of {fmt_tokens(pre['prompt_tokens'])} (batch 1): {fmt_seconds(pre['seconds'])} to first "
+            f"token, {fmt_rate(pre['tokens_per_second'])} ({bounds})"
+        )
         print(f"  longest context that fits at batch 1: {fmt_tokens(r['max_context_batch1'])}")
         if "training" in r:
             tr = r["training"]
-            print(f"  training at T_train = {fmt_tokens(tr['train_context'])} (T_bar = T/2, 3x forward FLOPs, batch 1): "
-                  f"{fmt_rate(tr['tokens_per_second'])} per device")
+            print(
+                f"  training at T_train = {fmt_tokens(tr['train_context'])} (T_bar = T/2, 3x forward FLOPs, batch 1): "
+                f"{fmt_rate(tr['tokens_per_second'])} per device"
+            )
     print()
-    print("optimistic: no kernel-launch/framework overhead, no tensor parallelism, activations not counted "
-          "(see docs/serving.md)")
+    print(
+        "optimistic: no kernel-launch/framework overhead, no tensor parallelism, activations not counted "
+        "(see docs/serving.md)"
+    )
     return 0
 
 
@@ -137,12 +168,17 @@ def cmd_hardware_list(args) -> int:
     if args.json:
         print_json([hw.to_dict() for hw in profiles.values()])
         return 0
-    print(f"{'name':<11}{'peak (dense)':>16}{'matmul eff.':>12}{'bandwidth':>12}{'bw eff.':>8}{'memory':>11}  description")
+    print(
+        f"{'name':<11}{'peak (dense)':>16}{'matmul eff.':>12}{'bandwidth':>12}{'bw eff.':>8}{'memory':>11}  description"
+    )
     for hw in profiles.values():
         flag = " (some numbers unconfirmed: see show)" if hw.unconfirmed else ""
-        print(f"{hw.name:<11}{fmt_decimal(hw.peak_flops, 'FLOP/s'):>16}{hw.matmul_efficiency:>12.3f}"
-              f"{fmt_decimal(hw.memory_bandwidth, 'B/s'):>12}{hw.bandwidth_efficiency:>8.2f}{fmt_bytes(hw.memory_bytes):>11}"
-              f"  {hw.description}{flag}")
+        print(
+            f"{hw.name:<11}{fmt_decimal(hw.peak_flops, 'FLOP/s'):>16}{hw.matmul_efficiency:>12.3f}"
+            f"{fmt_decimal(hw.memory_bandwidth, 'B/s'):>12}{hw.bandwidth_efficiency:>8.2f}"
+            f"{fmt_bytes(hw.memory_bytes):>11}"
+            f"  {hw.description}{flag}"
+        )
     print("also: local (this machine, measured and cached; `cogqa hardware measure` re-measures) or a JSON/YAML file")
     return 0
 
@@ -155,9 +191,15 @@ def _print_profile(hw, json_out: bool) -> None:
         print_json(hw.to_dict())
         return
     print(describe_hardware(hw))
-    print(f"  peak {hw.dtype} matmul        {fmt_decimal(hw.peak_flops, 'FLOP/s')}  (achievable {fmt_decimal(hw.matmul_flops, 'FLOP/s')})")
+    print(
+        f"  peak {hw.dtype} matmul        {fmt_decimal(hw.peak_flops, 'FLOP/s')}  (achievable "
+        f"{fmt_decimal(hw.matmul_flops, 'FLOP/s')})"
+    )
     print(f"  attention achievable   {fmt_decimal(hw.attention_flops, 'FLOP/s')}")
-    print(f"  memory bandwidth       {fmt_decimal(hw.memory_bandwidth, 'B/s')}  (achievable {fmt_decimal(hw.bandwidth, 'B/s')})")
+    print(
+        f"  memory bandwidth       {fmt_decimal(hw.memory_bandwidth, 'B/s')}  (achievable "
+        f"{fmt_decimal(hw.bandwidth, 'B/s')})"
+    )
     print(f"  memory                 {fmt_bytes(hw.memory_bytes)}  (usable {fmt_bytes(hw.usable_memory_bytes)})")
     for key, text in hw.sources.items():
         print(f"  source of {key}: {text}")
@@ -194,12 +236,16 @@ def register(sub) -> None:
     from .cost import add_shape_arguments
 
     p = sub.add_parser(
-        "serving", help="roofline latency per token, tokens/s per device, max batch and context on an accelerator",
+        "serving",
+        help="roofline latency per token, tokens/s per device, max batch and context on an accelerator",
         description="Predict decode and prefill speed of one decoder on an accelerator with a roofline model "
-        "(max of compute and memory time per phase) on the cost model's exact FLOP and byte counts.")
+        "(max of compute and memory time per phase) on the cost model's exact FLOP and byte counts.",
+    )
     add_shape_arguments(p)
     add_hardware_options(p)
-    p.add_argument("--context", default="8k", help="context length(s) T in tokens: 128k or a list 8k,32k,128k (default 8k)")
+    p.add_argument(
+        "--context", default="8k", help="context length(s) T in tokens: 128k or a list 8k,32k,128k (default 8k)"
+    )
     p.add_argument("--batch", default="1", help="concurrent sequences, or auto = the most that fit memory (default 1)")
     p.add_argument("--prompt", default=None, help="prefill length in tokens (default: the context)")
     p.add_argument("--train-context", default=None, help="also predict training tokens/s at this context (T_bar = T/2)")

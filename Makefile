@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv demo test test-fast bench clean
+.PHONY: venv demo test test-fast lint bench clean
 
 $(BIN)/cogqa: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -20,7 +20,11 @@ venv: $(BIN)/cogqa
 demo: venv
 	$(BIN)/cogqa demo --out runs/demo
 
-test: venv
+lint: venv
+	$(BIN)/ruff check cogqa tests benchmarks scripts
+	$(BIN)/ruff format --check cogqa tests benchmarks scripts
+
+test: venv lint
 	$(BIN)/python -m pytest -q
 
 test-fast: venv

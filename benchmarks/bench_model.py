@@ -114,8 +114,7 @@ def bench_decode(model, hf, context, new, repeats) -> tuple[float, float]:
         hf_cache = hf(input_ids=ids[:, :-1], use_cache=True, logits_to_keep=1).past_key_values
 
         def ours():
-            cache.length = context - 1
-            cache.seen.fill_(context - 1)
+            cache.truncate(context - 1)
             outs["ours"] = model.generate(ids[:, -1:], new, cache=cache)[0, 1:]
 
         def theirs():
@@ -147,8 +146,7 @@ def decode_runner(shape, context, new):
 
     @torch.no_grad()
     def run():
-        cache.length = context - 1
-        cache.seen.fill_(context - 1)
+        cache.truncate(context - 1)
         model.generate(ids[:, -1:], new, cache=cache)
 
     return run

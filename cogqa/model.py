@@ -287,6 +287,15 @@ class KVCache:
         self.values[layer][:, :, self.length : end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def truncate(self, length: int) -> None:
+        """Roll the cache back to its first ``length`` positions (tokens), as if nothing after them had been
+        decoded: the fill length, the valid mask and each sequence's count of real tokens (its next RoPE
+        position) all go back, so benchmarks can repeat a decode from the same prefix."""
+        require(0 <= length <= self.length, f"truncate: length must be in [0, {self.length}] tokens, got {length}")
+        self.valid[:, length:] = False
+        self.seen = self.valid[:, :length].sum(-1)
+        self.length = length
+
     def reset(self) -> None:
         """Forget every cached token (the buffers are kept)."""
         self.valid.zero_()

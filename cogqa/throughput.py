@@ -79,7 +79,7 @@ def decode_timer(model, context: int, batch: int, decode_tokens: int = 16, prefi
 
     @torch.no_grad()
     def decode():
-        cache.length = start
+        cache.truncate(start)  # back to the prefix: length, valid mask and RoPE positions
         nxt = logits.argmax(-1)
         for _ in range(decode_tokens):
             nxt = model(nxt[:, None], cache=cache).logits[:, -1].argmax(-1)

@@ -421,3 +421,21 @@ def test_inductor_compiled_training_step_matches_eager():
     assert torch.allclose(loss, eager, atol=1e-5)
     for n, p in model.named_parameters():
         assert torch.allclose(p.grad, ref[n], atol=1e-5, rtol=1e-4), n
+
+
+def test_cache_truncate_repeats_a_decode_from_the_same_prefix():
+    """KVCache.truncate rolls length, valid mask and RoPE positions back: decoding again from the prefix gives
+    the same tokens as the first time."""
+    shape = SHAPES["gqa4"]
+    model = make(shape)
+    ids = torch.randint(0, shape.vocab_size, (1, 12))
+    with torch.no_grad():
+        cache = model.new_cache(1, 32)
+        model(ids, cache=cache)
+        first = model.generate(ids[:, -1:], 6, cache=cache)
+        cache.truncate(12)
+        assert cache.length == 12 and int(cache.seen[0]) == 12 and not bool(cache.valid[:, 12:].any())
+        again = model.generate(ids[:, -1:], 6, cache=cache)
+    assert torch.equal(first, again)
+    with pytest.raises(CogqaError):
+        cache.truncate(40)

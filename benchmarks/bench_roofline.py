@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import functools
 import math
+import os
 import time
 
 import torch
@@ -146,8 +147,8 @@ def main() -> int:
     repeats = 2 if args.quick else args.repeats
     n = args.decode_tokens
     print(
-        f"{device} {dtype}, torch threads {torch.get_num_threads()}; machine shared with other jobs (loaded): "
-        "profile and decode timings alternated in one run"
+        f"{device} {dtype}, torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f} "
+        "(run on a quiet machine); profile and decode timings alternated in one run"
     )
     print(
         f"{'shape':<20}{'context':>8}{'model tok/s':>12}{'ref tok/s':>11}{'predicted':>11}{'model/pred':>11}"

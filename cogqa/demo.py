@@ -18,12 +18,13 @@ from .threads import available_cores, thread_plan
 
 DEMO_COMMAND = "cogqa demo --out runs/demo"
 #: Tiny MHA-family shapes (head size 16) for the CPU demo: name -> (layers, hidden size).
-DEMO_SIZES = {"d48": (2, 48), "d64": (2, 64), "d80": (2, 80), "d96": (2, 96), "d128": (2, 128)}
-DEMO_HEADS = "1:1,2:1,4:1,4:4,8:1"
+DEMO_SIZES = {"d48": (2, 48), "d64": (2, 64), "d96": (2, 96), "d128": (2, 128)}
+#: n_kv = 1, 2, 4 at n_h = 4 pins the joint law's KV-head exponent k; n_h = 1..8 at n_kv = 1 pins g.
+DEMO_HEADS = "1:1,2:1,4:1,8:1,4:2,4:4"
 
 
 def demo_spec() -> SweepSpec:
-    """The CPU demo sweep: 5 head configurations x 5 tiny sizes (2 layers, d = 48 to 128, head
+    """The CPU demo sweep: 6 head configurations x 4 tiny sizes (2 layers, d = 48 to 128, head
     size 16: about 40k to 330k non-embedding parameters) on the offline King James Bible, bytes
     tokenizer, T = 128 tokens, a fixed budget of 1,048,576 training tokens per run (not 20 per
     parameter: the whole recipe must finish within 15 minutes on 2 CPU cores), batches of 1,024

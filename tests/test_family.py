@@ -102,9 +102,7 @@ def test_fit_records_the_family_and_size_range_of_a_collected_sweep():
 
     df = pd.read_csv(resources.files("cogqa") / "data" / "demo_results.csv")
     laws = fit_results(df, form="n").law_set("demo results")
-    assert laws.family == ModelFamily.from_dict(
-        DEMO_FAMILY | {"reference_shapes": [[2, d] for d in (48, 64, 96, 128)]}
-    )
+    assert laws.family == ModelFamily.from_dict(DEMO_FAMILY | {"reference_shapes": [[2, d] for d in (48, 64, 96, 128)]})
     lo, hi = laws.metadata["params_non_embedding_range"]
     assert (lo, hi) == (df.params_non_embedding.min(), df.params_non_embedding.max())
     # a table without shape columns: no family, so search uses the paper's

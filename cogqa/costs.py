@@ -16,6 +16,9 @@ Conventions (also in the README):
   untied LM head: the paper's N for scaling laws (its footnote 3). ``params`` counts everything,
   tied embeddings once. The LM head's FLOPs (``2 d V``) are always counted, tied or not.
 * **Memory** in bytes: weights x bytes(weight dtype) + KV cache x bytes(KV dtype).
+* **Sliding windows** (``shape.sliding_window`` = W on ``shape.windowed_layers`` layers): such a layer
+  caches min(T, W) positions and a token at position t attends to min(t, W) keys; every ``L x T`` above
+  becomes ``(L - L_w) T + L_w min(T, W)`` (:func:`layer_context`), and the causal sums are taken exactly.
 """
 
 from __future__ import annotations
@@ -58,7 +61,44 @@ def _context(T) -> np.ndarray:
     t = np.asarray(T, dtype=float)
     require(bool(np.all(np.isfinite(t))), "context length must be finite")
     require(bool(np.all(t >= 0)), "context length must be >= 0 tokens")
+    require(bool(np.all(t <= 2**40)), "context length must be at most 2**40 tokens")
     return t
+
+
+def _window(shape) -> tuple:
+    """(window W in tokens or None, layers using it) of any shape (RealShape has no window)."""
+    w = getattr(shape, "sliding_window", None)
+    return (None, 0) if w is None else (float(w), float(shape.windowed_layers))
+
+
+def layer_context(shape, context) -> np.ndarray:
+    """Positions attended (= cached) by one token at context ``context``, summed over the layers (tokens x layers).
+
+    ``L T`` for full attention; a layer with a sliding window W counts ``min(T, W)``.
+    """
+    T = _context(context)
+    n_layers = _f(shape.layers)
+    w, n_win = _window(shape)
+    if w is None:
+        return n_layers * T
+    return (n_layers - n_win) * T + n_win * np.minimum(T, w)
+
+
+def causal_pairs(shape, tokens) -> np.ndarray:
+    """Query-key pairs of a causal pass over ``tokens`` tokens, summed over the layers (pairs x layers).
+
+    Token i (1-based) attends to i keys: ``P (P + 1) / 2`` per full layer; with a window W,
+    ``sum_i min(i, W)`` = ``P (P + 1) / 2`` for P <= W, else ``W (W + 1) / 2 + (P - W) W``.
+    """
+    P = _context(tokens)
+    n_layers = _f(shape.layers)
+    full = P * (P + 1) / 2
+    w, n_win = _window(shape)
+    if w is None:
+        return n_layers * full
+    m = np.minimum(P, w)
+    windowed = m * (m + 1) / 2 + (P - m) * w
+    return (n_layers - n_win) * full + n_win * windowed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -118,7 +158,7 @@ def forward_flops_per_token(shape, context) -> dict[str, np.ndarray]:
     """Forward FLOPs for one token attending to ``context`` cached tokens, per component (Table 2).
 
     Keys: ``embedding`` (0: a lookup), ``attention_projections`` (2 x q/k/v/o weights),
-    ``attention_computation`` (``4 L T n_h d_h``, the time-variant part), ``ffn``
+    ``attention_computation`` (``4 L T n_h d_h``, the time-variant part; windowed layers count min(T, W)), ``ffn``
     (2 x FFN weights), ``lm_head`` (``2 d V``, tied or not), ``time_invariant``,
     ``time_variant`` and ``total``. Units: FLOPs per token.
     """
@@ -129,7 +169,7 @@ def forward_flops_per_token(shape, context) -> dict[str, np.ndarray]:
     out = {
         "embedding": np.zeros_like(n_layers * T),
         "attention_projections": 2 * n_layers * (d * dh * (nh + 2 * nkv) + nh * dh * d) + 0 * T,
-        "attention_computation": 4 * n_layers * T * nh * dh,
+        "attention_computation": 4 * layer_context(shape, T) * nh * dh,
         "ffn": 2 * n_layers * matrices * d * dff + 0 * T,
         "lm_head": 2 * d * V + 0 * T,
     }
@@ -148,14 +188,15 @@ def prefill_flops(shape, prompt_tokens, causal: bool = True) -> np.ndarray:
     """Forward FLOPs to process a whole prompt of ``prompt_tokens`` tokens (units: FLOPs).
 
     Causal (default): token i attends to i tokens, so attention counts ``P (P + 1) / 2``
-    token pairs (the lower triangle, diagonal included). ``causal=False`` counts all ``P^2``.
+    token pairs (the lower triangle, diagonal included; windowed layers ``sum_i min(i, W)``).
+    ``causal=False`` counts all ``P^2`` (windowed layers ``P min(P, W)``).
     The LM head is counted for every prompt position (as a training forward pass does).
     """
     P = _context(prompt_tokens)
     per_token = forward_flops_per_token(shape, 0)
-    pairs = P * (P + 1) / 2 if causal else P * P
-    n_layers, nh, dh = _f(shape.layers), _f(shape.n_heads), _f(shape.head_dim)
-    return P * per_token["time_invariant"] + 4 * n_layers * nh * dh * pairs
+    pairs = causal_pairs(shape, P) if causal else layer_context(shape, P) * P
+    nh, dh = _f(shape.n_heads), _f(shape.head_dim)
+    return P * per_token["time_invariant"] + 4 * nh * dh * pairs
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,7 +205,10 @@ def prefill_flops(shape, prompt_tokens, causal: bool = True) -> np.ndarray:
 
 
 def kv_cache_values_per_token(shape) -> np.ndarray:
-    """Values cached per token of one sequence: ``2 L n_kv d_h`` (keys and values; units: values)."""
+    """Values cached per token of one sequence: ``2 L n_kv d_h`` (keys and values; units: values).
+
+    With a sliding window this is the cost of each of the first W tokens; beyond W the windowed layers
+    cache nothing more (use :func:`inference_memory_bytes` for the cache at a context)."""
     return 2 * _f(shape.layers) * _f(shape.n_kv_heads) * _f(shape.head_dim)
 
 
@@ -179,13 +223,13 @@ def inference_memory_bytes(
     """Inference memory at context ``context`` for ``batch`` concurrent sequences (units: bytes).
 
     Keys: ``weights`` (all parameters, time-invariant), ``kv_cache`` (time-variant) and
-    ``total``. Activations and framework overhead are not counted.
+    ``total``. Activations and framework overhead are not counted. Windowed layers cache min(T, W) positions.
     """
     T = _context(context)
     b = np.asarray(batch, dtype=float)
     require(bool(np.all(b >= 1)), "batch must be at least 1 sequence")
     weights = params_total(shape) * dtype_bytes(weight_dtype) + 0 * T
-    kv = b * T * kv_cache_bytes_per_token(shape, kv_dtype)
+    kv = b * 2 * layer_context(shape, T) * _f(shape.n_kv_heads) * _f(shape.head_dim) * dtype_bytes(kv_dtype)
     return {"weights": weights, "kv_cache": kv, "total": weights + kv}
 
 
@@ -196,14 +240,12 @@ def inference_memory_bytes(
 
 def paper_inference_flops(shape, context) -> np.ndarray:
     """The paper's Eq. 3: ``C = 2N + 4 T L d_h n_h`` with N = all parameters (units: FLOPs per token)."""
-    T = _context(context)
-    return 2 * params_total(shape) + 4 * T * _f(shape.layers) * _f(shape.head_dim) * _f(shape.n_heads)
+    return 2 * params_total(shape) + 4 * layer_context(shape, context) * _f(shape.head_dim) * _f(shape.n_heads)
 
 
 def paper_inference_memory(shape, context) -> np.ndarray:
     """The paper's Eq. 4: ``M = N + 2 T L d_h n_kv`` (units: values; multiply by bytes per value)."""
-    T = _context(context)
-    return params_total(shape) + 2 * T * _f(shape.layers) * _f(shape.head_dim) * _f(shape.n_kv_heads)
+    return params_total(shape) + 2 * layer_context(shape, context) * _f(shape.head_dim) * _f(shape.n_kv_heads)
 
 
 @dataclass(frozen=True)
@@ -306,15 +348,16 @@ def z_inputs(shape, context, convention="paper", batch=1, weight_dtype="bf16", k
     b = np.asarray(batch, dtype=float)
     if conv.name == "paper":
         n = params_non_embedding(shape)
-        n_layers, dh = _f(shape.layers), _f(shape.head_dim)
-        kv = b * 2 * T * n_layers * dh * _f(shape.n_kv_heads)
+        lt, dh = layer_context(shape, T), _f(shape.head_dim)
+        kv = b * 2 * lt * dh * _f(shape.n_kv_heads)
         memory = n * dtype_bytes(weight_dtype) + kv * dtype_bytes(kv_dtype)
-        flops = b * T * (2 * n + 4 * T * n_layers * dh * _f(shape.n_heads))
+        flops = b * T * (2 * n + 4 * lt * dh * _f(shape.n_heads))
         return memory, flops
     flops = inference_flops_per_token(shape, T)
     if conv.name == "bytes-per-token":
         return inference_memory_bytes(shape, T, batch, weight_dtype, kv_dtype)["total"], flops
-    return params_total(shape) + b * T * kv_cache_values_per_token(shape), flops
+    kv_values = b * 2 * layer_context(shape, T) * _f(shape.n_kv_heads) * _f(shape.head_dim)
+    return params_total(shape) + kv_values, flops
 
 
 def z_of_shape(
@@ -330,7 +373,7 @@ def z_memory(shape, context, batch=1, weight_dtype="bf16", kv_dtype="bf16", memo
     values (all parameters plus ``2 L n_kv d_h`` per cached token), for ``batch`` sequences at ``context``."""
     if memory_unit == "bytes":
         return inference_memory_bytes(shape, context, batch, weight_dtype, kv_dtype)["total"]
-    return params_total(shape) + batch * np.asarray(context, dtype=float) * kv_cache_values_per_token(shape)
+    return params_total(shape) + batch * 2 * layer_context(shape, context) * _f(shape.n_kv_heads) * _f(shape.head_dim)
 
 
 def z_cost(memory, flops_per_token, weights: ZWeights = ZWeights()) -> np.ndarray:
@@ -349,28 +392,46 @@ def z_cost(memory, flops_per_token, weights: ZWeights = ZWeights()) -> np.ndarra
 # ---------------------------------------------------------------------------------------------
 
 
-def mean_attended_context(train_context) -> np.ndarray:
-    """Mean number of tokens a training token attends to for fixed-length packing: T_train / 2 (tokens)."""
-    return _context(train_context) / 2
+def mean_attended_context(train_context, window=None) -> np.ndarray:
+    """Mean number of tokens a training token attends to for fixed-length packing: T_train / 2 (tokens).
+
+    With a sliding window W (tokens) a token at position t attends to min(t, W): the mean over
+    [0, T] is T / 2 for T <= W, else ``W - W^2 / (2 T)`` (the same continuous integral as T / 2).
+    """
+    T = _context(train_context)
+    if window is None:
+        return T / 2
+    w = float(window)
+    return np.where(T <= w, T / 2, w - w * w / (2 * np.maximum(T, 1e-300)))
 
 
 def training_flops(shape, tokens, train_context, mean_context=None) -> np.ndarray:
     """Training FLOPs for ``tokens`` tokens: ``3 x D x C_infer(T_bar)`` (forward + 2x backward; units: FLOPs).
 
-    ``T_bar`` is ``mean_context`` when given, else ``train_context / 2`` (fixed-length chunks).
+    ``T_bar`` is ``mean_context`` when given, else ``train_context / 2`` (fixed-length chunks; windowed
+    layers: :func:`mean_attended_context` with the window).
     Uses the exact per-component forward FLOPs; :func:`paper_training_flops` is Eq. 11.
     """
     D = np.asarray(tokens, dtype=float)
     require(bool(np.all(D >= 0)), "tokens must be >= 0")
-    t_bar = mean_attended_context(train_context) if mean_context is None else _context(mean_context)
-    return 3 * D * inference_flops_per_token(shape, t_bar)
+    if mean_context is not None:
+        return 3 * D * inference_flops_per_token(shape, _context(mean_context))
+    per_token = forward_flops_per_token(shape, 0)["time_invariant"]
+    w, n_win = _window(shape)
+    n_layers = _f(shape.layers)
+    full, windowed = mean_attended_context(train_context), mean_attended_context(train_context, w)
+    attended = (n_layers - n_win) * full + n_win * windowed
+    return 3 * D * (per_token + 4 * attended * _f(shape.n_heads) * _f(shape.head_dim))
 
 
 def paper_training_flops(shape, tokens, train_context) -> np.ndarray:
     """The paper's Eq. 11: ``6 D (N + 2 L T_bar d_h n_h)`` with T_bar = T_train / 2 (units: FLOPs)."""
     D = np.asarray(tokens, dtype=float)
-    t_bar = mean_attended_context(train_context)
-    return 6 * D * (params_total(shape) + 2 * _f(shape.layers) * t_bar * _f(shape.head_dim) * _f(shape.n_heads))
+    w, n_win = _window(shape)
+    lt = (_f(shape.layers) - n_win) * mean_attended_context(train_context) + n_win * mean_attended_context(
+        train_context, w
+    )
+    return 6 * D * (params_total(shape) + 2 * lt * _f(shape.head_dim) * _f(shape.n_heads))
 
 
 def training_memory_bytes(
@@ -454,4 +515,7 @@ def cost_summary(
         "z": float(z_of_shape(shape, T, conv, z_weights, batch, weight_dtype, kv_dtype)),
         "z_convention": conv.to_dict(),
     }
+    if getattr(shape, "sliding_window", None) is not None:
+        out["sliding_window"] = int(shape.sliding_window)
+        out["window_layers"] = int(shape.windowed_layers)
     return out

@@ -269,7 +269,8 @@ def read_hf_weights(directory: Path) -> dict:
 
 def import_hf(hf_dir, device="cpu", dtype=None, max_seq_len: int | None = None):
     """A GQADecoder with the weights of a transformers directory (Llama, Mistral, Qwen2, Qwen3 families);
-    ``max_seq_len`` (tokens) defaults to the config's ``max_position_embeddings`` (8192 without one)."""
+    ``max_seq_len`` (tokens) defaults to the config's ``max_position_embeddings`` (8192 without one), capped
+    at a sliding window (cogqa's model attends fully, which equals the window only up to its length)."""
     import torch
 
     from .checkpoint import check_state_dict
@@ -289,6 +290,13 @@ def import_hf(hf_dir, device="cpu", dtype=None, max_seq_len: int | None = None):
     if max_seq_len is None:
         cfg = config["text_config"] if "text_config" in config and "model_type" not in config else config
         max_seq_len = int(cfg.get("max_position_embeddings") or 8192)
+        if shape.sliding_window is not None:
+            max_seq_len = min(max_seq_len, shape.sliding_window)
+    require(
+        shape.sliding_window is None or max_seq_len <= shape.sliding_window,
+        f"{cfg_path}: sliding window of {shape.sliding_window} tokens, which cogqa's model does not compute; "
+        f"import with a maximum sequence length <= {shape.sliding_window} tokens (there attention is full)",
+    )
     raw = read_hf_weights(directory)
     tensors = {from_hf_name(k): v for k, v in raw.items() if not k.endswith("rotary_emb.inv_freq")}
     if shape.tie_embeddings and "lm_head.weight" in tensors:

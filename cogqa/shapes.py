@@ -38,6 +38,21 @@ def paper_ffn_size(hidden_size: int) -> int:
     return int(8 * hidden_size / 3)
 
 
+#: Upper bounds of a ModelShape's sizes (inclusive): far beyond any real decoder, so a larger value is a typo.
+SHAPE_LIMITS = {
+    "layers": 2**14,
+    "hidden_size": 2**20,
+    "ffn_size": 2**22,
+    "n_heads": 2**14,
+    "n_kv_heads": 2**14,
+    "head_dim": 2**14,
+    "vocab_size": 2**24,
+}
+#: The largest non-embedding size (parameters) an Appendix B.1 shape may have.
+MAX_PARAMS = 1e15
+#: The longest sliding window (tokens), as the longest context cogqa accepts.
+MAX_WINDOW = 2**40
+
 #: The RoPE scalings a ModelShape can carry, with their parameters in order (Llama 3.1/3.2's only).
 ROPE_SCALINGS = {"llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
 
@@ -70,6 +85,11 @@ class ModelShape:
     ``qkv_bias``/``o_bias``/``mlp_bias`` add bias vectors (Qwen2 has ``qkv_bias``); ``qk_norm``
     adds per-head RMSNorm on queries and keys (Qwen3). ``ffn_kind`` is ``"swiglu"`` (three
     matrices: gate, up, down) or ``"mlp"`` (two matrices).
+
+    ``sliding_window`` (tokens; None = full attention) makes ``window_layers`` layers attend to at
+    most the last ``sliding_window`` positions and cache only those (``window_layers`` None = every
+    layer, as Mistral-7B-v0.1; Qwen2/Qwen3 window only the layers from ``max_window_layers`` on).
+    Costs use it; cogqa's own model computes full attention (import refuses windowed configs).
     """
 
     layers: int
@@ -90,17 +110,20 @@ class ModelShape:
     model_type: str = "llama"
     name: str = field(default="", compare=False)
     rope_scaling: tuple | None = None
+    sliding_window: int | None = None
+    window_layers: int | None = None
 
     def __post_init__(self) -> None:
         if self.rope_scaling is not None:
             object.__setattr__(self, "rope_scaling", check_rope_scaling(self.rope_scaling))
-        for f in ("layers", "hidden_size", "ffn_size", "n_heads", "n_kv_heads", "head_dim", "vocab_size"):
+        for f, limit in SHAPE_LIMITS.items():
             value = getattr(self, f)
             require(
                 isinstance(value, (int, np.integer)) and not isinstance(value, bool),
-                f"{f} must be a whole number, got {value!r}",
+                f"{f} must be a whole number, got {_short(value)}",
             )
-            require(value > 0, f"{f} must be positive, got {value}")
+            require(0 < value <= limit, f"{f} must be between 1 and {limit:,}, got {value}")
+        self._check_window()
         require(
             self.n_heads % self.n_kv_heads == 0,
             f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads}): "
@@ -115,6 +138,29 @@ class ModelShape:
             isinstance(self.norm_eps, (int, float)) and math.isfinite(self.norm_eps) and self.norm_eps > 0,
             f"norm_eps must be a positive number, got {self.norm_eps!r}",
         )
+
+    def _check_window(self) -> None:
+        w, n = self.sliding_window, self.window_layers
+        for name, value in (("sliding_window", w), ("window_layers", n)):
+            require(
+                value is None or (isinstance(value, (int, np.integer)) and not isinstance(value, bool)),
+                f"{name} must be a whole number or null, got {_short(value)}",
+            )
+        require(w is None or 0 < w <= MAX_WINDOW, f"sliding_window must be between 1 and 2**40 tokens, got {w}")
+        require(n is None or w is not None, "window_layers needs sliding_window (the window's length in tokens)")
+        require(
+            n is None or 0 <= n <= self.layers, f"window_layers must be between 0 and layers ({self.layers}), got {n}"
+        )
+        if n == 0:  # no layer uses the window: full attention
+            object.__setattr__(self, "sliding_window", None)
+            object.__setattr__(self, "window_layers", None)
+
+    @property
+    def windowed_layers(self) -> int:
+        """Layers that attend through the sliding window (0 for full attention)."""
+        if self.sliding_window is None:
+            return 0
+        return self.layers if self.window_layers is None else self.window_layers
 
     @property
     def group_size(self) -> int:
@@ -134,6 +180,9 @@ class ModelShape:
         """All fields as a JSON-serialisable dict (round-trips through :meth:`from_dict`);
         ``rope_scaling`` only when set, so shapes without it serialise as before."""
         data = asdict(self)
+        for key in ("sliding_window", "window_layers"):
+            if data[key] is None:
+                del data[key]
         if data["rope_scaling"] is None:
             del data["rope_scaling"]
         else:
@@ -153,12 +202,31 @@ class ModelShape:
             raise CogqaError(f"incomplete shape: {exc}") from None
 
     def describe(self) -> str:
-        """One line: layers, hidden size, heads, parameters."""
+        """One line: layers, hidden size, heads, vocabulary and the sliding window (tokens) if any."""
         label = f"{self.name} " if self.name else ""
+        window = ""
+        if self.sliding_window is not None:
+            where = (
+                "every layer"
+                if self.windowed_layers == self.layers
+                else f"{self.windowed_layers} of {self.layers} layers"
+            )
+            window = f" sliding window {self.sliding_window:,} tokens on {where}"
         return (
             f"{label}L={self.layers} d={self.hidden_size} d_ff={self.ffn_size} "
-            f"H=({self.n_heads},{self.n_kv_heads}) d_h={self.head_dim} V={self.vocab_size}"
+            f"H=({self.n_heads},{self.n_kv_heads}) d_h={self.head_dim} V={self.vocab_size}{window}"
         )
+
+
+def _short(value, limit: int = 60) -> str:
+    """A repr of ``value`` at most ``limit`` characters long, for one-line messages about arbitrary input
+    (built with :mod:`reprlib`, so a huge or deeply nested value is never expanded)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 2, limit, limit
+    text = r.repr(value).replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -304,14 +372,26 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
         value = config[key]
         require(
             isinstance(value, int) and not isinstance(value, bool) and value > 0,
-            f"{source}: field {key!r} must be a positive integer, got {value!r}",
+            f"{source}: field {key!r} must be a positive integer, got {_short(value)}",
         )
         return value
 
     hidden = need("hidden_size")
     n_heads = need("num_attention_heads")
-    n_kv = config.get("num_key_value_heads") or n_heads
+    n_kv = config.get("num_key_value_heads")
+    if n_kv is None:  # absent or null: multi-head attention, as transformers reads it
+        n_kv = n_heads
+    require(
+        isinstance(n_kv, int) and not isinstance(n_kv, bool) and n_kv > 0 and n_heads % n_kv == 0,
+        f"{source}: field 'num_key_value_heads' must be a positive integer dividing num_attention_heads "
+        f"({n_heads}), got {_short(n_kv)}; fix the config (omit it for multi-head attention)",
+    )
     head_dim = config.get("head_dim")
+    if head_dim is not None:
+        require(
+            isinstance(head_dim, int) and not isinstance(head_dim, bool) and head_dim > 0,
+            f"{source}: field 'head_dim' must be a positive integer, got {_short(head_dim)}",
+        )
     if head_dim is None:
         require(
             hidden % n_heads == 0,
@@ -332,8 +412,10 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
     rope = config.get("rope_parameters") or {}
     rope_theta = config.get("rope_theta") or (rope.get("rope_theta") if isinstance(rope, dict) else None) or 10000.0
     rope_scaling = hf_rope_scaling(config, source)
+    layers = need("num_hidden_layers")
+    window, window_layers = hf_sliding_window(config, model_type, layers, source)
     return ModelShape(
-        layers=need("num_hidden_layers"),
+        layers=layers,
         hidden_size=hidden,
         ffn_size=need("intermediate_size"),
         n_heads=n_heads,
@@ -351,7 +433,47 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
         model_type=model_type,
         name=str(config.get("_name_or_path") or model_type),
         rope_scaling=rope_scaling,
+        sliding_window=window,
+        window_layers=window_layers,
     )
+
+
+def hf_sliding_window(config: dict, model_type: str, layers: int, source: str = "config") -> tuple:
+    """(sliding window in tokens or None, layers using it or None = all) of a Hugging Face config.
+
+    * mistral: ``sliding_window`` (e.g. 4096 in Mistral-7B-v0.1; null in later versions) on every layer.
+    * qwen2/qwen3: only with ``use_sliding_window: true``. Reading of ``max_window_layers`` (as in
+      transformers' modelling code, ``layer_idx >= max_window_layers`` uses the window): the first
+      ``max_window_layers`` layers attend fully, the remaining ``layers - max_window_layers`` use the
+      window. A ``layer_types`` list, when given, is counted instead ("sliding_attention" entries).
+    * llama: no sliding window in its modelling code; the field is ignored (it is null in Llama configs).
+    """
+    if model_type == "llama":
+        return None, None
+    if model_type in ("qwen2", "qwen3") and not config.get("use_sliding_window", False):
+        return None, None
+    window = config.get("sliding_window")
+    if window is None:
+        return None, None
+    require(
+        isinstance(window, int) and not isinstance(window, bool) and 0 < window <= MAX_WINDOW,
+        f"{source}: field 'sliding_window' must be a positive integer (tokens) or null, got {_short(window)}",
+    )
+    if model_type == "mistral":
+        return window, None
+    types = config.get("layer_types")
+    if types is not None:
+        require(
+            isinstance(types, list) and len(types) == layers and all(isinstance(t, str) for t in types),
+            f"{source}: field 'layer_types' must list one attention kind per layer ({layers})",
+        )
+        return window, sum(t == "sliding_attention" for t in types)
+    first_full = config.get("max_window_layers", 28)  # transformers' Qwen2Config/Qwen3Config default
+    require(
+        isinstance(first_full, int) and not isinstance(first_full, bool) and first_full >= 0,
+        f"{source}: field 'max_window_layers' must be a whole number >= 0, got {_short(first_full)}",
+    )
+    return window, max(0, layers - first_full)
 
 
 def hf_rope_type(config: dict) -> str:
@@ -496,6 +618,7 @@ def shape_for_params(
     """
     n = np.asarray(n_params, dtype=float)
     require(bool(np.all(np.isfinite(n)) and np.all(n > 0)), "params must be a positive, finite number of parameters")
+    require(bool(np.all(n <= MAX_PARAMS)), "params: a size beyond 1e15 parameters is not a decoder; allowed up to 1e15")
     head_dim = family.head_dim if head_dim is None else head_dim
     vocab_size = family.vocab_size if vocab_size is None else vocab_size
     ratio = aspect_ratio_for_params(n, family)

@@ -8,13 +8,19 @@ import re
 from .errors import CogqaError, require
 
 _SUFFIX = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+#: The longest context cogqa accepts (tokens): 2**40, about 1.1 trillion; anything longer is a typo.
+MAX_CONTEXT = 2**40
+#: The largest count cogqa accepts (parameters, tokens): 1e18; anything larger is a typo.
+MAX_COUNT = 1e18
+
 _BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGTP]?i?B?)\s*$", re.IGNORECASE)
 
 
 def parse_context(text: str | int, field: str = "--context") -> int:
     """A context length in tokens from ``131072``, ``128k``/``128K`` (x1024) or ``1M`` (x1024^2).
 
-    Raises :class:`CogqaError` naming ``field`` for anything else, and for T <= 0.
+    Raises :class:`CogqaError` naming ``field`` for anything else, for T <= 0 and for T > 2**40
+    (:data:`MAX_CONTEXT`).
     """
     if isinstance(text, int) and not isinstance(text, bool):
         value = text
@@ -24,11 +30,15 @@ def parse_context(text: str | int, field: str = "--context") -> int:
         if not m or unit not in ("", "k", "m"):
             raise CogqaError(f"{field}: {text!r} is not a context length; write e.g. 8192, 8k or 128k")
         value = float(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2}[unit]
+        if value > MAX_CONTEXT:
+            raise CogqaError(f"{field}: {text!r} is too long; allowed 1 to 2**40 ({MAX_CONTEXT:,}) tokens")
         if not value.is_integer():
             raise CogqaError(f"{field}: {text!r} is not a whole number of tokens")
         value = int(value)
     if value <= 0:
         raise CogqaError(f"{field}: context length must be at least 1 token, got {value}")
+    if value > MAX_CONTEXT:
+        raise CogqaError(f"{field}: {value} tokens is too long; allowed 1 to 2**40 ({MAX_CONTEXT:,}) tokens")
     return value
 
 
@@ -41,7 +51,7 @@ def parse_contexts(text: str, field: str = "--context") -> list[int]:
 
 
 def parse_count(text: str | int | float, field: str) -> float:
-    """A decimal count from ``470M``, ``1.2B``, ``2e9``, ``20k`` (k=1e3, M=1e6, B/G=1e9, T=1e12)."""
+    """A decimal count from ``470M``, ``1.2B``, ``2e9``, ``20k`` (k=1e3, M=1e6, B/G=1e9, T=1e12); at most 1e18."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text)
     else:
@@ -53,6 +63,8 @@ def parse_count(text: str | int | float, field: str) -> float:
         value = float(m.group(1)) * scale[unit]
     if not math.isfinite(value) or value <= 0:
         raise CogqaError(f"{field}: must be a positive number, got {text!r}")
+    if value > MAX_COUNT:
+        raise CogqaError(f"{field}: {text!r} is too large; allowed up to 1e18")
     return value
 
 

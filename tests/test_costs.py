@@ -257,3 +257,128 @@ def test_forward_flops_equal_flop_counter(heads):
     by_module = counter.get_flop_counts()
     lm_head = sum(by_module.get("LlamaForCausalLM.lm_head", {}).values())
     assert lm_head == batch * P * costs.forward_flops_per_token(shape, 0)["lm_head"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sliding windows (issue 13): hand-computed numbers
+# ---------------------------------------------------------------------------------------------
+
+
+def _windowed(window=4, window_layers=None):
+    from cogqa.shapes import ModelShape
+
+    return ModelShape(
+        layers=2,
+        hidden_size=8,
+        ffn_size=16,
+        n_heads=2,
+        n_kv_heads=1,
+        head_dim=4,
+        vocab_size=10,
+        sliding_window=window,
+        window_layers=window_layers,
+    )
+
+
+@pytest.mark.parametrize(
+    "window_layers, T, attended",
+    [
+        (None, 3, 2 * 3),  # T <= W: both layers attend to all 3
+        (None, 10, 2 * 4),  # both layers capped at W = 4
+        (1, 10, 10 + 4),  # one full layer, one windowed
+        (0, 10, 2 * 10),  # no windowed layer: full attention
+    ],
+)
+def test_sliding_window_decode_and_kv_by_hand(window_layers, T, attended):
+    from cogqa.costs import forward_flops_per_token, inference_memory_bytes
+
+    s = _windowed(4, window_layers)
+    # attention computation 4 x n_h x d_h x (positions attended, summed over layers) = 4 * 2 * 4 * attended
+    assert float(forward_flops_per_token(s, T)["attention_computation"]) == 32 * attended
+    # KV cache: 2 (K, V) x n_kv 1 x d_h 4 x positions cached x 2 bytes (bf16)
+    assert float(inference_memory_bytes(s, T)["kv_cache"]) == 16 * attended
+
+
+def test_sliding_window_prefill_and_training_by_hand():
+    from cogqa.costs import forward_flops_per_token, mean_attended_context, prefill_flops, training_flops
+
+    s = _windowed(4)
+    ti = float(forward_flops_per_token(s, 0)["time_invariant"])
+    # P = 10, W = 4: keys attended 1+2+3+4+4*6 = 34 per layer, 2 layers; 4 n_h d_h = 32 FLOPs per pair
+    assert float(prefill_flops(s, 10)) == 10 * ti + 32 * 2 * 34
+    assert float(prefill_flops(s, 3)) == 3 * ti + 32 * 2 * 6  # P <= W: the full triangle
+    # training mean over [0, T] of min(t, W): W - W^2 / (2T) = 4 - 16/20 = 3.2 for T = 10
+    assert float(mean_attended_context(10, 4)) == pytest.approx(3.2)
+    assert float(mean_attended_context(3, 4)) == 1.5
+    assert float(training_flops(s, 100, 10)) == pytest.approx(3 * 100 * (ti + 32 * 2 * 3.2))
+
+
+def test_no_window_costs_unchanged():
+    from cogqa.costs import cost_summary
+
+    full = _windowed(None)
+    wide = _windowed(10**9)  # a window longer than every context changes nothing but the summary's keys
+    a, b = cost_summary(full, 4096), cost_summary(wide, 4096)
+    assert "sliding_window" not in a and b["sliding_window"] == 10**9
+    for k in ("inference_flops_per_token", "inference_memory_bytes", "z", "paper_inference_flops"):
+        assert a[k] == b[k]
+
+
+@pytest.mark.parametrize("T", [-1, 1e24, float("nan"), 2**40 + 1])
+def test_absurd_contexts_refused(T):
+    from cogqa.costs import inference_flops_per_token
+
+    with pytest.raises(CogqaError):
+        inference_flops_per_token(_windowed(None), T)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 13 item 1: options never ignored without a word
+# ---------------------------------------------------------------------------------------------
+
+_LLAMA_1B = "tests/data/llama-3.2-1b-config.json"
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["cost", "--size", "470M", "--head-dim", "128"], "--head-dim cannot modify --size"),
+        (["cost", "--size", "470M", "--vocab", "1000"], "--vocab cannot modify --size"),
+        (["cost", "--size", "470M", "--untied"], "--untied cannot modify --size"),
+        (["cost", "--size", "470M:8,1", "--head-dim", "128", "--untied"], "--head-dim/--untied"),
+        (["cost", "--hf-config", _LLAMA_1B, "--vocab", "1000"], "--vocab cannot modify --hf-config"),
+        (["cost", "--hf-config", _LLAMA_1B, "--head-dim", "32"], "--head-dim cannot modify --hf-config"),
+        (["cost", "--size", "470M", "--context", "1k", "--context-dist", "1k:1"], "--context-dist"),
+        (["compare", "470M", "1.2B", "--context", "8k", "--context-dist", "1k:1"], "--context-dist"),
+        (["cost", "--size", "470M", "--context", "1e24"], "2**40"),
+        (["cost", "--size", "1e30"], "1e18"),
+        (["cost", "--layers", "100000", "--hidden", "64", "--heads", "1"], "layers must be between"),
+    ],
+)
+def test_cost_options_never_ignored(argv, needle, capsys):
+    from cogqa.cli import main
+
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status != 0 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert needle in err
+
+
+def test_cost_prints_the_window(tmp_path, capsys):
+    import json
+
+    from cogqa.cli import main
+
+    cfg = json.loads(open(_LLAMA_1B).read())
+    cfg.update(model_type="mistral", sliding_window=4096)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert main(["cost", "--hf-config", str(path), "--context", "128k"]) == 0
+    out = capsys.readouterr().out
+    assert "sliding window 4,096 tokens on every layer" in out
+    assert main(["cost", "--hf-config", str(path), "--context", "128k", "--json"]) == 0
+    windowed = json.loads(capsys.readouterr().out)
+    assert main(["cost", "--hf-config", _LLAMA_1B, "--context", "128k", "--json"]) == 0
+    full = json.loads(capsys.readouterr().out)
+    assert windowed["sliding_window"] == 4096
+    assert windowed["kv_cache_bytes"] == full["kv_cache_bytes"] * 4096 / 131072

@@ -143,3 +143,103 @@ def test_shape_specs():
     for bad in ("470M:8,3", "470M:x", "12q", ""):
         with pytest.raises(CogqaError):
             shape_from_spec(bad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 13: silently wrong readings of HF configs and absurd sizes
+# ---------------------------------------------------------------------------------------------
+
+_BASE = {
+    "hidden_size": 4096,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "num_hidden_layers": 32,
+    "intermediate_size": 14336,
+    "vocab_size": 32000,
+}
+
+
+@pytest.mark.parametrize(
+    "extra, window, windowed",
+    [
+        ({"model_type": "mistral", "sliding_window": 4096}, 4096, 32),  # Mistral-7B-v0.1
+        ({"model_type": "mistral", "sliding_window": None}, None, 0),  # Mistral-7B-v0.2+
+        ({"model_type": "llama", "sliding_window": None}, None, 0),
+        ({"model_type": "qwen2", "use_sliding_window": False, "sliding_window": 4096}, None, 0),
+        ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 28}, 4096, 4),
+        ({"model_type": "qwen3", "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 0}, 4096, 32),
+        ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 4096, "max_window_layers": 40}, None, 0),
+        (
+            {
+                "model_type": "qwen3",
+                "use_sliding_window": True,
+                "sliding_window": 128,
+                "layer_types": ["sliding_attention", "full_attention"] * 16,
+            },
+            128,
+            16,
+        ),
+    ],
+)
+def test_hf_sliding_window_read(extra, window, windowed):
+    s = shape_from_hf_config({**_BASE, **extra})
+    assert s.sliding_window == window and s.windowed_layers == windowed
+    if window:
+        assert f"sliding window {window:,} tokens" in s.describe()
+        assert ModelShape.from_dict(s.to_dict()) == s
+    else:
+        assert "sliding_window" not in s.to_dict()
+
+
+@pytest.mark.parametrize(
+    "extra, field",
+    [
+        ({"num_key_value_heads": 0}, "num_key_value_heads"),
+        ({"num_key_value_heads": -8}, "num_key_value_heads"),
+        ({"num_key_value_heads": 5}, "num_key_value_heads"),
+        ({"num_key_value_heads": "8"}, "num_key_value_heads"),
+        ({"num_key_value_heads": [8]}, "num_key_value_heads"),
+        ({"num_key_value_heads": 8.0}, "num_key_value_heads"),
+        ({"head_dim": 0}, "head_dim"),
+        ({"model_type": "mistral", "sliding_window": "4096"}, "sliding_window"),
+        ({"model_type": "mistral", "sliding_window": -1}, "sliding_window"),
+        (
+            {"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 8, "max_window_layers": "x"},
+            "max_window_layers",
+        ),
+        ({"num_hidden_layers": 10**9}, "layers"),
+        ({"vocab_size": 10**12}, "vocab_size"),
+        ({"hidden_size": "4096"}, "hidden_size"),
+        ({"hidden_size": [1] * 10000}, "hidden_size"),
+    ],
+)
+def test_hf_config_bad_fields_refused(extra, field):
+    cfg = {"model_type": "llama", **_BASE, **extra}
+    with pytest.raises(CogqaError, match=field) as info:
+        shape_from_hf_config(cfg)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"layers": 2**14 + 1},
+        {"hidden_size": 2**20 + 1},
+        {"n_heads": 2**15, "n_kv_heads": 1},
+        {"vocab_size": 2**24 + 1},
+        {"sliding_window": 0},
+        {"sliding_window": 2**41},
+        {"window_layers": 1},
+        {"sliding_window": 8, "window_layers": 3},
+    ],
+)
+def test_absurd_shapes_refused(kwargs):
+    base = dict(layers=2, hidden_size=8, ffn_size=16, n_heads=2, n_kv_heads=1, head_dim=4, vocab_size=10)
+    with pytest.raises(CogqaError):
+        ModelShape(**{**base, **kwargs})
+
+
+@pytest.mark.parametrize("spec", ["1e30", "2e15", "1e24:8,1"])
+def test_absurd_sizes_refused(spec):
+    with pytest.raises(CogqaError, match="1e1[58]"):
+        shape_from_spec(spec)

@@ -32,3 +32,18 @@ def test_bad_head_configurations_are_one_line_errors(text, needle):
     with pytest.raises(CogqaError, match="^--heads: ") as err:
         parse_head_configs(text)
     assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("text", ["1e24", str(2**40 + 1), "1048577M", 2**41])
+def test_absurd_context_refused_with_range(text):
+    from cogqa.units import parse_context
+
+    with pytest.raises(CogqaError, match=r"2\*\*40"):
+        parse_context(text)
+
+
+def test_absurd_count_refused():
+    from cogqa.units import parse_count
+
+    with pytest.raises(CogqaError, match="1e18"):
+        parse_count("1e24", "--train-tokens")

@@ -35,7 +35,7 @@ def add_cost_options(parser: argparse.ArgumentParser, multi_context: bool = True
     """--context, --batch, dtypes and the Z weights."""
     parser.add_argument(
         "--context",
-        default="8k",
+        default=None,
         help="context length(s) T in tokens: 131072, 128k, or a list 8k,32k,128k (default 8k)",
     )
     parser.add_argument("--batch", type=int, default=1, help="concurrent sequences sharing the weights (default 1)")
@@ -87,6 +87,22 @@ def shape_from_args(args: argparse.Namespace):
     require(
         sum(ways) == 1, "name the model once: --hf-config PATH, --size 470M, or --layers/--hidden/--heads/--kv-heads"
     )
+    if not explicit:
+        given = [
+            flag
+            for flag, value in (
+                ("--head-dim", args.head_dim),
+                ("--vocab", args.vocab),
+                ("--untied", args.untied or None),
+            )
+            if value is not None
+        ]
+        source = "--hf-config" if args.hf_config is not None else "--size"
+        require(
+            not given,
+            f"{'/'.join(given)} cannot modify {source} (its shape fixes them); edit the config or give the shape "
+            "explicitly with --layers/--hidden/--heads",
+        )
     if args.hf_config is not None:
         require(
             args.heads is None and args.kv_heads is None,
@@ -137,9 +153,10 @@ def _check_cost_options(args) -> list[float]:
     dtype_bytes(args.weight_dtype)
     dtype_bytes(args.kv_dtype)
     if args.context_dist:
+        require(args.context is None, "give --context or --context-dist, not both (--context-dist replaces --context)")
         lengths, counts = parse_length_distribution(args.context_dist)
         return [expected_context(lengths, counts)]
-    return parse_contexts(args.context)
+    return parse_contexts(args.context if args.context is not None else "8k")
 
 
 def _describe(shape) -> str:

@@ -80,9 +80,19 @@ _N_TRUSTED = (1e6, 1e11)  # without a fitted range in the laws file: the paper's
 _EXTRAPOLATION = (10.0, 100.0)  # with a fitted range [lo, hi]: warn below lo/10 or above hi*100
 
 
+def law_quality_warnings(law_set: LawSet) -> list[str]:
+    """The fit's reasons for distrust stored in the laws file (``metadata.quality_warnings``), one line each."""
+    found = (law_set.metadata or {}).get("quality_warnings") or []
+    return [f"laws file: {w}" for w in found if isinstance(w, str)][:20]
+
+
 def _size_warnings(best: dict, law_set: LawSet) -> list[str]:
-    """A warning when the winner's size is far outside the sizes the laws were fitted on
-    (``metadata.params_non_embedding_range`` of the laws file, else 1e6 to 1e11 parameters)."""
+    """The laws file's quality warnings, and a warning when the winner's size is far outside the sizes the
+    laws were fitted on (``metadata.params_non_embedding_range`` of the laws file, else 1e6 to 1e11 parameters)."""
+    return law_quality_warnings(law_set) + _range_warnings(best, law_set)
+
+
+def _range_warnings(best: dict, law_set: LawSet) -> list[str]:
     n = best.get("params_non_embedding")
     fitted = (law_set.metadata or {}).get("params_non_embedding_range")
     if isinstance(fitted, (list, tuple)) and len(fitted) == 2:

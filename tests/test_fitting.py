@@ -376,3 +376,56 @@ def test_head_form_accepts_size_labels():
     assert report.laws[1]["a"] == pytest.approx(0.301, rel=2e-3)
     with pytest.raises(CogqaError, match=r"column 'size' in row 9 is 'big'"):
         fit_results(df.assign(size=["470M"] * 8 + ["big"] * 8), form="heads")
+
+
+# --------------------------------------------------------------------------- issue 13: fits not to trust
+
+
+def _rising_table() -> pd.DataFrame:
+    """H=(8,1) follows a law; H=(4,1) gets WORSE with N (loss rising with size)."""
+    good = _n_table({(8, 1): (5.0e7, 0.30, 1.90)}, noise=0.0)
+    bad = good.copy()
+    bad["n_heads"] = 4
+    bad["loss"] = np.linspace(2.0, 2.6, len(bad))
+    return pd.concat([good, bad], ignore_index=True)
+
+
+@pytest.mark.parametrize(
+    "table, needles",
+    [
+        ("rising", ["H=(4,1): loss rises with N"]),
+        ("scatter", ["R² = "]),
+        ("clean", []),
+    ],
+)
+def test_fit_quality_warnings_recorded(table, needles):
+    if table == "rising":
+        df = _rising_table()
+    elif table == "scatter":  # noise far above the trend: R² well below 0.9
+        df = _n_table({(8, 1): (5.0e7, 0.30, 1.90)}, noise=0.2, seed=3)
+    else:
+        df = _n_table({(8, 1): (5.0e7, 0.30, 1.90)}, noise=0.001)
+    report = fit_results(df, form="n")
+    meta = report.to_laws_dict("test")["metadata"]
+    found = meta.get("quality_warnings", [])
+    assert bool(found) == bool(needles), found
+    for needle in needles:
+        assert any(needle in w for w in found), found
+        assert any(needle in w for w in meta["warnings"])
+
+
+def test_rising_fit_warned_at_fit_search_and_table(tmp_path, capsys):
+    from cogqa.cli import main
+
+    csv = tmp_path / "results.csv"
+    _rising_table().to_csv(csv, index=False)
+    laws = tmp_path / "laws.json"
+    assert main(["fit", str(csv), "--out", str(laws)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: H=(4,1): loss rises with N" in err
+    assert "loss rises with N" in json.loads(laws.read_text())["metadata"]["quality_warnings"][0]
+    status = main(["search", "--laws", str(laws), "--target-loss", "2.2", "--context", "8k"])
+    out, err = capsys.readouterr()
+    assert "laws file: H=(4,1): loss rises with N" in out + err, (status, out, err)
+    main(["table", "--laws", str(laws), "--losses", "2.2", "--contexts", "8k"])
+    assert "laws file: H=(4,1): loss rises with N" in capsys.readouterr().err

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 import re
+import sys
 
 from ..errors import CogqaError, require
 from ..units import parse_bytes
@@ -389,6 +390,10 @@ def cmd_table(args: argparse.Namespace) -> int:
     require(args.format in ("markdown", "csv"), f"--format must be markdown or csv, got {args.format!r}")
     opts = _options(args)
     table = cost_optimal_table(losses, contexts, args.laws, **opts)
+    from ..search import law_quality_warnings, resolve_laws
+
+    for warning in law_quality_warnings(resolve_laws(args.laws)):
+        print(f"warning: {warning}", file=sys.stderr)
     long = table.attrs["long"]
     if args.out_csv:
         _write_atomic(args.out_csv, _csv(table))

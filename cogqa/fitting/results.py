@@ -170,6 +170,10 @@ def fit_results(
     for entry, label in zip(laws, labels):
         if entry["r2"] is None:
             warnings.append(f"{label}: R² is undefined (every loss is equal)")
+    quality = quality_problems(df, form, laws, labels)
+    warnings.extend(quality)
+    if quality:
+        meta = {**meta, "quality_warnings": quality}
     return FitReport(
         form=form,
         laws=laws,
@@ -180,6 +184,40 @@ def fit_results(
         data=meta,
         samples=samples_out,
     )
+
+
+#: A law whose R² (on loss) is below this is flagged: it does not describe its runs.
+MIN_R2 = 0.9
+
+
+def quality_problems(df: pd.DataFrame, form: str, laws: list[dict[str, Any]], labels: list[str]) -> list[str]:
+    """One line per reason not to trust the fit: a head configuration whose loss RISES with N (least-squares
+    slope of the mean loss per size against ln N above 0; forms ``n`` and ``heads-joint``), and a law with
+    R² < :data:`MIN_R2`. Stored as ``metadata.quality_warnings`` of the laws file; search and table repeat them.
+    """
+    out = []
+    if form in ("n", "heads-joint") and "params_non_embedding" in df.columns:
+        keys = [k for k in ("n_heads", "n_kv_heads") if k in df.columns]
+        groups = df.groupby(keys, sort=True) if keys else [((), df)]
+        for key, sub in groups:
+            means = sub.groupby("params_non_embedding")["loss"].mean()
+            if len(means) < 2:
+                continue
+            x = np.log(means.index.to_numpy(dtype=float))
+            y = means.to_numpy(dtype=float)
+            slope = float(np.polyfit(x, y, 1)[0])
+            if slope > 0:
+                key = key if isinstance(key, tuple) else (key,)
+                what = f"H=({int(key[0])},{int(key[1])})" if len(key) == 2 else "the runs"
+                out.append(
+                    f"{what}: loss rises with N ({slope:+.3g} nats/token per e-fold of N over {len(means)} sizes); "
+                    "the law extrapolates a trend the runs do not show; check these runs before using it"
+                )
+    for entry, label in zip(laws, labels):
+        r2 = entry.get("r2")
+        if r2 is not None and r2 < MIN_R2:
+            out.append(f"{label}: R² = {r2:.3f} < {MIN_R2} on loss; the law does not describe its runs")
+    return out
 
 
 def _check_fit_args(df, form: str, shared_E: bool, bootstrap, seed, context) -> None:

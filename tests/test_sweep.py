@@ -446,3 +446,112 @@ def test_submitit_job_requeues_itself_when_preempted():
     job = _SubmititRun("/r/x", gpus=1, nodes=1)
     again = job.checkpoint()  # what submitit calls on preemption or timeout before requeueing
     assert again.function is job and again.args == () and again.kwargs == {}
+
+
+# -- issue 13: plans and results that cannot be true --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        (dict(seeds=[0, 0]), "seed 0 and size 'a' H=(2,1) seed 0"),
+        (dict(sizes=[{**TINY[0], "name": "x y"}, {**TINY[0], "name": "x-y", "hidden_size": 64}]), "runs/x-y_h2kv1_s0"),
+        (dict(sizes=[{**TINY[0], "name": "big"}, {**TINY[0], "name": "BIG", "hidden_size": 64}]), "'big'"),
+    ],
+)
+def test_two_runs_one_directory_refused_at_plan_time(tmp_path, kw, needle):
+    data = fake_data(tmp_path)
+    with pytest.raises(CogqaError, match="map to one run directory") as info:
+        tiny_spec(data, **{"heads": "2:1", **kw})
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def _finished_sweep(tmp_path: Path, **result) -> Path:
+    """A sweep directory with one planned run and a hand-written result.json (no training)."""
+    data = fake_data(tmp_path)
+    out = tmp_path / "sweep"
+    (run_dir,) = materialise(tiny_spec(data, heads="2:1"), out, progress=False)
+    good = {
+        "status": "done",
+        "id": run_dir.name,
+        "size": "a",
+        "seed": 0,
+        "n_heads": 2,
+        "n_kv_heads": 1,
+        "final_val_loss": 2.5,
+        "tokens": 1024,
+        "params_non_embedding": 5000,
+        "context": 32,
+        "loss_by_position": {"2": 3.0, "32": 2.5},
+    }
+    (run_dir / "result.json").write_text(json.dumps({**good, **result}))
+    return out
+
+
+@pytest.mark.parametrize(
+    "result, needle",
+    [
+        ({}, None),
+        ({"final_val_loss": -0.5}, "final_val_loss"),
+        ({"final_val_loss": float("nan")}, "NaN where a number belongs"),
+        ({"final_val_loss": "2.5"}, "final_val_loss"),
+        ({"final_val_loss": None}, "final_val_loss"),
+        ({"tokens": 0}, "tokens"),
+        ({"tokens": -5}, "tokens"),
+        ({"params_non_embedding": [1]}, "params_non_embedding"),
+        ({"n_heads": 8}, "n_heads is 8 but the plan"),
+        ({"n_kv_heads": 2}, "n_kv_heads"),
+        ({"size": "b"}, "size is 'b'"),
+        ({"loss_by_position": {"2": -1.0}}, "loss_by_position"),
+        ({"loss_by_position": [1, 2]}, "loss_by_position"),
+        ({"final_val_loss": 10**400}, "integer of 401 digits"),
+    ],
+)
+def test_collect_refuses_results_that_cannot_be_true(tmp_path, result, needle):
+    out = _finished_sweep(tmp_path, **result)
+    if needle is None:
+        assert collect(out, write=False)["loss"].tolist() == [2.5]
+        return
+    with pytest.raises(CogqaError, match=needle) as info:
+        collect(out, write=False)
+    assert "run a_h2kv1_s0" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_copied_sweep_dir_is_not_refused(tmp_path):
+    import shutil
+
+    data = fake_data(tmp_path)
+    spec = tiny_spec(data, heads="2:1")
+    out = tmp_path / "sweep"
+    (run_dir,) = materialise(spec, out, progress=False)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["train"]["out_dir"] == "runs/a_h2kv1_s0"  # relative to the sweep directory
+    (run_dir / "config.json").write_text("{}")  # the run has started
+    copy = tmp_path / "elsewhere" / "sweep"
+    shutil.copytree(out, copy)
+    assert [d.name for d in materialise(spec, copy, progress=False)] == ["a_h2kv1_s0"]
+    # an old run.json with the absolute path of the original location is still read
+    info["train"]["out_dir"] = str(run_dir.resolve())
+    (copy / "runs" / "a_h2kv1_s0" / "run.json").write_text(json.dumps(info))
+    assert [d.name for d in materialise(spec, copy, progress=False)] == ["a_h2kv1_s0"]
+    from cogqa.sweep.rundir import read_run_info, resolve_run_paths
+
+    moved = copy / "runs" / "a_h2kv1_s0"
+    assert resolve_run_paths(read_run_info(moved), moved)["out_dir"] == str(moved)
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("a: &a [1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n", "aliases"),
+        ("sizes: " + "[" * 70 + "1" + "]" * 70 + "\n", "nested"),
+        ("tokens: 1" + "0" * 30 + "\n", "digits"),
+        ("tokens: [1, 2\n", "not valid YAML"),
+    ],
+)
+def test_hostile_yaml_spec_one_short_line(tmp_path, text, needle):
+    path = tmp_path / "spec.yaml"
+    path.write_text(text)
+    with pytest.raises(CogqaError, match=needle) as info:
+        load_spec(path)
+    assert len(str(info.value)) < 300 and "\n" not in str(info.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -36,6 +37,45 @@ RESULT_COLUMNS = (
 )
 
 
+def checked_result(run_dir: Path) -> dict:
+    """``result.json`` of a finished run, refused (one line naming the run) when its values cannot be true:
+    a loss that is not a finite number >= 0 (nats/token), tokens or parameters <= 0, or a size, heads or seed
+    other than the plan's (``run.json``)."""
+    from ..readers import field, read_json_object
+    from .rundir import read_run_info
+
+    info = read_run_info(run_dir)
+    where = f"run {run_dir.name}: result.json"
+    r = read_json_object(run_dir / "result.json", where)
+    require(r.get("final_val_loss") is not None, f"{where}: no final validation loss (final_val_loss)")
+    field(r, "final_val_loss", "number", where, low=0.0)
+    field(r, "final_val_loss_se", "number", where, default=None, low=0.0)
+    field(r, "tokens", "number", where, default=None, low=1.0)
+    field(r, "params_non_embedding", "number", where, default=None, low=1.0)
+    for key, planned in (
+        ("n_heads", info["n_heads"]),
+        ("n_kv_heads", info["n_kv_heads"]),
+        ("seed", info["seed"]),
+        ("size", info["size"]["name"]),
+    ):
+        value = r.get(key, planned)
+        require(
+            value == planned and type(value) is type(planned),
+            f"{where}: {key} is {value!r} but the plan (run.json) says {planned!r}; the result is not this run's",
+        )
+    pos = field(r, "loss_by_position", "dict", where, default={})
+    for t, v in pos.items():
+        require(
+            str(t).isdigit()
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and v >= 0,
+            f"{where}: loss_by_position[{str(t)[:20]!r}] must be a loss >= 0 (nats/token) at a position",
+        )
+    return r
+
+
 def collect(out: str | Path, write: bool = True):
     """The results table of the finished runs in ``out`` (a pandas DataFrame, one row per run).
 
@@ -53,8 +93,7 @@ def collect(out: str | Path, write: bool = True):
     for run_id, s in status["runs"].items():
         if s != "done":
             continue
-        r = json.loads((Path(out) / "runs" / run_id / "result.json").read_text())
-        require(r.get("final_val_loss") is not None, f"run {run_id}: no final validation loss in result.json")
+        r = checked_result(Path(out) / "runs" / run_id)
         row = {k: r.get(k) for k in RESULT_COLUMNS if k not in ("loss", "loss_se", "loss_by_position")}
         row["loss"] = r["final_val_loss"]
         row["loss_se"] = r.get("final_val_loss_se")

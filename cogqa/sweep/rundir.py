@@ -17,6 +17,7 @@ from typing import Any
 from ..distributed import is_main_process
 from ..errors import CogqaError, require
 from ..files import write_json_atomic
+from ..readers import field, read_json, read_json_object, short
 from .spec import SweepSpec, train_config_dict
 
 STATUSES = ("done", "running", "failed", "pending")
@@ -62,7 +63,7 @@ def materialise(spec: SweepSpec, out: str | Path, progress: bool = True) -> list
     spec_path = out / "spec.json"
     new = json.loads(json.dumps(spec.to_dict()))
     if spec_path.is_file():
-        old = json.loads(spec_path.read_text())
+        old = read_json_object(spec_path)
         changed = sorted(k for k in set(old) | set(new) if k not in EXTENDABLE_FIELDS and old.get(k) != new.get(k))
         require(
             not changed,
@@ -82,10 +83,12 @@ def materialise(spec: SweepSpec, out: str | Path, progress: bool = True) -> list
             "train": train_config_dict(spec, run, str(run_dir.resolve()), "DATA"),
         }
         info = json.loads(json.dumps(info))
+        info["train"]["out_dir"] = f"runs/{run.run_id}"  # relative to the sweep directory: a copy still works
         if (run_dir / "run.json").is_file() and (
             (run_dir / "config.json").exists() or (run_dir / "result.json").exists()
         ):
-            old_info = json.loads((run_dir / "run.json").read_text())
+            old_info = read_run_info(run_dir)
+            old_info["train"]["out_dir"] = f"runs/{run.run_id}"  # old files: absolute, maybe of another location
             old_info["train"]["data"] = "DATA"
             require(
                 old_info == info,
@@ -96,13 +99,49 @@ def materialise(spec: SweepSpec, out: str | Path, progress: bool = True) -> list
     data_dir = prepare_data(spec, out, progress)
     write_json_atomic(spec_path, new)
     dirs = []
+    if Path(data_dir).resolve().is_relative_to(out.resolve()):
+        data_dir = Path(data_dir).resolve().relative_to(out.resolve()).as_posix()  # stored relative to the sweep
     for run_dir, info in infos:
         run_dir.mkdir(parents=True, exist_ok=True)
         info["train"]["data"] = data_dir
-        if not (run_dir / "run.json").is_file() or json.loads((run_dir / "run.json").read_text()) != info:
+        if not (run_dir / "run.json").is_file() or _stored(run_dir / "run.json") != info:
             write_json_atomic(run_dir / "run.json", info)
         dirs.append(run_dir)
     return dirs
+
+
+def _stored(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except CogqaError:
+        return None  # unreadable: rewritten
+
+
+def read_run_info(run_dir: Path) -> dict:
+    """``run.json`` of a run, checked: an object with ``id``, ``size`` (object), ``n_heads``, ``n_kv_heads``,
+    ``seed`` and ``train`` (object); one-line error naming the file and the field otherwise."""
+    path = Path(run_dir) / "run.json"
+    info = read_json_object(path)
+    field(info, "id", "str", str(path))
+    size = field(info, "size", "dict", str(path))
+    field(size, "name", "str", str(path), where="size.")
+    for key in ("n_heads", "n_kv_heads"):
+        field(info, key, "int", str(path), low=1, high=2**14)
+    field(info, "seed", "int", str(path), low=0)
+    train = field(info, "train", "dict", str(path))
+    for key in ("out_dir", "data"):
+        field(train, key, "str", str(path), where="train.")
+    return info
+
+
+def resolve_run_paths(info: dict, run_dir: Path) -> dict:
+    """``info["train"]`` with its paths made absolute: ``out_dir`` is the run directory itself (old files
+    stored the absolute path of where the sweep was made); a relative ``data`` is relative to the sweep."""
+    train = dict(info["train"])
+    train["out_dir"] = str(run_dir)
+    if not Path(train["data"]).is_absolute():
+        train["data"] = str((run_dir.parent.parent / train["data"]).resolve())
+    return train
 
 
 #: Spec fields that may change between invocations on the same sweep directory (the grid itself).
@@ -130,10 +169,11 @@ def run_status(run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     result = run_dir / "result.json"
     if result.is_file():
-        try:
-            if json.loads(result.read_text()).get("status") == "done":
+        try:  # lenient here (NaN, big numbers): collect checks the values and names the run
+            done = json.loads(result.read_text(encoding="utf-8"))
+            if isinstance(done, dict) and done.get("status") == "done":
                 return "done"
-        except json.JSONDecodeError:
+        except (OSError, ValueError, RecursionError):
             pass
     if is_locked(run_dir):
         return "running"
@@ -158,7 +198,10 @@ def sweep_status(out: str | Path) -> dict[str, Any]:
         s = run_status(run_dir)
         runs[run_dir.name] = s
         if s == "failed":
-            failed[run_dir.name] = json.loads((run_dir / "failed.json").read_text()).get("error", "")
+            err = _stored(run_dir / "failed.json")
+            failed[run_dir.name] = (
+                short(err.get("error", ""), 300) if isinstance(err, dict) else "unreadable failed.json"
+            )
     counts = {s: sum(1 for v in runs.values() if v == s) for s in STATUSES}
     return {"runs": runs, "counts": counts, "failed": failed, "total": len(runs)}
 
@@ -180,7 +223,7 @@ def execute_run(run_dir: str | Path) -> dict[str, Any]:
     import fcntl
 
     run_dir = Path(run_dir).resolve()
-    info = json.loads((run_dir / "run.json").read_text())
+    info = read_run_info(run_dir)
     rank0 = is_main_process()
     lock = open(run_dir / ".lock", "a")
     try:
@@ -191,13 +234,13 @@ def execute_run(run_dir: str | Path) -> dict[str, Any]:
         raise RunBusy(f"run {info['id']} is being run by another worker") from None
     try:
         if rank0 and run_status(run_dir) == "done":
-            return json.loads((run_dir / "result.json").read_text())
+            return read_json_object(run_dir / "result.json")
         if rank0 and (run_dir / "failed.json").exists():
             (run_dir / "failed.json").unlink()
         from ..checkpoint import list_checkpoints
         from ..train import TrainConfig, train
 
-        config = TrainConfig.from_dict(info["train"])
+        config = TrainConfig.from_dict(resolve_run_paths(info, run_dir))
         t0 = time.time()
         result = train(config).to_dict()
         if not rank0:

@@ -7,7 +7,6 @@ with the trainer's own step plan. No torch.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -223,11 +222,28 @@ class SweepSpec:
             f"name: letters, digits, _.- only, got {self.name!r}",
         )
         self._check_data()
+        self._check_run_ids()
         # validated through TrainConfig, the one source of run settings: first the sweep-wide
         # settings (errors name the field), then the config of every run must be valid before anything runs
         train_config_dict(self, RunSpec(self.size_specs[0], *self.head_configs[0], 0), "/nonexistent", prefix="")
         for run in self.runs():
             train_config_dict(self, run, "/nonexistent")
+
+    def _check_run_ids(self) -> None:
+        """Two runs of the plan must never share a run directory (e.g. sizes '19 M' and '19-M', repeated
+        seeds or heads; compared case-insensitively, as some file systems do)."""
+        seen: dict[str, RunSpec] = {}
+        for run in self.runs():
+            other = seen.setdefault(run.run_id.casefold(), run)
+            if other is not run:
+
+                def what(r: RunSpec) -> str:
+                    return f"size {r.size.name!r} H=({r.n_heads},{r.n_kv_heads}) seed {r.seed!r}"
+
+                raise CogqaError(
+                    f"sizes/heads/seeds: {what(other)} and {what(run)} map to one run directory "
+                    f"runs/{run.run_id}; rename the size or remove the repeated seed/heads"
+                )
 
     def _check_data(self) -> None:
         d = self.data
@@ -298,21 +314,11 @@ def load_spec(source: str | Path | dict, **overrides) -> SweepSpec:
     if isinstance(source, dict):
         data = dict(source)
     else:
+        from ..readers import read_yaml_or_json
+
         path = Path(source)
         require(path.is_file(), f"spec: {path}: no such file")
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            try:
-                data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise CogqaError(f"spec: {path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-        else:
-            try:
-                data = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise CogqaError(f"spec: {path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        data = read_yaml_or_json(path, f"spec: {path}")
         require(isinstance(data, dict), f"spec: {path}: expected a mapping of spec fields")
         if isinstance(data.get("data"), str) and not Path(data["data"]).is_absolute():
             data["data"] = str(path.parent / data["data"])

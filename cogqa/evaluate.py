@@ -12,10 +12,11 @@ never holds the [B, T, V] logits (26 GB per sequence at V = 50,304): O(T d + blo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .errors import require
+from .errors import CogqaError, require
 
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
 DEVICE_HELP = "auto (CUDA when present, else CPU), cpu, cuda or cuda:N"  # (cogqa.cli.evaluate repeats these)
@@ -303,6 +304,51 @@ def checkpoint_context(ckpt) -> int | None:
         return int(value)
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def _training_manifest(ckpt: Path) -> dict | None:
+    """The manifest of the data a cogqa checkpoint was trained on (via its run's ``config.json``), or None."""
+    from .readers import read_json_object
+
+    run_config = ckpt.parent.parent / "config.json"
+    try:
+        config = read_json_object(run_config)
+        data = config.get("data")
+        if not isinstance(data, str):
+            return None
+        return read_json_object(Path(data) / "manifest.json")
+    except CogqaError:
+        return None
+
+
+def check_data_tokenizer(ckpt, model, manifest: dict, data) -> None:
+    """Refuse, in one line, to evaluate ``model`` (loaded from ``ckpt``) on data prepared with another tokenizer:
+    a cogqa checkpoint's vocabulary must equal the data's padded vocabulary and, when its run records its
+    training data, the tokenizers must have the same name; any model's vocabulary must hold every id of the data."""
+    ckpt = Path(ckpt)
+    shape = getattr(model, "shape", None)
+    model_vocab = int(shape.vocab_size if shape is not None else model.config.vocab_size)
+    data_tok, padded = manifest.get("tokenizer"), int(manifest["padded_vocab_size"])
+    used = int(manifest.get("vocab_size") or padded)
+    fix = "prepare the data with the checkpoint's tokenizer (cogqa data prepare --tokenizer NAME)"
+    trained = _training_manifest(ckpt) if (ckpt / "shape.json").is_file() else None
+    if trained is not None and trained.get("tokenizer") is not None:
+        require(
+            trained.get("tokenizer") == data_tok,
+            f"--data {data}: prepared with tokenizer {str(data_tok)[:60]!r}, but {ckpt.name} was trained on data of "
+            f"tokenizer {str(trained.get('tokenizer'))[:60]!r}; {fix}",
+        )
+    if (ckpt / "shape.json").is_file():
+        require(
+            model_vocab == padded,
+            f"--data {data}: padded vocabulary {padded} (tokenizer {str(data_tok)[:60]!r}) but {ckpt.name} has "
+            f"vocabulary {model_vocab}: another tokenizer; {fix}",
+        )
+    require(
+        used <= model_vocab,
+        f"--data {data}: token ids up to {used - 1} (tokenizer {str(data_tok)[:60]!r}) but {ckpt.name} has only "
+        f"{model_vocab} tokens; {fix}",
+    )
 
 
 def load_for_eval(path, device="auto", dtype="auto", max_seq_len: int | None = None, need: int = 0):

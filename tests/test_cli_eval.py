@@ -13,7 +13,7 @@ from cogqa.model import GQADecoder
 from cogqa.shapes import ModelShape
 
 
-def _run(tmp_path, steps=(10, 20, 30), vocab=256, context=None):
+def _run(tmp_path, steps=(10, 20, 30), vocab=320, context=None):
     """A fake training run: checkpoints/step_*/ of tiny random models, config.json recording the context."""
     shape = ModelShape(layers=1, hidden_size=32, ffn_size=64, n_heads=4, n_kv_heads=1, head_dim=8, vocab_size=vocab)
     run = tmp_path / "run"

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -137,3 +138,60 @@ def test_bf16_weights_evaluate_close_to_fp32():
     a = evaluate_chunks(_tiny(), chunks)
     b = evaluate_chunks(_tiny().to(torch.bfloat16), chunks)
     assert abs(a.mean - b.mean) < 0.05 and b.position.dtype == np.float64
+
+
+# ------------------------------------------------------------------ issue 13: data of another tokenizer
+
+
+def _prepared(tmp_path, tokenizer="bytes"):
+    from cogqa.data import prepare
+
+    (tmp_path / "t.txt").write_text("In the beginning God created the heaven and the earth. " * 50)
+    out = tmp_path / f"data-{tokenizer}"
+    prepare([str(tmp_path / "t.txt")], out, tokenizer=tokenizer, context=32, val_fraction=0.2, progress=False)
+    return out
+
+
+def _checkpoint(tmp_path, vocab, trained_on=None):
+    from cogqa.checkpoint import save_model
+    from cogqa.model import GQADecoder
+    from cogqa.shapes import ModelShape
+
+    shape = ModelShape(layers=1, hidden_size=16, ffn_size=32, n_heads=2, n_kv_heads=1, head_dim=8, vocab_size=vocab)
+    run = tmp_path / f"run{vocab}"
+    ckpt = run / "checkpoints" / "step_00000001"
+    save_model(GQADecoder(shape, max_seq_len=32), ckpt)
+    if trained_on is not None:
+        (run / "config.json").write_text(json.dumps({"data": str(trained_on)}))
+    return ckpt
+
+
+@pytest.mark.parametrize(
+    "vocab, trained_tokenizer, needle",
+    [
+        (320, None, None),  # the bytes tokenizer's padded vocabulary: accepted
+        (50304, None, "vocabulary 50304: another tokenizer"),  # a gpt2-sized model on byte data
+        (256, None, "vocabulary 256"),
+        (320, "fake", "trained on data of tokenizer 'fake'"),
+    ],
+)
+def test_eval_refuses_data_of_another_tokenizer(tmp_path, vocab, trained_tokenizer, needle):
+    from cogqa.data import load_manifest
+    from cogqa.errors import CogqaError
+    from cogqa.evaluate import check_data_tokenizer, load_for_eval
+
+    data = _prepared(tmp_path)
+    trained = None
+    if trained_tokenizer:  # the run's training data: same vocabulary, another tokenizer name
+        trained = tmp_path / "trained"
+        trained.mkdir()
+        manifest = json.loads((data / "manifest.json").read_text())
+        (trained / "manifest.json").write_text(json.dumps({**manifest, "tokenizer": trained_tokenizer}))
+    ckpt = _checkpoint(tmp_path, vocab, trained)
+    model, _, _ = load_for_eval(ckpt, "cpu", "fp32", max_seq_len=32)
+    if needle is None:
+        check_data_tokenizer(ckpt, model, load_manifest(data), data)
+        return
+    with pytest.raises(CogqaError, match=needle) as info:
+        check_data_tokenizer(ckpt, model, load_manifest(data), data)
+    assert "\n" not in str(info.value) and "--tokenizer" in str(info.value)

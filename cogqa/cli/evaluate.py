@@ -40,7 +40,14 @@ def cmd_eval_loss(args) -> int:
     import numpy as np
 
     from ..data import TokenChunks
-    from ..evaluate import checkpoints_to_score, evaluate_chunks, load_for_eval, loss_at_contexts, relative_delta
+    from ..evaluate import (
+        check_data_tokenizer,
+        checkpoints_to_score,
+        evaluate_chunks,
+        load_for_eval,
+        loss_at_contexts,
+        relative_delta,
+    )
 
     chunks = TokenChunks(args.data, split=args.split)
     contexts = parse_contexts(args.contexts) if args.contexts else [chunks.context]
@@ -51,6 +58,7 @@ def cmd_eval_loss(args) -> int:
         path = checkpoints_to_score(name, 1)[-1]  # a run directory: its newest checkpoint
         model, _, context = load_for_eval(path, args.device, args.dtype, args.max_seq_len, need=chunks.context)
         _check_context(name, chunks.context, context, "--data")
+        check_data_tokenizer(path, model, chunks.manifest, args.data)
         r = evaluate_chunks(
             model, chunks, max_chunks=args.max_chunks, batch=args.batch, position_block=args.position_block
         )

@@ -299,11 +299,16 @@ def checkpoint_context(ckpt) -> int | None:
     except (OSError, ValueError):
         pass
     run_config = ckpt.parent.parent / "config.json"
+    from .readers import read_json_object
+
     try:
-        value = json.loads(run_config.read_text())["resolved"]["context"]
-        return int(value)
-    except (OSError, ValueError, KeyError, TypeError):
+        resolved = read_json_object(run_config).get("resolved")
+        value = resolved.get("context") if isinstance(resolved, dict) else None
+    except CogqaError:
         return None
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 2**40:
+        return value
+    return None
 
 
 def _training_manifest(ckpt: Path) -> dict | None:

@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import CogqaError, require
+from .errors import require
+from .readers import field as typed_field
+from .readers import read_json_object
 from .shapes import ROPE_SCALINGS, ModelShape, hf_rope_type, shape_from_hf_config
 
 ARCHITECTURES = {
@@ -257,10 +259,12 @@ def read_hf_weights(directory: Path) -> dict:
         f"{directory}: no model.safetensors or model.safetensors.index.json "
         "(pytorch_model.bin is not read: unsafe pickles)",
     )
-    try:
-        files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-    except (json.JSONDecodeError, KeyError, AttributeError):
-        raise CogqaError(f"{index}: not a valid safetensors index (weight_map missing); is it truncated?") from None
+    weight_map = typed_field(read_json_object(index), "weight_map", "dict", str(index))
+    files = sorted(set(weight_map.values()))
+    require(
+        all(isinstance(f, str) and f and "/" not in f and not f.startswith(".") for f in files),
+        f"{index}: field 'weight_map' must map tensor names to file names in {directory}",
+    )
     tensors = {}
     for name in files:
         tensors.update(read_safetensors(directory / name)[0])
@@ -280,11 +284,7 @@ def import_hf(hf_dir, device="cpu", dtype=None, max_seq_len: int | None = None):
     require(directory.is_dir(), f"{directory}: no such directory")
     cfg_path = directory / "config.json"
     require(cfg_path.is_file(), f"{cfg_path}: no such file; is {directory} a Hugging Face model directory?")
-    try:
-        config = json.loads(cfg_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CogqaError(f"{cfg_path}: not valid JSON; is the file truncated?") from None
-    require(isinstance(config, dict), f"{cfg_path}: expected a JSON object")
+    config = read_json_object(cfg_path)
     _check_supported_config(config, str(cfg_path))
     shape = shape_from_hf_config(config)
     if max_seq_len is None:

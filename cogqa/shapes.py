@@ -15,7 +15,6 @@ projection maps ``hidden_size -> n_heads * head_dim``.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -24,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from .errors import CogqaError, require
+from .readers import field as typed_field
+from .readers import read_json_object
 from .units import parse_count, parse_head_config
 
 PAPER_HEAD_DIM = 64
@@ -346,22 +347,14 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
             path = path / "config.json"
         source = str(path)
         require(path.is_file(), f"{source}: no such file; pass a config.json or a model directory holding one")
-        try:
-            config = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise CogqaError(
-                f"{source}: not valid JSON ({exc.msg} at line {exc.lineno}); is the file truncated?"
-            ) from None
-        except UnicodeDecodeError:
-            raise CogqaError(f"{source}: not a text file; pass a config.json") from None
-        require(isinstance(config, dict), f"{source}: expected a JSON object at the top level")
+        config = read_json_object(path, source)
     model_type = config.get("model_type")
     if model_type is None and "text_config" in config:
-        config = config["text_config"]
+        config = typed_field(config, "text_config", "dict", source)
         model_type = config.get("model_type")
     require(
-        model_type in SUPPORTED_HF_TYPES,
-        f"{source}: model_type {model_type!r} is not supported; supported: {', '.join(SUPPORTED_HF_TYPES)} "
+        isinstance(model_type, str) and model_type in SUPPORTED_HF_TYPES,
+        f"{source}: model_type {_short(model_type)} is not supported; supported: {', '.join(SUPPORTED_HF_TYPES)} "
         "(or give the shape explicitly with --layers/--hidden/...)",
     )
 
@@ -400,17 +393,29 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
         )
         head_dim = hidden // n_heads
     act = config.get("hidden_act", "silu")
-    require(act in ("silu", "swish"), f"{source}: hidden_act {act!r} is not supported (SwiGLU with silu expected)")
+    require(
+        isinstance(act, str) and act in ("silu", "swish"),
+        f"{source}: hidden_act {_short(act)} is not supported (SwiGLU with silu expected)",
+    )
     tie_default = False  # all four families default to untied embeddings in transformers
-    attention_bias = bool(config.get("attention_bias", False))
+    flags = {k: typed_field(config, k, "bool", source, default=False) for k in ("attention_bias", "mlp_bias")}
+    tie = typed_field(config, "tie_word_embeddings", "bool", source, default=tie_default)
+    attention_bias = flags["attention_bias"]
     if model_type == "qwen2":
         qkv_bias, o_bias = True, False
     elif model_type == "mistral":
         qkv_bias = o_bias = False
     else:
         qkv_bias = o_bias = attention_bias
+    for key in ("rope_scaling", "rope_parameters"):
+        typed_field(config, key, "dict", source, default=None)
     rope = config.get("rope_parameters") or {}
-    rope_theta = config.get("rope_theta") or (rope.get("rope_theta") if isinstance(rope, dict) else None) or 10000.0
+    rope_theta = typed_field(config, "rope_theta", "number", source, default=None, low=1e-300)
+    if rope_theta is None:
+        rope_theta = typed_field(
+            rope, "rope_theta", "number", source, default=10000.0, low=1e-300, where="rope_parameters."
+        )
+    norm_eps = typed_field(config, "rms_norm_eps", "number", source, default=1e-6, low=1e-300)
     rope_scaling = hf_rope_scaling(config, source)
     layers = need("num_hidden_layers")
     window, window_layers = hf_sliding_window(config, model_type, layers, source)
@@ -422,16 +427,16 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
         n_kv_heads=n_kv,
         head_dim=head_dim,
         vocab_size=need("vocab_size"),
-        tie_embeddings=bool(config.get("tie_word_embeddings", tie_default)),
+        tie_embeddings=tie,
         ffn_kind="swiglu",
         qkv_bias=qkv_bias,
         o_bias=o_bias,
-        mlp_bias=bool(config.get("mlp_bias", False)) if model_type == "llama" else False,
+        mlp_bias=flags["mlp_bias"] if model_type == "llama" else False,
         qk_norm=model_type == "qwen3",
         rope_theta=float(rope_theta),
-        norm_eps=float(config.get("rms_norm_eps", 1e-6)),
+        norm_eps=float(norm_eps),
         model_type=model_type,
-        name=str(config.get("_name_or_path") or model_type),
+        name=config["_name_or_path"][:200] if isinstance(config.get("_name_or_path"), str) else model_type,
         rope_scaling=rope_scaling,
         sliding_window=window,
         window_layers=window_layers,
@@ -450,7 +455,9 @@ def hf_sliding_window(config: dict, model_type: str, layers: int, source: str = 
     """
     if model_type == "llama":
         return None, None
-    if model_type in ("qwen2", "qwen3") and not config.get("use_sliding_window", False):
+    if model_type in ("qwen2", "qwen3") and not typed_field(
+        config, "use_sliding_window", "bool", source, default=False
+    ):
         return None, None
     window = config.get("sliding_window")
     if window is None:

@@ -37,7 +37,6 @@ The full schema is in :mod:`cogqa.fitting`.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from importlib import resources
@@ -379,13 +378,9 @@ def load_laws(spec: str | Path = "default") -> LawSet:
         path = Path(name)
         require(path.is_file(), f"--laws: {name}: no such file (or use a shipped set: {', '.join(SHIPPED_LAW_SETS)})")
         text, source_name = path.read_text(), str(path)
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CogqaError(
-            f"{source_name}: not valid JSON ({exc.msg} at line {exc.lineno}); is the file truncated?"
-        ) from None
-    return law_set_from_dict(data, source_name)
+    from .readers import parse_json
+
+    return law_set_from_dict(parse_json(text, source_name), source_name)
 
 
 # ----------------------------------------------------------------------------- other fitted forms

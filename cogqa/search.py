@@ -95,7 +95,9 @@ def _size_warnings(best: dict, law_set: LawSet) -> list[str]:
 def _range_warnings(best: dict, law_set: LawSet) -> list[str]:
     n = best.get("params_non_embedding")
     fitted = (law_set.metadata or {}).get("params_non_embedding_range")
-    if isinstance(fitted, (list, tuple)) and len(fitted) == 2:
+    numbers = isinstance(fitted, (list, tuple)) and len(fitted) == 2
+    numbers = numbers and all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in fitted)
+    if numbers and all(math.isfinite(x) for x in fitted):
         lo, hi = float(fitted[0]) / _EXTRAPOLATION[0], float(fitted[1]) * _EXTRAPOLATION[1]
         what = f"fitted on, {float(fitted[0]):.3g} to {float(fitted[1]):.3g}"
     else:

@@ -156,19 +156,9 @@ def load_profile_file(path: str | Path) -> Hardware:
     require(
         p.is_file(), f"--hardware: {path} is not a file; give a profile name (cogqa hardware list) or a JSON/YAML file"
     )
-    text = p.read_text()
-    if p.suffix.lower() in (".yaml", ".yml"):
-        import yaml
+    from .readers import read_yaml_or_json
 
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            raise CogqaError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise CogqaError(f"{path}: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    data = read_yaml_or_json(p, str(path))
     return hardware_from_dict(data, where=str(path))
 
 

@@ -195,7 +195,7 @@ def parse_head_config(text, field: str = "--heads") -> tuple[int, int]:
         m is not None,
         f"{field}: unknown head configuration {str(text).strip()!r}; write N_HEADS,N_KV_HEADS, e.g. {HEADS_EXAMPLE}",
     )
-    return _checked_heads(int(m.group(1)), int(m.group(2)), field)
+    return _checked_heads(_head_int(m.group(1)), _head_int(m.group(2)), field)
 
 
 def parse_head_configs(text: str, field: str = "--heads") -> list[tuple[int, int]]:
@@ -209,7 +209,7 @@ def parse_head_configs(text: str, field: str = "--heads") -> list[tuple[int, int
             gap.strip(" ,;\t") == "",
             f"{field}: unknown head configuration {gap.strip(' ,;')!r}; write N_HEADS,N_KV_HEADS, e.g. {HEADS_EXAMPLE}",
         )
-        out.append(_checked_heads(int(m.group(1)), int(m.group(2)), field))
+        out.append(_checked_heads(_head_int(m.group(1)), _head_int(m.group(2)), field))
         pos = m.end()
     rest = text[pos:].strip(" ,;\t")
     require(rest == "", f"{field}: unknown head configuration {rest!r}; write N_HEADS,N_KV_HEADS, e.g. {HEADS_EXAMPLE}")
@@ -222,8 +222,20 @@ def fmt_heads(n_heads: int, n_kv_heads: int) -> str:
     return f"{n_heads},{n_kv_heads}"
 
 
+#: The most heads (query or KV) a configuration may have, as ModelShape's bound.
+MAX_HEADS = 2**14
+
+
+def _head_int(digits: str) -> int:
+    return int(digits) if len(digits) <= 12 else 10**12  # huge: refused by _checked_heads, never converted
+
+
 def _checked_heads(h: int, kv: int, field: str) -> tuple[int, int]:
     require(h > 0 and kv > 0, f"{field}: ({h},{kv}) must have positive head counts")
+    require(
+        h <= MAX_HEADS and kv <= MAX_HEADS,
+        f"{field}: head counts must be between 1 and {MAX_HEADS:,}, got ({min(h, 10**12)},{min(kv, 10**12)})",
+    )
     require(kv <= h, f"{field}: ({h},{kv}) has n_kv_heads > n_heads; GQA needs n_kv <= n_h")
     require(h % kv == 0, f"{field}: ({h},{kv}): n_kv_heads must divide n_heads")
     return h, kv

@@ -83,7 +83,7 @@ def test_bad_profiles_one_line_errors(data, match):
 def test_bad_files(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{")
-    with pytest.raises(CogqaError, match="invalid JSON"):
+    with pytest.raises(CogqaError, match="not valid JSON"):
         get_hardware(str(bad))
     with pytest.raises(CogqaError, match="is not a file"):
         get_hardware(str(tmp_path / "none.json"))

@@ -47,3 +47,12 @@ def test_absurd_count_refused():
 
     with pytest.raises(CogqaError, match="1e18"):
         parse_count("1e24", "--train-tokens")
+
+
+@pytest.mark.parametrize("text", ["99999,1", "8," + "9" * 5000, "1" * 5000 + ",1"])
+def test_absurd_head_counts_refused(text):
+    with pytest.raises(CogqaError, match="between 1 and 16,384") as info:
+        parse_head_config(text)
+    assert len(str(info.value)) < 200
+    with pytest.raises(CogqaError, match="between 1 and 16,384"):
+        parse_head_configs(text)

@@ -227,7 +227,7 @@ def inference_memory_bytes(
     """
     T = _context(context)
     b = np.asarray(batch, dtype=float)
-    require(bool(np.all(b >= 1)), "batch must be at least 1 sequence")
+    require(bool(np.all(b >= 1)) and bool(np.all(b <= 2**40)), "batch must be between 1 and 2**40 sequences")
     weights = params_total(shape) * dtype_bytes(weight_dtype) + 0 * T
     kv = b * 2 * layer_context(shape, T) * _f(shape.n_kv_heads) * _f(shape.head_dim) * dtype_bytes(kv_dtype)
     return {"weights": weights, "kv_cache": kv, "total": weights + kv}

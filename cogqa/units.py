@@ -10,8 +10,8 @@ from .errors import CogqaError, require
 _SUFFIX = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
 #: The longest context cogqa accepts (tokens): 2**40, about 1.1 trillion; anything longer is a typo.
 MAX_CONTEXT = 2**40
-#: The largest count cogqa accepts (parameters, tokens): 1e18; anything larger is a typo.
-MAX_COUNT = 1e18
+#: The largest count cogqa accepts (parameters, tokens, FLOPs): 1e30; anything larger is a typo.
+MAX_COUNT = 1e30
 
 _BYTES = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGTP]?i?B?)\s*$", re.IGNORECASE)
 
@@ -51,7 +51,7 @@ def parse_contexts(text: str, field: str = "--context") -> list[int]:
 
 
 def parse_count(text: str | int | float, field: str) -> float:
-    """A decimal count from ``470M``, ``1.2B``, ``2e9``, ``20k`` (k=1e3, M=1e6, B/G=1e9, T=1e12); at most 1e18."""
+    """A decimal count from ``470M``, ``1.2B``, ``2e9``, ``20k`` (k=1e3, M=1e6, B/G=1e9, T=1e12); at most 1e30."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         value = float(text)
     else:
@@ -64,7 +64,7 @@ def parse_count(text: str | int | float, field: str) -> float:
     if not math.isfinite(value) or value <= 0:
         raise CogqaError(f"{field}: must be a positive number, got {text!r}")
     if value > MAX_COUNT:
-        raise CogqaError(f"{field}: {text!r} is too large; allowed up to 1e18")
+        raise CogqaError(f"{field}: {text!r} is too large; allowed up to 1e30")
     return value
 
 

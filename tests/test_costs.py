@@ -351,7 +351,8 @@ _LLAMA_1B = "tests/data/llama-3.2-1b-config.json"
         (["cost", "--size", "470M", "--context", "1k", "--context-dist", "1k:1"], "--context-dist"),
         (["compare", "470M", "1.2B", "--context", "8k", "--context-dist", "1k:1"], "--context-dist"),
         (["cost", "--size", "470M", "--context", "1e24"], "2**40"),
-        (["cost", "--size", "1e30"], "1e18"),
+        (["cost", "--size", "1e31"], "1e30"),
+        (["cost", "--size", "1e20"], "1e15 parameters"),
         (["cost", "--layers", "100000", "--hidden", "64", "--heads", "1"], "layers must be between"),
     ],
 )

@@ -239,7 +239,7 @@ def test_absurd_shapes_refused(kwargs):
         ModelShape(**{**base, **kwargs})
 
 
-@pytest.mark.parametrize("spec", ["1e30", "2e15", "1e24:8,1"])
+@pytest.mark.parametrize("spec", ["1e31", "2e15", "1e24:8,1"])
 def test_absurd_sizes_refused(spec):
-    with pytest.raises(CogqaError, match="1e1[58]"):
+    with pytest.raises(CogqaError, match="1e(15|30)"):
         shape_from_spec(spec)

@@ -195,3 +195,13 @@ def test_eval_refuses_data_of_another_tokenizer(tmp_path, vocab, trained_tokeniz
     with pytest.raises(CogqaError, match=needle) as info:
         check_data_tokenizer(ckpt, model, load_manifest(data), data)
     assert "\n" not in str(info.value) and "--tokenizer" in str(info.value)
+
+
+def test_eval_niah_refuses_a_tokenizer_of_another_vocabulary(tmp_path, capsys):
+    from cogqa.cli import main
+
+    ckpt = _checkpoint(tmp_path, 320)  # trained on byte tokens
+    argv = ["eval", "niah", str(ckpt), "--contexts", "32", "--samples", "1", "--device", "cpu"]
+    assert main(argv + ["--tokenizer", "gpt2"]) != 0
+    err = capsys.readouterr().err
+    assert "--tokenizer gpt2: padded vocabulary 50304" in err and err.count("\n") == 1, err

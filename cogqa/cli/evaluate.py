@@ -189,6 +189,12 @@ def cmd_eval_niah(args) -> int:
             from ..tokenizer import get_tokenizer
 
             tok = get_tokenizer(args.tokenizer)
+            vocab = int(model.shape.vocab_size)
+            require(
+                vocab == tok.padded_vocab_size,
+                f"--tokenizer {args.tokenizer}: padded vocabulary {tok.padded_vocab_size}, but {label} has vocabulary "
+                f"{vocab}: it was trained with another tokenizer; pass that one with --tokenizer",
+            )
         for T in contexts:
             _check_context(label, T, context)
         per_model[label] = run_niah(

@@ -155,7 +155,12 @@ def parse_length_distribution(spec: str, field: str = "--context-dist") -> tuple
     text = str(spec)
     path = Path(text)
     if path.is_file():
-        items = [line.split("#")[0].strip() for line in path.read_text().splitlines()]
+        require(path.stat().st_size <= 64 * 2**20, f"{field} {path}: larger than 64 MiB; give a histogram")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError:
+            raise CogqaError(f"{field} {path}: not a UTF-8 text file of 'length,count' lines") from None
+        items = [line.split("#")[0].strip() for line in lines]
         items = [i.replace("\t", ",").replace(" ", ",") for i in items if i and not i.lower().startswith("length")]
         items = [i.replace(",", ":", 1) for i in items]
         where = f"{field} {path}"

@@ -57,3 +57,15 @@ def test_absurd_head_counts_refused(text):
     assert len(str(info.value)) < 200
     with pytest.raises(CogqaError, match="between 1 and 16,384"):
         parse_head_configs(text)
+
+
+def test_context_dist_file_not_text(tmp_path):
+    from cogqa.units import parse_length_distribution
+
+    p = tmp_path / "d.csv"
+    p.write_bytes(b"\xff\xfe1k,5\n")
+    with pytest.raises(CogqaError, match="not a UTF-8 text file"):
+        parse_length_distribution(str(p))
+    p.write_text("1k,5\n1e24,1\n")
+    with pytest.raises(CogqaError, match=r"2\*\*40"):
+        parse_length_distribution(str(p))

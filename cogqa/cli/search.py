@@ -228,9 +228,8 @@ def _run_training_budget(args, T: int, opts: dict) -> int:
         flops,
         laws,
         train_context=int(parse_count(args.train_context, "--train-context")),
-        weights=opts["settings"].weights,
-        convention=opts["settings"].convention,
         heads=_parse_heads(args.heads),
+        settings=opts["settings"],
     )
     if args.json:
         print_json(r)

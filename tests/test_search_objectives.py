@@ -216,3 +216,21 @@ def test_cli_report_with_objective_writes_pareto(tmp_path):
     assert "tokens/s per device" in md and "h100-sxm" in md
     bad = _cli("report", "default", "--out", str(tmp_path / "x"), "--objective", "latency")
     assert bad.returncode != 0 and "--hardware" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_compare_batch_auto_prints_the_chosen_batch():
+    args = ["compare", "1.2B:32,8", "1.8B:8,1", "--context", "128k", "--objective", "throughput"]
+    p = _cli(*args, "--hardware", "h100-sxm", "--batch", "auto", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = {r["config"]: r for r in json.loads(p.stdout)}
+    for r in rows.values():  # the largest batch that fits: every row fits, at its own batch
+        assert r["fits"] and r["serving_batch"] == r["max_batch"] >= 1
+    assert rows["1.8B:8,1"]["serving_batch"] > rows["1.2B:32,8"]["serving_batch"]
+    text = _cli(*args, "--hardware", "h100-sxm", "--batch", "auto")
+    assert text.returncode == 0 and "batch auto" in text.stdout
+    assert f"{rows['1.8B:8,1']['serving_batch']} seq" in text.stdout
+    for bad, field in ((["--batch", "auto"], "--hardware"), (["--batch", "x"], "--batch")):
+        q = _cli("compare", "1.2B:32,8", "1.8B:8,1", *bad)
+        assert q.returncode != 0 and field in q.stderr and "Traceback" not in q.stderr
+    q = _cli("cost", "--size", "470M", "--batch", "auto")
+    assert q.returncode != 0 and "--batch auto" in q.stderr and len(q.stderr.strip().splitlines()) == 1

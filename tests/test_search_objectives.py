@@ -93,38 +93,12 @@ def _cli(*args):
 
 
 def test_cli_search_throughput_prints_objective_and_units():
-    p = _cli(
-        "search",
-        "--context",
-        "128k",
-        "--target-loss",
-        "2.6",
-        "--objective",
-        "throughput",
-        "--hardware",
-        "h100-sxm",
-        "--batch",
-        "auto",
-        "--heads",
-        "32,8",
-        "8,1",
-    )
+    search_128k = ["search", "--context", "128k", "--target-loss", "2.6", "--hardware", "h100-sxm"]
+    p = _cli(*search_128k, "--objective", "throughput", "--batch", "auto", "--heads", "32,8", "8,1")
     assert p.returncode == 0, p.stderr
     assert "objective: maximise decode throughput" in p.stdout and "h100-sxm" in p.stdout
     assert "tokens/s per device" in p.stdout and " ms per output token" in p.stdout
-    j = _cli(
-        "search",
-        "--context",
-        "128k",
-        "--target-loss",
-        "2.6",
-        "--objective",
-        "latency",
-        "--hardware",
-        "h100-sxm",
-        "--json",
-    )
-    d = json.loads(j.stdout)
+    d = json.loads(_cli(*search_128k, "--objective", "latency", "--json").stdout)
     assert d["objective"] == "latency" and d["best"]["seconds_per_token"] > 0
 
 

@@ -221,25 +221,30 @@ class HeadsJointLaw:
         return out
 
 
-def joint_law_from_dict(entry: Any, source_name: str = "laws file") -> HeadsJointLaw:
-    """A :class:`HeadsJointLaw` from a laws-file entry; one-line errors name the field."""
-    require(isinstance(entry, dict), f"{source_name}: laws[0] must be an object")
-    for key in JOINT_COEFS:
-        require(key in entry, f"{source_name}: laws[0] is missing field {key!r} of the joint law")
-    known = JOINT_COEFS + ("n_ref", "max_heads", "B_D", "beta_D", "r2", "ci")
+def _law_from_entry(cls, entry: Any, where: str, required: tuple, optional: dict, what: str = "", aliases=()):
+    """``cls`` built from one laws-file entry: the ``required`` fields, the ``optional`` ones (name ->
+    default), ``r2`` and ``ci``; other keys (except ``aliases``) kept in ``extra``. One-line errors
+    start with ``where`` (e.g. ``laws file: laws[2]``)."""
+    require(isinstance(entry, dict), f"{where} must be an object")
+    for key in required:
+        require(key in entry, f"{where} is missing field {key!r}{what}")
+    known = (*required, *optional, *aliases, "r2", "ci")
     try:
-        return HeadsJointLaw(
-            **{k: entry[k] for k in JOINT_COEFS},
-            n_ref=entry.get("n_ref", 32),
-            max_heads=entry.get("max_heads", 32),
-            B_D=entry.get("B_D"),
-            beta_D=entry.get("beta_D"),
+        return cls(
+            **{k: entry[k] for k in required},
+            **{k: entry.get(k, default) for k, default in optional.items()},
             r2=entry.get("r2"),
             ci=entry.get("ci"),
             extra={k: v for k, v in entry.items() if k not in known},
         )
     except CogqaError as exc:
-        raise CogqaError(f"{source_name}: laws[0]: {exc}") from None
+        raise CogqaError(f"{where}: {exc}") from None
+
+
+def joint_law_from_dict(entry: Any, source_name: str = "laws file") -> HeadsJointLaw:
+    """A :class:`HeadsJointLaw` from a laws-file entry; one-line errors name the field."""
+    optional = {"n_ref": 32, "max_heads": 32, "B_D": None, "beta_D": None}
+    return _law_from_entry(HeadsJointLaw, entry, f"{source_name}: laws[0]", JOINT_COEFS, optional, " of the joint law")
 
 
 @dataclass(frozen=True)
@@ -328,27 +333,8 @@ def law_set_from_dict(data: Any, source_name: str = "laws file") -> LawSet:
             joint=joint_law_from_dict(entries[0], source_name),
         )
         return _with_family(law_set, source_name)
-    laws = []
-    for i, entry in enumerate(entries):
-        require(isinstance(entry, dict), f"{source_name}: laws[{i}] must be an object")
-        for key in ("n_heads", "n_kv_heads", "a", "b", "E"):
-            require(key in entry, f"{source_name}: laws[{i}] is missing field {key!r}")
-        extra = {k: v for k, v in entry.items() if k not in ("n_heads", "n_kv_heads", "a", "b", "E", "r2", "ci")}
-        try:
-            laws.append(
-                PowerLawN(
-                    n_heads=entry["n_heads"],
-                    n_kv_heads=entry["n_kv_heads"],
-                    a=entry["a"],
-                    b=entry["b"],
-                    E=entry["E"],
-                    r2=entry.get("r2"),
-                    ci=entry.get("ci"),
-                    extra=extra,
-                )
-            )
-        except CogqaError as exc:
-            raise CogqaError(f"{source_name}: laws[{i}]: {exc}") from None
+    keys = ("n_heads", "n_kv_heads", "a", "b", "E")
+    laws = [_law_from_entry(PowerLawN, e, f"{source_name}: laws[{i}]", keys, {}) for i, e in enumerate(entries)]
     law_set = LawSet(
         laws=tuple(laws),
         source=str(data.get("source", "")),
@@ -468,38 +454,15 @@ def laws_from_dict(data: Any, source_name: str = "laws file") -> tuple:
     )
     entries = data.get("laws")
     require(isinstance(entries, list) and entries, f"{source_name}: missing or empty list 'laws'")
-    keys = ("E", "A", "B", "alpha", "beta") if form == CHINCHILLA else ("a", "b", "c")
+    if form == CHINCHILLA:
+        cls, keys, optional = ChinchillaLaw, ("E", "A", "B", "alpha", "beta"), ("n_heads", "n_kv_heads")
+    else:
+        cls, keys, optional = HeadLaw, ("a", "b", "c"), ("size", "n_kv_heads", "context")
+    aliases = ("params_non_embedding",) if cls is HeadLaw else ()
     out = []
     for i, entry in enumerate(entries):
-        require(isinstance(entry, dict), f"{source_name}: laws[{i}] must be an object")
-        for key in keys:
-            require(key in entry, f"{source_name}: laws[{i}] is missing field {key!r}")
-        try:
-            if form == CHINCHILLA:
-                known = keys + ("n_heads", "n_kv_heads", "r2", "ci")
-                out.append(
-                    ChinchillaLaw(
-                        **{k: entry[k] for k in keys},
-                        n_heads=entry.get("n_heads"),
-                        n_kv_heads=entry.get("n_kv_heads"),
-                        r2=entry.get("r2"),
-                        ci=entry.get("ci"),
-                        extra={k: v for k, v in entry.items() if k not in known},
-                    )
-                )
-            else:
-                known = keys + ("size", "params_non_embedding", "n_kv_heads", "context", "r2", "ci")
-                out.append(
-                    HeadLaw(
-                        **{k: entry[k] for k in keys},
-                        size=entry.get("size", entry.get("params_non_embedding")),
-                        n_kv_heads=entry.get("n_kv_heads"),
-                        context=entry.get("context"),
-                        r2=entry.get("r2"),
-                        ci=entry.get("ci"),
-                        extra={k: v for k, v in entry.items() if k not in known},
-                    )
-                )
-        except CogqaError as exc:
-            raise CogqaError(f"{source_name}: laws[{i}]: {exc}") from None
+        defaults = dict.fromkeys(optional)
+        if cls is HeadLaw and isinstance(entry, dict):
+            defaults["size"] = entry.get("params_non_embedding")  # the size may be given as params_non_embedding
+        out.append(_law_from_entry(cls, entry, f"{source_name}: laws[{i}]", keys, defaults, aliases=aliases))
     return tuple(out)

@@ -146,7 +146,7 @@ def validate_table4(laws: LawSet) -> tuple[object, dict]:
     """The default's Table 4 grid (paper convention) and its agreement with the paper's."""
     from cogqa.search import PAPER_TABLE4, PAPER_TABLE4_CONTEXTS, compare_with_paper_table4, cost_optimal_table
 
-    table = cost_optimal_table(list(PAPER_TABLE4), PAPER_TABLE4_CONTEXTS, laws, convention="paper")
+    table = cost_optimal_table(list(PAPER_TABLE4), PAPER_TABLE4_CONTEXTS, laws)
     return table, compare_with_paper_table4(table)
 
 
@@ -156,9 +156,9 @@ def takeaway2(laws: LawSet) -> dict:
     from cogqa.search import lowest_loss_within_budget, search
 
     T, target_loss = 131072, TAKEAWAY2["loss"]
-    forced = search(T, target_loss, laws, heads=[(8, 1)], baseline="llama3", convention="paper")
-    equal_z = lowest_loss_within_budget(T, laws, budget_z=forced.baseline["z"], heads=[(8, 1)], convention="paper")
-    best = search(T, target_loss, laws, baseline="llama3", convention="paper")
+    forced = search(T, target_loss, laws, heads=[(8, 1)], baseline="llama3")
+    equal_z = lowest_loss_within_budget(T, laws, budget_z=forced.baseline["z"], heads=[(8, 1)])
+    best = search(T, target_loss, laws, baseline="llama3")
     return {
         "memory": forced.savings["z_memory"],
         "flops": forced.savings["z_flops"],

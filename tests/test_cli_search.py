@@ -36,17 +36,8 @@ def test_search_json(capsys):
     d = json.loads(out)
     assert d["approximate"] is True and d["context"] == 32768 and d["target_loss"] == 2.7
     assert len(d["candidates"]) == 10 and d["best"] == d["candidates"][0]
-    for key in (
-        "n_heads",
-        "n_kv_heads",
-        "params_non_embedding",
-        "layers",
-        "hidden_size",
-        "inference_flops_per_token",
-        "inference_memory_bytes",
-        "z",
-    ):
-        assert key in d["best"]
+    best_keys = "n_heads n_kv_heads params_non_embedding layers hidden_size inference_flops_per_token z"
+    assert set(best_keys.split()) | {"inference_memory_bytes"} <= set(d["best"])
 
 
 def test_search_heads_filter(capsys):

@@ -14,6 +14,7 @@ from cogqa.laws import LawSet, PowerLawN, load_laws
 from cogqa.search import (
     PAPER_TABLE4,
     PAPER_TABLE4_CONTEXTS,
+    CostSettings,
     candidate_heads,
     compare_with_paper_table4,
     cost_optimal_table,
@@ -57,11 +58,11 @@ def test_candidate_heads():
 
 def test_equal_laws_pick_the_cheapest_heads():
     # FLOPs only (lambda = 0): at equal N the fewest query heads win at long context
-    r = search(65536, 2.6, uniform_laws(), weights=ZWeights(lam=0.0))
+    r = search(65536, 2.6, uniform_laws(), settings=CostSettings(weights=ZWeights(lam=0.0)))
     assert r.best["n_heads"] == 1
     # memory only (lambda = 1): at equal N one KV head wins; more query heads mean fewer layers,
     # hence a smaller KV cache (Appendix B.1 shapes keep N fixed)
-    r = search(65536, 2.6, uniform_laws(), weights=ZWeights(lam=1.0))
+    r = search(65536, 2.6, uniform_laws(), settings=CostSettings(weights=ZWeights(lam=1.0)))
     assert (r.best["n_heads"], r.best["n_kv_heads"]) == (32, 1)
     # all N* equal when the laws are equal
     assert np.allclose(r.candidates["params_non_embedding"], r.candidates["params_non_embedding"].iloc[0])
@@ -77,7 +78,7 @@ def test_one_much_better_law_wins():
 def test_n_star_exact_and_z_recomputed():
     laws = uniform_laws(special={(8, 1): (3e8, 0.37, 1.9), (32, 8): (1.1e8, 0.61, 2.1)})
     T, L = 32768, 2.7
-    r = search(T, L, laws, convention="eq4-per-token")
+    r = search(T, L, laws, settings=CostSettings(convention="eq4-per-token"))
     assert r.to_dict()["z_convention"]["name"] == "eq4-per-token"
     by = laws.by_heads()
     for row in r.candidates.itertuples():
@@ -86,7 +87,7 @@ def test_n_star_exact_and_z_recomputed():
         assert row.params_non_embedding == pytest.approx(expected, rel=1e-9)
         assert row.z == pytest.approx(values_z(expected, row.n_heads, row.n_kv_heads, T), rel=1e-9)
     # bytes convention: Z from inference_memory_bytes
-    rb = search(T, L, laws, memory_unit="bytes", kv_dtype="fp8")
+    rb = search(T, L, laws, settings=CostSettings(convention="bytes-per-token", kv_dtype="fp8"))
     row = rb.best
     shape = shape_for_params(row["params_non_embedding"], row["n_heads"], row["n_kv_heads"])
     mem = inference_memory_bytes(shape, T, 1, "bf16", "fp8")["total"]
@@ -284,9 +285,7 @@ def test_table_paper_comparison_and_plot(tmp_path):
         ({"context": None, "target_loss": 2.6}, "context"),
         ({"context": 8192, "target_loss": -1.0}, "target_loss"),
         ({"context": 8192, "target_loss": float("nan")}, "target_loss"),
-        ({"context": 8192, "target_loss": 2.6, "weight_dtype": "fp7"}, "dtype"),
-        ({"context": 8192, "target_loss": 2.6, "batch": 0}, "batch"),
-        ({"context": 8192, "target_loss": 2.6, "memory_unit": "GB"}, "memory_unit"),
+        ({"context": 8192, "target_loss": 2.6, "settings": {"batch": 2}}, "settings must be a"),
         ({"context": 8192, "target_loss": 2.6, "max_heads": 3}, "power of two"),
         ({"context": 8192, "target_loss": 2.6, "baseline": "nonsense"}, "baseline"),
         ({"context": 8192, "target_loss": 2.6, "laws": "/no/such/laws.json"}, "no such file"),

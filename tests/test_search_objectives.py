@@ -93,38 +93,12 @@ def _cli(*args):
 
 
 def test_cli_search_throughput_prints_objective_and_units():
-    p = _cli(
-        "search",
-        "--context",
-        "128k",
-        "--target-loss",
-        "2.6",
-        "--objective",
-        "throughput",
-        "--hardware",
-        "h100-sxm",
-        "--batch",
-        "auto",
-        "--heads",
-        "32,8",
-        "8,1",
-    )
+    search_128k = ["search", "--context", "128k", "--target-loss", "2.6", "--hardware", "h100-sxm"]
+    p = _cli(*search_128k, "--objective", "throughput", "--batch", "auto", "--heads", "32,8", "8,1")
     assert p.returncode == 0, p.stderr
     assert "objective: maximise decode throughput" in p.stdout and "h100-sxm" in p.stdout
     assert "tokens/s per device" in p.stdout and " ms per output token" in p.stdout
-    j = _cli(
-        "search",
-        "--context",
-        "128k",
-        "--target-loss",
-        "2.6",
-        "--objective",
-        "latency",
-        "--hardware",
-        "h100-sxm",
-        "--json",
-    )
-    d = json.loads(j.stdout)
+    d = json.loads(_cli(*search_128k, "--objective", "latency", "--json").stdout)
     assert d["objective"] == "latency" and d["best"]["seconds_per_token"] > 0
 
 
@@ -150,13 +124,13 @@ def test_cli_hostile_flags_one_line(flags, field):
     assert len(lines) == 1 and field in lines[0]
 
 
-def test_search_path_does_not_import_torch():
+def test_search_path_does_not_import_torch_pandas_matplotlib_scipy():
     code = (
         "import sys; from cogqa.search import search, CostSettings; "
-        "search(131072, 2.6, settings=CostSettings(objective='throughput', hardware='h100-sxm', batch='auto')); "
-        "print('torch' in sys.modules)"
+        "r = search(131072, 2.6, settings=CostSettings(objective='throughput', hardware='h100-sxm', batch='auto')); "
+        "r.to_dict(); print([m for m in ('torch', 'pandas', 'matplotlib', 'scipy') if m in sys.modules])"
     )
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
 
 
 def test_cli_compare_marks_best_and_infeasible():
@@ -216,3 +190,21 @@ def test_cli_report_with_objective_writes_pareto(tmp_path):
     assert "tokens/s per device" in md and "h100-sxm" in md
     bad = _cli("report", "default", "--out", str(tmp_path / "x"), "--objective", "latency")
     assert bad.returncode != 0 and "--hardware" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_compare_batch_auto_prints_the_chosen_batch():
+    args = ["compare", "1.2B:32,8", "1.8B:8,1", "--context", "128k", "--objective", "throughput"]
+    p = _cli(*args, "--hardware", "h100-sxm", "--batch", "auto", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = {r["config"]: r for r in json.loads(p.stdout)}
+    for r in rows.values():  # the largest batch that fits: every row fits, at its own batch
+        assert r["fits"] and r["serving_batch"] == r["max_batch"] >= 1
+    assert rows["1.8B:8,1"]["serving_batch"] > rows["1.2B:32,8"]["serving_batch"]
+    text = _cli(*args, "--hardware", "h100-sxm", "--batch", "auto")
+    assert text.returncode == 0 and "batch auto" in text.stdout
+    assert f"{rows['1.8B:8,1']['serving_batch']} seq" in text.stdout
+    for bad, field in ((["--batch", "auto"], "--hardware"), (["--batch", "x"], "--batch")):
+        q = _cli("compare", "1.2B:32,8", "1.8B:8,1", *bad)
+        assert q.returncode != 0 and field in q.stderr and "Traceback" not in q.stderr
+    q = _cli("cost", "--size", "470M", "--batch", "auto")
+    assert q.returncode != 0 and "--batch auto" in q.stderr and len(q.stderr.strip().splitlines()) == 1

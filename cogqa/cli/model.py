@@ -9,7 +9,6 @@ import argparse
 import os
 from pathlib import Path
 
-from ..checkpoint import resolve_checkpoint
 from ..errors import CogqaError, require
 from ..files import check_output_dir, write_output_dir
 from ..units import fmt_bytes
@@ -26,7 +25,7 @@ def _tokenizer(name):
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ..checkpoint import load_model
+    from ..checkpoint import load_model, resolve_checkpoint
     from ..hf import export_hf
 
     ckpt = resolve_checkpoint(args.checkpoint)
@@ -98,7 +97,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_generate(args: argparse.Namespace) -> int:
     import torch
 
-    from ..checkpoint import load_model
+    from ..checkpoint import load_model, resolve_checkpoint
 
     ckpt = resolve_checkpoint(args.checkpoint)
     require(args.max_new_tokens >= 0, f"--max-new-tokens: must be >= 0, got {args.max_new_tokens}")

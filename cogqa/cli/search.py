@@ -229,9 +229,8 @@ def _run_training_budget(args, T: int, opts: dict) -> int:
         flops,
         laws,
         train_context=int(parse_count(args.train_context, "--train-context")),
-        weights=opts["settings"].weights,
-        convention=opts["settings"].convention,
         heads=_parse_heads(args.heads),
+        settings=opts["settings"],
     )
     if args.json:
         print_json(r)
@@ -263,8 +262,9 @@ def _budget_label(key: str, value: float) -> str:
     return f"Z <= {value:.5g}"
 
 
-def _print_result(r, laws_arg: str = "default") -> None:
-    from ..units import fmt_bytes, fmt_flops, fmt_params, fmt_tokens
+def _print_header(r, loss_col: bool, serve: bool) -> None:
+    """The question, the Z formula and settings, the objective line and the column names."""
+    from ..units import fmt_tokens
 
     w = r.weights
     what = (
@@ -277,11 +277,8 @@ def _print_result(r, laws_arg: str = "default") -> None:
         f"Z = {w.lam:g}*M^{w.alpha:.3g} + {1 - w.lam:g}*C^{w.beta:.3g}, convention {r.convention.describe()}; "
         f"weights {r.weight_dtype}, KV cache {r.kv_dtype}, batch {r.batch}"
     )
-    loss_col = r.target_loss is None
-    st = r.settings
-    serve = st is not None and st.hardware is not None
     if serve:
-        print(objective_line(st))
+        print(objective_line(r.settings))
     header = (
         f"{'':2}{'H=(n_h,n_kv)':<14}{'N* (params)':>16}{'L x d':>16}{'FLOPs/token':>16}"
         f"{'memory':>13}{'KV cache':>13}{'Z':>11}"
@@ -291,25 +288,34 @@ def _print_result(r, laws_arg: str = "default") -> None:
         + (f"{'loss':>9}" if loss_col else "")
         + (f"{'s/token':>11}{'tokens/s/dev':>14}{'batch':>7}" if serve else "")
     )
-    for i, row in enumerate(r.candidates.itertuples()):
-        heads = f"({row.n_heads}, {row.n_kv_heads})"
-        if not row.reachable:
-            why = "cannot reach L* (L* <= E)" if not loss_col else "does not fit the budget"
-            print(f"{'':2}{heads:<14}{why:>16}")
-            continue
-        mark = "* " if i == 0 else "  "
-        line = (
-            f"{mark}{heads:<14}{fmt_params(row.params_non_embedding).replace(' params', ''):>16}"
-            f"{f'{row.layers} x {row.hidden_size}':>16}{fmt_flops(row.inference_flops_per_token):>16}"
-            f"{fmt_bytes(row.inference_memory_bytes):>13}{fmt_bytes(row.kv_cache_bytes):>13}{row.z:>11.5g}"
-        )
-        line += f"{row.predicted_loss:>9.4f}" if loss_col else ""
-        if serve:
-            fits = bool(row.fits)
-            batch = f"{int(row.serving_batch)}" if fits else f"max {int(row.max_batch)}"
-            line += f"{_fmt_seconds(row.seconds_per_token):>11}{row.tokens_per_second:>14,.0f}{batch:>7}"
-            line += "" if fits else "  infeasible: batch does not fit memory"
-        print(line)
+
+
+def _candidate_line(row: dict, mark: str, loss_col: bool, serve: bool) -> str:
+    """One candidate row of the table (units in the cells or the header)."""
+    from ..units import fmt_bytes, fmt_flops, fmt_params
+
+    heads = f"({row['n_heads']}, {row['n_kv_heads']})"
+    if not row["reachable"]:
+        why = "cannot reach L* (L* <= E)" if not loss_col else "does not fit the budget"
+        return f"{'':2}{heads:<14}{why:>16}"
+    shape = f"{row['layers']} x {row['hidden_size']}"
+    line = (
+        f"{mark}{heads:<14}{fmt_params(row['params_non_embedding']).replace(' params', ''):>16}"
+        f"{shape:>16}{fmt_flops(row['inference_flops_per_token']):>16}"
+        f"{fmt_bytes(row['inference_memory_bytes']):>13}{fmt_bytes(row['kv_cache_bytes']):>13}{row['z']:>11.5g}"
+    )
+    line += f"{row['predicted_loss']:>9.4f}" if loss_col else ""
+    if serve:
+        fits = bool(row["fits"])
+        batch = f"{int(row['serving_batch'])}" if fits else f"max {int(row['max_batch'])}"
+        line += f"{_fmt_seconds(row['seconds_per_token']):>11}{row['tokens_per_second']:>14,.0f}{batch:>7}"
+        line += "" if fits else "  infeasible: batch does not fit memory"
+    return line
+
+
+def _print_best(r, serve: bool) -> None:
+    from ..units import fmt_params
+
     b = r.best
     print(
         f"* best: H=({b['n_heads']}, {b['n_kv_heads']}), N* = {fmt_params(b['params_non_embedding'])} "
@@ -318,36 +324,49 @@ def _print_result(r, laws_arg: str = "default") -> None:
     )
     if serve:
         print(
-            f"  on {st.hardware.name}: {_fmt_seconds(b['seconds_per_token'])} per output token, "
+            f"  on {r.settings.hardware.name}: {_fmt_seconds(b['seconds_per_token'])} per output token, "
             f"{b['tokens_per_second']:,.0f} tokens/s per device at batch {int(b['serving_batch'])} sequences "
             f"(max batch that fits: {int(b['max_batch'])})"
         )
+
+
+def _print_baseline(r) -> None:
+    from ..units import fmt_bytes, fmt_flops, fmt_params
+
+    base, s = r.baseline, r.savings
+    sized = (
+        f"sized by the law of H={tuple(base['law_heads'])} to reach L*"
+        if base["sized_by"] == "law"
+        else "its own shape"
+    )
+    loss = f"{base['predicted_loss']:.4f} nats/token" if base["predicted_loss"] is not None else "no law for its heads"
+    print(
+        f"baseline {base['spec']}: H=({base['n_heads']}, {base['n_kv_heads']}), "
+        f"{fmt_params(base['params_non_embedding'])} "
+        f"non-embedding ({sized}; predicted loss {loss}): {fmt_flops(base['inference_flops_per_token'])}/token, "
+        f"{fmt_bytes(base['inference_memory_bytes'])}, Z {base['z']:.5g}"
+    )
+    zmc = (
+        f" (M and C of the {r.convention.name} convention: {-100 * s['z_memory']:+.1f}%, {-100 * s['z_flops']:+.1f}%)"
+        if "z_memory" in s
+        else ""
+    )
+    print(
+        f"best vs baseline: memory {-100 * s['memory']:+.1f}%, FLOPs/token {-100 * s['flops']:+.1f}%, Z "
+        f"{-100 * s['z']:+.1f}%" + zmc
+    )
+
+
+def _print_result(r, laws_arg: str = "default") -> None:
+    """A search result as a table, then the winner, the baseline, warnings (pandas-free: reads ``r.rows``)."""
+    loss_col = r.target_loss is None
+    serve = r.settings.hardware is not None
+    _print_header(r, loss_col, serve)
+    for i, row in enumerate(r.rows):
+        print(_candidate_line(row, "* " if i == 0 else "  ", loss_col, serve))
+    _print_best(r, serve)
     if r.baseline is not None:
-        base, s = r.baseline, r.savings
-        sized = (
-            f"sized by the law of H={tuple(base['law_heads'])} to reach L*"
-            if base["sized_by"] == "law"
-            else "its own shape"
-        )
-        loss = (
-            f"{base['predicted_loss']:.4f} nats/token" if base["predicted_loss"] is not None else "no law for its heads"
-        )
-        print(
-            f"baseline {base['spec']}: H=({base['n_heads']}, {base['n_kv_heads']}), "
-            f"{fmt_params(base['params_non_embedding'])} "
-            f"non-embedding ({sized}; predicted loss {loss}): {fmt_flops(base['inference_flops_per_token'])}/token, "
-            f"{fmt_bytes(base['inference_memory_bytes'])}, Z {base['z']:.5g}"
-        )
-        print(
-            f"best vs baseline: memory {-100 * s['memory']:+.1f}%, FLOPs/token {-100 * s['flops']:+.1f}%, Z "
-            f"{-100 * s['z']:+.1f}%"
-            + (
-                f" (M and C of the {r.convention.name} convention: {-100 * s['z_memory']:+.1f}%, "
-                f"{-100 * s['z_flops']:+.1f}%)"
-                if "z_memory" in s
-                else ""
-            )
-        )
+        _print_baseline(r)
     for warning in r.warnings:
         print(f"warning: {warning}")
     if r.approximate:

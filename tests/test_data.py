@@ -204,6 +204,23 @@ def test_gpt2_uses_uint16_and_parquet_and_datasets_inputs(tmp_path):
     assert m2["content_hash"] == m["content_hash"]
 
 
+def test_parquet_binary_text_is_decoded_or_refused(tmp_path):
+    """Issue 13: a binary Parquet text column is read as UTF-8, never as Python reprs like "b'...'"; bytes
+    that are not UTF-8, or a column that is not text, are refused in one line naming the column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = ["In the beginning", "was the Word"]
+    pq.write_table(pa.table({"body": pa.array([d.encode() for d in docs], pa.binary())}), tmp_path / "b.parquet")
+    assert list(iter_documents(str(tmp_path / "b.parquet"), "body")) == docs
+    pq.write_table(pa.table({"body": pa.array([b"ok", b"\xff\xfe"], pa.binary())}), tmp_path / "bad.parquet")
+    with pytest.raises(CogqaError, match=r"column 'body' is binary and row 2 is not UTF-8"):
+        list(iter_documents(str(tmp_path / "bad.parquet"), "body"))
+    pq.write_table(pa.table({"n": [1, 2]}), tmp_path / "n.parquet")
+    with pytest.raises(CogqaError, match=r"column 'n' holds int64, not text"):
+        list(iter_documents(str(tmp_path / "n.parquet"), "n"))
+
+
 def test_offline_corpus_is_the_kjv_by_chapter():
     docs = list(iter_documents("kjv"))
     assert len(docs) == 1189 and docs[0].startswith(

@@ -2,9 +2,10 @@
 
 Neighbouring rooms: the configuration and step plan in :mod:`cogqa.config`, the checkpoint layout
 and trainer state in :mod:`cogqa.checkpoint`, DDP/FSDP plumbing in :mod:`cogqa.distributed`, the
-LR search (Appendix F) in :mod:`cogqa.lr_search`. The loop itself runs in named phases:
-:func:`_prepare` -> :func:`_build` -> :func:`_start_or_resume` -> :func:`_loop` (:func:`_step`,
-evaluation, :class:`_Sinks`, checkpoints) -> the result.
+LR search (Appendix F) in :mod:`cogqa.lr_search`, the opened data, data order and batches in
+:mod:`cogqa.batches`, the metric sinks and the stop-signal flag in :mod:`cogqa.trainlog`. The loop
+itself runs in named phases: :func:`_prepare` -> :func:`_build` -> :func:`_start_or_resume` ->
+:func:`_loop` (:func:`_step`, evaluation, :class:`cogqa.trainlog.Sinks`, checkpoints) -> the result.
 
 ``train(TrainConfig(...)) -> TrainResult`` writes into ``config.out_dir``:
 
@@ -33,12 +34,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import random
 import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from . import distributed
+from .batches import batch, open_data, sample_indices, validation_size  # noqa: F401  (sample_indices re-exported)
 from .config import (  # noqa: F401  (re-exported: the configuration lives in cogqa.config)
     DEFAULT_VAL_TOKENS,
     PAPER_BATCH_TOKENS,
@@ -64,6 +64,7 @@ from .config import (  # noqa: F401  (re-exported: the configuration lives in co
 from .distributed import Dist
 from .errors import CogqaError, require
 from .files import write_json_atomic
+from .trainlog import STOP_SIGNALS, Sinks, StopFlag, truncate_metrics  # noqa: F401  (STOP_SIGNALS re-exported)
 
 
 class TrainingDiverged(CogqaError):
@@ -78,97 +79,6 @@ class TrainingStopped(CogqaError):
         super().__init__(message)
         self.signum = int(signum)
         self.exit_status = 128 + int(signum)
-
-
-#: the signals that make the trainer checkpoint and stop (SLURM sends SIGUSR1/SIGTERM before its time limit;
-#: submitit uses SIGUSR2)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
-
-
-class _StopFlag:
-    """Records the first stop signal; a second one aborts at once (KeyboardInterrupt). Installed only in
-    the main thread, restored on exit."""
-
-    def __init__(self):
-        self.signum = 0
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in STOP_SIGNALS:
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.signum:
-            raise KeyboardInterrupt(f"second signal {signal.Signals(signum).name}: stopping without a checkpoint")
-        self.signum = signum
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-        return False
-
-
-# ---------------------------------------------------------------------------------------------
-# Data order
-# ---------------------------------------------------------------------------------------------
-
-
-def sample_indices(step: int, global_batch: int, n_chunks: int, seed: int) -> np.ndarray:
-    """Chunk indices of global batch ``step`` (``global_batch`` of them; units: chunk indices).
-
-    The order is a fresh permutation of ``range(n_chunks)`` per epoch, seeded by (seed, epoch);
-    global sample ``g = step * global_batch + i`` is element ``g % n_chunks`` of epoch
-    ``g // n_chunks``. Pure: the data position of a run is just its step.
-    """
-    g = step * global_batch + np.arange(global_batch)
-    epochs, pos = g // n_chunks, g % n_chunks
-    out = np.empty(global_batch, dtype=np.int64)
-    for e in np.unique(epochs):
-        perm = np.random.default_rng([int(seed), int(e)]).permutation(n_chunks)
-        mask = epochs == e
-        out[mask] = perm[pos[mask]]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Resolving the run: data, shape, steps
-# ---------------------------------------------------------------------------------------------
-
-
-def _open_data(config: TrainConfig):
-    root = Path(config.data)
-    require(
-        root.is_dir(),
-        f"data: {config.data} does not exist; prepare it with `cogqa data prepare ... --out {config.data}`",
-    )
-    require(
-        (root / "manifest.json").is_file(),
-        f"data: no manifest.json in {config.data}; prepare it with `cogqa data prepare`",
-    )
-    from .data import TokenChunks, check_shards_cheap
-
-    check_shards_cheap(root)  # headers, sizes, counts, sampled ids < vocabulary (a few KB per shard)
-    train_chunks = TokenChunks(root, split="train")
-    val_chunks = TokenChunks(root, split="val")
-    T = int(train_chunks.context)
-    require(
-        len(train_chunks) > 0,
-        f"data: {config.data} has no training chunk of {T} tokens (the corpus is shorter than one chunk or empty); "
-        "add text or prepare with a smaller --context",
-    )
-    require(
-        len(val_chunks) > 0,
-        f"data: {config.data} has no validation chunk of {T} tokens; prepare with a larger --val-fraction or more text",
-    )
-    if config.context is not None:
-        require(
-            config.context == T,
-            f"context: the data in {config.data} is cut into {T}-token chunks, not {config.context}; "
-            "prepare the data at the training length (cogqa data prepare --context ...)",
-        )
-    return train_chunks, val_chunks, T
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,7 +227,7 @@ def _train(config: TrainConfig, dist_info: Dist) -> TrainResult:
     m = _build(config, run, dist_info)
     _start_or_resume(config, run, m, dist_info)
     evaluate = _evaluator(config, run, m, dist_info)
-    sinks = _Sinks(config, run, dist_info)
+    sinks = Sinks(config, run, dist_info)
     t_start = time.perf_counter()
     try:
         last_loss, val_loss = _loop(config, run, m, dist_info, evaluate, sinks, t_start)
@@ -359,11 +269,11 @@ def _prepare(config: TrainConfig, dist_info: Dist) -> _Run:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     lr = resolve_lr(config)
-    train_chunks, val_chunks, T = _open_data(config)
+    train_chunks, val_chunks, T = open_data(config)
     shape = resolve_shape(config, int(train_chunks.manifest["padded_vocab_size"]))
     n_ne = int(params_non_embedding(shape))
     plan = plan_steps(config, n_ne, T, dist_info.world)
-    n_val, warnings = _validation_size(config, len(val_chunks), T, dist_info)
+    n_val, warnings = validation_size(config, len(val_chunks), T, dist_info)
     warnings.append(repeat_warning(plan["tokens"], len(train_chunks) * T))
     resolved = {
         "shape": shape.to_dict(),
@@ -450,45 +360,13 @@ def _start_or_resume(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist)
             {"config": config.to_dict(), "resolved": run.resolved, "environment": _environment(run.device, dist_info)},
         )
     if dist_info.main:
-        _truncate_metrics(run.out / "metrics.jsonl", run.start_step)
+        truncate_metrics(run.out / "metrics.jsonl", run.start_step)
     distributed.barrier(dist_info)
-
-
-def _batch(chunks, ids, device):
-    """A (len(ids), T) int64 tensor of the chunks ``ids`` on ``device``."""
-    import torch
-
-    rows = np.stack([np.asarray(chunks[int(i)], dtype=np.int64) for i in ids])
-    return torch.from_numpy(rows).to(device, non_blocking=True)
 
 
 def _finite(x: float | None) -> float | None:
     """``x``, or None when it is None or not finite (JSON has no infinity)."""
     return x if x is not None and math.isfinite(x) else None
-
-
-def _validation_size(config: TrainConfig, available: int, context: int, dist_info: Dist) -> tuple[int, list]:
-    """(validation sequences to evaluate, warnings): ceil(``val_tokens`` / T) (or the legacy
-    ``eval_batches`` x ``micro_batch``), clamped with a warning to the split's ``available`` chunks,
-    rounded down to a multiple of the world size (every rank evaluates as many)."""
-    warnings = []
-    if config.eval_batches is not None:
-        want = config.eval_batches * config.micro_batch
-    else:
-        want = int(math.ceil(config.val_tokens / context))
-    if want > available and config.eval_batches is None:
-        warnings.append(
-            f"val_tokens {config.val_tokens:,} asks for {want:,} validation chunks of {context} tokens but "
-            f"the data has {available:,}; evaluating on all {available * context:,} tokens (the standard error "
-            "of the validation loss, val_loss_se in metrics.jsonl, says how precise that is)"
-        )
-    n_val = min(available, want)
-    require(
-        n_val >= dist_info.world,
-        f"data: {available} validation chunks cannot be split over {dist_info.world} processes; "
-        "prepare with a larger --val-fraction",
-    )
-    return n_val - n_val % dist_info.world, warnings
 
 
 def _evaluator(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist):
@@ -509,7 +387,7 @@ def _evaluator(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist):
         total = torch.zeros(3, dtype=torch.float64, device=run.device)  # sum, sum of squares, count
         with torch.no_grad():
             for i in range(0, len(mine), config.micro_batch):
-                x = _batch(run.val_chunks, mine[i : i + config.micro_batch], run.device)
+                x = batch(run.val_chunks, mine[i : i + config.micro_batch], run.device)
                 with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
                     logits = m.forward(x).logits
                 for b in range(x.shape[0]):  # one sequence's fp32 logits at a time
@@ -530,7 +408,7 @@ def _evaluator(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist):
     return evaluate
 
 
-def _loop(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist, evaluate, sinks: "_Sinks", t_start: float):
+def _loop(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist, evaluate, sinks: Sinks, t_start: float):
     """Optimiser steps from the resume step to the end; returns (last train loss, (last validation loss,
     its standard error)), in nats/token.
 
@@ -547,7 +425,7 @@ def _loop(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist, evaluate, 
     last_loss = val = None
     t0 = t_last_save = t_start
     m.train_model.train()
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
         for step in range(run.start_step, steps):
             step_lr, train_loss, grad_norm = _step(config, run, m, dist_info, step)
             done = step + 1
@@ -626,7 +504,7 @@ def _step(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist, step: int)
     mine = ids[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank]
     loss_sum = torch.zeros((), dtype=torch.float64, device=run.device)
     for k in range(accum):
-        x = _batch(run.train_chunks, mine[k * config.micro_batch : (k + 1) * config.micro_batch], run.device)
+        x = batch(run.train_chunks, mine[k * config.micro_batch : (k + 1) * config.micro_batch], run.device)
         with distributed.no_sync(m.train_model, m.sharded, last_micro=k == accum - 1):
             with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
                 loss = m.forward(x, labels=x).loss
@@ -641,92 +519,3 @@ def _step(config: TrainConfig, run: _Run, m: _Model, dist_info: Dist, step: int)
     if not math.isfinite(train_loss):
         raise TrainingDiverged(f"training diverged at step {step + 1} (loss {train_loss}); lower --lr")
     return step_lr, train_loss, float(distributed.full_tensor(grad_norm))
-
-
-class _Sinks:
-    """Where step records go on rank 0: ``metrics.jsonl``, TensorBoard, Weights & Biases, a tqdm bar."""
-
-    def __init__(self, config: TrainConfig, run: _Run, dist_info: Dist):
-        self.fh = self.tb = self.wb = self.bar = None
-        self.batch_tokens = run.plan["batch_tokens"]
-        if not dist_info.main:
-            return
-        out = run.out
-        if config.tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise CogqaError("tensorboard: not installed; pip install tensorboard, or drop --tensorboard") from None
-            self.tb = SummaryWriter(str(out / "tensorboard"))
-        if config.wandb:
-            try:
-                import wandb
-            except ImportError:
-                raise CogqaError("wandb: not installed; pip install wandb, or drop --wandb") from None
-            run_id = out.resolve().name + "-" + str(abs(hash(str(out.resolve()))) % 10**8)
-            self.wb = wandb.init(
-                project=config.wandb_project,
-                dir=str(out),
-                resume="allow",
-                id=run_id,
-                config={**config.to_dict(), **run.resolved},
-            )
-        if config.progress:
-            from tqdm import tqdm
-
-            self.bar = tqdm(
-                total=run.plan["tokens"],
-                initial=run.start_step * self.batch_tokens,
-                unit="tok",
-                unit_scale=True,
-                desc="train",
-                dynamic_ncols=True,
-                file=sys.stderr,
-            )
-        self.fh = open(out / "metrics.jsonl", "a")
-
-    def log(self, record: dict) -> None:
-        """Write one step record (keys ``step``, ``loss``, ``lr``, ... as in ``metrics.jsonl``) to every sink."""
-        if self.fh is None:
-            return
-        self.fh.write(json.dumps(record) + "\n")
-        self.fh.flush()
-        done = record["step"]
-        if self.tb is not None:
-            for k in ("loss", "lr", "grad_norm", "tokens_per_s", "val_loss", "val_loss_se"):
-                if k in record:
-                    self.tb.add_scalar(f"train/{k}" if not k.startswith("val_") else f"val/{k[4:]}", record[k], done)
-        if self.wb is not None:
-            self.wb.log(record, step=done)
-        if self.bar is not None:
-            self.bar.update(self.batch_tokens)
-            self.bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}", refresh=False)
-
-    def sync(self) -> None:
-        """Flush ``metrics.jsonl`` to disk (before a checkpoint, so resumed metrics are complete)."""
-        if self.fh is not None:
-            self.fh.flush()
-            os.fsync(self.fh.fileno())
-
-    def close(self) -> None:
-        """Close every sink."""
-        for sink, close in ((self.fh, "close"), (self.bar, "close"), (self.tb, "close"), (self.wb, "finish")):
-            if sink is not None:
-                getattr(sink, close)()
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines after ``step`` (written by a run that was killed after its last checkpoint)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text().splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a half-written last line
-        if int(rec.get("step", 0)) <= step:
-            keep.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in keep))
-    os.replace(tmp, path)

@@ -28,3 +28,38 @@ def prepared():
         return out
 
     return make
+
+
+#: the same tiny model as TrainConfig's ``shape``
+TINY_SHAPE = dict(layers=2, hidden_size=64, ffn_size=176, n_heads=4, n_kv_heads=2, head_dim=16)
+
+
+def train_argv(data: Path, out: Path, *extra: str, shape=TINY_ARGS) -> list[str]:
+    """``cogqa train`` arguments: the tiny model (or ``shape``) on ``data`` into ``out``, then ``extra``."""
+    return ["train", "--data", str(data), "--out", str(out), *shape, *extra]
+
+
+def batch_args(steps: int, context: int = 32, micro_batch: int = 8) -> tuple[str, ...]:
+    """``--tokens``/``--batch-tokens``/``--micro-batch`` for ``steps`` optimiser steps of one micro-batch of
+    ``micro_batch`` sequences of ``context`` tokens each."""
+    batch = context * micro_batch
+    return ("--tokens", str(batch * steps), "--batch-tokens", str(batch), "--micro-batch", str(micro_batch))
+
+
+def tiny_config(data: Path, out_dir: Path, *, lr: float, context: int, steps: int, micro_batch: int = 8, **extra):
+    """A :class:`cogqa.config.TrainConfig` of the tiny model: ``steps`` optimiser steps of one micro-batch of
+    ``micro_batch`` sequences of ``context`` tokens, max LR ``lr``, no progress bar; ``extra`` fields as given."""
+    from cogqa.config import OptimConfig, TrainConfig
+
+    batch = context * micro_batch
+    return TrainConfig(
+        data=str(data),
+        out_dir=str(out_dir),
+        shape=dict(TINY_SHAPE),
+        optim=OptimConfig(lr=lr),
+        tokens=batch * steps,
+        batch_tokens=batch,
+        micro_batch=micro_batch,
+        progress=False,
+        **extra,
+    )

@@ -158,6 +158,16 @@ def _mod(col, row, value):
     return f
 
 
+def _flags(*flags):
+    """A hostile case: the good table as ``r.csv``, then ``flags``."""
+    return lambda p: [_write(p, "r.csv", _table()), *flags]
+
+
+def _edited(name, edit):
+    """A hostile case: the good table changed by ``edit`` (DataFrame -> DataFrame), written as ``name``."""
+    return lambda p: [_write(p, name, edit(_table()))]
+
+
 HOSTILE = [
     ("missing file", lambda p: [p / "nope.csv"], "no such file"),
     ("directory", lambda p: [p], "is not a file"),
@@ -169,87 +179,43 @@ HOSTILE = [
         lambda p: [_write(p, "m.csv", _table().drop(columns=["n_kv_heads"]))],
         "missing column 'n_kv_heads'",
     ),
-    (
-        "non-numeric",
-        lambda p: [_write(p, "x.csv", _mod("loss", 2, "high")(_table()))],
-        "'loss' is not numeric in rows 3",
-    ),
-    (
-        "NaN",
-        lambda p: [_write(p, "n.csv", _mod("loss", 4, float("nan"))(_table()))],
-        "non-finite values (NaN/inf) in rows 5",
-    ),
+    ("non-numeric", _edited("x.csv", _mod("loss", 2, "high")), "'loss' is not numeric in rows 3"),
+    ("NaN", _edited("n.csv", _mod("loss", 4, float("nan"))), "non-finite values (NaN/inf) in rows 5"),
     (
         "negative N",
-        lambda p: [_write(p, "neg.csv", _mod("params_non_embedding", 0, -3e6)(_table()))],
+        _edited("neg.csv", _mod("params_non_embedding", 0, -3e6)),
         "'params_non_embedding' must be > 0; rows 1",
     ),
-    ("zero loss", lambda p: [_write(p, "z.csv", _mod("loss", 9, 0.0)(_table()))], "'loss' must be > 0; rows 10"),
-    (
-        "n_kv > n_h",
-        lambda p: [_write(p, "kv.csv", _mod("n_kv_heads", 1, 16)(_table()))],
-        "n_kv_heads > n_heads in rows 2",
-    ),
-    (
-        "n_kv not dividing",
-        lambda p: [_write(p, "kv3.csv", _mod("n_kv_heads", 1, 3)(_table()))],
-        "must divide n_heads; rows 2",
-    ),
-    ("fractional heads", lambda p: [_write(p, "fh.csv", _mod("n_heads", 0, 8.5)(_table()))], "whole numbers; rows 1"),
+    ("zero loss", _edited("z.csv", _mod("loss", 9, 0.0)), "'loss' must be > 0; rows 10"),
+    ("n_kv > n_h", _edited("kv.csv", _mod("n_kv_heads", 1, 16)), "n_kv_heads > n_heads in rows 2"),
+    ("n_kv not dividing", _edited("kv3.csv", _mod("n_kv_heads", 1, 3)), "must divide n_heads; rows 2"),
+    ("fractional heads", _edited("fh.csv", _mod("n_heads", 0, 8.5)), "whole numbers; rows 1"),
     ("too few points", lambda p: [_write(p, "few.csv", _table(3))], "H=(8,1): 3 points for 3 coefficients"),
     (
         "one size only",
         lambda p: [_write(p, "one.csv", _table().assign(params_non_embedding=1e8))],
         "need at least 2 model sizes",
     ),
-    ("unknown form", lambda p: [_write(p, "r.csv", _table()), "--form", "kaplan"], "unknown form 'kaplan'"),
-    (
-        "bootstrap text",
-        lambda p: [_write(p, "r.csv", _table()), "--bootstrap", "many"],
-        "--bootstrap: expected a whole number",
-    ),
-    (
-        "bootstrap negative",
-        lambda p: [_write(p, "r.csv", _table()), "--bootstrap", "-3"],
-        "--bootstrap: expected a whole number in 0..100000",
-    ),
-    ("bad seed", lambda p: [_write(p, "r.csv", _table()), "--seed", "1.5"], "--seed: expected a whole number"),
-    (
-        "bad grid",
-        lambda p: [_write(p, "r.csv", _table()), "--grid", "0"],
-        "--grid: expected a whole number in 1..100000",
-    ),
+    ("unknown form", _flags("--form", "kaplan"), "unknown form 'kaplan'"),
+    ("bootstrap text", _flags("--bootstrap", "many"), "--bootstrap: expected a whole number"),
+    ("bootstrap negative", _flags("--bootstrap", "-3"), "--bootstrap: expected a whole number in 0..100000"),
+    ("bad seed", _flags("--seed", "1.5"), "--seed: expected a whole number"),
+    ("bad grid", _flags("--grid", "0"), "--grid: expected a whole number in 1..100000"),
     (
         "shared E with chinchilla",
         lambda p: [_write(p, "r.csv", _table().assign(tokens=1e9)), "--form", "chinchilla", "--shared-E"],
         "--shared-E applies to --form n only",
     ),
-    (
-        "chinchilla without tokens",
-        lambda p: [_write(p, "r.csv", _table()), "--form", "chinchilla"],
-        "missing column 'tokens'",
-    ),
-    (
-        "drop too many",
-        lambda p: [_write(p, "r.csv", _table()), "--drop-highest-loss", "16"],
-        "--drop-highest-loss: expected a whole number in 0..15",
-    ),
+    ("chinchilla without tokens", _flags("--form", "chinchilla"), "missing column 'tokens'"),
+    ("drop too many", _flags("--drop-highest-loss", "16"), "--drop-highest-loss: expected a whole number in 0..15"),
     (
         "shared E, one H, 3 rows",
         lambda p: [_write(p, "s.csv", _table(3).iloc[:3]), "--shared-E"],
         "H=(8,1): 3 points for 3 coefficients; need at least 4",
     ),
-    (
-        "mapped column absent",
-        lambda p: [_write(p, "r.csv", _table()), "--n-column", "Model Size"],
-        "no column 'Model Size'",
-    ),
-    (
-        "bad context",
-        lambda p: [_write(p, "r.csv", _table()), "--context", "lots"],
-        "--context: 'lots' is not a context length",
-    ),
-    ("context absent", lambda p: [_write(p, "r.csv", _table()), "--context", "8k"], "no rows trained at context 8192"),
+    ("mapped column absent", _flags("--n-column", "Model Size"), "no column 'Model Size'"),
+    ("bad context", _flags("--context", "lots"), "--context: 'lots' is not a context length"),
+    ("context absent", _flags("--context", "8k"), "no rows trained at context 8192"),
     ("out not json", lambda p: [_write(p, "r.csv", _table()), "--out", str(p / "laws.txt")], "must end in .json"),
     (
         "out dir missing",

@@ -98,24 +98,17 @@ def test_eos_concatenate_chunk_and_drop_last_by_hand(tmp_path):
     assert chunks.context == 8 and chunks.dtype == np.uint16
 
 
+def _bytes_data(src, out, context: int = 64, val_fraction: float = 0.1, **extra) -> dict:
+    """``prepare`` of one text file ``src`` into ``out``, byte-tokenised, without a progress bar; the manifest."""
+    extra = {"progress": False, **extra}
+    return prepare([str(src)], out, tokenizer="bytes", context=context, val_fraction=val_fraction, **extra)
+
+
 def test_validation_split_is_seeded_nonempty_and_disjoint(tmp_path):
     text = offline_corpus("kjv").read_text()[:60_000]
     (tmp_path / "a.txt").write_text(text)
-    a = prepare(
-        [str(tmp_path / "a.txt")], tmp_path / "a", tokenizer="bytes", context=64, val_fraction=0.1, progress=False
-    )
-    b = prepare(
-        [str(tmp_path / "a.txt")], tmp_path / "b", tokenizer="bytes", context=64, val_fraction=0.1, progress=False
-    )
-    c = prepare(
-        [str(tmp_path / "a.txt")],
-        tmp_path / "c",
-        tokenizer="bytes",
-        context=64,
-        val_fraction=0.1,
-        seed=1,
-        progress=False,
-    )
+    a, b = _bytes_data(tmp_path / "a.txt", tmp_path / "a"), _bytes_data(tmp_path / "a.txt", tmp_path / "b")
+    c = _bytes_data(tmp_path / "a.txt", tmp_path / "c", seed=1)
     assert a["content_hash"] == b["content_hash"] != c["content_hash"]
     n_train, n_val = a["splits"]["train"]["chunks"], a["splits"]["val"]["chunks"]
     assert n_train + n_val == (len(text.encode()) + 1) // 64
@@ -131,23 +124,13 @@ def test_validation_split_is_seeded_nonempty_and_disjoint(tmp_path):
 
 def test_small_corpus_still_gets_one_validation_chunk(tmp_path):
     (tmp_path / "t.txt").write_text("x" * 300)
-    m = prepare(
-        [str(tmp_path / "t.txt")], tmp_path / "o", tokenizer="bytes", context=64, val_fraction=0.01, progress=False
-    )
+    m = _bytes_data(tmp_path / "t.txt", tmp_path / "o", val_fraction=0.01)
     assert m["splits"]["val"]["chunks"] == 1 and m["splits"]["train"]["chunks"] == 3
 
 
 def test_shards_round_trip_and_split_across_files(tmp_path):
     (tmp_path / "t.txt").write_text("".join(chr(33 + i % 90) for i in range(64 * 10 - 1)))
-    prepare(
-        [str(tmp_path / "t.txt")],
-        tmp_path / "o",
-        tokenizer="bytes",
-        context=64,
-        val_fraction=0.0,
-        shard_tokens=64 * 3,
-        progress=False,
-    )
+    _bytes_data(tmp_path / "t.txt", tmp_path / "o", val_fraction=0.0, shard_tokens=64 * 3)
     m = load_manifest(tmp_path / "o")
     shards = m["splits"]["train"]["shards"]
     assert [s["chunks"] for s in shards] == [3, 3, 3, 1]
@@ -165,7 +148,7 @@ def test_shards_round_trip_and_split_across_files(tmp_path):
 
 def test_truncated_or_foreign_shard_is_refused(tmp_path):
     (tmp_path / "t.txt").write_text("y" * 1000)
-    prepare([str(tmp_path / "t.txt")], tmp_path / "o", tokenizer="bytes", context=64, val_fraction=0.1, progress=False)
+    _bytes_data(tmp_path / "t.txt", tmp_path / "o")
     shard = tmp_path / "o" / "train_00000.bin"
     shard.write_bytes(shard.read_bytes()[:-10])
     with pytest.raises(CogqaError, match="truncated"):
@@ -204,6 +187,23 @@ def test_gpt2_uses_uint16_and_parquet_and_datasets_inputs(tmp_path):
     assert m2["content_hash"] == m["content_hash"]
 
 
+def test_parquet_binary_text_is_decoded_or_refused(tmp_path):
+    """Issue 13: a binary Parquet text column is read as UTF-8, never as Python reprs like "b'...'"; bytes
+    that are not UTF-8, or a column that is not text, are refused in one line naming the column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = ["In the beginning", "was the Word"]
+    pq.write_table(pa.table({"body": pa.array([d.encode() for d in docs], pa.binary())}), tmp_path / "b.parquet")
+    assert list(iter_documents(str(tmp_path / "b.parquet"), "body")) == docs
+    pq.write_table(pa.table({"body": pa.array([b"ok", b"\xff\xfe"], pa.binary())}), tmp_path / "bad.parquet")
+    with pytest.raises(CogqaError, match=r"column 'body' is binary and row 2 is not UTF-8"):
+        list(iter_documents(str(tmp_path / "bad.parquet"), "body"))
+    pq.write_table(pa.table({"n": [1, 2]}), tmp_path / "n.parquet")
+    with pytest.raises(CogqaError, match=r"column 'n' holds int64, not text"):
+        list(iter_documents(str(tmp_path / "n.parquet"), "n"))
+
+
 def test_offline_corpus_is_the_kjv_by_chapter():
     docs = list(iter_documents("kjv"))
     assert len(docs) == 1189 and docs[0].startswith(
@@ -216,7 +216,7 @@ def test_offline_corpus_is_the_kjv_by_chapter():
 
 def test_unigram_entropy_by_hand(tmp_path):
     (tmp_path / "t.txt").write_text("ab" * 63)  # 126 bytes + EOS = one chunk of 127 tokens
-    prepare([str(tmp_path / "t.txt")], tmp_path / "o", tokenizer="bytes", context=127, val_fraction=0.0, progress=False)
+    _bytes_data(tmp_path / "t.txt", tmp_path / "o", context=127, val_fraction=0.0)
     p = np.array([63, 63, 1]) / 127
     assert unigram_entropy(tmp_path / "o") == pytest.approx(float(-(p * np.log(p)).sum()), rel=1e-12)
 

@@ -107,3 +107,21 @@ def test_report_shows_validation_standard_error(tmp_path):
     assert "standard error" in text and "0.0015" in text
     numbers = json.loads((path.parent / "numbers.json").read_text())
     assert numbers["validation_loss_se"] == {"median": 0.0015, "max": 0.0015}
+
+
+def test_report_top_candidates_show_serving_beside_z(tmp_path, capsys):
+    """Issue 16: with an objective and hardware the top-candidates table gives each candidate's predicted
+    decode time per token and tokens/s per device beside Z, units in the header; without hardware it does not."""
+    pytest.importorskip("cogqa.search")
+    out = tmp_path / "lat"
+    assert main(["report", "demo", "--out", str(out), "--hardware", "a800-80gb", "--objective", "latency"]) == 0
+    text = (out / "report.md").read_text()
+    head = "| H | N (non-emb.) | memory | FLOPs/token | Z | decode time (ms/token) | tokens/s per device |"
+    assert head in text
+    table = text[text.index(head) :].split("\n\n")[0].splitlines()[2:]
+    assert len(table) == 8 and all(row.count("|") == 8 for row in table)
+    first = [c.strip() for c in table[0].strip("|").split("|")]
+    assert float(first[5]) > 0 and float(first[6].replace(",", "")) > 0
+    out = tmp_path / "z"
+    assert main(["report", "demo", "--out", str(out)]) == 0
+    assert "| H | N (non-emb.) | memory | FLOPs/token | Z |\n" in (out / "report.md").read_text()

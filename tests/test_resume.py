@@ -11,36 +11,16 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_ARGS
+from conftest import batch_args, train_argv
 
 #: set by the developer to run the same test through another launcher (e.g. a stub of cogqa.data)
 LAUNCH = os.environ.get("COGQA_TEST_LAUNCH", "").split() or [sys.executable, "-m", "cogqa"]
 
 
 def train_args(data: Path, out: Path) -> list[str]:
-    return [
-        "train",
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        *TINY_ARGS,
-        "--lr",
-        "3e-3",
-        "--tokens",
-        str(32 * 8 * 120),
-        "--batch-tokens",
-        "256",
-        "--micro-batch",
-        "8",
-        "--checkpoint-every",
-        "10",
-        "--keep",
-        "2",
-        "--eval-every",
-        "40",
-        "--no-progress",
-    ]
+    """120 steps of the tiny model, a checkpoint every 10 (keeping 2), validation every 40."""
+    extra = ("--checkpoint-every", "10", "--keep", "2", "--eval-every", "40", "--no-progress")
+    return train_argv(data, out, "--lr", "3e-3", *batch_args(120), *extra)
 
 
 def losses(out: Path) -> list[tuple[int, float]]:
@@ -91,10 +71,7 @@ def test_sigterm_checkpoints_stops_and_resumes(tmp_path, prepared):
     checkpoint, exits 128 + 15 with one clear line; --resume ends the run with its last 4 checkpoints."""
     data = prepared(tmp_path, context=32, n_bytes=60_000)
     out = tmp_path / "run"
-    args = [
-        "train", "--data", str(data), "--out", str(out), *TINY_ARGS, "--lr", "3e-3", "--tokens", str(32 * 8 * 400),
-        "--batch-tokens", "256", "--micro-batch", "8", "--val-tokens", "320", "--no-progress",
-    ]  # fmt: skip
+    args = train_argv(data, out, "--lr", "3e-3", *batch_args(400), "--val-tokens", "320", "--no-progress")
     proc = subprocess.Popen([*LAUNCH, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 240

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY_ARGS
+from conftest import TINY_ARGS, TINY_SHAPE, batch_args, tiny_config, train_argv
 
 from cogqa.errors import CogqaError
 from cogqa.optim import wsd_lr, wsd_phase_steps
 from cogqa.train import OptimConfig, TrainConfig, apply_overrides, plan_steps, sample_indices
 
-TINY = dict(layers=2, hidden_size=64, ffn_size=176, n_heads=4, n_kv_heads=2, head_dim=16)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -60,7 +59,7 @@ def test_weight_decay_on_exactly_the_linear_weights():
     from cogqa.optim import param_groups
     from cogqa.shapes import ModelShape
 
-    model = GQADecoder(ModelShape(**TINY, vocab_size=320))
+    model = GQADecoder(ModelShape(**TINY_SHAPE, vocab_size=320))
     decay, no_decay = param_groups(model, 0.1)
     expected = sorted(
         f"layers.{i}.{m}.weight"
@@ -90,7 +89,7 @@ def test_weight_decay_on_exactly_the_linear_weights():
 
 
 def test_config_json_round_trip_and_dotted_overrides():
-    c = TrainConfig(data="d", out_dir="o", shape=dict(TINY), optim=OptimConfig(lr=1e-3), tokens=1e6)
+    c = TrainConfig(data="d", out_dir="o", shape=dict(TINY_SHAPE), optim=OptimConfig(lr=1e-3), tokens=1e6)
     d = json.loads(json.dumps(c.to_dict()))
     assert TrainConfig.from_dict(d) == c
     c2 = apply_overrides(c, ["optim.lr=5e-4", "seed=3", "optim.betas=[0.9, 0.99]"])
@@ -154,18 +153,7 @@ def test_tiny_model_learns_below_unigram_entropy(tmp_path, prepared):
     counts = np.bincount(tokens)
     p = counts[counts > 0] / counts.sum()
     unigram = float(-(p * np.log(p)).sum())  # nats per token
-    cfg = TrainConfig(
-        data=str(data),
-        out_dir=str(tmp_path / "run"),
-        shape=dict(TINY),
-        optim=OptimConfig(lr=1e-2),
-        tokens=64 * 8 * 100,
-        batch_tokens=64 * 8,
-        micro_batch=8,
-        eval_batches=4,
-        progress=False,
-    )
-    result = train(cfg)
+    result = train(tiny_config(data, tmp_path / "run", lr=1e-2, context=64, steps=100, eval_batches=4))
     print(f"unigram entropy {unigram:.3f} nats/token; validation loss {result.final_val_loss:.3f} nats/token")
     assert result.final_val_loss < unigram - 0.3
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
@@ -191,17 +179,7 @@ def test_context_extension_loads_weights_with_a_fresh_optimizer(tmp_path, prepar
     from cogqa.train import train
 
     short, long_ = prepared(tmp_path, 32, 40_000, "short"), prepared(tmp_path, 128, 40_000, "long")
-    base = TrainConfig(
-        data=str(short),
-        out_dir=str(tmp_path / "base"),
-        shape=dict(TINY),
-        optim=OptimConfig(lr=3e-3),
-        tokens=32 * 8 * 5,
-        batch_tokens=32 * 8,
-        micro_batch=8,
-        progress=False,
-    )
-    train(base)
+    train(tiny_config(short, tmp_path / "base", lr=3e-3, context=32, steps=5))
     ckpt = tmp_path / "base" / "checkpoints" / "step_00000005"
     ext = TrainConfig(
         data=str(long_),
@@ -240,13 +218,13 @@ def _one_line_error(r, *needles):
 
 def test_bad_inputs_are_one_line_errors_and_write_nothing(tmp_path):
     out = tmp_path / "out"
-    r = cli("train", "--data", str(tmp_path / "missing"), "--out", str(out), *TINY_ARGS, "--lr", "1e-3")
+    r = cli(*train_argv(tmp_path / "missing", out, "--lr", "1e-3"))
     _one_line_error(r, "data:", "cogqa data prepare")
     assert not out.exists()
-    r = cli("train", "--data", str(tmp_path), "--out", str(out), *TINY_ARGS, "--lr", "fast")
+    r = cli(*train_argv(tmp_path, out, "--lr", "fast"))
     _one_line_error(r, "--lr", "'fast'")
     assert not out.exists()
-    r = cli("train", "--data", str(tmp_path), "--out", str(out), *TINY_ARGS)
+    r = cli(*train_argv(tmp_path, out))
     _one_line_error(r, "lr")
 
 
@@ -261,72 +239,27 @@ def test_short_or_empty_corpus_and_foreign_resume_dir(tmp_path, prepared):
         except CogqaError as exc:  # the data helper may already refuse it
             assert "\n" not in str(exc)
             continue
-        r = cli("train", "--data", str(tmp_path / name), "--out", str(out), *TINY_ARGS, "--lr", "1e-3", "--no-progress")
+        r = cli(*train_argv(tmp_path / name, out, "--lr", "1e-3", "--no-progress"))
         _one_line_error(r, "data:")
         assert not out.exists()
     # a run directory of another shape: refused, files untouched
     good = prepared(tmp_path, 32, 30_000)
-    r = cli(
-        "train",
-        "--data",
-        str(good),
-        "--out",
-        str(out),
-        *TINY_ARGS,
-        "--lr",
-        "1e-3",
-        "--tokens",
-        "512",
-        "--batch-tokens",
-        "256",
-        "--micro-batch",
-        "8",
-        "--no-progress",
-    )
+    run = ("--lr", "1e-3", *batch_args(2), "--no-progress")
+    r = cli(*train_argv(good, out, *run))
     assert r.returncode == 0, r.stderr
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     other = [a if a != "2" or i != 9 else "4" for i, a in enumerate(TINY_ARGS)]  # --kv-heads 4
-    r = cli(
-        "train",
-        "--data",
-        str(good),
-        "--out",
-        str(out),
-        *other,
-        "--lr",
-        "1e-3",
-        "--tokens",
-        "512",
-        "--batch-tokens",
-        "256",
-        "--micro-batch",
-        "8",
-        "--no-progress",
-        "--resume",
-    )
+    r = cli(*train_argv(good, out, *run, "--resume", shape=other))
     _one_line_error(r, "resume:", "n_kv_heads")
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
-    r = cli("train", "--data", str(good), "--out", str(out), *TINY_ARGS, "--lr", "1e-3", "--no-progress")
+    r = cli(*train_argv(good, out, "--lr", "1e-3", "--no-progress"))
     _one_line_error(r, "already holds a run", "--resume")
 
 
 def test_lr_search_reports_the_best_and_reuses_finished_runs(tmp_path, prepared):
     data = prepared(tmp_path, 32, 30_000)
     out = tmp_path / "grid"
-    common = [
-        "--data",
-        str(data),
-        "--out",
-        str(out),
-        *TINY_ARGS,
-        "--tokens",
-        str(32 * 8 * 6),
-        "--batch-tokens",
-        "256",
-        "--micro-batch",
-        "8",
-        "--no-progress",
-    ]
+    common = train_argv(data, out, *batch_args(6), "--no-progress")[1:]  # lr-search takes train's options
     r = cli("lr-search", *common, "--lrs", "1e-5,3e-3")
     assert r.returncode == 0, r.stderr
     assert "best max LR 3e-03" in r.stdout and "nats/token" in r.stdout
@@ -370,18 +303,7 @@ def test_default_run_keeps_its_last_four_evaluation_points(tmp_path, prepared):
     from cogqa.train import train
 
     data = prepared(tmp_path, context=32, n_bytes=40_000)
-    cfg = TrainConfig(
-        data=str(data),
-        out_dir=str(tmp_path / "run"),
-        shape=dict(TINY),
-        optim=OptimConfig(lr=3e-3),
-        tokens=32 * 8 * 20,
-        batch_tokens=32 * 8,
-        micro_batch=8,
-        val_tokens=32 * 10,
-        progress=False,
-    )
-    result = train(cfg)
+    result = train(tiny_config(data, tmp_path / "run", lr=3e-3, context=32, steps=20, val_tokens=32 * 10))
     assert [int(c.name[5:]) for c in list_checkpoints(tmp_path / "run")] == [17, 18, 19, 20]
     assert len(checkpoints_to_score(tmp_path / "run")) == 4
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -395,9 +317,9 @@ def test_default_run_keeps_its_last_four_evaluation_points(tmp_path, prepared):
 def test_repeated_data_and_clamped_validation_warn(tmp_path, prepared):
     data = prepared(tmp_path, 32, 30_000)
     args = ("--lr", "1e-3", "--batch-tokens", "4096", "--micro-batch", "8", "--no-progress")
-    r = cli("train", "--data", str(data), "--out", str(tmp_path / "a"), *TINY_ARGS, "--tokens", "40000", *args)
+    r = cli(*train_argv(data, tmp_path / "a", "--tokens", "40000", *args))
     assert r.returncode == 0, r.stderr
     assert "epochs" in r.stderr and "val_tokens 16,777,216" in r.stderr
-    r = cli("train", "--data", str(data), "--out", str(tmp_path / "b"), *TINY_ARGS, "--resume", *args)
+    r = cli(*train_argv(data, tmp_path / "b", "--resume", *args))
     _one_line_error(r, "resume:", "drop --resume")
     assert not (tmp_path / "b").exists()

@@ -76,9 +76,36 @@ def spec_from_args(args: argparse.Namespace):
     return load_spec(args.spec if args.spec else {}, **over)
 
 
+def _add_slurm_options(r: argparse.ArgumentParser) -> None:
+    """The SLURM options of ``sweep run`` (used with --executor slurm)."""
+    s = r.add_argument_group("SLURM (--executor slurm)")
+    s.add_argument("--partition", help="SLURM partition")
+    s.add_argument("--time", type=int, default=1440, help="time limit per run in minutes (default 1440)")
+    s.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run; > 1 launches torchrun (default 1)")
+    s.add_argument("--nodes", type=int, default=1, help="nodes per run (default 1)")
+    s.add_argument("--cpus-per-gpu", type=int, default=8, help="CPUs per GPU (default 8)")
+    s.add_argument("--mem-gb", type=int, help="memory per job in GB")
+    s.add_argument("--account", help="SLURM account")
+    s.add_argument("--qos", help="SLURM QoS")
+    s.add_argument(
+        "--array", action=argparse.BooleanOptionalAction, default=True, help="submit as one job array (default on)"
+    )
+    s.add_argument("--array-parallelism", type=int, default=64, help="array jobs running at once (default 64)")
+    s.add_argument(
+        "--cluster",
+        choices=("slurm", "local", "debug"),
+        help="submitit backend (default: auto; local/debug to try it here)",
+    )
+    s.add_argument("--no-wait", action="store_true", help="submit and return; check with cogqa sweep status")
+    s.add_argument(
+        "--print-sbatch",
+        action="store_true",
+        help="print the sbatch script and torchrun command of the first run, submit nothing",
+    )
+
+
 def register(subparsers) -> None:
     """Add ``sweep`` (plan, run, status, collect) and ``demo``."""
-    # one add_argument per option: long, flat and obvious, so not split
     p = subparsers.add_parser(
         "sweep", help="plan, run (local or SLURM), monitor and collect a sweep over head configurations x sizes"
     )
@@ -112,30 +139,7 @@ def register(subparsers) -> None:
     r.add_argument(
         "--retry-failed", action="store_true", help="also re-run failed runs (default: report and skip them)"
     )
-    s = r.add_argument_group("SLURM (--executor slurm)")
-    s.add_argument("--partition", help="SLURM partition")
-    s.add_argument("--time", type=int, default=1440, help="time limit per run in minutes (default 1440)")
-    s.add_argument("--gpus-per-run", type=int, default=1, help="GPUs per run; > 1 launches torchrun (default 1)")
-    s.add_argument("--nodes", type=int, default=1, help="nodes per run (default 1)")
-    s.add_argument("--cpus-per-gpu", type=int, default=8, help="CPUs per GPU (default 8)")
-    s.add_argument("--mem-gb", type=int, help="memory per job in GB")
-    s.add_argument("--account", help="SLURM account")
-    s.add_argument("--qos", help="SLURM QoS")
-    s.add_argument(
-        "--array", action=argparse.BooleanOptionalAction, default=True, help="submit as one job array (default on)"
-    )
-    s.add_argument("--array-parallelism", type=int, default=64, help="array jobs running at once (default 64)")
-    s.add_argument(
-        "--cluster",
-        choices=("slurm", "local", "debug"),
-        help="submitit backend (default: auto; local/debug to try it here)",
-    )
-    s.add_argument("--no-wait", action="store_true", help="submit and return; check with cogqa sweep status")
-    s.add_argument(
-        "--print-sbatch",
-        action="store_true",
-        help="print the sbatch script and torchrun command of the first run, submit nothing",
-    )
+    _add_slurm_options(r)
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     r.set_defaults(func=cmd_sweep_run)
 

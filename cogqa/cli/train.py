@@ -16,7 +16,8 @@ from . import config_value
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    # one add_argument per option: long, flat and obvious, so not split
+    """The options ``train`` and ``lr-search`` share: data, output, then one group each for the model,
+    the budget and batch, and the optimiser and run."""
     p.add_argument(
         "--data", required=True, metavar="DIR", help="prepared data directory (cogqa data prepare --out DIR)"
     )
@@ -26,6 +27,13 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="run directory: config.json, metrics.jsonl, checkpoints/, result.json",
     )
+    _add_model_options(p)
+    _add_budget_options(p)
+    _add_run_options(p)
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """The model: a paper size, an explicit shape, or weights to start from."""
     g = p.add_argument_group("model (one of --size, explicit --layers/--hidden/..., or --init-from)")
     g.add_argument("--size", help="a paper size from Table 9 (e.g. 470M); MHA with d_h = 64 unless --heads/--kv-heads")
     g.add_argument("--heads", help="query heads n_h, or a head configuration n_h,n_kv (e.g. 8,1; also 8:1, H=(8,1))")
@@ -37,6 +45,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--init-from", metavar="CHECKPOINT", help="start from these weights with a fresh optimizer (context extension)"
     )
+
+
+def _add_budget_options(p: argparse.ArgumentParser) -> None:
+    """The training length, token budget and batch."""
     t = p.add_argument_group("budget and batch")
     t.add_argument("--context", help="training length in tokens (must match the data; 8k = 8192)")
     t.add_argument("--tokens", help="training tokens, e.g. 9.4B or 2e6 (default: --tokens-per-param x N)")
@@ -55,6 +67,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="sequences per forward pass per process (default %(default)s)",
     )
     t.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (the schedule still spans them)")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The optimiser, evaluation, checkpoints, device and logging."""
     o = p.add_argument_group("optimiser and run")
     o.add_argument("--lr", help="max learning rate (default: the paper's for --size)")
     o.add_argument(

@@ -145,6 +145,20 @@ def apply_rope_signed(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tens
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
 
 
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=None) -> torch.Tensor:
+    """Attention of one new token: ``q`` [B, n_kv, group, d_h] (the query heads sharing a K/V head
+    are rows of that head) over ``k``, ``v`` [B, n_kv, S, d_h] -> [B, n_kv, group, d_h].
+
+    Each cached K/V head is read once, as a contiguous [S, d_h] block, by two matmuls: scores
+    ``K q^T`` [S, group] (K streamed row by row, which MKL does ~2x faster on CPU than ``q K^T``)
+    and ``softmax(scores)^T V``. ``mask`` (bool, True = attend) broadcasts to [B, *, 1, S].
+    """
+    scores = torch.matmul(k, (q * q.shape[-1] ** -0.5).transpose(-1, -2)).transpose(-1, -2)  # [B, n_kv, group, S]
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, -1), v)
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with decoupled heads (n_h d_h need not equal d)."""
 
@@ -175,11 +189,9 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         group = self.n_heads // self.n_kv_heads
-        if T == 1 and group > 1:
-            # One new token (decode): the `group` query heads that share a K/V head become `group`
-            # query rows of that head, so each cached K/V head is read once, as one small matmul.
-            q = q.reshape(B, self.n_kv_heads, group, self.head_dim)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).view(B, self.n_heads, 1, self.head_dim)
+        if T == 1:
+            y = decode_attention(q.reshape(B, self.n_kv_heads, group, self.head_dim), k, v, mask)
+            y = y.view(B, self.n_heads, 1, self.head_dim)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=group > 1)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))

@@ -26,14 +26,7 @@ import time
 
 import torch
 
-from cogqa.hardware import (
-    Hardware,
-    default_device,
-    default_dtype,
-    measure_copy_bandwidth,
-    measure_gemv_bandwidth,
-    measure_matmul_flops,
-)
+from cogqa.hardware import Hardware, default_device, default_dtype, measure_local
 from cogqa.model import GQADecoder, torch_dtype
 from cogqa.serving import decode_step
 from cogqa.shapes import ModelShape
@@ -105,19 +98,16 @@ class ReferenceDecoder:
 
 
 def local_now(device: str, dtype: str, seconds: float) -> Hardware:
-    """The local profile measured now (short, as ``cogqa.hardware.measure_local``), not cached."""
-    copy = measure_copy_bandwidth(device, seconds=seconds)
-    gemv = measure_gemv_bandwidth(device, dtype, seconds=seconds)
-    return Hardware(
-        name="local",
-        peak_flops=measure_matmul_flops(device, dtype, seconds=seconds),
-        memory_bandwidth=copy,
-        memory_bytes=1e12,
-        matmul_efficiency=1.0,
-        attention_efficiency=1.0,
-        bandwidth_efficiency=min(1.0, gemv / copy),
-        dtype=dtype,
-    )
+    """The local profile measured now (``cogqa.hardware.measure_local``, shorter), not cached."""
+    return measure_local(device, dtype, seconds=seconds)
+
+
+def mean_profile(a: Hardware, b: Hardware) -> Hardware:
+    """The two measurements' mean rates and overhead (one profile)."""
+    fields = ("peak_flops", "memory_bandwidth", "bandwidth_efficiency", "attention_bandwidth_efficiency")
+    values = {f: (getattr(a, f) + getattr(b, f)) / 2 for f in fields}
+    values["kernel_overhead_seconds"] = (a.kernel_overhead_seconds + b.kernel_overhead_seconds) / 2
+    return a.with_overrides(**values)
 
 
 def fastest(fn, repeats: int, device: str) -> float:
@@ -152,7 +142,7 @@ def main() -> int:
     )
     print(
         f"{'shape':<20}{'context':>8}{'model tok/s':>12}{'ref tok/s':>11}{'predicted':>11}{'model/pred':>11}"
-        f"{'ref/pred':>9}  bound (weights, attention)   profile (GFLOP/s, gemv GB/s)"
+        f"{'ref/pred':>9}  bound (weights, attention)   profile (GFLOP/s, gemv GB/s, attention GB/s, us/kernel)"
     )
     ratios = []
     for T in parse_contexts(args.contexts):
@@ -165,11 +155,7 @@ def main() -> int:
             t_model = fastest(fn, repeats, dev)
             t_ref = fastest(functools.partial(ref.decode, n), repeats, dev)
             hw2 = local_now(device, dtype, 0.3)
-            hw = hw1.with_overrides(
-                peak_flops=(hw1.peak_flops + hw2.peak_flops) / 2,
-                memory_bandwidth=(hw1.memory_bandwidth + hw2.memory_bandwidth) / 2,
-                bandwidth_efficiency=(hw1.bandwidth_efficiency + hw2.bandwidth_efficiency) / 2,
-            )
+            hw = mean_profile(hw1, hw2)
             mean_T = T - n + (n + 1) / 2
             pred = decode_step(s, mean_T, 1, hw, dtype, dtype)
             p = float(pred["tokens_per_second"])
@@ -178,7 +164,8 @@ def main() -> int:
             bound = f"{pred['weights']['bound']}, {pred['attention']['bound']}"
             print(
                 f"{s.name:<20}{T:>8}{m:>12.1f}{r:>11.1f}{p:>11.1f}{m / p:>11.2f}{r / p:>9.2f}  {bound:<28}"
-                f"{hw.peak_flops / 1e9:.0f}, {hw.bandwidth / 1e9:.1f}"
+                f"{hw.peak_flops / 1e9:.0f}, {hw.bandwidth / 1e9:.1f}, {hw.attention_bandwidth / 1e9:.1f}, "
+                f"{hw.kernel_overhead_seconds * 1e6:.1f}"
             )
             del model, ref
     within = [sum(abs(x[i] - 1) <= 0.2 for x in ratios) for i in (0, 1)]

@@ -39,7 +39,10 @@ class Hardware:
     capacity in bytes. ``matmul_efficiency`` scales the peak for the weight matmuls,
     ``attention_efficiency`` for the attention FLOPs (flash-attention kernels reach less than
     GEMMs), ``bandwidth_efficiency`` the bandwidth, ``memory_usable_fraction`` the capacity
-    available to weights + KV cache.
+    available to weights + KV cache. ``attention_bandwidth_efficiency`` scales the bandwidth at
+    which decode attention streams the KV cache (None: as ``bandwidth_efficiency``), and
+    ``kernel_overhead_seconds`` is the fixed cost of one kernel (launch, dispatch; units: seconds),
+    0 for datasheet profiles (not modelled) and measured for ``local``.
     """
 
     name: str
@@ -50,6 +53,8 @@ class Hardware:
     attention_efficiency: float = 0.6
     bandwidth_efficiency: float = 0.85
     memory_usable_fraction: float = 0.9
+    attention_bandwidth_efficiency: float | None = None
+    kernel_overhead_seconds: float = 0.0
     dtype: str = "bf16"
     description: str = ""
     aliases: tuple = ()
@@ -68,6 +73,12 @@ class Hardware:
             v = getattr(self, f)
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 1
             require(ok, f"{where}: '{f}' must be a fraction in (0, 1] (achievable / peak), got {v!r}")
+        v = self.attention_bandwidth_efficiency
+        ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 < v <= 1)
+        require(ok, f"{where}: 'attention_bandwidth_efficiency' must be a fraction in (0, 1] or null, got {v!r}")
+        v = self.kernel_overhead_seconds
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1
+        require(ok, f"{where}: 'kernel_overhead_seconds' must be seconds in [0, 1), e.g. 2e-6; got {v!r}")
         from .costs import dtype_bytes
 
         dtype_bytes(self.dtype)
@@ -87,6 +98,13 @@ class Hardware:
     def bandwidth(self) -> float:
         """Achievable memory bandwidth (bytes/s): peak x bandwidth_efficiency."""
         return self.memory_bandwidth * self.bandwidth_efficiency
+
+    @property
+    def attention_bandwidth(self) -> float:
+        """Bandwidth at which decode attention streams the KV cache (bytes/s): peak x
+        attention_bandwidth_efficiency (or x bandwidth_efficiency when that is None)."""
+        eff = self.attention_bandwidth_efficiency
+        return self.memory_bandwidth * (self.bandwidth_efficiency if eff is None else eff)
 
     @property
     def usable_memory_bytes(self) -> float:
@@ -282,6 +300,44 @@ def measure_gemv_bandwidth(
     return _best_rate(lambda: torch.mv(w, x), float(w.numel() * w.element_size()), device, seconds)
 
 
+def measure_decode_attention(
+    device: str = "cpu", dtype: str = "fp32", nbytes: int | None = None, seconds: float = 1.0
+) -> float:
+    """Achievable KV-streaming bandwidth of single-token (decode) attention (units: bytes/s):
+    :func:`cogqa.kvcache.decode_attention` with one query row per K/V head on random K/V of ``nbytes``
+    (larger than the CPU caches), counting the K and V bytes once per call. Measures the attention
+    kernel shape, not a model."""
+    import torch
+
+    from .kvcache import decode_attention, torch_dtype
+
+    dt = torch_dtype(dtype)
+    size = nbytes or (1 << 30 if str(device).startswith("cuda") else 96 << 20)
+    n_kv, d_h = 8, 64
+    S = max(16, size // (2 * n_kv * d_h * torch.tensor([], dtype=dt).element_size()))
+    k = torch.randn(1, n_kv, S, d_h, device=device, dtype=dt)
+    v = torch.randn(1, n_kv, S, d_h, device=device, dtype=dt)
+    q = torch.randn(1, n_kv, 1, d_h, device=device, dtype=dt)
+    return _best_rate(lambda: decode_attention(q, k, v), 2.0 * k.numel() * k.element_size(), device, seconds)
+
+
+def measure_kernel_overhead(device: str = "cpu", seconds: float = 0.5) -> float:
+    """Fixed cost of one small kernel (units: seconds): the best mean time of a chain of 100 tiny ops of a decode
+    layer's kinds (a 1 x 64 by 64 x 64 linear, an add, a multiply), where the arithmetic is negligible."""
+    import torch
+
+    x = torch.randn(1, 64, device=device)
+    w = torch.randn(64, 64, device=device)
+
+    def chain():
+        y = x
+        for _ in range(34):
+            y = torch.nn.functional.linear(y, w).add_(x).mul_(0.5)
+        return y
+
+    return 1.0 / _best_rate(chain, 102.0, device, seconds)
+
+
 def _device_memory_bytes(device: str) -> float:
     import torch
 
@@ -296,15 +352,20 @@ def _device_memory_bytes(device: str) -> float:
 def measure_local(device: str | None = None, dtype: str | None = None, seconds: float = 1.0) -> Hardware:
     """Measure this machine now: achievable matmul FLOP/s (at ``dtype``) and copy bandwidth.
 
-    ``peak_flops`` is the measured matmul rate (matmul and attention efficiency 1: already
-    achievable). ``memory_bandwidth`` is the STREAM-like copy rate and ``bandwidth_efficiency``
-    the measured ratio of matrix-vector weight streaming (what a decode step does) to it, capped at 1.
+    ``peak_flops`` is the measured matmul rate (matmul and attention efficiency 1: already achievable).
+    ``memory_bandwidth`` is the STREAM-like copy rate and ``bandwidth_efficiency`` the measured
+    ratio of matrix-vector weight streaming (what a decode step does) to it, capped at 1.
+    ``attention_bandwidth_efficiency`` is the single-token attention kernel's measured KV-streaming
+    rate over the copy rate (:func:`measure_decode_attention`),
+    and ``kernel_overhead_seconds`` the fixed cost of one small kernel (:func:`measure_kernel_overhead`).
     """
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     flops = measure_matmul_flops(device, dtype, seconds=seconds)
     bw = measure_copy_bandwidth(device, seconds=seconds)
     gemv = measure_gemv_bandwidth(device, dtype, seconds=seconds)
+    kv_bw = measure_decode_attention(device, dtype, seconds=seconds)
+    overhead = measure_kernel_overhead(device, seconds=seconds / 2)
     import torch
 
     threads = torch.get_num_threads() if not str(device).startswith("cuda") else None
@@ -317,6 +378,8 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
         matmul_efficiency=1.0,
         attention_efficiency=1.0,
         bandwidth_efficiency=min(1.0, gemv / bw),
+        attention_bandwidth_efficiency=min(1.0, kv_bw / bw),
+        kernel_overhead_seconds=overhead,
         memory_usable_fraction=0.9,
         dtype=dtype,
         description=f"this machine ({device}: {name}), measured",
@@ -325,6 +388,8 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
             "memory_bandwidth": "measured: best dst.copy_(src), 2 x bytes moved per copy",
             "bandwidth_efficiency": f"measured: best torch.mv over a {dtype} matrix / copy bandwidth",
             "memory_bytes": "total device memory (CPU: physical RAM)",
+            "attention_bandwidth_efficiency": "measured: decode_attention KV bytes/s at 1 query row / copy bandwidth",
+            "kernel_overhead_seconds": "measured: mean time of a tiny op in a chain of 100 (linear, add, mul)",
         },
         measured={
             "device": device,
@@ -333,6 +398,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
             "torch": torch.__version__,
             "copy_bandwidth": bw,
             "gemv_bandwidth": gemv,
+            "attention_kv_bandwidth": kv_bw,
             "time_unix": time.time(),
         },
     )
@@ -347,7 +413,9 @@ def local_profile(device: str | None = None, dtype: str | None = None, remeasure
     path = local_cache_path(device, dtype)
     if path.exists() and not remeasure:
         try:
-            return hardware_from_dict(json.loads(path.read_text()), where=str(path))
+            data = json.loads(path.read_text())
+            if "kernel_overhead_seconds" in data:  # older caches lack the attention and overhead terms
+                return hardware_from_dict(data, where=str(path))
         except (CogqaError, json.JSONDecodeError):
             pass  # a stale or damaged cache is measured again
     hw = measure_local(device, dtype)

@@ -10,7 +10,9 @@ One readable file, in the spirit of nanoGPT's ``model.py``:
   queries and keys after the optional per-head RMSNorm (``qk_norm``, Qwen3);
 * attention through ``F.scaled_dot_product_attention(..., enable_gqa=True)``: K and V keep
   their ``n_kv`` heads and are never repeated in memory; causal (``is_causal`` when there is
-  no padding, so fused kernels apply), an explicit boolean mask otherwise.
+  no padding, so fused kernels apply), an explicit boolean mask otherwise; a single new token
+  (decode) goes through :func:`~cogqa.kvcache.decode_attention` instead (each K/V head read once);
+* the KV cache and the dtype names live in ``kvcache.py`` (re-exported here).
 
 Parameter names follow the Hugging Face Llama layout without the ``model.`` prefix
 (``layers.0.self_attn.q_proj.weight``), so export and import are a renaming.
@@ -38,36 +40,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CogqaError, require
+from .kvcache import KVCache, decode_attention, dtype_name, torch_dtype  # noqa: F401 (re-exported)
 from .shapes import ModelShape
 
 IGNORE_INDEX = -100
-
-_DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-}
-
-
-def torch_dtype(dtype) -> torch.dtype:
-    """A torch floating dtype from a name (``fp32``, ``bf16``, ``fp16``) or a torch.dtype."""
-    if isinstance(dtype, torch.dtype):
-        require(
-            dtype in (torch.float32, torch.bfloat16, torch.float16),
-            f"dtype {dtype} is not supported; use fp32, bf16 or fp16",
-        )
-        return dtype
-    key = str(dtype).strip().lower()
-    require(key in _DTYPES, f"dtype {dtype!r} is not supported; use fp32, bf16 or fp16")
-    return _DTYPES[key]
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    """The short name (``fp32``, ``bf16``, ``fp16``) of a torch floating dtype."""
-    return {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
 
 
 class CausalLMOutput(NamedTuple):
@@ -175,11 +151,9 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update(layer, k, v)
         group = self.n_heads // self.n_kv_heads
-        if T == 1 and group > 1:
-            # One new token (decode): the `group` query heads that share a K/V head become `group`
-            # query rows of that head, so each cached K/V head is read once, as one small matmul.
-            q = q.reshape(B, self.n_kv_heads, group, self.head_dim)
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).view(B, self.n_heads, 1, self.head_dim)
+        if T == 1:
+            y = decode_attention(q.reshape(B, self.n_kv_heads, group, self.head_dim), k, v, mask)
+            y = y.view(B, self.n_heads, 1, self.head_dim)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=group > 1)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
@@ -246,62 +220,6 @@ class LinearCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss):
         grad_x, grad_w = ctx.saved_tensors
         return grad_x * grad_loss.to(grad_x.dtype), grad_w * grad_loss.to(grad_w.dtype), None, None
-
-
-# ---------------------------------------------------------------------------------------------
-# KV cache
-# ---------------------------------------------------------------------------------------------
-
-
-class KVCache:
-    """A preallocated key/value cache: per layer two tensors [batch, n_kv, max_len, d_h].
-
-    ``length`` positions are filled (shared by the batch: shorter prompts are left-padded);
-    ``valid`` [batch, max_len] marks real tokens (False for padding) and ``seen`` [batch]
-    counts each sequence's real tokens (its next RoPE position). ``nbytes`` is exactly
-    ``2 L n_kv d_h x bytes(dtype) x max_len x batch`` (the cost model's KV bytes).
-    """
-
-    def __init__(self, shape: ModelShape, batch: int, max_len: int, device="cpu", dtype=torch.float32):
-        require(isinstance(batch, int) and batch >= 1, f"cache batch must be >= 1 sequence, got {batch!r}")
-        require(isinstance(max_len, int) and max_len >= 1, f"cache max_len must be >= 1 token, got {max_len!r}")
-        dtype = torch_dtype(dtype)
-        size = (batch, shape.n_kv_heads, max_len, shape.head_dim)
-        self.shape, self.batch, self.max_len = shape, batch, max_len
-        self.keys = [torch.zeros(size, device=device, dtype=dtype) for _ in range(shape.layers)]
-        self.values = [torch.zeros(size, device=device, dtype=dtype) for _ in range(shape.layers)]
-        self.valid = torch.zeros(batch, max_len, dtype=torch.bool, device=device)
-        self.seen = torch.zeros(batch, dtype=torch.long, device=device)
-        self.length = 0
-        self.padded = False  # True once any padding entered the cache
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes held by the key and value tensors (units: bytes)."""
-        return sum(t.numel() * t.element_size() for t in self.keys + self.values)
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write new keys/values at ``[length, length + T)`` of ``layer``; return the filled views."""
-        end = self.length + k.shape[2]
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
-
-    def truncate(self, length: int) -> None:
-        """Roll the cache back to its first ``length`` positions (tokens), as if nothing after them had been
-        decoded: the fill length, the valid mask and each sequence's count of real tokens (its next RoPE
-        position) all go back, so benchmarks can repeat a decode from the same prefix."""
-        require(0 <= length <= self.length, f"truncate: length must be in [0, {self.length}] tokens, got {length}")
-        self.valid[:, length:] = False
-        self.seen = self.valid[:, :length].sum(-1)
-        self.length = length
-
-    def reset(self) -> None:
-        """Forget every cached token (the buffers are kept)."""
-        self.valid.zero_()
-        self.seen.zero_()
-        self.length = 0
-        self.padded = False
 
 
 # ---------------------------------------------------------------------------------------------

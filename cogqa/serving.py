@@ -18,8 +18,12 @@ context T_bar = T/2 (``costs.training_flops``). Memory: weights + B x T x KV byt
 ``memory_bytes x memory_usable_fraction`` (activations are not modelled). Everything is
 vectorised: shape fields, context and batch may be numpy arrays.
 
-Optimistic by construction: no kernel-launch or framework overhead, no tensor parallelism, one
-attention efficiency for all T. See docs/serving.md.
+A third, fixed term adds ``kernel_overhead_seconds`` per kernel launched (KERNELS_PER_LAYER x L +
+KERNELS_PER_PASS per forward pass): 0 on datasheet profiles, measured on ``local``, where decode
+attention also streams the KV cache at its own measured bandwidth (``attention_bandwidth``).
+
+Optimistic on datasheet profiles: no kernel-launch or framework overhead, no tensor parallelism,
+one attention efficiency for all T. See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -72,6 +76,23 @@ def weight_bytes(shape, weight_dtype: str = "bf16") -> np.ndarray:
     return params_total(shape) * dtype_bytes(weight_dtype)
 
 
+#: Kernels one forward pass launches per layer and per pass (outside the layers), counted in a
+#: torch.profiler trace of GQADecoder's decode step: per layer 2 RMSNorms, q/k/v/o projections,
+#: RoPE on q and k (3 each), 2 cache writes, decode attention (scale, 2 matmuls, softmax), 2
+#: residual adds, gate/up/down, SiLU and the product; per pass the embedding, 2 RoPE lookups, the
+#: final norm, the LM head, the next-token argmax and the cache bookkeeping.
+KERNELS_PER_LAYER = 25
+KERNELS_PER_PASS = 10
+
+
+def kernel_overhead_seconds(shape, hardware: Hardware) -> np.ndarray:
+    """Fixed seconds of one forward pass from kernel launch/dispatch: ``hardware.kernel_overhead_seconds`` x
+    (KERNELS_PER_LAYER x layers + KERNELS_PER_PASS) (units: seconds; 0 on datasheet profiles)."""
+    hw = get_hardware(hardware)
+    layers = np.asarray(shape.layers, dtype=float)
+    return hw.kernel_overhead_seconds * (KERNELS_PER_LAYER * layers + KERNELS_PER_PASS)
+
+
 def decode_step(shape, context, batch, hardware: Hardware, weight_dtype="bf16", kv_dtype="bf16") -> dict:
     """One decode step: each of ``batch`` sequences with ``context`` cached tokens produces one token.
 
@@ -88,11 +109,13 @@ def decode_step(shape, context, batch, hardware: Hardware, weight_dtype="bf16", 
         B * f["time_invariant"], weight_bytes(shape, weight_dtype) + 0 * B * T, hw.matmul_flops, hw.bandwidth
     )
     kv = B * T * kv_cache_bytes_per_token(shape, kv_dtype)
-    attention = _phase(B * f["attention_computation"], kv, hw.attention_flops, hw.bandwidth)
-    step = weights["seconds"] + attention["seconds"]
+    attention = _phase(B * f["attention_computation"], kv, hw.attention_flops, hw.attention_bandwidth)
+    overhead = kernel_overhead_seconds(shape, hw) + 0 * B * T
+    step = weights["seconds"] + attention["seconds"] + overhead
     return {
         "weights": weights,
         "attention": attention,
+        "overhead_seconds": overhead,
         "seconds": step,
         "seconds_per_token": step,
         "tokens_per_second": B / step,
@@ -112,8 +135,15 @@ def prefill(shape, prompt_tokens, batch, hardware: Hardware, weight_dtype="bf16"
     attn = prefill_flops(shape, P) - linear
     weights = _phase(B * linear, weight_bytes(shape, weight_dtype) + 0 * B * P, hw.matmul_flops, hw.bandwidth)
     attention = _phase(B * attn, B * P * kv_cache_bytes_per_token(shape, kv_dtype), hw.attention_flops, hw.bandwidth)
-    seconds = weights["seconds"] + attention["seconds"]
-    return {"weights": weights, "attention": attention, "seconds": seconds, "tokens_per_second": B * P / seconds}
+    overhead = kernel_overhead_seconds(shape, hw) + 0 * B * P
+    seconds = weights["seconds"] + attention["seconds"] + overhead
+    return {
+        "weights": weights,
+        "attention": attention,
+        "overhead_seconds": overhead,
+        "seconds": seconds,
+        "tokens_per_second": B * P / seconds,
+    }
 
 
 def training_step(shape, train_context, hardware: Hardware, batch=1, weight_dtype="bf16") -> dict:

@@ -116,6 +116,7 @@ def test_local_profile_cached_and_remeasured(tmp_path, monkeypatch):
             matmul_efficiency=1,
             attention_efficiency=1,
             bandwidth_efficiency=0.5,
+            kernel_overhead_seconds=1e-6,
             dtype=dtype,
         )
 
@@ -128,3 +129,20 @@ def test_local_profile_cached_and_remeasured(tmp_path, monkeypatch):
     assert c.peak_flops == 2e11 and len(calls) == 2
     (tmp_path / "hardware-local-cpu-fp32.json").write_text("{broken")
     assert hwmod.local_profile("cpu").peak_flops == 3e11  # a damaged cache is measured again
+
+
+def test_attention_bandwidth_and_kernel_overhead_fields():
+    hw = get_hardware("h100-sxm")
+    assert hw.kernel_overhead_seconds == 0 and hw.attention_bandwidth == pytest.approx(hw.bandwidth)
+    hw2 = hw.with_overrides(attention_bandwidth_efficiency=0.4, kernel_overhead_seconds=5e-6)
+    assert hw2.attention_bandwidth == pytest.approx(hw.memory_bandwidth * 0.4)
+    assert hardware_from_dict(hw2.to_dict()) == hw2
+    with pytest.raises(CogqaError, match="attention_bandwidth_efficiency"):
+        hw.with_overrides(attention_bandwidth_efficiency=1.5)
+    with pytest.raises(CogqaError, match="kernel_overhead_seconds"):
+        hw.with_overrides(kernel_overhead_seconds=-1.0)
+
+
+def test_local_terms_measured_positive():
+    assert hwmod.measure_decode_attention("cpu", "fp32", nbytes=1 << 20, seconds=0.01) > 0
+    assert 0 < hwmod.measure_kernel_overhead("cpu", seconds=0.01) < 1e-2

@@ -439,3 +439,17 @@ def test_cache_truncate_repeats_a_decode_from_the_same_prefix():
     assert torch.equal(first, again)
     with pytest.raises(CogqaError):
         cache.truncate(40)
+
+
+@pytest.mark.parametrize("group", [1, 4])
+def test_decode_attention_matches_sdpa(group):
+    from cogqa.kvcache import decode_attention
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 2, group, 16)
+    k, v = torch.randn(2, 2, 40, 16), torch.randn(2, 2, 40, 16)
+    mask = torch.rand(2, 1, 1, 40) > 0.3
+    mask[..., -1] = True
+    for m in (None, mask):
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+        torch.testing.assert_close(decode_attention(q, k, v, m), want, atol=1e-6, rtol=1e-5)

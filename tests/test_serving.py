@@ -192,3 +192,18 @@ def test_cli_serving_and_hardware(capsys, tmp_path):
         assert main(base + argv) == 2
         err = capsys.readouterr().err
         assert msg in err and err.count("\n") == 1
+
+
+def test_local_terms_attention_bandwidth_and_kernel_overhead():
+    from cogqa.serving import KERNELS_PER_LAYER, KERNELS_PER_PASS
+
+    s = paper_shape("470M", 8, 1)
+    T = 32768
+    base = decode_step(s, T, 1, TOY)
+    hw = TOY.with_overrides(attention_bandwidth_efficiency=0.2, kernel_overhead_seconds=2e-6)
+    r = decode_step(s, T, 1, hw)
+    overhead = 2e-6 * (KERNELS_PER_LAYER * s.layers + KERNELS_PER_PASS)
+    assert r["overhead_seconds"] == pytest.approx(overhead)
+    assert r["attention"]["memory_seconds"] == pytest.approx(base["attention"]["memory_seconds"] * 0.8 / 0.2)
+    assert r["seconds"] == pytest.approx(r["weights"]["seconds"] + r["attention"]["seconds"] + overhead)
+    assert base["overhead_seconds"] == 0

@@ -45,6 +45,12 @@ def describe_hardware(hw) -> str:
         f"x {hw.matmul_efficiency:.3g} matmul / {hw.attention_efficiency:.3g} attention, "
         f"{fmt_decimal(hw.memory_bandwidth, 'B/s')} x {hw.bandwidth_efficiency:.3g}, "
         f"{fmt_bytes(hw.memory_bytes)} x {hw.memory_usable_fraction:.3g} usable"
+        + (
+            ""
+            if hw.attention_bandwidth_efficiency is None
+            else f", decode attention streams KV x {hw.attention_bandwidth_efficiency:.3g}"
+        )
+        + (f", {hw.kernel_overhead_seconds * 1e6:.3g} us per kernel" if hw.kernel_overhead_seconds else "")
     )
 
 

@@ -16,10 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cogqa.checkpoint import load_model
+from cogqa.checkpoint import list_checkpoints, load_model
 from cogqa.data import TokenChunks, prepare
 from cogqa.evaluate import chunks_for_standard_error, evaluate_chunks, mean_and_standard_error, paired_standard_error
-from cogqa.train import OptimConfig, TrainConfig, list_checkpoints, train
+from cogqa.train import OptimConfig, TrainConfig, train
 
 TARGET = 0.002  # nats/token
 CONTEXT = 1024

@@ -57,9 +57,11 @@ def write_together(writers: dict) -> list[Path]:
                 os.fsync(fh.fileno())
         for tmp, path in done:
             os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         for tmp, _ in done:
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.errno is not None and done:  # name the file the user asked for
+            raise OSError(exc.errno, exc.strerror, str(done[-1][1])) from exc
         raise
     if done:
         fsync_dir(done[0][1].parent)

@@ -56,6 +56,17 @@ LOSS_FILES = _only("loss.json", "loss.csv", "loss_by_position.png")
 NIAH_FILES = _only("niah.json", "niah_heatmap.png")
 
 
+def _old_export(path: Path) -> bool:
+    """legacy_ok for an export of an older cogqa (no marker): a Hugging Face directory and nothing else."""
+    names = {p.name for p in path.iterdir()}
+    hf = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+    return (
+        "config.json" in names
+        and "model.safetensors" in names
+        and all(n in hf or n.endswith((".json", ".txt", ".model")) for n in names)
+    )
+
+
 def cmd_eval_loss(args) -> int:
     import numpy as np
 
@@ -306,7 +317,15 @@ def cmd_eval_harness(args) -> int:
         for label, paths in groups:
             model = average_weights(paths) if len(paths) > 1 else load_model(paths[0])
             target = export_root if len(groups) == 1 else export_root / paths[0].name
-            export_hf(model, target, tokenizer=args.tokenizer)
+            write_output_dir(  # its own scratch export is replaced; a directory of someone else's never
+                target,
+                "eval harness",
+                lambda tmp, model=model: export_hf(model, tmp, tokenizer=args.tokenizer),
+                overwrite=True,
+                field="--export-dir",
+                legacy_ok=_old_export,
+                inputs=tuple(paths),
+            )
             targets.append((label, target))
             print(f"exported {label} -> {target}")
     for _label, target in targets:

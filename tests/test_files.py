@@ -116,3 +116,51 @@ def test_train_refuses_a_damaged_shard(tmp_path, prepared, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert status != 0 and len(err) == 1 and shard.name in err[0], err
     assert not (out / "checkpoints").exists()
+
+
+def test_files_written_together_are_all_replaced_or_none(tmp_path):
+    from cogqa.files import write_together
+
+    a, b = tmp_path / "results.csv", tmp_path / "results.parquet"
+    write_together({a: lambda p: p.write_text("old a"), b: lambda p: p.write_text("old b")})
+
+    def boom(p):
+        p.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space") as exc:
+        write_together({a: lambda p: p.write_text("new a"), b: boom})
+    assert exc.value.filename == str(b)  # the error names the file asked for, not its temporary
+    assert (a.read_text(), b.read_text()) == ("old a", "old b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.parquet"]
+
+
+def test_an_old_output_moved_aside_by_a_killed_run_is_restored(tmp_path):
+    old = tmp_path / ".o.cogqa-old-999999999-abc"
+    old.mkdir()
+    (old / MARKER).write_text('{"command": "test"}')
+    assert clean_stale_temps(tmp_path / "o") == []
+    assert (tmp_path / "o" / MARKER).is_file() and not old.exists()
+    with pytest.raises(CogqaError, match="--overwrite"):  # restored before the policy check: still protected
+        write_output_dir(tmp_path / "o", "test", _build("b"))
+
+
+def test_single_output_files_and_figure_suffixes(tmp_path):
+    from cogqa.files import check_figure_path, check_output_file, json_file_with
+
+    laws = tmp_path / "laws.json"
+    assert check_output_file(laws, False) == laws
+    laws.write_text('{"form": "power_law_n", "laws": []}')
+    with pytest.raises(CogqaError, match="--overwrite"):
+        check_output_file(laws, False)
+    assert check_output_file(laws, True, ours=json_file_with("form", "laws")) == laws
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"mine": true}')
+    with pytest.raises(CogqaError, match="not a file cogqa wrote"):
+        check_output_file(mine, True, ours=json_file_with("form", "laws"))
+    with pytest.raises(CogqaError, match="is a directory"):
+        check_output_file(tmp_path, True)
+    pytest.importorskip("matplotlib")
+    assert check_figure_path(tmp_path / "x.PDF").suffix == ".PDF"
+    with pytest.raises(CogqaError, match=r"\.png"):
+        check_figure_path(tmp_path / "x.foo")

@@ -427,6 +427,182 @@ CASES = [
 ]
 
 
+# ----------------------------------------------------------------------------- commands added for issue 13 (i13b)
+
+TINY = "--layers 1 --hidden 32 --ffn 48 --heads 4 --kv-heads 2 --head-dim 8 --lr 1e-3 --tokens 2048 --no-progress"
+YAML_BOMB = (
+    b'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n'
+    b"b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\nd: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+    b"e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\nf: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n"
+    b"h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\ni: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\nsizes: *i\n"
+)
+
+
+def _sweep(spec=b"{}", result=None, run=None, failed=None):
+    """A sweep directory {t}/s with one run r0 (run.json, and result.json when given)."""
+
+    def f(ws, t):
+        (t / "s" / "runs" / "r0").mkdir(parents=True)
+        (t / "s" / "spec.json").write_bytes(spec)
+        (t / "s" / "runs" / "r0" / "run.json").write_bytes(run if run is not None else b'{"id": "r0"}')
+        if result is not None:
+            (t / "s" / "runs" / "r0" / "result.json").write_bytes(result)
+        if failed is not None:
+            (t / "s" / "runs" / "r0" / "failed.json").write_bytes(failed)
+
+    return f
+
+
+def _file_in_t(name, blob=b"keep me\n"):
+    def f(ws, t):
+        (t / name).write_bytes(blob)
+
+    return f
+
+
+CASES += [
+    # --- train
+    ("train-data-missing", "train --data {ws}/nope --out {t}/o " + TINY, None, None),
+    ("train-data-userdir", "train --data {ws}/adir --out {t}/o " + TINY, None, None),
+    ("train-data-manifest-binary", "train --data {t}/d --out {t}/o " + TINY, _raw_manifest(b"\x00\xff" * 50), None),
+    ("train-data-shard-truncated", "train --data {t}/d --out {t}/o " + TINY, _truncate_shard, None),
+    ("train-lr-word", "train --data {ws}/data --out {t}/o " + TINY + " --lr fast", None, None),
+    ("train-tokens-word", "train --data {ws}/data --out {t}/o " + TINY.replace("2048", "lots"), None, None),
+    ("train-heads-indivisible", "train --data {ws}/data --out {t}/o " + TINY + " --kv-heads 3", None, None),
+    ("train-context-word", "train --data {ws}/data --out {t}/o " + TINY + " --context abc", None, None),
+    ("train-context-mismatch", "train --data {ws}/data --out {t}/o " + TINY + " --context 128", None, None),
+    ("train-out-file", "train --data {ws}/data --out {ws}/afile.txt " + TINY, None, None),
+    ("train-out-userdir", "train --data {ws}/data --out {ws}/user " + TINY, None, None),
+    ("train-resume-nothing", "train --data {ws}/data --out {t}/o --resume " + TINY, None, None),
+    ("train-device-tpu", "train --data {ws}/data --out {t}/o " + TINY + " --device tpu", None, None),
+    ("train-set-unknown", "train --data {ws}/data --out {t}/o " + TINY + " --set no_such_field=1", None, None),
+    ("train-init-from-missing", "train --data {ws}/data --out {t}/o " + TINY + " --init-from {ws}/nope", None, None),
+    # --- lr-search
+    ("lr-search-data-missing", "lr-search --data {ws}/nope --out {t}/o " + TINY, None, None),
+    ("lr-search-lrs-word", "lr-search --data {ws}/data --out {t}/o " + TINY + " --lrs abc", None, None),
+    ("lr-search-lrs-neg", "lr-search --data {ws}/data --out {t}/o " + TINY + " --lrs -1", None, None),
+    ("lr-search-out-userdir", "lr-search --data {ws}/data --out {ws}/user " + TINY, None, None),
+    # --- sweep plan / run / status / collect
+    ("sweep-plan-spec-missing", "sweep plan {ws}/nope.yaml", None, None),
+    ("sweep-plan-spec-binary", "sweep plan {ws}/binary.bin", None, None),
+    ("sweep-plan-spec-latin1", "sweep plan {ws}/latin1.json", None, None),
+    ("sweep-plan-spec-deep", "sweep plan {ws}/deep.json", None, None),
+    ("sweep-plan-spec-null", "sweep plan {ws}/null.json", None, None),
+    ("sweep-plan-spec-list", "sweep plan {ws}/list.json", None, None),
+    ("sweep-plan-yaml-bomb", "sweep plan {t}/bomb.yaml", _write("bomb.yaml", YAML_BOMB), None),
+    (
+        "sweep-plan-sizes-word",
+        "sweep plan {t}/s.json",
+        _write("s.json", b'{"data": "x", "sizes": "banana", "heads": "4:2"}'),
+        None,
+    ),
+    (
+        "sweep-plan-heads-str",
+        "sweep plan {t}/s.json --data {ws}/data",
+        _write("s.json", b'{"sizes": ["3M"], "heads": "four"}'),
+        None,
+    ),
+    (
+        "sweep-plan-heads-indivisible",
+        "sweep plan {t}/s.json --data {ws}/data",
+        _write("s.json", b'{"sizes": ["3M"], "heads": "4:3"}'),
+        None,
+    ),
+    ("sweep-plan-tokens-word", "sweep plan {t}/s.json --data {ws}/data --tokens abc", _write("s.json", b"{}"), None),
+    ("sweep-plan-mfu-big", "sweep plan {t}/s.json --data {ws}/data --mfu 7", _write("s.json", b"{}"), None),
+    ("sweep-run-spec-missing", "sweep run {ws}/nope.yaml --out {t}/o", None, None),
+    ("sweep-run-spec-binary", "sweep run {ws}/binary.bin --out {t}/o", None, None),
+    ("sweep-run-yaml-bomb", "sweep run {t}/bomb.yaml --out {t}/o", _write("bomb.yaml", YAML_BOMB), None),
+    ("sweep-status-missing", "sweep status {ws}/nope", None, None),
+    ("sweep-status-userdir", "sweep status {ws}/user", None, None),
+    ("sweep-status-failed-binary", "sweep status {t}/s", _sweep(failed=HOSTILE_FILES["binary.bin"]), None),
+    ("sweep-status-failed-deep", "sweep status {t}/s", _sweep(failed=HOSTILE_FILES["deep.json"]), None),
+    ("sweep-collect-missing", "sweep collect {ws}/nope", None, None),
+    ("sweep-collect-userdir", "sweep collect {ws}/user", None, None),
+    ("sweep-collect-nothing-done", "sweep collect {t}/s", _sweep(), None),
+    ("sweep-collect-result-binary", "sweep collect {t}/s", _sweep(result=HOSTILE_FILES["binary.bin"]), None),
+    ("sweep-collect-result-list", "sweep collect {t}/s", _sweep(result=b"[1, 2]"), None),
+    ("sweep-collect-result-noloss", "sweep collect {t}/s", _sweep(result=b'{"status": "done"}'), None),
+    # --- eval loss / niah / harness
+    ("eval-loss-model-missing", "eval loss {ws}/nope --data {ws}/data", None, None),
+    ("eval-loss-data-missing", "eval loss {ws}/ck --data {ws}/nope", None, None),
+    ("eval-loss-contexts-word", "eval loss {ws}/ck --data {ws}/data --contexts abc", None, None),
+    ("eval-loss-device-tpu", "eval loss {ws}/ck --data {ws}/data --device tpu", None, None),
+    ("eval-loss-max-chunks-zero", "eval loss {ws}/ck --data {ws}/data --max-chunks 0", None, None),
+    ("eval-loss-out-userdir", "eval loss {ws}/ck --data {ws}/data --out {ws}/user --device cpu", None, None),
+    ("eval-loss-out-file", "eval loss {ws}/ck --data {ws}/data --out {ws}/afile.txt --device cpu", None, None),
+    (
+        "eval-loss-out-previous",
+        "eval loss {ws}/ck --data {ws}/data --out {t}/prev --device cpu",
+        _marker_dir("eval loss"),
+        None,
+    ),
+    (
+        "eval-loss-ck-truncated",
+        "eval loss {t}/ck --data {ws}/data",
+        lambda ws, t: _copy_ck(ws, t, weights="truncate"),
+        None,
+    ),
+    ("eval-niah-model-missing", "eval niah {ws}/nope --tokenizer bytes", None, None),
+    ("eval-niah-depths-word", "eval niah {ws}/ck --tokenizer bytes --depths a,b", None, None),
+    ("eval-niah-depths-big", "eval niah {ws}/ck --tokenizer bytes --depths 150", None, None),
+    ("eval-niah-contexts-word", "eval niah {ws}/ck --tokenizer bytes --contexts abc", None, None),
+    ("eval-niah-tasks-nope", "eval niah {ws}/ck --tokenizer bytes --tasks nope", None, None),
+    ("eval-niah-haystack-missing", "eval niah {ws}/ck --tokenizer bytes --haystack-file {ws}/nope", None, None),
+    ("eval-niah-out-userdir", "eval niah {ws}/ck --tokenizer bytes --out {ws}/user", None, None),
+    ("eval-harness-missing", "eval harness {ws}/nope --dry-run", None, None),
+    ("eval-harness-out-existing", "eval harness {ws}/ck --dry-run --out {ws}/afile.txt", None, None),
+    # --- report
+    ("report-missing", "report {ws}/nope.json --out {t}/r", None, None),
+    ("report-laws-binary", "report {ws}/binary.bin --out {t}/r", None, None),
+    ("report-laws-deep", "report {ws}/deep.json --out {t}/r", None, None),
+    ("report-laws-null", "report {ws}/null.json --out {t}/r", None, None),
+    ("report-context-word", "report default --out {t}/r --context abc", None, None),
+    ("report-target-word", "report default --out {t}/r --target-loss abc", None, None),
+    ("report-out-userdir", "report default --out {ws}/user", None, None),
+    ("report-out-userdir-overwrite", "report default --out {ws}/user --overwrite", None, None),
+    ("report-out-file", "report default --out {ws}/afile.txt", None, None),
+    ("report-out-previous", "report default --out {t}/prev", _marker_dir("report"), None),
+    ("report-sweep-userdir", "report {ws}/user --out {t}/r", None, None),
+    # --- plot
+    ("plot-suffix-unknown", "plot breakdown --size 1.2B --out {t}/x.foo", None, None),
+    ("plot-no-suffix", "plot breakdown --size 1.2B --out {t}/x", None, None),
+    ("plot-out-existing", "plot breakdown --size 1.2B --out {t}/x.png", _file_in_t("x.png"), None),
+    ("plot-out-dir", "plot breakdown --size 1.2B --out {ws}/adir", None, None),
+    ("plot-size-word", "plot breakdown --size banana --out {t}/x.png", None, None),
+    ("plot-max-context-word", "plot breakdown --size 1.2B --max-context abc --out {t}/x.png", None, None),
+    ("plot-kv-dtype-nope", "plot breakdown --size 1.2B --kv-dtype int3 --out {t}/x.png", None, None),
+    ("plot-hf-binary", "plot breakdown --hf-config {ws}/binary.bin --out {t}/x.png", None, None),
+    # --- bench throughput
+    ("bench-shapes-word", "bench throughput --shapes abc", None, None),
+    ("bench-shapes-indivisible", "bench throughput --shapes 1,32,4,3,8", None, None),
+    ("bench-context-word", "bench throughput --shapes 1,32,4,2,8 --context abc", None, None),
+    ("bench-batch-zero", "bench throughput --shapes 1,32,4,2,8 --batch 0", None, None),
+    ("bench-repeats-zero", "bench throughput --shapes 1,32,4,2,8 --repeats 0", None, None),
+    ("bench-device-tpu", "bench throughput --shapes 1,32,4,2,8 --device tpu", None, None),
+    ("bench-hardware-nope", "bench throughput --shapes 1,32,4,2,8 --hardware nope", None, None),
+    # --- generate (more)
+    ("generate-dtype-nope", "generate {ws}/ck --prompt hi --tokenizer bytes --dtype fp7", None, None),
+    (
+        "generate-ck-shape-null",
+        "generate {t}/ck --prompt hi --tokenizer bytes",
+        lambda ws, t: _copy_ck(ws, t, shape_bytes=b"null"),
+        None,
+    ),
+    ("generate-context-beyond", "generate {ws}/ck --prompt hi --tokenizer bytes --max-new-tokens 1000000", None, None),
+    # --- hardware
+    ("hardware-show-nope", "hardware show nope", None, None),
+    ("hardware-show-binary", "hardware show {ws}/binary.bin", None, None),
+    ("hardware-show-deep", "hardware show {ws}/deep.json", None, None),
+    ("hardware-show-null", "hardware show {ws}/null.json", None, None),
+    ("hardware-measure-device-tpu", "hardware measure --device tpu", None, None),
+    ("hardware-measure-dtype-nope", "hardware measure --dtype fp7", None, None),
+    # --- serving
+    ("serving-hardware-nope", "serving --size 1.2B --hardware nope", None, None),
+    ("serving-context-word", "serving --size 1.2B --hardware h100 --context abc", None, None),
+]
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_hostile(case, ws, tmp_path, capsys, monkeypatch):
     name, argv, setup, xfail = case

@@ -6,7 +6,14 @@ import json
 from pathlib import Path
 
 from ..errors import CogqaError, require
-from ..files import save_figure, write_text_atomic
+from ..files import (
+    check_output_dir,
+    check_output_file,
+    json_file_with,
+    save_figure,
+    write_output_dir,
+    write_text_atomic,
+)
 from ..units import parse_contexts
 
 # help texts spelled here so that `cogqa --help` imports neither numpy nor cogqa.harness
@@ -36,6 +43,30 @@ def _check_context(name, T, context, what="--contexts") -> None:
     )
 
 
+def _only(*names):
+    """legacy_ok for an eval output directory of an older cogqa (no marker): it holds exactly these files."""
+
+    def ok(path: Path) -> bool:
+        return {p.name for p in path.iterdir()} <= set(names)
+
+    return ok
+
+
+LOSS_FILES = _only("loss.json", "loss.csv", "loss_by_position.png")
+NIAH_FILES = _only("niah.json", "niah_heatmap.png")
+
+
+def _old_export(path: Path) -> bool:
+    """legacy_ok for an export of an older cogqa (no marker): a Hugging Face directory and nothing else."""
+    names = {p.name for p in path.iterdir()}
+    hf = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"}
+    return (
+        "config.json" in names
+        and "model.safetensors" in names
+        and all(n in hf or n.endswith((".json", ".txt", ".model")) for n in names)
+    )
+
+
 def cmd_eval_loss(args) -> int:
     import numpy as np
 
@@ -49,6 +80,8 @@ def cmd_eval_loss(args) -> int:
         relative_delta,
     )
 
+    if args.out:  # refused before the evaluation, not after it
+        check_output_dir(args.out, "eval loss", args.overwrite, legacy_ok=LOSS_FILES)
     chunks = TokenChunks(args.data, split=args.split)
     contexts = parse_contexts(args.contexts) if args.contexts else [chunks.context]
     require(args.max_chunks >= 1, f"--max-chunks must be >= 1, got {args.max_chunks}")
@@ -89,30 +122,33 @@ def cmd_eval_loss(args) -> int:
         )
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(out / "loss.json", json.dumps({"rows": rows, "positions": results}, indent=1))
-        write_text_atomic(
-            out / "loss.csv",
-            "model,context_tokens,loss_nats_per_token,delta_rel\n"
-            + "".join(
-                f"{r['model']},{r['context']},{r['loss_nats_per_token']},"
-                f"{'' if r['delta_rel'] is None else r['delta_rel']}\n"
-                for r in rows
-            ),
-        )
-        import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        def build(tmp: Path) -> None:
+            write_text_atomic(tmp / "loss.json", json.dumps({"rows": rows, "positions": results}, indent=1))
+            write_text_atomic(
+                tmp / "loss.csv",
+                "model,context_tokens,loss_nats_per_token,delta_rel\n"
+                + "".join(
+                    f"{r['model']},{r['context']},{r['loss_nats_per_token']},"
+                    f"{'' if r['delta_rel'] is None else r['delta_rel']}\n"
+                    for r in rows
+                ),
+            )
+            import matplotlib
 
-        fig, ax = plt.subplots()
-        for name in names:
-            pos = np.asarray(results[name]["position_loss"])
-            ax.plot(np.arange(1, len(pos) + 1), pos, label=Path(name).name)
-        ax.set_xlabel("token position (tokens of context)")
-        ax.set_ylabel("loss (nats/token)")
-        ax.legend()
-        save_figure(fig, out / "loss_by_position.png", dpi=100)
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots()
+            for name in names:
+                pos = np.asarray(results[name]["position_loss"])
+                ax.plot(np.arange(1, len(pos) + 1), pos, label=Path(name).name)
+            ax.set_xlabel("token position (tokens of context)")
+            ax.set_ylabel("loss (nats/token)")
+            ax.legend()
+            save_figure(fig, tmp / "loss_by_position.png", dpi=100)
+
+        write_output_dir(out, "eval loss", build, args.overwrite, legacy_ok=LOSS_FILES)
         print(f"wrote {out}/loss.csv, loss.json, loss_by_position.png")
     return 0
 
@@ -171,6 +207,8 @@ def _scored_models(args, need: int):
 def cmd_eval_niah(args) -> int:
     from ..niah import TASKS, check_depths, check_tasks, essay_words, heatmap, mean_rows, run_niah
 
+    if args.out:  # refused before the evaluation, not after it
+        check_output_dir(args.out, "eval niah", args.overwrite, legacy_ok=NIAH_FILES)
     depths = check_depths(float(d) for d in args.depths.split(","))
     contexts = parse_contexts(args.contexts)
     tasks = check_tasks(t for t in args.tasks.split(",") if t)
@@ -215,12 +253,13 @@ def cmd_eval_niah(args) -> int:
     print(f"{'all':>16s} {'':{15 * len(tasks)}s}{100 * _mean_acc(rows):8.1f}")
     if args.out:
         out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(
-            out / "niah.json",
-            json.dumps({"rows": rows, "per_checkpoint": per_model, "mean_accuracy": _mean_acc(rows)}, indent=1),
-        )
-        heatmap(rows, out / "niah_heatmap.png", title=f"S-NIAH accuracy, mean of {', '.join(tasks)}")
+        record = {"rows": rows, "per_checkpoint": per_model, "mean_accuracy": _mean_acc(rows)}
+
+        def build(tmp: Path) -> None:
+            write_text_atomic(tmp / "niah.json", json.dumps(record, indent=1))
+            heatmap(rows, tmp / "niah_heatmap.png", title=f"S-NIAH accuracy, mean of {', '.join(tasks)}")
+
+        write_output_dir(out, "eval niah", build, args.overwrite, legacy_ok=NIAH_FILES)
         print(f"wrote {out}/niah.json, niah_heatmap.png")
     return 0
 
@@ -257,6 +296,8 @@ def cmd_eval_harness(args) -> int:
     from ..harness import ACCURACY_TASKS, PAPER_TASKS, mean_over_checkpoints, run_lm_eval, summarize
     from ..model import dtype_name
 
+    if args.out:  # refused before the evaluation, not after it
+        check_output_file(args.out, args.overwrite, "--out", ours=json_file_with("mean", "per_checkpoint"))
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else list(PAPER_TASKS)
     require(bool(tasks), "--tasks: give at least one task name, e.g. hellaswag,arc_easy")
     require(
@@ -290,7 +331,15 @@ def cmd_eval_harness(args) -> int:
         for label, paths in groups:
             model = average_weights(paths) if len(paths) > 1 else load_model(paths[0])
             target = export_root if len(groups) == 1 else export_root / paths[0].name
-            export_hf(model, target, tokenizer=args.tokenizer)
+            write_output_dir(  # its own scratch export is replaced; a directory of someone else's never
+                target,
+                "eval harness",
+                lambda tmp, model=model: export_hf(model, tmp, tokenizer=args.tokenizer),
+                overwrite=True,
+                field="--export-dir",
+                legacy_ok=_old_export,
+                inputs=tuple(paths),
+            )
             targets.append((label, target))
             print(f"exported {label} -> {target}")
     for _label, target in targets:
@@ -351,6 +400,7 @@ def register(sub) -> None:
     )
     _device_args(p)
     p.add_argument("--out", default=None, help="directory for loss.csv, loss.json, loss_by_position.png")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if an earlier cogqa eval wrote it")
     p.set_defaults(func=cmd_eval_loss)
     average_help = "score one model with the mean weights of the last K checkpoints instead (not the paper's method)"
     last_k_help = (
@@ -378,6 +428,7 @@ def register(sub) -> None:
     p.add_argument("--average-weights", action="store_true", help=average_help)
     _device_args(p)
     p.add_argument("--out", default=None, help="directory for niah.json and niah_heatmap.png")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if an earlier cogqa eval wrote it")
     p.set_defaults(func=cmd_eval_niah)
     p = es.add_parser("harness", help="the paper's common-sense tasks through lm-eval, last-k checkpoints")
     p.add_argument("checkpoint_dir", help="a training run, a cogqa checkpoint or a local Hugging Face model directory")
@@ -392,5 +443,6 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help=f"device: {DEVICE_HELP}; default auto")
     p.add_argument("--dtype", default="auto", help=f"weights dtype: {DTYPE_HELP}; default auto")
     p.add_argument("--out", default=None, help="JSON file for the scores (mean and per checkpoint)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if an earlier cogqa eval wrote it")
     p.add_argument("--dry-run", action="store_true", help="export and print the lm_eval command without running it")
     p.set_defaults(func=cmd_eval_harness)

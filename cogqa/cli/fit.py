@@ -57,6 +57,7 @@ def register(subparsers) -> None:
     p.add_argument("--loss-column", metavar="NAME", help="column holding the loss (nats/token), instead of loss")
     p.add_argument("--size-column", metavar="NAME", help="form heads: column naming the model size of each row")
     p.add_argument("--out", metavar="FILE.json", help="write the laws file here (atomically)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out laws file (one cogqa wrote)")
     p.add_argument("--source", help="text for the laws file's 'source' field (default: the command line)")
     p.add_argument("--json", action="store_true", help="print the laws file (JSON) instead of the table")
     p.set_defaults(func=cmd_fit)
@@ -102,6 +103,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
         )
         if name is not None
     }
+    if args.out:  # refused before the fit, not after minutes of it
+        from ..files import check_output_file, json_file_with
+
+        check_output_file(args.out, args.overwrite, "--out", ours=json_file_with("form", "laws"))
     df = read_results(args.results, columns=columns, form=form)
     report = fit_results(
         df,

@@ -101,11 +101,24 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     ckpt = resolve_checkpoint(args.checkpoint)
     require(args.max_new_tokens >= 0, f"--max-new-tokens: must be >= 0, got {args.max_new_tokens}")
+    from ..evaluate import checkpoint_context
+
+    context = checkpoint_context(ckpt) or 8192  # tokens: the training context, else the loader's default table
+    require(
+        args.max_new_tokens < context,
+        f"--max-new-tokens: {args.max_new_tokens:,} tokens exceed the model's context ({context:,} tokens); "
+        "generate fewer tokens",
+    )
     require(args.max_new_tokens <= 1 << 24, f"--max-new-tokens: {args.max_new_tokens:,} tokens is absurd; at most 2^24")
-    model = load_model(ckpt, dtype=args.dtype).eval()
+    model = load_model(ckpt, dtype=args.dtype, max_seq_len=context).eval()
     tok = _tokenizer(args.tokenizer)
     ids = tok.encode(args.prompt)
     require(ids, "--prompt: give at least one token of text")
+    require(
+        len(ids) + args.max_new_tokens <= context,
+        f"--max-new-tokens: the prompt ({len(ids):,} tokens) + {args.max_new_tokens:,} new tokens exceed the model's "
+        f"context ({context:,} tokens); generate at most {max(context - len(ids), 0):,}",
+    )
     _check_kv_cache_fits(model, len(ids) + args.max_new_tokens)
     require(
         max(ids) < model.shape.vocab_size,

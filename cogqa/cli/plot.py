@@ -10,9 +10,12 @@ from .cost import add_shape_arguments, shape_from_args
 def cmd_plot_breakdown(args: argparse.Namespace) -> int:
     """Write the breakdown PNG and print its path."""
     from ..costs import dtype_bytes
+    from ..files import check_figure_path, check_output_file
     from ..plots import plot_breakdown
     from ..units import parse_context
 
+    check_figure_path(args.out, "--out")
+    check_output_file(args.out, args.overwrite, "--out")
     max_context = parse_context(args.max_context, "--max-context")
     dtype_bytes(args.weight_dtype)
     dtype_bytes(args.kv_dtype)
@@ -40,5 +43,8 @@ def register(sub) -> None:
     b.add_argument("--max-context", default="128k", help="largest context length on the x axis (default 128k)")
     b.add_argument("--weight-dtype", default="bf16", help="weights dtype (default bf16)")
     b.add_argument("--kv-dtype", default="bf16", help="KV cache dtype (default bf16)")
-    b.add_argument("--out", default="breakdown.png", help="output PNG path (default breakdown.png)")
+    b.add_argument(
+        "--out", default="breakdown.png", help="output figure: .png, .pdf, .svg, ... (default breakdown.png)"
+    )
+    b.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     b.set_defaults(func=cmd_plot_breakdown)

@@ -29,6 +29,7 @@ def register(subparsers) -> None:
         "1.2B:32,8 (default llama3)",
     )
     p.add_argument("--out", help="output directory (default SWEEP_DIR/report or ./report)")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if an earlier cogqa report wrote it")
     p.add_argument(
         "--objective",
         default="z",
@@ -46,10 +47,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     """Handler of ``cogqa report``."""
     from pathlib import Path
 
+    from ..files import check_output_dir, write_output_dir
     from ..report import build_report
     from ..units import parse_context, parse_float
 
     source = Path(args.source)
+    out = Path(args.out) if args.out is not None else (source / "report" if source.is_dir() else Path("report"))
+    check_output_dir(out, "report", args.overwrite, legacy_ok=_old_report)  # before any work
     if source.is_dir() and not (source / "results.csv").is_file() and (source / "spec.json").is_file():
         from ..sweep import collect
 
@@ -63,14 +67,23 @@ def cmd_report(args: argparse.Namespace) -> int:
     settings = CostSettings(
         batch=batch if batch == "auto" else int(batch), objective=args.objective, hardware=hardware_from_args(args)
     )
-    path = build_report(
+    build = lambda tmp: build_report(  # noqa: E731
         args.source,
-        out=args.out,
+        out=tmp,
         context=parse_context(args.context, "--context"),
         target_loss=parse_float(args.target_loss, "--target-loss") if args.target_loss else None,
         laws=args.laws,
         baseline=args.baseline,
         settings=settings,
     )
-    print(f"wrote {path} (figures alongside)")
+    write_output_dir(out, "report", build, args.overwrite, legacy_ok=_old_report)
+    print(f"wrote {out / 'report.md'} (figures alongside)")
     return 0
+
+
+def _old_report(path) -> bool:
+    """A report directory of a cogqa from before output markers: report.md with only .md/.png/.json files."""
+    names = [p for p in path.iterdir()]
+    return any(p.name == "report.md" for p in names) and all(
+        p.is_file() and p.suffix in (".md", ".png", ".json") for p in names
+    )

@@ -274,10 +274,18 @@ def cmd_sweep_collect(args: argparse.Namespace) -> int:
     cols = ["id", "params_non_embedding", "loss", "tokens", "wall_time_s"]
     for _, r in df[cols].iterrows():
         print(
-            f"  {r['id']:<24} N={int(r['params_non_embedding']):>12,d} params  loss {r['loss']:.4f} nats/token  "
-            f"{int(r['tokens']):,d} tokens  {r['wall_time_s']:.1f} s"
+            f"  {r['id']!s:<24} N={_num(r['params_non_embedding'], ',.0f'):>12} params  loss {_num(r['loss'], '.4f')} "
+            f"nats/token  {_num(r['tokens'], ',.0f')} tokens  {_num(r['wall_time_s'], '.1f')} s"
         )
     return 0
+
+
+def _num(value, spec: str) -> str:
+    """``value`` formatted with ``spec``, or ``-`` when a run's record lacks it."""
+    try:
+        return format(float(value), spec) if value is not None and value == value else "-"
+    except (TypeError, ValueError):
+        return "-"
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 from ..errors import require
@@ -105,12 +104,14 @@ def collect(out: str | Path, write: bool = True):
     require(rows, f"{out}: no finished run to collect ({status['counts']})")
     df = pd.DataFrame(rows)
     df = df.sort_values(["params_non_embedding", "n_heads", "n_kv_heads", "seed"]).reset_index(drop=True)
-    if write:
+    if write:  # both files or neither: a failure (Parquet, a full disk, a kill) leaves the old pair as it was
+        from ..files import write_together
+
         out = Path(out)
-        tmp = out / "results.csv.tmp"
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, out / "results.csv")
-        tmp = out / "results.parquet.tmp"
-        df.to_parquet(tmp, index=False)
-        os.replace(tmp, out / "results.parquet")
+        write_together(
+            {
+                out / "results.parquet": lambda tmp: df.to_parquet(tmp, index=False),
+                out / "results.csv": lambda tmp: df.to_csv(tmp, index=False),
+            }
+        )
     return df

@@ -25,6 +25,9 @@ from .errors import CogqaError, require
 from .files import fsync_dir
 from .shapes import ModelShape
 
+#: safetensors metadata key: the context (tokens) a checkpoint was trained at.
+CONTEXT_METADATA = "cogqa_context"
+
 WEIGHTS_NAME = "model.safetensors"
 SHAPE_NAME = "shape.json"
 TRAINER_NAME = "trainer.pt"
@@ -315,7 +318,7 @@ def save_checkpoint(
     pushes out the checkpoints kept for last-k scoring.
 
     Contents: ``model.safetensors`` (its metadata records the training ``context`` in tokens under
-    :data:`cogqa.evaluate.CONTEXT_METADATA`) + ``shape.json`` (loadable with :func:`load_model`) and
+    :data:`CONTEXT_METADATA`) + ``shape.json`` (loadable with :func:`load_model`) and
     ``trainer.pt`` (optimizer state, step, RNG states, ``extra``). Every rank must call this (the
     state dicts are gathered collectively). Returns the directory on rank 0, None elsewhere.
     """
@@ -359,7 +362,6 @@ def _write_trainer_checkpoint(
     import torch
 
     from .distributed import unwrap
-    from .evaluate import CONTEXT_METADATA
     from .model import GQADecoder
 
     plain = unwrap(model)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import CONTEXT_METADATA  # the safetensors key of the training context; re-exported
 from .errors import CogqaError, require
 
 DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")
@@ -241,7 +242,6 @@ def evaluate_positions(
 # ---------------------------------------------------------------------------------------------
 
 PAPER_LAST_K = 4  # Appendix J.2: the last four checkpoints are scored and their scores averaged
-CONTEXT_METADATA = "cogqa_context"  # safetensors metadata key: the context (tokens) a checkpoint was trained at
 
 
 def run_checkpoints(run_dir) -> list:

@@ -6,29 +6,8 @@ import argparse
 
 from ..errors import require
 from . import print_json
-
-
-def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ways to name one shape: --hf-config, --size (+ --heads/--kv-heads), or explicit sizes."""
-    g = parser.add_argument_group("model shape (one of --hf-config, --size, or explicit --layers ...)")
-    g.add_argument(
-        "--hf-config",
-        metavar="PATH",
-        help="a Hugging Face config.json (or its directory): llama, mistral, qwen2, qwen3",
-    )
-    g.add_argument(
-        "--size",
-        metavar="SIZE",
-        help="a paper size (3M ... 1.2B, 1.8B ... 64B) or any size in parameters (2.5B: Appendix B.1 shape)",
-    )
-    g.add_argument("--layers", type=int, help="number of layers L")
-    g.add_argument("--hidden", type=int, help="hidden size d")
-    g.add_argument("--ffn", type=int, help="FFN size d_ff (default int(8d/3))")
-    g.add_argument("--heads", type=int, help="query heads n_h (with --size: overrides the MHA default)")
-    g.add_argument("--kv-heads", type=int, help="KV heads n_kv (default: n_h)")
-    g.add_argument("--head-dim", type=int, default=None, help="head size d_h (default 64)")
-    g.add_argument("--vocab", type=int, default=None, help="vocabulary size V (default 50304)")
-    g.add_argument("--untied", action="store_true", help="untied input/output embeddings (explicit shapes only)")
+from .options import add_hardware_options, add_shape_arguments, hardware_from_args, objective_line, shape_from_args
+from .options import describe_shape as _describe
 
 
 def add_cost_options(parser: argparse.ArgumentParser, multi_context: bool = True) -> None:
@@ -83,67 +62,6 @@ def convention_from_args(args: argparse.Namespace) -> str:
     return conv or (MEMORY_UNIT_CONVENTIONS[unit] if unit else DEFAULT_CONVENTION)
 
 
-def shape_from_args(args: argparse.Namespace):
-    """The shape named by :func:`add_shape_arguments` options (exactly one way must be used)."""
-    from ..shapes import ModelShape, paper_ffn_size, shape_from_hf_config, shape_from_spec
-
-    explicit = any(getattr(args, k) is not None for k in ("layers", "hidden", "ffn"))
-    ways = [args.hf_config is not None, args.size is not None, explicit]
-    require(
-        sum(ways) == 1, "name the model once: --hf-config PATH, --size 470M, or --layers/--hidden/--heads/--kv-heads"
-    )
-    if not explicit:
-        given = [
-            flag
-            for flag, value in (
-                ("--head-dim", args.head_dim),
-                ("--vocab", args.vocab),
-                ("--untied", args.untied or None),
-            )
-            if value is not None
-        ]
-        source = "--hf-config" if args.hf_config is not None else "--size"
-        require(
-            not given,
-            f"{'/'.join(given)} cannot modify {source} (its shape fixes them); edit the config or give the shape "
-            "explicitly with --layers/--hidden/--heads",
-        )
-    if args.hf_config is not None:
-        require(
-            args.heads is None and args.kv_heads is None,
-            "--heads/--kv-heads cannot modify --hf-config; edit the config or use explicit sizes",
-        )
-        return shape_from_hf_config(args.hf_config)
-    if args.size is not None:
-        spec = args.size
-        if args.heads is not None or args.kv_heads is not None:
-            require(":" not in spec, "--size: give heads either as 470M:8,1 or with --heads/--kv-heads, not both")
-            require(args.heads is not None, "--kv-heads needs --heads with --size")
-            spec = f"{spec}:{args.heads},{args.kv_heads if args.kv_heads is not None else args.heads}"
-        return shape_from_spec(spec)
-    for name in ("layers", "hidden", "heads"):
-        require(getattr(args, name) is not None, f"--{name} is required with explicit sizes")
-    n_kv = args.kv_heads if args.kv_heads is not None else args.heads
-    for name, value in (
-        ("--layers", args.layers),
-        ("--hidden", args.hidden),
-        ("--heads", args.heads),
-        ("--kv-heads", n_kv),
-    ):
-        require(value > 0, f"{name} must be positive, got {value}")
-    return ModelShape(
-        layers=args.layers,
-        hidden_size=args.hidden,
-        ffn_size=args.ffn if args.ffn is not None else paper_ffn_size(args.hidden),
-        n_heads=args.heads,
-        n_kv_heads=n_kv,
-        head_dim=args.head_dim if args.head_dim is not None else 64,
-        vocab_size=args.vocab if args.vocab is not None else 50304,
-        tie_embeddings=not args.untied,
-        name="explicit",
-    )
-
-
 def _weights(args):
     from ..costs import ZWeights
 
@@ -173,15 +91,6 @@ def _check_cost_options(args, allow_auto: bool = False) -> list[float]:
         lengths, counts = parse_length_distribution(args.context_dist)
         return [expected_context(lengths, counts)]
     return parse_contexts(args.context if args.context is not None else "8k")
-
-
-def _describe(shape) -> str:
-    if hasattr(shape, "describe"):
-        return shape.describe()
-    return (
-        f"Appendix B.1 real-valued shape: L={float(shape.layers):.2f} d={float(shape.hidden_size):.1f} "
-        f"H=({float(shape.n_heads):.3g},{float(shape.n_kv_heads):.3g}) d_h={shape.head_dim} V={shape.vocab_size}"
-    )
 
 
 def _training_summary(args, shape) -> dict:
@@ -394,7 +303,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Print several configurations side by side at the given context length(s)."""
     from ..search_inputs import CostSettings
     from ..units import fmt_tokens
-    from .serving import hardware_from_args
 
     require(len(args.configs) >= 2, "compare needs at least two configurations")
     contexts = _check_cost_options(args, allow_auto=True)
@@ -420,8 +328,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"Z convention {rows[0]['z_convention']}; % vs the first"
         )
         if serve:
-            from .search import objective_line
-
             print(objective_line(st) + "; * = best")
         head = f"{'config':<{width}}{'params':>14}{'FLOPs/token':>16}{'vs 1st':>9}{'memory':>13}{'vs 1st':>9}"
         print(head + f"{'Z':>11}{'vs 1st':>9}" + (f"{'s/token':>12}{'tokens/s/dev':>14}{'batch':>10}" if serve else ""))
@@ -459,7 +365,6 @@ def register(sub) -> None:
         help="z (default), latency or throughput: marks the best config "
         "(* in the table); latency/throughput need --hardware",
     )
-    from .serving import add_hardware_options
 
     add_hardware_options(c, required=False)
     c.set_defaults(func=cmd_compare)

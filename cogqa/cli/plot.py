@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cost import add_shape_arguments, shape_from_args
+from .options import add_shape_arguments, shape_from_args
 
 
 def cmd_plot_breakdown(args: argparse.Namespace) -> int:

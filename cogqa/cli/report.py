@@ -37,7 +37,7 @@ def register(subparsers) -> None:
         "recommendation on --hardware (roofline, docs/serving.md)",
     )
     p.add_argument("--batch", default="1", help="serving batch for --objective: sequences or auto (default 1)")
-    from .serving import add_hardware_options
+    from .options import add_hardware_options
 
     add_hardware_options(p, required=False)
     p.set_defaults(func=cmd_report)
@@ -60,7 +60,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         collect(source)  # a sweep directory not collected yet: collect it first (report never imports sweep)
 
     from ..search import CostSettings
-    from .serving import hardware_from_args
+    from .options import hardware_from_args
 
     batch = str(args.batch).strip().lower()
     require(batch == "auto" or batch.isdigit(), f"--batch: give a number of sequences >= 1 or auto, got {args.batch!r}")

@@ -12,6 +12,7 @@ import sys
 from ..errors import CogqaError, require
 from ..units import parse_bytes
 from . import print_json
+from .options import add_hardware_options, hardware_from_args, objective_line
 
 DEFAULT_LOSSES = "3.0,2.9,2.8,2.7,2.6,2.5,2.4,2.35"
 DEFAULT_CONTEXTS = "8k,16k,32k,64k,128k"
@@ -25,21 +26,6 @@ def approximate_line(laws_arg: str) -> str:
     if str(laws_arg) == "demo":
         return "approximate: demo laws of tiny byte-level CPU models (see docs/demo.md); not for choosing a real model"
     return f"approximate: the laws file {laws_arg} marks its laws as approximate (see its 'source')"
-
-
-def objective_line(settings) -> str:
-    """One line naming the objective, the hardware and the serving batch of a search or table."""
-    what = {
-        "z": "minimise Z (the paper's cost)",
-        "latency": "minimise decode latency (seconds per output token)",
-        "throughput": "maximise decode throughput (tokens/s per device)",
-    }[settings.objective]
-    hw = settings.hardware
-    batch = "the largest batch that fits" if settings.batch == "auto" else f"batch {settings.batch} sequences"
-    return (
-        f"objective: {what}; hardware {hw.name} (roofline, {batch}, weights {settings.weight_dtype}, "
-        f"KV {settings.kv_dtype}; see docs/serving.md)"
-    )
 
 
 def _fmt_seconds(s: float) -> str:
@@ -101,7 +87,6 @@ def _options(args) -> dict:
         require(args.convention is None, "give --convention or the old --memory-unit, not both")
     convention = z_convention(args.convention or MEMORY_UNIT_CONVENTIONS.get(args.memory_unit, DEFAULT_CONVENTION))
     from ..search import CostSettings
-    from .serving import hardware_from_args
 
     settings = CostSettings(
         weights=ZWeights(lam=lam, alpha=alpha, beta=beta),
@@ -150,7 +135,6 @@ def _add_common(p: argparse.ArgumentParser) -> None:
         help="what to minimise: z (the paper's Z, default), latency (decode "
         "seconds per token) or throughput (maximise tokens/s per device); the last two need --hardware",
     )
-    from .serving import add_hardware_options
 
     add_hardware_options(p, required=False)
     p.add_argument("--json", action="store_true", help="print JSON")

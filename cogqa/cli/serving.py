@@ -2,90 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-
 from ..errors import require
 from . import print_json
-
-
-def fmt_seconds(s: float) -> str:
-    """Seconds with a readable unit: ``812 us``, ``4.37 ms``, ``10.2 s``."""
-    from ..units import _three_digits
-
-    s = float(s)
-    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "us")):
-        if s >= scale:
-            return f"{_three_digits(s / scale)} {unit}"
-    return f"{_three_digits(s / 1e-9)} ns"
-
-
-def fmt_decimal(x: float, unit: str) -> str:
-    """A rate in decimal units: ``989 TFLOP/s``, ``3.35 TB/s``."""
-    from ..units import _three_digits
-
-    x = float(x)
-    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            return f"{_three_digits(x / scale)} {prefix}{unit}"
-    return f"{_three_digits(x)} {unit}"
-
-
-def fmt_rate(tokens_per_s: float) -> str:
-    """Tokens per second with thousands separators: ``12,921 tokens/s``."""
-    t = float(tokens_per_s)
-    return f"{t:,.0f} tokens/s" if t >= 100 else f"{t:.3g} tokens/s"
-
-
-def describe_hardware(hw) -> str:
-    """One line: name, peaks, efficiencies and capacity of a profile."""
-    from ..units import fmt_bytes
-
-    return (
-        f"{hw.name} ({hw.description or 'user profile'}): {fmt_decimal(hw.peak_flops, 'FLOP/s')} peak {hw.dtype} "
-        f"x {hw.matmul_efficiency:.3g} matmul / {hw.attention_efficiency:.3g} attention, "
-        f"{fmt_decimal(hw.memory_bandwidth, 'B/s')} x {hw.bandwidth_efficiency:.3g}, "
-        f"{fmt_bytes(hw.memory_bytes)} x {hw.memory_usable_fraction:.3g} usable"
-        + (
-            ""
-            if hw.attention_bandwidth_efficiency is None
-            else f", decode attention streams KV x {hw.attention_bandwidth_efficiency:.3g}"
-        )
-        + (f", {hw.kernel_overhead_seconds * 1e6:.3g} us per kernel" if hw.kernel_overhead_seconds else "")
-    )
-
-
-def add_hardware_options(p: argparse.ArgumentParser, required: bool = True) -> None:
-    """--hardware and the efficiency overrides (``required=False`` for commands where it is optional)."""
-    p.add_argument(
-        "--hardware",
-        required=required,
-        default=None,
-        metavar="NAME|FILE",
-        help="a profile name (cogqa hardware list), local (this machine, measured), or a JSON/YAML file",
-    )
-    p.add_argument("--matmul-efficiency", type=float, default=None, help="achievable / peak FLOP/s of weight matmuls")
-    p.add_argument("--attention-efficiency", type=float, default=None, help="achievable / peak FLOP/s of attention")
-    p.add_argument("--bandwidth-efficiency", type=float, default=None, help="achievable / peak memory bandwidth")
-    p.add_argument(
-        "--memory-fraction",
-        type=float,
-        default=None,
-        help="fraction of device memory for weights + KV cache (default 0.9)",
-    )
-
-
-def hardware_from_args(args):
-    """The profile named by --hardware with the efficiency overrides applied (None without --hardware)."""
-    from ..hardware import get_hardware
-
-    if args.hardware is None:
-        return None
-    return get_hardware(args.hardware).with_overrides(
-        matmul_efficiency=args.matmul_efficiency,
-        attention_efficiency=args.attention_efficiency,
-        bandwidth_efficiency=args.bandwidth_efficiency,
-        memory_usable_fraction=args.memory_fraction,
-    )
+from .options import (
+    add_hardware_options,
+    add_shape_arguments,
+    describe_hardware,
+    fmt_decimal,
+    fmt_rate,
+    fmt_seconds,
+    hardware_from_args,
+    shape_from_args,
+)
+from .options import describe_shape as _describe
 
 
 def _parse_batch(text: str):
@@ -103,7 +32,6 @@ def cmd_serving(args) -> int:
     from ..costs import dtype_bytes
     from ..serving import PHASES, serving_summary
     from ..units import fmt_bytes, fmt_flops, fmt_tokens, parse_context, parse_contexts
-    from .cost import _describe, shape_from_args
 
     contexts = parse_contexts(args.context)
     batch = _parse_batch(args.batch)
@@ -239,7 +167,6 @@ def cmd_hardware_measure(args) -> int:
 
 def register(sub) -> None:
     """Register ``serving`` and ``hardware``."""
-    from .cost import add_shape_arguments
 
     p = sub.add_parser(
         "serving",

@@ -107,7 +107,9 @@ def _fake_sweep(root: Path) -> Path:
         }
         d = sweep / "runs" / f"r{i}"
         d.mkdir()
-        (d / "run.json").write_text(json.dumps(run))
+        shape = {"name": "tiny", "layers": 1, "hidden_size": 32, "ffn_size": 48, "head_dim": 8}
+        info = {"id": f"r{i}", "size": shape, "n_heads": h, "n_kv_heads": kv, "seed": 0}
+        (d / "run.json").write_text(json.dumps({**info, "train": {"out_dir": ".", "data": "data"}}))
         result = {**run, "status": "done", "final_val_loss": loss, "final_val_loss_se": 0.01}
         (d / "result.json").write_text(json.dumps({**result, "loss_by_position": {"2": loss + 1, "64": loss}}))
     return sweep

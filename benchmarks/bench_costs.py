@@ -12,7 +12,7 @@ import numpy as np
 from timing import best_time, load_line, median_command_time
 
 from cogqa import costs
-from cogqa.shapes import shape_for_params
+from cogqa.family import shape_for_params
 
 
 def time_grid(n_sizes: int = 1000, n_contexts: int = 1000, repeats: int = 5) -> float:

@@ -46,7 +46,7 @@ def demo_spec() -> SweepSpec:
 
 
 def _demo_family(spec: SweepSpec) -> dict[str, Any]:
-    """``metadata.family`` of the demo laws (:class:`cogqa.shapes.ModelFamily`): the demo's head
+    """``metadata.family`` of the demo laws (:class:`cogqa.family.ModelFamily`): the demo's head
     size, the bytes vocabulary (320) and its sizes as the Appendix B.1 reference shapes."""
     head_dims = {s.head_dim for s in spec.size_specs}
     require(len(head_dims) == 1, "demo: all sizes must share one head size")

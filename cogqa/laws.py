@@ -26,7 +26,7 @@ D for the search at equal training FLOPs (Section 5.6).
 Optional keys per law: ``r2``, ``ci`` ({coefficient: [low, high]}), ``context`` (training
 length in tokens), ``n_points``. Optional top-level keys: ``approximate`` (bool), ``context``,
 ``metadata`` (``metadata.family``: the model family the laws were fitted on, see
-:class:`cogqa.shapes.ModelFamily`; search costs shapes of that family).
+:class:`cogqa.family.ModelFamily`; search costs shapes of that family).
 Shipped law sets are addressed by name: ``default`` and ``demo``.
 
 ``cogqa fit`` also writes two other forms, read by :func:`laws_from_dict` (not searchable):
@@ -277,8 +277,8 @@ class LawSet:
 
     @property
     def family(self):
-        """The :class:`cogqa.shapes.ModelFamily` the laws describe (``metadata.family``; default the paper's)."""
-        from .shapes import ModelFamily
+        """The :class:`cogqa.family.ModelFamily` the laws describe (``metadata.family``; default the paper's)."""
+        from .family import ModelFamily
 
         return ModelFamily.from_dict((self.metadata or {}).get("family"))
 

@@ -4,7 +4,7 @@ and the Table 4 grid.
 For a context length T (tokens) and a target loss L* (nats per token), every head configuration
 H = (n_heads, n_kv_heads) of a laws file gets the smallest size that reaches L*,
 ``N*(H) = a / (L* - E)^(1/b)`` (non-embedding parameters, real-valued, Eq. 8), a real-valued
-shape by Appendix B.1 (:func:`cogqa.shapes.shape_for_params`), its inference costs at T
+shape by Appendix B.1 (:func:`cogqa.family.shape_for_params`), its inference costs at T
 (:mod:`cogqa.costs`, exact per component) and the hardware-aware cost
 ``Z = lam * M^alpha + (1 - lam) * C^beta``. The configuration with the smallest Z wins.
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from .costs import ZConvention, ZWeights, z_memory
 from .errors import CogqaError, require
+from .family import PAPER_FAMILY, ModelFamily, nearest_buildable, shape_for_params, shape_from_spec
 from .laws import LawSet, PowerLawN
 from .search_inputs import (
     CostSettings,
@@ -51,15 +52,7 @@ from .search_table import (
     plot_cost_optimal_table,
 )
 from .search_training import search_at_training_budget
-from .shapes import (
-    PAPER_FAMILY,
-    ModelFamily,
-    ModelShape,
-    RealShape,
-    nearest_buildable,
-    shape_for_params,
-    shape_from_spec,
-)
+from .shapes import ModelShape, RealShape
 
 #: The Llama-3 GQA baseline's head configuration (Table 5 of the paper; see docs/default-laws.md).
 LLAMA3_HEADS = (32, 8)

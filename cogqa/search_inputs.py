@@ -27,8 +27,8 @@ from .costs import (
     z_inputs,
 )
 from .errors import CogqaError, require
+from .family import PAPER_FAMILY, ModelFamily, shape_for_params
 from .laws import LawSet, PowerLawN, load_laws
-from .shapes import PAPER_FAMILY, ModelFamily, shape_for_params
 
 
 class UnreachableTarget(CogqaError):

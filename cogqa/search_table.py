@@ -11,10 +11,10 @@ import numpy as np
 
 from .costs import z_cost, z_inputs
 from .errors import require
+from .family import shape_for_params
 from .files import save_figure
 from .laws import LawSet
 from .search_inputs import CostSettings, _check_context, _check_loss, _select_laws, as_settings, resolve_laws
-from .shapes import shape_for_params
 
 #: The paper's Table 4: cost-optimal (n_h, n_kv) per target loss (rows) and context (columns).
 PAPER_TABLE4_CONTEXTS = (8192, 16384, 32768, 65536, 131072)

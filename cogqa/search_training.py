@@ -12,8 +12,8 @@ import numpy as np
 
 from .costs import z_cost, z_inputs
 from .errors import require
+from .family import PAPER_FAMILY, ModelFamily, shape_for_params
 from .search_inputs import CostSettings, UnreachableTarget, _check_context, _check_loss, as_settings, candidate_heads
-from .shapes import PAPER_FAMILY, ModelFamily, shape_for_params
 
 _GRID = (1e5, 1e13, 801)  # log-spaced sizes (non-embedding parameters) scanned for the first N reaching L*
 

@@ -31,8 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cogqa.costs import params_non_embedding  # noqa: E402
+from cogqa.family import ModelFamily  # noqa: E402
 from cogqa.laws import HeadsJointLaw, LawSet  # noqa: E402
-from cogqa.shapes import PAPER_LARGE_SHAPES, ModelFamily, ModelShape  # noqa: E402
+from cogqa.shapes import PAPER_LARGE_SHAPES, ModelShape  # noqa: E402
 
 FIGURE_POINTS = ROOT / "cogqa" / "data" / "paper_fig12_loss_points.csv"
 AXIS_READOUT = ROOT / "cogqa" / "data" / "paper_fig2_cost_axis_readout.csv"

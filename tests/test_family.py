@@ -9,9 +9,9 @@ import pytest
 
 from cogqa.costs import inference_flops_per_token, params_non_embedding
 from cogqa.errors import CogqaError
+from cogqa.family import PAPER_FAMILY, ModelFamily, shape_for_params
 from cogqa.laws import law_set_from_dict
 from cogqa.search import search
-from cogqa.shapes import PAPER_FAMILY, ModelFamily, shape_for_params
 
 DEMO_FAMILY = {
     "head_dim": 16,

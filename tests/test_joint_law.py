@@ -101,9 +101,9 @@ def test_default_laws_recreated_by_the_calibration_script():
 
 def test_search_at_training_budget_known_answers():
     from cogqa.costs import paper_training_flops
+    from cogqa.family import shape_for_params
     from cogqa.laws import ChinchillaLaw
     from cogqa.search import search_at_training_budget
-    from cogqa.shapes import shape_for_params
 
     # a vanishing data term: the answer is the plain search's N*(H) = a / (L* - E(H))^(1/b)
     law = HeadsJointLaw(a=6e7, b=0.2, E=2.0, A=0.12, g=0.55, B=0.03, k=0.9, B_D=1e-30, beta_D=0.3)

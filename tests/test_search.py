@@ -10,6 +10,7 @@ import pytest
 
 from cogqa.costs import ZWeights, inference_flops_per_token, inference_memory_bytes, params_total, z_cost
 from cogqa.errors import CogqaError
+from cogqa.family import shape_for_params
 from cogqa.laws import LawSet, PowerLawN, load_laws
 from cogqa.search import (
     PAPER_TABLE4,
@@ -23,7 +24,7 @@ from cogqa.search import (
     plot_cost_optimal_table,
     search,
 )
-from cogqa.shapes import paper_shape, shape_for_params
+from cogqa.shapes import paper_shape
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,6 +5,7 @@ import pytest
 
 from cogqa import costs
 from cogqa.errors import CogqaError
+from cogqa.family import shape_for_params
 from cogqa.hardware import Hardware, get_hardware
 from cogqa.serving import (
     decode_step,
@@ -16,7 +17,7 @@ from cogqa.serving import (
     serving_summary,
     training_step,
 )
-from cogqa.shapes import paper_shape, shape_for_params
+from cogqa.shapes import paper_shape
 
 TOY = Hardware(
     name="toy",

@@ -7,16 +7,8 @@ import pytest
 
 from cogqa.costs import params_non_embedding
 from cogqa.errors import CogqaError
-from cogqa.shapes import (
-    ModelShape,
-    aspect_ratio_for_params,
-    nearest_buildable,
-    paper_learning_rate,
-    paper_shape,
-    shape_for_params,
-    shape_from_hf_config,
-    shape_from_spec,
-)
+from cogqa.family import aspect_ratio_for_params, nearest_buildable, shape_for_params, shape_from_spec
+from cogqa.shapes import ModelShape, paper_learning_rate, paper_shape, shape_from_hf_config
 
 
 def test_paper_sweep_sizes_match_their_names():
@@ -115,7 +107,7 @@ def test_appendix_b1_interpolates_monotonically():
     real = shape_for_params(n, 8, 1)
     # The references' d/L is not monotone in N (85M: 64, 150M: 85.3, 200M: 64), so neither is L:
     # within each segment between two references the ratio moves monotonically from one to the other.
-    from cogqa.shapes import _reference_points
+    from cogqa.family import _reference_points
 
     ref_n, ref_a = _reference_points()
     for lo, hi, a_lo, a_hi in zip(ref_n[:-1], ref_n[1:], ref_a[:-1], ref_a[1:]):

@@ -253,8 +253,8 @@ def compare_rows(specs: list[str], contexts: list[int], settings=None) -> list[d
     device), ``max_batch``, ``fits`` and ``objective_value`` (Z, seconds/token or device-seconds/token;
     null where the batch does not fit), and ``best`` marks the lowest objective value per context."""
     from ..costs import cost_summary
+    from ..family import shape_from_spec
     from ..search_inputs import as_settings
-    from ..shapes import shape_from_spec
 
     st = as_settings(settings)
     shapes = [shape_from_spec(s) for s in specs]

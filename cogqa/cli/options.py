@@ -33,7 +33,8 @@ def add_shape_arguments(parser: argparse.ArgumentParser) -> None:
 
 def shape_from_args(args: argparse.Namespace):
     """The shape named by :func:`add_shape_arguments` options (exactly one way must be used)."""
-    from ..shapes import ModelShape, paper_ffn_size, shape_from_hf_config, shape_from_spec
+    from ..family import shape_from_spec
+    from ..shapes import ModelShape, paper_ffn_size, shape_from_hf_config
 
     explicit = any(getattr(args, k) is not None for k in ("layers", "hidden", "ffn"))
     ways = [args.hf_config is not None, args.size is not None, explicit]

@@ -358,7 +358,7 @@ def _table_metadata(df: pd.DataFrame) -> dict[str, Any]:
     """What a results table says about the fitted models: the range of N (parameters), the
     training context (tokens) and, when it has the shape columns ``cogqa sweep collect`` writes
     (layers, hidden_size, head_dim, params_total), the model family for search
-    (``metadata.family``, see :class:`cogqa.shapes.ModelFamily`)."""
+    (``metadata.family``, see :class:`cogqa.family.ModelFamily`)."""
     out: dict[str, Any] = {}
     if "params_non_embedding" in df.columns:
         out["params_non_embedding_range"] = [

@@ -30,7 +30,7 @@ def save(fig, path: Path) -> str:
 
 def shape_grid(law, n, family):
     """Appendix B.1 shapes of ``family`` of sizes ``n`` (parameters), as cogqa search costs them."""
-    from ..shapes import shape_for_params
+    from ..family import shape_for_params
 
     return shape_for_params(n, n_heads=law.n_heads, n_kv_heads=law.n_kv_heads, family=family)
 

@@ -253,8 +253,8 @@ def _best_lines(r: Report, res) -> list[str]:
 
 def _breakdown(r: Report, best) -> list[str]:
     """Section 6: where the recommended model's inference FLOPs and memory go as T grows (Figures 7/8)."""
+    from ..family import nearest_buildable, shape_for_params
     from ..plots import plot_breakdown
-    from ..shapes import nearest_buildable, shape_for_params
 
     family = r.law_set.family
     shape = nearest_buildable(

@@ -90,7 +90,8 @@ def parse_size(value: Any, lrs: dict[str, float] | float | None = None) -> Sweep
     ``5e7``: Appendix B.1 shape, rounded to a buildable one) or a dict ``{name, layers,
     hidden_size, ffn_size?, head_dim?, lr?}``. The LR comes from the dict, then ``lrs``, then the
     paper's Table 9 LR; a size without any LR is an error at :class:`SweepSpec` validation."""
-    from ..shapes import PAPER_SWEEP_SHAPES, nearest_buildable, paper_ffn_size, paper_learning_rate, shape_for_params
+    from ..family import nearest_buildable, shape_for_params
+    from ..shapes import PAPER_SWEEP_SHAPES, paper_ffn_size, paper_learning_rate
     from ..units import parse_count
 
     def lr_for(name: str, explicit: float | None) -> float | None:

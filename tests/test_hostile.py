@@ -515,8 +515,6 @@ CASES += [
     ("sweep-run-yaml-bomb", "sweep run {t}/bomb.yaml --out {t}/o", _write("bomb.yaml", YAML_BOMB), None),
     ("sweep-status-missing", "sweep status {ws}/nope", None, None),
     ("sweep-status-userdir", "sweep status {ws}/user", None, None),
-    ("sweep-status-failed-binary", "sweep status {t}/s", _sweep(failed=HOSTILE_FILES["binary.bin"]), None),
-    ("sweep-status-failed-deep", "sweep status {t}/s", _sweep(failed=HOSTILE_FILES["deep.json"]), None),
     ("sweep-collect-missing", "sweep collect {ws}/nope", None, None),
     ("sweep-collect-userdir", "sweep collect {ws}/user", None, None),
     ("sweep-collect-nothing-done", "sweep collect {t}/s", _sweep(), None),
@@ -635,6 +633,18 @@ def test_hostile(case, ws, tmp_path, capsys, monkeypatch):
 def _cogqa(*args, env=None, **kw):
     e = {**os.environ, "COGQA_DEBUG": "", **(env or {})}
     return subprocess.run([sys.executable, "-m", "cogqa", *args], capture_output=True, text=True, env=e, **kw)
+
+
+@pytest.mark.parametrize("blob", ["binary.bin", "deep.json"])
+def test_sweep_status_reports_an_unreadable_failed_json_and_changes_nothing(blob, tmp_path, capsys):
+    """`sweep status` is a report: a run whose failed.json is corrupt is listed as failed with the
+    reason, the other runs are still shown, and nothing on disk changes."""
+    _sweep(failed=HOSTILE_FILES[blob])(None, tmp_path)
+    before = _snapshot(tmp_path)
+    assert main(["sweep", "status", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "failed r0: unreadable failed.json" in out and "Traceback" not in out
+    assert _snapshot(tmp_path) == before
 
 
 def test_closed_stdout_pipe_is_quiet():

@@ -301,6 +301,42 @@ class GQADecoder(nn.Module):
         0 for (left) padding. ``logits_to_keep`` = k > 0 computes the logits of the last k
         positions only ([B, k, V]; a prefill needs k = 1); it cannot be combined with ``labels``.
         """
+        B, T = self._check_inputs(input_ids, labels, logits_to_keep)
+        start = self._cache_start(cache, B, T)
+        new_mask = _new_token_mask(attention_mask, B, T, start, input_ids.device)
+        explicit_positions = position_ids is not None
+        position_ids = _positions(position_ids, new_mask, cache, B, T, input_ids.device)
+        mask, is_causal = _attention_mask(new_mask, cache, start, B, T, input_ids.device)
+        if cache is not None:
+            cache.valid[:, start : start + T] = True if new_mask is None else new_mask
+            if new_mask is not None:
+                cache.padded = True
+
+        x = self.embed_tokens(input_ids)
+        cos, sin = self._rope(position_ids, x.dtype, None if explicit_positions else start + T)
+        for i, block in enumerate(self.layers):
+            x = block(x, cos, sin, mask, is_causal, cache, i)
+        if 0 < logits_to_keep < T:
+            x = x[:, -logits_to_keep:]
+        x = self.norm(x)
+        if labels is not None and self._fused_loss_applies(x):
+            loss = LinearCrossEntropy.apply(x.reshape(B * T, -1), self.output_weight, _shifted(labels, x.device))
+            return CausalLMOutput(None, loss)
+        logits = F.linear(x, self.output_weight)
+        if cache is not None:
+            cache.length += T
+            cache.seen += T if new_mask is None else new_mask.long().sum(-1)
+        loss = None
+        if labels is not None:
+            # shift the labels, not the logits: no copy of the [B, T, V] logits
+            loss = F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(), _shifted(labels, x.device), ignore_index=IGNORE_INDEX
+            )
+        return CausalLMOutput(logits, loss)
+
+    @staticmethod
+    def _check_inputs(input_ids, labels, logits_to_keep) -> tuple[int, int]:
+        """(batch, new tokens) of ``input_ids`` after checking it, ``labels`` and ``logits_to_keep``."""
         require(input_ids.dim() == 2, f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
         require(T >= 1, "input_ids must hold at least one token")
@@ -312,114 +348,35 @@ class GQADecoder(nn.Module):
             not (logits_to_keep and labels is not None),
             "logits_to_keep needs every position's logits when labels are given; pass 0",
         )
-        device = input_ids.device
-        position_ids_given = position_ids
-        start = 0
-        if cache is not None:
-            require(cache.batch == B, f"cache holds {cache.batch} sequences but input_ids has batch {B}")
-            require(
-                cache.length + T <= cache.max_len,
-                f"{cache.length + T} tokens do not fit the KV cache of {cache.max_len} tokens; "
-                "allocate a longer cache (max_len) or shorten the prompt",
-            )
-            start = cache.length
+        require(
+            labels is None or labels.shape == input_ids.shape,
+            f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got "
+            f"{None if labels is None else tuple(labels.shape)}",
+        )
+        return B, T
 
-        new_mask = None
-        if attention_mask is not None:
-            require(
-                attention_mask.dim() == 2 and attention_mask.shape[0] == B,
-                f"attention_mask must be [batch, tokens], got shape {tuple(attention_mask.shape)}",
-            )
-            require(
-                attention_mask.shape[1] in (T, start + T),
-                f"attention_mask has {attention_mask.shape[1]} columns; expected {T} (new tokens) or {start + T} "
-                "(cached + new)",
-            )
-            new_mask = attention_mask[:, -T:].to(device=device, dtype=torch.bool)
-            if bool(new_mask.all()):
-                new_mask = None
+    @staticmethod
+    def _cache_start(cache, B: int, T: int) -> int:
+        """Tokens already in ``cache`` (0 without one), after checking that T more fit."""
+        if cache is None:
+            return 0
+        require(cache.batch == B, f"cache holds {cache.batch} sequences but input_ids has batch {B}")
+        require(
+            cache.length + T <= cache.max_len,
+            f"{cache.length + T} tokens do not fit the KV cache of {cache.max_len} tokens; "
+            "allocate a longer cache (max_len) or shorten the prompt",
+        )
+        return cache.length
 
-        if position_ids is None:
-            if new_mask is None:
-                offset = cache.seen[:, None] if cache is not None else 0
-                position_ids = torch.arange(T, device=device)[None, :] + offset
-                position_ids = position_ids.expand(B, T)
-            else:
-                counts = new_mask.long().cumsum(-1)
-                base = cache.seen[:, None] if cache is not None else 0
-                position_ids = (counts - 1).clamp(min=0) + base
-        else:
-            position_ids = position_ids.to(device).expand(B, T)
-        explicit_positions = None if position_ids_given is None else position_ids
-
-        # The attention mask: is_causal (fused kernels) when no padding is involved.
-        padded = new_mask is not None or (cache is not None and cache.padded)
-        mask, is_causal = None, False
-        if not padded and start == 0:
-            is_causal = T > 1
-        elif not padded and T == 1:
-            pass  # one new token attends to everything cached
-        else:
-            S = start + T
-            key_pos = torch.arange(S, device=device)
-            query_pos = torch.arange(start, S, device=device)
-            allowed = key_pos[None, :] <= query_pos[:, None]  # [T, S]
-            if padded:
-                valid = torch.ones(B, S, dtype=torch.bool, device=device)
-                if cache is not None and start > 0:
-                    valid[:, :start] = cache.valid[:, :start]
-                if new_mask is not None:
-                    valid[:, start:] = new_mask
-                is_self = key_pos[None, :] == query_pos[:, None]
-                allowed = (allowed[None] & valid[:, None, :]) | is_self[None]  # [B, T, S]
-                allowed = allowed[:, None]  # [B, 1, T, S]
-            mask = allowed
-
-        if cache is not None:
-            cache.valid[:, start : start + T] = True if new_mask is None else new_mask
-            if new_mask is not None:
-                cache.padded = True
-
-        x = self.embed_tokens(input_ids)
-        cos, sin = self._rope(position_ids, x.dtype, start + T if explicit_positions is None else None)
-        for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, mask, is_causal, cache, i)
-        if 0 < logits_to_keep < T:
-            x = x[:, -logits_to_keep:]
-        x = self.norm(x)
-        if (
-            labels is not None
-            and self.fused_loss
+    def _fused_loss_applies(self, x: torch.Tensor) -> bool:
+        """Whether the loss is computed by :class:`LinearCrossEntropy` (fp32 training, no autocast)."""
+        return (
+            self.fused_loss
             and self.training
             and torch.is_grad_enabled()
             and x.dtype == torch.float32
             and not torch.is_autocast_enabled(x.device.type)
-        ):
-            require(
-                labels.shape == input_ids.shape,
-                f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}",
-            )
-            shifted = F.pad(labels.to(device), (0, 1), value=IGNORE_INDEX)[:, 1:]
-            loss = LinearCrossEntropy.apply(x.reshape(B * T, -1), self.output_weight, shifted.reshape(-1))
-            return CausalLMOutput(None, loss)
-        logits = F.linear(x, self.output_weight)
-
-        if cache is not None:
-            cache.length += T
-            cache.seen += T if new_mask is None else new_mask.long().sum(-1)
-
-        loss = None
-        if labels is not None:
-            require(
-                labels.shape == input_ids.shape,
-                f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}",
-            )
-            # shift the labels, not the logits: no copy of the [B, T, V] logits
-            shifted = F.pad(labels.to(device), (0, 1), value=IGNORE_INDEX)[:, 1:]
-            loss = F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(), shifted.reshape(-1), ignore_index=IGNORE_INDEX
-            )
-        return CausalLMOutput(logits, loss)
+        )
 
     def _rope(self, position_ids: torch.Tensor, dtype: torch.dtype, bound: int | None):
         """cos and :func:`signed_sin` [B, 1, T, d_h] at ``position_ids`` (all < ``bound``, or found
@@ -518,6 +475,63 @@ class GQADecoder(nn.Module):
                 return out[:, : P + step + 1]
             logits = self(out[:, P + step : P + step + 1], cache=cache).logits[:, -1]
         return out
+
+
+def _shifted(labels: torch.Tensor, device) -> torch.Tensor:
+    """Next-token targets, flattened: ``labels`` shifted left by one, the last position ignored."""
+    return F.pad(labels.to(device), (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1)
+
+
+def _new_token_mask(attention_mask, B: int, T: int, start: int, device) -> torch.Tensor | None:
+    """[B, T] bool mask of the new tokens (False = padding), or None when nothing is padded."""
+    if attention_mask is None:
+        return None
+    require(
+        attention_mask.dim() == 2 and attention_mask.shape[0] == B,
+        f"attention_mask must be [batch, tokens], got shape {tuple(attention_mask.shape)}",
+    )
+    require(
+        attention_mask.shape[1] in (T, start + T),
+        f"attention_mask has {attention_mask.shape[1]} columns; expected {T} (new tokens) or {start + T} "
+        "(cached + new)",
+    )
+    new_mask = attention_mask[:, -T:].to(device=device, dtype=torch.bool)
+    return None if bool(new_mask.all()) else new_mask
+
+
+def _positions(position_ids, new_mask, cache, B: int, T: int, device) -> torch.Tensor:
+    """[B, T] RoPE positions of the new tokens: given, or counted after the cache's tokens
+    (padding does not advance the count)."""
+    if position_ids is not None:
+        return position_ids.to(device).expand(B, T)
+    base = cache.seen[:, None] if cache is not None else 0
+    if new_mask is None:
+        return (torch.arange(T, device=device)[None, :] + base).expand(B, T)
+    return (new_mask.long().cumsum(-1) - 1).clamp(min=0) + base
+
+
+def _attention_mask(new_mask, cache, start: int, B: int, T: int, device):
+    """(mask, is_causal) for the attention of T new tokens after ``start`` cached ones: is_causal
+    (fused kernels) when nothing is padded, no mask for one unpadded decode token, else a bool mask
+    [T, S] or [B, 1, T, S] (True = attend; a padded query still attends to itself)."""
+    padded = new_mask is not None or (cache is not None and cache.padded)
+    if not padded and start == 0:
+        return None, T > 1
+    if not padded and T == 1:
+        return None, False  # one new token attends to everything cached
+    S = start + T
+    key_pos = torch.arange(S, device=device)
+    query_pos = torch.arange(start, S, device=device)
+    allowed = key_pos[None, :] <= query_pos[:, None]  # [T, S]
+    if not padded:
+        return allowed, False
+    valid = torch.ones(B, S, dtype=torch.bool, device=device)
+    if cache is not None and start > 0:
+        valid[:, :start] = cache.valid[:, :start]
+    if new_mask is not None:
+        valid[:, start:] = new_mask
+    is_self = key_pos[None, :] == query_pos[:, None]
+    return ((allowed[None] & valid[:, None, :]) | is_self[None])[:, None], False  # [B, 1, T, S]
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:

@@ -339,6 +339,56 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
     else ``hidden_size / num_attention_heads``. Biases follow each family's modelling code:
     Llama/Qwen3 ``attention_bias`` biases q, k, v and o; Qwen2 always biases q, k, v only.
     """
+    config, source, model_type = _read_hf_config(config)
+    hidden = _hf_positive(config, "hidden_size", source, model_type)
+    n_heads = _hf_positive(config, "num_attention_heads", source, model_type)
+    n_kv, head_dim = _hf_heads(config, source, hidden, n_heads)
+    act = config.get("hidden_act", "silu")
+    require(
+        isinstance(act, str) and act in ("silu", "swish"),
+        f"{source}: hidden_act {_short(act)} is not supported (SwiGLU with silu expected)",
+    )
+    # all four families default to untied embeddings in transformers
+    tie = typed_field(config, "tie_word_embeddings", "bool", source, default=False)
+    attention_bias = typed_field(config, "attention_bias", "bool", source, default=False)
+    mlp_bias = typed_field(config, "mlp_bias", "bool", source, default=False)
+    if model_type == "qwen2":
+        qkv_bias, o_bias = True, False
+    elif model_type == "mistral":
+        qkv_bias = o_bias = False
+    else:
+        qkv_bias = o_bias = attention_bias
+    rope_theta, norm_eps = _hf_rope_theta_and_eps(config, source)
+    rope_scaling = hf_rope_scaling(config, source)
+    layers = _hf_positive(config, "num_hidden_layers", source, model_type)
+    window, window_layers = hf_sliding_window(config, model_type, layers, source)
+    return ModelShape(
+        layers=layers,
+        hidden_size=hidden,
+        ffn_size=_hf_positive(config, "intermediate_size", source, model_type),
+        n_heads=n_heads,
+        n_kv_heads=n_kv,
+        head_dim=head_dim,
+        vocab_size=_hf_positive(config, "vocab_size", source, model_type),
+        tie_embeddings=tie,
+        ffn_kind="swiglu",
+        qkv_bias=qkv_bias,
+        o_bias=o_bias,
+        mlp_bias=mlp_bias if model_type == "llama" else False,
+        qk_norm=model_type == "qwen3",
+        rope_theta=rope_theta,
+        norm_eps=norm_eps,
+        model_type=model_type,
+        name=config["_name_or_path"][:200] if isinstance(config.get("_name_or_path"), str) else model_type,
+        rope_scaling=rope_scaling,
+        sliding_window=window,
+        window_layers=window_layers,
+    )
+
+
+def _read_hf_config(config) -> tuple[dict, str, str]:
+    """(the config dict, its source for messages, its supported model_type) of a dict, file or model
+    directory; a multimodal config's ``text_config`` is used when the top level has no model_type."""
     source = "config"
     if not isinstance(config, dict):
         path = Path(config)
@@ -356,22 +406,25 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
         f"{source}: model_type {_short(model_type)} is not supported; supported: {', '.join(SUPPORTED_HF_TYPES)} "
         "(or give the shape explicitly with --layers/--hidden/...)",
     )
+    return config, source, model_type
 
-    def need(key: str) -> int:
-        require(
-            key in config and config[key] is not None, f"{source}: missing field {key!r} in the {model_type} config"
-        )
-        value = config[key]
-        require(
-            isinstance(value, int) and not isinstance(value, bool) and value > 0,
-            f"{source}: field {key!r} must be a positive integer, got {_short(value)}",
-        )
-        return value
 
-    hidden = need("hidden_size")
-    n_heads = need("num_attention_heads")
+def _hf_positive(config: dict, key: str, source: str, model_type: str) -> int:
+    """A required positive-integer field of an HF config; one-line error naming it otherwise."""
+    require(key in config and config[key] is not None, f"{source}: missing field {key!r} in the {model_type} config")
+    value = config[key]
+    require(
+        isinstance(value, int) and not isinstance(value, bool) and value > 0,
+        f"{source}: field {key!r} must be a positive integer, got {_short(value)}",
+    )
+    return value
+
+
+def _hf_heads(config: dict, source: str, hidden: int, n_heads: int) -> tuple[int, int]:
+    """(n_kv_heads, head_dim) of an HF config: KV heads default to n_h (absent or null: MHA, as
+    transformers reads it) and must divide it; head_dim defaults to hidden_size / n_h."""
     n_kv = config.get("num_key_value_heads")
-    if n_kv is None:  # absent or null: multi-head attention, as transformers reads it
+    if n_kv is None:
         n_kv = n_heads
     require(
         isinstance(n_kv, int) and not isinstance(n_kv, bool) and n_kv > 0 and n_heads % n_kv == 0,
@@ -384,28 +437,17 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
             isinstance(head_dim, int) and not isinstance(head_dim, bool) and head_dim > 0,
             f"{source}: field 'head_dim' must be a positive integer, got {_short(head_dim)}",
         )
-    if head_dim is None:
-        require(
-            hidden % n_heads == 0,
-            f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {n_heads} and no head_dim "
-            "is given",
-        )
-        head_dim = hidden // n_heads
-    act = config.get("hidden_act", "silu")
+        return n_kv, head_dim
     require(
-        isinstance(act, str) and act in ("silu", "swish"),
-        f"{source}: hidden_act {_short(act)} is not supported (SwiGLU with silu expected)",
+        hidden % n_heads == 0,
+        f"{source}: hidden_size {hidden} is not divisible by num_attention_heads {n_heads} and no head_dim is given",
     )
-    tie_default = False  # all four families default to untied embeddings in transformers
-    flags = {k: typed_field(config, k, "bool", source, default=False) for k in ("attention_bias", "mlp_bias")}
-    tie = typed_field(config, "tie_word_embeddings", "bool", source, default=tie_default)
-    attention_bias = flags["attention_bias"]
-    if model_type == "qwen2":
-        qkv_bias, o_bias = True, False
-    elif model_type == "mistral":
-        qkv_bias = o_bias = False
-    else:
-        qkv_bias = o_bias = attention_bias
+    return n_kv, hidden // n_heads
+
+
+def _hf_rope_theta_and_eps(config: dict, source: str) -> tuple[float, float]:
+    """(RoPE base theta, RMSNorm epsilon) of an HF config; theta from ``rope_theta`` or, in newer
+    configs, ``rope_parameters.rope_theta`` (default 10,000)."""
     for key in ("rope_scaling", "rope_parameters"):
         typed_field(config, key, "dict", source, default=None)
     rope = config.get("rope_parameters") or {}
@@ -415,31 +457,7 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
             rope, "rope_theta", "number", source, default=10000.0, low=1e-300, where="rope_parameters."
         )
     norm_eps = typed_field(config, "rms_norm_eps", "number", source, default=1e-6, low=1e-300)
-    rope_scaling = hf_rope_scaling(config, source)
-    layers = need("num_hidden_layers")
-    window, window_layers = hf_sliding_window(config, model_type, layers, source)
-    return ModelShape(
-        layers=layers,
-        hidden_size=hidden,
-        ffn_size=need("intermediate_size"),
-        n_heads=n_heads,
-        n_kv_heads=n_kv,
-        head_dim=head_dim,
-        vocab_size=need("vocab_size"),
-        tie_embeddings=tie,
-        ffn_kind="swiglu",
-        qkv_bias=qkv_bias,
-        o_bias=o_bias,
-        mlp_bias=flags["mlp_bias"] if model_type == "llama" else False,
-        qk_norm=model_type == "qwen3",
-        rope_theta=float(rope_theta),
-        norm_eps=float(norm_eps),
-        model_type=model_type,
-        name=config["_name_or_path"][:200] if isinstance(config.get("_name_or_path"), str) else model_type,
-        rope_scaling=rope_scaling,
-        sliding_window=window,
-        window_layers=window_layers,
-    )
+    return float(rope_theta), float(norm_eps)
 
 
 def hf_sliding_window(config: dict, model_type: str, layers: int, source: str = "config") -> tuple:

@@ -18,6 +18,7 @@ from pathlib import Path
 from .config import TrainConfig
 from .distributed import Dist
 from .errors import CogqaError
+from .files import write_text_atomic
 
 #: the signals that make the trainer checkpoint and stop (SLURM sends SIGUSR1/SIGTERM before its time limit;
 #: submitit uses SIGUSR2)
@@ -123,17 +124,34 @@ class Sinks:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines after ``step`` (written by a run that was killed after its last checkpoint)."""
+    """Drop metric lines after ``step`` (written by a run that was killed after its last checkpoint).
+
+    A half-written last line is dropped too; any other line that is not a step record (a JSON object
+    with a whole-number ``step``), or a file that is not UTF-8, is refused in one line naming the file
+    and the line, and the file is left as it was.
+    """
     if not path.exists():
         return
+    try:
+        lines = path.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise CogqaError(
+            f"{path}: not UTF-8 text at byte {exc.start}; restore or remove the file, then resume"
+        ) from None
     keep = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, start=1):
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a half-written last line
-        if int(rec.get("step", 0)) <= step:
+        except (json.JSONDecodeError, RecursionError):
+            if number == len(lines):
+                continue  # a half-written last line
+            rec = None
+        record_step = rec.get("step") if isinstance(rec, dict) else None
+        if not isinstance(record_step, int) or isinstance(record_step, bool):
+            raise CogqaError(
+                f"{path}:{number}: not a step record (a JSON object with a whole-number 'step'); "
+                "fix or remove that line, then resume"
+            )
+        if record_step <= step:
             keep.append(line)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(k + "\n" for k in keep))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(k + "\n" for k in keep))

@@ -98,3 +98,41 @@ def test_sigterm_checkpoints_stops_and_resumes(tmp_path, prepared):
     assert [p.name for p in sorted((out / "checkpoints").iterdir())] == [
         f"step_{s:08d}" for s in (340, 360, 380, 400)
     ]  # the resume-only checkpoint is gone; the last 4 evaluation points remain
+
+
+@pytest.mark.parametrize(
+    "lines, kept",
+    [
+        (['{"step": 1}', '{"step": 2}', '{"step": 3}'], ['{"step": 1}', '{"step": 2}']),
+        (['{"step": 1}', '{"step": 2}', '{"ste'], ['{"step": 1}', '{"step": 2}']),  # half-written last line
+    ],
+)
+def test_truncate_metrics_keeps_records_up_to_the_checkpoint(tmp_path, lines, kept):
+    from cogqa.trainlog import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    truncate_metrics(path, 2)
+    assert path.read_text().splitlines() == kept
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary left
+
+
+@pytest.mark.parametrize(
+    "blob, where",
+    [
+        (b'{"step": 1}\n[1, 2]\n{"step": 3}\n', ":2:"),
+        (b'{"step": 1}\n{"step": "2"}\n{"step": 3}\n', ":2:"),
+        (b'{"step": 1}\nnot json\n{"step": 3}\n', ":2:"),
+        (b'{"step": 1}\n\xff\xfe\n', "not UTF-8"),
+    ],
+)
+def test_truncate_metrics_refuses_a_corrupt_history_and_leaves_it(tmp_path, blob, where):
+    from cogqa.errors import CogqaError
+    from cogqa.trainlog import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_bytes(blob)
+    with pytest.raises(CogqaError, match=where) as info:
+        truncate_metrics(path, 2)
+    assert "\n" not in str(info.value) and "metrics.jsonl" in str(info.value)
+    assert path.read_bytes() == blob

@@ -76,11 +76,13 @@ def weight_bytes(shape, weight_dtype: str = "bf16") -> np.ndarray:
     return params_total(shape) * dtype_bytes(weight_dtype)
 
 
-#: Kernels one forward pass launches per layer and per pass (outside the layers), counted in a
-#: torch.profiler trace of GQADecoder's decode step: per layer 2 RMSNorms, q/k/v/o projections,
-#: RoPE on q and k (3 each), 2 cache writes, decode attention (scale, 2 matmuls, softmax), 2
-#: residual adds, gate/up/down, SiLU and the product; per pass the embedding, 2 RoPE lookups, the
-#: final norm, the LM head, the next-token argmax and the cache bookkeeping.
+#: Kernels that do arithmetic in one forward pass, per layer and per pass (outside the layers), counted by
+#: hand from GQADecoder's decode step: per layer 2 RMSNorms, q/k/v/o projections, RoPE on q and k (3 each),
+#: 2 cache writes, decode attention (scale, 2 matmuls, softmax), 2 residual adds, gate/up/down, SiLU and the
+#: product; per pass the embedding, 2 RoPE lookups, the final norm, the LM head, the next-token argmax and
+#: the cache bookkeeping. A torch.profiler trace of that step shows more top-level aten calls (41 per layer,
+#: 17 per pass) because it also counts views and reshapes, which do no arithmetic; at the ~2 us per kernel
+#: measured on this CPU the difference is under 1% of a decode step of a d = 1024 model.
 KERNELS_PER_LAYER = 25
 KERNELS_PER_PASS = 10
 

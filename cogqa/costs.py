@@ -212,6 +212,12 @@ def kv_cache_values_per_token(shape) -> np.ndarray:
     return 2 * _f(shape.layers) * _f(shape.n_kv_heads) * _f(shape.head_dim)
 
 
+def kv_cache_values(shape, context) -> np.ndarray:
+    """Values cached for one sequence at ``context`` tokens: ``2 n_kv d_h`` x :func:`layer_context`
+    (``2 T L n_kv d_h`` for full attention; windowed layers hold min(T, W) positions; units: values)."""
+    return 2 * layer_context(shape, context) * _f(shape.n_kv_heads) * _f(shape.head_dim)
+
+
 def kv_cache_bytes_per_token(shape, kv_dtype: str = "bf16") -> np.ndarray:
     """KV cache bytes per token of one sequence: ``2 L n_kv d_h x bytes(kv_dtype)`` (units: bytes)."""
     return kv_cache_values_per_token(shape) * dtype_bytes(kv_dtype)
@@ -229,7 +235,7 @@ def inference_memory_bytes(
     b = np.asarray(batch, dtype=float)
     require(bool(np.all(b >= 1)) and bool(np.all(b <= 2**40)), "batch must be between 1 and 2**40 sequences")
     weights = params_total(shape) * dtype_bytes(weight_dtype) + 0 * T
-    kv = b * 2 * layer_context(shape, T) * _f(shape.n_kv_heads) * _f(shape.head_dim) * dtype_bytes(kv_dtype)
+    kv = b * kv_cache_values(shape, T) * dtype_bytes(kv_dtype)
     return {"weights": weights, "kv_cache": kv, "total": weights + kv}
 
 
@@ -245,7 +251,7 @@ def paper_inference_flops(shape, context) -> np.ndarray:
 
 def paper_inference_memory(shape, context) -> np.ndarray:
     """The paper's Eq. 4: ``M = N + 2 T L d_h n_kv`` (units: values; multiply by bytes per value)."""
-    return params_total(shape) + 2 * layer_context(shape, context) * _f(shape.head_dim) * _f(shape.n_kv_heads)
+    return params_total(shape) + kv_cache_values(shape, context)
 
 
 @dataclass(frozen=True)
@@ -348,16 +354,13 @@ def z_inputs(shape, context, convention="paper", batch=1, weight_dtype="bf16", k
     b = np.asarray(batch, dtype=float)
     if conv.name == "paper":
         n = params_non_embedding(shape)
-        lt, dh = layer_context(shape, T), _f(shape.head_dim)
-        kv = b * 2 * lt * dh * _f(shape.n_kv_heads)
-        memory = n * dtype_bytes(weight_dtype) + kv * dtype_bytes(kv_dtype)
-        flops = b * T * (2 * n + 4 * lt * dh * _f(shape.n_heads))
+        memory = n * dtype_bytes(weight_dtype) + b * kv_cache_values(shape, T) * dtype_bytes(kv_dtype)
+        flops = b * T * (2 * n + 4 * layer_context(shape, T) * _f(shape.head_dim) * _f(shape.n_heads))
         return memory, flops
     flops = inference_flops_per_token(shape, T)
     if conv.name == "bytes-per-token":
         return inference_memory_bytes(shape, T, batch, weight_dtype, kv_dtype)["total"], flops
-    kv_values = b * 2 * layer_context(shape, T) * _f(shape.n_kv_heads) * _f(shape.head_dim)
-    return params_total(shape) + kv_values, flops
+    return params_total(shape) + b * kv_cache_values(shape, T), flops
 
 
 def z_of_shape(
@@ -373,7 +376,7 @@ def z_memory(shape, context, batch=1, weight_dtype="bf16", kv_dtype="bf16", memo
     values (all parameters plus ``2 L n_kv d_h`` per cached token), for ``batch`` sequences at ``context``."""
     if memory_unit == "bytes":
         return inference_memory_bytes(shape, context, batch, weight_dtype, kv_dtype)["total"]
-    return params_total(shape) + batch * 2 * layer_context(shape, context) * _f(shape.n_kv_heads) * _f(shape.head_dim)
+    return params_total(shape) + batch * kv_cache_values(shape, context)
 
 
 def z_cost(memory, flops_per_token, weights: ZWeights = ZWeights()) -> np.ndarray:
@@ -405,6 +408,14 @@ def mean_attended_context(train_context, window=None) -> np.ndarray:
     return np.where(T <= w, T / 2, w - w * w / (2 * np.maximum(T, 1e-300)))
 
 
+def mean_layer_context(shape, train_context) -> np.ndarray:
+    """:func:`mean_attended_context` summed over the layers (tokens x layers): ``L T_train / 2`` for full
+    attention, windowed layers counting their window's mean."""
+    w, n_win = _window(shape)
+    full = (_f(shape.layers) - n_win) * mean_attended_context(train_context)
+    return full if w is None else full + n_win * mean_attended_context(train_context, w)
+
+
 def training_flops(shape, tokens, train_context, mean_context=None) -> np.ndarray:
     """Training FLOPs for ``tokens`` tokens: ``3 x D x C_infer(T_bar)`` (forward + 2x backward; units: FLOPs).
 
@@ -417,20 +428,13 @@ def training_flops(shape, tokens, train_context, mean_context=None) -> np.ndarra
     if mean_context is not None:
         return 3 * D * inference_flops_per_token(shape, _context(mean_context))
     per_token = forward_flops_per_token(shape, 0)["time_invariant"]
-    w, n_win = _window(shape)
-    n_layers = _f(shape.layers)
-    full, windowed = mean_attended_context(train_context), mean_attended_context(train_context, w)
-    attended = (n_layers - n_win) * full + n_win * windowed
-    return 3 * D * (per_token + 4 * attended * _f(shape.n_heads) * _f(shape.head_dim))
+    return 3 * D * (per_token + 4 * mean_layer_context(shape, train_context) * _f(shape.n_heads) * _f(shape.head_dim))
 
 
 def paper_training_flops(shape, tokens, train_context) -> np.ndarray:
     """The paper's Eq. 11: ``6 D (N + 2 L T_bar d_h n_h)`` with T_bar = T_train / 2 (units: FLOPs)."""
     D = np.asarray(tokens, dtype=float)
-    w, n_win = _window(shape)
-    lt = (_f(shape.layers) - n_win) * mean_attended_context(train_context) + n_win * mean_attended_context(
-        train_context, w
-    )
+    lt = mean_layer_context(shape, train_context)
     return 6 * D * (params_total(shape) + 2 * lt * _f(shape.head_dim) * _f(shape.n_heads))
 
 

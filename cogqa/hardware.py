@@ -414,9 +414,9 @@ def local_profile(device: str | None = None, dtype: str | None = None, remeasure
     if path.exists() and not remeasure:
         try:
             data = json.loads(path.read_text())
-            if "kernel_overhead_seconds" in data:  # older caches lack the attention and overhead terms
+            if isinstance(data, dict) and "kernel_overhead_seconds" in data:  # older caches lack these terms
                 return hardware_from_dict(data, where=str(path))
-        except (CogqaError, json.JSONDecodeError):
+        except (CogqaError, ValueError):  # JSON and UTF-8 decoding errors are ValueErrors
             pass  # a stale or damaged cache is measured again
     hw = measure_local(device, dtype)
     write_json_atomic(path, hw.to_dict())

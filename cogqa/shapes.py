@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import CogqaError, require
 from .readers import field as typed_field
-from .readers import read_json_object
+from .readers import read_json_object, short
 
 PAPER_HEAD_DIM = 64
 PAPER_VOCAB = 50304  # GPT-2's 50,257 tokens padded to a multiple of 64
@@ -120,7 +120,7 @@ class ModelShape:
             value = getattr(self, f)
             require(
                 isinstance(value, (int, np.integer)) and not isinstance(value, bool),
-                f"{f} must be a whole number, got {_short(value)}",
+                f"{f} must be a whole number, got {short(value)}",
             )
             require(0 < value <= limit, f"{f} must be between 1 and {limit:,}, got {value}")
         self._check_window()
@@ -144,7 +144,7 @@ class ModelShape:
         for name, value in (("sliding_window", w), ("window_layers", n)):
             require(
                 value is None or (isinstance(value, (int, np.integer)) and not isinstance(value, bool)),
-                f"{name} must be a whole number or null, got {_short(value)}",
+                f"{name} must be a whole number or null, got {short(value)}",
             )
         require(w is None or 0 < w <= MAX_WINDOW, f"sliding_window must be between 1 and 2**40 tokens, got {w}")
         require(n is None or w is not None, "window_layers needs sliding_window (the window's length in tokens)")
@@ -216,17 +216,6 @@ class ModelShape:
             f"{label}L={self.layers} d={self.hidden_size} d_ff={self.ffn_size} "
             f"H=({self.n_heads},{self.n_kv_heads}) d_h={self.head_dim} V={self.vocab_size}{window}"
         )
-
-
-def _short(value, limit: int = 60) -> str:
-    """A repr of ``value`` at most ``limit`` characters long, for one-line messages about arbitrary input
-    (built with :mod:`reprlib`, so a huge or deeply nested value is never expanded)."""
-    import reprlib
-
-    r = reprlib.Repr()
-    r.maxlevel, r.maxstring, r.maxother = 2, limit, limit
-    text = r.repr(value).replace("\n", " ")
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True)
@@ -346,7 +335,7 @@ def shape_from_hf_config(config: dict[str, Any] | str | Path) -> ModelShape:
     act = config.get("hidden_act", "silu")
     require(
         isinstance(act, str) and act in ("silu", "swish"),
-        f"{source}: hidden_act {_short(act)} is not supported (SwiGLU with silu expected)",
+        f"{source}: hidden_act {short(act)} is not supported (SwiGLU with silu expected)",
     )
     # all four families default to untied embeddings in transformers
     tie = typed_field(config, "tie_word_embeddings", "bool", source, default=False)
@@ -403,7 +392,7 @@ def _read_hf_config(config) -> tuple[dict, str, str]:
         model_type = config.get("model_type")
     require(
         isinstance(model_type, str) and model_type in SUPPORTED_HF_TYPES,
-        f"{source}: model_type {_short(model_type)} is not supported; supported: {', '.join(SUPPORTED_HF_TYPES)} "
+        f"{source}: model_type {short(model_type)} is not supported; supported: {', '.join(SUPPORTED_HF_TYPES)} "
         "(or give the shape explicitly with --layers/--hidden/...)",
     )
     return config, source, model_type
@@ -415,7 +404,7 @@ def _hf_positive(config: dict, key: str, source: str, model_type: str) -> int:
     value = config[key]
     require(
         isinstance(value, int) and not isinstance(value, bool) and value > 0,
-        f"{source}: field {key!r} must be a positive integer, got {_short(value)}",
+        f"{source}: field {key!r} must be a positive integer, got {short(value)}",
     )
     return value
 
@@ -429,13 +418,13 @@ def _hf_heads(config: dict, source: str, hidden: int, n_heads: int) -> tuple[int
     require(
         isinstance(n_kv, int) and not isinstance(n_kv, bool) and n_kv > 0 and n_heads % n_kv == 0,
         f"{source}: field 'num_key_value_heads' must be a positive integer dividing num_attention_heads "
-        f"({n_heads}), got {_short(n_kv)}; fix the config (omit it for multi-head attention)",
+        f"({n_heads}), got {short(n_kv)}; fix the config (omit it for multi-head attention)",
     )
     head_dim = config.get("head_dim")
     if head_dim is not None:
         require(
             isinstance(head_dim, int) and not isinstance(head_dim, bool) and head_dim > 0,
-            f"{source}: field 'head_dim' must be a positive integer, got {_short(head_dim)}",
+            f"{source}: field 'head_dim' must be a positive integer, got {short(head_dim)}",
         )
         return n_kv, head_dim
     require(
@@ -481,7 +470,7 @@ def hf_sliding_window(config: dict, model_type: str, layers: int, source: str = 
         return None, None
     require(
         isinstance(window, int) and not isinstance(window, bool) and 0 < window <= MAX_WINDOW,
-        f"{source}: field 'sliding_window' must be a positive integer (tokens) or null, got {_short(window)}",
+        f"{source}: field 'sliding_window' must be a positive integer (tokens) or null, got {short(window)}",
     )
     if model_type == "mistral":
         return window, None
@@ -495,7 +484,7 @@ def hf_sliding_window(config: dict, model_type: str, layers: int, source: str = 
     first_full = config.get("max_window_layers", 28)  # transformers' Qwen2Config/Qwen3Config default
     require(
         isinstance(first_full, int) and not isinstance(first_full, bool) and first_full >= 0,
-        f"{source}: field 'max_window_layers' must be a whole number >= 0, got {_short(first_full)}",
+        f"{source}: field 'max_window_layers' must be a whole number >= 0, got {short(first_full)}",
     )
     return window, max(0, layers - first_full)
 

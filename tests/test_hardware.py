@@ -146,3 +146,11 @@ def test_attention_bandwidth_and_kernel_overhead_fields():
 def test_local_terms_measured_positive():
     assert hwmod.measure_decode_attention("cpu", "fp32", nbytes=1 << 20, seconds=0.01) > 0
     assert 0 < hwmod.measure_kernel_overhead("cpu", seconds=0.01) < 1e-2
+
+
+def test_hardware_show_prints_measurements_with_units():
+    from cogqa.cli.serving import _measured_item
+
+    assert _measured_item("copy_bandwidth", 42.2e9) == "copy_bandwidth=42.2 GB/s"
+    assert _measured_item("time_unix", 0.0) == "measured at 1970-01-01 00:00 UTC"
+    assert _measured_item("threads", 2) == "threads=2"

@@ -140,10 +140,23 @@ def _print_profile(hw, json_out: bool) -> None:
     if hw.unconfirmed:
         print(f"  unconfirmed: {hw.unconfirmed}")
     if hw.measured:
-        print("  measured: " + ", ".join(f"{k}={v}" for k, v in hw.measured.items()))
+        print("  measured: " + ", ".join(_measured_item(k, v) for k, v in hw.measured.items()))
     if hw.name != "local":
         for key, text in efficiency_sources().items():
             print(f"  default {key}: {text}")
+
+
+def _measured_item(key: str, value) -> str:
+    """One ``key=value`` of a profile's measurements, with its unit: rates in B/s, the time as UTC."""
+    if key.endswith("bandwidth") and isinstance(value, (int, float)):
+        return f"{key}={fmt_decimal(value, 'B/s')}"
+    if key == "time_unix" and isinstance(value, (int, float)):
+        import datetime
+
+        return "measured at " + datetime.datetime.fromtimestamp(value, datetime.timezone.utc).strftime(
+            "%Y-%m-%d %H:%M UTC"
+        )
+    return f"{key}={value}"
 
 
 def cmd_hardware_show(args) -> int:

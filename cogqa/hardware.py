@@ -15,6 +15,7 @@ Units: FLOP/s, bytes/s, bytes. Efficiencies are achievable / peak, in (0, 1].
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -43,6 +44,15 @@ class Hardware:
     which decode attention streams the KV cache (None: as ``bandwidth_efficiency``), and
     ``kernel_overhead_seconds`` is the fixed cost of one kernel (launch, dispatch; units: seconds),
     0 for datasheet profiles (not modelled) and measured for ``local``.
+
+    Two optional **kernel-shape curves** refine the decode roofline where the achievable rate depends on
+    the shape of the kernel rather than on the bytes alone (as with CPU BLAS libraries):
+    ``gemv_efficiency_by_width`` maps a weight matrix's input width (its row length, in elements) to
+    the fraction of ``memory_bandwidth`` at which a one-row product streams it, and
+    ``attention_efficiency_by_group`` maps the GQA group size n_h / n_kv to the fraction at which
+    decode attention streams the KV cache. Between and beyond the measured points the fraction is
+    interpolated linearly in log2(width or group) and held constant. ``None`` (datasheet profiles):
+    one fraction for all shapes (``bandwidth_efficiency``, ``attention_bandwidth_efficiency``).
     """
 
     name: str
@@ -55,6 +65,8 @@ class Hardware:
     memory_usable_fraction: float = 0.9
     attention_bandwidth_efficiency: float | None = None
     kernel_overhead_seconds: float = 0.0
+    gemv_efficiency_by_width: dict | None = field(default=None, compare=False)
+    attention_efficiency_by_group: dict | None = field(default=None, compare=False)
     dtype: str = "bf16"
     description: str = ""
     aliases: tuple = ()
@@ -79,6 +91,8 @@ class Hardware:
         v = self.kernel_overhead_seconds
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1
         require(ok, f"{where}: 'kernel_overhead_seconds' must be seconds in [0, 1), e.g. 2e-6; got {v!r}")
+        for f, what in (("gemv_efficiency_by_width", "width"), ("attention_efficiency_by_group", "group size")):
+            object.__setattr__(self, f, _curve(getattr(self, f), f, what, where))
         from .costs import dtype_bytes
 
         dtype_bytes(self.dtype)
@@ -106,6 +120,26 @@ class Hardware:
         eff = self.attention_bandwidth_efficiency
         return self.memory_bandwidth * (self.bandwidth_efficiency if eff is None else eff)
 
+    def gemv_bandwidth(self, width):
+        """Bandwidth (bytes/s) at which a one-row product streams a weight matrix of input ``width``
+        (elements per row): ``memory_bandwidth`` x the ``gemv_efficiency_by_width`` curve at ``width``, or
+        :attr:`bandwidth` without a curve. ``width`` may be a numpy array."""
+        import numpy as np
+
+        if not self.gemv_efficiency_by_width:
+            return self.bandwidth + 0 * np.asarray(width, dtype=float)
+        return self.memory_bandwidth * _interpolate(self.gemv_efficiency_by_width, width)
+
+    def attention_bandwidth_at(self, group):
+        """Bandwidth (bytes/s) at which decode attention streams the KV cache for GQA group size ``group``
+        (n_h / n_kv): ``memory_bandwidth`` x the ``attention_efficiency_by_group`` curve, or
+        :attr:`attention_bandwidth` without a curve. ``group`` may be a numpy array."""
+        import numpy as np
+
+        if not self.attention_efficiency_by_group:
+            return self.attention_bandwidth + 0 * np.asarray(group, dtype=float)
+        return self.memory_bandwidth * _interpolate(self.attention_efficiency_by_group, group)
+
     @property
     def usable_memory_bytes(self) -> float:
         """Bytes available for weights and KV cache: capacity x memory_usable_fraction."""
@@ -120,6 +154,32 @@ class Hardware:
         out = asdict(self)
         out["aliases"] = list(self.aliases)
         return out
+
+
+def _curve(value, name: str, what: str, where: str) -> dict | None:
+    """A kernel-shape curve as ``{int key: efficiency}`` sorted by key (JSON keys may be strings), or None."""
+    if value is None:
+        return None
+    hint = f"{where}: '{name}' must map a {what} (a positive integer) to a fraction in (0, 1], e.g. {{\"1024\": 0.6}}"
+    require(isinstance(value, dict) and 1 <= len(value) <= 64, hint + f"; got {value!r:.80}")
+    out = {}
+    for key, eff in value.items():
+        try:
+            k = int(key)
+        except (TypeError, ValueError):
+            k = 0
+        ok = isinstance(eff, (int, float)) and not isinstance(eff, bool) and math.isfinite(eff) and 0 < eff <= 1
+        require(k >= 1 and str(k) == str(key).strip() and ok, hint + f"; got {key!r}: {eff!r}")
+        out[k] = float(eff)
+    return dict(sorted(out.items()))
+
+
+def _interpolate(curve: dict, x):
+    """The curve's efficiency at ``x``: linear in log2(x) between measured points, constant beyond them."""
+    import numpy as np
+
+    keys = np.log2(np.array(list(curve), dtype=float))
+    return np.interp(np.log2(np.maximum(np.asarray(x, dtype=float), 1.0)), keys, np.array(list(curve.values())))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,24 +361,88 @@ def measure_gemv_bandwidth(
 
 
 def measure_decode_attention(
-    device: str = "cpu", dtype: str = "fp32", nbytes: int | None = None, seconds: float = 1.0
+    device: str = "cpu", dtype: str = "fp32", nbytes: int | None = None, seconds: float = 1.0, group: int = 1
 ) -> float:
     """Achievable KV-streaming bandwidth of single-token (decode) attention (units: bytes/s):
-    :func:`cogqa.kvcache.decode_attention` with one query row per K/V head on random K/V of ``nbytes``
-    (larger than the CPU caches), counting the K and V bytes once per call. Measures the attention
-    kernel shape, not a model."""
+    :func:`cogqa.kvcache.decode_attention` with ``group`` query rows per K/V head (the GQA group
+    n_h / n_kv) on K/V of ``nbytes`` (larger than the CPU caches), counting the K and V bytes once per
+    call. Measures the attention kernel shape, not a model."""
+    return _attention_rates(device, dtype, (group,), nbytes, seconds)[group]
+
+
+#: Input widths (elements per weight row) and GQA group sizes at which ``local`` measures its kernel-shape curves.
+GEMV_WIDTHS = (256, 512, 1024, 2048, 4096, 8192, 16384)
+ATTENTION_GROUPS = (1, 2, 4, 8, 16)
+
+
+def _gemv_rates(device: str, dtype: str, widths, nbytes: int | None, seconds: float) -> dict[int, float]:
+    """Bytes/s of ``F.linear(x[1, width], W[rows, width])`` over an ``nbytes`` matrix, by width."""
+    import torch
+
+    from .kvcache import torch_dtype
+
+    dt = torch_dtype(dtype)
+    size = nbytes or (1 << 30 if str(device).startswith("cuda") else 96 << 20)
+    rates = {}
+    for width in widths:
+        rows = max(1, size // (width * torch.tensor([], dtype=dt).element_size()))
+        w = torch.full((rows, width), 0.01, device=device, dtype=dt)
+        x = torch.full((1, width), 0.01, device=device, dtype=dt)
+        work = float(w.numel() * w.element_size())
+        rates[int(width)] = _best_rate(functools.partial(torch.nn.functional.linear, x, w), work, device, seconds)
+    return rates
+
+
+def _attention_rates(device: str, dtype: str, groups, nbytes: int | None, seconds: float) -> dict[int, float]:
+    """K + V bytes/s of :func:`cogqa.kvcache.decode_attention` with g query rows per K/V head, by g."""
     import torch
 
     from .kvcache import decode_attention, torch_dtype
 
     dt = torch_dtype(dtype)
     size = nbytes or (1 << 30 if str(device).startswith("cuda") else 96 << 20)
-    n_kv, d_h = 8, 64
-    S = max(16, size // (2 * n_kv * d_h * torch.tensor([], dtype=dt).element_size()))
-    k = torch.randn(1, n_kv, S, d_h, device=device, dtype=dt)
-    v = torch.randn(1, n_kv, S, d_h, device=device, dtype=dt)
-    q = torch.randn(1, n_kv, 1, d_h, device=device, dtype=dt)
-    return _best_rate(lambda: decode_attention(q, k, v), 2.0 * k.numel() * k.element_size(), device, seconds)
+    d_h, S = 64, 16384
+    n_kv = max(1, size // (2 * S * d_h * torch.tensor([], dtype=dt).element_size()))
+    k = torch.full((1, n_kv, S, d_h), 0.01, device=device, dtype=dt)
+    v = torch.full((1, n_kv, S, d_h), 0.01, device=device, dtype=dt)
+    rates = {}
+    for group in groups:
+        q = torch.full((1, n_kv, group, d_h), 0.01, device=device, dtype=dt)
+        work = 2.0 * k.numel() * k.element_size()
+        rates[int(group)] = _best_rate(functools.partial(decode_attention, q, k, v), work, device, seconds)
+    return rates
+
+
+def measure_gemv_curve(
+    device: str = "cpu",
+    dtype: str = "fp32",
+    widths=GEMV_WIDTHS,
+    nbytes: int | None = None,
+    seconds: float = 0.2,
+    bandwidth: float | None = None,
+) -> dict[int, float]:
+    """Weight-streaming efficiency by input width: for each ``width``, the bytes/s of the one-row product
+    ``F.linear(x[1, width], W[rows, width])`` that a decode step runs for every weight matrix (the layout
+    of ``nn.Linear``), over an ``nbytes`` matrix (larger than the CPU caches), divided by ``bandwidth``
+    (default: the copy bandwidth measured now). Returns ``{width: fraction}``, each capped at 1."""
+    bw = bandwidth or measure_copy_bandwidth(device, seconds=seconds)
+    return {w: min(1.0, r / bw) for w, r in _gemv_rates(device, dtype, widths, nbytes, seconds).items()}
+
+
+def measure_attention_curve(
+    device: str = "cpu",
+    dtype: str = "fp32",
+    groups=ATTENTION_GROUPS,
+    nbytes: int | None = None,
+    seconds: float = 0.2,
+    bandwidth: float | None = None,
+) -> dict[int, float]:
+    """KV-streaming efficiency of decode attention by GQA group size: for each ``group``, the K + V bytes/s
+    of :func:`cogqa.kvcache.decode_attention` with ``group`` query rows per K/V head (head size 64) over
+    ``nbytes`` of cache (larger than the CPU caches), divided by ``bandwidth`` (default: the copy
+    bandwidth measured now). Returns ``{group: fraction}``, each capped at 1."""
+    bw = bandwidth or measure_copy_bandwidth(device, seconds=seconds)
+    return {g: min(1.0, r / bw) for g, r in _attention_rates(device, dtype, groups, nbytes, seconds).items()}
 
 
 def measure_kernel_overhead(device: str = "cpu", seconds: float = 0.5) -> float:
@@ -364,7 +488,8 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
     flops = measure_matmul_flops(device, dtype, seconds=seconds)
     bw = measure_copy_bandwidth(device, seconds=seconds)
     gemv = measure_gemv_bandwidth(device, dtype, seconds=seconds)
-    kv_bw = measure_decode_attention(device, dtype, seconds=seconds)
+    gemv_curve = measure_gemv_curve(device, dtype, seconds=seconds / 5, bandwidth=bw)
+    attention_curve = measure_attention_curve(device, dtype, seconds=seconds / 5, bandwidth=bw)
     overhead = measure_kernel_overhead(device, seconds=seconds / 2)
     import torch
 
@@ -378,8 +503,10 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
         matmul_efficiency=1.0,
         attention_efficiency=1.0,
         bandwidth_efficiency=min(1.0, gemv / bw),
-        attention_bandwidth_efficiency=min(1.0, kv_bw / bw),
+        attention_bandwidth_efficiency=attention_curve[1],
         kernel_overhead_seconds=overhead,
+        gemv_efficiency_by_width=gemv_curve,
+        attention_efficiency_by_group=attention_curve,
         memory_usable_fraction=0.9,
         dtype=dtype,
         description=f"this machine ({device}: {name}), measured",
@@ -389,6 +516,8 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
             "bandwidth_efficiency": f"measured: best torch.mv over a {dtype} matrix / copy bandwidth",
             "memory_bytes": "total device memory (CPU: physical RAM)",
             "attention_bandwidth_efficiency": "measured: decode_attention KV bytes/s at 1 query row / copy bandwidth",
+            "gemv_efficiency_by_width": "measured: F.linear of 1 row over a 96 MiB [rows, width] matrix / copy bandwidth",
+            "attention_efficiency_by_group": "measured: decode_attention KV bytes/s at g query rows / copy bandwidth",
             "kernel_overhead_seconds": "measured: mean time of a tiny op in a chain of 100 (linear, add, mul)",
         },
         measured={
@@ -398,7 +527,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
             "torch": torch.__version__,
             "copy_bandwidth": bw,
             "gemv_bandwidth": gemv,
-            "attention_kv_bandwidth": kv_bw,
+            "attention_kv_bandwidth": attention_curve[1] * bw,
             "time_unix": time.time(),
         },
     )
@@ -414,7 +543,7 @@ def local_profile(device: str | None = None, dtype: str | None = None, remeasure
     if path.exists() and not remeasure:
         try:
             data = json.loads(path.read_text())
-            if isinstance(data, dict) and "kernel_overhead_seconds" in data:  # older caches lack these terms
+            if isinstance(data, dict) and data.get("gemv_efficiency_by_width"):  # older caches lack the curves
                 return hardware_from_dict(data, where=str(path))
         except (CogqaError, ValueError):  # JSON and UTF-8 decoding errors are ValueErrors
             pass  # a stale or damaged cache is measured again

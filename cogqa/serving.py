@@ -19,8 +19,10 @@ context T_bar = T/2 (``costs.training_flops``). Memory: weights + B x T x KV byt
 vectorised: shape fields, context and batch may be numpy arrays.
 
 A third, fixed term adds ``kernel_overhead_seconds`` per kernel launched (KERNELS_PER_LAYER x L +
-KERNELS_PER_PASS per forward pass): 0 on datasheet profiles, measured on ``local``, where decode
-attention also streams the KV cache at its own measured bandwidth (``attention_bandwidth``).
+KERNELS_PER_PASS per forward pass): 0 on datasheet profiles, measured on ``local``. On ``local``
+the decode's memory terms also use the measured kernel-shape curves: each weight matrix streams at
+the one-row-product bandwidth for its input width (:func:`weight_stream_seconds`), and the KV cache
+at decode attention's bandwidth for the model's GQA group n_h / n_kv (:func:`kv_stream_seconds`).
 
 Optimistic on datasheet profiles: no kernel-launch or framework overhead, no tensor parallelism,
 one attention efficiency for all T. See docs/serving.md.
@@ -36,6 +38,7 @@ from .costs import (
     forward_flops_per_token,
     inference_flops_per_token,
     kv_cache_bytes_per_token,
+    parameter_counts,
     params_total,
     prefill_flops,
     training_flops,
@@ -49,12 +52,13 @@ PHASES = ("weights", "attention")
 OBJECTIVES = ("z", "latency", "throughput")
 
 
-def _phase(flops, nbytes, flop_rate: float, bandwidth: float) -> dict[str, np.ndarray]:
-    """One roofline phase: FLOPs, bytes, compute and memory seconds, the slower of the two, and the bound."""
+def _phase(flops, nbytes, flop_rate: float, bandwidth: float, memory_seconds=None) -> dict[str, np.ndarray]:
+    """One roofline phase: FLOPs, bytes, compute and memory seconds, the slower of the two, and the bound.
+    ``memory_seconds``, when given, replaces ``bytes / bandwidth`` (a phase whose parts stream at different rates)."""
     flops = np.asarray(flops, dtype=float)
     nbytes = np.asarray(nbytes, dtype=float)
     compute = flops / flop_rate
-    memory = nbytes / bandwidth
+    memory = nbytes / bandwidth if memory_seconds is None else np.asarray(memory_seconds, dtype=float) + 0 * nbytes
     return {
         "flops": flops,
         "bytes": nbytes,
@@ -74,6 +78,44 @@ def _batch(batch) -> np.ndarray:
 def weight_bytes(shape, weight_dtype: str = "bf16") -> np.ndarray:
     """Bytes of all weights (tied embeddings once) at ``weight_dtype`` (units: bytes)."""
     return params_total(shape) * dtype_bytes(weight_dtype)
+
+
+def weight_bytes_by_width(shape, weight_dtype: str = "bf16") -> dict[str, tuple]:
+    """The weights a decode step streams, grouped by the input width (row length) of their matrices, as
+    ``{group: (width in elements, bytes)}``: ``model`` (q/k/v, gate/up and the LM head read rows of d;
+    norms and biases are counted here too), ``o_proj`` (rows of n_h d_h) and ``down_proj`` (rows of the FFN
+    width). The bytes sum to :func:`weight_bytes` (units: elements, bytes; numpy arrays for array shapes)."""
+    counts = parameter_counts(shape)
+    b = dtype_bytes(weight_dtype)
+    L, d, dff = (np.asarray(x, dtype=float) for x in (shape.layers, shape.hidden_size, shape.ffn_size))
+    o_width = np.asarray(shape.n_heads, dtype=float) * np.asarray(shape.head_dim, dtype=float)
+    o_bytes = L * o_width * d * b
+    down_bytes = L * dff * d * b
+    return {
+        "model": (d, counts["total"] * b - o_bytes - down_bytes),
+        "o_proj": (o_width, o_bytes),
+        "down_proj": (dff, down_bytes),
+    }
+
+
+def weight_stream_seconds(shape, hardware: Hardware, weight_dtype: str = "bf16") -> np.ndarray:
+    """Seconds to stream every weight once at the profile's one-row-product bandwidth for each matrix's input
+    width (:meth:`Hardware.gemv_bandwidth`; one bandwidth for all without a kernel-shape curve) (units: seconds)."""
+    hw = get_hardware(hardware)
+    if not hw.gemv_efficiency_by_width:
+        return weight_bytes(shape, weight_dtype) / hw.bandwidth
+    return sum(
+        nbytes / hw.gemv_bandwidth(width) for width, nbytes in weight_bytes_by_width(shape, weight_dtype).values()
+    )
+
+
+def kv_stream_seconds(shape, context, batch, hardware: Hardware, kv_dtype: str = "bf16") -> np.ndarray:
+    """Seconds for decode attention to read ``batch`` KV caches of ``context`` tokens once, at the profile's
+    KV-streaming bandwidth for the GQA group n_h / n_kv (:meth:`Hardware.attention_bandwidth_at`) (units: seconds)."""
+    hw = get_hardware(hardware)
+    kv = np.asarray(batch, dtype=float) * np.asarray(context, dtype=float) * kv_cache_bytes_per_token(shape, kv_dtype)
+    group = np.asarray(shape.n_heads, dtype=float) / np.asarray(shape.n_kv_heads, dtype=float)
+    return kv / hw.attention_bandwidth_at(group)
 
 
 #: Kernels that do arithmetic in one forward pass, per layer and per pass (outside the layers), counted by
@@ -108,10 +150,20 @@ def decode_step(shape, context, batch, hardware: Hardware, weight_dtype="bf16", 
     f = forward_flops_per_token(shape, context)
     T = np.asarray(context, dtype=float)
     weights = _phase(
-        B * f["time_invariant"], weight_bytes(shape, weight_dtype) + 0 * B * T, hw.matmul_flops, hw.bandwidth
+        B * f["time_invariant"],
+        weight_bytes(shape, weight_dtype) + 0 * B * T,
+        hw.matmul_flops,
+        hw.bandwidth,
+        memory_seconds=weight_stream_seconds(shape, hw, weight_dtype),
     )
     kv = B * T * kv_cache_bytes_per_token(shape, kv_dtype)
-    attention = _phase(B * f["attention_computation"], kv, hw.attention_flops, hw.attention_bandwidth)
+    attention = _phase(
+        B * f["attention_computation"],
+        kv,
+        hw.attention_flops,
+        hw.attention_bandwidth,
+        memory_seconds=kv_stream_seconds(shape, T, B, hw, kv_dtype),
+    )
     overhead = kernel_overhead_seconds(shape, hw) + 0 * B * T
     step = weights["seconds"] + attention["seconds"] + overhead
     return {

@@ -117,6 +117,8 @@ def test_local_profile_cached_and_remeasured(tmp_path, monkeypatch):
             attention_efficiency=1,
             bandwidth_efficiency=0.5,
             kernel_overhead_seconds=1e-6,
+            gemv_efficiency_by_width={1024: 0.5},
+            attention_efficiency_by_group={1: 0.4},
             dtype=dtype,
         )
 
@@ -129,6 +131,31 @@ def test_local_profile_cached_and_remeasured(tmp_path, monkeypatch):
     assert c.peak_flops == 2e11 and len(calls) == 2
     (tmp_path / "hardware-local-cpu-fp32.json").write_text("{broken")
     assert hwmod.local_profile("cpu").peak_flops == 3e11  # a damaged cache is measured again
+    data = json.loads((tmp_path / "hardware-local-cpu-fp32.json").read_text())
+    assert data["gemv_efficiency_by_width"] == {"1024": 0.5}  # JSON keys are strings; read back as ints
+    assert hwmod.local_profile("cpu").gemv_efficiency_by_width == {1024: 0.5} and len(calls) == 3
+    data["gemv_efficiency_by_width"] = None  # a cache from before the kernel-shape curves
+    (tmp_path / "hardware-local-cpu-fp32.json").write_text(json.dumps(data))
+    assert hwmod.local_profile("cpu").peak_flops == 4e11
+
+
+def test_kernel_shape_curves_interpolate_in_log2_and_validate():
+    hw = get_hardware("h100-sxm")
+    assert hw.gemv_efficiency_by_width is None  # datasheet: one bandwidth for every matrix
+    assert hw.gemv_bandwidth(256) == pytest.approx(hw.bandwidth)
+    assert hw.attention_bandwidth_at(8) == pytest.approx(hw.attention_bandwidth)
+    hw2 = hw.with_overrides(gemv_efficiency_by_width={"4096": 0.8, "1024": 0.4}, attention_efficiency_by_group={1: 0.5})
+    assert list(hw2.gemv_efficiency_by_width) == [1024, 4096]  # sorted, integer keys
+    bw = hw.memory_bandwidth
+    # 2048 is half way between 1024 and 4096 in log2: 0.4 + (0.8 - 0.4) / 2 = 0.6
+    assert hw2.gemv_bandwidth(2048) == pytest.approx(0.6 * bw)
+    assert hw2.gemv_bandwidth([16, 65536]) == pytest.approx([0.4 * bw, 0.8 * bw])  # held beyond the points
+    assert hw2.attention_bandwidth_at(16) == pytest.approx(0.5 * bw)
+    assert hardware_from_dict(json.loads(json.dumps(hw2.to_dict()))).gemv_efficiency_by_width == {1024: 0.4, 4096: 0.8}
+    for bad in ({"1e3": 0.5}, {1024: 1.5}, {0: 0.5}, {1024: "fast"}, [0.5], {}):
+        with pytest.raises(CogqaError, match="gemv_efficiency_by_width") as e:
+            hw.with_overrides(gemv_efficiency_by_width=bad)
+        assert "\n" not in str(e.value)
 
 
 def test_attention_bandwidth_and_kernel_overhead_fields():
@@ -144,7 +171,11 @@ def test_attention_bandwidth_and_kernel_overhead_fields():
 
 
 def test_local_terms_measured_positive():
-    assert hwmod.measure_decode_attention("cpu", "fp32", nbytes=1 << 20, seconds=0.01) > 0
+    assert hwmod.measure_decode_attention("cpu", "fp32", nbytes=1 << 20, seconds=0.01, group=4) > 0
+    gemv = hwmod.measure_gemv_curve("cpu", "fp32", widths=(64, 256), nbytes=1 << 20, seconds=0.01, bandwidth=1e9)
+    attn = hwmod.measure_attention_curve("cpu", "fp32", groups=(1, 4), nbytes=1 << 20, seconds=0.01, bandwidth=1e9)
+    assert list(gemv) == [64, 256] and list(attn) == [1, 4]
+    assert all(0 < v <= 1 for v in [*gemv.values(), *attn.values()])
     assert 0 < hwmod.measure_kernel_overhead("cpu", seconds=0.01) < 1e-2
 
 

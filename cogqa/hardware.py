@@ -516,7 +516,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
             "bandwidth_efficiency": f"measured: best torch.mv over a {dtype} matrix / copy bandwidth",
             "memory_bytes": "total device memory (CPU: physical RAM)",
             "attention_bandwidth_efficiency": "measured: decode_attention KV bytes/s at 1 query row / copy bandwidth",
-            "gemv_efficiency_by_width": "measured: F.linear of 1 row over a 96 MiB [rows, width] matrix / copy bandwidth",
+            "gemv_efficiency_by_width": "measured: F.linear of 1 row, 96 MiB [rows, width] matrix / copy bandwidth",
             "attention_efficiency_by_group": "measured: decode_attention KV bytes/s at g query rows / copy bandwidth",
             "kernel_overhead_seconds": "measured: mean time of a tiny op in a chain of 100 (linear, add, mul)",
         },

@@ -553,7 +553,13 @@ def local_profile(device: str | None = None, dtype: str | None = None, remeasure
 
 
 def local_cache_path(device: str | None = None, dtype: str | None = None) -> Path:
-    """Where :func:`local_profile` caches the measurement for ``device``/``dtype``."""
+    """Where :func:`local_profile` caches the measurement for ``device``/``dtype`` (on the CPU also for the
+    current torch thread count: the rates of a 1-thread and a 2-thread decode differ)."""
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    return cache_dir() / f"hardware-local-{device.replace(':', '')}-{dtype}.json"
+    threads = ""
+    if not str(device).startswith("cuda"):
+        import torch
+
+        threads = f"-{torch.get_num_threads()}threads"
+    return cache_dir() / f"hardware-local-{device.replace(':', '')}-{dtype}{threads}.json"

@@ -123,19 +123,21 @@ def test_local_profile_cached_and_remeasured(tmp_path, monkeypatch):
         )
 
     monkeypatch.setattr(hwmod, "measure_local", fake)
+    cache = hwmod.local_cache_path("cpu")
+    assert cache.parent == tmp_path and cache.name.startswith("hardware-local-cpu-fp32-")  # + thread count
     a = get_hardware("local:cpu")
     b = get_hardware("local:cpu")
     assert calls == [("cpu", "fp32")] and a == b and a.peak_flops == 1e11
-    assert (tmp_path / "hardware-local-cpu-fp32.json").exists()
+    assert cache.exists()
     c = hwmod.local_profile("cpu", remeasure=True)
     assert c.peak_flops == 2e11 and len(calls) == 2
-    (tmp_path / "hardware-local-cpu-fp32.json").write_text("{broken")
+    cache.write_text("{broken")
     assert hwmod.local_profile("cpu").peak_flops == 3e11  # a damaged cache is measured again
-    data = json.loads((tmp_path / "hardware-local-cpu-fp32.json").read_text())
+    data = json.loads(cache.read_text())
     assert data["gemv_efficiency_by_width"] == {"1024": 0.5}  # JSON keys are strings; read back as ints
     assert hwmod.local_profile("cpu").gemv_efficiency_by_width == {1024: 0.5} and len(calls) == 3
     data["gemv_efficiency_by_width"] = None  # a cache from before the kernel-shape curves
-    (tmp_path / "hardware-local-cpu-fp32.json").write_text(json.dumps(data))
+    cache.write_text(json.dumps(data))
     assert hwmod.local_profile("cpu").peak_flops == 4e11
 
 

@@ -63,3 +63,12 @@ def tiny_config(data: Path, out_dir: Path, *, lr: float, context: int, steps: in
         progress=False,
         **extra,
     )
+
+
+def ideal_hardware(name: str, peak_flops: float, memory_bandwidth: float, memory_bytes: float, **fields):
+    """A :class:`cogqa.hardware.Hardware` of ``peak_flops`` FLOP/s, ``memory_bandwidth`` bytes/s and ``memory_bytes``
+    bytes with every efficiency 1 and fp32 weights, unless ``fields`` set them otherwise."""
+    from cogqa.hardware import Hardware
+
+    ideal = dict(matmul_efficiency=1, attention_efficiency=1, bandwidth_efficiency=1, dtype="fp32")
+    return Hardware(name, peak_flops, memory_bandwidth, memory_bytes, **{**ideal, **fields})

@@ -1,10 +1,11 @@
 import json
 
 import pytest
+from conftest import ideal_hardware
 
 from cogqa import hardware as hwmod
 from cogqa.errors import CogqaError
-from cogqa.hardware import Hardware, builtin_profiles, get_hardware, hardware_from_dict, load_profile_file
+from cogqa.hardware import builtin_profiles, get_hardware, hardware_from_dict, load_profile_file
 
 REQUIRED = ("a100-40gb", "a100-80gb", "a800-80gb", "h100-sxm", "h100-pcie", "h200", "l40s", "rtx-4090", "mi300x")
 
@@ -108,13 +109,11 @@ def test_local_profile_cached_and_remeasured(tmp_path, monkeypatch):
 
     def fake(device, dtype, seconds=1.0):
         calls.append((device, dtype))
-        return Hardware(
-            name="local",
-            peak_flops=1e11 * len(calls),
-            memory_bandwidth=2e10,
-            memory_bytes=8e9,
-            matmul_efficiency=1,
-            attention_efficiency=1,
+        return ideal_hardware(
+            "local",
+            1e11 * len(calls),
+            2e10,
+            8e9,
             bandwidth_efficiency=0.5,
             kernel_overhead_seconds=1e-6,
             gemv_efficiency_by_width={1024: 0.5},

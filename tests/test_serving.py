@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ideal_hardware
 
 from cogqa import costs
 from cogqa.errors import CogqaError
@@ -19,15 +20,17 @@ from cogqa.serving import (
 )
 from cogqa.shapes import paper_shape
 
-TOY = Hardware(
-    name="toy",
-    peak_flops=1e12,
-    memory_bandwidth=1e11,
-    memory_bytes=10e9,
+#: 1 TFLOP/s, 100 GB/s, 10 GB; bf16 weights.
+TOY = ideal_hardware(
+    "toy",
+    1e12,
+    1e11,
+    10e9,
     matmul_efficiency=0.5,
     attention_efficiency=0.25,
     bandwidth_efficiency=0.8,
     memory_usable_fraction=1.0,
+    dtype="bf16",
 )
 
 

@@ -143,6 +143,19 @@ def kernel_overhead_seconds(shape, hardware: Hardware) -> np.ndarray:
     return hw.kernel_overhead_seconds * (KERNELS_PER_LAYER * layers + KERNELS_PER_PASS)
 
 
+def _pass_result(weights: dict, attention: dict, overhead, tokens) -> dict:
+    """A forward pass's phases, its fixed ``overhead_seconds``, total ``seconds`` (the sum) and ``tokens_per_second``
+    (``tokens`` produced or processed per pass / seconds)."""
+    seconds = weights["seconds"] + attention["seconds"] + overhead
+    return {
+        "weights": weights,
+        "attention": attention,
+        "overhead_seconds": overhead,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+    }
+
+
 def decode_step(shape, context, batch, hardware: Hardware, weight_dtype="bf16", kv_dtype="bf16") -> dict:
     """One decode step: each of ``batch`` sequences with ``context`` cached tokens produces one token.
 
@@ -170,16 +183,9 @@ def decode_step(shape, context, batch, hardware: Hardware, weight_dtype="bf16", 
         hw.attention_bandwidth,
         memory_seconds=kv_stream_seconds(shape, T, B, hw, kv_dtype),
     )
-    overhead = kernel_overhead_seconds(shape, hw) + 0 * B * T
-    step = weights["seconds"] + attention["seconds"] + overhead
-    return {
-        "weights": weights,
-        "attention": attention,
-        "overhead_seconds": overhead,
-        "seconds": step,
-        "seconds_per_token": step,
-        "tokens_per_second": B / step,
-    }
+    result = _pass_result(weights, attention, kernel_overhead_seconds(shape, hw) + 0 * B * T, tokens=B)
+    result["seconds_per_token"] = result["seconds"]
+    return result
 
 
 def prefill(shape, prompt_tokens, batch, hardware: Hardware, weight_dtype="bf16", kv_dtype="bf16") -> dict:
@@ -195,15 +201,7 @@ def prefill(shape, prompt_tokens, batch, hardware: Hardware, weight_dtype="bf16"
     attn = prefill_flops(shape, P) - linear
     weights = _phase(B * linear, weight_bytes(shape, weight_dtype) + 0 * B * P, hw.matmul_flops, hw.bandwidth)
     attention = _phase(B * attn, B * P * kv_cache_bytes_per_token(shape, kv_dtype), hw.attention_flops, hw.bandwidth)
-    overhead = kernel_overhead_seconds(shape, hw) + 0 * B * P
-    seconds = weights["seconds"] + attention["seconds"] + overhead
-    return {
-        "weights": weights,
-        "attention": attention,
-        "overhead_seconds": overhead,
-        "seconds": seconds,
-        "tokens_per_second": B * P / seconds,
-    }
+    return _pass_result(weights, attention, kernel_overhead_seconds(shape, hw) + 0 * B * P, tokens=B * P)
 
 
 def training_step(shape, train_context, hardware: Hardware, batch=1, weight_dtype="bf16") -> dict:

@@ -47,11 +47,12 @@ class Hardware:
 
     Two optional **kernel-shape curves** refine the decode roofline where the achievable rate depends on
     the shape of the kernel rather than on the bytes alone (as with CPU BLAS libraries):
-    ``gemv_efficiency_by_width`` maps a weight matrix's input width (its row length, in elements) to
-    the fraction of ``memory_bandwidth`` at which a one-row product streams it, and
-    ``attention_efficiency_by_group`` maps the GQA group size n_h / n_kv to the fraction at which
-    decode attention streams the KV cache. Between and beyond the measured points the fraction is
-    interpolated linearly in log2(width or group) and held constant. ``None`` (datasheet profiles):
+    ``gemv_efficiency_by_shape`` maps a weight matrix's shape ``"ROWSxCOLS"`` ([out, in] elements, a
+    full grid of rows x cols) to the fraction of ``memory_bandwidth`` at which a one-row product
+    streams it in cogqa's weight layout, and ``attention_efficiency_by_group`` maps the GQA group
+    size n_h / n_kv to the fraction at which decode attention streams the KV cache. Between and
+    beyond the measured points the fraction is interpolated linearly in log2 (bilinearly for shapes)
+    and held constant. ``None`` (datasheet profiles):
     one fraction for all shapes (``bandwidth_efficiency``, ``attention_bandwidth_efficiency``).
     """
 
@@ -65,7 +66,7 @@ class Hardware:
     memory_usable_fraction: float = 0.9
     attention_bandwidth_efficiency: float | None = None
     kernel_overhead_seconds: float = 0.0
-    gemv_efficiency_by_width: dict | None = field(default=None, compare=False)
+    gemv_efficiency_by_shape: dict | None = field(default=None, compare=False)
     attention_efficiency_by_group: dict | None = field(default=None, compare=False)
     dtype: str = "bf16"
     description: str = ""
@@ -91,8 +92,9 @@ class Hardware:
         v = self.kernel_overhead_seconds
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1
         require(ok, f"{where}: 'kernel_overhead_seconds' must be seconds in [0, 1), e.g. 2e-6; got {v!r}")
-        for f, what in (("gemv_efficiency_by_width", "width"), ("attention_efficiency_by_group", "group size")):
-            object.__setattr__(self, f, _curve(getattr(self, f), f, what, where))
+        object.__setattr__(self, "gemv_efficiency_by_shape", _grid(self.gemv_efficiency_by_shape, where))
+        curve = _curve(self.attention_efficiency_by_group, "attention_efficiency_by_group", "group size", where)
+        object.__setattr__(self, "attention_efficiency_by_group", curve)
         from .costs import dtype_bytes
 
         dtype_bytes(self.dtype)
@@ -120,15 +122,15 @@ class Hardware:
         eff = self.attention_bandwidth_efficiency
         return self.memory_bandwidth * (self.bandwidth_efficiency if eff is None else eff)
 
-    def gemv_bandwidth(self, width):
-        """Bandwidth (bytes/s) at which a one-row product streams a weight matrix of input ``width``
-        (elements per row): ``memory_bandwidth`` x the ``gemv_efficiency_by_width`` curve at ``width``, or
-        :attr:`bandwidth` without a curve. ``width`` may be a numpy array."""
+    def gemv_bandwidth(self, rows, cols):
+        """Bandwidth (bytes/s) at which a one-row product streams a weight matrix of ``rows`` x ``cols``
+        elements ([out, in]): ``memory_bandwidth`` x the ``gemv_efficiency_by_shape`` grid at that shape, or
+        :attr:`bandwidth` without a grid. ``rows`` and ``cols`` may be numpy arrays."""
         import numpy as np
 
-        if not self.gemv_efficiency_by_width:
-            return self.bandwidth + 0 * np.asarray(width, dtype=float)
-        return self.memory_bandwidth * _interpolate(self.gemv_efficiency_by_width, width)
+        if not self.gemv_efficiency_by_shape:
+            return self.bandwidth + 0 * np.asarray(rows, dtype=float) * np.asarray(cols, dtype=float)
+        return self.memory_bandwidth * _interpolate_grid(self.gemv_efficiency_by_shape, rows, cols)
 
     def attention_bandwidth_at(self, group):
         """Bandwidth (bytes/s) at which decode attention streams the KV cache for GQA group size ``group``
@@ -172,6 +174,63 @@ def _curve(value, name: str, what: str, where: str) -> dict | None:
         require(k >= 1 and str(k) == str(key).strip() and ok, hint + f"; got {key!r}: {eff!r}")
         out[k] = float(eff)
     return dict(sorted(out.items()))
+
+
+def _shape_key(key) -> tuple[int, int] | None:
+    """``"1024x4096"`` -> (1024, 4096); None when it is not two positive integers joined by ``x``."""
+    parts = str(key).strip().lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def _grid(value, where: str) -> dict | None:
+    """A shape grid as ``{"ROWSxCOLS": efficiency}`` covering every rows x cols pair, sorted, or None."""
+    if value is None:
+        return None
+    hint = (
+        f'{where}: \'gemv_efficiency_by_shape\' must map every "ROWSxCOLS" of a grid (e.g. "1024x4096", '
+        "elements) to a fraction in (0, 1]"
+    )
+    require(isinstance(value, dict) and 1 <= len(value) <= 1024, hint + f"; got {value!r:.80}")
+    out = {}
+    for key, eff in value.items():
+        shape = _shape_key(key)
+        ok = isinstance(eff, (int, float)) and not isinstance(eff, bool) and math.isfinite(eff) and 0 < eff <= 1
+        require(shape is not None and ok, hint + f"; got {key!r}: {eff!r}")
+        out[shape] = float(eff)
+    rows, cols = sorted({r for r, _ in out}), sorted({c for _, c in out})
+    missing = [f"{r}x{c}" for r in rows for c in cols if (r, c) not in out]
+    require(not missing, hint + f"; the grid lacks {', '.join(missing[:3])}")
+    return {f"{r}x{c}": out[(r, c)] for r in rows for c in cols}
+
+
+def _axis(points, x):
+    """Lower index and weight of ``x`` between sorted ``points`` in log2 (clamped at the ends)."""
+    import numpy as np
+
+    lp = np.log2(np.asarray(points, dtype=float))
+    lx = np.clip(np.log2(np.maximum(np.asarray(x, dtype=float), 1.0)), lp[0], lp[-1])
+    if len(lp) == 1:
+        return np.zeros(np.shape(lx), dtype=int), np.zeros(np.shape(lx))
+    i = np.clip(np.searchsorted(lp, lx, side="right") - 1, 0, len(lp) - 2)
+    return i, (lx - lp[i]) / (lp[i + 1] - lp[i])
+
+
+def _interpolate_grid(grid: dict, rows, cols):
+    """The grid's efficiency at (rows, cols): bilinear in (log2 rows, log2 cols), constant beyond the grid."""
+    import numpy as np
+
+    shapes = [_shape_key(k) for k in grid]
+    rs, cs = sorted({r for r, _ in shapes}), sorted({c for _, c in shapes})
+    table = np.array([[grid[f"{r}x{c}"] for c in cs] for r in rs])
+    table = np.pad(table, ((0, 1), (0, 1)), mode="edge")  # a single point on an axis still has a "next" one
+    i, wi = _axis(rs, rows)
+    j, wj = _axis(cs, cols)
+    i1, j1 = np.minimum(i + 1, table.shape[0] - 1), np.minimum(j + 1, table.shape[1] - 1)
+    top = table[i, j] * (1 - wj) + table[i, j1] * wj
+    bottom = table[i1, j] * (1 - wj) + table[i1, j1] * wj
+    return top * (1 - wi) + bottom * wi
 
 
 def _interpolate(curve: dict, x):
@@ -370,26 +429,35 @@ def measure_decode_attention(
     return _attention_rates(device, dtype, (group,), nbytes, seconds)[group]
 
 
-#: Input widths (elements per weight row) and GQA group sizes at which ``local`` measures its kernel-shape curves.
-GEMV_WIDTHS = (256, 512, 1024, 2048, 4096, 8192, 16384)
+#: Matrix sides (elements) of the ``local`` one-row-product grid, and the GQA group sizes of its attention curve.
+GEMV_SIDES = (256, 1024, 4096)
 ATTENTION_GROUPS = (1, 2, 4, 8, 16)
 
 
-def _gemv_rates(device: str, dtype: str, widths, nbytes: int | None, seconds: float) -> dict[int, float]:
-    """Bytes/s of ``F.linear(x[1, width], W[rows, width])`` over an ``nbytes`` matrix, by width."""
+def _gemv_rates(device: str, dtype: str, sides, nbytes: int | None, seconds: float) -> dict[str, float]:
+    """Bytes/s of ``F.linear(x[1, cols], W[rows, cols])`` by ``"ROWSxCOLS"`` for every rows, cols in ``sides``, each
+    matrix in the model's weight layout (:func:`cogqa.kvcache.lay_out_matrix`) and repeated to ``nbytes`` in all (larger
+    than the CPU caches) so that every product streams a cold matrix, as in a decode step."""
     import torch
 
-    from .kvcache import torch_dtype
+    from .kvcache import lay_out_matrix, torch_dtype
 
     dt = torch_dtype(dtype)
     size = nbytes or (1 << 30 if str(device).startswith("cuda") else 96 << 20)
+    item = torch.tensor([], dtype=dt).element_size()
     rates = {}
-    for width in widths:
-        rows = max(1, size // (width * torch.tensor([], dtype=dt).element_size()))
-        w = torch.full((rows, width), 0.01, device=device, dtype=dt)
-        x = torch.full((1, width), 0.01, device=device, dtype=dt)
-        work = float(w.numel() * w.element_size())
-        rates[int(width)] = _best_rate(functools.partial(torch.nn.functional.linear, x, w), work, device, seconds)
+    for rows in sides:
+        for cols in sides:
+            copies = max(1, -(-size // (rows * cols * item)))
+            ws = [lay_out_matrix(torch.full((rows, cols), 0.01, device=device, dtype=dt)) for _ in range(copies)]
+            x = torch.full((1, cols), 0.01, device=device, dtype=dt)
+
+            def run(ws=ws, x=x):
+                for w in ws:
+                    torch.nn.functional.linear(x, w)
+
+            rates[f"{rows}x{cols}"] = _best_rate(run, float(copies * rows * cols * item), device, seconds)
+            del ws
     return rates
 
 
@@ -413,20 +481,20 @@ def _attention_rates(device: str, dtype: str, groups, nbytes: int | None, second
     return rates
 
 
-def measure_gemv_curve(
+def measure_gemv_grid(
     device: str = "cpu",
     dtype: str = "fp32",
-    widths=GEMV_WIDTHS,
+    sides=GEMV_SIDES,
     nbytes: int | None = None,
-    seconds: float = 0.2,
+    seconds: float = 0.1,
     bandwidth: float | None = None,
-) -> dict[int, float]:
-    """Weight-streaming efficiency by input width: for each ``width``, the bytes/s of the one-row product
-    ``F.linear(x[1, width], W[rows, width])`` that a decode step runs for every weight matrix (the layout
-    of ``nn.Linear``), over an ``nbytes`` matrix (larger than the CPU caches), divided by ``bandwidth``
-    (default: the copy bandwidth measured now). Returns ``{width: fraction}``, each capped at 1."""
+) -> dict[str, float]:
+    """Weight-streaming efficiency by matrix shape: for every ``"ROWSxCOLS"`` of ``sides`` x ``sides``, the
+    bytes/s of the one-row product ``F.linear(x[1, cols], W[rows, cols])`` that a decode step runs for every
+    weight matrix (in the model's layout, over ``nbytes`` of cold matrices) divided by ``bandwidth``
+    (default: the copy bandwidth measured now). Returns ``{"ROWSxCOLS": fraction}``, each capped at 1."""
     bw = bandwidth or measure_copy_bandwidth(device, seconds=seconds)
-    return {w: min(1.0, r / bw) for w, r in _gemv_rates(device, dtype, widths, nbytes, seconds).items()}
+    return {k: min(1.0, r / bw) for k, r in _gemv_rates(device, dtype, sides, nbytes, seconds).items()}
 
 
 def measure_attention_curve(
@@ -488,7 +556,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
     flops = measure_matmul_flops(device, dtype, seconds=seconds)
     bw = measure_copy_bandwidth(device, seconds=seconds)
     gemv = measure_gemv_bandwidth(device, dtype, seconds=seconds)
-    gemv_curve = measure_gemv_curve(device, dtype, seconds=seconds / 5, bandwidth=bw)
+    gemv_grid = measure_gemv_grid(device, dtype, seconds=seconds / 8, bandwidth=bw)
     attention_curve = measure_attention_curve(device, dtype, seconds=seconds / 5, bandwidth=bw)
     overhead = measure_kernel_overhead(device, seconds=seconds / 2)
     import torch
@@ -505,7 +573,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
         bandwidth_efficiency=min(1.0, gemv / bw),
         attention_bandwidth_efficiency=attention_curve[1],
         kernel_overhead_seconds=overhead,
-        gemv_efficiency_by_width=gemv_curve,
+        gemv_efficiency_by_shape=gemv_grid,
         attention_efficiency_by_group=attention_curve,
         memory_usable_fraction=0.9,
         dtype=dtype,
@@ -516,7 +584,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
             "bandwidth_efficiency": f"measured: best torch.mv over a {dtype} matrix / copy bandwidth",
             "memory_bytes": "total device memory (CPU: physical RAM)",
             "attention_bandwidth_efficiency": "measured: decode_attention KV bytes/s at 1 query row / copy bandwidth",
-            "gemv_efficiency_by_width": "measured: F.linear of 1 row, 96 MiB [rows, width] matrix / copy bandwidth",
+            "gemv_efficiency_by_shape": "measured: F.linear of 1 row, 96 MiB of [rows, cols] matrices / copy bandwidth",
             "attention_efficiency_by_group": "measured: decode_attention KV bytes/s at g query rows / copy bandwidth",
             "kernel_overhead_seconds": "measured: mean time of a tiny op in a chain of 100 (linear, add, mul)",
         },
@@ -543,7 +611,7 @@ def local_profile(device: str | None = None, dtype: str | None = None, remeasure
     if path.exists() and not remeasure:
         try:
             data = json.loads(path.read_text())
-            if isinstance(data, dict) and data.get("gemv_efficiency_by_width"):  # older caches lack the curves
+            if isinstance(data, dict) and data.get("gemv_efficiency_by_shape"):  # older caches lack the curves
                 return hardware_from_dict(data, where=str(path))
         except (CogqaError, ValueError):  # JSON and UTF-8 decoding errors are ValueErrors
             pass  # a stale or damaged cache is measured again

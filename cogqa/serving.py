@@ -21,7 +21,7 @@ vectorised: shape fields, context and batch may be numpy arrays.
 A third, fixed term adds ``kernel_overhead_seconds`` per kernel launched (KERNELS_PER_LAYER x L +
 KERNELS_PER_PASS per forward pass): 0 on datasheet profiles, measured on ``local``. On ``local``
 the decode's memory terms also use the measured kernel-shape curves: each weight matrix streams at
-the one-row-product bandwidth for its input width (:func:`weight_stream_seconds`), and the KV cache
+the one-row-product bandwidth for its shape (:func:`weight_stream_seconds`), and the KV cache
 at decode attention's bandwidth for the model's GQA group n_h / n_kv (:func:`kv_stream_seconds`).
 
 Optimistic on datasheet profiles: no kernel-launch or framework overhead, no tensor parallelism,
@@ -38,7 +38,6 @@ from .costs import (
     forward_flops_per_token,
     inference_flops_per_token,
     kv_cache_bytes_per_token,
-    parameter_counts,
     params_total,
     prefill_flops,
     training_flops,
@@ -80,32 +79,39 @@ def weight_bytes(shape, weight_dtype: str = "bf16") -> np.ndarray:
     return params_total(shape) * dtype_bytes(weight_dtype)
 
 
-def weight_bytes_by_width(shape, weight_dtype: str = "bf16") -> dict[str, tuple]:
-    """The weights a decode step streams, grouped by the input width (row length) of their matrices, as
-    ``{group: (width in elements, bytes)}``: ``model`` (q/k/v, gate/up and the LM head read rows of d;
-    norms and biases are counted here too), ``o_proj`` (rows of n_h d_h) and ``down_proj`` (rows of the FFN
-    width). The bytes sum to :func:`weight_bytes` (units: elements, bytes; numpy arrays for array shapes)."""
-    counts = parameter_counts(shape)
+def weight_matrices(shape, weight_dtype: str = "bf16") -> dict[str, tuple]:
+    """The weight matrices a decode step streams, as ``{name: (rows, cols, bytes)}`` with [out, in] = [rows,
+    cols] elements and the bytes of all layers: ``q``, ``kv`` (k and v), ``o``, ``gate_up`` (gate and up;
+    one matrix for a GELU FFN), ``down`` and ``lm_head`` [V, d], which also carries the rest (norms, biases,
+    an untied input embedding) so that the bytes sum to :func:`weight_bytes` (units: elements, bytes;
+    numpy arrays for array shapes)."""
     b = dtype_bytes(weight_dtype)
-    L, d, dff = (np.asarray(x, dtype=float) for x in (shape.layers, shape.hidden_size, shape.ffn_size))
-    o_width = np.asarray(shape.n_heads, dtype=float) * np.asarray(shape.head_dim, dtype=float)
-    o_bytes = L * o_width * d * b
-    down_bytes = L * dff * d * b
-    return {
-        "model": (d, counts["total"] * b - o_bytes - down_bytes),
-        "o_proj": (o_width, o_bytes),
-        "down_proj": (dff, down_bytes),
+    L, d, f, V = (
+        np.asarray(x, dtype=float) for x in (shape.layers, shape.hidden_size, shape.ffn_size, shape.vocab_size)
+    )
+    q_rows = np.asarray(shape.n_heads, dtype=float) * np.asarray(shape.head_dim, dtype=float)
+    kv_rows = np.asarray(shape.n_kv_heads, dtype=float) * np.asarray(shape.head_dim, dtype=float)
+    up_matrices = 2 if shape.ffn_kind == "swiglu" else 1
+    parts = {
+        "q": (q_rows, d, L * q_rows * d * b),
+        "kv": (kv_rows, d, 2 * L * kv_rows * d * b),
+        "o": (d, q_rows, L * d * q_rows * b),
+        "gate_up": (f, d, up_matrices * L * f * d * b),
+        "down": (d, f, L * d * f * b),
     }
+    rest = weight_bytes(shape, weight_dtype) - sum(nbytes for _, _, nbytes in parts.values())
+    parts["lm_head"] = (V, d, rest)
+    return parts
 
 
 def weight_stream_seconds(shape, hardware: Hardware, weight_dtype: str = "bf16") -> np.ndarray:
-    """Seconds to stream every weight once at the profile's one-row-product bandwidth for each matrix's input
-    width (:meth:`Hardware.gemv_bandwidth`; one bandwidth for all without a kernel-shape curve) (units: seconds)."""
+    """Seconds to stream every weight once at the profile's one-row-product bandwidth for each matrix's shape
+    (:meth:`Hardware.gemv_bandwidth`; one bandwidth for all without a measured grid) (units: seconds)."""
     hw = get_hardware(hardware)
-    if not hw.gemv_efficiency_by_width:
+    if not hw.gemv_efficiency_by_shape:
         return weight_bytes(shape, weight_dtype) / hw.bandwidth
     return sum(
-        nbytes / hw.gemv_bandwidth(width) for width, nbytes in weight_bytes_by_width(shape, weight_dtype).values()
+        nbytes / hw.gemv_bandwidth(rows, cols) for rows, cols, nbytes in weight_matrices(shape, weight_dtype).values()
     )
 
 
@@ -137,6 +143,19 @@ def kernel_overhead_seconds(shape, hardware: Hardware) -> np.ndarray:
     return hw.kernel_overhead_seconds * (KERNELS_PER_LAYER * layers + KERNELS_PER_PASS)
 
 
+def _pass_result(weights: dict, attention: dict, overhead, tokens) -> dict:
+    """A forward pass's phases, its fixed ``overhead_seconds``, total ``seconds`` (the sum) and ``tokens_per_second``
+    (``tokens`` produced or processed per pass / seconds)."""
+    seconds = weights["seconds"] + attention["seconds"] + overhead
+    return {
+        "weights": weights,
+        "attention": attention,
+        "overhead_seconds": overhead,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+    }
+
+
 def decode_step(shape, context, batch, hardware: Hardware, weight_dtype="bf16", kv_dtype="bf16") -> dict:
     """One decode step: each of ``batch`` sequences with ``context`` cached tokens produces one token.
 
@@ -164,16 +183,9 @@ def decode_step(shape, context, batch, hardware: Hardware, weight_dtype="bf16", 
         hw.attention_bandwidth,
         memory_seconds=kv_stream_seconds(shape, T, B, hw, kv_dtype),
     )
-    overhead = kernel_overhead_seconds(shape, hw) + 0 * B * T
-    step = weights["seconds"] + attention["seconds"] + overhead
-    return {
-        "weights": weights,
-        "attention": attention,
-        "overhead_seconds": overhead,
-        "seconds": step,
-        "seconds_per_token": step,
-        "tokens_per_second": B / step,
-    }
+    result = _pass_result(weights, attention, kernel_overhead_seconds(shape, hw) + 0 * B * T, tokens=B)
+    result["seconds_per_token"] = result["seconds"]
+    return result
 
 
 def prefill(shape, prompt_tokens, batch, hardware: Hardware, weight_dtype="bf16", kv_dtype="bf16") -> dict:
@@ -189,15 +201,7 @@ def prefill(shape, prompt_tokens, batch, hardware: Hardware, weight_dtype="bf16"
     attn = prefill_flops(shape, P) - linear
     weights = _phase(B * linear, weight_bytes(shape, weight_dtype) + 0 * B * P, hw.matmul_flops, hw.bandwidth)
     attention = _phase(B * attn, B * P * kv_cache_bytes_per_token(shape, kv_dtype), hw.attention_flops, hw.bandwidth)
-    overhead = kernel_overhead_seconds(shape, hw) + 0 * B * P
-    seconds = weights["seconds"] + attention["seconds"] + overhead
-    return {
-        "weights": weights,
-        "attention": attention,
-        "overhead_seconds": overhead,
-        "seconds": seconds,
-        "tokens_per_second": B * P / seconds,
-    }
+    return _pass_result(weights, attention, kernel_overhead_seconds(shape, hw) + 0 * B * P, tokens=B * P)
 
 
 def training_step(shape, train_context, hardware: Hardware, batch=1, weight_dtype="bf16") -> dict:

@@ -116,7 +116,7 @@ def test_local_profile_cached_and_remeasured(tmp_path, monkeypatch):
             8e9,
             bandwidth_efficiency=0.5,
             kernel_overhead_seconds=1e-6,
-            gemv_efficiency_by_width={1024: 0.5},
+            gemv_efficiency_by_shape={"1024x1024": 0.5},
             attention_efficiency_by_group={1: 0.4},
             dtype=dtype,
         )
@@ -133,30 +133,44 @@ def test_local_profile_cached_and_remeasured(tmp_path, monkeypatch):
     cache.write_text("{broken")
     assert hwmod.local_profile("cpu").peak_flops == 3e11  # a damaged cache is measured again
     data = json.loads(cache.read_text())
-    assert data["gemv_efficiency_by_width"] == {"1024": 0.5}  # JSON keys are strings; read back as ints
-    assert hwmod.local_profile("cpu").gemv_efficiency_by_width == {1024: 0.5} and len(calls) == 3
-    data["gemv_efficiency_by_width"] = None  # a cache from before the kernel-shape curves
+    assert data["gemv_efficiency_by_shape"] == {"1024x1024": 0.5}
+    assert hwmod.local_profile("cpu").gemv_efficiency_by_shape == {"1024x1024": 0.5} and len(calls) == 3
+    data["gemv_efficiency_by_shape"] = None  # a cache from before the kernel-shape curves
     cache.write_text(json.dumps(data))
     assert hwmod.local_profile("cpu").peak_flops == 4e11
 
 
 def test_kernel_shape_curves_interpolate_in_log2_and_validate():
     hw = get_hardware("h100-sxm")
-    assert hw.gemv_efficiency_by_width is None  # datasheet: one bandwidth for every matrix
-    assert hw.gemv_bandwidth(256) == pytest.approx(hw.bandwidth)
+    assert hw.gemv_efficiency_by_shape is None  # datasheet: one bandwidth for every matrix
+    assert hw.gemv_bandwidth(256, 1024) == pytest.approx(hw.bandwidth)
     assert hw.attention_bandwidth_at(8) == pytest.approx(hw.attention_bandwidth)
-    hw2 = hw.with_overrides(gemv_efficiency_by_width={"4096": 0.8, "1024": 0.4}, attention_efficiency_by_group={1: 0.5})
-    assert list(hw2.gemv_efficiency_by_width) == [1024, 4096]  # sorted, integer keys
+    grid = {"4096x1024": 0.8, "1024x1024": 0.4, "1024x4096": 0.2, "4096x4096": 1.0}
+    hw2 = hw.with_overrides(gemv_efficiency_by_shape=grid, attention_efficiency_by_group={"4": 0.2, "1": 0.5})
+    assert list(hw2.gemv_efficiency_by_shape) == ["1024x1024", "1024x4096", "4096x1024", "4096x4096"]  # sorted
+    assert list(hw2.attention_efficiency_by_group) == [1, 4]  # integer keys, sorted
     bw = hw.memory_bandwidth
-    # 2048 is half way between 1024 and 4096 in log2: 0.4 + (0.8 - 0.4) / 2 = 0.6
-    assert hw2.gemv_bandwidth(2048) == pytest.approx(0.6 * bw)
-    assert hw2.gemv_bandwidth([16, 65536]) == pytest.approx([0.4 * bw, 0.8 * bw])  # held beyond the points
-    assert hw2.attention_bandwidth_at(16) == pytest.approx(0.5 * bw)
-    assert hardware_from_dict(json.loads(json.dumps(hw2.to_dict()))).gemv_efficiency_by_width == {1024: 0.4, 4096: 0.8}
-    for bad in ({"1e3": 0.5}, {1024: 1.5}, {0: 0.5}, {1024: "fast"}, [0.5], {}):
-        with pytest.raises(CogqaError, match="gemv_efficiency_by_width") as e:
-            hw.with_overrides(gemv_efficiency_by_width=bad)
+    # 2048 is half way between 1024 and 4096 in log2: rows 2048 x cols 1024 -> (0.4 + 0.8) / 2
+    assert hw2.gemv_bandwidth(2048, 1024) == pytest.approx(0.6 * bw)
+    # the centre of the grid: the mean of the four corners
+    assert hw2.gemv_bandwidth(2048, 2048) == pytest.approx((0.4 + 0.8 + 0.2 + 1.0) / 4 * bw)
+    # held beyond the grid, and vectorised
+    assert hw2.gemv_bandwidth([16, 65536], [1024, 1]) == pytest.approx([0.4 * bw, 0.8 * bw])
+    assert hw2.attention_bandwidth_at(2) == pytest.approx(0.35 * bw)  # half way between 1 and 4 in log2
+    assert hw2.attention_bandwidth_at(16) == pytest.approx(0.2 * bw)
+    back = hardware_from_dict(json.loads(json.dumps(hw2.to_dict())))
+    assert back.gemv_efficiency_by_shape == hw2.gemv_efficiency_by_shape
+    single = hw.with_overrides(gemv_efficiency_by_shape={"1024x1024": 0.5})  # one point: constant
+    assert single.gemv_bandwidth([1, 5000], [300, 9]) == pytest.approx([0.5 * bw, 0.5 * bw])
+    for bad in ({"1024": 0.5}, {"1024x1024": 1.5}, {"0x4": 0.5}, {"1024x1024": "fast"}, [0.5], {}):
+        with pytest.raises(CogqaError, match="gemv_efficiency_by_shape") as e:
+            hw.with_overrides(gemv_efficiency_by_shape=bad)
         assert "\n" not in str(e.value)
+    with pytest.raises(CogqaError, match="lacks 1024x4096"):  # not a full grid
+        hw.with_overrides(gemv_efficiency_by_shape={"1024x1024": 0.5, "4096x4096": 0.5})
+    for bad in ({"1e3": 0.5}, {"4": 1.5}, {"0": 0.5}):
+        with pytest.raises(CogqaError, match="attention_efficiency_by_group"):
+            hw.with_overrides(attention_efficiency_by_group=bad)
 
 
 def test_attention_bandwidth_and_kernel_overhead_fields():
@@ -173,9 +187,9 @@ def test_attention_bandwidth_and_kernel_overhead_fields():
 
 def test_local_terms_measured_positive():
     assert hwmod.measure_decode_attention("cpu", "fp32", nbytes=1 << 20, seconds=0.01, group=4) > 0
-    gemv = hwmod.measure_gemv_curve("cpu", "fp32", widths=(64, 256), nbytes=1 << 20, seconds=0.01, bandwidth=1e9)
+    gemv = hwmod.measure_gemv_grid("cpu", "fp32", sides=(64, 256), nbytes=1 << 20, seconds=0.01, bandwidth=1e9)
     attn = hwmod.measure_attention_curve("cpu", "fp32", groups=(1, 4), nbytes=1 << 20, seconds=0.01, bandwidth=1e9)
-    assert list(gemv) == [64, 256] and list(attn) == [1, 4]
+    assert list(gemv) == ["64x64", "64x256", "256x64", "256x256"] and list(attn) == [1, 4]
     assert all(0 < v <= 1 for v in [*gemv.values(), *attn.values()])
     assert 0 < hwmod.measure_kernel_overhead("cpu", seconds=0.01) < 1e-2
 

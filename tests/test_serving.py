@@ -214,25 +214,32 @@ def test_local_terms_attention_bandwidth_and_kernel_overhead():
 
 
 def test_kernel_shape_curves_give_each_matrix_and_group_its_own_bandwidth():
-    from cogqa.serving import weight_bytes_by_width
+    from cogqa.serving import weight_matrices
 
     s = paper_shape("470M", 8, 2)
-    d, dff, o_width = s.hidden_size, s.ffn_size, s.n_heads * s.head_dim
-    parts = weight_bytes_by_width(s, "fp32")
-    assert sum(float(b) for _, b in parts.values()) == pytest.approx(float(costs.params_total(s) * 4))
-    assert float(parts["down_proj"][1]) == pytest.approx(s.layers * dff * d * 4)
-    assert float(parts["o_proj"][1]) == pytest.approx(s.layers * o_width * d * 4)
-    # curve: width d streams at 0.25 of 1e11 B/s, everything at least 4d wide at 0.5; group 4 at 0.1
-    hw = TOY.with_overrides(
-        gemv_efficiency_by_width={d: 0.25, 4 * d: 0.5}, attention_efficiency_by_group={1: 0.4, 4: 0.1}
-    )
+    d, f, V, dh = s.hidden_size, s.ffn_size, s.vocab_size, s.head_dim
+    parts = weight_matrices(s, "fp32")
+    assert sum(float(b) for *_, b in parts.values()) == pytest.approx(float(costs.params_total(s) * 4))
+    assert [(float(r), float(c)) for r, c, _ in parts.values()] == [
+        (8 * dh, d),
+        (2 * dh, d),
+        (d, 8 * dh),
+        (f, d),
+        (d, f),
+        (V, d),
+    ]
+    assert float(parts["down"][2]) == pytest.approx(s.layers * f * d * 4)
+    assert float(parts["kv"][2]) == pytest.approx(s.layers * 2 * 2 * dh * d * 4)
+    # a grid whose efficiency depends only on the rows: 0.25 at <= 256 rows, 0.5 at >= 4096 (linear in log2)
+    grid = {f"{r}x{c}": e for r, e in ((256, 0.25), (4096, 0.5)) for c in (256, 4096)}
+    hw = TOY.with_overrides(gemv_efficiency_by_shape=grid, attention_efficiency_by_group={1: 0.4, 4: 0.1})
 
-    def eff(width):  # linear in log2 between d and 4d, held beyond
-        return float(np.interp(np.log2(width), [np.log2(d), np.log2(4 * d)], [0.25, 0.5]))
+    def eff(rows):
+        return float(np.interp(np.log2(rows), [8, 12], [0.25, 0.5]))
 
     T = 4096
     r = decode_step(s, T, 1, hw, "fp32", "fp32")
-    expect_w = sum(float(b) / (1e11 * eff(w)) for w, b in parts.values())
+    expect_w = sum(float(b) / (1e11 * eff(float(rows))) for rows, _, b in parts.values())
     kv = T * costs.kv_cache_bytes_per_token(s, "fp32")
     assert r["weights"]["memory_seconds"] == pytest.approx(expect_w)
     assert r["attention"]["memory_seconds"] == pytest.approx(kv / (1e11 * 0.1))

@@ -68,31 +68,27 @@ COEFS = {k: f.coefficients for k, f in FIT_FORMS.items()}
 MIN_POINTS = {k: f.min_points for k, f in FIT_FORMS.items()}
 
 
+def _n_problem_one_group(N: np.ndarray, loss: np.ndarray) -> _Problem:
+    return _n_problem(N, loss, np.zeros(len(N), dtype=int), 1, False)
+
+
+#: Per form: the columns its fitter takes (in order), the fitter and the builder of its least-squares problem.
+_FITTERS = {
+    "heads-joint": (("params_non_embedding", "n_heads", "n_kv_heads", "loss"), fit_heads_joint, _joint_problem),
+    "n": (("params_non_embedding", "loss"), fit_power_law, _n_problem_one_group),
+    "chinchilla": (("params_non_embedding", "tokens", "loss"), fit_chinchilla, _chinchilla_problem),
+    "heads": (("n_heads", "loss"), fit_head_law, _head_problem),
+}
+
+
+def _inputs(form: str, sub: pd.DataFrame) -> list[np.ndarray]:
+    return [sub[column].to_numpy(float) for column in _FITTERS[form][0]]
+
+
 def _fit_group(form: str, sub: pd.DataFrame, starts=None, grid=None, n_ref: int = 32) -> LawFit:
-    loss = sub["loss"].to_numpy(float)
-    if form == "heads-joint":
-        return fit_heads_joint(
-            sub["params_non_embedding"].to_numpy(float),
-            sub["n_heads"].to_numpy(float),
-            sub["n_kv_heads"].to_numpy(float),
-            loss,
-            n_ref=n_ref,
-            grid=32 if grid is None else grid,
-            starts=starts,
-        )
-    if form == "n":
-        return fit_power_law(
-            sub["params_non_embedding"].to_numpy(float), loss, grid=32 if grid is None else grid, starts=starts
-        )
-    if form == "chinchilla":
-        return fit_chinchilla(
-            sub["params_non_embedding"].to_numpy(float),
-            sub["tokens"].to_numpy(float),
-            loss,
-            grid=32 if grid is None else grid,
-            starts=starts,
-        )
-    return fit_head_law(sub["n_heads"].to_numpy(float), loss, grid=32 if grid is None else grid, starts=starts)
+    fitter = _FITTERS[form][1]
+    extra = {"n_ref": n_ref} if form == "heads-joint" else {}
+    return fitter(*_inputs(form, sub), grid=32 if grid is None else grid, starts=starts, **extra)
 
 
 def _check_points(form: str, label: str, sub: pd.DataFrame, shared_E: bool, single: bool = False) -> None:
@@ -125,16 +121,4 @@ def _check_points(form: str, label: str, sub: pd.DataFrame, shared_E: bool, sing
 
 
 def _fit_group_problem(form: str, sub: pd.DataFrame) -> _Problem:
-    loss = sub["loss"].to_numpy(float)
-    if form == "heads-joint":
-        return _joint_problem(
-            sub["params_non_embedding"].to_numpy(float),
-            sub["n_heads"].to_numpy(float),
-            sub["n_kv_heads"].to_numpy(float),
-            loss,
-        )
-    if form == "n":
-        return _n_problem(sub["params_non_embedding"].to_numpy(float), loss, np.zeros(len(sub), dtype=int), 1, False)
-    if form == "chinchilla":
-        return _chinchilla_problem(sub["params_non_embedding"].to_numpy(float), sub["tokens"].to_numpy(float), loss)
-    return _head_problem(sub["n_heads"].to_numpy(float), loss)
+    return _FITTERS[form][2](*_inputs(form, sub))

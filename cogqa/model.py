@@ -198,27 +198,32 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, w, targets, chunk: int = 256):
         valid = targets != IGNORE_INDEX
         count = valid.sum()
-        scale = 1.0 / max(int(count), 1)
+        scale = 1.0 / count.clamp(min=1)  # a tensor: no host sync, no graph break under torch.compile
         safe = targets.clamp(min=0)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         grad_x, grad_w = torch.empty_like(x), torch.zeros_like(w)
+        buffer = x.new_empty(min(chunk, x.shape[0]), w.shape[0])  # one [chunk, V] buffer, reused
         for i in range(0, x.shape[0], chunk):
-            xc, tc, vc = x[i : i + chunk], safe[i : i + chunk, None], valid[i : i + chunk]
-            logits = (xc @ w.t()).float()
-            lse = torch.logsumexp(logits, -1)
-            total += ((lse - logits.gather(1, tc)[:, 0]) * vc).sum()
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-            probs.scatter_add_(1, tc, -torch.ones_like(tc, dtype=probs.dtype))
-            probs.mul_(vc[:, None] * scale)
-            grad = probs.to(x.dtype)
-            grad_x[i : i + chunk] = grad @ w
-            grad_w.addmm_(grad.t(), xc)
+            xc, tc, vc = x[i : i + chunk], safe[i : i + chunk, None], valid[i : i + chunk, None]
+            logits = torch.mm(xc, w.t(), out=buffer[: xc.shape[0]])
+            top = logits.amax(-1, keepdim=True)
+            picked = logits.gather(1, tc)
+            exp = logits.sub_(top).exp_()  # in place: the buffer now holds exp(logits - max)
+            sums = exp.sum(-1, keepdim=True)
+            total += ((sums.log() + top - picked).float() * vc).sum()
+            weight = vc * scale  # d(mean loss)/d(row loss), 0 for ignored rows
+            exp.mul_(weight / sums)  # softmax, scaled
+            exp.scatter_add_(1, tc, -weight.to(exp.dtype))  # minus the one-hot
+            torch.mm(exp, w, out=grad_x[i : i + xc.shape[0]])
+            grad_w.addmm_(exp.t(), xc)
         ctx.save_for_backward(grad_x, grad_w)
         return total / count  # nan without any target, as F.cross_entropy
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_x, grad_w = ctx.saved_tensors
+        if not torch.compiler.is_compiling() and grad_loss.device.type == "cpu" and float(grad_loss) == 1.0:
+            return grad_x, grad_w, None, None  # loss.backward(): nothing to scale (CPU: no sync to ask)
         return grad_x * grad_loss.to(grad_x.dtype), grad_w * grad_loss.to(grad_w.dtype), None, None
 
 

@@ -252,6 +252,8 @@ class GQADecoder(nn.Module):
         self.layers = nn.ModuleList(Block(shape) for _ in range(shape.layers))
         self.norm = RMSNorm(shape.hidden_size, shape.norm_eps)
         self.lm_head = None if shape.tie_embeddings else nn.Linear(shape.hidden_size, shape.vocab_size, bias=False)
+        self.lay_out_weights()
+        self.register_load_state_dict_post_hook(lambda module, _keys: module.lay_out_weights())
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
@@ -272,6 +274,27 @@ class GQADecoder(nn.Module):
             else:
                 std = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(std).to(p.dtype))
+
+    @torch.no_grad()
+    def lay_out_weights(self) -> None:
+        """Store every matrix (``nn.Linear`` [out, in] weights, the embedding [V, d]) contiguous along its
+        longer side: column-major when rows >= columns. Values, shapes and names are unchanged.
+
+        A decode step multiplies one row by each matrix; on CPU (MKL) that streams a cold weight at
+        ~22 GB/s when the contiguous runs are the longer side and at 8-15 GB/s when they are the
+        shorter one, while training GEMMs run equally fast either way. Gradients and optimiser
+        states follow the parameters' strides; checkpoints and exports store contiguous copies. Run
+        after construction and after every ``load_state_dict`` (``assign=True`` brings row-major tensors).
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) and type(module.weight.data) is torch.Tensor:
+                w = module.weight  # (FSDP2's sharded DTensors keep their own layout)
+                rows, cols = w.shape
+                column_major = w.stride() == (1, rows)
+                if rows >= cols and not column_major:
+                    w.data = w.data.t().contiguous().t()
+                elif rows < cols and not w.is_contiguous():
+                    w.data = w.data.contiguous()
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameters (units: parameters), tied embeddings once; ``non_embedding`` drops the

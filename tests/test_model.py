@@ -453,3 +453,42 @@ def test_decode_attention_matches_sdpa(group):
     for m in (None, mask):
         want = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
         torch.testing.assert_close(decode_attention(q, k, v, m), want, atol=1e-6, rtol=1e-5)
+
+
+def _longer_side_contiguous(model) -> dict:
+    """name -> whether the matrix is stored contiguous along its longer side (column-major when rows >= cols)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.dim() == 2:
+            rows, cols = p.shape
+            out[name] = p.stride() == ((1, rows) if rows >= cols else (cols, 1))
+    return out
+
+
+def test_weights_are_stored_along_their_longer_side_through_training_and_loading(tmp_path):
+    """Every matrix (embedding, projections, untied LM head) is contiguous along its longer side after
+    construction, a training step (gradients and AdamW states follow), a checkpoint round trip (saved
+    contiguous, loaded with assign=True) and a dtype cast; the values are unchanged."""
+    from cogqa.checkpoint import load_model, save_model
+
+    shape = SHAPES["mqa"]  # untied: the LM head is a Linear [V, d]
+    model = make(shape).train()
+    layout = _longer_side_contiguous(model)
+    assert layout and all(layout.values()), layout
+    assert model.embed_tokens.weight.stride() == (1, shape.vocab_size)
+    assert model.layers[0].mlp.down_proj.weight.is_contiguous()  # [d, d_ff]: rows < columns
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, shape.vocab_size, (2, 12))
+    model(ids, labels=ids).loss.backward()
+    opt.step()
+    for p in model.parameters():
+        assert p.grad.stride() == p.stride()
+        assert opt.state[p]["exp_avg"].stride() == p.stride()
+    save_model(model, tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt")
+    assert all(_longer_side_contiguous(loaded).values())
+    for name, p in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], p), name
+    model.eval()
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert all(_longer_side_contiguous(load_model(tmp_path / "ckpt", dtype="bf16")).values())

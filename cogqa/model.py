@@ -220,7 +220,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             picked = logits.gather(1, tc)
             exp = logits.sub_(top).exp_()  # in place: the buffer now holds exp(logits - max)
             sums = exp.sum(-1, keepdim=True)
-            total += ((sums.log() + top - picked).float() * vc).sum()
+            total += ((sums.log() + top - picked) * vc).sum()
             weight = vc * scale  # d(mean loss)/d(row loss), 0 for ignored rows
             exp.mul_(weight / sums)  # softmax, scaled
             exp.scatter_add_(1, tc, -weight.to(exp.dtype))  # minus the one-hot
@@ -266,7 +266,7 @@ class GQADecoder(nn.Module):
         self.norm = RMSNorm(shape.hidden_size, shape.norm_eps)
         self.lm_head = None if shape.tie_embeddings else nn.Linear(shape.hidden_size, shape.vocab_size, bias=False)
         self.lay_out_weights()
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.lay_out_weights())
+        self.register_load_state_dict_post_hook(_lay_out_after_load)
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
@@ -521,6 +521,11 @@ class GQADecoder(nn.Module):
                 return out[:, : P + step + 1]
             logits = self(out[:, P + step : P + step + 1], cache=cache).logits[:, -1]
         return out
+
+
+def _lay_out_after_load(model: GQADecoder, _incompatible_keys) -> None:
+    """``load_state_dict`` post-hook (a module-level function, so the model stays picklable)."""
+    model.lay_out_weights()
 
 
 def _shifted(labels: torch.Tensor, device) -> torch.Tensor:

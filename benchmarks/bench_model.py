@@ -8,7 +8,9 @@
     filled KV cache, ``cogqa.costs.inference_memory_bytes``) / the bandwidth a STREAM-like copy
     measures in this run (2 x 128 MiB arrays, bytes read + bytes written per second, best of 5);
 (d) decode time per token of H = (32, 8) vs H = (8, 1) at 8K and 16K, next to the cost model's
-    predicted ratio of bytes read per token (weights + KV cache).
+    predicted ratio of bytes read per token (weights + KV cache), and next to the ratio that the
+    ``local`` roofline predicts (``cogqa.serving.decode_step`` on this machine's profile measured in the
+    same run, with its kernel-shape curves: the rate of each matrix width and GQA group).
 
 Contenders are alternated within one run (each timing is the best of the repeats), so load from
 other processes hits them alike; ratios are the numbers to read, absolute speeds vary with load.
@@ -30,7 +32,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from cogqa import costs  # noqa: E402
+from cogqa import costs, serving  # noqa: E402
+from cogqa.hardware import measure_local  # noqa: E402
 from cogqa.hf import export_hf  # noqa: E402
 from cogqa.model import GQADecoder  # noqa: E402
 from cogqa.shapes import ModelShape  # noqa: E402
@@ -257,12 +260,25 @@ def main(argv=None) -> int:
 
     # (d) decode-time ratio H = (32, 8) vs H = (8, 1), measured vs the cost model's bytes ratio
     say("\n(d) decode time per token, H=(32,8) vs H=(8,1), L=2 d=256 d_h=64, fp32")
+    hw = measure_local("cpu", "fp32", seconds=0.5)
     for key, ctx in ({"4k": 4096} if args.quick else {"8k": 8192, "16k": 16384}).items():
         t_big, t_small = alternate([decode_runner(BIG, ctx, new), decode_runner(SMALL, ctx, new)], repeats)
         measured = t_big / t_small
         predicted = step_bytes(BIG, ctx) / step_bytes(SMALL, ctx)
         flops = float(costs.inference_flops_per_token(BIG, ctx) / costs.inference_flops_per_token(SMALL, ctx))
         error = abs(measured / predicted - 1)
+        t_roof_big, t_roof_small = (
+            float(serving.decode_step(s, ctx, 1, hw, "fp32", "fp32")["seconds"]) for s in (BIG, SMALL)
+        )
+        roofline = t_roof_big / t_roof_small
+        out.update(
+            {
+                f"ratio_predicted_local_roofline_{key}": roofline,
+                f"local_roofline_vs_measured_error_{key}": abs(measured / roofline - 1),
+                f"local_roofline_fraction_big_{key}": t_roof_big / (t_big / new),
+                f"local_roofline_fraction_small_{key}": t_roof_small / (t_small / new),
+            }
+        )
         out.update(
             {
                 f"ratio_measured_{key}": measured,
@@ -278,6 +294,11 @@ def main(argv=None) -> int:
             f"{measured:4.2f}x, cost-model bytes {predicted:4.2f}x (off by {error:.0%}), FLOPs {flops:4.2f}x; "
             f"effective {step_bytes(BIG, ctx) / (t_big / new) / 1e9:4.1f} vs "
             f"{step_bytes(SMALL, ctx) / (t_small / new) / 1e9:4.1f} GB/s"
+        )
+        say(
+            f"                    local roofline (kernel-shape curves) predicts {roofline:4.2f}x "
+            f"(off by {abs(measured / roofline - 1):.0%}); measured at {t_roof_big / (t_big / new):.0%} and "
+            f"{t_roof_small / (t_small / new):.0%} of its predicted speed"
         )
     if args.json:
         print(json.dumps(out, indent=1, sort_keys=True))

@@ -107,6 +107,9 @@ def mean_profile(a: Hardware, b: Hardware) -> Hardware:
     fields = ("peak_flops", "memory_bandwidth", "bandwidth_efficiency", "attention_bandwidth_efficiency")
     values = {f: (getattr(a, f) + getattr(b, f)) / 2 for f in fields}
     values["kernel_overhead_seconds"] = (a.kernel_overhead_seconds + b.kernel_overhead_seconds) / 2
+    for curve in ("gemv_efficiency_by_shape", "attention_efficiency_by_group"):
+        ca, cb = getattr(a, curve), getattr(b, curve)
+        values[curve] = {k: (ca[k] + cb[k]) / 2 for k in ca}
     return a.with_overrides(**values)
 
 
@@ -142,7 +145,8 @@ def main() -> int:
     )
     print(
         f"{'shape':<20}{'context':>8}{'model tok/s':>12}{'ref tok/s':>11}{'predicted':>11}{'model/pred':>11}"
-        f"{'ref/pred':>9}  bound (weights, attention)   profile (GFLOP/s, gemv GB/s, attention GB/s, us/kernel)"
+        f"{'ref/pred':>9}  bound (weights, attention)   profile at this shape (GFLOP/s, gemv GB/s at d x d, "
+        "attention GB/s at n_h/n_kv, us/kernel)"
     )
     ratios = []
     for T in parse_contexts(args.contexts):
@@ -164,7 +168,8 @@ def main() -> int:
             bound = f"{pred['weights']['bound']}, {pred['attention']['bound']}"
             print(
                 f"{s.name:<20}{T:>8}{m:>12.1f}{r:>11.1f}{p:>11.1f}{m / p:>11.2f}{r / p:>9.2f}  {bound:<28}"
-                f"{hw.peak_flops / 1e9:.0f}, {hw.bandwidth / 1e9:.1f}, {hw.attention_bandwidth / 1e9:.1f}, "
+                f"{hw.peak_flops / 1e9:.0f}, {float(hw.gemv_bandwidth(d, d)) / 1e9:.1f}, "
+                f"{float(hw.attention_bandwidth_at(nh // nkv)) / 1e9:.1f}, "
                 f"{hw.kernel_overhead_seconds * 1e6:.1f}"
             )
             del model, ref

@@ -15,6 +15,7 @@ Units: FLOP/s, bytes/s, bytes. Efficiencies are achievable / peak, in (0, 1].
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -43,6 +44,16 @@ class Hardware:
     which decode attention streams the KV cache (None: as ``bandwidth_efficiency``), and
     ``kernel_overhead_seconds`` is the fixed cost of one kernel (launch, dispatch; units: seconds),
     0 for datasheet profiles (not modelled) and measured for ``local``.
+
+    Two optional **kernel-shape curves** refine the decode roofline where the achievable rate depends on
+    the shape of the kernel rather than on the bytes alone (as with CPU BLAS libraries):
+    ``gemv_efficiency_by_shape`` maps a weight matrix's shape ``"ROWSxCOLS"`` ([out, in] elements, a
+    full grid of rows x cols) to the fraction of ``memory_bandwidth`` at which a one-row product
+    streams it in cogqa's weight layout, and ``attention_efficiency_by_group`` maps the GQA group
+    size n_h / n_kv to the fraction at which decode attention streams the KV cache. Between and
+    beyond the measured points the fraction is interpolated linearly in log2 (bilinearly for shapes)
+    and held constant. ``None`` (datasheet profiles):
+    one fraction for all shapes (``bandwidth_efficiency``, ``attention_bandwidth_efficiency``).
     """
 
     name: str
@@ -55,6 +66,8 @@ class Hardware:
     memory_usable_fraction: float = 0.9
     attention_bandwidth_efficiency: float | None = None
     kernel_overhead_seconds: float = 0.0
+    gemv_efficiency_by_shape: dict | None = field(default=None, compare=False)
+    attention_efficiency_by_group: dict | None = field(default=None, compare=False)
     dtype: str = "bf16"
     description: str = ""
     aliases: tuple = ()
@@ -79,6 +92,9 @@ class Hardware:
         v = self.kernel_overhead_seconds
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1
         require(ok, f"{where}: 'kernel_overhead_seconds' must be seconds in [0, 1), e.g. 2e-6; got {v!r}")
+        object.__setattr__(self, "gemv_efficiency_by_shape", _grid(self.gemv_efficiency_by_shape, where))
+        curve = _curve(self.attention_efficiency_by_group, "attention_efficiency_by_group", "group size", where)
+        object.__setattr__(self, "attention_efficiency_by_group", curve)
         from .costs import dtype_bytes
 
         dtype_bytes(self.dtype)
@@ -106,6 +122,26 @@ class Hardware:
         eff = self.attention_bandwidth_efficiency
         return self.memory_bandwidth * (self.bandwidth_efficiency if eff is None else eff)
 
+    def gemv_bandwidth(self, rows, cols):
+        """Bandwidth (bytes/s) at which a one-row product streams a weight matrix of ``rows`` x ``cols``
+        elements ([out, in]): ``memory_bandwidth`` x the ``gemv_efficiency_by_shape`` grid at that shape, or
+        :attr:`bandwidth` without a grid. ``rows`` and ``cols`` may be numpy arrays."""
+        import numpy as np
+
+        if not self.gemv_efficiency_by_shape:
+            return self.bandwidth + 0 * np.asarray(rows, dtype=float) * np.asarray(cols, dtype=float)
+        return self.memory_bandwidth * _interpolate_grid(self.gemv_efficiency_by_shape, rows, cols)
+
+    def attention_bandwidth_at(self, group):
+        """Bandwidth (bytes/s) at which decode attention streams the KV cache for GQA group size ``group``
+        (n_h / n_kv): ``memory_bandwidth`` x the ``attention_efficiency_by_group`` curve, or
+        :attr:`attention_bandwidth` without a curve. ``group`` may be a numpy array."""
+        import numpy as np
+
+        if not self.attention_efficiency_by_group:
+            return self.attention_bandwidth + 0 * np.asarray(group, dtype=float)
+        return self.memory_bandwidth * _interpolate(self.attention_efficiency_by_group, group)
+
     @property
     def usable_memory_bytes(self) -> float:
         """Bytes available for weights and KV cache: capacity x memory_usable_fraction."""
@@ -120,6 +156,89 @@ class Hardware:
         out = asdict(self)
         out["aliases"] = list(self.aliases)
         return out
+
+
+def _curve(value, name: str, what: str, where: str) -> dict | None:
+    """A kernel-shape curve as ``{int key: efficiency}`` sorted by key (JSON keys may be strings), or None."""
+    if value is None:
+        return None
+    hint = f"{where}: '{name}' must map a {what} (a positive integer) to a fraction in (0, 1], e.g. {{\"1024\": 0.6}}"
+    require(isinstance(value, dict) and 1 <= len(value) <= 64, hint + f"; got {value!r:.80}")
+    out = {}
+    for key, eff in value.items():
+        try:
+            k = int(key)
+        except (TypeError, ValueError):
+            k = 0
+        ok = isinstance(eff, (int, float)) and not isinstance(eff, bool) and math.isfinite(eff) and 0 < eff <= 1
+        require(k >= 1 and str(k) == str(key).strip() and ok, hint + f"; got {key!r}: {eff!r}")
+        out[k] = float(eff)
+    return dict(sorted(out.items()))
+
+
+def _shape_key(key) -> tuple[int, int] | None:
+    """``"1024x4096"`` -> (1024, 4096); None when it is not two positive integers joined by ``x``."""
+    parts = str(key).strip().lower().split("x")
+    if len(parts) != 2 or not all(p.isdigit() and int(p) >= 1 for p in parts):
+        return None
+    return int(parts[0]), int(parts[1])
+
+
+def _grid(value, where: str) -> dict | None:
+    """A shape grid as ``{"ROWSxCOLS": efficiency}`` covering every rows x cols pair, sorted, or None."""
+    if value is None:
+        return None
+    hint = (
+        f'{where}: \'gemv_efficiency_by_shape\' must map every "ROWSxCOLS" of a grid (e.g. "1024x4096", '
+        "elements) to a fraction in (0, 1]"
+    )
+    require(isinstance(value, dict) and 1 <= len(value) <= 1024, hint + f"; got {value!r:.80}")
+    out = {}
+    for key, eff in value.items():
+        shape = _shape_key(key)
+        ok = isinstance(eff, (int, float)) and not isinstance(eff, bool) and math.isfinite(eff) and 0 < eff <= 1
+        require(shape is not None and ok, hint + f"; got {key!r}: {eff!r}")
+        out[shape] = float(eff)
+    rows, cols = sorted({r for r, _ in out}), sorted({c for _, c in out})
+    missing = [f"{r}x{c}" for r in rows for c in cols if (r, c) not in out]
+    require(not missing, hint + f"; the grid lacks {', '.join(missing[:3])}")
+    return {f"{r}x{c}": out[(r, c)] for r in rows for c in cols}
+
+
+def _axis(points, x):
+    """Lower index and weight of ``x`` between sorted ``points`` in log2 (clamped at the ends)."""
+    import numpy as np
+
+    lp = np.log2(np.asarray(points, dtype=float))
+    lx = np.clip(np.log2(np.maximum(np.asarray(x, dtype=float), 1.0)), lp[0], lp[-1])
+    if len(lp) == 1:
+        return np.zeros(np.shape(lx), dtype=int), np.zeros(np.shape(lx))
+    i = np.clip(np.searchsorted(lp, lx, side="right") - 1, 0, len(lp) - 2)
+    return i, (lx - lp[i]) / (lp[i + 1] - lp[i])
+
+
+def _interpolate_grid(grid: dict, rows, cols):
+    """The grid's efficiency at (rows, cols): bilinear in (log2 rows, log2 cols), constant beyond the grid."""
+    import numpy as np
+
+    shapes = [_shape_key(k) for k in grid]
+    rs, cs = sorted({r for r, _ in shapes}), sorted({c for _, c in shapes})
+    table = np.array([[grid[f"{r}x{c}"] for c in cs] for r in rs])
+    table = np.pad(table, ((0, 1), (0, 1)), mode="edge")  # a single point on an axis still has a "next" one
+    i, wi = _axis(rs, rows)
+    j, wj = _axis(cs, cols)
+    i1, j1 = np.minimum(i + 1, table.shape[0] - 1), np.minimum(j + 1, table.shape[1] - 1)
+    top = table[i, j] * (1 - wj) + table[i, j1] * wj
+    bottom = table[i1, j] * (1 - wj) + table[i1, j1] * wj
+    return top * (1 - wi) + bottom * wi
+
+
+def _interpolate(curve: dict, x):
+    """The curve's efficiency at ``x``: linear in log2(x) between measured points, constant beyond them."""
+    import numpy as np
+
+    keys = np.log2(np.array(list(curve), dtype=float))
+    return np.interp(np.log2(np.maximum(np.asarray(x, dtype=float), 1.0)), keys, np.array(list(curve.values())))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -301,24 +420,97 @@ def measure_gemv_bandwidth(
 
 
 def measure_decode_attention(
-    device: str = "cpu", dtype: str = "fp32", nbytes: int | None = None, seconds: float = 1.0
+    device: str = "cpu", dtype: str = "fp32", nbytes: int | None = None, seconds: float = 1.0, group: int = 1
 ) -> float:
     """Achievable KV-streaming bandwidth of single-token (decode) attention (units: bytes/s):
-    :func:`cogqa.kvcache.decode_attention` with one query row per K/V head on random K/V of ``nbytes``
-    (larger than the CPU caches), counting the K and V bytes once per call. Measures the attention
-    kernel shape, not a model."""
+    :func:`cogqa.kvcache.decode_attention` with ``group`` query rows per K/V head (the GQA group
+    n_h / n_kv) on K/V of ``nbytes`` (larger than the CPU caches), counting the K and V bytes once per
+    call. Measures the attention kernel shape, not a model."""
+    return _attention_rates(device, dtype, (group,), nbytes, seconds)[group]
+
+
+#: Matrix sides (elements) of the ``local`` one-row-product grid, and the GQA group sizes of its attention curve.
+GEMV_SIDES = (256, 1024, 4096)
+ATTENTION_GROUPS = (1, 2, 4, 8, 16)
+
+
+def _gemv_rates(device: str, dtype: str, sides, nbytes: int | None, seconds: float) -> dict[str, float]:
+    """Bytes/s of ``F.linear(x[1, cols], W[rows, cols])`` by ``"ROWSxCOLS"`` for every rows, cols in ``sides``, each
+    matrix in the model's weight layout (:func:`cogqa.kvcache.lay_out_matrix`) and repeated to ``nbytes`` in all (larger
+    than the CPU caches) so that every product streams a cold matrix, as in a decode step."""
+    import torch
+
+    from .kvcache import lay_out_matrix, torch_dtype
+
+    dt = torch_dtype(dtype)
+    size = nbytes or (1 << 30 if str(device).startswith("cuda") else 96 << 20)
+    item = torch.tensor([], dtype=dt).element_size()
+    rates = {}
+    for rows in sides:
+        for cols in sides:
+            copies = max(1, -(-size // (rows * cols * item)))
+            ws = [lay_out_matrix(torch.full((rows, cols), 0.01, device=device, dtype=dt)) for _ in range(copies)]
+            x = torch.full((1, cols), 0.01, device=device, dtype=dt)
+
+            def run(ws=ws, x=x):
+                for w in ws:
+                    torch.nn.functional.linear(x, w)
+
+            rates[f"{rows}x{cols}"] = _best_rate(run, float(copies * rows * cols * item), device, seconds)
+            del ws
+    return rates
+
+
+def _attention_rates(device: str, dtype: str, groups, nbytes: int | None, seconds: float) -> dict[int, float]:
+    """K + V bytes/s of :func:`cogqa.kvcache.decode_attention` with g query rows per K/V head, by g."""
     import torch
 
     from .kvcache import decode_attention, torch_dtype
 
     dt = torch_dtype(dtype)
     size = nbytes or (1 << 30 if str(device).startswith("cuda") else 96 << 20)
-    n_kv, d_h = 8, 64
-    S = max(16, size // (2 * n_kv * d_h * torch.tensor([], dtype=dt).element_size()))
-    k = torch.randn(1, n_kv, S, d_h, device=device, dtype=dt)
-    v = torch.randn(1, n_kv, S, d_h, device=device, dtype=dt)
-    q = torch.randn(1, n_kv, 1, d_h, device=device, dtype=dt)
-    return _best_rate(lambda: decode_attention(q, k, v), 2.0 * k.numel() * k.element_size(), device, seconds)
+    d_h, S = 64, 16384
+    n_kv = max(1, size // (2 * S * d_h * torch.tensor([], dtype=dt).element_size()))
+    k = torch.full((1, n_kv, S, d_h), 0.01, device=device, dtype=dt)
+    v = torch.full((1, n_kv, S, d_h), 0.01, device=device, dtype=dt)
+    rates = {}
+    for group in groups:
+        q = torch.full((1, n_kv, group, d_h), 0.01, device=device, dtype=dt)
+        work = 2.0 * k.numel() * k.element_size()
+        rates[int(group)] = _best_rate(functools.partial(decode_attention, q, k, v), work, device, seconds)
+    return rates
+
+
+def measure_gemv_grid(
+    device: str = "cpu",
+    dtype: str = "fp32",
+    sides=GEMV_SIDES,
+    nbytes: int | None = None,
+    seconds: float = 0.1,
+    bandwidth: float | None = None,
+) -> dict[str, float]:
+    """Weight-streaming efficiency by matrix shape: for every ``"ROWSxCOLS"`` of ``sides`` x ``sides``, the
+    bytes/s of the one-row product ``F.linear(x[1, cols], W[rows, cols])`` that a decode step runs for every
+    weight matrix (in the model's layout, over ``nbytes`` of cold matrices) divided by ``bandwidth``
+    (default: the copy bandwidth measured now). Returns ``{"ROWSxCOLS": fraction}``, each capped at 1."""
+    bw = bandwidth or measure_copy_bandwidth(device, seconds=seconds)
+    return {k: min(1.0, r / bw) for k, r in _gemv_rates(device, dtype, sides, nbytes, seconds).items()}
+
+
+def measure_attention_curve(
+    device: str = "cpu",
+    dtype: str = "fp32",
+    groups=ATTENTION_GROUPS,
+    nbytes: int | None = None,
+    seconds: float = 0.2,
+    bandwidth: float | None = None,
+) -> dict[int, float]:
+    """KV-streaming efficiency of decode attention by GQA group size: for each ``group``, the K + V bytes/s
+    of :func:`cogqa.kvcache.decode_attention` with ``group`` query rows per K/V head (head size 64) over
+    ``nbytes`` of cache (larger than the CPU caches), divided by ``bandwidth`` (default: the copy
+    bandwidth measured now). Returns ``{group: fraction}``, each capped at 1."""
+    bw = bandwidth or measure_copy_bandwidth(device, seconds=seconds)
+    return {g: min(1.0, r / bw) for g, r in _attention_rates(device, dtype, groups, nbytes, seconds).items()}
 
 
 def measure_kernel_overhead(device: str = "cpu", seconds: float = 0.5) -> float:
@@ -364,7 +556,8 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
     flops = measure_matmul_flops(device, dtype, seconds=seconds)
     bw = measure_copy_bandwidth(device, seconds=seconds)
     gemv = measure_gemv_bandwidth(device, dtype, seconds=seconds)
-    kv_bw = measure_decode_attention(device, dtype, seconds=seconds)
+    gemv_grid = measure_gemv_grid(device, dtype, seconds=seconds / 8, bandwidth=bw)
+    attention_curve = measure_attention_curve(device, dtype, seconds=seconds / 5, bandwidth=bw)
     overhead = measure_kernel_overhead(device, seconds=seconds / 2)
     import torch
 
@@ -378,8 +571,10 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
         matmul_efficiency=1.0,
         attention_efficiency=1.0,
         bandwidth_efficiency=min(1.0, gemv / bw),
-        attention_bandwidth_efficiency=min(1.0, kv_bw / bw),
+        attention_bandwidth_efficiency=attention_curve[1],
         kernel_overhead_seconds=overhead,
+        gemv_efficiency_by_shape=gemv_grid,
+        attention_efficiency_by_group=attention_curve,
         memory_usable_fraction=0.9,
         dtype=dtype,
         description=f"this machine ({device}: {name}), measured",
@@ -389,6 +584,8 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
             "bandwidth_efficiency": f"measured: best torch.mv over a {dtype} matrix / copy bandwidth",
             "memory_bytes": "total device memory (CPU: physical RAM)",
             "attention_bandwidth_efficiency": "measured: decode_attention KV bytes/s at 1 query row / copy bandwidth",
+            "gemv_efficiency_by_shape": "measured: F.linear of 1 row, 96 MiB of [rows, cols] matrices / copy bandwidth",
+            "attention_efficiency_by_group": "measured: decode_attention KV bytes/s at g query rows / copy bandwidth",
             "kernel_overhead_seconds": "measured: mean time of a tiny op in a chain of 100 (linear, add, mul)",
         },
         measured={
@@ -398,7 +595,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
             "torch": torch.__version__,
             "copy_bandwidth": bw,
             "gemv_bandwidth": gemv,
-            "attention_kv_bandwidth": kv_bw,
+            "attention_kv_bandwidth": attention_curve[1] * bw,
             "time_unix": time.time(),
         },
     )
@@ -414,7 +611,7 @@ def local_profile(device: str | None = None, dtype: str | None = None, remeasure
     if path.exists() and not remeasure:
         try:
             data = json.loads(path.read_text())
-            if isinstance(data, dict) and "kernel_overhead_seconds" in data:  # older caches lack these terms
+            if isinstance(data, dict) and data.get("gemv_efficiency_by_shape"):  # older caches lack the curves
                 return hardware_from_dict(data, where=str(path))
         except (CogqaError, ValueError):  # JSON and UTF-8 decoding errors are ValueErrors
             pass  # a stale or damaged cache is measured again
@@ -424,7 +621,13 @@ def local_profile(device: str | None = None, dtype: str | None = None, remeasure
 
 
 def local_cache_path(device: str | None = None, dtype: str | None = None) -> Path:
-    """Where :func:`local_profile` caches the measurement for ``device``/``dtype``."""
+    """Where :func:`local_profile` caches the measurement for ``device``/``dtype`` (on the CPU also for the
+    current torch thread count: the rates of a 1-thread and a 2-thread decode differ)."""
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    return cache_dir() / f"hardware-local-{device.replace(':', '')}-{dtype}.json"
+    threads = ""
+    if not str(device).startswith("cuda"):
+        import torch
+
+        threads = f"-{torch.get_num_threads()}threads"
+    return cache_dir() / f"hardware-local-{device.replace(':', '')}-{dtype}{threads}.json"

@@ -52,8 +52,28 @@ HEADS_JOINT = "heads_joint"
 SHIPPED_LAW_SETS = ("default", "demo")
 
 
+@dataclass(frozen=True, kw_only=True)
+class _FitQuality:
+    """What every fitted law carries besides its coefficients (keyword-only, after them): ``r2`` of the fit,
+    ``ci`` the 95 % bootstrap interval per coefficient (None: not computed), and ``extra`` laws-file keys kept as
+    they were read."""
+
+    r2: float | None = None
+    ci: dict[str, list[float]] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def _with_quality(self, out: dict[str, Any]) -> dict[str, Any]:
+        """``out`` (a law's coefficients as a laws-file entry) with ``r2``, ``ci`` and the extra keys added."""
+        if self.r2 is not None:
+            out["r2"] = self.r2
+        if self.ci:
+            out["ci"] = self.ci
+        out.update(self.extra)
+        return out
+
+
 @dataclass(frozen=True)
-class PowerLawN:
+class PowerLawN(_FitQuality):
     """loss(N) = (a / N)^b + E for one head configuration; N in non-embedding parameters."""
 
     n_heads: int
@@ -61,9 +81,6 @@ class PowerLawN:
     a: float
     b: float
     E: float
-    r2: float | None = None
-    ci: dict[str, list[float]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         h = f"law H=({self.n_heads},{self.n_kv_heads})"
@@ -111,12 +128,7 @@ class PowerLawN:
             "b": self.b,
             "E": self.E,
         }
-        if self.r2 is not None:
-            out["r2"] = self.r2
-        if self.ci:
-            out["ci"] = self.ci
-        out.update(self.extra)
-        return out
+        return self._with_quality(out)
 
 
 def power_of_two_heads(max_heads: int) -> list[tuple[int, int]]:
@@ -129,7 +141,7 @@ JOINT_COEFS = ("a", "b", "E", "A", "g", "B", "k")
 
 
 @dataclass(frozen=True)
-class HeadsJointLaw:
+class HeadsJointLaw(_FitQuality):
     """loss(N; n_h, n_kv) = (a/N)^b + E + A (n_h^-g - n_ref^-g) + B (n_kv^-k - n_ref^-k) [+ B_D / D^beta_D].
 
     N non-embedding parameters, loss in nats per token, D training tokens (only when ``B_D`` is set).
@@ -147,9 +159,6 @@ class HeadsJointLaw:
     max_heads: int = 32
     B_D: float | None = None
     beta_D: float | None = None
-    r2: float | None = None
-    ci: dict[str, list[float]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         h = "joint law"
@@ -213,12 +222,7 @@ class HeadsJointLaw:
         out.update({"n_ref": self.n_ref, "max_heads": self.max_heads})
         if self.B_D is not None:
             out.update({"B_D": self.B_D, "beta_D": self.beta_D})
-        if self.r2 is not None:
-            out["r2"] = self.r2
-        if self.ci:
-            out["ci"] = self.ci
-        out.update(self.extra)
-        return out
+        return self._with_quality(out)
 
 
 def _law_from_entry(cls, entry: Any, where: str, required: tuple, optional: dict, what: str = "", aliases=()):
@@ -385,7 +389,7 @@ def _finite(owner: str, name: str, value: Any) -> None:
 
 
 @dataclass(frozen=True)
-class ChinchillaLaw:
+class ChinchillaLaw(_FitQuality):
     """loss(N, D) = E + A / N^alpha + B / D^beta (nats/token); N parameters, D training tokens.
 
     ``n_heads``/``n_kv_heads`` are None when the law was fitted over a table without head columns.
@@ -398,9 +402,6 @@ class ChinchillaLaw:
     beta: float
     n_heads: int | None = None
     n_kv_heads: int | None = None
-    r2: float | None = None
-    ci: dict[str, list[float]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         h = "chinchilla law" if self.n_heads is None else f"chinchilla law H=({self.n_heads},{self.n_kv_heads})"
@@ -417,7 +418,7 @@ class ChinchillaLaw:
 
 
 @dataclass(frozen=True)
-class HeadLaw:
+class HeadLaw(_FitQuality):
     """loss(n_h) = a * n_h^b + c (nats/token) at one model size (Appendix I)."""
 
     a: float
@@ -426,9 +427,6 @@ class HeadLaw:
     size: float | None = None  # the model size the law holds at (parameters, or the table's size label)
     n_kv_heads: int | None = None
     context: int | None = None
-    r2: float | None = None
-    ci: dict[str, list[float]] | None = None
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("a", "b", "c"):

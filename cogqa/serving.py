@@ -19,8 +19,10 @@ context T_bar = T/2 (``costs.training_flops``). Memory: weights + B x T x KV byt
 vectorised: shape fields, context and batch may be numpy arrays.
 
 A third, fixed term adds ``kernel_overhead_seconds`` per kernel launched (KERNELS_PER_LAYER x L +
-KERNELS_PER_PASS per forward pass): 0 on datasheet profiles, measured on ``local``, where decode
-attention also streams the KV cache at its own measured bandwidth (``attention_bandwidth``).
+KERNELS_PER_PASS per forward pass): 0 on datasheet profiles, measured on ``local``. On ``local``
+the decode's memory terms also use the measured kernel-shape curves: each weight matrix streams at
+the one-row-product bandwidth for its shape (:func:`weight_stream_seconds`), and the KV cache
+at decode attention's bandwidth for the model's GQA group n_h / n_kv (:func:`kv_stream_seconds`).
 
 Optimistic on datasheet profiles: no kernel-launch or framework overhead, no tensor parallelism,
 one attention efficiency for all T. See docs/serving.md.
@@ -49,12 +51,13 @@ PHASES = ("weights", "attention")
 OBJECTIVES = ("z", "latency", "throughput")
 
 
-def _phase(flops, nbytes, flop_rate: float, bandwidth: float) -> dict[str, np.ndarray]:
-    """One roofline phase: FLOPs, bytes, compute and memory seconds, the slower of the two, and the bound."""
+def _phase(flops, nbytes, flop_rate: float, bandwidth: float, memory_seconds=None) -> dict[str, np.ndarray]:
+    """One roofline phase: FLOPs, bytes, compute and memory seconds, the slower of the two, and the bound.
+    ``memory_seconds``, when given, replaces ``bytes / bandwidth`` (a phase whose parts stream at different rates)."""
     flops = np.asarray(flops, dtype=float)
     nbytes = np.asarray(nbytes, dtype=float)
     compute = flops / flop_rate
-    memory = nbytes / bandwidth
+    memory = nbytes / bandwidth if memory_seconds is None else np.asarray(memory_seconds, dtype=float) + 0 * nbytes
     return {
         "flops": flops,
         "bytes": nbytes,
@@ -76,6 +79,51 @@ def weight_bytes(shape, weight_dtype: str = "bf16") -> np.ndarray:
     return params_total(shape) * dtype_bytes(weight_dtype)
 
 
+def weight_matrices(shape, weight_dtype: str = "bf16") -> dict[str, tuple]:
+    """The weight matrices a decode step streams, as ``{name: (rows, cols, bytes)}`` with [out, in] = [rows,
+    cols] elements and the bytes of all layers: ``q``, ``kv`` (k and v), ``o``, ``gate_up`` (gate and up;
+    one matrix for a GELU FFN), ``down`` and ``lm_head`` [V, d], which also carries the rest (norms, biases,
+    an untied input embedding) so that the bytes sum to :func:`weight_bytes` (units: elements, bytes;
+    numpy arrays for array shapes)."""
+    b = dtype_bytes(weight_dtype)
+    L, d, f, V = (
+        np.asarray(x, dtype=float) for x in (shape.layers, shape.hidden_size, shape.ffn_size, shape.vocab_size)
+    )
+    q_rows = np.asarray(shape.n_heads, dtype=float) * np.asarray(shape.head_dim, dtype=float)
+    kv_rows = np.asarray(shape.n_kv_heads, dtype=float) * np.asarray(shape.head_dim, dtype=float)
+    up_matrices = 2 if shape.ffn_kind == "swiglu" else 1
+    parts = {
+        "q": (q_rows, d, L * q_rows * d * b),
+        "kv": (kv_rows, d, 2 * L * kv_rows * d * b),
+        "o": (d, q_rows, L * d * q_rows * b),
+        "gate_up": (f, d, up_matrices * L * f * d * b),
+        "down": (d, f, L * d * f * b),
+    }
+    rest = weight_bytes(shape, weight_dtype) - sum(nbytes for _, _, nbytes in parts.values())
+    parts["lm_head"] = (V, d, rest)
+    return parts
+
+
+def weight_stream_seconds(shape, hardware: Hardware, weight_dtype: str = "bf16") -> np.ndarray:
+    """Seconds to stream every weight once at the profile's one-row-product bandwidth for each matrix's shape
+    (:meth:`Hardware.gemv_bandwidth`; one bandwidth for all without a measured grid) (units: seconds)."""
+    hw = get_hardware(hardware)
+    if not hw.gemv_efficiency_by_shape:
+        return weight_bytes(shape, weight_dtype) / hw.bandwidth
+    return sum(
+        nbytes / hw.gemv_bandwidth(rows, cols) for rows, cols, nbytes in weight_matrices(shape, weight_dtype).values()
+    )
+
+
+def kv_stream_seconds(shape, context, batch, hardware: Hardware, kv_dtype: str = "bf16") -> np.ndarray:
+    """Seconds for decode attention to read ``batch`` KV caches of ``context`` tokens once, at the profile's
+    KV-streaming bandwidth for the GQA group n_h / n_kv (:meth:`Hardware.attention_bandwidth_at`) (units: seconds)."""
+    hw = get_hardware(hardware)
+    kv = np.asarray(batch, dtype=float) * np.asarray(context, dtype=float) * kv_cache_bytes_per_token(shape, kv_dtype)
+    group = np.asarray(shape.n_heads, dtype=float) / np.asarray(shape.n_kv_heads, dtype=float)
+    return kv / hw.attention_bandwidth_at(group)
+
+
 #: Kernels that do arithmetic in one forward pass, per layer and per pass (outside the layers), counted by
 #: hand from GQADecoder's decode step: per layer 2 RMSNorms, q/k/v/o projections, RoPE on q and k (3 each),
 #: 2 cache writes, decode attention (scale, 2 matmuls, softmax), 2 residual adds, gate/up/down, SiLU and the
@@ -95,6 +143,19 @@ def kernel_overhead_seconds(shape, hardware: Hardware) -> np.ndarray:
     return hw.kernel_overhead_seconds * (KERNELS_PER_LAYER * layers + KERNELS_PER_PASS)
 
 
+def _pass_result(weights: dict, attention: dict, overhead, tokens) -> dict:
+    """A forward pass's phases, its fixed ``overhead_seconds``, total ``seconds`` (the sum) and ``tokens_per_second``
+    (``tokens`` produced or processed per pass / seconds)."""
+    seconds = weights["seconds"] + attention["seconds"] + overhead
+    return {
+        "weights": weights,
+        "attention": attention,
+        "overhead_seconds": overhead,
+        "seconds": seconds,
+        "tokens_per_second": tokens / seconds,
+    }
+
+
 def decode_step(shape, context, batch, hardware: Hardware, weight_dtype="bf16", kv_dtype="bf16") -> dict:
     """One decode step: each of ``batch`` sequences with ``context`` cached tokens produces one token.
 
@@ -108,20 +169,23 @@ def decode_step(shape, context, batch, hardware: Hardware, weight_dtype="bf16", 
     f = forward_flops_per_token(shape, context)
     T = np.asarray(context, dtype=float)
     weights = _phase(
-        B * f["time_invariant"], weight_bytes(shape, weight_dtype) + 0 * B * T, hw.matmul_flops, hw.bandwidth
+        B * f["time_invariant"],
+        weight_bytes(shape, weight_dtype) + 0 * B * T,
+        hw.matmul_flops,
+        hw.bandwidth,
+        memory_seconds=weight_stream_seconds(shape, hw, weight_dtype),
     )
     kv = B * T * kv_cache_bytes_per_token(shape, kv_dtype)
-    attention = _phase(B * f["attention_computation"], kv, hw.attention_flops, hw.attention_bandwidth)
-    overhead = kernel_overhead_seconds(shape, hw) + 0 * B * T
-    step = weights["seconds"] + attention["seconds"] + overhead
-    return {
-        "weights": weights,
-        "attention": attention,
-        "overhead_seconds": overhead,
-        "seconds": step,
-        "seconds_per_token": step,
-        "tokens_per_second": B / step,
-    }
+    attention = _phase(
+        B * f["attention_computation"],
+        kv,
+        hw.attention_flops,
+        hw.attention_bandwidth,
+        memory_seconds=kv_stream_seconds(shape, T, B, hw, kv_dtype),
+    )
+    result = _pass_result(weights, attention, kernel_overhead_seconds(shape, hw) + 0 * B * T, tokens=B)
+    result["seconds_per_token"] = result["seconds"]
+    return result
 
 
 def prefill(shape, prompt_tokens, batch, hardware: Hardware, weight_dtype="bf16", kv_dtype="bf16") -> dict:
@@ -137,15 +201,7 @@ def prefill(shape, prompt_tokens, batch, hardware: Hardware, weight_dtype="bf16"
     attn = prefill_flops(shape, P) - linear
     weights = _phase(B * linear, weight_bytes(shape, weight_dtype) + 0 * B * P, hw.matmul_flops, hw.bandwidth)
     attention = _phase(B * attn, B * P * kv_cache_bytes_per_token(shape, kv_dtype), hw.attention_flops, hw.bandwidth)
-    overhead = kernel_overhead_seconds(shape, hw) + 0 * B * P
-    seconds = weights["seconds"] + attention["seconds"] + overhead
-    return {
-        "weights": weights,
-        "attention": attention,
-        "overhead_seconds": overhead,
-        "seconds": seconds,
-        "tokens_per_second": B * P / seconds,
-    }
+    return _pass_result(weights, attention, kernel_overhead_seconds(shape, hw) + 0 * B * P, tokens=B * P)
 
 
 def training_step(shape, train_context, hardware: Hardware, batch=1, weight_dtype="bf16") -> dict:

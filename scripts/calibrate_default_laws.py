@@ -43,38 +43,24 @@ FIGURE_SHAPES = tuple((n_layers, 128 * n_layers) for n_layers in range(6, 17, 2)
 #: Table 7 from 1.8B up (its 1.2B row, L = 36, d = 1536, is left out: the paper's own ~1B model is (16, 2048)).
 LARGE_SHAPES = tuple(v for k, v in PAPER_LARGE_SHAPES.items() if k != "1.2B")
 FAMILY = ModelFamily(reference_shapes=FIGURE_SHAPES + LARGE_SHAPES)
-#: Published Llama-3 shapes (Hugging Face config.json of each model) and the Table 4 caption's losses.
+#: Published Llama-3 shapes (Hugging Face config.json of each model): layers, hidden size, FFN size, query heads,
+#: head size and tied embeddings; all have 8 KV heads and a 128,256-token vocabulary. And the Table 4 caption's losses.
 LLAMA3_SHAPES = {
-    "Llama-3.2-1B": ModelShape(
-        layers=16,
-        hidden_size=2048,
-        ffn_size=8192,
-        n_heads=32,
+    name: ModelShape(
+        layers=n_layers,
+        hidden_size=d,
+        ffn_size=ffn,
+        n_heads=n_heads,
         n_kv_heads=8,
-        head_dim=64,
+        head_dim=head_dim,
         vocab_size=128256,
-        tie_embeddings=True,
-    ),
-    "Llama-3.2-3B": ModelShape(
-        layers=28,
-        hidden_size=3072,
-        ffn_size=8192,
-        n_heads=24,
-        n_kv_heads=8,
-        head_dim=128,
-        vocab_size=128256,
-        tie_embeddings=True,
-    ),
-    "Llama-3.1-8B": ModelShape(
-        layers=32,
-        hidden_size=4096,
-        ffn_size=14336,
-        n_heads=32,
-        n_kv_heads=8,
-        head_dim=128,
-        vocab_size=128256,
-        tie_embeddings=False,
-    ),
+        tie_embeddings=tied,
+    )
+    for name, (n_layers, d, ffn, n_heads, head_dim, tied) in {
+        "Llama-3.2-1B": (16, 2048, 8192, 32, 64, True),
+        "Llama-3.2-3B": (28, 3072, 8192, 24, 128, True),
+        "Llama-3.1-8B": (32, 4096, 14336, 32, 128, False),
+    }.items()
 }
 LLAMA3_LOSSES = {"Llama-3.2-1B": 2.615, "Llama-3.2-3B": 2.448, "Llama-3.1-8B": 2.362}
 #: The figure family's "1B Llama-3 GQA" (Figure 1, Table 4 caption): L = 16, d = 2048, H = (32, 8).

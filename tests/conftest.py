@@ -63,3 +63,42 @@ def tiny_config(data: Path, out_dir: Path, *, lr: float, context: int, steps: in
         progress=False,
         **extra,
     )
+
+
+def ideal_hardware(name: str, peak_flops: float, memory_bandwidth: float, memory_bytes: float, **fields):
+    """A :class:`cogqa.hardware.Hardware` of ``peak_flops`` FLOP/s, ``memory_bandwidth`` bytes/s and ``memory_bytes``
+    bytes with every efficiency 1 and fp32 weights, unless ``fields`` set them otherwise."""
+    from cogqa.hardware import Hardware
+
+    ideal = dict(matmul_efficiency=1, attention_efficiency=1, bandwidth_efficiency=1, dtype="fp32")
+    return Hardware(name, peak_flops, memory_bandwidth, memory_bytes, **{**ideal, **fields})
+
+
+def spec_batches(steps: int, context: int = 32, micro_batch: int = 8) -> dict:
+    """``tokens``/``batch_tokens``/``micro_batch`` fields (of a SweepSpec or TrainConfig) for ``steps`` optimiser
+    steps of one micro-batch of ``micro_batch`` sequences of ``context`` tokens each."""
+    batch = context * micro_batch
+    return dict(tokens=batch * steps, batch_tokens=batch, micro_batch=micro_batch)
+
+
+#: One sweep size: 1 layer, d = 32, d_h = 16.
+TINY_SIZES = [{"name": "a", "layers": 1, "hidden_size": 32, "head_dim": 16}]
+
+
+def tiny_spec(data, **fields):
+    """A :class:`cogqa.sweep.SweepSpec` on ``data`` (a prepared directory, or a dict of what to prepare): H = (2,1)
+    and (2,2) at :data:`TINY_SIZES`, 4 steps of 8 sequences of 32 tokens at max LR 3e-3, 2 validation batches and
+    4 position chunks; ``fields`` override any of these."""
+    from cogqa.sweep import SweepSpec
+
+    base = dict(
+        data=data if isinstance(data, dict) else str(data),
+        sizes=TINY_SIZES,
+        heads="2:1,2:2",
+        lr=3e-3,
+        eval_batches=2,
+        position_eval_chunks=4,
+        name="tiny",
+        **spec_batches(4),
+    )
+    return SweepSpec(**{**base, **fields})

@@ -1,8 +1,8 @@
 import json
 
 import pytest
+from conftest import ideal_hardware
 
-from cogqa.hardware import Hardware
 from cogqa.shapes import ModelShape
 from cogqa.throughput import predict
 
@@ -12,32 +12,14 @@ def _local(monkeypatch, tmp_path):
     import cogqa.hardware as hwmod
 
     monkeypatch.setenv("COGQA_CACHE_DIR", str(tmp_path))
-    fixed = Hardware(
-        name="local",
-        peak_flops=5e10,
-        memory_bandwidth=1e10,
-        memory_bytes=8e9,
-        matmul_efficiency=1,
-        attention_efficiency=1,
-        bandwidth_efficiency=1,
-        dtype="fp32",
-    )
+    fixed = ideal_hardware("local", 5e10, 1e10, 8e9)
     monkeypatch.setattr(hwmod, "measure_local", lambda device, dtype, seconds=1.0: fixed)
     return fixed
 
 
 def test_predict_training_at_half_context():
     s = ModelShape(layers=2, hidden_size=128, ffn_size=320, n_heads=8, n_kv_heads=2, head_dim=16, vocab_size=256)
-    hw = Hardware(
-        name="x",
-        peak_flops=1e11,
-        memory_bandwidth=1e10,
-        memory_bytes=1e10,
-        matmul_efficiency=1,
-        attention_efficiency=1,
-        bandwidth_efficiency=1,
-        dtype="fp32",
-    )
+    hw = ideal_hardware("x", 1e11, 1e10, 1e10)
     p = predict(s, 4096, 1, hw, "fp32")
     from cogqa import costs
 

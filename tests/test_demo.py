@@ -6,6 +6,7 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import spec_batches, tiny_spec
 
 pytestmark = pytest.mark.slow
 
@@ -16,22 +17,20 @@ def test_reduced_demo_end_to_end(tmp_path):
     pytest.importorskip("cogqa.search")
     data = pytest.importorskip("cogqa.data")
     from cogqa.demo import run_demo
-    from cogqa.sweep import SweepSpec, plan
+    from cogqa.sweep import plan
 
     src = tmp_path / "slice.txt"
     src.write_text(data.offline_corpus("kjv").read_text()[:150_000])
     sizes = [{"name": f"d{d}", "layers": 1, "hidden_size": d, "head_dim": 16} for d in (16, 32, 48, 64)]
-    spec = SweepSpec(
-        data={"inputs": [str(src)], "tokenizer": "bytes", "context": 32, "val_fraction": 0.05},
+    data_fields = {"inputs": [str(src)], "tokenizer": "bytes", "context": 32, "val_fraction": 0.05}
+    spec = tiny_spec(
+        data_fields,
         sizes=sizes,
-        heads="2:1,2:2",
-        tokens=32 * 16 * 6,
         lr=5e-3,
-        batch_tokens=32 * 16,
-        micro_batch=16,
         eval_batches=4,
         position_eval_chunks=8,
         name="mini-demo",
+        **spec_batches(6, micro_batch=16),
     )
     p = plan(spec)
     assert p["totals"]["runs"] == 8 and p["context"] == 32

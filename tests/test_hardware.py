@@ -1,10 +1,11 @@
 import json
 
 import pytest
+from conftest import ideal_hardware
 
 from cogqa import hardware as hwmod
 from cogqa.errors import CogqaError
-from cogqa.hardware import Hardware, builtin_profiles, get_hardware, hardware_from_dict, load_profile_file
+from cogqa.hardware import builtin_profiles, get_hardware, hardware_from_dict, load_profile_file
 
 REQUIRED = ("a100-40gb", "a100-80gb", "a800-80gb", "h100-sxm", "h100-pcie", "h200", "l40s", "rtx-4090", "mi300x")
 
@@ -108,27 +109,68 @@ def test_local_profile_cached_and_remeasured(tmp_path, monkeypatch):
 
     def fake(device, dtype, seconds=1.0):
         calls.append((device, dtype))
-        return Hardware(
-            name="local",
-            peak_flops=1e11 * len(calls),
-            memory_bandwidth=2e10,
-            memory_bytes=8e9,
-            matmul_efficiency=1,
-            attention_efficiency=1,
+        return ideal_hardware(
+            "local",
+            1e11 * len(calls),
+            2e10,
+            8e9,
             bandwidth_efficiency=0.5,
             kernel_overhead_seconds=1e-6,
+            gemv_efficiency_by_shape={"1024x1024": 0.5},
+            attention_efficiency_by_group={1: 0.4},
             dtype=dtype,
         )
 
     monkeypatch.setattr(hwmod, "measure_local", fake)
+    cache = hwmod.local_cache_path("cpu")
+    assert cache.parent == tmp_path and cache.name.startswith("hardware-local-cpu-fp32-")  # + thread count
     a = get_hardware("local:cpu")
     b = get_hardware("local:cpu")
     assert calls == [("cpu", "fp32")] and a == b and a.peak_flops == 1e11
-    assert (tmp_path / "hardware-local-cpu-fp32.json").exists()
+    assert cache.exists()
     c = hwmod.local_profile("cpu", remeasure=True)
     assert c.peak_flops == 2e11 and len(calls) == 2
-    (tmp_path / "hardware-local-cpu-fp32.json").write_text("{broken")
+    cache.write_text("{broken")
     assert hwmod.local_profile("cpu").peak_flops == 3e11  # a damaged cache is measured again
+    data = json.loads(cache.read_text())
+    assert data["gemv_efficiency_by_shape"] == {"1024x1024": 0.5}
+    assert hwmod.local_profile("cpu").gemv_efficiency_by_shape == {"1024x1024": 0.5} and len(calls) == 3
+    data["gemv_efficiency_by_shape"] = None  # a cache from before the kernel-shape curves
+    cache.write_text(json.dumps(data))
+    assert hwmod.local_profile("cpu").peak_flops == 4e11
+
+
+def test_kernel_shape_curves_interpolate_in_log2_and_validate():
+    hw = get_hardware("h100-sxm")
+    assert hw.gemv_efficiency_by_shape is None  # datasheet: one bandwidth for every matrix
+    assert hw.gemv_bandwidth(256, 1024) == pytest.approx(hw.bandwidth)
+    assert hw.attention_bandwidth_at(8) == pytest.approx(hw.attention_bandwidth)
+    grid = {"4096x1024": 0.8, "1024x1024": 0.4, "1024x4096": 0.2, "4096x4096": 1.0}
+    hw2 = hw.with_overrides(gemv_efficiency_by_shape=grid, attention_efficiency_by_group={"4": 0.2, "1": 0.5})
+    assert list(hw2.gemv_efficiency_by_shape) == ["1024x1024", "1024x4096", "4096x1024", "4096x4096"]  # sorted
+    assert list(hw2.attention_efficiency_by_group) == [1, 4]  # integer keys, sorted
+    bw = hw.memory_bandwidth
+    # 2048 is half way between 1024 and 4096 in log2: rows 2048 x cols 1024 -> (0.4 + 0.8) / 2
+    assert hw2.gemv_bandwidth(2048, 1024) == pytest.approx(0.6 * bw)
+    # the centre of the grid: the mean of the four corners
+    assert hw2.gemv_bandwidth(2048, 2048) == pytest.approx((0.4 + 0.8 + 0.2 + 1.0) / 4 * bw)
+    # held beyond the grid, and vectorised
+    assert hw2.gemv_bandwidth([16, 65536], [1024, 1]) == pytest.approx([0.4 * bw, 0.8 * bw])
+    assert hw2.attention_bandwidth_at(2) == pytest.approx(0.35 * bw)  # half way between 1 and 4 in log2
+    assert hw2.attention_bandwidth_at(16) == pytest.approx(0.2 * bw)
+    back = hardware_from_dict(json.loads(json.dumps(hw2.to_dict())))
+    assert back.gemv_efficiency_by_shape == hw2.gemv_efficiency_by_shape
+    single = hw.with_overrides(gemv_efficiency_by_shape={"1024x1024": 0.5})  # one point: constant
+    assert single.gemv_bandwidth([1, 5000], [300, 9]) == pytest.approx([0.5 * bw, 0.5 * bw])
+    for bad in ({"1024": 0.5}, {"1024x1024": 1.5}, {"0x4": 0.5}, {"1024x1024": "fast"}, [0.5], {}):
+        with pytest.raises(CogqaError, match="gemv_efficiency_by_shape") as e:
+            hw.with_overrides(gemv_efficiency_by_shape=bad)
+        assert "\n" not in str(e.value)
+    with pytest.raises(CogqaError, match="lacks 1024x4096"):  # not a full grid
+        hw.with_overrides(gemv_efficiency_by_shape={"1024x1024": 0.5, "4096x4096": 0.5})
+    for bad in ({"1e3": 0.5}, {"4": 1.5}, {"0": 0.5}):
+        with pytest.raises(CogqaError, match="attention_efficiency_by_group"):
+            hw.with_overrides(attention_efficiency_by_group=bad)
 
 
 def test_attention_bandwidth_and_kernel_overhead_fields():
@@ -144,7 +186,11 @@ def test_attention_bandwidth_and_kernel_overhead_fields():
 
 
 def test_local_terms_measured_positive():
-    assert hwmod.measure_decode_attention("cpu", "fp32", nbytes=1 << 20, seconds=0.01) > 0
+    assert hwmod.measure_decode_attention("cpu", "fp32", nbytes=1 << 20, seconds=0.01, group=4) > 0
+    gemv = hwmod.measure_gemv_grid("cpu", "fp32", sides=(64, 256), nbytes=1 << 20, seconds=0.01, bandwidth=1e9)
+    attn = hwmod.measure_attention_curve("cpu", "fp32", groups=(1, 4), nbytes=1 << 20, seconds=0.01, bandwidth=1e9)
+    assert list(gemv) == ["64x64", "64x256", "256x64", "256x256"] and list(attn) == [1, 4]
+    assert all(0 < v <= 1 for v in [*gemv.values(), *attn.values()])
     assert 0 < hwmod.measure_kernel_overhead("cpu", seconds=0.01) < 1e-2
 
 

@@ -51,6 +51,23 @@ def _load_hf(path):
     return transformers.AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
 
 
+def _tiny_hf_fields(hidden_size: int, intermediate_size: int, head_dim: int, **fields) -> dict:
+    """transformers config fields of a tiny untied 2-layer decoder: vocabulary 96, 4 query and 2 KV heads, RMSNorm
+    eps 1e-5, the given sizes (hidden, FFN, per head); ``fields`` add the rest."""
+    return dict(
+        vocab_size=96,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=head_dim,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        **fields,
+    )
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_logits_parity_after_export(case, tmp_path):
     shape, arch = CASES[case]
@@ -270,19 +287,7 @@ def test_llama3_rope_scaling_logits_parity_past_the_original_context(tmp_path, c
         "high_freq_factor": 4.0,
         "original_max_position_embeddings": 32,
     }
-    config = transformers.LlamaConfig(
-        vocab_size=96,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        rms_norm_eps=1e-5,
-        max_position_embeddings=256,
-        rope_parameters=rope,
-        tie_word_embeddings=False,
-    )
+    config = transformers.LlamaConfig(**_tiny_hf_fields(64, 96, 32, max_position_embeddings=256, rope_parameters=rope))
     torch.manual_seed(0)
     hf = transformers.AutoModelForCausalLM.from_config(config).eval()
     hf.save_pretrained(str(tmp_path / "hf"))
@@ -339,18 +344,7 @@ def test_export_writes_gpt2_tokenizer_files(tmp_path):
 @pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3"])
 def test_import_a_directory_saved_by_transformers_sharded(family, tmp_path):
     """A model made and saved by transformers itself (sharded safetensors) imports with equal logits."""
-    common = dict(
-        vocab_size=96,
-        hidden_size=48,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        rms_norm_eps=1e-5,
-        tie_word_embeddings=False,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-    )
+    common = _tiny_hf_fields(48, 64, 16, rope_parameters={"rope_type": "default", "rope_theta": 10000.0})
     config_cls = {
         "llama": transformers.LlamaConfig,
         "qwen2": transformers.Qwen2Config,

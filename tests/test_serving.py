@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import ideal_hardware
 
 from cogqa import costs
 from cogqa.errors import CogqaError
@@ -19,15 +20,17 @@ from cogqa.serving import (
 )
 from cogqa.shapes import paper_shape
 
-TOY = Hardware(
-    name="toy",
-    peak_flops=1e12,
-    memory_bandwidth=1e11,
-    memory_bytes=10e9,
+#: 1 TFLOP/s, 100 GB/s, 10 GB; bf16 weights.
+TOY = ideal_hardware(
+    "toy",
+    1e12,
+    1e11,
+    10e9,
     matmul_efficiency=0.5,
     attention_efficiency=0.25,
     bandwidth_efficiency=0.8,
     memory_usable_fraction=1.0,
+    dtype="bf16",
 )
 
 
@@ -208,3 +211,38 @@ def test_local_terms_attention_bandwidth_and_kernel_overhead():
     assert r["attention"]["memory_seconds"] == pytest.approx(base["attention"]["memory_seconds"] * 0.8 / 0.2)
     assert r["seconds"] == pytest.approx(r["weights"]["seconds"] + r["attention"]["seconds"] + overhead)
     assert base["overhead_seconds"] == 0
+
+
+def test_kernel_shape_curves_give_each_matrix_and_group_its_own_bandwidth():
+    from cogqa.serving import weight_matrices
+
+    s = paper_shape("470M", 8, 2)
+    d, f, V, dh = s.hidden_size, s.ffn_size, s.vocab_size, s.head_dim
+    parts = weight_matrices(s, "fp32")
+    assert sum(float(b) for *_, b in parts.values()) == pytest.approx(float(costs.params_total(s) * 4))
+    assert [(float(r), float(c)) for r, c, _ in parts.values()] == [
+        (8 * dh, d),
+        (2 * dh, d),
+        (d, 8 * dh),
+        (f, d),
+        (d, f),
+        (V, d),
+    ]
+    assert float(parts["down"][2]) == pytest.approx(s.layers * f * d * 4)
+    assert float(parts["kv"][2]) == pytest.approx(s.layers * 2 * 2 * dh * d * 4)
+    # a grid whose efficiency depends only on the rows: 0.25 at <= 256 rows, 0.5 at >= 4096 (linear in log2)
+    grid = {f"{r}x{c}": e for r, e in ((256, 0.25), (4096, 0.5)) for c in (256, 4096)}
+    hw = TOY.with_overrides(gemv_efficiency_by_shape=grid, attention_efficiency_by_group={1: 0.4, 4: 0.1})
+
+    def eff(rows):
+        return float(np.interp(np.log2(rows), [8, 12], [0.25, 0.5]))
+
+    T = 4096
+    r = decode_step(s, T, 1, hw, "fp32", "fp32")
+    expect_w = sum(float(b) / (1e11 * eff(float(rows))) for rows, _, b in parts.values())
+    kv = T * costs.kv_cache_bytes_per_token(s, "fp32")
+    assert r["weights"]["memory_seconds"] == pytest.approx(expect_w)
+    assert r["attention"]["memory_seconds"] == pytest.approx(kv / (1e11 * 0.1))
+    # without curves the same profile streams everything at bandwidth_efficiency 0.8
+    plain = decode_step(s, T, 1, TOY, "fp32", "fp32")
+    assert plain["weights"]["memory_seconds"] == pytest.approx(float(costs.params_total(s)) * 4 / 0.8e11)

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import TINY_SIZES, tiny_spec
 
 from cogqa.cli import main
 from cogqa.errors import CogqaError
@@ -33,8 +34,6 @@ from cogqa.sweep import (
     sweep_status,
 )
 
-TINY = [{"name": "a", "layers": 1, "hidden_size": 32, "head_dim": 16}]
-
 
 def fake_data(tmp_path: Path) -> Path:
     """A real, tiny prepared directory (bytes tokenizer, 32-token chunks) for specs that only plan."""
@@ -47,21 +46,9 @@ def fake_data(tmp_path: Path) -> Path:
     return d
 
 
-def tiny_spec(data: Path, **kw) -> SweepSpec:
-    base = dict(
-        data=str(data),
-        sizes=TINY,
-        heads="2:1,2:2",
-        tokens=32 * 8 * 4,
-        lr=3e-3,
-        batch_tokens=32 * 8,
-        micro_batch=8,
-        eval_batches=2,
-        position_eval_chunks=4,
-        name="tiny",
-    )
-    base.update(kw)
-    return SweepSpec(**base)
+def sweep_run_argv(data: Path, out: Path, *extra: str) -> list[str]:
+    """``cogqa sweep run`` arguments: size 3M at H = (4, 1) on ``data`` into ``out``, then ``extra``."""
+    return ["sweep", "run", "--data", str(data), "--out", str(out), "--sizes", "3M", "--heads", "4:1", *extra]
 
 
 # -- spec and plan (no torch, no data) ---------------------------------------------------------
@@ -146,59 +133,19 @@ def test_spec_file_and_overrides(tmp_path):
 )
 def test_bad_spec_one_line_errors(tmp_path, capsys, args, needle):
     out = tmp_path / "out"
-    code = main(
-        [
-            "sweep",
-            "run",
-            "--data",
-            str(fake_data(tmp_path)),
-            "--out",
-            str(out),
-            "--heads",
-            "4:1",
-            "--sizes",
-            "3M",
-            *args,
-        ]
-    )
+    code = main(sweep_run_argv(fake_data(tmp_path), out, *args))
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error:") and needle in err and err.count("\n") == 1
     assert not out.exists()  # nothing ran, nothing written
 
 
 def test_missing_data_and_unwritable_out(tmp_path, capsys):
-    code = main(
-        [
-            "sweep",
-            "run",
-            "--data",
-            str(tmp_path / "nope"),
-            "--out",
-            str(tmp_path / "o"),
-            "--sizes",
-            "3M",
-            "--heads",
-            "4:1",
-        ]
-    )
+    code = main(sweep_run_argv(tmp_path / "nope", tmp_path / "o"))
     err = capsys.readouterr().err
     assert code == 2 and "data:" in err and "no such directory" in err and err.count("\n") == 1
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    code = main(
-        [
-            "sweep",
-            "run",
-            "--data",
-            str(fake_data(tmp_path)),
-            "--out",
-            str(blocker / "sub"),
-            "--sizes",
-            "3M",
-            "--heads",
-            "4:1",
-        ]
-    )
+    code = main(sweep_run_argv(fake_data(tmp_path), blocker / "sub"))
     err = capsys.readouterr().err
     assert code == 2 and "--out: cannot write" in err and err.count("\n") == 1
     assert not (blocker.parent / "runs").exists()
@@ -412,7 +359,7 @@ def test_print_sbatch_cli(tmp_path, capsys):
 def testis_locked_run_is_not_run_twice(tmp_path):
     import fcntl
 
-    spec = SweepSpec(data=str(fake_data(tmp_path)), sizes=TINY, heads="2:1", lr=1e-3, tokens=1000)
+    spec = SweepSpec(data=str(fake_data(tmp_path)), sizes=TINY_SIZES, heads="2:1", lr=1e-3, tokens=1000)
     run_dir = materialise(spec, tmp_path / "sweep", progress=False)[0]
     with open(run_dir / ".lock", "a") as held:  # another worker holds the claim
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -426,15 +373,15 @@ def testis_locked_run_is_not_run_twice(tmp_path):
 def test_sweep_dir_can_grow_but_not_change_settings(tmp_path, capsys):
     data = fake_data(tmp_path)
     out = tmp_path / "sweep"
-    materialise(SweepSpec(data=str(data), sizes=TINY, heads="2:1", lr=1e-3, tokens=1000), out, progress=False)
+    materialise(SweepSpec(data=str(data), sizes=TINY_SIZES, heads="2:1", lr=1e-3, tokens=1000), out, progress=False)
     dirs = materialise(
-        SweepSpec(data=str(data), sizes=TINY, heads="2:1,2:2", lr=1e-3, tokens=1000), out, progress=False
+        SweepSpec(data=str(data), sizes=TINY_SIZES, heads="2:1,2:2", lr=1e-3, tokens=1000), out, progress=False
     )
     assert [d.name for d in dirs] == ["a_h2kv1_s0", "a_h2kv2_s0"]
     with pytest.raises(CogqaError, match="tokens differ"):
-        materialise(SweepSpec(data=str(data), sizes=TINY, heads="2:1", lr=1e-3, tokens=2000), out, progress=False)
+        materialise(SweepSpec(data=str(data), sizes=TINY_SIZES, heads="2:1", lr=1e-3, tokens=2000), out, progress=False)
     (dirs[0] / "config.json").write_text("{}")  # the run has started
-    bigger = [{**TINY[0], "hidden_size": 64}]
+    bigger = [{**TINY_SIZES[0], "hidden_size": 64}]
     with pytest.raises(CogqaError, match="a_h2kv1_s0 has started"):
         materialise(SweepSpec(data=str(data), sizes=bigger, heads="2:1", lr=1e-3, tokens=1000), out, progress=False)
 
@@ -455,8 +402,11 @@ def test_submitit_job_requeues_itself_when_preempted():
     "kw, needle",
     [
         (dict(seeds=[0, 0]), "seed 0 and size 'a' H=(2,1) seed 0"),
-        (dict(sizes=[{**TINY[0], "name": "x y"}, {**TINY[0], "name": "x-y", "hidden_size": 64}]), "runs/x-y_h2kv1_s0"),
-        (dict(sizes=[{**TINY[0], "name": "big"}, {**TINY[0], "name": "BIG", "hidden_size": 64}]), "'big'"),
+        (
+            dict(sizes=[{**TINY_SIZES[0], "name": "x y"}, {**TINY_SIZES[0], "name": "x-y", "hidden_size": 64}]),
+            "runs/x-y_h2kv1_s0",
+        ),
+        (dict(sizes=[{**TINY_SIZES[0], "name": "big"}, {**TINY_SIZES[0], "name": "BIG", "hidden_size": 64}]), "'big'"),
     ],
 )
 def test_two_runs_one_directory_refused_at_plan_time(tmp_path, kw, needle):

@@ -67,25 +67,11 @@ def _old_export(path: Path) -> bool:
     )
 
 
-def cmd_eval_loss(args) -> int:
-    import numpy as np
+def _loss_of_models(args, chunks, contexts: list[int], names: list[str]) -> dict:
+    """Per model name: its checkpoint, loss by position and at each context (nats/token), chunk losses, mean and
+    standard error; one model in memory at a time."""
+    from ..evaluate import check_data_tokenizer, checkpoints_to_score, evaluate_chunks, load_for_eval, loss_at_contexts
 
-    from ..data import TokenChunks
-    from ..evaluate import (
-        check_data_tokenizer,
-        checkpoints_to_score,
-        evaluate_chunks,
-        load_for_eval,
-        loss_at_contexts,
-        relative_delta,
-    )
-
-    if args.out:  # refused before the evaluation, not after it
-        check_output_dir(args.out, "eval loss", args.overwrite, legacy_ok=LOSS_FILES)
-    chunks = TokenChunks(args.data, split=args.split)
-    contexts = parse_contexts(args.contexts) if args.contexts else [chunks.context]
-    require(args.max_chunks >= 1, f"--max-chunks must be >= 1, got {args.max_chunks}")
-    names = list(args.models) + ([args.baseline] if args.baseline and args.baseline not in args.models else [])
     results = {}
     for name in names:
         path = checkpoints_to_score(name, 1)[-1]  # a run directory: its newest checkpoint
@@ -104,12 +90,23 @@ def cmd_eval_loss(args) -> int:
             "standard_error": r.standard_error,
         }
         del model
+    return results
+
+
+def _loss_rows(results: dict, names: list[str], contexts: list[int], baseline: str | None) -> list[dict]:
+    """One row per (model, context): loss (nats/token) and its relative difference to ``baseline`` (or None)."""
+    from ..evaluate import relative_delta
+
     rows = []
     for name in names:
         for T in contexts:
             L = results[name]["context_loss"][T]
-            d = float(relative_delta(L, results[args.baseline]["context_loss"][T])) if args.baseline else None
+            d = float(relative_delta(L, results[baseline]["context_loss"][T])) if baseline else None
             rows.append({"model": name, "context": T, "loss_nats_per_token": L, "delta_rel": d})
+    return rows
+
+
+def _print_loss(rows: list[dict], results: dict, names: list[str], chunk_tokens: int) -> None:
     print(f"{'model':40s} {'context (tokens)':>16s} {'loss (nats/token)':>18s} {'ΔL (%)':>8s}")
     for r in rows:
         d = "" if r["delta_rel"] is None else f"{100 * r['delta_rel']:+.3f}"
@@ -118,38 +115,57 @@ def cmd_eval_loss(args) -> int:
         n = len(results[name]["chunk_loss"])
         print(
             f"{name[-40:]}: mean {results[name]['mean_loss']:.4f} ± {results[name]['standard_error']:.4f} "
-            f"nats/token (standard error over {n} chunks of {chunks.context} tokens)"
+            f"nats/token (standard error over {n} chunks of {chunk_tokens} tokens)"
         )
+
+
+def _write_loss_dir(out: Path, rows: list[dict], results: dict, names: list[str], overwrite: bool) -> None:
+    """``out``/loss.json, loss.csv and loss_by_position.png, swapped in as one directory."""
+    import numpy as np
+
+    def build(tmp: Path) -> None:
+        write_text_atomic(tmp / "loss.json", json.dumps({"rows": rows, "positions": results}, indent=1))
+        write_text_atomic(
+            tmp / "loss.csv",
+            "model,context_tokens,loss_nats_per_token,delta_rel\n"
+            + "".join(
+                f"{r['model']},{r['context']},{r['loss_nats_per_token']},"
+                f"{'' if r['delta_rel'] is None else r['delta_rel']}\n"
+                for r in rows
+            ),
+        )
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots()
+        for name in names:
+            pos = np.asarray(results[name]["position_loss"])
+            ax.plot(np.arange(1, len(pos) + 1), pos, label=Path(name).name)
+        ax.set_xlabel("token position (tokens of context)")
+        ax.set_ylabel("loss (nats/token)")
+        ax.legend()
+        save_figure(fig, tmp / "loss_by_position.png", dpi=100)
+
+    write_output_dir(out, "eval loss", build, overwrite, legacy_ok=LOSS_FILES)
+    print(f"wrote {out}/loss.csv, loss.json, loss_by_position.png")
+
+
+def cmd_eval_loss(args) -> int:
+    from ..data import TokenChunks
+
+    if args.out:  # refused before the evaluation, not after it
+        check_output_dir(args.out, "eval loss", args.overwrite, legacy_ok=LOSS_FILES)
+    chunks = TokenChunks(args.data, split=args.split)
+    contexts = parse_contexts(args.contexts) if args.contexts else [chunks.context]
+    require(args.max_chunks >= 1, f"--max-chunks must be >= 1, got {args.max_chunks}")
+    names = list(args.models) + ([args.baseline] if args.baseline and args.baseline not in args.models else [])
+    results = _loss_of_models(args, chunks, contexts, names)
+    rows = _loss_rows(results, names, contexts, args.baseline)
+    _print_loss(rows, results, names, chunks.context)
     if args.out:
-        out = Path(args.out)
-
-        def build(tmp: Path) -> None:
-            write_text_atomic(tmp / "loss.json", json.dumps({"rows": rows, "positions": results}, indent=1))
-            write_text_atomic(
-                tmp / "loss.csv",
-                "model,context_tokens,loss_nats_per_token,delta_rel\n"
-                + "".join(
-                    f"{r['model']},{r['context']},{r['loss_nats_per_token']},"
-                    f"{'' if r['delta_rel'] is None else r['delta_rel']}\n"
-                    for r in rows
-                ),
-            )
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-
-            fig, ax = plt.subplots()
-            for name in names:
-                pos = np.asarray(results[name]["position_loss"])
-                ax.plot(np.arange(1, len(pos) + 1), pos, label=Path(name).name)
-            ax.set_xlabel("token position (tokens of context)")
-            ax.set_ylabel("loss (nats/token)")
-            ax.legend()
-            save_figure(fig, tmp / "loss_by_position.png", dpi=100)
-
-        write_output_dir(out, "eval loss", build, args.overwrite, legacy_ok=LOSS_FILES)
-        print(f"wrote {out}/loss.csv, loss.json, loss_by_position.png")
+        _write_loss_dir(Path(args.out), rows, results, names, args.overwrite)
     return 0
 
 
@@ -287,17 +303,10 @@ def harness_command(export_dir, tasks, batch_size="auto", device="cpu", dtype=No
     ]
 
 
-def cmd_eval_harness(args) -> int:
-    import importlib.util
+def _harness_tasks(args):
+    """The checked ``--tasks`` list (default: the paper's) and lm_eval's TaskManager that knows them."""
+    from ..harness import PAPER_TASKS
 
-    if importlib.util.find_spec("lm_eval") is None:
-        raise CogqaError("lm-evaluation-harness is not installed; run: pip install lm-eval")
-    from ..evaluate import checkpoints_to_score, resolve_device, resolve_dtype
-    from ..harness import ACCURACY_TASKS, PAPER_TASKS, mean_over_checkpoints, run_lm_eval, summarize
-    from ..model import dtype_name
-
-    if args.out:  # refused before the evaluation, not after it
-        check_output_file(args.out, args.overwrite, "--out", ours=json_file_with("mean", "per_checkpoint"))
     tasks = [t for t in args.tasks.split(",") if t] if args.tasks else list(PAPER_TASKS)
     require(bool(tasks), "--tasks: give at least one task name, e.g. hellaswag,arc_easy")
     require(
@@ -310,38 +319,76 @@ def cmd_eval_harness(args) -> int:
     known = set(manager.all_tasks)
     bad = [t for t in tasks if t not in known]
     require(not bad, f"--tasks: unknown task name(s) {', '.join(bad)}; see `lm_eval --tasks list`")
-    device = resolve_device(args.device)
-    dtype = dtype_name(resolve_dtype(args.dtype, device))
-    chosen = checkpoints_to_score(args.checkpoint_dir, args.last_k)
+    return tasks, manager
+
+
+def _harness_targets(args, chosen: list[Path]) -> list[tuple[str, Path]]:
+    """[(label, Hugging Face directory)] to evaluate: a Hugging Face model as it is, else each chosen cogqa
+    checkpoint (or their weight average) exported under ``--export-dir``."""
     is_hf = not (chosen[0] / "shape.json").is_file()
     require(not (is_hf and args.average_weights), "--average-weights: needs cogqa checkpoints of a training run")
-    export_root = Path(args.export_dir or Path(args.checkpoint_dir) / "hf_eval")
-    targets = []  # (label, HF directory)
     if is_hf:
-        targets = [(chosen[0].name, chosen[0])]
-    else:
-        from ..checkpoint import average_weights, load_model
-        from ..hf import export_hf
+        return [(chosen[0].name, chosen[0])]
+    from ..checkpoint import average_weights, load_model
+    from ..hf import export_hf
 
-        groups = (
-            [("weight average of " + "+".join(p.name for p in chosen), chosen)]
-            if args.average_weights
-            else [(p.name, [p]) for p in chosen]
+    export_root = Path(args.export_dir or Path(args.checkpoint_dir) / "hf_eval")
+    groups = (
+        [("weight average of " + "+".join(p.name for p in chosen), chosen)]
+        if args.average_weights
+        else [(p.name, [p]) for p in chosen]
+    )
+    targets = []
+    for label, paths in groups:
+        model = average_weights(paths) if len(paths) > 1 else load_model(paths[0])
+        target = export_root if len(groups) == 1 else export_root / paths[0].name
+        write_output_dir(  # its own scratch export is replaced; a directory of someone else's never
+            target,
+            "eval harness",
+            lambda tmp, model=model: export_hf(model, tmp, tokenizer=args.tokenizer),
+            overwrite=True,
+            field="--export-dir",
+            legacy_ok=_old_export,
+            inputs=tuple(paths),
         )
-        for label, paths in groups:
-            model = average_weights(paths) if len(paths) > 1 else load_model(paths[0])
-            target = export_root if len(groups) == 1 else export_root / paths[0].name
-            write_output_dir(  # its own scratch export is replaced; a directory of someone else's never
-                target,
-                "eval harness",
-                lambda tmp, model=model: export_hf(model, tmp, tokenizer=args.tokenizer),
-                overwrite=True,
-                field="--export-dir",
-                legacy_ok=_old_export,
-                inputs=tuple(paths),
-            )
-            targets.append((label, target))
-            print(f"exported {label} -> {target}")
+        targets.append((label, target))
+        print(f"exported {label} -> {target}")
+    return targets
+
+
+def _print_harness(summaries: dict) -> dict:
+    """Print the per-task scores averaged over checkpoints and the accuracy average (%); returns that mean."""
+    from ..harness import ACCURACY_TASKS, mean_over_checkpoints
+
+    total = mean_over_checkpoints(summaries)
+    n = len(summaries)
+    print(f"{'task':18s} {'metric':16s} {'score':>10s}" + ("   (mean of " + str(n) + " checkpoints)" if n > 1 else ""))
+    for task, s in total["tasks"].items():
+        value = f"{100 * s['value']:9.2f}%" if s["kind"] == "accuracy" else f"{s['value']:10.3f}"
+        print(f"{task:18s} {s['metric']:16s} {value}")
+    label = "8-task average" if sorted(total["average_tasks"]) == sorted(ACCURACY_TASKS) else "average"
+    print(
+        f"{label} ({', '.join(total['average_tasks'])}): {100 * total['average']:.2f} % "
+        "(acc_norm where reported, else acc)"
+    )
+    return total
+
+
+def cmd_eval_harness(args) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
+        raise CogqaError("lm-evaluation-harness is not installed; run: pip install lm-eval")
+    from ..evaluate import checkpoints_to_score, resolve_device, resolve_dtype
+    from ..harness import run_lm_eval, summarize
+    from ..model import dtype_name
+
+    if args.out:  # refused before the evaluation, not after it
+        check_output_file(args.out, args.overwrite, "--out", ours=json_file_with("mean", "per_checkpoint"))
+    tasks, manager = _harness_tasks(args)
+    device = resolve_device(args.device)
+    dtype = dtype_name(resolve_dtype(args.dtype, device))
+    targets = _harness_targets(args, checkpoints_to_score(args.checkpoint_dir, args.last_k))
     for _label, target in targets:
         hf_dtype = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}[dtype]
         print(" ".join(harness_command(target, tasks, args.batch_size, str(device), hf_dtype)))
@@ -355,17 +402,7 @@ def cmd_eval_harness(args) -> int:
         summaries[label] = summarize(results)
         s = summaries[label]
         print(f"{label}: average {100 * s['average']:.2f} % over {len(s['average_tasks'])} accuracy task(s)")
-    total = mean_over_checkpoints(summaries)
-    n = len(summaries)
-    print(f"{'task':18s} {'metric':16s} {'score':>10s}" + ("   (mean of " + str(n) + " checkpoints)" if n > 1 else ""))
-    for task, s in total["tasks"].items():
-        value = f"{100 * s['value']:9.2f}%" if s["kind"] == "accuracy" else f"{s['value']:10.3f}"
-        print(f"{task:18s} {s['metric']:16s} {value}")
-    label = "8-task average" if sorted(total["average_tasks"]) == sorted(ACCURACY_TASKS) else "average"
-    print(
-        f"{label} ({', '.join(total['average_tasks'])}): {100 * total['average']:.2f} % "
-        "(acc_norm where reported, else acc)"
-    )
+    total = _print_harness(summaries)
     if args.out:
         write_text_atomic(Path(args.out), json.dumps({"mean": total, "per_checkpoint": summaries}, indent=1))
         print(f"wrote {args.out}")

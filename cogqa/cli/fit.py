@@ -14,6 +14,15 @@ FORM_HELP = (
     "heads: L = a n_h^b + c per size"
 )
 
+#: The options naming a results column other than the default one: (flag, help).
+COLUMN_OPTIONS = (
+    ("--n-column", "column holding N (parameters), instead of params_non_embedding"),
+    ("--tokens-column", "column holding D (training tokens), instead of tokens"),
+    ("--compute-column", "column holding training FLOPs C; tokens = C / (6 N) when there is no tokens column"),
+    ("--loss-column", "column holding the loss (nats/token), instead of loss"),
+    ("--size-column", "form heads: column naming the model size of each row"),
+)
+
 
 def register(subparsers) -> None:
     """Add the ``fit`` command."""
@@ -47,15 +56,8 @@ def register(subparsers) -> None:
     p.add_argument(
         "--drop-highest-loss", default="0", metavar="K", help="leave out the K highest-loss rows first (default 0)"
     )
-    p.add_argument("--n-column", metavar="NAME", help="column holding N (parameters), instead of params_non_embedding")
-    p.add_argument("--tokens-column", metavar="NAME", help="column holding D (training tokens), instead of tokens")
-    p.add_argument(
-        "--compute-column",
-        metavar="NAME",
-        help="column holding training FLOPs C; tokens = C / (6 N) when there is no tokens column",
-    )
-    p.add_argument("--loss-column", metavar="NAME", help="column holding the loss (nats/token), instead of loss")
-    p.add_argument("--size-column", metavar="NAME", help="form heads: column naming the model size of each row")
+    for flag, what in COLUMN_OPTIONS:
+        p.add_argument(flag, metavar="NAME", help=what)
     p.add_argument("--out", metavar="FILE.json", help="write the laws file here (atomically)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out laws file (one cogqa wrote)")
     p.add_argument("--source", help="text for the laws file's 'source' field (default: the command line)")

@@ -135,6 +135,14 @@ def _print_profile(hw, json_out: bool) -> None:
         f"{fmt_decimal(hw.bandwidth, 'B/s')})"
     )
     print(f"  memory                 {fmt_bytes(hw.memory_bytes)}  (usable {fmt_bytes(hw.usable_memory_bytes)})")
+    if hw.gemv_efficiency_by_shape:
+        rates = (f"{k}: {fmt_decimal(hw.memory_bandwidth * e, 'B/s')}" for k, e in hw.gemv_efficiency_by_shape.items())
+        print("  one-row product by matrix rows x cols (elements): " + ", ".join(rates))
+    if hw.attention_efficiency_by_group:
+        rates = (
+            f"{g}: {fmt_decimal(float(hw.attention_bandwidth_at(g)), 'B/s')}" for g in hw.attention_efficiency_by_group
+        )
+        print("  decode attention KV read by group n_h/n_kv: " + ", ".join(rates))
     for key, text in hw.sources.items():
         print(f"  source of {key}: {text}")
     if hw.unconfirmed:

@@ -330,6 +330,20 @@ def load_spec(source: str | Path | dict, **overrides) -> SweepSpec:
     return SweepSpec(**data)
 
 
+#: SweepSpec fields that every run's TrainConfig takes as they are (same name, same meaning).
+SPEC_TRAIN_FIELDS = (
+    "context",
+    "tokens",
+    "tokens_per_param",
+    "batch_tokens",
+    "micro_batch",
+    "max_steps",
+    "checkpoint_every",
+    "eval_batches",
+    "val_tokens",
+)
+
+
 def train_config_dict(
     spec: SweepSpec, run: RunSpec, run_dir: str, data_dir: str | None = None, prefix: str | None = None
 ) -> dict:
@@ -343,19 +357,11 @@ def train_config_dict(
         data=data_dir or (spec.data if isinstance(spec.data, str) else "pending"),
         out_dir=run_dir,
         shape=shape,
-        context=spec.context,
-        tokens=spec.tokens,
-        tokens_per_param=spec.tokens_per_param,
-        batch_tokens=spec.batch_tokens,
-        micro_batch=spec.micro_batch,
-        max_steps=spec.max_steps,
         optim={"lr": run.size.lr},
         seed=run.seed,
-        checkpoint_every=spec.checkpoint_every,
-        eval_batches=spec.eval_batches,
-        val_tokens=spec.val_tokens,
         resume=True,
         progress=False,
+        **{name: getattr(spec, name) for name in SPEC_TRAIN_FIELDS},
     )
     for key, value in spec.train.items():
         if key == "optim":

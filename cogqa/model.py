@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CogqaError, require
-from .kvcache import KVCache, decode_attention, dtype_name, torch_dtype  # noqa: F401 (re-exported)
+from .kvcache import KVCache, decode_attention, dtype_name, lay_out_matrix, torch_dtype  # noqa: F401 (re-exported)
 from .shapes import ModelShape
 
 IGNORE_INDEX = -100
@@ -291,23 +291,15 @@ class GQADecoder(nn.Module):
     @torch.no_grad()
     def lay_out_weights(self) -> None:
         """Store every matrix (``nn.Linear`` [out, in] weights, the embedding [V, d]) contiguous along its
-        longer side: column-major when rows >= columns. Values, shapes and names are unchanged.
-
-        A decode step multiplies one row by each matrix; on CPU (MKL) that streams a cold weight at
-        ~22 GB/s when the contiguous runs are the longer side and at 8-15 GB/s when they are the
-        shorter one, while training GEMMs run equally fast either way. Gradients and optimiser
-        states follow the parameters' strides; checkpoints and exports store contiguous copies. Run
-        after construction and after every ``load_state_dict`` (``assign=True`` brings row-major tensors).
+        longer side (:func:`~cogqa.kvcache.lay_out_matrix`: column-major when rows >= columns); values,
+        shapes and names are unchanged. Decode steps stream such weights ~1.5-2.7x faster on CPU; training
+        steps measured ~1.5% slower (L=4 d=256 V=8192). Gradients and optimiser states follow the
+        parameters' strides; checkpoints and exports store contiguous copies. Run after construction and
+        after every ``load_state_dict`` (``assign=True`` brings row-major tensors).
         """
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)) and type(module.weight.data) is torch.Tensor:
-                w = module.weight  # (FSDP2's sharded DTensors keep their own layout)
-                rows, cols = w.shape
-                column_major = w.stride() == (1, rows)
-                if rows >= cols and not column_major:
-                    w.data = w.data.t().contiguous().t()
-                elif rows < cols and not w.is_contiguous():
-                    w.data = w.data.contiguous()
+                module.weight.data = lay_out_matrix(module.weight.data)  # (FSDP2's DTensors keep their layout)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameters (units: parameters), tied embeddings once; ``non_embedding`` drops the

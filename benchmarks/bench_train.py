@@ -6,7 +6,10 @@ it also runs ``cogqa.train.train`` end to end on the offline corpus and reports 
 tokens/s from ``metrics.jsonl``. MFU = cost-model training FLOPs (``cogqa.costs.training_flops``)
 / time / peak, with the peak measured here by a large fp32 matmul.
 
-    .venv/bin/python benchmarks/bench_train.py [--steps 20] [--context 256] [--batch 8]
+With ``--compile`` it also times ``torch.compile(model)`` (inductor, what ``cogqa train --compile`` runs);
+the compilation happens in the warm-up steps and is reported on its own line (seconds).
+
+    .venv/bin/python benchmarks/bench_train.py [--steps 20] [--context 256] [--batch 8] [--compile]
 """
 
 from __future__ import annotations
@@ -43,15 +46,17 @@ def peak_flops(n: int = 2048, reps: int = 5) -> float:
     return 2 * n**3 / best
 
 
-def hand_loop(model, x, steps: int) -> float:
-    """Seconds per optimiser step of a plain loop (after 2 warm-up steps)."""
+def hand_loop(model, x, steps: int, forward=None) -> float:
+    """Seconds per optimiser step of a plain loop (after 2 warm-up steps); ``forward`` (default ``model``)
+    is what is called, e.g. ``torch.compile(model)``."""
     groups = [g for g in param_groups(model, 0.1) if g["params"]]
     opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95))
     model.train()
+    forward = model if forward is None else forward
     times = []
     for i in range(steps + 2):
         t = time.perf_counter()
-        loss = model(x, labels=x).loss
+        loss = forward(x, labels=x).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -114,6 +119,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--context", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--compile", action="store_true", help="also time torch.compile(model) (inductor)")
     args = p.parse_args()
     torch.manual_seed(0)
     T, B = args.context, args.batch
@@ -129,6 +135,13 @@ def main() -> None:
     results = {}
     results["cogqa GQADecoder (hand loop)"] = hand_loop(GQADecoder(SHAPE, max_seq_len=T), x, args.steps)
     results["transformers LlamaForCausalLM (hand loop)"] = hand_loop(llama_for(SHAPE), x, args.steps)
+    if args.compile:
+        model = GQADecoder(SHAPE, max_seq_len=T)
+        t0 = time.perf_counter()
+        results["cogqa GQADecoder, torch.compile (hand loop)"] = hand_loop(
+            model, x, args.steps, forward=torch.compile(model)
+        )
+        print(f"torch.compile: {time.perf_counter() - t0:.1f} s including {args.steps + 2} steps (2 warm-up)")
     e2e = trainer_end_to_end(T, B, args.steps)
     print(f"{'loop':<44} {'s/step':>8} {'tokens/s':>10} {'MFU':>7} {'vs HF':>7}")
     ref = results["transformers LlamaForCausalLM (hand loop)"]

@@ -103,6 +103,8 @@ def wrap(model, dist_info: Dist, fsdp: bool, device):
     if fsdp:
         from torch.distributed.fsdp import fully_shard
 
+        for p in model.parameters():  # FSDP2 shards contiguous tensors only (GQADecoder stores some column-major)
+            p.data = p.data.contiguous()
         for block in blocks(model):
             fully_shard(block)
         fully_shard(model)

@@ -9,13 +9,16 @@ Export picks the architecture class whose code computes exactly cogqa's model:
   transformers 5 ``LlamaConfig`` rejects ``hidden_size % num_attention_heads != 0`` even with an
   explicit ``head_dim`` (the paper's d = 1280 with 24 heads), ``MistralConfig`` does not, and
   Mistral's modelling code is Llama's without biases;
+* ``MistralForCausalLM`` with ``sliding_window: W`` as well for a sliding window on every layer;
 * ``Qwen2ForCausalLM`` for q/k/v biases without an o bias, ``Qwen3ForCausalLM`` for per-head
-  q/k RMSNorm. Other combinations are refused (never a silently different model).
+  q/k RMSNorm; a sliding window on their last layers is written as ``use_sliding_window``,
+  ``sliding_window``, ``max_window_layers`` and ``layer_types``. Other combinations are refused
+  (never a silently different model).
 
 Tensor names are cogqa's with the ``model.`` prefix (``lm_head.weight`` unprefixed, omitted when
 tied). Import reads ``config.json`` with :func:`cogqa.shapes.shape_from_hf_config`, refuses
-RoPE scaling other than Llama 3.1's ``rope_type: "llama3"`` and sliding windows (cogqa
-implements neither), and reads one or several (sharded) safetensors files.
+RoPE scaling other than Llama 3.1's ``rope_type: "llama3"`` and sliding windows on other layers
+than the last ones (cogqa implements neither), and reads one or several (sharded) safetensors files.
 """
 
 from __future__ import annotations
@@ -51,11 +54,22 @@ def hf_model_type(shape: ModelShape) -> str:
     if shape.qkv_bias or shape.o_bias or shape.mlp_bias:
         require(shape.qkv_bias == shape.o_bias, "o_bias without qkv_bias has no transformers equivalent; cannot export")
         require(
+            shape.sliding_window is None,
+            "o_bias/mlp_bias export as Llama, which has no sliding window; cannot export this shape",
+        )
+        require(
             divisible,
             f"biases need Llama, whose config requires hidden_size ({shape.hidden_size}) divisible by "
             f"n_heads ({shape.n_heads}); cannot export this shape",
         )
         return "llama"
+    if shape.sliding_window is not None:
+        require(
+            shape.windowed_layers == shape.layers,
+            f"a sliding window on {shape.windowed_layers} of {shape.layers} layers exports only as Qwen2 (qkv_bias) or "
+            "Qwen3 (qk_norm); without them the window must cover every layer (Mistral)",
+        )
+        return "mistral"
     return "llama" if divisible else "mistral"
 
 
@@ -101,13 +115,17 @@ def hf_config(
     if model_type == "llama":
         config.update(attention_bias=shape.qkv_bias, mlp_bias=shape.mlp_bias, pretraining_tp=1)
     elif model_type == "mistral":
-        config.update(sliding_window=None)
-    elif model_type == "qwen2":
-        config.update(use_sliding_window=False, sliding_window=None, max_window_layers=shape.layers)
-    elif model_type == "qwen3":
+        config.update(sliding_window=shape.sliding_window)
+    else:  # qwen2, qwen3: the window on the last layers (transformers: layer_idx >= max_window_layers)
+        full = shape.layers - shape.windowed_layers
         config.update(
-            attention_bias=shape.qkv_bias, use_sliding_window=False, sliding_window=None, max_window_layers=shape.layers
+            use_sliding_window=shape.sliding_window is not None,
+            sliding_window=shape.sliding_window,
+            max_window_layers=full,
+            layer_types=["full_attention"] * full + ["sliding_attention"] * shape.windowed_layers,
         )
+        if model_type == "qwen3":
+            config.update(attention_bias=shape.qkv_bias)
     return config
 
 
@@ -236,12 +254,14 @@ def _check_supported_config(config: dict, source: str) -> None:
         f"{source}: RoPE scaling {rope_type!r} is not supported by cogqa "
         f"(plain RoPE and {', '.join(ROPE_SCALINGS)} only); cannot import",
     )
-    window = config.get("sliding_window")
-    if config.get("model_type") in ("qwen2", "qwen3"):
-        window = window if config.get("use_sliding_window") else None
-    require(
-        window is None, f"{source}: sliding-window attention ({window} tokens) is not supported by cogqa; cannot import"
-    )
+    types = config.get("layer_types")
+    if config.get("model_type") in ("qwen2", "qwen3") and config.get("use_sliding_window") and isinstance(types, list):
+        windowed = [t == "sliding_attention" for t in types]
+        require(
+            windowed == sorted(windowed),
+            f"{source}: field 'layer_types' puts sliding-window layers before full-attention ones; cogqa's model "
+            "windows the last layers only (Qwen2's max_window_layers); cannot import",
+        )
     act = config.get("hidden_act", "silu")
     require(act in ("silu", "swish"), f"{source}: hidden_act {act!r} is not supported")
 
@@ -272,9 +292,9 @@ def read_hf_weights(directory: Path) -> dict:
 
 
 def import_hf(hf_dir, device="cpu", dtype=None, max_seq_len: int | None = None):
-    """A GQADecoder with the weights of a transformers directory (Llama, Mistral, Qwen2, Qwen3 families);
-    ``max_seq_len`` (tokens) defaults to the config's ``max_position_embeddings`` (8192 without one), capped
-    at a sliding window (cogqa's model attends fully, which equals the window only up to its length)."""
+    """A GQADecoder with the weights of a transformers directory (Llama, Mistral, Qwen2, Qwen3 families, with
+    their sliding windows); ``max_seq_len`` (tokens) defaults to the config's ``max_position_embeddings`` (8192
+    without one)."""
     import torch
 
     from .checkpoint import check_state_dict
@@ -290,13 +310,6 @@ def import_hf(hf_dir, device="cpu", dtype=None, max_seq_len: int | None = None):
     if max_seq_len is None:
         cfg = config["text_config"] if "text_config" in config and "model_type" not in config else config
         max_seq_len = int(cfg.get("max_position_embeddings") or 8192)
-        if shape.sliding_window is not None:
-            max_seq_len = min(max_seq_len, shape.sliding_window)
-    require(
-        shape.sliding_window is None or max_seq_len <= shape.sliding_window,
-        f"{cfg_path}: sliding window of {shape.sliding_window} tokens, which cogqa's model does not compute; "
-        f"import with a maximum sequence length <= {shape.sliding_window} tokens (there attention is full)",
-    )
     raw = read_hf_weights(directory)
     tensors = {from_hf_name(k): v for k, v in raw.items() if not k.endswith("rotary_emb.inv_freq")}
     if shape.tie_embeddings and "lm_head.weight" in tensors:

@@ -12,6 +12,10 @@ One readable file, in the spirit of nanoGPT's ``model.py``:
   their ``n_kv`` heads and are never repeated in memory; causal (``is_causal`` when there is
   no padding, so fused kernels apply), an explicit boolean mask otherwise; a single new token
   (decode) goes through :func:`~cogqa.kvcache.decode_attention` instead (each K/V head read once);
+* sliding-window attention when the shape has one (Mistral, Qwen2's ``use_sliding_window``): the last
+  ``shape.windowed_layers`` layers let each query see only the last ``sliding_window`` positions, itself
+  included (a banded causal mask; a decode step reads the last W cached positions). The cache keeps
+  every position;
 * the KV cache and the dtype names live in ``kvcache.py`` (re-exported here).
 
 Parameter names follow the Hugging Face Llama layout without the ``model.`` prefix
@@ -40,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import CogqaError, require
-from .kvcache import KVCache, decode_attention, dtype_name, torch_dtype  # noqa: F401 (re-exported)
+from .kvcache import KVCache, decode_attention, dtype_name, lay_out_matrix, torch_dtype  # noqa: F401 (re-exported)
 from .shapes import ModelShape
 
 IGNORE_INDEX = -100
@@ -122,12 +126,14 @@ def apply_rope_signed(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tens
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention with decoupled heads (n_h d_h need not equal d)."""
+    """Grouped-query self-attention with decoupled heads (n_h d_h need not equal d); with ``window`` = W
+    (tokens) each query attends only to the last W positions, itself included (Mistral's sliding window)."""
 
-    def __init__(self, shape: ModelShape):
+    def __init__(self, shape: ModelShape, window: int | None = None):
         super().__init__()
         d, nh, nkv, dh = shape.hidden_size, shape.n_heads, shape.n_kv_heads, shape.head_dim
         self.n_heads, self.n_kv_heads, self.head_dim = nh, nkv, dh
+        self.window = window
         self.q_proj = nn.Linear(d, nh * dh, bias=shape.qkv_bias)
         self.k_proj = nn.Linear(d, nkv * dh, bias=shape.qkv_bias)
         self.v_proj = nn.Linear(d, nkv * dh, bias=shape.qkv_bias)
@@ -139,7 +145,8 @@ class Attention(nn.Module):
             self.q_norm = self.k_norm = None
 
     def forward(self, x, cos, sin, mask, is_causal, cache=None, layer=0):
-        """Attention output [B, T, d] for ``x`` [B, T, d]; ``sin`` is :func:`signed_sin` of the RoPE sin."""
+        """Attention output [B, T, d] for ``x`` [B, T, d]; ``sin`` is :func:`signed_sin` of the RoPE sin; ``mask``
+        already holds this layer's window when T > 1 (see :func:`_window_mask`)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
@@ -152,6 +159,9 @@ class Attention(nn.Module):
             k, v = cache.update(layer, k, v)
         group = self.n_heads // self.n_kv_heads
         if T == 1:
+            if self.window is not None and k.shape[2] > self.window:  # decode: the last W cached positions only
+                k, v = k[:, :, -self.window :], v[:, :, -self.window :]
+                mask = None if mask is None else mask[..., -self.window :]
             y = decode_attention(q.reshape(B, self.n_kv_heads, group, self.head_dim), k, v, mask)
             y = y.view(B, self.n_heads, 1, self.head_dim)
         else:
@@ -176,10 +186,10 @@ class SwiGLU(nn.Module):
 class Block(nn.Module):
     """One pre-norm decoder layer: attention and FFN, each inside a residual connection."""
 
-    def __init__(self, shape: ModelShape):
+    def __init__(self, shape: ModelShape, window: int | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(shape.hidden_size, shape.norm_eps)
-        self.self_attn = Attention(shape)
+        self.self_attn = Attention(shape, window)
         self.post_attention_layernorm = RMSNorm(shape.hidden_size, shape.norm_eps)
         self.mlp = SwiGLU(shape)
 
@@ -198,27 +208,32 @@ class LinearCrossEntropy(torch.autograd.Function):
     def forward(ctx, x, w, targets, chunk: int = 256):
         valid = targets != IGNORE_INDEX
         count = valid.sum()
-        scale = 1.0 / max(int(count), 1)
+        scale = 1.0 / count.clamp(min=1)  # a tensor: no host sync, no graph break under torch.compile
         safe = targets.clamp(min=0)
         total = torch.zeros((), dtype=torch.float32, device=x.device)
         grad_x, grad_w = torch.empty_like(x), torch.zeros_like(w)
+        buffer = x.new_empty(min(chunk, x.shape[0]), w.shape[0])  # one [chunk, V] buffer, reused
         for i in range(0, x.shape[0], chunk):
-            xc, tc, vc = x[i : i + chunk], safe[i : i + chunk, None], valid[i : i + chunk]
-            logits = (xc @ w.t()).float()
-            lse = torch.logsumexp(logits, -1)
-            total += ((lse - logits.gather(1, tc)[:, 0]) * vc).sum()
-            probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-            probs.scatter_add_(1, tc, -torch.ones_like(tc, dtype=probs.dtype))
-            probs.mul_(vc[:, None] * scale)
-            grad = probs.to(x.dtype)
-            grad_x[i : i + chunk] = grad @ w
-            grad_w.addmm_(grad.t(), xc)
+            xc, tc, vc = x[i : i + chunk], safe[i : i + chunk, None], valid[i : i + chunk, None]
+            logits = torch.mm(xc, w.t(), out=buffer[: xc.shape[0]])
+            top = logits.amax(-1, keepdim=True)
+            picked = logits.gather(1, tc)
+            exp = logits.sub_(top).exp_()  # in place: the buffer now holds exp(logits - max)
+            sums = exp.sum(-1, keepdim=True)
+            total += ((sums.log() + top - picked) * vc).sum()
+            weight = vc * scale  # d(mean loss)/d(row loss), 0 for ignored rows
+            exp.mul_(weight / sums)  # softmax, scaled
+            exp.scatter_add_(1, tc, -weight.to(exp.dtype))  # minus the one-hot
+            torch.mm(exp, w, out=grad_x[i : i + xc.shape[0]])
+            grad_w.addmm_(exp.t(), xc)
         ctx.save_for_backward(grad_x, grad_w)
         return total / count  # nan without any target, as F.cross_entropy
 
     @staticmethod
     def backward(ctx, grad_loss):
         grad_x, grad_w = ctx.saved_tensors
+        if not torch.compiler.is_compiling() and grad_loss.device.type == "cpu" and float(grad_loss) == 1.0:
+            return grad_x, grad_w, None, None  # loss.backward(): nothing to scale (CPU: no sync to ask)
         return grad_x * grad_loss.to(grad_x.dtype), grad_w * grad_loss.to(grad_w.dtype), None, None
 
 
@@ -244,9 +259,14 @@ class GQADecoder(nn.Module):
         #: training with labels: the loss through :class:`LinearCrossEntropy` (logits not returned)
         self.fused_loss = True
         self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden_size)
-        self.layers = nn.ModuleList(Block(shape) for _ in range(shape.layers))
+        first_windowed = shape.layers - shape.windowed_layers  # the last windowed_layers layers (Qwen2's reading)
+        self.layers = nn.ModuleList(
+            Block(shape, shape.sliding_window if i >= first_windowed else None) for i in range(shape.layers)
+        )
         self.norm = RMSNorm(shape.hidden_size, shape.norm_eps)
         self.lm_head = None if shape.tie_embeddings else nn.Linear(shape.hidden_size, shape.vocab_size, bias=False)
+        self.lay_out_weights()
+        self.register_load_state_dict_post_hook(_lay_out_after_load)
         if not any(p.is_meta for p in self.parameters()):
             self.init_weights()
 
@@ -267,6 +287,19 @@ class GQADecoder(nn.Module):
             else:
                 std = out_std if name.endswith(("o_proj.weight", "down_proj.weight")) else 0.02
                 p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float32).mul_(std).to(p.dtype))
+
+    @torch.no_grad()
+    def lay_out_weights(self) -> None:
+        """Store every matrix (``nn.Linear`` [out, in] weights, the embedding [V, d]) contiguous along its
+        longer side (:func:`~cogqa.kvcache.lay_out_matrix`: column-major when rows >= columns); values,
+        shapes and names are unchanged. Decode steps stream such weights ~1.5-2.7x faster on CPU; training
+        steps measured ~1.5% slower (L=4 d=256 V=8192). Gradients and optimiser states follow the
+        parameters' strides; checkpoints and exports store contiguous copies. Run after construction and
+        after every ``load_state_dict`` (``assign=True`` brings row-major tensors).
+        """
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)) and type(module.weight.data) is torch.Tensor:
+                module.weight.data = lay_out_matrix(module.weight.data)  # (FSDP2's DTensors keep their layout)
 
     def num_parameters(self, non_embedding: bool = False) -> int:
         """Parameters (units: parameters), tied embeddings once; ``non_embedding`` drops the
@@ -314,8 +347,13 @@ class GQADecoder(nn.Module):
 
         x = self.embed_tokens(input_ids)
         cos, sin = self._rope(position_ids, x.dtype, None if explicit_positions else start + T)
+        masks = {None: (mask, is_causal)}  # per window length (tokens): full attention, and the window if any
         for i, block in enumerate(self.layers):
-            x = block(x, cos, sin, mask, is_causal, cache, i)
+            w = block.self_attn.window  # decode (T = 1) narrows its keys itself; up to W keys a window is no change
+            window = w if w is not None and T > 1 and start + T > w else None
+            if window not in masks:
+                masks[window] = _window_mask(mask, window, start, T, input_ids.device)
+            x = block(x, cos, sin, *masks[window], cache, i)
         if 0 < logits_to_keep < T:
             x = x[:, -logits_to_keep:]
         x = self.norm(x)
@@ -477,6 +515,11 @@ class GQADecoder(nn.Module):
         return out
 
 
+def _lay_out_after_load(model: GQADecoder, _incompatible_keys) -> None:
+    """``load_state_dict`` post-hook (a module-level function, so the model stays picklable)."""
+    model.lay_out_weights()
+
+
 def _shifted(labels: torch.Tensor, device) -> torch.Tensor:
     """Next-token targets, flattened: ``labels`` shifted left by one, the last position ignored."""
     return F.pad(labels.to(device), (0, 1), value=IGNORE_INDEX)[:, 1:].reshape(-1)
@@ -532,6 +575,17 @@ def _attention_mask(new_mask, cache, start: int, B: int, T: int, device):
         valid[:, start:] = new_mask
     is_self = key_pos[None, :] == query_pos[:, None]
     return ((allowed[None] & valid[:, None, :]) | is_self[None])[:, None], False  # [B, 1, T, S]
+
+
+def _window_mask(mask, window: int, start: int, T: int, device):
+    """(mask, False) for T > 1 new tokens after ``start`` cached ones in a layer with a sliding window of
+    ``window`` tokens: ``mask`` (None = plain causal, else [T, S] or [B, 1, T, S] from :func:`_attention_mask`)
+    narrowed to keys at most ``window - 1`` positions behind each query (cache positions, as transformers)."""
+    S = start + T
+    key_pos = torch.arange(S, device=device)
+    query_pos = torch.arange(start, S, device=device)[:, None]
+    near = (key_pos > query_pos - window) & (key_pos <= query_pos)  # [T, S]
+    return (near if mask is None else mask & near), False
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 0.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:

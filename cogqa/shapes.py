@@ -89,7 +89,7 @@ class ModelShape:
     ``sliding_window`` (tokens; None = full attention) makes ``window_layers`` layers attend to at
     most the last ``sliding_window`` positions and cache only those (``window_layers`` None = every
     layer, as Mistral-7B-v0.1; Qwen2/Qwen3 window only the layers from ``max_window_layers`` on).
-    Costs use it; cogqa's own model computes full attention (import refuses windowed configs).
+    Costs and cogqa's model (:mod:`cogqa.model`) use it.
     """
 
     layers: int

@@ -161,7 +161,15 @@ def test_import_refuses_what_cogqa_cannot_compute(tmp_path, capsys):
     refused({"rope_parameters": {"rope_type": "yarn", "rope_theta": 5e5, "factor": 32.0}}, "RoPE scaling 'yarn'")
     refused({"rope_scaling": {"type": "linear", "factor": 2.0}}, "RoPE scaling 'linear'")
     refused({"rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, "factor": 32.0}}, "llama3 lacks")
-    refused({"model_type": "mistral", "sliding_window": 4096}, "sliding-window")
+    refused(
+        {
+            "model_type": "qwen2",
+            "use_sliding_window": True,
+            "sliding_window": 8,
+            "layer_types": ["sliding_attention", "full_attention"],
+        },
+        "layer_types",
+    )
     refused({"num_key_value_heads": 4}, r"k_proj.weight has shape")  # config does not match the weights
     refused({"hidden_act": "gelu"}, "hidden_act")
     cfg_path.write_text(json.dumps(cfg))
@@ -172,6 +180,80 @@ def test_import_refuses_what_cogqa_cannot_compute(tmp_path, capsys):
     assert main(["import", str(tmp_path / "hf"), str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and err.count("\n") == 1
+
+
+WINDOWED = {
+    # (shape, transformers class): every layer windowed (Mistral), the last layer of 3 (Qwen2, Qwen3)
+    "mistral": (ModelShape(hidden_size=48, n_heads=4, n_kv_heads=2, sliding_window=6, **BASE), "MistralForCausalLM"),
+    "qwen2": (
+        ModelShape(
+            hidden_size=48,
+            n_heads=4,
+            n_kv_heads=2,
+            qkv_bias=True,
+            sliding_window=5,
+            window_layers=1,
+            **{**BASE, "layers": 3},
+        ),
+        "Qwen2ForCausalLM",
+    ),
+    "qwen3": (
+        ModelShape(
+            hidden_size=40,
+            n_heads=6,
+            n_kv_heads=3,
+            qk_norm=True,
+            sliding_window=7,
+            window_layers=2,
+            **{**BASE, "layers": 3},
+        ),
+        "Qwen3ForCausalLM",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", WINDOWED)
+def test_sliding_window_logits_parity_past_the_window(case, tmp_path):
+    """A sliding window exports as transformers writes it (Mistral's sliding_window; Qwen's use_sliding_window,
+    max_window_layers, layer_types), transformers computes the same logits on sequences 3-4x the window (with
+    and without left padding), and import keeps the window and the full context."""
+    shape, arch = WINDOWED[case]
+    model = _model(shape)
+    export_hf(model, tmp_path, max_position_embeddings=4096)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["sliding_window"] == shape.sliding_window
+    if case != "mistral":
+        assert cfg["use_sliding_window"] is True and cfg["max_window_layers"] == shape.layers - shape.windowed_layers
+        assert cfg["layer_types"].count("sliding_attention") == shape.windowed_layers
+    hf = _load_hf(tmp_path)
+    assert type(hf).__name__ == arch
+    ids = torch.randint(1, shape.vocab_size, (2, 4 * shape.sliding_window))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    with torch.no_grad():
+        assert (model(ids).logits - hf(ids).logits).abs().max() <= 1e-5
+        full = _model(ModelShape(**{**shape.to_dict(), "sliding_window": None, "window_layers": None}))
+        assert (full(ids).logits - hf(ids).logits)[:, shape.sliding_window :].abs().max() > 1e-3  # the window matters
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        a = model(ids, attention_mask=mask).logits
+        b = hf(ids, attention_mask=mask, position_ids=pos).logits
+    assert (a[1] - b[1]).abs().max() <= 1e-5 and (a[0, 5:] - b[0, 5:]).abs().max() <= 1e-5
+    ours = model.generate(ids, 8, attention_mask=mask)
+    theirs = hf.generate(input_ids=ids, attention_mask=mask, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+    back = import_hf(tmp_path)
+    assert back.shape.sliding_window == shape.sliding_window and back.shape.windowed_layers == shape.windowed_layers
+    assert back.max_seq_len == 4096
+    assert torch.equal(back(ids).logits, model(ids).logits)
+
+
+def test_partial_windows_without_qwen_features_are_not_exported():
+    shape = ModelShape(hidden_size=48, n_heads=4, n_kv_heads=2, sliding_window=6, window_layers=1, **BASE)
+    with pytest.raises(CogqaError, match="exports only as Qwen2"):
+        hf_model_type(shape)
+    biased = ModelShape(hidden_size=48, n_heads=4, n_kv_heads=2, qkv_bias=True, o_bias=True, sliding_window=6, **BASE)
+    with pytest.raises(CogqaError, match="no sliding window"):
+        hf_model_type(biased)
 
 
 def test_llama_32_config_reads_its_llama3_rope_scaling():

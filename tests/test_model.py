@@ -453,3 +453,99 @@ def test_decode_attention_matches_sdpa(group):
     for m in (None, mask):
         want = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
         torch.testing.assert_close(decode_attention(q, k, v, m), want, atol=1e-6, rtol=1e-5)
+
+
+def _longer_side_contiguous(model) -> dict:
+    """name -> whether the matrix is stored contiguous along its longer side (column-major when rows >= cols)."""
+    out = {}
+    for name, p in model.named_parameters():
+        if p.dim() == 2:
+            rows, cols = p.shape
+            out[name] = p.stride() == ((1, rows) if rows >= cols else (cols, 1))
+    return out
+
+
+def test_weights_are_stored_along_their_longer_side_through_training_and_loading(tmp_path):
+    """Every matrix (embedding, projections, untied LM head) is contiguous along its longer side after
+    construction, a training step (gradients and AdamW states follow), a checkpoint round trip (saved
+    contiguous, loaded with assign=True) and a dtype cast; the values are unchanged."""
+    from cogqa.checkpoint import load_model, save_model
+
+    shape = SHAPES["mqa"]  # untied: the LM head is a Linear [V, d]
+    model = make(shape).train()
+    layout = _longer_side_contiguous(model)
+    assert layout and all(layout.values()), layout
+    assert model.embed_tokens.weight.stride() == (1, shape.vocab_size)
+    assert model.layers[0].mlp.down_proj.weight.is_contiguous()  # [d, d_ff]: rows < columns
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids = torch.randint(0, shape.vocab_size, (2, 12))
+    model(ids, labels=ids).loss.backward()
+    opt.step()
+    for p in model.parameters():
+        assert p.grad.stride() == p.stride()
+        assert opt.state[p]["exp_avg"].stride() == p.stride()
+    save_model(model, tmp_path / "ckpt")
+    loaded = load_model(tmp_path / "ckpt")
+    assert all(_longer_side_contiguous(loaded).values())
+    for name, p in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], p), name
+    model.eval()
+    assert torch.equal(loaded(ids).logits, model(ids).logits)
+    assert all(_longer_side_contiguous(load_model(tmp_path / "ckpt", dtype="bf16")).values())
+
+
+WINDOWED = {
+    "all": ModelShape(
+        layers=2, hidden_size=40, ffn_size=96, n_heads=6, n_kv_heads=2, head_dim=16, vocab_size=101, sliding_window=4
+    ),
+    "last": ModelShape(
+        layers=3,
+        hidden_size=48,
+        ffn_size=64,
+        n_heads=8,
+        n_kv_heads=2,
+        head_dim=8,
+        vocab_size=97,
+        sliding_window=5,
+        window_layers=2,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", WINDOWED)
+def test_sliding_window_decode_past_the_window_equals_the_full_forward(name):
+    """Prefill, a prefill chunk and token-by-token decode through the cache give the full forward's logits
+    well past the window; the window changes the logits there (and not before it); left-padded prompts
+    decode as their own unpadded runs."""
+    shape = WINDOWED[name]
+    W = shape.sliding_window
+    model = make(shape)
+    assert [layer.self_attn.window for layer in model.layers] == [None] * (shape.layers - shape.windowed_layers) + [
+        W
+    ] * shape.windowed_layers
+    ids = torch.randint(0, shape.vocab_size, (1, 6 * W))
+    with torch.no_grad():
+        full = model(ids).logits
+        cache = model.new_cache(1, 6 * W)
+        parts = [model(ids[:, :3], cache=cache).logits, model(ids[:, 3 : 2 * W], cache=cache).logits]
+        parts += [model(ids[:, t : t + 1], cache=cache).logits for t in range(2 * W, 6 * W)]
+        assert (torch.cat(parts, 1) - full).abs().max() < 1e-5
+        unwindowed = GQADecoder(ModelShape(**{**shape.to_dict(), "sliding_window": None, "window_layers": None}))
+        unwindowed.load_state_dict(model.state_dict())
+        plain = unwindowed.eval()(ids).logits
+        assert (plain - full)[:, :W].abs().max() < 1e-5 and (plain - full)[:, W:].abs().max() > 1e-3
+        lengths, P, new = [3, 2 * W + 1, W], 2 * W + 1, 2 * W
+        seqs = [torch.randint(0, shape.vocab_size, (n + new,)) for n in lengths]
+        padded = torch.zeros(3, P, dtype=torch.long)
+        mask = torch.zeros(3, P, dtype=torch.long)
+        for b, n in enumerate(lengths):
+            padded[b, P - n :] = seqs[b][:n]
+            mask[b, P - n :] = 1
+        cache = model.new_cache(3, P + new)
+        logits = [model(padded, attention_mask=mask, cache=cache).logits[:, -1]]
+        for t in range(new - 1):
+            step = torch.stack([seqs[b][lengths[b] + t] for b in range(3)])[:, None]
+            logits.append(model(step, cache=cache).logits[:, -1])
+        for b, n in enumerate(lengths):
+            ref = model(seqs[b][None, : n + new - 1]).logits[0, n - 1 :]
+            assert (torch.stack([lg[b] for lg in logits]) - ref).abs().max() < 1e-5, b

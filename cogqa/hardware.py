@@ -513,21 +513,44 @@ def measure_attention_curve(
     return {g: min(1.0, r / bw) for g, r in _attention_rates(device, dtype, groups, nbytes, seconds).items()}
 
 
+#: Kernels that do arithmetic in one forward pass of GQADecoder's decode step, per layer and per pass (outside the
+#: layers), counted by hand: per layer 2 RMSNorms, q/k/v/o projections, RoPE on q and k (3 each), 2 cache writes,
+#: decode attention (scale, 2 matmuls, softmax), 2 residual adds, gate/up/down, SiLU and the product; per pass the
+#: embedding, 2 RoPE lookups, the final norm, the LM head, the next-token argmax and the cache bookkeeping. The
+#: serving model charges ``kernel_overhead_seconds`` for each.
+KERNELS_PER_LAYER = 25
+KERNELS_PER_PASS = 10
+
+
 def measure_kernel_overhead(device: str = "cpu", seconds: float = 0.5) -> float:
-    """Fixed cost of one small kernel (units: seconds): the best mean time of a chain of 100 tiny ops of a decode
-    layer's kinds (a 1 x 64 by 64 x 64 linear, an add, a multiply), where the arithmetic is negligible."""
+    """Fixed cost of one kernel of a decode step (units: seconds): the per-layer time of a decode step of a tiny
+    :class:`~cogqa.model.GQADecoder` (d = 64, 4 heads, 16 cached tokens, arithmetic negligible), i.e. the step time
+    at 5 layers minus that at 1 layer, over 4 layers, divided by :data:`KERNELS_PER_LAYER`. It includes what
+    each kernel costs in an eager PyTorch decode: dispatch, the Python of the modules, launch."""
     import torch
 
-    x = torch.randn(1, 64, device=device)
-    w = torch.randn(64, 64, device=device)
+    from .model import GQADecoder
+    from .shapes import ModelShape
 
-    def chain():
-        y = x
-        for _ in range(34):
-            y = torch.nn.functional.linear(y, w).add_(x).mul_(0.5)
-        return y
+    def step_seconds(layers: int) -> float:
+        shape = ModelShape(
+            layers=layers, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=1, head_dim=16, vocab_size=256
+        )
+        model = GQADecoder(shape, max_seq_len=64).to(device).eval()
+        ids = torch.zeros(1, 16, dtype=torch.long, device=device)
+        cache = model.new_cache(1, 64)
+        with torch.no_grad():
+            model(ids, cache=cache, logits_to_keep=1)
+            token = ids[:, -1:]
 
-    return 1.0 / _best_rate(chain, 102.0, device, seconds)
+            def step():
+                cache.truncate(16)
+                model(token, cache=cache)
+
+            return 1.0 / _best_rate(step, 1.0, device, seconds / 2)
+
+    per_layer = max(0.0, (step_seconds(5) - step_seconds(1)) / 4)
+    return per_layer / KERNELS_PER_LAYER
 
 
 def _device_memory_bytes(device: str) -> float:
@@ -586,7 +609,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
             "attention_bandwidth_efficiency": "measured: decode_attention KV bytes/s at 1 query row / copy bandwidth",
             "gemv_efficiency_by_shape": "measured: F.linear of 1 row, 96 MiB of [rows, cols] matrices / copy bandwidth",
             "attention_efficiency_by_group": "measured: decode_attention KV bytes/s at g query rows / copy bandwidth",
-            "kernel_overhead_seconds": "measured: mean time of a tiny op in a chain of 100 (linear, add, mul)",
+            "kernel_overhead_seconds": "measured: per-layer time of a tiny GQADecoder decode step / KERNELS_PER_LAYER",
         },
         measured={
             "device": device,

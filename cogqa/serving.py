@@ -45,7 +45,7 @@ from .costs import (
     z_memory,
 )
 from .errors import require
-from .hardware import Hardware, get_hardware
+from .hardware import KERNELS_PER_LAYER, KERNELS_PER_PASS, Hardware, get_hardware
 
 PHASES = ("weights", "attention")
 OBJECTIVES = ("z", "latency", "throughput")
@@ -122,17 +122,6 @@ def kv_stream_seconds(shape, context, batch, hardware: Hardware, kv_dtype: str =
     kv = np.asarray(batch, dtype=float) * np.asarray(context, dtype=float) * kv_cache_bytes_per_token(shape, kv_dtype)
     group = np.asarray(shape.n_heads, dtype=float) / np.asarray(shape.n_kv_heads, dtype=float)
     return kv / hw.attention_bandwidth_at(group)
-
-
-#: Kernels that do arithmetic in one forward pass, per layer and per pass (outside the layers), counted by
-#: hand from GQADecoder's decode step: per layer 2 RMSNorms, q/k/v/o projections, RoPE on q and k (3 each),
-#: 2 cache writes, decode attention (scale, 2 matmuls, softmax), 2 residual adds, gate/up/down, SiLU and the
-#: product; per pass the embedding, 2 RoPE lookups, the final norm, the LM head, the next-token argmax and
-#: the cache bookkeeping. A torch.profiler trace of that step shows more top-level aten calls (41 per layer,
-#: 17 per pass) because it also counts views and reshapes, which do no arithmetic; at the ~2 us per kernel
-#: measured on this CPU the difference is under 1% of a decode step of a d = 1024 model.
-KERNELS_PER_LAYER = 25
-KERNELS_PER_PASS = 10
 
 
 def kernel_overhead_seconds(shape, hardware: Hardware) -> np.ndarray:

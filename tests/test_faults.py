@@ -401,3 +401,40 @@ def test_read_only_directory_is_one_line(wp, small_fs, env):
     assert status != 0
     assert "read-only" in err[0].lower() or "permission" in err[0].lower(), err
     assert _snapshot(out) == before
+
+
+def test_collect_pair_killed_between_its_two_renames_is_refused_not_mixed(tmp_path, monkeypatch):
+    import os
+
+    import pandas as pd
+
+    from cogqa import files
+    from cogqa.errors import CogqaError
+    from cogqa.fitting.table import read_results
+    from cogqa.sweep.collect import write_results_pair
+
+    rows = {"n_heads": [8, 8, 8, 8], "n_kv_heads": [1, 1, 1, 1], "params_non_embedding": [1e6, 2e6, 4e6, 8e6]}
+    old = pd.DataFrame({**rows, "loss": [4.0, 3.8, 3.6, 3.5]})
+    write_results_pair(old, tmp_path)
+    assert len(read_results(tmp_path / "results.parquet")) == 4  # a fresh pair matches
+
+    renames = []
+
+    def replace_then_die(src, dst):  # the process is killed right after the first rename (the Parquet)
+        if renames:
+            raise KeyboardInterrupt
+        renames.append(dst)
+        os.rename(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        write_results_pair(pd.DataFrame({**rows, "loss": [5.0, 4.8, 4.6, 4.5]}), tmp_path)
+    monkeypatch.undo()
+    assert [p.name for p in renames] == ["results.parquet"]
+    assert pd.read_csv(tmp_path / "results.csv")["loss"].tolist() == [4.0, 3.8, 3.6, 3.5]  # the old CSV
+    with pytest.raises(CogqaError, match="does not match results.csv") as e:
+        read_results(tmp_path / "results.parquet")
+    assert "\n" not in str(e.value) and "sweep collect" in str(e.value)
+    assert list(tmp_path.glob("*cogqa-tmp*")) == []  # no temporaries left
+    (tmp_path / "results.csv").unlink()  # a Parquet alone (copied elsewhere) is read as it is
+    assert read_results(tmp_path / "results.parquet")["loss"].tolist()[0] == 5.0

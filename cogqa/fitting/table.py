@@ -51,7 +51,12 @@ def read_results(path: str | Path, columns: dict[str, str] | None = None, form: 
         elif suffix == ".json":
             df = pd.read_json(path, orient="records")  # a JSON array of row objects
         else:
+            from ..sweep.collect import check_results_pair
+
+            check_results_pair(path)  # a pair from `sweep collect` must match
             df = pd.read_parquet(path)
+    except CogqaError:
+        raise
     except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CogqaError(f"RESULTS: {path}: cannot be read as {suffix[1:]} ({first})") from None

@@ -104,14 +104,55 @@ def collect(out: str | Path, write: bool = True):
     require(rows, f"{out}: no finished run to collect ({status['counts']})")
     df = pd.DataFrame(rows)
     df = df.sort_values(["params_non_embedding", "n_heads", "n_kv_heads", "seed"]).reset_index(drop=True)
-    if write:  # both files or neither: a failure (Parquet, a full disk, a kill) leaves the old pair as it was
-        from ..files import write_together
-
-        out = Path(out)
-        write_together(
-            {
-                out / "results.parquet": lambda tmp: df.to_parquet(tmp, index=False),
-                out / "results.csv": lambda tmp: df.to_csv(tmp, index=False),
-            }
-        )
+    if write:
+        write_results_pair(df, Path(out))
     return df
+
+
+#: Key of the Parquet schema metadata holding the sha256 of the ``results.csv`` written beside it.
+CSV_SHA256_KEY = b"cogqa_results_csv_sha256"
+
+
+def write_results_pair(df, out: Path) -> None:
+    """Write ``out/results.csv`` and ``out/results.parquet`` from ``df``: both or neither (a failure leaves the old
+    pair as it was). The Parquet records the sha256 of the CSV's bytes and is renamed into place first, so that a
+    kill between the two renames leaves a pair that :func:`check_results_pair` refuses instead of a silent mix."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ..files import write_together
+
+    csv_bytes = df.to_csv(index=False).encode("utf-8")
+    table = pa.Table.from_pandas(df, preserve_index=False)
+    stamp = hashlib.sha256(csv_bytes).hexdigest().encode()
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), CSV_SHA256_KEY: stamp})
+    write_together(
+        {
+            out / "results.parquet": lambda tmp: pq.write_table(table, tmp),
+            out / "results.csv": lambda tmp: tmp.write_bytes(csv_bytes),
+        }
+    )
+
+
+def check_results_pair(parquet: Path) -> None:
+    """Refuse (one line) a ``results.parquet`` written by ``sweep collect`` whose sibling ``results.csv`` is not the
+    CSV it was written with (a collect killed between its two renames, or one file replaced by hand). A Parquet
+    without the stamp (not from collect) or without a sibling CSV passes."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    parquet = Path(parquet)
+    csv = parquet.with_name("results.csv")
+    if parquet.name != "results.parquet" or not csv.is_file():
+        return
+    stamp = (pq.read_schema(parquet).metadata or {}).get(CSV_SHA256_KEY)
+    if stamp is None:
+        return
+    require(
+        hashlib.sha256(csv.read_bytes()).hexdigest().encode() == stamp,
+        f"{parquet}: does not match {csv.name} beside it (a collect was interrupted, or one of the two was "
+        f"replaced); run `cogqa sweep collect {parquet.parent}` again, or read {csv.name}",
+    )

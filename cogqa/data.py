@@ -181,59 +181,49 @@ class TokenChunks:
 
 
 def load_manifest(root: str | Path) -> dict[str, Any]:
-    """The ``manifest.json`` of a prepared directory, checked for the fields and types readers need."""
+    """The ``manifest.json`` of a prepared directory, read through :mod:`cogqa.readers` (bounded size and nesting,
+    UTF-8, no NaN) and checked for the fields and types readers need; every error is one line naming the file and
+    the field, ending with the fix."""
+    from .readers import field, read_json_object
+
     path = Path(root) / "manifest.json"
     require(path.is_file(), f"data: no manifest.json in {root}; prepare it with `cogqa data prepare ... --out {root}`")
+    fix = "; re-run cogqa data prepare"
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError):
-        raise CogqaError(f"data: {path} is not valid UTF-8 JSON; re-run cogqa data prepare") from None
-    require(isinstance(manifest, dict), f"data: {path} is not a JSON object; re-run cogqa data prepare")
-    for key in ("context", "dtype", "splits", "padded_vocab_size", "tokenizer"):
-        require(key in manifest, f"data: {path} lacks {key!r}; re-run cogqa data prepare")
-
-    def positive_int(value) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool) and 0 < value < 1 << 40
-
-    for key in ("context", "padded_vocab_size"):
+        manifest = read_json_object(path, f"data: {path}")
+        for key in ("context", "padded_vocab_size"):
+            field(manifest, key, "int", f"data: {path}", low=1, high=(1 << 40) - 1)
+        field(manifest, "tokenizer", "str", f"data: {path}")
+        dtype = field(manifest, "dtype", "str", f"data: {path}")
         require(
-            positive_int(manifest[key]),
-            f"data: {path}: {key!r} must be a positive integer, got "
-            f"{str(manifest[key])[:40]}; re-run cogqa data prepare",
+            dtype in ("uint16", "uint32"), f"data: {path}: field 'dtype' must be uint16 or uint32, got {dtype[:40]!r}"
         )
-    require(
-        manifest["dtype"] in ("uint16", "uint32"),
-        f"data: {path}: 'dtype' must be uint16 or uint32, got {str(manifest['dtype'])[:40]}; re-run cogqa data prepare",
-    )
-    splits = manifest["splits"]
-    require(
-        isinstance(splits, dict) and all(isinstance(v, dict) for v in splits.values()),
-        f"data: {path}: 'splits' must map split names to objects; re-run cogqa data prepare",
-    )
-    for name, split in splits.items():
-        shards = split.get("shards")
-        require(
-            isinstance(shards, list) and all(isinstance(sh, dict) for sh in shards),
-            f"data: {path}: splits.{name}.shards must be a list of objects; re-run cogqa data prepare",
-        )
-        for sh in shards:
-            f = sh.get("file")
-            require(
-                isinstance(f, str) and f and "/" not in f and "\\" not in f and f not in (".", ".."),
-                f"data: {path}: splits.{name} lists a shard file {str(f)[:40]!r} that is not a plain file name",
-            )
+        splits = field(manifest, "splits", "dict", f"data: {path}")
+        for name, split in splits.items():
+            require(isinstance(split, dict), f"data: {path}: field 'splits.{name}' must be an object")
             for key in ("chunks", "tokens"):
-                require(
-                    key not in sh or (isinstance(sh[key], int) and not isinstance(sh[key], bool) and sh[key] >= 0),
-                    f"data: {path}: splits.{name} shard {f}: {key!r} must be a count >= 0",
-                )
-        for key in ("chunks", "tokens"):
-            require(
-                key not in split
-                or (isinstance(split[key], int) and not isinstance(split[key], bool) and split[key] >= 0),
-                f"data: {path}: splits.{name}.{key} must be a count >= 0; re-run cogqa data prepare",
-            )
+                field(split, key, "int", f"data: {path}", default=0, low=0, where=f"splits.{name}.")
+            shards = field(split, "shards", "list", f"data: {path}", where=f"splits.{name}.")
+            for i, shard in enumerate(shards):
+                where = f"splits.{name}.shards[{i}]"
+                require(isinstance(shard, dict), f"data: {path}: field {where!r} must be an object")
+                _check_shard_entry(shard, f"data: {path}", where + ".")
+    except CogqaError as exc:
+        raise CogqaError(f"{exc}{fix}") from None
     return manifest
+
+
+def _check_shard_entry(shard: dict, source: str, where: str) -> None:
+    """One shard of a manifest: a plain file name and non-negative counts."""
+    from .readers import field, short
+
+    f = field(shard, "file", "str", source, where=where)
+    require(
+        f and "/" not in f and "\\" not in f and f not in (".", ".."),
+        f"{source}: field {where}file {short(f)} is not a plain file name",
+    )
+    for key in ("chunks", "tokens"):
+        field(shard, key, "int", source, default=0, low=0, where=where)
 
 
 def _shard_problems(

@@ -103,6 +103,28 @@ def _set_manifest(**kw):
     return f
 
 
+def _set_split(**kw):
+    """Update the first split of the manifest (``train=...`` replaces the whole split)."""
+
+    def f(m):
+        name = next(iter(m["splits"]))
+        if "train" in kw:
+            m["splits"][name] = kw["train"]
+        else:
+            m["splits"][name].update(kw)
+
+    return f
+
+
+def _set_shard(**kw):
+    """Update the first shard of the first split of the manifest."""
+
+    def f(m):
+        next(iter(m["splits"].values()))["shards"][0].update(kw)
+
+    return f
+
+
 def _raw_manifest(blob):
     def f(ws, t):
         shutil.copytree(ws / "data", t / "d")
@@ -339,6 +361,19 @@ CASES = [
         lambda ws, t: _copy_data(ws, t, _set_manifest(padded_vocab_size=None)),
         None,
     ),
+    ("info-manifest-nan", "data info {t}/d", _raw_manifest(b'{"context": NaN}'), None),
+    ("info-manifest-bigint-digits", "data info {t}/d", _raw_manifest(HOSTILE_FILES["bigint.json"]), None),
+    (
+        "info-tokenizer-list",
+        "data info {t}/d",
+        lambda ws, t: _copy_data(ws, t, _set_manifest(tokenizer=["gpt2"])),
+        None,
+    ),
+    ("info-split-not-object", "data info {t}/d", lambda ws, t: _copy_data(ws, t, _set_split(train=[1, 2])), None),
+    ("info-shards-null", "data info {t}/d", lambda ws, t: _copy_data(ws, t, _set_split(shards=None)), None),
+    ("info-split-tokens-negative", "data info {t}/d", lambda ws, t: _copy_data(ws, t, _set_split(tokens=-5)), None),
+    ("info-shard-file-number", "data info {t}/d", lambda ws, t: _copy_data(ws, t, _set_shard(file=7)), None),
+    ("info-shard-chunks-float", "data info {t}/d", lambda ws, t: _copy_data(ws, t, _set_shard(chunks=1.5)), None),
     ("info-shard-escape", "data info {t}/d", _shard_escape, None),
     ("info-shard-truncated", "data info {t}/d", _truncate_shard, None),
     ("info-shard-missing", "data info {t}/d", _missing_shard, None),

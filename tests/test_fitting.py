@@ -429,3 +429,28 @@ def test_rising_fit_warned_at_fit_search_and_table(tmp_path, capsys):
     assert "laws file: H=(4,1): loss rises with N" in out + err, (status, out, err)
     main(["table", "--laws", str(laws), "--losses", "2.2", "--contexts", "8k"])
     assert "laws file: H=(4,1): loss rises with N" in capsys.readouterr().err
+
+
+def test_read_results_reads_only_the_columns_a_fit_uses(tmp_path):
+    """A wide results table (sweep collect writes ~30 columns, some long JSON strings) is read narrow: only the
+    fit's columns and the family's shape columns reach memory; a missing column still lists the file's header."""
+    from cogqa.fitting import read_results
+
+    rows = {
+        "n_heads": [8] * 4,
+        "n_kv_heads": [1] * 4,
+        "params_non_embedding": [1e6, 2e6, 4e6, 8e6],
+        "loss": [4.0, 3.8, 3.6, 3.5],
+        "layers": [2] * 4,
+        "loss_by_position": ['{"2": 5.0}'] * 4,
+        "wall_time_s": [1.0] * 4,
+    }
+    pd.DataFrame(rows).to_csv(tmp_path / "r.csv", index=False)
+    pd.DataFrame(rows).to_parquet(tmp_path / "r.parquet", index=False)
+    for name in ("r.csv", "r.parquet"):
+        df = read_results(tmp_path / name)
+        assert "loss_by_position" not in df.columns and "wall_time_s" not in df.columns
+        assert df["loss"].tolist() == [4.0, 3.8, 3.6, 3.5]
+    pd.DataFrame({k: v for k, v in rows.items() if k != "loss"}).to_csv(tmp_path / "noloss.csv", index=False)
+    with pytest.raises(CogqaError, match="missing column 'loss'; columns are: .*loss_by_position"):
+        read_results(tmp_path / "noloss.csv")

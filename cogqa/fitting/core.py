@@ -102,11 +102,18 @@ def _rank_starts(problem: _Problem, grid: np.ndarray, keep: int | None) -> np.nd
     if keep is None or keep >= len(grid):
         return grid
     g = np.clip(grid, problem.lower, problem.upper)
-    t = np.einsum("knp,gp->gkn", problem.X, g)
+    # objective of every grid point, a block of points at a time: [points, terms, rows] stays under ~32 MB
+    block = max(1, int(4e6 // (problem.X.shape[0] * problem.X.shape[1])))
+    f = np.concatenate([_grid_objectives(problem, g[i : i + block]) for i in range(0, len(g), block)])
+    return g[np.argsort(f, kind="stable")[:keep]]
+
+
+def _grid_objectives(problem: _Problem, points: np.ndarray) -> np.ndarray:
+    """Summed Huber loss of the log residuals at each of ``points`` [G, P] (fitted space): [G]."""
+    t = np.einsum("knp,gp->gkn", problem.X, points)
     m = t.max(axis=1, keepdims=True)
     pred = m[:, 0, :] + np.log(np.exp(t - m).sum(axis=1))
-    f = huber(problem.y[None, :] - pred, problem.delta).sum(axis=1)
-    return g[np.argsort(f, kind="stable")[:keep]]
+    return huber(problem.y[None, :] - pred, problem.delta).sum(axis=1)
 
 
 def _at_bound(problem: _Problem, theta: np.ndarray, tol: float = 1e-6) -> np.ndarray:

@@ -13,6 +13,8 @@ from .forms import FIT_FORMS, FORMS
 
 RESULT_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".pq")
 KNOWN_COLUMNS = ("n_heads", "n_kv_heads", "params_non_embedding", "loss", "tokens", "context", "size", "compute")
+#: Shape columns `sweep collect` writes, from which a fit records the model family (see results._table_metadata).
+FAMILY_COLUMNS = ("layers", "hidden_size", "head_dim", "params_total")
 
 
 def _required_columns(form: str) -> tuple[str, ...]:
@@ -43,9 +45,16 @@ def read_results(path: str | Path, columns: dict[str, str] | None = None, form: 
         ".parquet",
     )
     require(path.stat().st_size > 0, f"RESULTS: {path}: the file is empty; it needs a header and one row per run")
+    wanted = set(KNOWN_COLUMNS) | set(FAMILY_COLUMNS) | set((columns or {}).values())
+
+    def used(name) -> bool:  # read only the columns a fit can use: a wide results table stays small in memory
+        return str(name).strip() in wanted
+
     try:
         if suffix == ".csv":
-            df = pd.read_csv(path)
+            header = list(pd.read_csv(path, nrows=0).columns)
+            df = pd.read_csv(path, usecols=used)
+            df.attrs["all_columns"] = [str(c).strip() for c in header]
         elif suffix == ".jsonl":
             df = pd.read_json(path, lines=True)
         elif suffix == ".json":
@@ -54,7 +63,11 @@ def read_results(path: str | Path, columns: dict[str, str] | None = None, form: 
             from ..sweep.collect import check_results_pair
 
             check_results_pair(path)  # a pair from `sweep collect` must match
-            df = pd.read_parquet(path)
+            import pyarrow.parquet as pq
+
+            header = list(pq.read_schema(path).names)
+            df = pd.read_parquet(path, columns=[c for c in header if used(c)])
+            df.attrs["all_columns"] = [str(c).strip() for c in header]
     except CogqaError:
         raise
     except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -98,7 +111,8 @@ def validate_results(
     for name in _required_columns(form):
         if name == "tokens" and "compute" in df.columns:
             continue  # tokens = compute / (6 N), derived below once the numbers are checked
-        require(name in df.columns, f"{source}: missing column {name!r}; columns are: {', '.join(df.columns)}")
+        listed = df.attrs.get("all_columns") or list(df.columns)
+        require(name in df.columns, f"{source}: missing column {name!r}; columns are: {', '.join(listed)}")
     has_heads = "n_heads" in df.columns
     if form == "chinchilla" and has_heads:
         require("n_kv_heads" in df.columns, f"{source}: column 'n_heads' without 'n_kv_heads'; give both or neither")

@@ -319,24 +319,6 @@ def measure_copy_bandwidth(device: str = "cpu", nbytes: int | None = None, secon
     return _best_rate(lambda: dst.copy_(src), 2.0 * src.numel() * 4, device, seconds)
 
 
-def measure_gemv_bandwidth(
-    device: str = "cpu", dtype: str = "fp32", nbytes: int | None = None, seconds: float = 1.0
-) -> float:
-    """Achievable weight-streaming bandwidth (bytes/s): matrix-vector products ``W @ x`` over an ``nbytes`` matrix,
-    as a decode step reads its weights; counts the matrix bytes once per product."""
-    import torch
-
-    from .model import torch_dtype
-
-    dt = torch_dtype(dtype)
-    size = nbytes or (1 << 30 if str(device).startswith("cuda") else 128 << 20)
-    cols = 4096
-    rows = max(1, size // (cols * torch.tensor([], dtype=dt).element_size()))
-    w = torch.randn(rows, cols, device=device, dtype=dt)
-    x = torch.randn(cols, device=device, dtype=dt)
-    return _best_rate(lambda: torch.mv(w, x), float(w.numel() * w.element_size()), device, seconds)
-
-
 def measure_decode_attention(
     device: str = "cpu", dtype: str = "fp32", nbytes: int | None = None, seconds: float = 1.0, group: int = 1
 ) -> float:
@@ -482,21 +464,26 @@ def _device_memory_bytes(device: str) -> float:
         return 8.0 * 2**30
 
 
+def _shape_elements(key: str) -> int:
+    """Elements of a ``"ROWSxCOLS"`` grid key."""
+    rows, cols = key.split("x")
+    return int(rows) * int(cols)
+
+
 def measure_local(device: str | None = None, dtype: str | None = None, seconds: float = 1.0) -> Hardware:
     """Measure this machine now: achievable matmul FLOP/s (at ``dtype``) and copy bandwidth.
 
     ``peak_flops`` is the measured matmul rate (matmul and attention efficiency 1: already achievable).
-    ``memory_bandwidth`` is the STREAM-like copy rate and ``bandwidth_efficiency`` the measured
-    ratio of matrix-vector weight streaming (what a decode step does) to it, capped at 1.
-    ``attention_bandwidth_efficiency`` is the single-token attention kernel's measured KV-streaming
-    rate over the copy rate (:func:`measure_decode_attention`),
-    and ``kernel_overhead_seconds`` the fixed cost of one small kernel (:func:`measure_kernel_overhead`).
+    ``memory_bandwidth`` is the STREAM-like copy rate. ``gemv_efficiency_by_shape`` (:func:`measure_gemv_grid`)
+    and ``attention_efficiency_by_group`` (:func:`measure_attention_curve`) are the decode kernels' rates over
+    it; the flat ``bandwidth_efficiency`` is the grid's largest matrix and ``attention_bandwidth_efficiency``
+    the curve's one query row per K/V head (what prefill, training and profiles without curves use).
+    ``kernel_overhead_seconds`` is the fixed cost of one kernel (:func:`measure_kernel_overhead`).
     """
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     flops = measure_matmul_flops(device, dtype, seconds=seconds)
     bw = measure_copy_bandwidth(device, seconds=seconds)
-    gemv = measure_gemv_bandwidth(device, dtype, seconds=seconds)
     gemv_grid = measure_gemv_grid(device, dtype, seconds=seconds / 8, bandwidth=bw)
     attention_curve = measure_attention_curve(device, dtype, seconds=seconds / 5, bandwidth=bw)
     overhead = measure_kernel_overhead(device, seconds=seconds / 2)
@@ -511,7 +498,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
         memory_bytes=_device_memory_bytes(device),
         matmul_efficiency=1.0,
         attention_efficiency=1.0,
-        bandwidth_efficiency=min(1.0, gemv / bw),
+        bandwidth_efficiency=gemv_grid[max(gemv_grid, key=_shape_elements)],
         attention_bandwidth_efficiency=attention_curve[1],
         kernel_overhead_seconds=overhead,
         gemv_efficiency_by_shape=gemv_grid,
@@ -522,7 +509,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
         sources={
             "peak_flops": f"measured: best {dtype} square matmul, torch.mm",
             "memory_bandwidth": "measured: best dst.copy_(src), 2 x bytes moved per copy",
-            "bandwidth_efficiency": f"measured: best torch.mv over a {dtype} matrix / copy bandwidth",
+            "bandwidth_efficiency": "measured: the gemv_efficiency_by_shape point of the largest matrix",
             "memory_bytes": "total device memory (CPU: physical RAM)",
             "attention_bandwidth_efficiency": "measured: decode_attention KV bytes/s at 1 query row / copy bandwidth",
             "gemv_efficiency_by_shape": "measured: F.linear of 1 row, 96 MiB of [rows, cols] matrices / copy bandwidth",
@@ -535,7 +522,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
             "threads": threads,
             "torch": torch.__version__,
             "copy_bandwidth": bw,
-            "gemv_bandwidth": gemv,
+            "gemv_bandwidth": gemv_grid[max(gemv_grid, key=_shape_elements)] * bw,
             "attention_kv_bandwidth": attention_curve[1] * bw,
             "time_unix": time.time(),
         },

@@ -100,7 +100,6 @@ def test_overrides_validated():
 def test_measurements_are_positive():
     assert hwmod.measure_matmul_flops("cpu", "fp32", size=64, seconds=0.01) > 0
     assert hwmod.measure_copy_bandwidth("cpu", nbytes=1 << 20, seconds=0.01) > 0
-    assert hwmod.measure_gemv_bandwidth("cpu", "fp32", nbytes=1 << 20, seconds=0.01) > 0
 
 
 def test_local_profile_cached_and_remeasured(tmp_path, monkeypatch):

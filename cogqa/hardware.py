@@ -335,11 +335,13 @@ ATTENTION_GROUPS = (1, 2, 4, 8, 16)
 
 
 def _gemv_rates(device: str, dtype: str, sides, nbytes: int | None, seconds: float) -> dict[str, float]:
-    """Bytes/s of ``F.linear(x[1, cols], W[rows, cols])`` by ``"ROWSxCOLS"`` for every rows, cols in ``sides``, each
-    matrix in the model's weight layout (:func:`cogqa.kvcache.lay_out_matrix`) and repeated to ``nbytes`` in all (larger
-    than the CPU caches) so that every product streams a cold matrix, as in a decode step."""
+    """Bytes/s of the one-row product ``x[1, cols] W[rows, cols]^T`` by ``"ROWSxCOLS"`` for every rows, cols in
+    ``sides``, computed as a decode step does (:func:`cogqa.decode_kernel.one_row_linear` where it applies, else
+    ``F.linear``), each matrix in the model's weight layout (:func:`cogqa.kvcache.lay_out_matrix`) and repeated to
+    ``nbytes`` in all (larger than the CPU caches) so that every product streams a cold matrix."""
     import torch
 
+    from .decode_kernel import one_row_linear
     from .kvcache import lay_out_matrix, torch_dtype
 
     dt = torch_dtype(dtype)
@@ -353,8 +355,10 @@ def _gemv_rates(device: str, dtype: str, sides, nbytes: int | None, seconds: flo
             x = torch.full((1, cols), 0.01, device=device, dtype=dt)
 
             def run(ws=ws, x=x):
-                for w in ws:
-                    torch.nn.functional.linear(x, w)
+                with torch.no_grad():
+                    for w in ws:
+                        if one_row_linear(x, w) is None:
+                            torch.nn.functional.linear(x, w)
 
             rates[f"{rows}x{cols}"] = _best_rate(run, float(copies * rows * cols * item), device, seconds)
             del ws
@@ -512,7 +516,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
             "bandwidth_efficiency": "measured: the gemv_efficiency_by_shape point of the largest matrix",
             "memory_bytes": "total device memory (CPU: physical RAM)",
             "attention_bandwidth_efficiency": "measured: decode_attention KV bytes/s at 1 query row / copy bandwidth",
-            "gemv_efficiency_by_shape": "measured: F.linear of 1 row, 96 MiB of [rows, cols] matrices / copy bandwidth",
+            "gemv_efficiency_by_shape": "measured: one-row products as decode runs them / copy bandwidth",
             "attention_efficiency_by_group": "measured: decode_attention KV bytes/s at g query rows / copy bandwidth",
             "kernel_overhead_seconds": "measured: per-layer time of a tiny GQADecoder decode step / KERNELS_PER_LAYER",
         },

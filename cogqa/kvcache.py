@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from .decode_kernel import grouped_decode_attention
 from .errors import require
 from .shapes import ModelShape
 
@@ -44,7 +45,12 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask=Non
     Each cached K/V head is read once, as a contiguous [S, d_h] block, by two matmuls: scores
     ``K q^T`` [S, group] (K streamed row by row, which MKL does ~2x faster on CPU than ``q K^T``)
     and ``softmax(scores)^T V``. ``mask`` (bool, True = attend) broadcasts to [B, *, 1, S].
+    On CPU in fp32 over a long cache, :func:`cogqa.decode_kernel.grouped_decode_attention` computes the
+    same with one pass over each row of K and V for all query rows of its group (1.5-2x faster).
     """
+    out = grouped_decode_attention(q, k, v, mask)
+    if out is not None:
+        return out
     scores = torch.matmul(k, (q * q.shape[-1] ** -0.5).transpose(-1, -2)).transpose(-1, -2)  # [B, n_kv, group, S]
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))

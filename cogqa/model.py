@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .decode_kernel import one_row_linear, one_row_rms_norm
 from .errors import CogqaError, require
 from .kvcache import KVCache, decode_attention, dtype_name, lay_out_matrix, torch_dtype  # noqa: F401 (re-exported)
 from .shapes import ModelShape
@@ -75,6 +76,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] * x.shape[1] == 1 and not self.training:  # a decode step of one sequence
+            y = one_row_rms_norm(x, self.weight, self.eps)
+            if y is not None:
+                return y
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:  # one fused kernel (fwd and bwd)
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         return self.weight * F.rms_norm(x.float(), self.weight.shape, None, self.eps).to(x.dtype)
@@ -125,6 +130,16 @@ def apply_rope_signed(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tens
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin_signed)
 
 
+def project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``; a single row (one decode step of one sequence) goes through
+    :func:`cogqa.decode_kernel.one_row_linear` when it applies."""
+    if x.shape[0] * x.shape[1] == 1 and not layer.training:
+        y = one_row_linear(x, layer.weight, layer.bias)
+        if y is not None:
+            return y
+    return layer(x)
+
+
 class Attention(nn.Module):
     """Grouped-query self-attention with decoupled heads (n_h d_h need not equal d); with ``window`` = W
     (tokens) each query attends only to the last W positions, itself included (Mistral's sliding window)."""
@@ -148,9 +163,9 @@ class Attention(nn.Module):
         """Attention output [B, T, d] for ``x`` [B, T, d]; ``sin`` is :func:`signed_sin` of the RoPE sin; ``mask``
         already holds this layer's window when T > 1 (see :func:`_window_mask`)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim)
-        k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim)
+        q = project(self.q_proj, x).view(B, T, self.n_heads, self.head_dim)
+        k = project(self.k_proj, x).view(B, T, self.n_kv_heads, self.head_dim)
+        v = project(self.v_proj, x).view(B, T, self.n_kv_heads, self.head_dim)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
@@ -166,7 +181,7 @@ class Attention(nn.Module):
             y = y.view(B, self.n_heads, 1, self.head_dim)
         else:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal, enable_gqa=group > 1)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
+        return project(self.o_proj, y.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim))
 
 
 class SwiGLU(nn.Module):
@@ -180,7 +195,7 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(f, d, bias=b)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return project(self.down_proj, F.silu(project(self.gate_proj, x)) * project(self.up_proj, x))
 
 
 class Block(nn.Module):

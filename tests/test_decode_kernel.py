@@ -1,0 +1,143 @@
+"""The numba decode kernels compute what the torch path computes, and step aside where they do not apply."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cogqa import decode_kernel
+from cogqa.kvcache import lay_out_matrix
+from cogqa.model import GQADecoder
+from cogqa.shapes import ModelShape
+
+pytest.importorskip("numba")
+
+
+@pytest.fixture
+def any_size(monkeypatch):
+    """The attention kernel on caches of any length (tests use tiny ones)."""
+    monkeypatch.setattr(decode_kernel, "MIN_CACHE_ELEMENTS", 0)
+
+
+def _reference(q, k, v, mask=None):
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+@pytest.mark.parametrize(
+    "B,H,G,D,S,max_len",
+    [
+        (1, 2, 4, 64, 300, 320),
+        (2, 3, 8, 32, 77, 100),
+        (1, 1, 1, 128, 5, 9),
+        (3, 2, 6, 64, 129, 129),
+        (2, 1, 3, 16, 40, 64),
+    ],
+)
+def test_attention_matches_sdpa_on_cache_views(any_size, B, H, G, D, S, max_len):
+    torch.manual_seed(0)
+    keys, values = torch.randn(B, H, max_len, D), torch.randn(B, H, max_len, D)
+    k, v = keys[:, :, :S], values[:, :, :S]  # the filled part of a preallocated cache, as decode passes it
+    q = torch.randn(B, H, G, D)
+    mask = torch.rand(B, 1, 1, S) > 0.3
+    mask[..., -1] = True
+    for m in (None, mask):
+        got = decode_kernel.grouped_decode_attention(q, k, v, m)
+        assert got is not None
+        torch.testing.assert_close(got, _reference(q, k, v, m), atol=2e-6, rtol=1e-5)
+    window = min(S, 7)  # a sliding window's last W positions: a view that starts mid-buffer
+    got = decode_kernel.grouped_decode_attention(q, k[:, :, -window:], v[:, :, -window:])
+    torch.testing.assert_close(got, _reference(q, k[:, :, -window:], v[:, :, -window:]), atol=2e-6, rtol=1e-5)
+
+
+def test_attention_steps_aside_where_it_does_not_apply(any_size, monkeypatch):
+    q, k, v = torch.randn(1, 2, 4, 16), torch.randn(1, 2, 50, 16), torch.randn(1, 2, 50, 16)
+    kernel = decode_kernel.grouped_decode_attention
+    assert kernel(q.bfloat16(), k.bfloat16(), v.bfloat16()) is None  # fp32 only
+    assert kernel(q.requires_grad_(), k, v) is None  # autograd needs the torch path
+    q = q.detach()
+    assert kernel(torch.randn(1, 2, 16, 16), k, v) is None  # group 16: no faster than MKL
+    assert kernel(q, k.transpose(-1, -2).contiguous().transpose(-1, -2), v) is None  # not row-contiguous
+    monkeypatch.setattr(decode_kernel, "MIN_CACHE_ELEMENTS", 1 << 18)
+    assert kernel(q, k, v) is None  # short cache: the matmul path is as fast
+    monkeypatch.setattr(decode_kernel, "MIN_CACHE_ELEMENTS", 0)
+    monkeypatch.setattr(decode_kernel, "ENABLED", False)
+    assert kernel(q, k, v) is None
+
+
+@pytest.mark.parametrize("rows,cols", [(96, 32), (32, 96), (64, 64), (300, 7)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_one_row_linear_matches_f_linear_in_both_layouts(rows, cols, bias):
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, cols)
+    b = torch.randn(rows) if bias else None
+    w = torch.randn(rows, cols)
+    for weight in (w.contiguous(), w.t().contiguous().t(), lay_out_matrix(w)):
+        got = decode_kernel.one_row_linear(x, weight, b)
+        assert got is not None and got.shape == (1, 1, rows)
+        torch.testing.assert_close(got, F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+def test_one_row_linear_steps_aside_where_it_does_not_apply():
+    w = torch.randn(8, 4)
+    assert decode_kernel.one_row_linear(torch.randn(2, 4), w) is None  # two rows: a GEMM
+    assert decode_kernel.one_row_linear(torch.randn(1, 4), w[:, ::1][::2]) is None  # strided rows
+    assert decode_kernel.one_row_linear(torch.randn(1, 4).bfloat16(), w.bfloat16()) is None
+    assert decode_kernel.one_row_linear(torch.randn(1, 4), w.requires_grad_()) is None
+
+
+def test_one_row_rms_norm_matches_torch():
+    torch.manual_seed(0)
+    x, w = torch.randn(1, 1, 48) * 3, torch.randn(48)
+    got = decode_kernel.one_row_rms_norm(x, w, 1e-6)
+    torch.testing.assert_close(got, F.rms_norm(x, (48,), w, 1e-6), atol=1e-6, rtol=1e-5)
+    assert decode_kernel.one_row_rms_norm(torch.randn(2, 1, 48), w, 1e-6) is None
+
+
+def _generate(model, ids, mask, enabled, monkeypatch):
+    monkeypatch.setattr(decode_kernel, "ENABLED", enabled)
+    with torch.no_grad():
+        tokens = model.generate(ids, 12, attention_mask=mask)
+        logits = model(
+            tokens,
+            attention_mask=None
+            if mask is None
+            else torch.cat([mask, torch.ones(mask.shape[0], 12, dtype=mask.dtype)], 1),
+        ).logits
+    return tokens, logits
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads", [(8, 2), (8, 1), (4, 4)])
+def test_generate_is_the_same_with_and_without_the_kernels(any_size, monkeypatch, n_heads, n_kv_heads):
+    shape = ModelShape(
+        layers=2, hidden_size=64, ffn_size=96, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=16, vocab_size=97
+    )
+    model = GQADecoder(shape, max_seq_len=128)
+    model.init_weights(0)
+    model.eval()
+    torch.manual_seed(1)
+    one = torch.randint(0, 97, (1, 30))
+    batch = torch.randint(0, 97, (2, 30))
+    left_padded = torch.ones(2, 30, dtype=torch.long)
+    left_padded[0, :5] = 0
+    import cogqa.kvcache
+    import cogqa.model
+
+    used = {"attention": 0, "linear": 0}
+
+    def spy(name, fn):
+        def call(*args):
+            out = fn(*args)
+            used[name] += out is not None
+            return out
+
+        return call
+
+    monkeypatch.setattr(
+        cogqa.kvcache, "grouped_decode_attention", spy("attention", decode_kernel.grouped_decode_attention)
+    )
+    monkeypatch.setattr(cogqa.model, "one_row_linear", spy("linear", decode_kernel.one_row_linear))
+    for ids, mask in ((one, None), (batch, left_padded)):
+        tokens_on, logits_on = _generate(model, ids, mask, True, monkeypatch)
+        tokens_off, logits_off = _generate(model, ids, mask, False, monkeypatch)
+        assert torch.equal(tokens_on, tokens_off)
+        torch.testing.assert_close(logits_on, logits_off, atol=1e-4, rtol=1e-4)
+    assert used["attention"] >= 2 * 11 * 2 and used["linear"] >= 11 * 2 * 7  # every decode step, both layers

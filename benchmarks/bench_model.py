@@ -6,11 +6,14 @@
     greedy; the new tokens must be identical (asserted);
 (c) memory-bandwidth roofline of decode at 16K: bytes one step must read (all weights + the
     filled KV cache, ``cogqa.costs.inference_memory_bytes``) / the bandwidth a STREAM-like copy
-    measures in this run (2 x 128 MiB arrays, bytes read + bytes written per second, best of 5);
+    measures in this run (2 x 128 MiB arrays, bytes read + bytes written per second, best of 5),
+    and the same decode with cogqa's CPU decode kernels (``cogqa.decode_kernel``) switched off;
 (d) decode time per token of H = (32, 8) vs H = (8, 1) at 8K and 16K, next to the cost model's
     predicted ratio of bytes read per token (weights + KV cache), and next to the ratio that the
     ``local`` roofline predicts (``cogqa.serving.decode_step`` on this machine's profile measured in the
-    same run, with its kernel-shape curves: the rate of each matrix width and GQA group).
+    same run, with its kernel-shape curves: the rate of each matrix width and GQA group), and each
+    configuration's attention FLOPs per byte next to this core's ridge point (peak matmul FLOP/s / copy
+    bandwidth): above the ridge decode attention is bound by arithmetic, not by bytes.
 
 Contenders are alternated within one run (each timing is the best of the repeats), so load from
 other processes hits them alike; ratios are the numbers to read, absolute speeds vary with load.
@@ -32,7 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from cogqa import costs, serving  # noqa: E402
+from cogqa import costs, decode_kernel, serving  # noqa: E402
 from cogqa.hardware import measure_local  # noqa: E402
 from cogqa.hf import export_hf  # noqa: E402
 from cogqa.model import GQADecoder  # noqa: E402
@@ -65,6 +68,27 @@ def copy_bandwidth(mib: int = 128, repeats: int = 5) -> float:
     dst = torch.empty_like(src)
     dst.copy_(src)
     return 2 * src.numel() * 4 / alternate([lambda: dst.copy_(src)], repeats)[0]
+
+
+def matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+    """Peak-like fp32 FLOP/s of this machine at the current thread count: a [n, n] x [n, n] matmul (2 n^3
+    FLOPs), best of ``repeats`` (units: FLOP per second)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    return 2 * n**3 / alternate([lambda: a @ b], repeats)[0]
+
+
+def with_kernels(fn, enabled: bool):
+    """``fn`` run with cogqa's decode kernels (:mod:`cogqa.decode_kernel`) switched on or off."""
+
+    def run():
+        before, decode_kernel.ENABLED = decode_kernel.ENABLED, enabled
+        try:
+            fn()
+        finally:
+            decode_kernel.ENABLED = before
+
+    return run
 
 
 def hf_twin(model, tmp):
@@ -234,7 +258,7 @@ def main(argv=None) -> int:
     ctx16 = contexts["16k"]
     run = decode_runner(DECODE_SHAPE, ctx16, new)
     bandwidths.append(copy_bandwidth())
-    secs = alternate([run], repeats)[0] / new
+    secs, secs_torch = (t / new for t in alternate([with_kernels(run, True), with_kernels(run, False)], repeats))
     bandwidths.append(copy_bandwidth())
     bw = max(bandwidths)
     need = step_bytes(DECODE_SHAPE, ctx16)
@@ -245,6 +269,9 @@ def main(argv=None) -> int:
         decode_ms_per_token_16k=secs * 1e3,
         decode_bytes_per_token_16k=need,
         roofline_fraction_16k=fraction,
+        decode_ms_per_token_16k_torch_path=secs_torch * 1e3,
+        decode_kernel_speedup_16k=secs_torch / secs,
+        decode_kernels=decode_kernel.kernel_available(),
     )
     say(f"\n(c) decode at {ctx16:,} tokens vs the memory-bandwidth roofline")
     say(
@@ -257,10 +284,27 @@ def main(argv=None) -> int:
         f"-> roofline {need / bw * 1e3:.2f} ms/token"
     )
     say(f"    measured                                   {secs * 1e3:6.2f} ms/token  -> {fraction:.0%} of the roofline")
+    say(
+        f"    the same without cogqa's decode kernels    {secs_torch * 1e3:6.2f} ms/token  "
+        f"(kernels {'on' if decode_kernel.kernel_available() else 'UNAVAILABLE'}: {secs_torch / secs:.2f}x faster)"
+    )
 
     # (d) decode-time ratio H = (32, 8) vs H = (8, 1), measured vs the cost model's bytes ratio
     say("\n(d) decode time per token, H=(32,8) vs H=(8,1), L=2 d=256 d_h=64, fp32")
     hw = measure_local("cpu", "fp32", seconds=0.5)
+    peak = matmul_flops()
+    ridge = peak / bw
+    out.update(peak_gflop_s=peak / 1e9, ridge_flop_per_byte=ridge)
+    for name, shape in (("big", BIG), ("small", SMALL)):
+        group = shape.n_heads // shape.n_kv_heads
+        out[f"attention_flop_per_byte_{name}"] = group / 2  # 2 g FLOPs per 4-byte cached number
+    fpb_big, fpb_small = out["attention_flop_per_byte_big"], out["attention_flop_per_byte_small"]
+    bound = "above: bound by arithmetic" if fpb_small > ridge else "below: bound by bytes"
+    say(
+        f"    decode attention: 2 g FLOPs per cached fp32 number = {fpb_big:.1f} FLOP/byte for (32,8), "
+        f"{fpb_small:.1f} for (8,1); this core's ridge {peak / 1e9:.0f} GFLOP/s (1024^3 matmul) / "
+        f"{bw / 1e9:.1f} GB/s = {ridge:.1f} FLOP/byte ((8,1) {bound})"
+    )
     for key, ctx in ({"4k": 4096} if args.quick else {"8k": 8192, "16k": 16384}).items():
         t_big, t_small = alternate([decode_runner(BIG, ctx, new), decode_runner(SMALL, ctx, new)], repeats)
         measured = t_big / t_small

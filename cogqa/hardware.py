@@ -554,12 +554,15 @@ def local_profile(device: str | None = None, dtype: str | None = None, remeasure
 
 def local_cache_path(device: str | None = None, dtype: str | None = None) -> Path:
     """Where :func:`local_profile` caches the measurement for ``device``/``dtype`` (on the CPU also for the
-    current torch thread count: the rates of a 1-thread and a 2-thread decode differ)."""
+    current torch thread count, and for whether cogqa's decode kernels run: the rates of a 1-thread and a
+    2-thread decode differ, and so do those of the kernels and of the torch path)."""
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     threads = ""
     if not str(device).startswith("cuda"):
         import torch
 
-        threads = f"-{torch.get_num_threads()}threads"
+        from .decode_kernel import kernel_available
+
+        threads = f"-{torch.get_num_threads()}threads-{'kernels' if kernel_available() else 'torch'}"
     return cache_dir() / f"hardware-local-{device.replace(':', '')}-{dtype}{threads}.json"

@@ -180,9 +180,10 @@ def _one_row_kernels():
 def one_row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
     """``F.linear(x, weight, bias)`` for ``x`` holding a single row (one decode step of one sequence), by a
     loop that streams ``weight`` once in its storage order: 1.1-1.4x faster than MKL's one-row path on this
-    repo's CPU for up to ~3000 outputs (small cold matrices: 19-24 GB/s vs 14-18). Returns a tensor shaped ``x.shape[:-1] + (out,)``, or None when the kernel does
-    not apply (more than one row, not CPU fp32, gradients needed, inside ``torch.compile``, numba missing,
-    more than :data:`MAX_ONE_ROW_OUTPUTS` outputs, or a strided weight): the caller then calls ``F.linear``."""
+    repo's CPU for up to ~3000 outputs (small cold matrices: 19-24 GB/s vs 14-18). Returns a tensor shaped
+    ``x.shape[:-1] + (out,)``, or None when the kernel does not apply (more than one row, not CPU fp32,
+    gradients needed, inside ``torch.compile``, numba missing, more than :data:`MAX_ONE_ROW_OUTPUTS` outputs,
+    or a strided weight): the caller then calls ``F.linear``."""
     out_features, in_features = weight.shape
     if (
         x.numel() != in_features

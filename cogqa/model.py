@@ -563,6 +563,8 @@ def _positions(position_ids, new_mask, cache, B: int, T: int, device) -> torch.T
     if position_ids is not None:
         return position_ids.to(device).expand(B, T)
     base = cache.seen[:, None] if cache is not None else 0
+    if new_mask is None and T == 1 and cache is not None:
+        return base.clone()  # a decode step: the next position of each sequence (seen advances in place later)
     if new_mask is None:
         return (torch.arange(T, device=device)[None, :] + base).expand(B, T)
     return (new_mask.long().cumsum(-1) - 1).clamp(min=0) + base

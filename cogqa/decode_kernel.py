@@ -10,13 +10,14 @@ the new token over a long KV cache, the one-row products with each weight matrix
   ``group`` multiply-adds per cached number, so from ``group`` ~ 4 on a single CPU core it is bound by
   arithmetic (~20 G multiply-adds/s here), not by memory: fp32 attention at group 8 streams ~10 GB/s.
 * **One-row products.** :func:`one_row_linear` streams a weight matrix once in its storage order
-  (dot products for row-major, row updates for column-major); MKL's one-row path runs small cold matrices
-  at 7-12 GB/s on this repo's AMD EPYC, the loops at 13-27 GB/s.
+  (dot products for row-major, row updates for column-major); on this repo's AMD EPYC MKL's one-row path
+  runs cold matrices of up to ~3000 outputs at 14-18 GB/s, the loops at 19-24 GB/s.
 * **RMSNorm.** :func:`one_row_rms_norm`: one loop instead of torch's five kernels.
 
 Each returns None whenever it does not apply (numba missing, not CPU fp32, gradients needed, inside
-``torch.compile``, or work too small to be worth it); the caller then takes the torch path, which
-computes the same numbers. ``COGQA_DECODE_KERNEL=0`` turns all of them off.
+``torch.compile``, more than :data:`MAX_THREADS` torch threads, or work too small to be worth it); the
+caller then takes the torch path, which computes the same numbers. ``COGQA_DECODE_KERNEL=0`` turns all of
+them off.
 """
 
 from __future__ import annotations
@@ -37,9 +38,14 @@ MIN_CACHE_ELEMENTS = 1 << 18  # below 256K cached K values per call the matmul p
 ENABLED = os.environ.get("COGQA_DECODE_KERNEL", "1").strip().lower() not in ("0", "false", "off", "no")
 
 
+#: The kernels run on one thread; with at most this many torch threads they are as fast as MKL's parallel kernels
+#: or faster (measured on 2 cores: 0.9-1.05x at 16K context, 1.1-1.4x at 2K), with more MKL's take over.
+MAX_THREADS = 2
+
+
 def kernel_available() -> bool:
-    """Whether the kernels are :data:`ENABLED` and numba imports."""
-    return ENABLED and _numba_imports()
+    """Whether the kernels are :data:`ENABLED`, torch runs at most :data:`MAX_THREADS` threads and numba imports."""
+    return ENABLED and torch.get_num_threads() <= MAX_THREADS and _numba_imports()
 
 
 @functools.cache

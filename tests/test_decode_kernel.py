@@ -141,3 +141,10 @@ def test_generate_is_the_same_with_and_without_the_kernels(any_size, monkeypatch
         assert torch.equal(tokens_on, tokens_off)
         torch.testing.assert_close(logits_on, logits_off, atol=1e-4, rtol=1e-4)
     assert used["attention"] >= 2 * 11 * 2 and used["linear"] >= 11 * 2 * 7  # every decode step, both layers
+
+
+def test_kernels_step_aside_for_many_threads(any_size, monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: decode_kernel.MAX_THREADS + 1)
+    assert not decode_kernel.kernel_available()
+    q, k, v = torch.randn(1, 2, 4, 16), torch.randn(1, 2, 50, 16), torch.randn(1, 2, 50, 16)
+    assert decode_kernel.grouped_decode_attention(q, k, v) is None

@@ -192,6 +192,7 @@ def grouped_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
 
 # --------------------------------------------------------------------------- one-row products
 
+MIN_ONE_ROW_WEIGHTS = 1 << 14  # smaller matrices (test-sized models) keep MKL, and numba stays unloaded
 MAX_ONE_ROW_OUTPUTS = 3072  # up to here the outputs (12 KB) stay in L1; from ~4096 on MKL streams as fast or faster
 
 
@@ -201,7 +202,7 @@ def _one_row_kernels():
     import numba
     import numpy as np
 
-    @numba.njit(fastmath=True, boundscheck=False, nogil=True)
+    @numba.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
     def rows_dot(x, w, y):  # w [out, in] row-major: one dot product per output
         for o in range(w.shape[0]):
             acc = np.float32(0.0)
@@ -209,7 +210,7 @@ def _one_row_kernels():
                 acc += w[o, i] * x[i]
             y[o] = acc
 
-    @numba.njit(fastmath=True, boundscheck=False, nogil=True)
+    @numba.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
     def columns_axpy(x, wt, y):  # wt = W^T [in, out] row-major: y accumulates x_i times row i
         for o in range(wt.shape[1]):
             y[o] = 0
@@ -235,6 +236,7 @@ def one_row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         or x.dtype != torch.float32
         or weight.dtype != torch.float32
         or out_features > MAX_ONE_ROW_OUTPUTS
+        or weight.numel() < MIN_ONE_ROW_WEIGHTS
         or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
         or torch.compiler.is_compiling()
         or not kernel_available()
@@ -254,13 +256,16 @@ def one_row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return y.view(*x.shape[:-1], out_features)
 
 
+MIN_NORM_SIZE = 256  # below a hidden size of 256 (test-sized models) torch's kernels are kept and numba stays unloaded
+
+
 @functools.cache
 def _one_row_norm_kernel():
     """The numba loop of :func:`one_row_rms_norm`."""
     import numba
     import numpy as np
 
-    @numba.njit(fastmath=True, boundscheck=False, nogil=True)
+    @numba.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
     def rms_norm(x, w, eps, y):
         total = np.float32(0.0)
         for i in range(x.shape[0]):
@@ -278,6 +283,7 @@ def one_row_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float):
     that does not apply."""
     if (
         x.numel() != weight.numel()
+        or x.numel() < MIN_NORM_SIZE
         or x.device.type != "cpu"
         or x.dtype != torch.float32
         or weight.dtype != torch.float32

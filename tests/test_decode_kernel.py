@@ -14,8 +14,10 @@ pytest.importorskip("numba")
 
 @pytest.fixture
 def any_size(monkeypatch):
-    """The attention kernel on caches of any length (tests use tiny ones)."""
+    """The kernels on caches, matrices and rows of any size (tests use tiny ones)."""
     monkeypatch.setattr(decode_kernel, "MIN_CACHE_ELEMENTS", 0)
+    monkeypatch.setattr(decode_kernel, "MIN_ONE_ROW_WEIGHTS", 0)
+    monkeypatch.setattr(decode_kernel, "MIN_NORM_SIZE", 0)
 
 
 def _reference(q, k, v, mask=None):
@@ -59,13 +61,17 @@ def test_attention_steps_aside_where_it_does_not_apply(any_size, monkeypatch):
     monkeypatch.setattr(decode_kernel, "MIN_CACHE_ELEMENTS", 1 << 18)
     assert kernel(q, k, v) is None  # short cache: the matmul path is as fast
     monkeypatch.setattr(decode_kernel, "MIN_CACHE_ELEMENTS", 0)
+    monkeypatch.setattr(decode_kernel, "_numba_imports", lambda: False)  # numba not installed
+    assert kernel(q, k, v) is None and decode_kernel.one_row_linear(torch.randn(1, 16), torch.randn(8, 16)) is None
+    monkeypatch.setattr(decode_kernel, "_numba_imports", lambda: True)
+    assert kernel(q, k, v) is not None
     monkeypatch.setattr(decode_kernel, "ENABLED", False)
     assert kernel(q, k, v) is None
 
 
 @pytest.mark.parametrize("rows,cols", [(96, 32), (32, 96), (64, 64), (300, 7)])
 @pytest.mark.parametrize("bias", [False, True])
-def test_one_row_linear_matches_f_linear_in_both_layouts(rows, cols, bias):
+def test_one_row_linear_matches_f_linear_in_both_layouts(any_size, rows, cols, bias):
     torch.manual_seed(0)
     x = torch.randn(1, 1, cols)
     b = torch.randn(rows) if bias else None
@@ -76,7 +82,7 @@ def test_one_row_linear_matches_f_linear_in_both_layouts(rows, cols, bias):
         torch.testing.assert_close(got, F.linear(x, w, b), atol=1e-5, rtol=1e-5)
 
 
-def test_one_row_linear_steps_aside_where_it_does_not_apply():
+def test_one_row_linear_steps_aside_where_it_does_not_apply(any_size):
     w = torch.randn(8, 4)
     assert decode_kernel.one_row_linear(torch.randn(2, 4), w) is None  # two rows: a GEMM
     assert decode_kernel.one_row_linear(torch.randn(1, 4), w[:, ::1][::2]) is None  # strided rows
@@ -84,12 +90,18 @@ def test_one_row_linear_steps_aside_where_it_does_not_apply():
     assert decode_kernel.one_row_linear(torch.randn(1, 4), w.requires_grad_()) is None
 
 
-def test_one_row_rms_norm_matches_torch():
+def test_one_row_rms_norm_matches_torch(any_size):
     torch.manual_seed(0)
     x, w = torch.randn(1, 1, 48) * 3, torch.randn(48)
     got = decode_kernel.one_row_rms_norm(x, w, 1e-6)
     torch.testing.assert_close(got, F.rms_norm(x, (48,), w, 1e-6), atol=1e-6, rtol=1e-5)
     assert decode_kernel.one_row_rms_norm(torch.randn(2, 1, 48), w, 1e-6) is None
+
+
+def test_tiny_models_keep_the_torch_path():
+    assert decode_kernel.one_row_linear(torch.randn(1, 64), torch.randn(96, 64)) is None  # 6K weights
+    assert decode_kernel.one_row_rms_norm(torch.randn(1, 1, 64), torch.randn(64), 1e-6) is None
+    assert decode_kernel.one_row_linear(torch.randn(1, 256), torch.randn(512, 256)) is not None
 
 
 def _generate(model, ids, mask, enabled, monkeypatch):

@@ -295,10 +295,9 @@ def main(argv=None) -> int:
     peak = matmul_flops()
     ridge = peak / bw
     out.update(peak_gflop_s=peak / 1e9, ridge_flop_per_byte=ridge)
-    for name, shape in (("big", BIG), ("small", SMALL)):
-        group = shape.n_heads // shape.n_kv_heads
-        out[f"attention_flop_per_byte_{name}"] = group / 2  # 2 g FLOPs per 4-byte cached number
-    fpb_big, fpb_small = out["attention_flop_per_byte_big"], out["attention_flop_per_byte_small"]
+    # decode attention does 2 g FLOPs per 4-byte cached number: g / 2 FLOP per byte
+    fpb_big, fpb_small = (s.n_heads // s.n_kv_heads / 2 for s in (BIG, SMALL))
+    out.update(attention_flop_per_byte_big=fpb_big, attention_flop_per_byte_small=fpb_small)
     bound = "above: bound by arithmetic" if fpb_small > ridge else "below: bound by bytes"
     say(
         f"    decode attention: 2 g FLOPs per cached fp32 number = {fpb_big:.1f} FLOP/byte for (32,8), "

@@ -59,9 +59,9 @@ def _numba_imports() -> bool:
 
 
 @functools.cache
-def _compiled(group: int, head_dim: int, by_four: bool = True):
+def _compiled(group: int, head_dim: int):
     """The (scores, output) numba kernels for one (group, head_dim), both compile-time constants; for a group
-    that is a multiple of 4 (and ``by_four``), the loops with four named accumulators (15-20% faster)."""
+    that is a multiple of 4, the loops with four named accumulators (15-20% faster)."""
     import numba
     import numpy as np
 
@@ -100,7 +100,7 @@ def _compiled(group: int, head_dim: int, by_four: bool = True):
                         for e in range(D):
                             o[h, j0 + jj, e] = acc[jj, e]
 
-    if G % 4 or not by_four:
+    if G % 4:
         return scores, output
 
     @numba.njit(fastmath=True, boundscheck=False, nogil=True)

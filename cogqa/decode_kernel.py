@@ -295,3 +295,312 @@ def one_row_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float):
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
     _one_row_norm_kernel()(x.reshape(-1).contiguous().numpy(), weight.detach().numpy(), eps, y.view(-1).numpy())
     return y
+
+
+# --------------------------------------------------------------------------- one whole decode step
+
+MAX_STEP_GROUP = 16  # query rows per K/V head the fused step handles (its scores keep 4 rows' dot products at once)
+
+
+@functools.cache
+def _step_helpers():
+    """Generic numba helpers of the fused decode step (cached on disk): a one-row product in either weight
+    layout, RMSNorm of one row, and the softmax of score rows (exp by a degree-7 polynomial, so it vectorises)."""
+    import numba
+    import numpy as np
+
+    @numba.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
+    def matvec(w, transposed, x, bias, y):  # y = W x (+ bias); w is W [out, in], or W^T [in, out] when transposed
+        if transposed:
+            n_out = w.shape[1]
+            for o in range(n_out):
+                y[o] = 0
+            for i in range(w.shape[0]):
+                a = x[i]
+                for o in range(n_out):
+                    y[o] += a * w[i, o]
+        else:
+            for o in range(w.shape[0]):
+                acc = np.float32(0.0)
+                for i in range(w.shape[1]):
+                    acc += w[o, i] * x[i]
+                y[o] = acc
+        if bias.shape[0]:
+            for o in range(y.shape[0]):
+                y[o] += bias[o]
+
+    @numba.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
+    def rms_norm(x, w, eps, y):  # y = x / sqrt(mean(x^2) + eps) * w (x and y may be the same array)
+        total = np.float32(0.0)
+        for i in range(x.shape[0]):
+            total += x[i] * x[i]
+        scale = np.float32(1.0) / np.sqrt(total / np.float32(x.shape[0]) + np.float32(eps))
+        for i in range(x.shape[0]):
+            y[i] = x[i] * scale * w[i]
+
+    @numba.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
+    def softmax_rows(s, rows, n, bits):  # softmax of s[r, :n] for r < rows, in place; bits: int32 scratch [>= n]
+        powers = bits.view(np.float32)
+        for r in range(rows):
+            top = s[r, 0]
+            for t in range(1, n):
+                top = max(top, s[r, t])
+            for t in range(n):  # exp(y) = 2^m e^f, y = s - top <= 0, m whole, |f| <= ln(2) / 2
+                z = max(s[r, t] - top, np.float32(-87.0)) * np.float32(1.4426950408889634)
+                m = np.int32(z - np.float32(0.5))
+                f = (z - np.float32(m)) * np.float32(0.6931471805599453)
+                p = np.float32(1.0 / 5040)
+                p = p * f + np.float32(1.0 / 720)
+                p = p * f + np.float32(1.0 / 120)
+                p = p * f + np.float32(1.0 / 24)
+                p = p * f + np.float32(1.0 / 6)
+                p = p * f + np.float32(0.5)
+                p = p * f + np.float32(1.0)
+                s[r, t] = p * f + np.float32(1.0)
+                bits[t] = (m + np.int32(127)) << np.int32(23)  # the float 2^m
+            total = np.float32(0.0)
+            for t in range(n):
+                e = s[r, t] * powers[t]
+                s[r, t] = e
+                total += e
+            inv = np.float32(1.0) / total
+            for t in range(n):
+                s[r, t] *= inv
+
+    return matvec, rms_norm, softmax_rows
+
+
+@functools.cache
+def _step_kernel(group: int, head_dim: int):
+    """The numba function of :func:`decode_step` for one (group, head_dim), both compile-time constants."""
+    import numba
+    import numpy as np
+
+    matvec, rms_norm, softmax_rows = _step_helpers()
+    G, D = group, head_dim
+    HALF = D // 2
+    SCORE_BLOCK = 64  # cached rows per block of the scores (16 KB of K at d_h = 64)
+
+    @numba.njit(fastmath=True, boundscheck=False, nogil=True)
+    def attend(q, q0, k, v, lo, n, out, s, bits):
+        """out[q0:q0+G] = attention of the pre-scaled query rows q[q0:q0+G] over rows lo..lo+n-1 of k, v."""
+        for t0 in range(0, n, SCORE_BLOCK):  # scores: a block of cached rows, read by every query row while in L1
+            t1 = min(n, t0 + SCORE_BLOCK)
+            for c in range(0, G - G % 4, 4):  # four query rows at a time: their operands stay in registers
+                r0, r1, r2, r3 = q[q0 + c], q[q0 + c + 1], q[q0 + c + 2], q[q0 + c + 3]
+                for t in range(t0, t1):
+                    row = k[lo + t]
+                    a0 = a1 = a2 = a3 = np.float32(0.0)
+                    for e in range(D):
+                        x = row[e]
+                        a0 += x * r0[e]
+                        a1 += x * r1[e]
+                        a2 += x * r2[e]
+                        a3 += x * r3[e]
+                    s[c, t], s[c + 1, t], s[c + 2, t], s[c + 3, t] = a0, a1, a2, a3
+            for j in range(G - G % 4, G):
+                rj = q[q0 + j]
+                for t in range(t0, t1):
+                    row = k[lo + t]
+                    acc = np.float32(0.0)
+                    for e in range(D):
+                        acc += row[e] * rj[e]
+                    s[j, t] = acc
+        softmax_rows(s, G, n, bits)
+        for j in range(G):
+            for e in range(D):
+                out[q0 + j, e] = 0
+        m = n - n % 4
+        for t in range(0, m, 4):  # output: four cached rows of V per update of each accumulator row
+            v0, v1, v2, v3 = v[lo + t], v[lo + t + 1], v[lo + t + 2], v[lo + t + 3]
+            for j in range(G):
+                w0, w1, w2, w3 = s[j, t], s[j, t + 1], s[j, t + 2], s[j, t + 3]
+                for e in range(D):
+                    out[q0 + j, e] += w0 * v0[e] + w1 * v1[e] + w2 * v2[e] + w3 * v3[e]
+        for t in range(m, n):
+            v0 = v[lo + t]
+            for j in range(G):
+                w0 = s[j, t]
+                for e in range(D):
+                    out[q0 + j, e] += w0 * v0[e]
+
+    @numba.njit(fastmath=True, boundscheck=False, nogil=True)
+    def rope(rows, cos, sin, scale):  # rows [r, D] in place: x cos + roll(x, D/2) sin (sin signed), times scale
+        for r in range(rows.shape[0]):
+            for e in range(HALF):
+                a, b = rows[r, e], rows[r, e + HALF]
+                rows[r, e] = (a * cos[e] + b * sin[e]) * scale
+                rows[r, e + HALF] = (b * cos[e + HALF] + a * sin[e + HALF]) * scale
+
+    @numba.njit(fastmath=True, boundscheck=False, nogil=True)
+    def step(token, mats, transposed, norms, biases, qk_norms, keys, values, windows, cos, sin, slot, eps, out):
+        """Every layer of one decode step; ``out`` = the final-normed hidden state [d]."""
+        L = len(keys)
+        H = keys[0].shape[0]
+        emb = mats[7 * L]
+        if transposed[7 * L]:
+            x = emb[:, token].copy()
+        else:
+            x = emb[token].copy()
+        d = x.shape[0]
+        h = np.empty(d, np.float32)
+        q = np.empty((H * G, D), np.float32)
+        kn = np.empty((H, D), np.float32)
+        vn = np.empty((H, D), np.float32)
+        y = np.empty((H * G, D), np.float32)
+        attn = np.empty(d, np.float32)
+        f = mats[4].shape[1] if transposed[4] else mats[4].shape[0]
+        gate, up, ffn = np.empty(f, np.float32), np.empty(f, np.float32), np.empty(d, np.float32)
+        s = np.empty((G, slot + 1), np.float32)
+        bits = np.empty(slot + 1, np.int32)
+        scale = np.float32(1.0 / np.sqrt(D))
+        for layer in range(L):
+            m = 7 * layer
+            rms_norm(x, norms[2 * layer], eps, h)
+            matvec(mats[m], transposed[m], h, biases[m], q.reshape(H * G * D))
+            matvec(mats[m + 1], transposed[m + 1], h, biases[m + 1], kn.reshape(H * D))
+            matvec(mats[m + 2], transposed[m + 2], h, biases[m + 2], vn.reshape(H * D))
+            if qk_norms[2 * layer].shape[0]:
+                for r in range(H * G):
+                    rms_norm(q[r], qk_norms[2 * layer], eps, q[r])
+                for r in range(H):
+                    rms_norm(kn[r], qk_norms[2 * layer + 1], eps, kn[r])
+            rope(q, cos, sin, scale)
+            rope(kn, cos, sin, np.float32(1.0))
+            k_all, v_all = keys[layer], values[layer]
+            for kv in range(H):
+                for e in range(D):
+                    k_all[kv, slot, e] = kn[kv, e]
+                    v_all[kv, slot, e] = vn[kv, e]
+            n = slot + 1
+            lo = 0
+            if windows[layer] > 0 and n > windows[layer]:
+                lo = n - windows[layer]
+                n = windows[layer]
+            for kv in range(H):
+                attend(q, kv * G, k_all[kv], v_all[kv], lo, n, y, s, bits)
+            matvec(mats[m + 3], transposed[m + 3], y.reshape(H * G * D), biases[m + 3], attn)
+            for i in range(d):
+                x[i] += attn[i]
+            rms_norm(x, norms[2 * layer + 1], eps, h)
+            matvec(mats[m + 4], transposed[m + 4], h, biases[m + 4], gate)
+            matvec(mats[m + 5], transposed[m + 5], h, biases[m + 5], up)
+            for i in range(f):
+                gate[i] = gate[i] / (np.float32(1.0) + np.exp(min(-gate[i], np.float32(80.0)))) * up[i]
+            matvec(mats[m + 6], transposed[m + 6], gate, biases[m + 6], ffn)
+            for i in range(d):
+                x[i] += ffn[i]
+        rms_norm(x, norms[2 * L], eps, out)
+
+    return step
+
+
+def _as_matrix(weight: torch.Tensor):
+    """(a C-contiguous numpy view of ``weight`` [out, in] or of its transpose, whether transposed), or None when
+    ``weight`` is laid out in neither order."""
+    rows, cols = weight.shape
+    if weight.stride() == (cols, 1):
+        return weight.detach().numpy(), 0
+    if weight.stride() == (1, rows):
+        return weight.detach().t().numpy(), 1
+    return None
+
+
+def _step_arguments(model, cache):
+    """The numpy views :func:`decode_step` passes to its kernel (model weights and cache buffers), or None when a
+    weight's layout is not supported. Kept on ``cache`` and rebuilt whenever a parameter was replaced or moved."""
+    import numpy as np
+
+    params = list(model.parameters())
+    key = (id(model), tuple((id(p), p.data_ptr()) for p in params))
+    kept = getattr(cache, "_step_arguments", None)
+    if kept is not None and kept[0] == key:
+        return kept[1]
+    if any(p.dtype != torch.float32 or p.device.type != "cpu" for p in params):
+        return None
+    none = np.empty(0, np.float32)
+    mats, flags, biases, norms, qk_norms = [], [], [], [], []
+    for block in model.layers:
+        attention, mlp = block.self_attn, block.mlp
+        for linear in (
+            attention.q_proj,
+            attention.k_proj,
+            attention.v_proj,
+            attention.o_proj,
+            mlp.gate_proj,
+            mlp.up_proj,
+            mlp.down_proj,
+        ):
+            view = _as_matrix(linear.weight)
+            if view is None:
+                return None
+            mats.append(view[0])
+            flags.append(view[1])
+            biases.append(none if linear.bias is None else linear.bias.detach().numpy())
+        norms += [block.input_layernorm.weight.detach().numpy(), block.post_attention_layernorm.weight.detach().numpy()]
+        if attention.q_norm is None:
+            qk_norms += [none, none]
+        else:
+            qk_norms += [attention.q_norm.weight.detach().numpy(), attention.k_norm.weight.detach().numpy()]
+    view = _as_matrix(model.embed_tokens.weight)
+    if view is None:
+        return None
+    mats.append(view[0])
+    flags.append(view[1])
+    norms.append(model.norm.weight.detach().numpy())
+    H, rows, D = cache.shape.n_kv_heads, cache.max_len, cache.shape.head_dim
+    keys = tuple(t.view(H, rows, D).numpy() for t in cache.keys)
+    values = tuple(t.view(H, rows, D).numpy() for t in cache.values)
+    windows = np.array([block.self_attn.window or 0 for block in model.layers], dtype=np.int64)
+    args = (tuple(mats), np.array(flags, dtype=np.int8), tuple(norms), tuple(biases), tuple(qk_norms), keys, values)
+    cache._step_arguments = (key, (args, windows))
+    return args, windows
+
+
+def decode_step(model, token: int, cache, cos: torch.Tensor, sin: torch.Tensor):
+    """One decode step of one sequence through every layer of ``model`` (a :class:`~cogqa.model.GQADecoder`) in one
+    numba call: the new token ``token``'s keys and values are written at position ``cache.length`` of ``cache`` and
+    its hidden state after the final norm is returned ([1, 1, d], fp32), or None when the fused step does not apply
+    (as the other kernels, plus: batch > 1, padding in the cache, a weight in neither storage order, more than
+    :data:`MAX_STEP_GROUP` query rows per K/V head); nothing is written then. ``cos`` and ``sin`` are the RoPE
+    cosines and signed sines (:func:`~cogqa.model.signed_sin`) of the token's position ([d_h] each). The caller
+    advances the cache's counters."""
+    shape = model.shape
+    group = shape.n_heads // shape.n_kv_heads
+    if (
+        cache.batch != 1
+        or cache.padded
+        or shape.hidden_size < MIN_NORM_SIZE
+        or not 0 <= token < shape.vocab_size
+        or group > MAX_STEP_GROUP
+        or shape.head_dim > 256
+        or cache.keys[0].dtype != torch.float32
+        or cache.keys[0].device.type != "cpu"
+        or model.embed_tokens.weight.dtype != torch.float32
+        or torch.compiler.is_compiling()
+        or (torch.is_grad_enabled() and any(p.requires_grad for p in model.parameters()))
+        or not kernel_available()
+    ):
+        return None
+    arguments = _step_arguments(model, cache)
+    if arguments is None:
+        return None
+    (mats, flags, norms, biases, qk_norms, keys, values), windows = arguments
+    out = torch.empty(1, 1, shape.hidden_size)
+    _step_kernel(group, shape.head_dim)(
+        token,
+        mats,
+        flags,
+        norms,
+        biases,
+        qk_norms,
+        keys,
+        values,
+        windows,
+        cos.numpy(),
+        sin.numpy(),
+        cache.length,
+        shape.norm_eps,
+        out.view(-1).numpy(),
+    )
+    return out

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .decode_kernel import one_row_linear, one_row_rms_norm
+from .decode_kernel import decode_step, one_row_linear, one_row_rms_norm
 from .errors import CogqaError, require
 from .kvcache import KVCache, decode_attention, dtype_name, lay_out_matrix, torch_dtype  # noqa: F401 (re-exported)
 from .shapes import ModelShape
@@ -351,6 +351,11 @@ class GQADecoder(nn.Module):
         """
         B, T = self._check_inputs(input_ids, labels, logits_to_keep)
         start = self._cache_start(cache, B, T)
+        if T == 1 and B == 1 and cache is not None and labels is None and attention_mask is None:
+            if position_ids is None and not self.training:  # one decode step: every layer in one CPU kernel call
+                out = self._fused_decode_step(input_ids, cache, start)
+                if out is not None:
+                    return out
         new_mask = _new_token_mask(attention_mask, B, T, start, input_ids.device)
         explicit_positions = position_ids is not None
         position_ids = _positions(position_ids, new_mask, cache, B, T, input_ids.device)
@@ -431,6 +436,38 @@ class GQADecoder(nn.Module):
             and not torch.is_autocast_enabled(x.device.type)
         )
 
+    def _fused_decode_step(self, input_ids: torch.Tensor, cache: KVCache, start: int) -> CausalLMOutput | None:
+        """One decode step of one unpadded sequence by :func:`cogqa.decode_kernel.decode_step` (every layer in one
+        numba call, CPU fp32), or None (nothing done) when that does not apply."""
+        if torch.compiler.is_compiling():
+            return None
+        position = int(cache.seen[0])
+        _, cos, sin = self._rope_table_for(position + 1, input_ids.device, self.embed_tokens.weight.dtype)
+        x = decode_step(self, int(input_ids[0, 0]), cache, cos[position], sin[position])
+        if x is None:
+            return None
+        logits = F.linear(x, self.output_weight)
+        cache.valid[0, start] = True
+        cache.length += 1
+        cache.seen += 1
+        return CausalLMOutput(logits, None)
+
+    def _rope_table_for(self, bound: int, device, dtype):
+        """(key, cos, :func:`signed_sin`) tables [n, d_h] for positions 0..n-1, n >= ``bound``, kept between calls."""
+        key = (device, dtype)
+        table = self._rope_table if getattr(self, "_rope_table", None) and self._rope_table[0] == key else None
+        if table is None or table[1].shape[0] < bound:
+            n = max(bound, 256, 2 * table[1].shape[0] if table else 0)
+            cos, sin = rope_cos_sin(
+                torch.arange(n, device=device)[None],
+                self.shape.head_dim,
+                self.shape.rope_theta,
+                dtype,
+                self.shape.rope_scaling,
+            )
+            table = self._rope_table = (key, cos[0, 0], signed_sin(sin)[0, 0])
+        return table
+
     def _rope(self, position_ids: torch.Tensor, dtype: torch.dtype, bound: int | None):
         """cos and :func:`signed_sin` [B, 1, T, d_h] at ``position_ids`` (all < ``bound``, or found
         here when None), gathered from a table of :func:`rope_cos_sin` kept between calls (a decode
@@ -441,18 +478,7 @@ class GQADecoder(nn.Module):
             )
             return cos, signed_sin(sin)
         bound = int(position_ids.max()) + 1 if bound is None else bound
-        key = (position_ids.device, dtype)
-        table = self._rope_table if getattr(self, "_rope_table", None) and self._rope_table[0] == key else None
-        if table is None or table[1].shape[0] < bound:
-            n = max(bound, 256, 2 * table[1].shape[0] if table else 0)
-            cos, sin = rope_cos_sin(
-                torch.arange(n, device=position_ids.device)[None],
-                self.shape.head_dim,
-                self.shape.rope_theta,
-                dtype,
-                self.shape.rope_scaling,
-            )
-            table = self._rope_table = (key, cos[0, 0], signed_sin(sin)[0, 0])
+        table = self._rope_table_for(bound, position_ids.device, dtype)
         return table[1][position_ids][:, None], table[2][position_ids][:, None]
 
     # --------------------------------------------------------------------------- inference

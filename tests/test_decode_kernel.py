@@ -133,7 +133,7 @@ def test_generate_is_the_same_with_and_without_the_kernels(any_size, monkeypatch
     import cogqa.kvcache
     import cogqa.model
 
-    used = {"attention": 0, "linear": 0}
+    used = {"attention": 0, "linear": 0, "step": 0}
 
     def spy(name, fn):
         def call(*args):
@@ -147,12 +147,14 @@ def test_generate_is_the_same_with_and_without_the_kernels(any_size, monkeypatch
         cogqa.kvcache, "grouped_decode_attention", spy("attention", decode_kernel.grouped_decode_attention)
     )
     monkeypatch.setattr(cogqa.model, "one_row_linear", spy("linear", decode_kernel.one_row_linear))
-    for ids, mask in ((one, None), (batch, left_padded)):
+    monkeypatch.setattr(cogqa.model, "decode_step", spy("step", decode_kernel.decode_step))
+    for ids, mask in ((one, None), (batch, left_padded), (one, left_padded[:1])):
         tokens_on, logits_on = _generate(model, ids, mask, True, monkeypatch)
         tokens_off, logits_off = _generate(model, ids, mask, False, monkeypatch)
         assert torch.equal(tokens_on, tokens_off)
         torch.testing.assert_close(logits_on, logits_off, atol=1e-4, rtol=1e-4)
-    assert used["attention"] >= 2 * 11 * 2 and used["linear"] >= 11 * 2 * 7  # every decode step, both layers
+    # one sequence: every decode step in one fused call; padded ones: the per-operation kernels
+    assert used["step"] >= 11 and used["attention"] >= 2 * 11 * 2 and used["linear"] >= 11 * 2 * 7
 
 
 def test_kernels_step_aside_for_many_threads(any_size, monkeypatch):
@@ -160,3 +162,119 @@ def test_kernels_step_aside_for_many_threads(any_size, monkeypatch):
     assert not decode_kernel.kernel_available()
     q, k, v = torch.randn(1, 2, 4, 16), torch.randn(1, 2, 50, 16), torch.randn(1, 2, 50, 16)
     assert decode_kernel.grouped_decode_attention(q, k, v) is None
+
+
+# --------------------------------------------------------------------------- the fused decode step
+
+
+def _step_spy(monkeypatch):
+    import cogqa.model
+
+    used = []
+
+    def call(*args):
+        out = decode_kernel.decode_step(*args)
+        used.append(out is not None)
+        return out
+
+    monkeypatch.setattr(cogqa.model, "decode_step", call)
+    return used
+
+
+def _perturbed_model(shape, seed=0):
+    model = GQADecoder(shape, max_seq_len=256)
+    model.init_weights(seed)
+    with torch.no_grad():  # norm gains and biases away from 1 and 0, so a missed one shows
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.2)
+    return model.eval()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        dict(n_heads=8, n_kv_heads=2),
+        dict(n_heads=8, n_kv_heads=1, head_dim=32),
+        dict(n_heads=10, n_kv_heads=2, qkv_bias=True, o_bias=True, mlp_bias=True, qk_norm=True),
+        dict(n_heads=4, n_kv_heads=4, sliding_window=9, window_layers=1, tie_embeddings=False),
+    ],
+)
+def test_fused_step_matches_the_torch_path(any_size, monkeypatch, extra):
+    shape = ModelShape(**{**dict(layers=2, hidden_size=64, ffn_size=96, head_dim=16, vocab_size=97), **extra})
+    model = _perturbed_model(shape)
+    ids = torch.randint(0, 97, (1, 21), generator=torch.Generator().manual_seed(3))
+    used = _step_spy(monkeypatch)
+    results = {}
+    for enabled in (True, False):
+        monkeypatch.setattr(decode_kernel, "ENABLED", enabled)
+        cache = model.new_cache(1, 64)
+        with torch.no_grad():
+            tokens = model.generate(ids, 15, cache=cache)
+            logits = model(tokens[:, -1:], cache=cache).logits
+        results[enabled] = tokens, logits, cache
+    assert used.count(True) == 15 and not any(used[15:])  # every decode step fused when on, none when off
+    (tokens_on, logits_on, cache_on), (tokens_off, logits_off, cache_off) = results[True], results[False]
+    assert torch.equal(tokens_on, tokens_off)
+    torch.testing.assert_close(logits_on, logits_off, atol=1e-5, rtol=1e-5)
+    assert cache_on.length == cache_off.length == 21 + 15  # the prompt, 14 decoded tokens, the last one fed above
+    assert torch.equal(cache_on.seen, cache_off.seen) and torch.equal(cache_on.valid, cache_off.valid)
+    for mine, theirs in zip(cache_on.keys + cache_on.values, cache_off.keys + cache_off.values):
+        torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_step_steps_aside_and_writes_nothing(any_size, monkeypatch):
+    shape = ModelShape(layers=1, hidden_size=64, ffn_size=96, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=50)
+    model = _perturbed_model(shape)
+    cos, sin = torch.ones(16), torch.zeros(16)
+
+    def step(cache, token=3):
+        before = [t.clone() for t in cache.keys + cache.values]
+        out = decode_kernel.decode_step(model, token, cache, cos, sin)
+        if out is None:
+            assert all(torch.equal(a, b) for a, b in zip(before, cache.keys + cache.values))
+        return out
+
+    with torch.no_grad():
+        assert step(model.new_cache(1, 8)) is not None
+        assert step(model.new_cache(2, 8)) is None  # a batch: the per-operation path
+        padded = model.new_cache(1, 8)
+        model(torch.tensor([[0, 5]]), attention_mask=torch.tensor([[0, 1]]), cache=padded)
+        assert step(padded) is None  # padding in the cache needs the mask
+        assert step(model.new_cache(1, 8), token=50) is None  # out of the vocabulary: the torch path raises
+        assert step(model.new_cache(1, 8, dtype="bf16")) is None
+        monkeypatch.setattr(torch, "get_num_threads", lambda: decode_kernel.MAX_THREADS + 1)
+        assert step(model.new_cache(1, 8)) is None
+        monkeypatch.undo()
+    assert step(model.new_cache(1, 8)) is None  # gradients wanted
+    monkeypatch.setattr(decode_kernel, "MIN_NORM_SIZE", 128)
+    with torch.no_grad():
+        assert step(model.new_cache(1, 8)) is None  # test-sized models keep the torch path
+    with pytest.raises(IndexError):
+        model(torch.tensor([[50]]), cache=model.new_cache(1, 8))
+
+
+def test_fused_step_follows_weights_changed_after_its_first_call(any_size, monkeypatch):
+    shape = ModelShape(layers=2, hidden_size=64, ffn_size=96, n_heads=8, n_kv_heads=2, head_dim=16, vocab_size=97)
+    model, other = _perturbed_model(shape, 0), _perturbed_model(shape, 1)
+    ids = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(5))
+    used = _step_spy(monkeypatch)
+    fused_cache, torch_cache = model.new_cache(1, 32), model.new_cache(1, 32)  # the kernel keeps its views on a cache
+
+    def last_logits(enabled, cache):
+        monkeypatch.setattr(decode_kernel, "ENABLED", enabled)
+        cache.reset()
+        with torch.no_grad():
+            model(ids[:, :-1], cache=cache)
+            return model(ids[:, -1:], cache=cache).logits
+
+    def check():
+        torch.testing.assert_close(last_logits(True, fused_cache), last_logits(False, torch_cache))
+
+    check()
+    with torch.no_grad():
+        model.layers[1].mlp.up_proj.weight.mul_(3)  # in place: the kernel reads the same memory
+    check()
+    model.load_state_dict(other.state_dict(), assign=True)  # new tensors: the kernel's views are rebuilt
+    check()
+    assert used == [True, False] * 3  # fused with the kernels on, the torch path with them off

@@ -7,7 +7,8 @@
 (c) memory-bandwidth roofline of decode at 16K: bytes one step must read (all weights + the
     filled KV cache, ``cogqa.costs.inference_memory_bytes``) / the bandwidth a STREAM-like copy
     measures in this run (2 x 128 MiB arrays, bytes read + bytes written per second, best of 5),
-    and the same decode with cogqa's CPU decode kernels (``cogqa.decode_kernel``) switched off;
+    and the same decode with cogqa's CPU decode kernels (``cogqa.decode_kernel``: one numba call per
+    decode step of one sequence, ``decode_step``) switched off;
 (d) decode time per token of H = (32, 8) vs H = (8, 1) at 8K and 16K, next to the cost model's
     predicted ratio of bytes read per token (weights + KV cache), and next to the ratio that the
     ``local`` roofline predicts (``cogqa.serving.decode_step`` on this machine's profile measured in the
@@ -305,7 +306,8 @@ def main(argv=None) -> int:
         f"{bw / 1e9:.1f} GB/s = {ridge:.1f} FLOP/byte ((8,1) {bound})"
     )
     for key, ctx in ({"4k": 4096} if args.quick else {"8k": 8192, "16k": 16384}).items():
-        t_big, t_small = alternate([decode_runner(BIG, ctx, new), decode_runner(SMALL, ctx, new)], repeats)
+        # more repeats: the two configurations' ratio is the number read here, and (8,1) steps are short
+        t_big, t_small = alternate([decode_runner(BIG, ctx, new), decode_runner(SMALL, ctx, new)], 2 * repeats)
         measured = t_big / t_small
         predicted = step_bytes(BIG, ctx) / step_bytes(SMALL, ctx)
         flops = float(costs.inference_flops_per_token(BIG, ctx) / costs.inference_flops_per_token(SMALL, ctx))

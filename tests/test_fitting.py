@@ -454,3 +454,14 @@ def test_read_results_reads_only_the_columns_a_fit_uses(tmp_path):
     pd.DataFrame({k: v for k, v in rows.items() if k != "loss"}).to_csv(tmp_path / "noloss.csv", index=False)
     with pytest.raises(CogqaError, match="missing column 'loss'; columns are: .*loss_by_position"):
         read_results(tmp_path / "noloss.csv")
+
+
+def test_a_of_a_degenerate_fit_stays_positive():
+    """A flat or rising group drives b to its bound and c / b below what exp can hold: a must still be > 0
+    (a law file refuses a = 0), here exp(-700) parameters."""
+    import math
+
+    from cogqa.fitting.arrays import _a_from
+
+    assert _a_from(-1.0, 1e-3) == math.exp(-700) > 0
+    assert _a_from(-3.0, 0.3) == math.exp(-10)

@@ -116,13 +116,15 @@ def fit_power_law(N, loss, grid: str | int = 32, starts: np.ndarray | None = Non
 
 
 def _a_from(c: float, b: float) -> float:
-    """a = exp(c / b) in parameters; a one-line error when a degenerate fit (b -> 0) makes it overflow."""
+    """a = exp(c / b) in parameters; a one-line error when a degenerate fit (b -> 0) makes it overflow. When it
+    would underflow (c / b < -700: loss flat or rising with N, b on its lower bound) a is held at exp(-700), the
+    smallest value a law file can carry (a must be > 0); such a group is flagged at its bound and as rising."""
     require(
         c / b < 700,
         f"fit: a = exp({c / b:.0f}) parameters overflows (b = {b:.3g}): the losses barely fall with N; "
         "check the data or fit with --form heads / a wider range of sizes",
     )
-    return math.exp(c / b)
+    return math.exp(max(c / b, -700.0))
 
 
 def fit_power_law_shared_E(N, loss, group, grid_per_group: str | int = 32, starts: np.ndarray | None = None) -> LawFit:

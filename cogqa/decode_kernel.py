@@ -196,32 +196,6 @@ MIN_ONE_ROW_WEIGHTS = 1 << 14  # smaller matrices (test-sized models) keep MKL, 
 MAX_ONE_ROW_OUTPUTS = 3072  # up to here the outputs (12 KB) stay in L1; from ~4096 on MKL streams as fast or faster
 
 
-@functools.cache
-def _one_row_kernels():
-    """(``y = x W^T`` for W row-major, the same for W column-major): numba loops over one weight matrix."""
-    import numba
-    import numpy as np
-
-    @numba.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
-    def rows_dot(x, w, y):  # w [out, in] row-major: one dot product per output
-        for o in range(w.shape[0]):
-            acc = np.float32(0.0)
-            for i in range(w.shape[1]):
-                acc += w[o, i] * x[i]
-            y[o] = acc
-
-    @numba.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
-    def columns_axpy(x, wt, y):  # wt = W^T [in, out] row-major: y accumulates x_i times row i
-        for o in range(wt.shape[1]):
-            y[o] = 0
-        for i in range(wt.shape[0]):
-            a = x[i]
-            for o in range(wt.shape[1]):
-                y[o] += a * wt[i, o]
-
-    return rows_dot, columns_axpy
-
-
 def one_row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None):
     """``F.linear(x, weight, bias)`` for ``x`` holding a single row (one decode step of one sequence), by a
     loop that streams ``weight`` once in its storage order: 1.1-1.4x faster than MKL's one-row path on this
@@ -242,39 +216,17 @@ def one_row_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
         or not kernel_available()
     ):
         return None
-    rows_dot, columns_axpy = _one_row_kernels()
-    xs = x.reshape(in_features).contiguous().numpy()
-    y = torch.empty(out_features)
-    if weight.stride() == (in_features, 1):
-        rows_dot(xs, weight.detach().numpy(), y.numpy())
-    elif weight.stride() == (1, out_features):
-        columns_axpy(xs, weight.detach().t().numpy(), y.numpy())
-    else:
+    view = _as_matrix(weight)
+    if view is None:
         return None
-    if bias is not None:
-        y += bias.detach()
+    matvec = _step_helpers()[0]
+    y = torch.empty(out_features)
+    no_bias = torch.empty(0) if bias is None else bias.detach()
+    matvec(view[0], view[1], x.reshape(in_features).contiguous().numpy(), no_bias.numpy(), y.numpy())
     return y.view(*x.shape[:-1], out_features)
 
 
 MIN_NORM_SIZE = 256  # below a hidden size of 256 (test-sized models) torch's kernels are kept and numba stays unloaded
-
-
-@functools.cache
-def _one_row_norm_kernel():
-    """The numba loop of :func:`one_row_rms_norm`."""
-    import numba
-    import numpy as np
-
-    @numba.njit(fastmath=True, boundscheck=False, nogil=True, cache=True)
-    def rms_norm(x, w, eps, y):
-        total = np.float32(0.0)
-        for i in range(x.shape[0]):
-            total += x[i] * x[i]
-        scale = np.float32(1.0) / np.sqrt(total / np.float32(x.shape[0]) + np.float32(eps))
-        for i in range(x.shape[0]):
-            y[i] = x[i] * scale * w[i]
-
-    return rms_norm
 
 
 def one_row_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float):
@@ -293,7 +245,7 @@ def one_row_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float):
     ):
         return None
     y = torch.empty_like(x, memory_format=torch.contiguous_format)
-    _one_row_norm_kernel()(x.reshape(-1).contiguous().numpy(), weight.detach().numpy(), eps, y.view(-1).numpy())
+    _step_helpers()[1](x.reshape(-1).contiguous().numpy(), weight.detach().numpy(), eps, y.view(-1).numpy())
     return y
 
 

@@ -1,6 +1,6 @@
 """Model speed, cogqa vs transformers, side by side (fp32, CPU-sized shapes, same shape and batch).
 
-(a) training step (forward + backward + AdamW) tokens/s: cogqa GQADecoder vs LlamaForCausalLM;
+(a) training step (forward + backward + fused AdamW) tokens/s: cogqa GQADecoder vs LlamaForCausalLM;
 (b) decode tokens/s with a KV cache after a prompt of 2K and 16K tokens: cogqa ``generate``
     vs transformers ``generate``, both continuing from a cache prefilled once (prefill excluded),
     greedy; the new tokens must be identical (asserted);
@@ -113,7 +113,8 @@ def bench_train(shape, batch, T, steps, tmp) -> tuple[float, float]:
         (ours, lambda m: m(ids, labels=ids).loss),
         (theirs, lambda m: m(input_ids=ids, labels=ids, use_cache=False).loss),
     ):
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        # fused AdamW: what both trainers run by default (cogqa train; transformers' Trainer from torch 2.8 on)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
 
         def step(model=model, call=call, opt=opt):
             opt.zero_grad(set_to_none=True)

@@ -1,6 +1,6 @@
 """Training throughput on this machine: cogqa's GQADecoder vs transformers' LlamaForCausalLM, and MFU.
 
-Both models get the same tiny shape, batch, AdamW (betas 0.9/0.95, wd 0.1) and clipping 1.0, in
+Both models get the same tiny shape, batch, fused AdamW (betas 0.9/0.95, wd 0.1) and clipping 1.0, in
 the same hand loop (forward with labels, backward, clip, step). When ``cogqa.data`` is installed
 it also runs ``cogqa.train.train`` end to end on the offline corpus and reports its steady-state
 tokens/s from ``metrics.jsonl``. MFU = cost-model training FLOPs (``cogqa.costs.training_flops``)
@@ -50,7 +50,7 @@ def hand_loop(model, x, steps: int, forward=None) -> float:
     """Seconds per optimiser step of a plain loop (after 2 warm-up steps); ``forward`` (default ``model``)
     is what is called, e.g. ``torch.compile(model)``."""
     groups = [g for g in param_groups(model, 0.1) if g["params"]]
-    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), fused=True)  # as cogqa train runs it
     model.train()
     forward = model if forward is None else forward
     times = []

@@ -6,7 +6,8 @@ the new token over a long KV cache, the one-row products with each weight matrix
   what a copy reaches. :func:`grouped_decode_attention` reads each cached row once and uses it for every
   query row of its group, by the fused step's loops (one copy of each, :func:`_attention_loops`): scores
   ``K q^T`` as dot products over blocks of 64 cached rows, four query rows at a time so their operands stay
-  in registers; softmax in torch; then ``softmax V`` with four V rows per update of each output row.
+  in registers; softmax in torch; then ``softmax V``: up to 4 query rows, each V row is read once and updates
+  every output row; from 5 on, four V rows per update of each output row (each measured the faster there).
   Each (group, d_h) is compiled once per process (~2-3 s), both sizes fixed at compile time. The work is
   ``group`` multiply-adds per cached number, so from ``group`` ~ 4 on a single CPU core it is bound by
   arithmetic (~20 G multiply-adds/s here), not by memory: fp32 attention at group 8 streams ~10 GB/s.
@@ -93,6 +94,43 @@ def _attention_loops(group: int, head_dim: int):
                     for e in range(D):
                         acc += row[e] * rj[e]
                     s[j, t] = acc
+
+    if G <= 4:
+
+        @numba.njit(fastmath=True, boundscheck=False, nogil=True)
+        def output_few(s, v, lo, n, out, q0):
+            """out[q0 + j] = sum over t < n of s[j, t] v[lo + t], for j < G <= 4: every V row is read once
+            and updates all G accumulator rows (they stay in L1; the branches on G are resolved at compile time)."""
+            a0, a1 = np.zeros(D, np.float32), np.zeros(D, np.float32)
+            a2, a3 = np.zeros(D, np.float32), np.zeros(D, np.float32)
+            w1 = w2 = w3 = np.float32(0.0)
+            for t in range(n):
+                row = v[lo + t]
+                w0 = s[0, t]
+                if G > 1:
+                    w1 = s[1, t]
+                if G > 2:
+                    w2 = s[2, t]
+                if G > 3:
+                    w3 = s[3, t]
+                for e in range(D):
+                    x = row[e]
+                    a0[e] += w0 * x
+                    if G > 1:
+                        a1[e] += w1 * x
+                    if G > 2:
+                        a2[e] += w2 * x
+                    if G > 3:
+                        a3[e] += w3 * x
+            out[q0] = a0
+            if G > 1:
+                out[q0 + 1] = a1
+            if G > 2:
+                out[q0 + 2] = a2
+            if G > 3:
+                out[q0 + 3] = a3
+
+        return scores, output_few
 
     @numba.njit(fastmath=True, boundscheck=False, nogil=True)
     def output(s, v, lo, n, out, q0):

@@ -4,9 +4,11 @@ the new token over a long KV cache, the one-row products with each weight matrix
 * **Attention.** MKL multiplies the ``group`` query rows that share a K/V head by the cached [S, d_h]
   block as a matrix product with only ``group`` columns, which streams K and V at a third to a half of
   what a copy reaches. :func:`grouped_decode_attention` reads each cached row once and uses it for every
-  query row of its group: scores ``K q^T`` as dot products, softmax in torch, then ``softmax V`` as row
-  updates of a [group, d_h] accumulator, four query rows at a time so their operands stay in registers.
-  Each (group, d_h) is compiled once per process (~1 s), both sizes fixed at compile time. The work is
+  query row of its group, by the fused step's loops (one copy of each, :func:`_attention_loops`): scores
+  ``K q^T`` as dot products over blocks of 64 cached rows, four query rows at a time so their operands stay
+  in registers; softmax in torch; then ``softmax V``: up to 4 query rows, each V row is read once and updates
+  every output row; from 5 on, four V rows per update of each output row (each measured the faster there).
+  Each (group, d_h) is compiled once per process (~2-3 s), both sizes fixed at compile time. The work is
   ``group`` multiply-adds per cached number, so from ``group`` ~ 4 on a single CPU core it is bound by
   arithmetic (~20 G multiply-adds/s here), not by memory: fp32 attention at group 8 streams ~10 GB/s.
 * **One-row products.** :func:`one_row_linear` streams a weight matrix once in its storage order
@@ -27,8 +29,6 @@ import os
 
 import torch
 
-ROWS_PER_PASS = 4  # query rows handled together: 4 x d_h accumulators fit the 32 vector registers at d_h <= 128
-ROWS_PER_BLOCK = 32  # cached positions per block: the block stays in L1 while each 4-row pass reads it
 MAX_GROUP = 8  # from 16 query rows per K/V head on, the kernel is compute-bound and no faster than MKL
 MIN_CACHE_ELEMENTS = 1 << 18  # below 256K cached K values per call the matmul path is as fast (and compiles nothing)
 
@@ -59,85 +59,121 @@ def _numba_imports() -> bool:
 
 
 @functools.cache
-def _compiled(group: int, head_dim: int):
-    """The (scores, output) numba kernels for one (group, head_dim), both compile-time constants; for a group
-    that is a multiple of 4, the loops with four named accumulators (15-20% faster)."""
+def _attention_loops(group: int, head_dim: int):
+    """The (scores, output) numba loops of the ``group`` query rows sharing one K/V head, for one (group, head_dim),
+    both compile-time constants: the one copy of each, used by the fused step and by
+    :func:`grouped_decode_attention`."""
     import numba
     import numpy as np
 
-    G, D, GC, TB = group, head_dim, ROWS_PER_PASS, ROWS_PER_BLOCK
-    passes = (G + GC - 1) // GC
+    G, D = group, head_dim
+    SCORE_BLOCK = 64  # cached rows per block of the scores (16 KB of K at d_h = 64)
 
     @numba.njit(fastmath=True, boundscheck=False, nogil=True)
-    def scores(q, k, s, start, length):  # q [H, G, D] (pre-scaled), k [H, S_max, D], s [H, G, length]
-        for h in range(q.shape[0]):
-            for t0 in range(start, start + length, TB):
-                t1 = min(start + length, t0 + TB)
-                for c in range(passes):
-                    j0 = c * GC
-                    j1 = min(G, j0 + GC)
-                    for t in range(t0, t1):
-                        for j in range(j0, j1):
-                            acc = np.float32(0.0)
-                            for e in range(D):
-                                acc += k[h, t, e] * q[h, j, e]
-                            s[h, j, t - start] = acc
-
-    @numba.njit(fastmath=True, boundscheck=False, nogil=True)
-    def output(p, v, o, start, length):  # p [H, G, length], v [H, S_max, D], o [H, G, D]
-        for h in range(p.shape[0]):
-            for c in range(passes):
-                j0 = c * GC
-                acc = np.zeros((GC, D), dtype=np.float32)
-                for t in range(length):
-                    for jj in range(GC):
-                        if j0 + jj < G:
-                            w = p[h, j0 + jj, t]
-                            for e in range(D):
-                                acc[jj, e] += w * v[h, start + t, e]
-                for jj in range(GC):
-                    if j0 + jj < G:
-                        for e in range(D):
-                            o[h, j0 + jj, e] = acc[jj, e]
-
-    if G % 4:
-        return scores, output
-
-    @numba.njit(fastmath=True, boundscheck=False, nogil=True)
-    def scores_by_four(q, k, s, start, length):  # G a multiple of 4: four named accumulators share each K load
-        for h in range(q.shape[0]):
-            for c in range(0, G, 4):
-                q0, q1, q2, q3 = q[h, c], q[h, c + 1], q[h, c + 2], q[h, c + 3]
-                for t in range(start, start + length):
-                    row = k[h, t]
+    def scores(q, q0, k, lo, n, s):
+        """s[j, t] = q[q0 + j] . k[lo + t] for j < G, t < n (the query rows pre-scaled)."""
+        for t0 in range(0, n, SCORE_BLOCK):  # a block of cached rows, read by every query row while in L1
+            t1 = min(n, t0 + SCORE_BLOCK)
+            for c in range(0, G - G % 4, 4):  # four query rows at a time: their operands stay in registers
+                r0, r1, r2, r3 = q[q0 + c], q[q0 + c + 1], q[q0 + c + 2], q[q0 + c + 3]
+                for t in range(t0, t1):
+                    row = k[lo + t]
                     a0 = a1 = a2 = a3 = np.float32(0.0)
                     for e in range(D):
                         x = row[e]
-                        a0 += x * q0[e]
-                        a1 += x * q1[e]
-                        a2 += x * q2[e]
-                        a3 += x * q3[e]
-                    i = t - start
-                    s[h, c, i], s[h, c + 1, i], s[h, c + 2, i], s[h, c + 3, i] = a0, a1, a2, a3
+                        a0 += x * r0[e]
+                        a1 += x * r1[e]
+                        a2 += x * r2[e]
+                        a3 += x * r3[e]
+                    s[c, t], s[c + 1, t], s[c + 2, t], s[c + 3, t] = a0, a1, a2, a3
+            for j in range(G - G % 4, G):
+                rj = q[q0 + j]
+                for t in range(t0, t1):
+                    row = k[lo + t]
+                    acc = np.float32(0.0)
+                    for e in range(D):
+                        acc += row[e] * rj[e]
+                    s[j, t] = acc
+
+    if G <= 4:
+
+        @numba.njit(fastmath=True, boundscheck=False, nogil=True)
+        def output_few(s, v, lo, n, out, q0):
+            """out[q0 + j] = sum over t < n of s[j, t] v[lo + t], for j < G <= 4: every V row is read once
+            and updates all G accumulator rows (they stay in L1; the branches on G are resolved at compile time)."""
+            a0, a1 = np.zeros(D, np.float32), np.zeros(D, np.float32)
+            a2, a3 = np.zeros(D, np.float32), np.zeros(D, np.float32)
+            w1 = w2 = w3 = np.float32(0.0)
+            for t in range(n):
+                row = v[lo + t]
+                w0 = s[0, t]
+                if G > 1:
+                    w1 = s[1, t]
+                if G > 2:
+                    w2 = s[2, t]
+                if G > 3:
+                    w3 = s[3, t]
+                for e in range(D):
+                    x = row[e]
+                    a0[e] += w0 * x
+                    if G > 1:
+                        a1[e] += w1 * x
+                    if G > 2:
+                        a2[e] += w2 * x
+                    if G > 3:
+                        a3[e] += w3 * x
+            out[q0] = a0
+            if G > 1:
+                out[q0 + 1] = a1
+            if G > 2:
+                out[q0 + 2] = a2
+            if G > 3:
+                out[q0 + 3] = a3
+
+        return scores, output_few
 
     @numba.njit(fastmath=True, boundscheck=False, nogil=True)
-    def output_by_four(p, v, o, start, length):  # G a multiple of 4: four accumulator rows share each V load
-        for h in range(p.shape[0]):
-            for c in range(0, G, 4):
-                a0, a1 = np.zeros(D, dtype=np.float32), np.zeros(D, dtype=np.float32)
-                a2, a3 = np.zeros(D, dtype=np.float32), np.zeros(D, dtype=np.float32)
-                for t in range(length):
-                    w0, w1, w2, w3 = p[h, c, t], p[h, c + 1, t], p[h, c + 2, t], p[h, c + 3, t]
-                    row = v[h, start + t]
-                    for e in range(D):
-                        x = row[e]
-                        a0[e] += w0 * x
-                        a1[e] += w1 * x
-                        a2[e] += w2 * x
-                        a3[e] += w3 * x
-                o[h, c], o[h, c + 1], o[h, c + 2], o[h, c + 3] = a0, a1, a2, a3
+    def output(s, v, lo, n, out, q0):
+        """out[q0 + j] = sum over t < n of s[j, t] v[lo + t], for j < G."""
+        for j in range(G):
+            for e in range(D):
+                out[q0 + j, e] = 0
+        m = n - n % 4
+        for t in range(0, m, 4):  # four cached rows of V per update of each output row
+            v0, v1, v2, v3 = v[lo + t], v[lo + t + 1], v[lo + t + 2], v[lo + t + 3]
+            for j in range(G):
+                w0, w1, w2, w3 = s[j, t], s[j, t + 1], s[j, t + 2], s[j, t + 3]
+                for e in range(D):
+                    out[q0 + j, e] += w0 * v0[e] + w1 * v1[e] + w2 * v2[e] + w3 * v3[e]
+        for t in range(m, n):
+            v0 = v[lo + t]
+            for j in range(G):
+                w0 = s[j, t]
+                for e in range(D):
+                    out[q0 + j, e] += w0 * v0[e]
 
-    return scores_by_four, output_by_four
+    return scores, output
+
+
+@functools.cache
+def _attention_heads(group: int, head_dim: int):
+    """The (scores, output) numba kernels of :func:`grouped_decode_attention`: :func:`_attention_loops` over every
+    (batch, K/V head)."""
+    import numba
+
+    scores, output = _attention_loops(group, head_dim)
+
+    @numba.njit(fastmath=True, boundscheck=False, nogil=True)
+    def scores_heads(q, k, s, start, length):  # q [H, G, D] (pre-scaled), k [H, rows, D], s [H, G, length]
+        for h in range(q.shape[0]):
+            scores(q[h], 0, k[h], start, length, s[h])
+
+    @numba.njit(fastmath=True, boundscheck=False, nogil=True)
+    def output_heads(p, v, o, start, length):  # p [H, G, length], v [H, rows, D], o [H, G, D]
+        for h in range(p.shape[0]):
+            output(p[h], v[h], start, length, o[h], 0)
+
+    return scores_heads, output_heads
 
 
 def _as_heads(x: torch.Tensor):
@@ -176,7 +212,7 @@ def grouped_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
     k_heads, v_heads = _as_heads(k), _as_heads(v)
     if k_heads is None or v_heads is None:
         return None
-    scores_kernel, output_kernel = _compiled(G, D)
+    scores_kernel, output_kernel = _attention_heads(G, D)
     (k_rows, k_start), (v_rows, v_start) = k_heads, v_heads
     qs = (q * D**-0.5).reshape(B * H, G, D).contiguous().numpy()
     scores = torch.empty(B * H, G, S)
@@ -329,52 +365,16 @@ def _step_kernel(group: int, head_dim: int):
     import numpy as np
 
     matvec, rms_norm, softmax_rows = _step_helpers()
+    scores, output = _attention_loops(group, head_dim)
     G, D = group, head_dim
     HALF = D // 2
-    SCORE_BLOCK = 64  # cached rows per block of the scores (16 KB of K at d_h = 64)
 
     @numba.njit(fastmath=True, boundscheck=False, nogil=True)
     def attend(q, q0, k, v, lo, n, out, s, bits):
         """out[q0:q0+G] = attention of the pre-scaled query rows q[q0:q0+G] over rows lo..lo+n-1 of k, v."""
-        for t0 in range(0, n, SCORE_BLOCK):  # scores: a block of cached rows, read by every query row while in L1
-            t1 = min(n, t0 + SCORE_BLOCK)
-            for c in range(0, G - G % 4, 4):  # four query rows at a time: their operands stay in registers
-                r0, r1, r2, r3 = q[q0 + c], q[q0 + c + 1], q[q0 + c + 2], q[q0 + c + 3]
-                for t in range(t0, t1):
-                    row = k[lo + t]
-                    a0 = a1 = a2 = a3 = np.float32(0.0)
-                    for e in range(D):
-                        x = row[e]
-                        a0 += x * r0[e]
-                        a1 += x * r1[e]
-                        a2 += x * r2[e]
-                        a3 += x * r3[e]
-                    s[c, t], s[c + 1, t], s[c + 2, t], s[c + 3, t] = a0, a1, a2, a3
-            for j in range(G - G % 4, G):
-                rj = q[q0 + j]
-                for t in range(t0, t1):
-                    row = k[lo + t]
-                    acc = np.float32(0.0)
-                    for e in range(D):
-                        acc += row[e] * rj[e]
-                    s[j, t] = acc
+        scores(q, q0, k, lo, n, s)
         softmax_rows(s, G, n, bits)
-        for j in range(G):
-            for e in range(D):
-                out[q0 + j, e] = 0
-        m = n - n % 4
-        for t in range(0, m, 4):  # output: four cached rows of V per update of each accumulator row
-            v0, v1, v2, v3 = v[lo + t], v[lo + t + 1], v[lo + t + 2], v[lo + t + 3]
-            for j in range(G):
-                w0, w1, w2, w3 = s[j, t], s[j, t + 1], s[j, t + 2], s[j, t + 3]
-                for e in range(D):
-                    out[q0 + j, e] += w0 * v0[e] + w1 * v1[e] + w2 * v2[e] + w3 * v3[e]
-        for t in range(m, n):
-            v0 = v[lo + t]
-            for j in range(G):
-                w0 = s[j, t]
-                for e in range(D):
-                    out[q0 + j, e] += w0 * v0[e]
+        output(s, v, lo, n, out, q0)
 
     @numba.njit(fastmath=True, boundscheck=False, nogil=True)
     def rope(rows, cos, sin, scale):  # rows [r, D] in place: x cos + roll(x, D/2) sin (sin signed), times scale

@@ -8,6 +8,8 @@ the new token over a long KV cache, the one-row products with each weight matrix
   ``K q^T`` as dot products over blocks of 64 cached rows, four query rows at a time so their operands stay
   in registers; softmax in torch; then ``softmax V``: up to 4 query rows, each V row is read once and updates
   every output row; from 5 on, four V rows per update of each output row (each measured the faster there).
+  From 2 query rows on, the loops prefetch K and V 32 rows ahead (:func:`_prefetch`): 1.1-1.2x on caches
+  larger than the last-level cache, where the hardware prefetcher alone leaves the core waiting.
   Each (group, d_h) is compiled once per process (~2-3 s), both sizes fixed at compile time. The work is
   ``group`` multiply-adds per cached number, so from ``group`` ~ 4 on a single CPU core it is bound by
   arithmetic (~20 G multiply-adds/s here), not by memory: fp32 attention at group 8 streams ~10 GB/s.
@@ -59,6 +61,60 @@ def _numba_imports() -> bool:
 
 
 @functools.cache
+def _prefetch():
+    """The numba intrinsic ``prefetch(a, row, col)``: asks the CPU to start loading the cache line of ``a[row, col]``
+    (``a`` a 2-D C-contiguous array, the indices in bounds) for reading (LLVM's ``llvm.prefetch``). A hint: it
+    changes no value and cannot fault. The attention loops call it a few rows ahead of the row they read, which
+    keeps more of the K/V stream in flight than the hardware prefetcher does while the core computes (measured
+    1.1-1.25x on caches larger than the CPU's last-level cache; no change on cached data). Where this LLVM cannot
+    build it, a function that does nothing."""
+    import numba
+    import numpy as np
+    from llvmlite import ir
+    from numba import types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def prefetch(typingctx, a, row, col):
+        def codegen(context, builder, signature, args):
+            array_type = signature.args[0]
+            array = context.make_array(array_type)(context, builder, args[0])
+            pointer = cgutils.get_item_pointer(context, builder, array_type, array, args[1:], wraparound=False)
+            byte_pointer = ir.IntType(8).as_pointer()
+            i32 = ir.IntType(32)
+            hint = ir.FunctionType(ir.VoidType(), [byte_pointer, i32, i32, i32])
+            fn = cgutils.get_or_insert_function(builder.module, hint, "llvm.prefetch.p0i8")
+            # read (0), keep in all cache levels (3), data cache (1)
+            builder.call(fn, [builder.bitcast(pointer, byte_pointer), i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return types.void(a, row, col), codegen
+
+    @numba.njit
+    def probe(a):
+        prefetch(a, 0, 0)
+
+    try:
+        probe(np.zeros((1, 1), np.float32))
+    except Exception:  # noqa: BLE001 - any LLVM or numba refusal: no prefetching, same values
+        return _no_prefetch()
+    return prefetch
+
+
+@functools.cache
+def _no_prefetch():
+    """A numba function with :func:`_prefetch`'s signature that does nothing."""
+    import numba
+
+    @numba.njit
+    def prefetch(a, row, col):
+        pass
+
+    return prefetch
+
+
+@functools.cache
 def _attention_loops(group: int, head_dim: int):
     """The (scores, output) numba loops of the ``group`` query rows sharing one K/V head, for one (group, head_dim),
     both compile-time constants: the one copy of each, used by the fused step and by
@@ -66,8 +122,17 @@ def _attention_loops(group: int, head_dim: int):
     import numba
     import numpy as np
 
+    prefetch = _prefetch()
     G, D = group, head_dim
     SCORE_BLOCK = 64  # cached rows per block of the scores (16 KB of K at d_h = 64)
+    AHEAD = 32  # rows: how far ahead of the row being read the next K/V rows are prefetched (8 KB at d_h = 64)
+    LINE = 16  # fp32 numbers per 64-byte cache line
+
+    @numba.njit(fastmath=True, boundscheck=False, nogil=True)
+    def fetch_ahead(x, t):  # start loading row t + AHEAD of x (or its last row)
+        r = min(t + AHEAD, x.shape[0] - 1)
+        for e in range(0, D, LINE):
+            prefetch(x, r, e)
 
     @numba.njit(fastmath=True, boundscheck=False, nogil=True)
     def scores(q, q0, k, lo, n, s):
@@ -77,6 +142,8 @@ def _attention_loops(group: int, head_dim: int):
             for c in range(0, G - G % 4, 4):  # four query rows at a time: their operands stay in registers
                 r0, r1, r2, r3 = q[q0 + c], q[q0 + c + 1], q[q0 + c + 2], q[q0 + c + 3]
                 for t in range(t0, t1):
+                    if c == 0:  # the first pass over the block reads it from memory
+                        fetch_ahead(k, lo + t)
                     row = k[lo + t]
                     a0 = a1 = a2 = a3 = np.float32(0.0)
                     for e in range(D):
@@ -89,6 +156,8 @@ def _attention_loops(group: int, head_dim: int):
             for j in range(G - G % 4, G):
                 rj = q[q0 + j]
                 for t in range(t0, t1):
+                    if 1 < G < 4 and j == 0:  # (one query row streams K too lightly to need the hint)
+                        fetch_ahead(k, lo + t)
                     row = k[lo + t]
                     acc = np.float32(0.0)
                     for e in range(D):
@@ -105,6 +174,8 @@ def _attention_loops(group: int, head_dim: int):
             a2, a3 = np.zeros(D, np.float32), np.zeros(D, np.float32)
             w1 = w2 = w3 = np.float32(0.0)
             for t in range(n):
+                if G > 1:
+                    fetch_ahead(v, lo + t)
                 row = v[lo + t]
                 w0 = s[0, t]
                 if G > 1:
@@ -140,6 +211,8 @@ def _attention_loops(group: int, head_dim: int):
                 out[q0 + j, e] = 0
         m = n - n % 4
         for t in range(0, m, 4):  # four cached rows of V per update of each output row
+            for i in range(4):
+                fetch_ahead(v, lo + t + i)
             v0, v1, v2, v3 = v[lo + t], v[lo + t + 1], v[lo + t + 2], v[lo + t + 3]
             for j in range(G):
                 w0, w1, w2, w3 = s[j, t], s[j, t + 1], s[j, t + 2], s[j, t + 3]

@@ -50,6 +50,34 @@ def test_attention_matches_sdpa_on_cache_views(any_size, B, H, G, D, S, max_len)
     torch.testing.assert_close(got, _reference(q, k[:, :, -window:], v[:, :, -window:]), atol=2e-6, rtol=1e-5)
 
 
+def test_attention_loops_without_the_prefetch_hint_give_the_same_values(any_size, monkeypatch):
+    """Where this LLVM cannot build ``llvm.prefetch``, :func:`_prefetch` falls back to a no-op, and the loops
+    (both output arrangements: g <= 4 and g > 4) compute the same attention."""
+    from numba.core import cgutils
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("no llvm.prefetch here")
+
+    monkeypatch.setattr(cgutils, "get_or_insert_function", refuse)
+    fallback = decode_kernel._prefetch.__wrapped__()  # built afresh, not the cached hint
+    assert fallback is decode_kernel._no_prefetch()
+    monkeypatch.undo()
+    monkeypatch.setattr(decode_kernel, "MIN_CACHE_ELEMENTS", 0)
+    monkeypatch.setattr(decode_kernel, "_prefetch", lambda: fallback)
+    caches = (decode_kernel._attention_loops, decode_kernel._attention_heads, decode_kernel._step_kernel)
+    for cached in caches:
+        cached.cache_clear()
+    try:
+        torch.manual_seed(0)
+        for G in (4, 8):
+            q, k, v = torch.randn(2, 2, G, 32), torch.randn(2, 2, 90, 32), torch.randn(2, 2, 90, 32)
+            got = decode_kernel.grouped_decode_attention(q, k, v)
+            torch.testing.assert_close(got, _reference(q, k, v), atol=2e-6, rtol=1e-5)
+    finally:
+        for cached in caches:  # later tests build the loops with the hint again
+            cached.cache_clear()
+
+
 def test_attention_steps_aside_where_it_does_not_apply(any_size, monkeypatch):
     q, k, v = torch.randn(1, 2, 4, 16), torch.randn(1, 2, 50, 16), torch.randn(1, 2, 50, 16)
     kernel = decode_kernel.grouped_decode_attention

@@ -32,6 +32,7 @@ import os
 import torch
 
 MAX_GROUP = 8  # from 16 query rows per K/V head on, the kernel is compute-bound and no faster than MKL
+MAX_HEAD_DIM = 256  # larger heads keep the torch path (the loops hold a few rows of d_h numbers in L1)
 MIN_CACHE_ELEMENTS = 1 << 18  # below 256K cached K values per call the matmul path is as fast (and compiles nothing)
 
 
@@ -277,7 +278,7 @@ def grouped_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, 
         or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad))
         or torch.compiler.is_compiling()
         or B * H * S * D < MIN_CACHE_ELEMENTS
-        or D > 256
+        or D > MAX_HEAD_DIM
         or G > MAX_GROUP
         or not kernel_available()
     ):
@@ -598,7 +599,7 @@ def decode_step(model, token: int, cache, cos: torch.Tensor, sin: torch.Tensor):
         or shape.hidden_size < MIN_NORM_SIZE
         or not 0 <= token < shape.vocab_size
         or group > MAX_STEP_GROUP
-        or shape.head_dim > 256
+        or shape.head_dim > MAX_HEAD_DIM
         or cache.keys[0].dtype != torch.float32
         or cache.keys[0].device.type != "cpu"
         or model.embed_tokens.weight.dtype != torch.float32

@@ -44,7 +44,10 @@ class Hardware:
     available to weights + KV cache. ``attention_bandwidth_efficiency`` scales the bandwidth at
     which decode attention streams the KV cache (None: as ``bandwidth_efficiency``), and
     ``kernel_overhead_seconds`` is the fixed cost of one kernel (launch, dispatch; units: seconds),
-    0 for datasheet profiles (not modelled) and measured for ``local``.
+    0 for datasheet profiles (not modelled) and measured for ``local``. ``fused_step_seconds`` is the fixed
+    cost of one decode step that cogqa's fused CPU step runs (:func:`cogqa.decode_kernel.decode_step`: every
+    layer in one call, so no per-kernel cost; units: seconds), measured for ``local`` where that step runs,
+    else None.
 
     Two optional **kernel-shape curves** refine the decode roofline where the achievable rate depends on
     the shape of the kernel rather than on the bytes alone (as with CPU BLAS libraries):
@@ -67,6 +70,7 @@ class Hardware:
     memory_usable_fraction: float = 0.9
     attention_bandwidth_efficiency: float | None = None
     kernel_overhead_seconds: float = 0.0
+    fused_step_seconds: float | None = None
     gemv_efficiency_by_shape: dict | None = field(default=None, compare=False)
     attention_efficiency_by_group: dict | None = field(default=None, compare=False)
     dtype: str = "bf16"
@@ -93,6 +97,9 @@ class Hardware:
         v = self.kernel_overhead_seconds
         ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1
         require(ok, f"{where}: 'kernel_overhead_seconds' must be seconds in [0, 1), e.g. 2e-6; got {v!r}")
+        v = self.fused_step_seconds
+        ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and 0 <= v < 1)
+        require(ok, f"{where}: 'fused_step_seconds' must be seconds in [0, 1) or null, e.g. 2e-4; got {v!r}")
         object.__setattr__(self, "gemv_efficiency_by_shape", check_grid(self.gemv_efficiency_by_shape, where))
         curve = check_curve(self.attention_efficiency_by_group, "attention_efficiency_by_group", "group size", where)
         object.__setattr__(self, "attention_efficiency_by_group", curve)
@@ -457,6 +464,45 @@ def measure_kernel_overhead(device: str = "cpu", seconds: float = 0.5) -> float:
     return per_layer / KERNELS_PER_LAYER
 
 
+def measure_fused_step_seconds(device: str = "cpu", seconds: float = 0.5, bandwidth: float | None = None):
+    """Fixed cost of one decode step that cogqa's fused CPU step runs (units: seconds), or None where it does not
+    run (not the CPU, numba missing, more than 2 threads, or turned off): the time of a decode step of a
+    one-layer :class:`~cogqa.model.GQADecoder` with the smallest width the fused step takes (d = 256, one head
+    of 64, d_ff = 64, 256-token vocabulary, 16 cached tokens) less the time to stream its weights at
+    ``bandwidth`` (default: the copy bandwidth measured now; they are ~0.5 MB, a ~15% share). Compiles the
+    fused step for that shape first (~3 s, once per process)."""
+    import torch
+
+    from .decode_kernel import MIN_NORM_SIZE, kernel_available
+    from .model import GQADecoder
+    from .shapes import ModelShape
+
+    if str(device) != "cpu" or not kernel_available():
+        return None
+    shape = ModelShape(
+        layers=1, hidden_size=MIN_NORM_SIZE, ffn_size=64, n_heads=1, n_kv_heads=1, head_dim=64, vocab_size=256
+    )
+    model = GQADecoder(shape, max_seq_len=64).eval()
+    model.init_weights(0)
+    ids = torch.zeros(1, 16, dtype=torch.long)
+    cache = model.new_cache(1, 64)
+    with torch.no_grad():
+        model(ids, cache=cache, logits_to_keep=1)
+        token = ids[:, -1:]
+
+        def step():
+            cache.truncate(16)
+            model(token, cache=cache)
+
+        step()
+        if getattr(cache, "_step_arguments", None) is None:  # the fused step did not run
+            return None
+        step_seconds = 1.0 / _best_rate(step, 1.0, device, seconds)
+    bw = bandwidth or measure_copy_bandwidth(device, seconds=seconds)
+    weight_bytes = 4.0 * sum(p.numel() for p in model.parameters())
+    return max(0.0, step_seconds - weight_bytes / bw)
+
+
 def _device_memory_bytes(device: str) -> float:
     import torch
 
@@ -491,6 +537,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
     gemv_grid = measure_gemv_grid(device, dtype, seconds=seconds / 8, bandwidth=bw)
     attention_curve = measure_attention_curve(device, dtype, seconds=seconds / 5, bandwidth=bw)
     overhead = measure_kernel_overhead(device, seconds=seconds / 2)
+    fused = measure_fused_step_seconds(device, seconds=seconds / 2, bandwidth=bw) if dtype == "fp32" else None
     import torch
 
     threads = torch.get_num_threads() if not str(device).startswith("cuda") else None
@@ -505,6 +552,7 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
         bandwidth_efficiency=gemv_grid[max(gemv_grid, key=_shape_elements)],
         attention_bandwidth_efficiency=attention_curve[1],
         kernel_overhead_seconds=overhead,
+        fused_step_seconds=fused,
         gemv_efficiency_by_shape=gemv_grid,
         attention_efficiency_by_group=attention_curve,
         memory_usable_fraction=0.9,
@@ -519,6 +567,8 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
             "gemv_efficiency_by_shape": "measured: one-row products as decode runs them / copy bandwidth",
             "attention_efficiency_by_group": "measured: decode_attention KV bytes/s at g query rows / copy bandwidth",
             "kernel_overhead_seconds": "measured: per-layer time of a tiny GQADecoder decode step / KERNELS_PER_LAYER",
+            "fused_step_seconds": "measured: a one-layer d = 256 decode step in cogqa's fused CPU step, less its "
+            "weight bytes / copy bandwidth (null: that step does not run here)",
         },
         measured={
             "device": device,
@@ -543,7 +593,8 @@ def local_profile(device: str | None = None, dtype: str | None = None, remeasure
     if path.exists() and not remeasure:
         try:
             data = json.loads(path.read_text())
-            if isinstance(data, dict) and data.get("gemv_efficiency_by_shape"):  # older caches lack the curves
+            # older caches lack the curves, or the fused step's cost
+            if isinstance(data, dict) and data.get("gemv_efficiency_by_shape") and "fused_step_seconds" in data:
                 return hardware_from_dict(data, where=str(path))
         except (CogqaError, ValueError):  # JSON and UTF-8 decoding errors are ValueErrors
             pass  # a stale or damaged cache is measured again

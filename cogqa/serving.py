@@ -19,7 +19,8 @@ context T_bar = T/2 (``costs.training_flops``). Memory: weights + B x T x KV byt
 vectorised: shape fields, context and batch may be numpy arrays.
 
 A third, fixed term adds ``kernel_overhead_seconds`` per kernel launched (KERNELS_PER_LAYER x L +
-KERNELS_PER_PASS per forward pass): 0 on datasheet profiles, measured on ``local``. On ``local``
+KERNELS_PER_PASS per forward pass): 0 on datasheet profiles, measured on ``local``; a decode step that cogqa's
+fused CPU step runs (one numba call for all layers) costs ``fused_step_seconds`` instead. On ``local``
 the decode's memory terms also use the measured kernel-shape curves: each weight matrix streams at
 the one-row-product bandwidth for its shape (:func:`weight_stream_seconds`), and the KV cache
 at decode attention's bandwidth for the model's GQA group n_h / n_kv (:func:`kv_stream_seconds`).
@@ -132,6 +133,32 @@ def kernel_overhead_seconds(shape, hardware: Hardware) -> np.ndarray:
     return hw.kernel_overhead_seconds * (KERNELS_PER_LAYER * layers + KERNELS_PER_PASS)
 
 
+#: Where cogqa's fused CPU decode step (:func:`cogqa.decode_kernel.decode_step`) runs a decode step: one sequence,
+#: fp32 weights and cache, hidden size >= 256, at most 16 query rows per K/V head, head size <= 256 (the limits
+#: of ``decode_kernel``: ``MIN_NORM_SIZE``, ``MAX_STEP_GROUP``; tests check that they agree).
+FUSED_STEP_MIN_HIDDEN = 256
+FUSED_STEP_MAX_GROUP = 16
+FUSED_STEP_MAX_HEAD_DIM = 256
+
+
+def decode_overhead_seconds(shape, batch, hardware: Hardware, weight_dtype: str, kv_dtype: str) -> np.ndarray:
+    """Fixed seconds of one decode step (units: seconds): ``hardware.fused_step_seconds`` where cogqa's fused CPU
+    step runs it (a profile that measured that step, and the shape, batch and dtypes it takes: see
+    :data:`FUSED_STEP_MIN_HIDDEN`), else :func:`kernel_overhead_seconds`."""
+    hw = get_hardware(hardware)
+    per_kernel = kernel_overhead_seconds(shape, hw) + 0 * np.asarray(batch, dtype=float)
+    if hw.fused_step_seconds is None or weight_dtype != "fp32" or kv_dtype != "fp32":
+        return per_kernel
+    group = np.asarray(shape.n_heads, dtype=float) / np.asarray(shape.n_kv_heads, dtype=float)
+    fused = (
+        (np.asarray(batch, dtype=float) == 1)
+        & (np.asarray(shape.hidden_size) >= FUSED_STEP_MIN_HIDDEN)
+        & (group <= FUSED_STEP_MAX_GROUP)
+        & (np.asarray(shape.head_dim) <= FUSED_STEP_MAX_HEAD_DIM)
+    )
+    return np.where(fused, hw.fused_step_seconds, per_kernel)
+
+
 def _pass_result(weights: dict, attention: dict, overhead, tokens) -> dict:
     """A forward pass's phases, its fixed ``overhead_seconds``, total ``seconds`` (the sum) and ``tokens_per_second``
     (``tokens`` produced or processed per pass / seconds)."""
@@ -172,7 +199,8 @@ def decode_step(shape, context, batch, hardware: Hardware, weight_dtype="bf16", 
         hw.attention_bandwidth,
         memory_seconds=kv_stream_seconds(shape, T, B, hw, kv_dtype),
     )
-    result = _pass_result(weights, attention, kernel_overhead_seconds(shape, hw) + 0 * B * T, tokens=B)
+    overhead = decode_overhead_seconds(shape, B, hw, weight_dtype, kv_dtype) + 0 * T
+    result = _pass_result(weights, attention, overhead, tokens=B)
     result["seconds_per_token"] = result["seconds"]
     return result
 

@@ -137,6 +137,10 @@ def test_local_profile_cached_and_remeasured(tmp_path, monkeypatch):
     data["gemv_efficiency_by_shape"] = None  # a cache from before the kernel-shape curves
     cache.write_text(json.dumps(data))
     assert hwmod.local_profile("cpu").peak_flops == 4e11
+    data = json.loads(cache.read_text())
+    del data["fused_step_seconds"]  # a cache from before the fused decode step was measured
+    cache.write_text(json.dumps(data))
+    assert hwmod.local_profile("cpu").peak_flops == 5e11
 
 
 def test_kernel_shape_curves_interpolate_in_log2_and_validate():
@@ -191,6 +195,20 @@ def test_local_terms_measured_positive():
     assert list(gemv) == ["64x64", "64x256", "256x64", "256x256"] and list(attn) == [1, 4]
     assert all(0 < v <= 1 for v in [*gemv.values(), *attn.values()])
     assert 0 < hwmod.measure_kernel_overhead("cpu", seconds=0.01) < 1e-2
+
+
+def test_fused_step_seconds_measured_where_the_fused_step_runs(monkeypatch):
+    pytest.importorskip("numba")
+    from cogqa import decode_kernel
+
+    seconds = hwmod.measure_fused_step_seconds("cpu", seconds=0.05, bandwidth=1e10)
+    assert seconds is not None and 0 <= seconds < 0.05
+    assert hwmod.measure_fused_step_seconds("cuda") is None
+    monkeypatch.setattr(decode_kernel, "ENABLED", False)
+    assert hwmod.measure_fused_step_seconds("cpu", seconds=0.01) is None
+    hw = get_hardware("h100-sxm")
+    assert hw.fused_step_seconds is None
+    assert hardware_from_dict(hw.with_overrides(fused_step_seconds=2e-4).to_dict()).fused_step_seconds == 2e-4
 
 
 def test_hardware_show_prints_measurements_with_units():

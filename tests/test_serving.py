@@ -213,6 +213,33 @@ def test_local_terms_attention_bandwidth_and_kernel_overhead():
     assert base["overhead_seconds"] == 0
 
 
+def test_fused_cpu_decode_step_costs_its_measured_fixed_time_where_it_runs():
+    from cogqa import decode_kernel, serving
+    from cogqa.serving import KERNELS_PER_LAYER, KERNELS_PER_PASS, decode_overhead_seconds
+
+    # the limits agree with the kernel's own
+    assert serving.FUSED_STEP_MIN_HIDDEN == decode_kernel.MIN_NORM_SIZE
+    assert serving.FUSED_STEP_MAX_GROUP == decode_kernel.MAX_STEP_GROUP
+    assert serving.FUSED_STEP_MAX_HEAD_DIM == decode_kernel.MAX_HEAD_DIM
+    hw = TOY.with_overrides(kernel_overhead_seconds=2e-6, fused_step_seconds=1.5e-4)
+    s = paper_shape("470M", 8, 1)
+    per_kernel = 2e-6 * (KERNELS_PER_LAYER * s.layers + KERNELS_PER_PASS)
+    assert decode_step(s, 4096, 1, hw, "fp32", "fp32")["overhead_seconds"] == pytest.approx(1.5e-4)
+    for batch, wd, kd in ((2, "fp32", "fp32"), (1, "bf16", "bf16"), (1, "fp32", "bf16")):  # not what it takes
+        assert decode_step(s, 4096, batch, hw, wd, kd)["overhead_seconds"] == pytest.approx(per_kernel)
+    assert decode_step(s, 4096, 1, TOY.with_overrides(kernel_overhead_seconds=2e-6), "fp32", "fp32")[
+        "overhead_seconds"
+    ] == pytest.approx(per_kernel)  # a profile that did not measure the fused step
+    # vectorised over shapes: hidden below 256 or more than 16 query rows per K/V head keep the per-kernel cost
+    shapes = shape_for_params(np.array([4.7e8, 4.7e8, 1e6]), np.array([8, 64, 8]), np.array([1, 2, 1]))
+    got = decode_overhead_seconds(shapes, 1, hw, "fp32", "fp32")
+    assert shapes.hidden_size[2] < 256
+    expected = 2e-6 * (KERNELS_PER_LAYER * shapes.layers + KERNELS_PER_PASS)
+    assert got == pytest.approx([1.5e-4, expected[1], expected[2]])
+    with pytest.raises(CogqaError, match="fused_step_seconds"):
+        TOY.with_overrides(fused_step_seconds=-1.0)
+
+
 def test_kernel_shape_curves_give_each_matrix_and_group_its_own_bandwidth():
     from cogqa.serving import weight_matrices
 

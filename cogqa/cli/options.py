@@ -146,6 +146,7 @@ def describe_hardware(hw) -> str:
             else f", decode attention streams KV x {hw.attention_bandwidth_efficiency:.3g}"
         )
         + (f", {hw.kernel_overhead_seconds * 1e6:.3g} us per kernel" if hw.kernel_overhead_seconds else "")
+        + ("" if hw.fused_step_seconds is None else f", {hw.fused_step_seconds * 1e6:.3g} us per fused CPU decode step")
     )
 
 

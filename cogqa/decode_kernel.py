@@ -433,15 +433,15 @@ def _step_helpers():
 
 
 @functools.cache
-def _step_kernel(group: int, head_dim: int):
-    """The numba function of :func:`decode_step` for one (group, head_dim), both compile-time constants."""
+def _attend_kernels(group: int, head_dim: int):
+    """(attend, attend_heads): the fused step's attention of one K/V head's ``group`` query rows, and the same
+    over every head of a cache (what :func:`fused_decode_attention` runs), for one (group, head_dim)."""
     import numba
     import numpy as np
 
-    matvec, rms_norm, softmax_rows = _step_helpers()
+    _, _, softmax_rows = _step_helpers()
     scores, output = _attention_loops(group, head_dim)
-    G, D = group, head_dim
-    HALF = D // 2
+    G = group
 
     @numba.njit(fastmath=True, boundscheck=False, nogil=True)
     def attend(q, q0, k, v, lo, n, out, s, bits):
@@ -449,6 +449,49 @@ def _step_kernel(group: int, head_dim: int):
         scores(q, q0, k, lo, n, s)
         softmax_rows(s, G, n, bits)
         output(s, v, lo, n, out, q0)
+
+    @numba.njit(fastmath=True, boundscheck=False, nogil=True)
+    def attend_heads(q, k, v, n, out):  # q [H G, D] pre-scaled; k, v [H, rows, D]; out [H G, D]
+        s = np.empty((G, n), np.float32)
+        bits = np.empty(n, np.int32)
+        for h in range(k.shape[0]):
+            attend(q, h * G, k[h], v[h], 0, n, out, s, bits)
+
+    return attend, attend_heads
+
+
+def fused_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """Attention of one new token as the fused decode step computes it, head by head: ``q`` [n_kv, group, d_h]
+    over ``k``, ``v`` [n_kv, S, d_h] (contiguous, CPU fp32) -> [n_kv, group, d_h], or None where the fused step
+    would not run (numba missing, kernels off or too many threads, group > :data:`MAX_STEP_GROUP`, d_h >
+    :data:`MAX_HEAD_DIM`, not contiguous CPU fp32). What the ``local`` hardware profile measures decode
+    attention by."""
+    H, G, D = q.shape
+    if (
+        not (q.dtype == k.dtype == v.dtype == torch.float32)
+        or q.device.type != "cpu"
+        or not (k.is_contiguous() and v.is_contiguous())
+        or G > MAX_STEP_GROUP
+        or D > MAX_HEAD_DIM
+        or not kernel_available()
+    ):
+        return None
+    out = torch.empty(H * G, D)
+    qs = (q * D**-0.5).reshape(H * G, D).contiguous()
+    _attend_kernels(G, D)[1](qs.numpy(), k.numpy(), v.numpy(), k.shape[1], out.numpy())
+    return out.view(H, G, D)
+
+
+@functools.cache
+def _step_kernel(group: int, head_dim: int):
+    """The numba function of :func:`decode_step` for one (group, head_dim), both compile-time constants."""
+    import numba
+    import numpy as np
+
+    matvec, rms_norm, _ = _step_helpers()
+    attend, _ = _attend_kernels(group, head_dim)
+    G, D = group, head_dim
+    HALF = D // 2
 
     @numba.njit(fastmath=True, boundscheck=False, nogil=True)
     def rope(rows, cos, sin, scale):  # rows [r, D] in place: x cos + roll(x, D/2) sin (sin signed), times scale

@@ -329,8 +329,8 @@ def measure_copy_bandwidth(device: str = "cpu", nbytes: int | None = None, secon
 def measure_decode_attention(
     device: str = "cpu", dtype: str = "fp32", nbytes: int | None = None, seconds: float = 1.0, group: int = 1
 ) -> float:
-    """Achievable KV-streaming bandwidth of single-token (decode) attention (units: bytes/s):
-    :func:`cogqa.kvcache.decode_attention` with ``group`` query rows per K/V head (the GQA group
+    """Achievable KV-streaming bandwidth of single-token (decode) attention (units: bytes/s), as one sequence's
+    decode step runs it (see :func:`_attention_rates`) with ``group`` query rows per K/V head (the GQA group
     n_h / n_kv) on K/V of ``nbytes`` (larger than the CPU caches), counting the K and V bytes once per
     call. Measures the attention kernel shape, not a model."""
     return _attention_rates(device, dtype, (group,), nbytes, seconds)[group]
@@ -373,9 +373,12 @@ def _gemv_rates(device: str, dtype: str, sides, nbytes: int | None, seconds: flo
 
 
 def _attention_rates(device: str, dtype: str, groups, nbytes: int | None, seconds: float) -> dict[int, float]:
-    """K + V bytes/s of :func:`cogqa.kvcache.decode_attention` with g query rows per K/V head, by g."""
+    """K + V bytes/s of decode attention with g query rows per K/V head, by g: as one sequence's decode step runs
+    it, i.e. :func:`cogqa.decode_kernel.fused_decode_attention` where cogqa's fused CPU step takes the group, else
+    :func:`cogqa.kvcache.decode_attention`."""
     import torch
 
+    from .decode_kernel import fused_decode_attention
     from .kvcache import decode_attention, torch_dtype
 
     dt = torch_dtype(dtype)
@@ -388,7 +391,12 @@ def _attention_rates(device: str, dtype: str, groups, nbytes: int | None, second
     for group in groups:
         q = torch.full((1, n_kv, group, d_h), 0.01, device=device, dtype=dt)
         work = 2.0 * k.numel() * k.element_size()
-        rates[int(group)] = _best_rate(functools.partial(decode_attention, q, k, v), work, device, seconds)
+        probe = torch.zeros(1, 16, d_h, dtype=dt)
+        if str(device) == "cpu" and fused_decode_attention(q[0, :1], probe, probe) is not None:
+            run = functools.partial(fused_decode_attention, q[0], k[0], v[0])
+        else:
+            run = functools.partial(decode_attention, q, k, v)
+        rates[int(group)] = _best_rate(run, work, device, seconds)
     return rates
 
 
@@ -417,7 +425,7 @@ def measure_attention_curve(
     bandwidth: float | None = None,
 ) -> dict[int, float]:
     """KV-streaming efficiency of decode attention by GQA group size: for each ``group``, the K + V bytes/s
-    of :func:`cogqa.kvcache.decode_attention` with ``group`` query rows per K/V head (head size 64) over
+    of decode attention (as :func:`_attention_rates` runs it) with ``group`` query rows per K/V head (head size 64) over
     ``nbytes`` of cache (larger than the CPU caches), divided by ``bandwidth`` (default: the copy
     bandwidth measured now). Returns ``{group: fraction}``, each capped at 1."""
     bw = bandwidth or measure_copy_bandwidth(device, seconds=seconds)
@@ -563,9 +571,11 @@ def measure_local(device: str | None = None, dtype: str | None = None, seconds: 
             "memory_bandwidth": "measured: best dst.copy_(src), 2 x bytes moved per copy",
             "bandwidth_efficiency": "measured: the gemv_efficiency_by_shape point of the largest matrix",
             "memory_bytes": "total device memory (CPU: physical RAM)",
-            "attention_bandwidth_efficiency": "measured: decode_attention KV bytes/s at 1 query row / copy bandwidth",
+            "attention_bandwidth_efficiency": "measured: decode attention (the fused step's where it runs) KV "
+            "bytes/s at 1 query row / copy bandwidth",
             "gemv_efficiency_by_shape": "measured: one-row products as decode runs them / copy bandwidth",
-            "attention_efficiency_by_group": "measured: decode_attention KV bytes/s at g query rows / copy bandwidth",
+            "attention_efficiency_by_group": "measured: decode attention (the fused step's where it runs) KV "
+            "bytes/s at g query rows / copy bandwidth",
             "kernel_overhead_seconds": "measured: per-layer time of a tiny GQADecoder decode step / KERNELS_PER_LAYER",
             "fused_step_seconds": "measured: a one-layer d = 256 decode step in cogqa's fused CPU step, less its "
             "weight bytes / copy bandwidth (null: that step does not run here)",

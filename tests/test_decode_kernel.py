@@ -64,7 +64,12 @@ def test_attention_loops_without_the_prefetch_hint_give_the_same_values(any_size
     monkeypatch.undo()
     monkeypatch.setattr(decode_kernel, "MIN_CACHE_ELEMENTS", 0)
     monkeypatch.setattr(decode_kernel, "_prefetch", lambda: fallback)
-    caches = (decode_kernel._attention_loops, decode_kernel._attention_heads, decode_kernel._step_kernel)
+    caches = (
+        decode_kernel._attention_loops,
+        decode_kernel._attention_heads,
+        decode_kernel._attend_kernels,
+        decode_kernel._step_kernel,
+    )
     for cached in caches:
         cached.cache_clear()
     try:
@@ -76,6 +81,17 @@ def test_attention_loops_without_the_prefetch_hint_give_the_same_values(any_size
     finally:
         for cached in caches:  # later tests build the loops with the hint again
             cached.cache_clear()
+
+
+def test_fused_decode_attention_matches_sdpa_and_steps_aside():
+    torch.manual_seed(0)
+    for H, G, D, S in ((2, 4, 64, 300), (1, 16, 32, 77), (3, 1, 16, 5)):
+        q, k, v = torch.randn(H, G, D), torch.randn(H, S, D), torch.randn(H, S, D)
+        got = decode_kernel.fused_decode_attention(q, k, v)
+        torch.testing.assert_close(got, _reference(q, k, v), atol=2e-6, rtol=1e-5)
+    q, k, v = torch.randn(1, 32, 16), torch.randn(1, 9, 16), torch.randn(1, 9, 16)
+    assert decode_kernel.fused_decode_attention(q, k, v) is None  # more query rows than the fused step takes
+    assert decode_kernel.fused_decode_attention(q[:, :4].double(), k.double(), v.double()) is None
 
 
 def test_attention_steps_aside_where_it_does_not_apply(any_size, monkeypatch):

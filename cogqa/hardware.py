@@ -477,7 +477,7 @@ def measure_fused_step_seconds(device: str = "cpu", seconds: float = 0.5, bandwi
     run (not the CPU, numba missing, more than 2 threads, or turned off): the time of a decode step of a
     one-layer :class:`~cogqa.model.GQADecoder` with the smallest width the fused step takes (d = 256, one head
     of 64, d_ff = 64, 256-token vocabulary, 16 cached tokens) less the time to stream its weights at
-    ``bandwidth`` (default: the copy bandwidth measured now; they are ~0.5 MB, a ~15% share). Compiles the
+    ``bandwidth`` (default: the copy bandwidth measured now; they are ~0.7 MB, a ~20% share). Compiles the
     fused step for that shape first (~3 s, once per process)."""
     import torch
 

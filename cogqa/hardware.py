@@ -441,32 +441,39 @@ KERNELS_PER_LAYER = 25
 KERNELS_PER_PASS = 10
 
 
+def _decode_step_seconds(shape, device: str, seconds: float):
+    """(seconds of one decode step of a fresh :class:`~cogqa.model.GQADecoder` of ``shape`` after 16 cached tokens,
+    the model, its cache): the best of repeated steps within about ``seconds`` (units: seconds)."""
+    import torch
+
+    from .model import GQADecoder
+
+    model = GQADecoder(shape, max_seq_len=64).to(device).eval()
+    ids = torch.zeros(1, 16, dtype=torch.long, device=device)
+    cache = model.new_cache(1, 64)
+    with torch.no_grad():
+        model(ids, cache=cache, logits_to_keep=1)
+        token = ids[:, -1:]
+
+        def step():
+            cache.truncate(16)
+            model(token, cache=cache)
+
+        return 1.0 / _best_rate(step, 1.0, device, seconds), model, cache
+
+
 def measure_kernel_overhead(device: str = "cpu", seconds: float = 0.5) -> float:
     """Fixed cost of one kernel of a decode step (units: seconds): the per-layer time of a decode step of a tiny
     :class:`~cogqa.model.GQADecoder` (d = 64, 4 heads, 16 cached tokens, arithmetic negligible), i.e. the step time
     at 5 layers minus that at 1 layer, over 4 layers, divided by :data:`KERNELS_PER_LAYER`. It includes what
     each kernel costs in an eager PyTorch decode: dispatch, the Python of the modules, launch."""
-    import torch
-
-    from .model import GQADecoder
     from .shapes import ModelShape
 
     def step_seconds(layers: int) -> float:
         shape = ModelShape(
             layers=layers, hidden_size=64, ffn_size=128, n_heads=4, n_kv_heads=1, head_dim=16, vocab_size=256
         )
-        model = GQADecoder(shape, max_seq_len=64).to(device).eval()
-        ids = torch.zeros(1, 16, dtype=torch.long, device=device)
-        cache = model.new_cache(1, 64)
-        with torch.no_grad():
-            model(ids, cache=cache, logits_to_keep=1)
-            token = ids[:, -1:]
-
-            def step():
-                cache.truncate(16)
-                model(token, cache=cache)
-
-            return 1.0 / _best_rate(step, 1.0, device, seconds / 2)
+        return _decode_step_seconds(shape, device, seconds / 2)[0]
 
     per_layer = max(0.0, (step_seconds(5) - step_seconds(1)) / 4)
     return per_layer / KERNELS_PER_LAYER
@@ -479,10 +486,7 @@ def measure_fused_step_seconds(device: str = "cpu", seconds: float = 0.5, bandwi
     of 64, d_ff = 64, 256-token vocabulary, 16 cached tokens) less the time to stream its weights at
     ``bandwidth`` (default: the copy bandwidth measured now; they are ~0.7 MB, a ~20% share). Compiles the
     fused step for that shape first (~3 s, once per process)."""
-    import torch
-
     from .decode_kernel import MIN_NORM_SIZE, kernel_available
-    from .model import GQADecoder
     from .shapes import ModelShape
 
     if str(device) != "cpu" or not kernel_available():
@@ -490,22 +494,9 @@ def measure_fused_step_seconds(device: str = "cpu", seconds: float = 0.5, bandwi
     shape = ModelShape(
         layers=1, hidden_size=MIN_NORM_SIZE, ffn_size=64, n_heads=1, n_kv_heads=1, head_dim=64, vocab_size=256
     )
-    model = GQADecoder(shape, max_seq_len=64).eval()
-    model.init_weights(0)
-    ids = torch.zeros(1, 16, dtype=torch.long)
-    cache = model.new_cache(1, 64)
-    with torch.no_grad():
-        model(ids, cache=cache, logits_to_keep=1)
-        token = ids[:, -1:]
-
-        def step():
-            cache.truncate(16)
-            model(token, cache=cache)
-
-        step()
-        if getattr(cache, "_step_arguments", None) is None:  # the fused step did not run
-            return None
-        step_seconds = 1.0 / _best_rate(step, 1.0, device, seconds)
+    step_seconds, model, cache = _decode_step_seconds(shape, device, seconds)
+    if getattr(cache, "_step_arguments", None) is None:  # the fused step did not run
+        return None
     bw = bandwidth or measure_copy_bandwidth(device, seconds=seconds)
     weight_bytes = 4.0 * sum(p.numel() for p in model.parameters())
     return max(0.0, step_seconds - weight_bytes / bw)

@@ -465,11 +465,16 @@ def fused_decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
     over ``k``, ``v`` [n_kv, S, d_h] (contiguous, CPU fp32) -> [n_kv, group, d_h], or None where the fused step
     would not run (numba missing, kernels off or too many threads, group > :data:`MAX_STEP_GROUP`, d_h >
     :data:`MAX_HEAD_DIM`, not contiguous CPU fp32). What the ``local`` hardware profile measures decode
-    attention by."""
+    attention by. Shapes that do not fit each other are a ValueError (the loops do not check bounds)."""
     H, G, D = q.shape
+    if k.dim() != 3 or k.shape != v.shape or k.shape[0] != H or k.shape[2] != D:
+        raise ValueError(
+            f"fused_decode_attention: q {tuple(q.shape)} needs k, v [{H}, S, {D}]; got "
+            f"{tuple(k.shape)} and {tuple(v.shape)}"
+        )
     if (
         not (q.dtype == k.dtype == v.dtype == torch.float32)
-        or q.device.type != "cpu"
+        or not (q.device.type == k.device.type == v.device.type == "cpu")
         or not (k.is_contiguous() and v.is_contiguous())
         or G > MAX_STEP_GROUP
         or D > MAX_HEAD_DIM

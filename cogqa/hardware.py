@@ -388,10 +388,10 @@ def _attention_rates(device: str, dtype: str, groups, nbytes: int | None, second
     k = torch.full((1, n_kv, S, d_h), 0.01, device=device, dtype=dt)
     v = torch.full((1, n_kv, S, d_h), 0.01, device=device, dtype=dt)
     rates = {}
+    work = 2.0 * k.numel() * k.element_size()
+    probe = torch.zeros(1, 16, d_h, dtype=dt)  # a tiny call: does the fused step take this group here?
     for group in groups:
         q = torch.full((1, n_kv, group, d_h), 0.01, device=device, dtype=dt)
-        work = 2.0 * k.numel() * k.element_size()
-        probe = torch.zeros(1, 16, d_h, dtype=dt)
         if str(device) == "cpu" and fused_decode_attention(q[0, :1], probe, probe) is not None:
             run = functools.partial(fused_decode_attention, q[0], k[0], v[0])
         else:

@@ -140,8 +140,9 @@ def shape_for_params(
 
     ``n_heads=None`` means ``d / head_dim`` (heads follow the hidden size, as in Llama-3);
     ``n_kv_heads=None`` means ``n_heads`` (MHA). Arrays broadcast. The aspect ratio comes from
-    :func:`aspect_ratio_for_params` over ``family``'s reference shapes, then L is found by
-    bisection so that the model has exactly ``n_params`` non-embedding parameters, and
+    :func:`aspect_ratio_for_params` over ``family``'s reference shapes, then L solves the
+    cubic N(L) (Newton's method, to double precision) so that the model has exactly ``n_params``
+    non-embedding parameters, and
     ``d = a * L``. ``head_dim`` and ``vocab_size`` default to the family's.
     """
     n = np.asarray(n_params, dtype=float)
@@ -156,24 +157,22 @@ def shape_for_params(
         kv = h if n_kv_heads is None else np.asarray(n_kv_heads, dtype=float)
         return h, kv
 
-    def count(layers):
-        hidden = ratio * layers
-        h, kv = heads_at(hidden)
-        return _real_non_embedding(layers, hidden, h, kv, head_dim)
-
-    lo = np.full(np.broadcast(n, ratio).shape, 1e-3)
-    hi = np.full_like(lo, 1.0)
-    while True:  # grow the bracket until count(hi) >= n everywhere
-        short = count(hi) < n
-        if not np.any(short):
+    # With d = a L and heads h = h1 L + h0, kv = k1 L + k0 (h1 = a / d_h when heads follow d, else h0 = n_h),
+    # _real_non_embedding is the cubic N(L) = c3 L^3 + c2 L^2 + c1 L, all coefficients positive.
+    h1, h0 = (ratio / head_dim, 0.0) if n_heads is None else (0.0, np.asarray(n_heads, dtype=float))
+    k1, k0 = (h1, h0) if n_kv_heads is None else (0.0, np.asarray(n_kv_heads, dtype=float))
+    c3 = 8 * ratio**2 + 2 * ratio * head_dim * (h1 + k1)
+    c2 = 2 * ratio + 2 * ratio * head_dim * (h0 + k0)
+    c1 = ratio
+    c3, c2, c1, target = np.broadcast_arrays(c3, c2, c1, n)
+    # Each term alone is below N at the root, so the smallest of these bounds lies above it; the cubic is
+    # increasing and convex for L > 0, so Newton's steps from above fall monotonically onto the root.
+    layers = np.minimum(np.minimum(np.cbrt(target / c3), np.sqrt(target / c2)), target / c1)
+    for _ in range(100):
+        step = (((c3 * layers + c2) * layers + c1) * layers - target) / ((3 * c3 * layers + 2 * c2) * layers + c1)
+        layers = layers - step
+        if not np.any(np.abs(step) > 1e-15 * layers):
             break
-        hi = np.where(short, hi * 2, hi)
-    for _ in range(80):  # bisection to double precision
-        mid = 0.5 * (lo + hi)
-        too_small = count(mid) < n
-        lo = np.where(too_small, mid, lo)
-        hi = np.where(too_small, hi, mid)
-    layers = 0.5 * (lo + hi)
     hidden = ratio * layers
     h, kv = heads_at(hidden)
     h, kv = np.broadcast_arrays(h, kv)
@@ -199,30 +198,30 @@ def nearest_buildable(
     with ``n_heads=None``) n_heads is recomputed from the rounded d, as a multiple of n_kv."""
     require(np.ndim(real.layers) == 0, "nearest_buildable takes a single shape, not a grid")
     target = _real_non_embedding(real.layers, real.hidden_size, real.n_heads, real.n_kv_heads, real.head_dim)
-    best = None
+    best = None  # (error in parameters, layers, hidden, n_h, n_kv); one ModelShape is built, for the winner
+    n_kv = max(1, round(real.n_kv_heads))
     for layers in {max(1, math.floor(real.layers)), max(1, math.ceil(real.layers))}:
         for hidden in {
             max(hidden_multiple, math.floor(real.hidden_size / hidden_multiple) * hidden_multiple),
             max(hidden_multiple, math.ceil(real.hidden_size / hidden_multiple) * hidden_multiple),
         }:
-            n_kv = max(1, round(real.n_kv_heads))
             if heads_follow_hidden:
                 n_h = max(n_kv, round(hidden / real.head_dim / n_kv) * n_kv)
             else:
                 n_h = max(n_kv, round(real.n_heads / n_kv) * n_kv)
-            shape = ModelShape(
-                layers=layers,
-                hidden_size=hidden,
-                ffn_size=paper_ffn_size(hidden),
-                n_heads=n_h,
-                n_kv_heads=n_kv,
-                head_dim=int(real.head_dim),
-                vocab_size=int(real.vocab_size),
-            )
             err = abs(_real_non_embedding(layers, hidden, n_h, n_kv, real.head_dim) - target)
             if best is None or err < best[0]:
-                best = (err, shape)
-    return best[1]
+                best = (err, layers, hidden, n_h, n_kv)
+    _, layers, hidden, n_h, n_kv = best
+    return ModelShape(
+        layers=layers,
+        hidden_size=hidden,
+        ffn_size=paper_ffn_size(hidden),
+        n_heads=n_h,
+        n_kv_heads=n_kv,
+        head_dim=int(real.head_dim),
+        vocab_size=int(real.vocab_size),
+    )
 
 
 def shape_from_spec(spec: str) -> ModelShape | RealShape:

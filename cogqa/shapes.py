@@ -116,28 +116,27 @@ class ModelShape:
     def __post_init__(self) -> None:
         if self.rope_scaling is not None:
             object.__setattr__(self, "rope_scaling", check_rope_scaling(self.rope_scaling))
+        # Plain `if`s: the messages are formatted only when a check fails (the search builds shapes
+        # in its inner loop).
         for f, limit in SHAPE_LIMITS.items():
             value = getattr(self, f)
-            require(
-                isinstance(value, (int, np.integer)) and not isinstance(value, bool),
-                f"{f} must be a whole number, got {short(value)}",
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+                raise CogqaError(f"{f} must be a whole number, got {short(value)}")
+            if not 0 < value <= limit:
+                raise CogqaError(f"{f} must be between 1 and {limit:,}, got {value}")
+        if self.sliding_window is not None or self.window_layers is not None:
+            self._check_window()
+        if self.n_heads % self.n_kv_heads:
+            raise CogqaError(
+                f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads}): "
+                "each KV head serves a whole group of query heads"
             )
-            require(0 < value <= limit, f"{f} must be between 1 and {limit:,}, got {value}")
-        self._check_window()
-        require(
-            self.n_heads % self.n_kv_heads == 0,
-            f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads}): "
-            "each KV head serves a whole group of query heads",
-        )
-        require(self.ffn_kind in FFN_KINDS, f"ffn_kind must be one of {FFN_KINDS}, got {self.ffn_kind!r}")
-        require(
-            isinstance(self.rope_theta, (int, float)) and math.isfinite(self.rope_theta) and self.rope_theta > 0,
-            f"rope_theta must be a positive number, got {self.rope_theta!r}",
-        )
-        require(
-            isinstance(self.norm_eps, (int, float)) and math.isfinite(self.norm_eps) and self.norm_eps > 0,
-            f"norm_eps must be a positive number, got {self.norm_eps!r}",
-        )
+        if self.ffn_kind not in FFN_KINDS:
+            raise CogqaError(f"ffn_kind must be one of {FFN_KINDS}, got {self.ffn_kind!r}")
+        for f in ("rope_theta", "norm_eps"):
+            value = getattr(self, f)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise CogqaError(f"{f} must be a positive number, got {value!r}")
 
     def _check_window(self) -> None:
         w, n = self.sliding_window, self.window_layers
@@ -241,13 +240,18 @@ class RealShape:
 
     def __post_init__(self) -> None:
         for f in ("layers", "hidden_size", "ffn_size", "n_heads", "n_kv_heads", "head_dim", "vocab_size"):
-            value = np.asarray(getattr(self, f), dtype=float)
+            value = getattr(self, f)
+            if type(value) in (int, float) and 0 < value < math.inf:  # the common scalar case, without numpy
+                continue
+            value = np.asarray(value, dtype=float)
             require(bool(np.all(np.isfinite(value))), f"{f} must be finite")
             require(bool(np.all(value > 0)), f"{f} must be positive")
-        require(
-            bool(np.all(np.asarray(self.n_kv_heads, dtype=float) <= np.asarray(self.n_heads, dtype=float) + 1e-9)),
-            "n_kv_heads must not exceed n_heads",
-        )
+        h, kv = self.n_heads, self.n_kv_heads
+        if not (type(h) in (int, float) and type(kv) in (int, float) and kv <= h + 1e-9):
+            require(
+                bool(np.all(np.asarray(kv, dtype=float) <= np.asarray(h, dtype=float) + 1e-9)),
+                "n_kv_heads must not exceed n_heads",
+            )
         require(self.ffn_kind in FFN_KINDS, f"ffn_kind must be one of {FFN_KINDS}, got {self.ffn_kind!r}")
 
 

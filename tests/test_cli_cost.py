@@ -164,3 +164,28 @@ def test_cost_does_not_import_torch():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_each_command_builds_only_its_group_and_the_groups_cover_the_full_parser(capsys):
+    import argparse
+
+    from cogqa.cli import COMMAND_MODULES, _command_of, build_parser
+
+    def commands(parser):
+        action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return set(action.choices)
+
+    everything = commands(build_parser())
+    assert everything == {c for group in COMMAND_MODULES.values() for c in group}
+    for group in COMMAND_MODULES.values():
+        for command in group:
+            assert commands(build_parser(command)) == set(group)
+    assert commands(build_parser("no-such-command")) == everything  # argparse then names the valid choices
+    assert _command_of(["--debug", "search", "--context", "8k"]) == "search"
+    assert _command_of([]) is None
+    assert main(["--debug", "cost", "--size", "470M", "--context", "8k", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)
+    with pytest.raises(SystemExit) as stop:
+        main(["no-such-command"])
+    assert stop.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

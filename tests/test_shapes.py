@@ -89,7 +89,7 @@ def test_hf_config_errors(tmp_path, content, message):
 
 
 def test_appendix_b1_reproduces_reference_shapes():
-    # At a reference size the aspect ratio is the reference's, and bisection recovers L exactly.
+    # At a reference size the aspect ratio is the reference's, and solving for L recovers it exactly.
     ref = ModelShape(layers=36, hidden_size=2048, ffn_size=2048 * 8 // 3, n_heads=32, n_kv_heads=32)
     n = 36 * (2 * 2048 * 64 * 64 + 8 * 2048**2 + 2 * 2048) + 2048  # real-valued d_ff = 8d/3
     real = shape_for_params(n)
@@ -99,6 +99,23 @@ def test_appendix_b1_reproduces_reference_shapes():
     built = nearest_buildable(real, heads_follow_hidden=True)
     assert (built.layers, built.hidden_size, built.n_heads) == (36, 2048, 32)
     assert abs(float(params_non_embedding(built)) / float(params_non_embedding(ref)) - 1) < 1e-9
+
+
+def test_appendix_b1_solves_the_size_to_double_precision_in_every_head_mode():
+    # L solves the cubic N(L) by Newton's method; the shape must have exactly N non-embedding parameters.
+    from cogqa.family import _real_non_embedding
+
+    rng = np.random.default_rng(1)
+    n = 10 ** rng.uniform(6, 15, 500)
+    h = rng.integers(1, 128, 500).astype(float)
+    kv = np.maximum(1.0, h // rng.integers(1, 9, 500))
+    for heads in ((h, kv), (None, None), (h, None)):
+        real = shape_for_params(n, *heads)
+        count = _real_non_embedding(real.layers, real.hidden_size, real.n_heads, real.n_kv_heads, real.head_dim)
+        assert np.max(np.abs(count / n - 1)) < 1e-13
+        assert np.allclose(real.hidden_size / real.layers, aspect_ratio_for_params(n), rtol=1e-13)
+    one = shape_for_params(3.3e8, 8, 2)  # a scalar in, floats out
+    assert isinstance(one.layers, float) and isinstance(one.n_heads, float)
 
 
 def test_appendix_b1_interpolates_monotonically():

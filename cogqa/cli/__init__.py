@@ -18,21 +18,21 @@ from pathlib import Path
 
 from ..errors import CogqaError
 
-#: Command-group modules, in the order their commands appear in ``--help``.
-COMMAND_MODULES = (
-    "cost",
-    "plot",
-    "fit",
-    "search",
-    "model",
-    "data",
-    "train",
-    "sweep",
-    "evaluate",
-    "bench",
-    "serving",
-    "report",
-)
+#: Command-group modules, in the order their commands appear in ``--help``, with the commands each registers.
+COMMAND_MODULES = {
+    "cost": ("cost", "compare"),
+    "plot": ("plot",),
+    "fit": ("fit",),
+    "search": ("search", "table"),
+    "model": ("export", "import", "generate"),
+    "data": ("data",),
+    "train": ("train", "lr-search"),
+    "sweep": ("sweep", "demo"),
+    "evaluate": ("eval",),
+    "bench": ("bench",),
+    "serving": ("serving", "hardware"),
+    "report": ("report",),
+}
 
 
 #: Longest error line printed (characters); longer messages are cut (a YAML bomb must not print gigabytes).
@@ -53,8 +53,10 @@ def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser with every available command group registered."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser with every available command group registered, or, for a ``command`` of
+    :data:`COMMAND_MODULES`, only the group that holds it (a command's parser then builds in a
+    few milliseconds instead of ~80: ``cogqa search`` starts faster)."""
     from .. import __version__
 
     parser = OneLineParser(
@@ -67,10 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
+    groups = [m for m, commands in COMMAND_MODULES.items() if command in commands] or list(COMMAND_MODULES)
+    for name in groups:
         if importlib.util.find_spec(f"{__name__}.{name}") is not None:
             importlib.import_module(f"{__name__}.{name}").register(sub)
     return parser
+
+
+def _command_of(argv: list[str]) -> str | None:
+    """The command word of ``argv`` (after an optional ``--debug``), or None."""
+    words = argv[1:] if argv[:1] == ["--debug"] else argv
+    return words[0] if words else None
 
 
 def _debug_requested(argv: list[str]) -> bool:
@@ -141,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(argv)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(_command_of(argv)).parse_args(argv)
         status = args.func(args)
         sys.stdout.flush()
     except SystemExit:

@@ -108,6 +108,13 @@ class KVCache:
         self.values[layer][:, :, self.length : end] = v
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
 
+    def count_decoded_token(self) -> None:
+        """Book one real token written at position ``length`` of every sequence (a decode step without padding):
+        the valid mask, each sequence's count of real tokens and the fill length advance."""
+        self.valid[:, self.length] = True
+        self.seen += 1
+        self.length += 1
+
     def truncate(self, length: int) -> None:
         """Roll the cache back to its first ``length`` positions (tokens), as if nothing after them had been
         decoded: the fill length, the valid mask and each sequence's count of real tokens (its next RoPE

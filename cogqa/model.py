@@ -394,22 +394,20 @@ class GQADecoder(nn.Module):
 
     @staticmethod
     def _check_inputs(input_ids, labels, logits_to_keep) -> tuple[int, int]:
-        """(batch, new tokens) of ``input_ids`` after checking it, ``labels`` and ``logits_to_keep``."""
-        require(input_ids.dim() == 2, f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
+        """(batch, new tokens) of ``input_ids`` after checking it, ``labels`` and ``logits_to_keep``
+        (plain ``if``s: a message is formatted only for a failing check, as every decode step comes here)."""
+        if input_ids.dim() != 2:
+            raise CogqaError(f"input_ids must be [batch, tokens], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
-        require(T >= 1, "input_ids must hold at least one token")
-        require(
-            isinstance(logits_to_keep, int) and logits_to_keep >= 0,
-            f"logits_to_keep must be a whole number >= 0 (0 = all positions), got {logits_to_keep!r}",
-        )
-        require(
-            not (logits_to_keep and labels is not None),
-            "logits_to_keep needs every position's logits when labels are given; pass 0",
-        )
-        if labels is not None:  # (decode steps pass no labels: no message built for them)
-            require(
-                labels.shape == input_ids.shape,
-                f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}",
+        if T < 1:
+            raise CogqaError("input_ids must hold at least one token")
+        if not (isinstance(logits_to_keep, int) and logits_to_keep >= 0):
+            raise CogqaError(f"logits_to_keep must be a whole number >= 0 (0 = all positions), got {logits_to_keep!r}")
+        if logits_to_keep and labels is not None:
+            raise CogqaError("logits_to_keep needs every position's logits when labels are given; pass 0")
+        if labels is not None and labels.shape != input_ids.shape:
+            raise CogqaError(
+                f"labels must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(labels.shape)}"
             )
         return B, T
 
@@ -418,12 +416,13 @@ class GQADecoder(nn.Module):
         """Tokens already in ``cache`` (0 without one), after checking that T more fit."""
         if cache is None:
             return 0
-        require(cache.batch == B, f"cache holds {cache.batch} sequences but input_ids has batch {B}")
-        require(
-            cache.length + T <= cache.max_len,
-            f"{cache.length + T} tokens do not fit the KV cache of {cache.max_len} tokens; "
-            "allocate a longer cache (max_len) or shorten the prompt",
-        )
+        if cache.batch != B:
+            raise CogqaError(f"cache holds {cache.batch} sequences but input_ids has batch {B}")
+        if cache.length + T > cache.max_len:
+            raise CogqaError(
+                f"{cache.length + T} tokens do not fit the KV cache of {cache.max_len} tokens; "
+                "allocate a longer cache (max_len) or shorten the prompt"
+            )
         return cache.length
 
     def _fused_loss_applies(self, x: torch.Tensor) -> bool:
@@ -439,17 +438,15 @@ class GQADecoder(nn.Module):
     def _fused_decode_step(self, input_ids: torch.Tensor, cache: KVCache, start: int) -> CausalLMOutput | None:
         """One decode step of one unpadded sequence by :func:`cogqa.decode_kernel.decode_step` (every layer in one
         numba call, CPU fp32), or None (nothing done) when that does not apply."""
-        if torch.compiler.is_compiling():
+        if cache.padded or torch.compiler.is_compiling():
             return None
-        position = int(cache.seen[0])
+        position = start  # unpadded: every cached token is real, so the next position is the fill length
         _, cos, sin = self._rope_table_for(position + 1, input_ids.device, self.embed_tokens.weight.dtype)
-        x = decode_step(self, int(input_ids[0, 0]), cache, cos[position], sin[position])
+        x = decode_step(self, input_ids.item(), cache, cos[position], sin[position])
         if x is None:
             return None
         logits = F.linear(x, self.output_weight)
-        cache.valid[0, start] = True
-        cache.length += 1
-        cache.seen += 1
+        cache.count_decoded_token()
         return CausalLMOutput(logits, None)
 
     def _rope_table_for(self, bound: int, device, dtype):

@@ -323,4 +323,14 @@ def test_fused_step_follows_weights_changed_after_its_first_call(any_size, monke
     check()
     model.load_state_dict(other.state_dict(), assign=True)  # new tensors: the kernel's views are rebuilt
     check()
-    assert used == [True, False] * 3  # fused with the kernels on, the torch path with them off
+    with torch.no_grad():  # a parameter's data swapped (as .to() and lay_out_weights do): rebuilt
+        model.layers[0].self_attn.k_proj.weight.data = model.layers[0].self_attn.k_proj.weight.data * 2
+    check()
+    fresh = torch.nn.Linear(shape.ffn_size, shape.hidden_size, bias=False)  # a submodule replaced: rebuilt
+    with torch.no_grad():
+        fresh.weight.copy_(model.layers[1].mlp.down_proj.weight * -1.5)
+    model.layers[1].mlp.down_proj = fresh
+    check()
+    model.norm.weight = torch.nn.Parameter(model.norm.weight.detach() + 0.25)  # a parameter replaced: rebuilt
+    check()
+    assert used == [True, False] * 6  # fused with the kernels on, the torch path with them off

@@ -24,7 +24,8 @@ def command_times(argv: list[str], repeats: int = 5, bytecode: bool = True) -> l
     With ``bytecode`` (the default) the runs may read and write ``__pycache__`` as an installed
     package does (``PYTHONDONTWRITEBYTECODE`` is dropped from their environment) and one untimed run
     comes first, so that no timed run compiles Python sources; without it the environment is passed
-    on unchanged (where ``PYTHONDONTWRITEBYTECODE=1``, every run compiles cogqa's sources again).
+    on unchanged (with ``PYTHONDONTWRITEBYTECODE=1`` and no ``__pycache__`` yet, every run compiles
+    cogqa's sources again).
     """
     env = dict(os.environ)
     if bytecode:

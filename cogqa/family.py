@@ -150,6 +150,9 @@ def shape_for_params(
     require(bool(np.all(n <= MAX_PARAMS)), "params: a size beyond 1e15 parameters is not a decoder; allowed up to 1e15")
     head_dim = family.head_dim if head_dim is None else head_dim
     vocab_size = family.vocab_size if vocab_size is None else vocab_size
+    for name, heads in (("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):  # (the cubic below needs them > 0)
+        h = None if heads is None else np.asarray(heads, dtype=float)
+        require(h is None or bool(np.all(np.isfinite(h)) and np.all(h > 0)), f"{name} must be positive, got {heads!r}")
     ratio = aspect_ratio_for_params(n, family)
 
     def heads_at(hidden):

@@ -94,6 +94,8 @@ def test_fused_decode_attention_matches_sdpa_and_steps_aside():
     assert decode_kernel.fused_decode_attention(q[:, :4].double(), k.double(), v.double()) is None
     with pytest.raises(ValueError, match="needs k, v"):  # mismatched shapes are refused, never read out of bounds
         decode_kernel.fused_decode_attention(torch.randn(2, 4, 16), k, v)
+    with pytest.raises(ValueError, match=r"q must be \[n_kv, group, d_h\], got shape \(1, 1, 4, 16\)"):
+        decode_kernel.fused_decode_attention(torch.randn(1, 1, 4, 16), k, v)
 
 
 def test_attention_steps_aside_where_it_does_not_apply(any_size, monkeypatch):

@@ -116,6 +116,9 @@ def test_appendix_b1_solves_the_size_to_double_precision_in_every_head_mode():
         assert np.allclose(real.hidden_size / real.layers, aspect_ratio_for_params(n), rtol=1e-13)
     one = shape_for_params(3.3e8, 8, 2)  # a scalar in, floats out
     assert isinstance(one.layers, float) and isinstance(one.n_heads, float)
+    for heads, name in (((-8, 1), "n_heads"), ((8, 0), "n_kv_heads"), ((float("nan"), 1), "n_heads")):
+        with pytest.raises(CogqaError, match=f"^{name} must be positive"):  # named, before any arithmetic
+            shape_for_params(1e9, *heads)
 
 
 def test_appendix_b1_interpolates_monotonically():

@@ -47,6 +47,12 @@ def register(subparsers) -> None:
         "--bootstrap", default="0", metavar="K", help="resamples for 95%% bootstrap intervals (default 0: none)"
     )
     p.add_argument("--seed", default="0", help="seed of the bootstrap resampling (default 0)")
+    p.add_argument(
+        "--workers",
+        metavar="P",
+        help="processes refitting the bootstrap resamples (default: one per core from 64 resamples up; "
+        "the result does not depend on it)",
+    )
     p.add_argument("--context", metavar="T", help="fit only rows trained at context T (tokens: 1024, 8k)")
     p.add_argument(
         "--grid",
@@ -93,6 +99,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     seed = _whole(args.seed, "--seed", 0, 2**63 - 1)
     grid = _parse_grid(args.grid)
     drop = _whole(args.drop_highest_loss, "--drop-highest-loss", 0, 10**9)
+    workers = None if args.workers is None else _whole(args.workers, "--workers", 1, 4096)
     context = parse_context(args.context) if args.context is not None else None
     columns = {
         canon: name
@@ -119,6 +126,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         context=context,
         grid=grid,
         drop_highest_loss=drop,
+        workers=workers,
     )
     source = (
         args.source

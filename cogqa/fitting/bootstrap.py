@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pandas as pd
 
@@ -28,19 +30,79 @@ def _resample(sub: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     return sub.iloc[rng.integers(0, len(sub), size=len(sub))]
 
 
+#: Fewer resamples than this are refitted in this process (a few seconds of fitting: not worth the processes).
+PARALLEL_MIN_RESAMPLES = 64
+
+
+def bootstrap_workers(workers: int | None, resamples: int) -> int:
+    """How many processes refit ``resamples`` bootstrap resamples: ``workers`` when given (at least 1), else one
+    per available core when there are at least :data:`PARALLEL_MIN_RESAMPLES` resamples, else 1 (units: processes)."""
+    if workers is not None:
+        return max(1, min(int(workers), resamples))
+    if resamples < PARALLEL_MIN_RESAMPLES or not _can_fork():
+        return 1
+    from ..threads import available_cores
+
+    return max(1, min(available_cores(), resamples))
+
+
+def _can_fork() -> bool:
+    """Whether refits may run in forked processes: Linux only. A fork shares the parent's memory and does not run
+    the main script again (spawned processes would, in a script without a ``__main__`` guard); macOS forks are
+    unsafe once system frameworks are loaded."""
+    return sys.platform.startswith("linux")
+
+
 def _bootstrap_group(
-    form: str, sub: pd.DataFrame, theta: np.ndarray, k: int, rng: np.random.Generator, grid, n_ref: int = 32
+    form: str,
+    sub: pd.DataFrame,
+    theta: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    grid,
+    n_ref: int = 32,
+    workers: int | None = 1,
 ) -> list[dict[str, float]]:
-    names = COEFS[form]
+    """Coefficients of ``k`` refits on rows of ``sub`` drawn with replacement (resamples whose fit fails are left
+    out), in the order the resamples are drawn from ``rng``; spread over :func:`bootstrap_workers` processes, which
+    changes neither the draws nor the result."""
     base = _fit_group_problem(form, sub)
     extra = _rank_starts(base, _grid(*FIT_FORMS[form].grid), BOOTSTRAP_GRID_STARTS)
     starts = np.vstack([theta, extra])
-    samples = []
-    for _ in range(k):
-        s = _resample(sub, rng)
+    draws = [rng.integers(0, len(sub), size=len(sub)) for _ in range(k)]  # the serial loop's draws, in its order
+    processes = bootstrap_workers(workers, k)
+    if processes > 1 and _can_fork():
+        from concurrent.futures.process import BrokenProcessPool
+
         try:
-            res = _fit_group(form, s, starts=starts, grid=0, n_ref=n_ref)
+            return _refit_in_processes(form, sub, starts, n_ref, draws, processes)
+        except (OSError, BrokenProcessPool):  # no processes here (sandbox, limits): refit in this one
+            pass
+    return _refit_resamples(form, sub, starts, n_ref, draws)
+
+
+def _refit_resamples(form: str, sub: pd.DataFrame, starts: np.ndarray, n_ref: int, draws) -> list[dict[str, float]]:
+    """The coefficients of the fit on each resample ``sub.iloc[rows]`` for ``rows`` in ``draws`` (failed fits left out)."""
+    names = COEFS[form]
+    samples = []
+    for rows in draws:
+        try:
+            res = _fit_group(form, sub.iloc[rows], starts=starts, grid=0, n_ref=n_ref)
         except CogqaError:
             continue
         samples.append({n: res[n] for n in names})
     return samples
+
+
+def _refit_in_processes(form, sub, starts, n_ref, draws, processes: int) -> list[dict[str, float]]:
+    """:func:`_refit_resamples` over ``processes`` forked processes (numpy and scipy only: they start no OpenMP
+    threads), in chunks (4 per process, for balance), concatenated in the order of ``draws``."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    size = -(-len(draws) // (4 * processes))
+    chunks = [draws[i : i + size] for i in range(0, len(draws), size)]
+    n = len(chunks)
+    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+        parts = pool.map(_refit_resamples, [form] * n, [sub] * n, [starts] * n, [n_ref] * n, chunks)
+        return [sample for part in parts for sample in part]

@@ -42,18 +42,23 @@ class _Problem:
         m = t.max(axis=0)
         return m + np.log(np.exp(t - m).sum(axis=0))
 
+    def __post_init__(self) -> None:
+        self._rows = np.ascontiguousarray(self.X.reshape(-1, self.X.shape[2]))  # (K n, p): one GEMV per call
+
     def objective(self, theta: np.ndarray) -> tuple[float, np.ndarray]:
-        t = self.X @ theta
+        """(summed Huber loss of the log residuals, its gradient in theta). With c = min(|r|, delta) the Huber
+        loss of r is c (|r| - c / 2) and its derivative in r is sign(r) c (the clipped residual)."""
+        K, n = self.X.shape[:2]
+        t = (self._rows @ theta).reshape(K, n)
         m = t.max(axis=0)
         w = np.exp(t - m)
         s = w.sum(axis=0)
-        pred = m + np.log(s)
-        r = self.y - pred
-        f = float(huber(r, self.delta).sum())
-        dpred = -np.clip(r, -self.delta, self.delta)  # d huber / d pred
-        w /= s
-        grad = np.einsum("kn,knp->p", w * dpred, self.X)
-        return f, grad
+        r = self.y - m - np.log(s)
+        a = np.abs(r)
+        c = np.minimum(a, self.delta)
+        f = float(c @ (a - 0.5 * c))
+        w *= np.copysign(c, r) / s  # d huber / d pred = -clip(r), times the softmax weight of each term
+        return f, -(w.ravel() @ self._rows)
 
 
 def _minimise(problem: _Problem, starts: np.ndarray) -> tuple[np.ndarray, float]:

@@ -138,6 +138,7 @@ def fit_results(
     context: int | None = None,
     grid: str | int | None = None,
     drop_highest_loss: int = 0,
+    workers: int | None = None,
 ) -> FitReport:
     """Fit one law per group of a results table; returns a :class:`FitReport`.
 
@@ -150,8 +151,14 @@ def fit_results(
     of Chinchilla's points); the dropped rows are named in a warning.
     ``grid``: starting points, as in :func:`fit_chinchilla` (default: the 32 grid points with the lowest
     initial objective; ``"full"`` for every grid point).
+    ``workers``: processes that refit the bootstrap resamples (default: one per core from 64 resamples up, else
+    this process alone); the draws and the result do not depend on it.
     """
     _check_fit_args(df, form, shared_E, bootstrap, seed, context)
+    require(
+        workers is None or (isinstance(workers, (int, np.integer)) and not isinstance(workers, bool) and workers >= 1),
+        f"workers: expected a whole number of processes >= 1 (or None: one per core), got {workers!r}",
+    )
     checked = isinstance(df, pd.DataFrame) and "warnings" in df.attrs  # already validated by read_results
     given = list(df.attrs["warnings"]) if checked else []
     df = validate_results(df, form=form)
@@ -162,11 +169,11 @@ def fit_results(
     meta = _table_metadata(df)
     samples_out: list[dict[str, float]] = []
     if form == "heads-joint":
-        laws, residuals, samples_out = _fit_joint(df, _max_heads(df, meta), bootstrap, rng, grid, warnings)
+        laws, residuals, samples_out = _fit_joint(df, _max_heads(df, meta), bootstrap, rng, grid, warnings, workers)
     elif shared_E:
         laws, residuals = _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings)
     else:
-        laws, residuals, samples_out = _fit_each(form, labels, subs, entry_keys, bootstrap, rng, grid, warnings)
+        laws, residuals, samples_out = _fit_each(form, labels, subs, entry_keys, bootstrap, rng, grid, warnings, workers)
     for entry, label in zip(laws, labels):
         if entry["r2"] is None:
             warnings.append(f"{label}: R² is undefined (every loss is equal)")
@@ -286,7 +293,7 @@ def _groups(df: pd.DataFrame, form: str, shared_E: bool) -> tuple[list[str], lis
     return labels, subs, entry_keys
 
 
-def _fit_joint(df: pd.DataFrame, n_ref: int, bootstrap: int, rng, grid, warnings: list[str]):
+def _fit_joint(df: pd.DataFrame, n_ref: int, bootstrap: int, rng, grid, warnings: list[str], workers=None):
     """Form heads-joint: (laws [one entry], residuals [one frame], bootstrap samples)."""
     form, names = "heads-joint", COEFS["heads-joint"]
     samples_out: list[dict[str, float]] = []
@@ -305,7 +312,7 @@ def _fit_joint(df: pd.DataFrame, n_ref: int, bootstrap: int, rng, grid, warnings
     if "context" in df.columns:
         entry["context"] = int(df["context"].iloc[0])
     if bootstrap:
-        samples_out = _bootstrap_group(form, df, res.theta, bootstrap, rng, grid, n_ref)
+        samples_out = _bootstrap_group(form, df, res.theta, bootstrap, rng, grid, n_ref, workers)
         entry["ci"] = _ci(samples_out, names)
         entry["n_bootstrap"] = len(samples_out)
     _bound_warning(entry, res["at_bound"], "joint law", warnings)
@@ -317,7 +324,7 @@ def _fit_joint(df: pd.DataFrame, n_ref: int, bootstrap: int, rng, grid, warnings
     return [entry], [residual], samples_out
 
 
-def _fit_each(form: str, labels, subs, entry_keys, bootstrap: int, rng, grid, warnings: list[str]):
+def _fit_each(form: str, labels, subs, entry_keys, bootstrap: int, rng, grid, warnings: list[str], workers=None):
     """One law per group: (laws entries, residual frames, bootstrap samples with their group keys)."""
     names = COEFS[form]
     laws: list[dict[str, Any]] = []
@@ -330,7 +337,7 @@ def _fit_each(form: str, labels, subs, entry_keys, bootstrap: int, rng, grid, wa
         entry["r2"] = res["r2"]
         entry["n_points"] = res["n_points"]
         if bootstrap:
-            samples = _bootstrap_group(form, sub, res.theta, bootstrap, rng, grid)
+            samples = _bootstrap_group(form, sub, res.theta, bootstrap, rng, grid, workers=workers)
             entry["ci"] = _ci(samples, names)
             entry["n_bootstrap"] = len(samples)
             samples_out.extend({**ek, **smp} for smp in samples)

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import require
+from ..errors import CogqaError, require
 from ..files import write_json_atomic
 from ..threads import available_cores, thread_env, thread_plan
-from .rundir import log_tail, materialise, run_status, sweep_status
+from .rundir import log_tail, materialise, read_run_info, run_status, sweep_status
 from .spec import SweepSpec
 
 BUSY_EXIT = 75  # run-one: another worker holds the run's lock
@@ -220,6 +220,35 @@ def run_sweep(
     return sweep_status(out)
 
 
+def expected_flops(run_dir: str | Path) -> float:
+    """Training FLOPs a run is expected to cost (units: FLOPs): :func:`cogqa.costs.training_flops` of the shape in
+    its ``run.json`` over its token budget (``tokens``, else ``tokens_per_param`` x non-embedding parameters) at its
+    context, without the LM head; 0 when the shape is resolved only at training time or the file is unreadable."""
+    from .. import costs
+    from ..shapes import ModelShape
+
+    try:
+        train = read_run_info(Path(run_dir))["train"]
+        s = train["shape"]
+        shape = ModelShape(
+            **{k: s[k] for k in ("layers", "hidden_size", "ffn_size", "n_heads", "n_kv_heads", "head_dim")},
+            vocab_size=1,
+        )
+        tokens = train.get("tokens") or float(train.get("tokens_per_param") or 20) * float(
+            costs.params_non_embedding(shape)
+        )
+        return float(costs.training_flops(shape, float(tokens), int(train["context"])))
+    except (CogqaError, KeyError, TypeError, ValueError):
+        return 0.0
+
+
+def longest_first(run_dirs: list[Path]) -> list[Path]:
+    """``run_dirs`` by :func:`expected_flops`, largest first (ties keep their order): with several workers the
+    last runs to start are the short ones, so the workers finish close together (longest-processing-time-first
+    scheduling; the CPU demo's 2 workers finished ~95 s apart with the smallest runs first)."""
+    return sorted(run_dirs, key=expected_flops, reverse=True)
+
+
 def _run_local(todo: list[Path], workers: int, progress: bool, total: int) -> None:
     from tqdm import tqdm
 
@@ -243,7 +272,7 @@ def _run_local(todo: list[Path], workers: int, progress: bool, total: int) -> No
                 one(d)
         else:
             with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(one, todo))
+                list(pool.map(one, longest_first(todo)))
     finally:
         bar.close()
 

@@ -201,6 +201,8 @@ HOSTILE = [
     ("bootstrap negative", _flags("--bootstrap", "-3"), "--bootstrap: expected a whole number in 0..100000"),
     ("bad seed", _flags("--seed", "1.5"), "--seed: expected a whole number"),
     ("bad grid", _flags("--grid", "0"), "--grid: expected a whole number in 1..100000"),
+    ("zero workers", _flags("--bootstrap", "4", "--workers", "0"), "--workers: expected a whole number in 1..4096"),
+    ("text workers", _flags("--workers", "two"), "--workers: expected a whole number"),
     (
         "shared E with chinchilla",
         lambda p: [_write(p, "r.csv", _table().assign(tokens=1e9)), "--form", "chinchilla", "--shared-E"],

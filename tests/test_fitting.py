@@ -42,6 +42,65 @@ def _n_table(truth: dict, noise: float, seed: int = 0, sizes=SIZES) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
+# --------------------------------------------------------------------------- bootstrap in processes
+
+
+def test_bootstrap_in_processes_gives_the_serial_result():
+    """The resamples are drawn in the parent in the serial order, so forked refits change nothing: the same laws,
+    intervals and samples, in the same order, whatever the number of processes."""
+    truth = {(8, 1): (5.0e7, 0.30, 1.90), (32, 8): (8.0e7, 0.28, 1.85)}
+    df = _n_table(truth, noise=0.01, seed=4, sizes=SIZES[::2])
+    serial = fit_results(df, form="n", bootstrap=10, seed=7, workers=1)
+    forked = fit_results(df, form="n", bootstrap=10, seed=7, workers=3)
+    assert serial.laws == forked.laws and serial.samples == forked.samples
+    assert len(serial.samples) == 20 and all("ci" in law and law["n_bootstrap"] == 10 for law in serial.laws)
+    assert serial.samples[0] != serial.samples[1]  # different resamples, not one fit repeated
+
+
+def test_bootstrap_workers_default_and_bounds():
+    from cogqa.fitting.bootstrap import PARALLEL_MIN_RESAMPLES, bootstrap_workers
+    from cogqa.threads import available_cores
+
+    assert bootstrap_workers(None, PARALLEL_MIN_RESAMPLES - 1) == 1  # a few seconds of fitting: this process
+    assert bootstrap_workers(None, 1000) == min(available_cores(), 1000)
+    assert bootstrap_workers(4, 2) == 2 and bootstrap_workers(1, 1000) == 1
+
+
+@pytest.mark.parametrize("workers", [0, -2, 1.5, True, "2"])
+def test_bad_workers_one_line_error(workers):
+    truth = {(8, 1): (5.0e7, 0.30, 1.90)}
+    with pytest.raises(CogqaError, match="workers: expected a whole number of processes >= 1"):
+        fit_results(_n_table(truth, noise=0.0), form="n", bootstrap=4, workers=workers)
+
+
+def test_objective_gradient_matches_finite_differences():
+    """The objective's analytic gradient (one GEMV) against central differences, on a joint-law problem with
+    residuals both inside and outside the Huber threshold."""
+    from cogqa.fitting.forms import _fit_group_problem
+
+    rng = np.random.default_rng(0)
+    rows = [
+        {"n_heads": h, "n_kv_heads": kv, "params_non_embedding": n, "loss": 1.5 + (4e6 / n) ** 0.3 + rng.normal(0, 0.01)}
+        for h, kv in ((8, 1), (8, 2), (4, 1))
+        for n in np.geomspace(1e6, 1e8, 5)
+    ]
+    problem = _fit_group_problem("heads-joint", pd.DataFrame(rows))
+    theta = (problem.lower + np.minimum(problem.upper, problem.lower + 2.0)) / 2
+    f, grad = problem.objective(theta)
+    residual = np.abs(problem.y - problem.predict_log(theta))
+    assert (residual < problem.delta).any() or (residual > problem.delta).all()
+    step = 1e-6
+    numeric = [
+        (problem.objective(theta + step * e)[0] - problem.objective(theta - step * e)[0]) / (2 * step)
+        for e in np.eye(theta.size)
+    ]
+    assert grad == pytest.approx(numeric, rel=1e-5, abs=1e-9)
+    # the Huber value: 0.5 r^2 inside delta, delta (|r| - delta / 2) outside
+    r = problem.y - problem.predict_log(theta)
+    d = problem.delta
+    assert f == pytest.approx(np.where(np.abs(r) <= d, 0.5 * r * r, d * (np.abs(r) - 0.5 * d)).sum(), rel=1e-12)
+
+
 # --------------------------------------------------------------------------- synthetic recovery
 
 

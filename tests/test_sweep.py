@@ -505,3 +505,32 @@ def test_hostile_yaml_spec_one_short_line(tmp_path, text, needle):
     with pytest.raises(CogqaError, match=needle) as info:
         load_spec(path)
     assert len(str(info.value)) < 300 and "\n" not in str(info.value)
+
+
+def _run_json(run_dir: Path, shape: dict | None, tokens=1e6, context=128) -> Path:
+    run_dir.mkdir(parents=True)
+    train = {"out_dir": str(run_dir), "data": "data", "shape": shape, "tokens": tokens, "context": context}
+    info = {"id": run_dir.name, "size": {"name": "s"}, "n_heads": 1, "n_kv_heads": 1, "seed": 0, "train": train}
+    (run_dir / "run.json").write_text(json.dumps(info))
+    return run_dir
+
+
+def test_local_workers_start_the_longest_runs_first(tmp_path):
+    from cogqa.costs import training_flops
+    from cogqa.shapes import ModelShape
+    from cogqa.sweep.executors import expected_flops, longest_first
+
+    def shape(d, h):
+        return {"layers": 2, "hidden_size": d, "ffn_size": 2 * d, "n_heads": h, "n_kv_heads": 1, "head_dim": 16}
+
+    small = _run_json(tmp_path / "small", shape(48, 1))
+    big = _run_json(tmp_path / "big", shape(128, 8))
+    mid = _run_json(tmp_path / "mid", shape(96, 2), tokens=2e6)
+    unknown = _run_json(tmp_path / "unknown", None)  # shape resolved at training time: cost 0, kept in order
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "run.json").write_text("{not json")
+    expected = float(training_flops(ModelShape(**shape(96, 2), vocab_size=1), 2e6, 128))
+    assert expected_flops(mid) == pytest.approx(expected) and expected_flops(unknown) == 0 == expected_flops(broken)
+    assert expected_flops(big) > expected_flops(mid) > expected_flops(small) > 0
+    assert longest_first([unknown, small, broken, big, mid]) == [big, mid, small, unknown, broken]

@@ -50,7 +50,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--workers",
         metavar="P",
-        help="processes refitting the bootstrap resamples (default: one per core from 64 resamples up; "
+        help="processes refitting the bootstrap resamples (default: one per core from 16 resamples up; "
         "the result does not depend on it)",
     )
     p.add_argument("--context", metavar="T", help="fit only rows trained at context T (tokens: 1024, 8k)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -30,8 +31,8 @@ def _resample(sub: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
     return sub.iloc[rng.integers(0, len(sub), size=len(sub))]
 
 
-#: Fewer resamples than this are refitted in this process (a few seconds of fitting: not worth the processes).
-PARALLEL_MIN_RESAMPLES = 64
+#: Fewer resamples than this are refitted in this process (about a second of fitting: not worth forking).
+PARALLEL_MIN_RESAMPLES = 16
 
 
 def bootstrap_workers(workers: int | None, resamples: int) -> int:
@@ -103,6 +104,10 @@ def _refit_in_processes(form, sub, starts, n_ref, draws, processes: int) -> list
     size = -(-len(draws) // (4 * processes))
     chunks = [draws[i : i + size] for i in range(0, len(draws), size)]
     n = len(chunks)
-    with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
-        parts = pool.map(_refit_resamples, [form] * n, [sub] * n, [starts] * n, [n_ref] * n, chunks)
-        return [sample for part in parts for sample in part]
+    with warnings.catch_warnings():
+        # Python >= 3.12 warns on any fork of a threaded process (the pool's own manager thread is one); the
+        # children here run only numpy and scipy's L-BFGS-B, which take no lock another thread could hold
+        warnings.filterwarnings("ignore", r"This process .* is multi-threaded", DeprecationWarning)
+        with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = pool.map(_refit_resamples, [form] * n, [sub] * n, [starts] * n, [n_ref] * n, chunks)
+            return [sample for part in parts for sample in part]

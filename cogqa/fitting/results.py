@@ -151,7 +151,7 @@ def fit_results(
     of Chinchilla's points); the dropped rows are named in a warning.
     ``grid``: starting points, as in :func:`fit_chinchilla` (default: the 32 grid points with the lowest
     initial objective; ``"full"`` for every grid point).
-    ``workers``: processes that refit the bootstrap resamples (default: one per core from 64 resamples up, else
+    ``workers``: processes that refit the bootstrap resamples (default: one per core from 16 resamples up, else
     this process alone); the draws and the result do not depend on it.
     """
     _check_fit_args(df, form, shared_E, bootstrap, seed, context)

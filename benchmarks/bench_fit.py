@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     assert abs(f_new - f_old) <= 1e-12 * abs(f_old) and np.allclose(g_new, g_old, rtol=1e-10, atol=1e-15)
     per_call = {}
     for _ in range(3):  # alternated
-        for name, fn in (("einsum", lambda: einsum_objective(problem, theta)), ("gemv", lambda: problem.objective(theta))):
+        contenders = (("einsum", lambda: einsum_objective(problem, theta)), ("gemv", lambda: problem.objective(theta)))
+        for name, fn in contenders:
             per_call[name] = min(per_call.get(name, 1.0), min(timeit.repeat(fn, number=2000, repeat=3)) / 2000)
 
     processes = bootstrap_workers(None, args.bootstrap)
@@ -81,8 +82,8 @@ def main(argv=None) -> int:
         return 0
     print(f"demo joint law, {len(df)} runs, {args.bootstrap} bootstrap resamples")
     print(
-        f"  objective, one call     einsum {out['objective_us_einsum']:7.1f} us   gemv {out['objective_us_gemv']:7.1f} us"
-        f"   ({out['objective_speedup']:.2f}x)"
+        f"  objective, one call     einsum {out['objective_us_einsum']:7.1f} us   "
+        f"gemv {out['objective_us_gemv']:7.1f} us   ({out['objective_speedup']:.2f}x)"
     )
     print(
         f"  fit + bootstrap         1 process {times['serial']:6.1f} s   {processes} forked {times['forked']:6.1f} s"

@@ -80,9 +80,9 @@ def test_objective_gradient_matches_finite_differences():
 
     rng = np.random.default_rng(0)
     rows = [
-        {"n_heads": h, "n_kv_heads": kv, "params_non_embedding": n, "loss": 1.5 + (4e6 / n) ** 0.3 + rng.normal(0, 0.01)}
+        {"n_heads": h, "n_kv_heads": kv, "params_non_embedding": n, "loss": 1.5 + (4e6 / n) ** 0.3 + noise}
         for h, kv in ((8, 1), (8, 2), (4, 1))
-        for n in np.geomspace(1e6, 1e8, 5)
+        for n, noise in zip(np.geomspace(1e6, 1e8, 5), rng.normal(0, 0.01, 5))
     ]
     problem = _fit_group_problem("heads-joint", pd.DataFrame(rows))
     theta = (problem.lower + np.minimum(problem.upper, problem.lower + 2.0)) / 2

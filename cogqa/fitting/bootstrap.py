@@ -83,7 +83,7 @@ def _bootstrap_group(
 
 
 def _refit_resamples(form: str, sub: pd.DataFrame, starts: np.ndarray, n_ref: int, draws) -> list[dict[str, float]]:
-    """The coefficients of the fit on each resample ``sub.iloc[rows]`` for ``rows`` in ``draws`` (failed fits left out)."""
+    """The coefficients of the fit on each resample ``sub.iloc[rows]``, ``rows`` in ``draws`` (failed fits left out)."""
     names = COEFS[form]
     samples = []
     for rows in draws:

@@ -173,7 +173,9 @@ def fit_results(
     elif shared_E:
         laws, residuals = _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings)
     else:
-        laws, residuals, samples_out = _fit_each(form, labels, subs, entry_keys, bootstrap, rng, grid, warnings, workers)
+        laws, residuals, samples_out = _fit_each(
+            form, labels, subs, entry_keys, bootstrap, rng, grid, warnings, workers
+        )
     for entry, label in zip(laws, labels):
         if entry["r2"] is None:
             warnings.append(f"{label}: R² is undefined (every loss is equal)")

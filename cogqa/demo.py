@@ -63,6 +63,11 @@ def demo_laws(df, spec: SweepSpec | None = None):
     """The demo's laws from its results table: the joint law across head configurations
     (``heads-joint``, with 200 bootstrap resamples for its intervals), marked approximate, with the
     demo's model family and measured size range in ``metadata``; a :class:`cogqa.laws.LawSet`."""
+    return demo_fit(df, spec)[0]
+
+
+def demo_fit(df, spec: SweepSpec | None = None):
+    """(:func:`demo_laws`, the fit's 200 bootstrap coefficient samples): the samples draw the report's band."""
     from dataclasses import replace
 
     from .fitting import fit_results
@@ -74,7 +79,7 @@ def demo_laws(df, spec: SweepSpec | None = None):
         f"configurations x {df['size'].nunique()} sizes), KJV bytes tokenizer, T=128, "
         f"{int(df.tokens.iloc[0]):,} tokens per run; joint law across head configurations"
     )
-    return replace(
+    laws = replace(
         laws,
         approximate=True,
         metadata={
@@ -87,6 +92,7 @@ def demo_laws(df, spec: SweepSpec | None = None):
             "params_non_embedding_range": [int(df.params_non_embedding.min()), int(df.params_non_embedding.max())],
         },
     )
+    return laws, rep.samples
 
 
 def run_demo(
@@ -124,11 +130,11 @@ def run_demo(
             "...",
             file=sys.stderr,
         )
-    laws = demo_laws(df, spec)
+    laws, samples = demo_fit(df, spec)
     laws.save(out / "laws.json")
     if progress:
         print(f"laws in {out / 'laws.json'}; searching and writing the report ...", file=sys.stderr)
-    report = build_report(out, laws=laws, context=context)
+    report = build_report(out, laws=laws, context=context, band_samples=samples)
     numbers = json.loads((report.parent / "numbers.json").read_text())
     summary = {
         "wall_time_s": time.time() - t0,

@@ -125,3 +125,31 @@ def test_report_top_candidates_show_serving_beside_z(tmp_path, capsys):
     out = tmp_path / "z"
     assert main(["report", "demo", "--out", str(out)]) == 0
     assert "| H | N (non-emb.) | memory | FLOPs/token | Z |\n" in (out / "report.md").read_text()
+
+
+def test_band_from_given_samples_needs_no_refit():
+    """The demo hands its fit's 200 bootstrap samples to the report: the band is their 2.5/97.5% percentiles of
+    the joint law's curve, computed without fitting anything (``df`` None would fail any refit)."""
+    from pathlib import Path
+
+    from cogqa.laws import load_laws
+    from cogqa.report.source import bootstrap_band
+
+    laws = load_laws(Path(__file__).parent.parent / "cogqa" / "data" / "demo_laws.json")
+    j = laws.joint
+    rng = np.random.default_rng(0)
+    base = {"a": j.a, "b": j.b, "E": j.E, "A": j.A, "g": j.g, "B": j.B, "k": j.k}
+    samples = [{k: v * float(np.exp(rng.normal(0, 0.05))) for k, v in base.items()} for _ in range(50)]
+    grid = np.geomspace(4e4, 3e5, 7)
+    band = bootstrap_band(None, laws, grid, samples=samples)
+    assert set(band) == {law.heads for law in laws.laws}
+    h, kv = 8, 1
+    curves = [
+        (s["a"] / grid) ** s["b"]
+        + s["E"]
+        + s["A"] * (h ** -s["g"] - j.n_ref ** -s["g"])
+        + s["B"] * (kv ** -s["k"] - j.n_ref ** -s["k"])
+        for s in samples
+    ]
+    lo, hi = np.percentile(curves, [2.5, 97.5], axis=0)
+    assert np.allclose(band[(8, 1)][0], lo) and np.allclose(band[(8, 1)][1], hi) and (hi > lo).all()

@@ -58,13 +58,17 @@ def build_report(
     baseline: str | None = None,
     fit_grid: str | int | None = None,
     settings=None,
+    band_samples: list | None = None,
 ) -> Path:
     """Write ``report.md`` and its PNG figures into ``out`` (default ``SOURCE/report`` for a sweep
     directory, ``report/`` otherwise); returns the Markdown path. ``context`` (tokens) defaults to
     128K and ``target_loss`` (nats/token) to the middle of the laws' loss range. ``settings``: a
     :class:`cogqa.search.CostSettings` (objective and hardware) for the table, the recommendation
-    and the Pareto view (section 7); default: Z, no hardware."""
+    and the Pareto view (section 7); default: Z, no hardware. ``band_samples``: the bootstrap coefficient samples
+    of the joint law in ``laws`` (:attr:`cogqa.fitting.FitReport.samples` of the fit that made it) for section 1's
+    95% band; default: refitted here from the results with :data:`BAND_RESAMPLES` resamples."""
     r = _resolve(source, out, context, target_loss, laws, baseline, fit_grid, settings)
+    r.band_samples = band_samples
     md = sections.intro(r)
     for section in (
         sections.loss_vs_n,

@@ -42,6 +42,7 @@ class Report:
     baseline: str | None
     plt: Any
     numbers: dict
+    band_samples: Any = None  # the joint law's bootstrap samples, when the caller has them (see build_report)
 
 
 def intro(r: Report) -> list[str]:
@@ -100,7 +101,8 @@ def _law_rows(r: Report) -> list[str]:
 def loss_vs_n(r: Report) -> list[str]:
     """Section 1: the loss-vs-N figure, the laws' table, the runs' standard error and monotonicity."""
     df = r.df
-    band = bootstrap_band(df, r.law_set, r.grid, r.fit_grid) if df is not None and r.law_set.joint is not None else {}
+    joint = df is not None and r.law_set.joint is not None
+    band = bootstrap_band(df, r.law_set, r.grid, r.fit_grid, r.band_samples) if joint else {}
     png = figures.loss_vs_n(r, band)
     md = ["## 1. Loss vs model size per head configuration", "", f"![loss vs N]({png})", "", *_law_rows(r), ""]
     if df is not None and "loss_se" in df and df["loss_se"].notna().any():

@@ -64,16 +64,18 @@ def fit_laws(df, source: str, grid: str | int | None = None):
     return rep.law_set(source)
 
 
-def bootstrap_band(df, law_set, n_grid, fit_grid=None) -> dict:
-    """{H: (2.5%, 97.5%) of the joint law's loss over ``n_grid``} from bootstrap refits of ``df``
-    (rows drawn with replacement); empty when the refits fail."""
-    from ..fitting import fit_results
+def bootstrap_band(df, law_set, n_grid, fit_grid=None, samples=None) -> dict:
+    """{H: (2.5%, 97.5%) of the joint law's loss over ``n_grid``} (nats/token) from bootstrap refits of ``df`` (rows
+    drawn with replacement): ``samples`` (coefficient dicts of the fit that made ``law_set``) when given, else
+    :data:`BAND_RESAMPLES` refits made here; empty when the refits fail."""
+    if not samples:
+        from ..fitting import fit_results
 
-    try:
-        rep = fit_results(df, form="heads-joint", bootstrap=BAND_RESAMPLES, seed=0, grid=fit_grid)
-    except CogqaError:
-        return {}
-    if not rep.samples:
+        try:
+            samples = fit_results(df, form="heads-joint", bootstrap=BAND_RESAMPLES, seed=0, grid=fit_grid).samples
+        except CogqaError:
+            return {}
+    if not samples:
         return {}
     n_ref = law_set.joint.n_ref
     out = {}
@@ -85,7 +87,7 @@ def bootstrap_band(df, law_set, n_grid, fit_grid=None) -> dict:
                 + smp["E"]
                 + smp["A"] * (h ** -smp["g"] - n_ref ** -smp["g"])
                 + smp["B"] * (kv ** -smp["k"] - n_ref ** -smp["k"])
-                for smp in rep.samples
+                for smp in samples
             ]
         )
         out[law.heads] = tuple(np.percentile(curves, [2.5, 97.5], axis=0))

@@ -36,11 +36,14 @@ PARALLEL_MIN_RESAMPLES = 16
 
 
 def bootstrap_workers(workers: int | None, resamples: int) -> int:
-    """How many processes refit ``resamples`` bootstrap resamples: ``workers`` when given (at least 1), else one
-    per available core when there are at least :data:`PARALLEL_MIN_RESAMPLES` resamples, else 1 (units: processes)."""
+    """How many processes refit ``resamples`` bootstrap resamples (units: processes): 1 where this platform cannot
+    fork (:func:`_can_fork`); else ``workers`` when given (at most one per resample), else one per available core
+    when there are at least :data:`PARALLEL_MIN_RESAMPLES` resamples, else 1."""
+    if not _can_fork():
+        return 1
     if workers is not None:
         return max(1, min(int(workers), resamples))
-    if resamples < PARALLEL_MIN_RESAMPLES or not _can_fork():
+    if resamples < PARALLEL_MIN_RESAMPLES:
         return 1
     from ..threads import available_cores
 
@@ -72,7 +75,7 @@ def _bootstrap_group(
     starts = np.vstack([theta, extra])
     draws = [rng.integers(0, len(sub), size=len(sub)) for _ in range(k)]  # the serial loop's draws, in its order
     processes = bootstrap_workers(workers, k)
-    if processes > 1 and _can_fork():
+    if processes > 1:
         from concurrent.futures.process import BrokenProcessPool
 
         try:

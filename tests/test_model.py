@@ -549,3 +549,42 @@ def test_sliding_window_decode_past_the_window_equals_the_full_forward(name):
         for b, n in enumerate(lengths):
             ref = model(seqs[b][None, : n + new - 1]).logits[0, n - 1 :]
             assert (torch.stack([lg[b] for lg in logits]) - ref).abs().max() < 1e-5, b
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_ffn_on_padded_width_equals_the_true_width(bias, monkeypatch):
+    """Many rows and an odd d_ff (here 83) run on weights zero-padded to a multiple of 16: the same outputs and the
+    same parameter gradients as the true width (the padded units are silu(0) * 0 = 0), and no padded parameter."""
+    import cogqa.model as model_module
+    from cogqa.model import SwiGLU
+
+    shape = ModelShape(layers=1, hidden_size=32, ffn_size=83, n_heads=2, n_kv_heads=1, head_dim=16, mlp_bias=bias)
+    torch.manual_seed(0)
+    mlp = SwiGLU(shape)
+    if bias:
+        for layer in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
+            torch.nn.init.normal_(layer.bias, std=0.1)
+    x = torch.randn(3, 40, 32)
+    calls = []
+    original = F.pad
+    monkeypatch.setattr(F, "pad", lambda *a, **k: calls.append(1) or original(*a, **k))
+    results = {}
+    for multiple in (1, 16):
+        monkeypatch.setattr(model_module, "FFN_WIDTH_MULTIPLE", multiple)
+        mlp.zero_grad(set_to_none=True)
+        calls.clear()
+        y = mlp(x)
+        (y * torch.linspace(-1, 1, 32)).sum().backward()
+        results[multiple] = (y.detach(), {n: p.grad.clone() for n, p in mlp.named_parameters()}, len(calls))
+    (y1, g1, pads1), (y16, g16, pads16) = results[1], results[16]
+    assert pads1 == 0 and pads16 >= 3  # the padded path ran (and only with the multiple)
+    assert torch.allclose(y16, y1, rtol=1e-5, atol=1e-6)
+    for name, grad in g1.items():
+        assert g16[name].shape == grad.shape and torch.allclose(g16[name], grad, rtol=1e-5, atol=1e-6), name
+    assert mlp.gate_proj.weight.shape == (83, 32) and mlp.down_proj.weight.shape == (32, 83)
+    # a few rows (a decode step) keep the true width: no padding
+    monkeypatch.setattr(model_module, "FFN_WIDTH_MULTIPLE", 16)
+    calls.clear()
+    with torch.no_grad():
+        few = mlp(x[:1, :3])
+    assert calls == [] and torch.allclose(few, y1[:1, :3], rtol=1e-5, atol=1e-6)

@@ -55,6 +55,8 @@ def test_bootstrap_in_processes_gives_the_serial_result():
     assert serial.laws == forked.laws and serial.samples == forked.samples
     assert len(serial.samples) == 20 and all("ci" in law and law["n_bootstrap"] == 10 for law in serial.laws)
     assert serial.samples[0] != serial.samples[1]  # different resamples, not one fit repeated
+    shared = [fit_results(df, form="n", shared_E=True, bootstrap=18, seed=7, workers=w).laws for w in (1, 2)]
+    assert shared[0] == shared[1] and shared[0][0]["n_bootstrap"] == 18
 
 
 def test_bootstrap_workers_default_and_bounds():

@@ -27,10 +27,6 @@ def _ci(samples: list[dict[str, float]], names: tuple[str, ...]) -> dict[str, li
 BOOTSTRAP_GRID_STARTS = 2  # grid points tried in each bootstrap refit besides the full-data best fit
 
 
-def _resample(sub: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
-    return sub.iloc[rng.integers(0, len(sub), size=len(sub))]
-
-
 #: Fewer resamples than this are refitted in this process (about a second of fitting: not worth forking).
 PARALLEL_MIN_RESAMPLES = 16
 
@@ -74,15 +70,23 @@ def _bootstrap_group(
     extra = _rank_starts(base, _grid(*FIT_FORMS[form].grid), BOOTSTRAP_GRID_STARTS)
     starts = np.vstack([theta, extra])
     draws = [rng.integers(0, len(sub), size=len(sub)) for _ in range(k)]  # the serial loop's draws, in its order
-    processes = bootstrap_workers(workers, k)
+    return refit_all(_refit_resamples, (form, sub, starts, n_ref), draws, workers)
+
+
+def refit_all(refit, fixed: tuple, draws: list, workers: int | None) -> list:
+    """``refit(*fixed, draws)`` (a module-level function returning one list entry per draw it could fit), spread
+    over :func:`bootstrap_workers` forked processes in chunks of ``draws`` (4 per process, for balance) and
+    concatenated in the order of ``draws``: the same list as one call in this process. Falls back to this process
+    where processes cannot start."""
+    processes = bootstrap_workers(workers, len(draws))
     if processes > 1:
         from concurrent.futures.process import BrokenProcessPool
 
         try:
-            return _refit_in_processes(form, sub, starts, n_ref, draws, processes)
+            return _refit_in_processes(refit, fixed, draws, processes)
         except (OSError, BrokenProcessPool):  # no processes here (sandbox, limits): refit in this one
             pass
-    return _refit_resamples(form, sub, starts, n_ref, draws)
+    return refit(*fixed, draws)
 
 
 def _refit_resamples(form: str, sub: pd.DataFrame, starts: np.ndarray, n_ref: int, draws) -> list[dict[str, float]]:
@@ -98,19 +102,17 @@ def _refit_resamples(form: str, sub: pd.DataFrame, starts: np.ndarray, n_ref: in
     return samples
 
 
-def _refit_in_processes(form, sub, starts, n_ref, draws, processes: int) -> list[dict[str, float]]:
-    """:func:`_refit_resamples` over ``processes`` forked processes (numpy and scipy only: they start no OpenMP
-    threads), in chunks (4 per process, for balance), concatenated in the order of ``draws``."""
+def _refit_in_processes(refit, fixed: tuple, draws: list, processes: int) -> list:
+    """:func:`refit_all` over ``processes`` forked processes (numpy and scipy only: they start no OpenMP threads)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     size = -(-len(draws) // (4 * processes))
     chunks = [draws[i : i + size] for i in range(0, len(draws), size)]
-    n = len(chunks)
+    columns = [[value] * len(chunks) for value in fixed]
     with warnings.catch_warnings():
         # Python >= 3.12 warns on any fork of a threaded process (the pool's own manager thread is one); the
         # children here run only numpy and scipy's L-BFGS-B, which take no lock another thread could hold
         warnings.filterwarnings("ignore", r"This process .* is multi-threaded", DeprecationWarning)
         with ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = pool.map(_refit_resamples, [form] * n, [sub] * n, [starts] * n, [n_ref] * n, chunks)
-            return [sample for part in parts for sample in part]
+            return [entry for part in pool.map(refit, *columns, chunks) for entry in part]

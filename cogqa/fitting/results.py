@@ -12,7 +12,7 @@ import pandas as pd
 
 from ..errors import CogqaError, require
 from .arrays import fit_power_law_shared_E
-from .bootstrap import _bootstrap_group, _ci, _resample
+from .bootstrap import _bootstrap_group, _ci, refit_all
 from .core import E_FLOOR, HUBER_DELTA
 from .forms import COEFS, FORMS, LAW_FORM_NAMES, _check_points, _fit_group
 from .table import _rows, validate_results
@@ -171,7 +171,7 @@ def fit_results(
     if form == "heads-joint":
         laws, residuals, samples_out = _fit_joint(df, _max_heads(df, meta), bootstrap, rng, grid, warnings, workers)
     elif shared_E:
-        laws, residuals = _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings)
+        laws, residuals = _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings, workers)
     else:
         laws, residuals, samples_out = _fit_each(
             form, labels, subs, entry_keys, bootstrap, rng, grid, warnings, workers
@@ -407,14 +407,29 @@ def _bound_warning(entry: dict[str, Any], at_bound: list[str], label: str, warni
     )
 
 
-def _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings):
-    def joint(parts, starts=None):
-        N = np.concatenate([p["params_non_embedding"].to_numpy(float) for p in parts])
-        loss = np.concatenate([p["loss"].to_numpy(float) for p in parts])
-        g = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
-        return fit_power_law_shared_E(N, loss, g, starts=starts)
+def _shared_fit(parts, starts=None):
+    """Form n with one E shared by the groups ``parts`` (DataFrames): :func:`fit_power_law_shared_E`."""
+    N = np.concatenate([p["params_non_embedding"].to_numpy(float) for p in parts])
+    loss = np.concatenate([p["loss"].to_numpy(float) for p in parts])
+    g = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
+    return fit_power_law_shared_E(N, loss, g, starts=starts)
 
-    res = joint(subs)
+
+def _refit_shared(subs, starts, draws) -> list[dict[str, Any]]:
+    """{E, groups: [{a, b}]} of the shared-E fit on each resample (``rows`` of each group, for ``rows`` in
+    ``draws``); failed fits left out."""
+    out = []
+    for rows in draws:
+        try:
+            res = _shared_fit([s.iloc[r] for s, r in zip(subs, rows)], starts=starts)
+        except CogqaError:
+            continue
+        out.append({"E": res["E"], "groups": [{"a": g["a"], "b": g["b"]} for g in res["groups"]]})
+    return out
+
+
+def _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings, workers=None):
+    res = _shared_fit(subs)
     laws, residuals = [], []
     offset = 0
     samples = []
@@ -423,11 +438,9 @@ def _fit_shared(df, subs, labels, entry_keys, bootstrap, rng, warnings):
         starts = np.array(
             [theta, np.concatenate([theta[:-1], [theta[-1] - 0.1]]), np.concatenate([theta[:-1], [theta[-1] + 0.1]])]
         )
-        for _ in range(bootstrap):
-            try:
-                samples.append(joint([_resample(s, rng) for s in subs], starts=starts))
-            except CogqaError:
-                continue
+        # each resample draws every group's rows in turn, as the serial loop always did
+        draws = [[rng.integers(0, len(s), size=len(s)) for s in subs] for _ in range(bootstrap)]
+        samples = refit_all(_refit_shared, (subs, starts), draws, workers)
     e_ci = _ci([{"E": s["E"]} for s in samples], ("E",))
     for i, (label, sub, ek) in enumerate(zip(labels, subs, entry_keys)):
         g = res["groups"][i]

@@ -210,9 +210,17 @@ class SwiGLU(nn.Module):
 
     def forward(self, x):
         pad = -self.gate_proj.out_features % FFN_WIDTH_MULTIPLE
-        if pad and x.device.type == "cpu" and x.numel() >= FFN_PAD_MIN_ROWS * x.shape[-1]:
+        if pad and x.device.type == "cpu" and x.numel() >= FFN_PAD_MIN_ROWS * x.shape[-1] and self._plain():
             return self._padded(x, pad)
         return project(self.down_proj, F.silu(project(self.gate_proj, x)) * project(self.up_proj, x))
+
+    def _plain(self) -> bool:
+        """Whether the three projections are plain ``nn.Linear`` without hooks: the padded path calls ``F.linear`` on
+        their weights directly, which would bypass a wrapper (an adapter) or a hook (per-layer sharding)."""
+        return all(
+            type(m) is nn.Linear and not (m._forward_hooks or m._forward_pre_hooks)
+            for m in (self.gate_proj, self.up_proj, self.down_proj)
+        )
 
     def _padded(self, x, pad: int):
         """:meth:`forward` on weights with ``pad`` zero units appended (zero rows of gate, up; zero columns of down)."""

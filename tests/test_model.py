@@ -588,3 +588,9 @@ def test_ffn_on_padded_width_equals_the_true_width(bias, monkeypatch):
     with torch.no_grad():
         few = mlp(x[:1, :3])
     assert calls == [] and torch.allclose(few, y1[:1, :3], rtol=1e-5, atol=1e-6)
+    # a hook on a projection (an adapter, per-layer sharding) keeps the module calls, and so the true width
+    seen = []
+    mlp.up_proj.register_forward_hook(lambda module, args, out: seen.append(out.shape[-1]))
+    with torch.no_grad():
+        hooked = mlp(x)
+    assert calls == [] and seen == [83] and torch.allclose(hooked, y1, rtol=1e-5, atol=1e-6)

@@ -186,17 +186,19 @@ class Attention(nn.Module):
 
 #: The FFN width the matrix products of many rows run at: d_ff rounded up to a multiple of this (see SwiGLU).
 FFN_WIDTH_MULTIPLE = 16
-#: Fewer rows than this (decode steps, short prompts) run at the true width: padding costs more than it saves.
-FFN_PAD_MIN_ROWS = 64
+#: Fewer rows than this run at the true width: the padded products measured no faster at 64-256 rows (0.6-1.0x of
+#: the true width's speed) and 1.1-1.3x faster at 512-1,024 (d_ff 341 and 683, forward + backward, 1 thread).
+FFN_PAD_MIN_ROWS = 512
 
 
 class SwiGLU(nn.Module):
     """``down(silu(gate(x)) * up(x))``: three matrices of d x d_ff.
 
-    With many rows and a d_ff that is not a multiple of :data:`FFN_WIDTH_MULTIPLE` (the demo's 170 and 341, the
-    benchmark's 683), the products run on weights zero-padded to the next multiple: CPU BLAS kernels run such odd
-    widths 1.3-1.6x slower (measured). The padded units are exactly zero (silu(0) * 0), so the output is the same
-    function of the same parameters (up to rounding) and the parameters' gradients are the padded ones' slices.
+    With at least :data:`FFN_PAD_MIN_ROWS` rows and a d_ff that is not a multiple of :data:`FFN_WIDTH_MULTIPLE` (the
+    demo's 170 and 341, the benchmark's 683), the products run on weights zero-padded to the next multiple: CPU BLAS
+    kernels run such odd widths 1.3-1.6x slower (measured on one product; 170 -> 176 gained nothing measurable).
+    The padded units are exactly zero (silu(0) * 0), so the output is the same function of the same parameters (up
+    to rounding) and the parameters' gradients are the padded ones' slices.
     CPU only: the padded copies live until backward (as much memory as the FFN weights), which a GPU should not
     pay for a speed-up nobody measured there.
     """

@@ -553,7 +553,7 @@ def test_sliding_window_decode_past_the_window_equals_the_full_forward(name):
 
 @pytest.mark.parametrize("bias", [False, True])
 def test_ffn_on_padded_width_equals_the_true_width(bias, monkeypatch):
-    """Many rows and an odd d_ff (here 83) run on weights zero-padded to a multiple of 16: the same outputs and the
+    """512 rows and an odd d_ff (here 83) run on weights zero-padded to a multiple of 16: the same outputs and the
     same parameter gradients as the true width (the padded units are silu(0) * 0 = 0), and no padded parameter."""
     import cogqa.model as model_module
     from cogqa.model import SwiGLU
@@ -564,7 +564,7 @@ def test_ffn_on_padded_width_equals_the_true_width(bias, monkeypatch):
     if bias:
         for layer in (mlp.gate_proj, mlp.up_proj, mlp.down_proj):
             torch.nn.init.normal_(layer.bias, std=0.1)
-    x = torch.randn(3, 40, 32)
+    x = torch.randn(4, 128, 32)  # FFN_PAD_MIN_ROWS rows
     calls = []
     original = F.pad
     monkeypatch.setattr(F, "pad", lambda *a, **k: calls.append(1) or original(*a, **k))

@@ -231,6 +231,29 @@ def test_run_skip_status_collect(tmp_path, prepared):
 
 
 @pytest.mark.slow
+def test_forked_run_is_the_interpreter_run(tmp_path, prepared):
+    # the same run forked from the fork server and in a new interpreter: same training, same records
+    from cogqa.sweep.executors import fork_server
+
+    if fork_server() is None:
+        pytest.skip("no fork server on this platform")
+    data = prepared(tmp_path, 32, 60_000)
+    spec = tiny_spec(data, heads="2:1")
+    forked = materialise(spec, tmp_path / "forked", progress=False)[0]
+    fresh = materialise(spec, tmp_path / "fresh", progress=False)[0]
+    assert launch_run(forked, threads=1) == "done"
+    assert launch_run(fresh, command=run_command(fresh), threads=1) == "done"
+    results = [json.loads((d / "result.json").read_text()) for d in (forked, fresh)]
+    assert results[0]["final_val_loss"] == results[1]["final_val_loss"]
+    assert results[0]["loss_by_position"] == results[1]["loss_by_position"]
+    envs = [json.loads((d / "config.json").read_text())["environment"] for d in (forked, fresh)]
+    assert envs[0]["threads"] == envs[1]["threads"] == 1  # the run's threads, not the fork server's
+    assert envs[0]["argv"][1:] == ["run-one", str(forked)] and envs[1]["argv"][1:] == ["run-one", str(fresh)]
+    log = (forked / "log.txt").read_text()
+    assert "forked from the fork server" in log and f"run {forked.name}: done" in log  # the child's output lands there
+
+
+@pytest.mark.slow
 def test_failed_run_reported_then_retried(tmp_path, prepared):
     data = prepared(tmp_path, 32, 60_000)
     spec = tiny_spec(data, heads="2:1")
@@ -324,6 +347,47 @@ def test_sigint_leaves_run_pending_not_failed(tmp_path, prepared):
     proc.send_signal(signal.SIGINT)
     assert proc.wait() in (130, -signal.SIGINT)
     assert not (run_dir / "failed.json").exists() and run_status(run_dir) == "pending"
+
+
+def _session_members(sid: int) -> list[int]:
+    """Process ids in session ``sid`` (Linux /proc; field 6 of /proc/PID/stat, after the command in parentheses)."""
+    members = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:
+            members.append(int(stat.parent.name))
+    return members
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_sweep_stops_its_forked_run_cleanly(tmp_path, prepared):
+    # Ctrl-C reaches the whole process group: the sweep, its fork server and the run forked from it
+    data = prepared(tmp_path, 32, 60_000)
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(json.dumps(tiny_spec(data, heads="2:1", tokens=32 * 8 * 400, checkpoint_every=5).to_dict()))
+    out = tmp_path / "sweep"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cogqa", "sweep", "run", str(spec_file), "--out", str(out), "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group, as a shell gives a foreground job
+    )
+    run_dir = out / "runs" / "a_h2kv1_s0"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((run_dir / "checkpoints").glob("step_*")):
+        time.sleep(0.05) if proc.poll() is None else pytest.fail("the sweep ended before it could be interrupted")
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    assert not (run_dir / "failed.json").exists() and run_status(run_dir) == "pending"
+    for _ in range(200):  # the fork server exits once no run holds it
+        if not _session_members(proc.pid):
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("processes of the interrupted sweep are still running")
 
 
 def test_print_sbatch_cli(tmp_path, capsys):

@@ -420,6 +420,40 @@ def test_print_sbatch_cli(tmp_path, capsys):
     assert "--nproc_per_node=8" in text and "470M_h32kv8_s0" in text and not out.exists()
 
 
+def test_a_run_that_cannot_be_forked_starts_an_interpreter(tmp_path, monkeypatch):
+    import cogqa.sweep.executors as executors
+
+    class NoServer:  # a fork server that cannot start a process (sandbox, fd limit, daemonic parent)
+        def Process(self, **kwargs):  # noqa: N802 - multiprocessing's name
+            class Refused:
+                def start(self):
+                    raise OSError("no fork server here")
+
+            return Refused()
+
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append(command)
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(executors, "fork_server", lambda: NoServer())
+    monkeypatch.setattr(executors.subprocess, "run", fake_run)
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    launch_run(run_dir)
+    assert calls == [run_command(run_dir)]
+    log = (run_dir / "log.txt").read_text()
+    assert "could not fork the run (OSError: no fork server here)" in log and "-m cogqa.sweep run-one" in log
+
+
+def test_fork_server_only_where_runs_can_fork(monkeypatch):
+    import cogqa.sweep.executors as executors
+
+    monkeypatch.setattr(executors.sys, "platform", "darwin")
+    assert executors.fork_server() is None
+
+
 def testis_locked_run_is_not_run_twice(tmp_path):
     import fcntl
 

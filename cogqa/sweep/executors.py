@@ -226,7 +226,9 @@ def _run_forked(ctx, run_dir: Path, env: dict[str, str], die_with_parent: bool) 
     proc = ctx.Process(target=_forked_run, args=(str(run_dir), env, die_with_parent), name=f"cogqa-run-{run_dir.name}")
     try:
         proc.start()
-    except (OSError, EOFError, RuntimeError):  # no server (sandbox, fd limits): the caller starts an interpreter
+    except (OSError, EOFError, RuntimeError, AssertionError) as exc:  # no server (sandbox, fd limits) or a
+        with open(run_dir / "log.txt", "a") as log:  # daemonic process (refused children): an interpreter instead
+            log.write(f"could not fork the run ({type(exc).__name__}: {exc}); starting a new interpreter\n")
         return None
     try:
         proc.join()

@@ -1,11 +1,11 @@
-"""How long a sweep run takes to start: forked from the local executor's fork server vs a new interpreter.
+"""How long a sweep run takes to start: forked by a run server (what a local sweep worker does) vs a new interpreter.
 
 Runs short sweep runs (the CPU demo's data: byte tokens, 128-token chunks; 1 layer, d = 32; a few optimiser steps,
 so the wall time is mostly process start, imports and the final evaluation) through ``launch_run`` both ways,
 alternated, one run at a time, 1 intra-op thread each, and prints the wall time per run of each, their difference
-(seconds saved per run) and ratio. The fork server starts with the first forked run; that one-off cost is printed on
-its own line and left out of the per-run times. Both ways must give the same final validation loss for the same
-seed (asserted).
+(seconds saved per run) and ratio. The run server (``cogqa.sweep.runserver``) starts with the first forked run;
+that one-off cost (once per sweep worker) is printed on its own line and left out of the per-run times. Both ways
+must give the same final validation loss for the same seed (asserted).
 
     .venv/bin/python benchmarks/bench_sweep_start.py [--runs 4] [--steps 4] [--json]
 """
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cogqa.data import offline_corpus, prepare
 from cogqa.sweep import SweepSpec, launch_run, materialise, run_command
+from cogqa.sweep.runserver import RunServer
 
 
 def main(argv=None) -> int:
@@ -48,16 +49,23 @@ def main(argv=None) -> int:
         forked = materialise(SweepSpec(**spec, seeds=list(range(args.runs + 1))), tmp / "forked", progress=False)
         fresh = materialise(SweepSpec(**spec, seeds=list(range(args.runs))), tmp / "fresh", progress=False)
 
-        t0 = time.perf_counter()
-        assert launch_run(forked[-1], threads=1) == "done"  # starts the fork server (once per sweep process)
-        first = time.perf_counter() - t0
-        times = {"forked": [], "new interpreter": []}
-        for f, n in zip(forked[:-1], fresh):
-            for name, run_dir, command in (("forked", f, None), ("new interpreter", n, run_command(n))):
-                t0 = time.perf_counter()
-                status = launch_run(run_dir, command=command, threads=1)
-                times[name].append(time.perf_counter() - t0)
-                assert status == "done", f"{run_dir.name}: {status} (see {run_dir / 'log.txt'})"
+        server = RunServer()
+        try:
+            t0 = time.perf_counter()
+            assert launch_run(forked[-1], threads=1, server=server) == "done"  # starts the server (once per worker)
+            first = time.perf_counter() - t0
+            times = {"forked": [], "new interpreter": []}
+            for f, n in zip(forked[:-1], fresh):
+                for name, run_dir, command, via in (
+                    ("forked", f, None, server),
+                    ("new interpreter", n, run_command(n), None),
+                ):
+                    t0 = time.perf_counter()
+                    status = launch_run(run_dir, command=command, threads=1, server=via)
+                    times[name].append(time.perf_counter() - t0)
+                    assert status == "done", f"{run_dir.name}: {status} (see {run_dir / 'log.txt'})"
+        finally:
+            server.close()
         losses = {
             name: [json.loads((d / "result.json").read_text())["final_val_loss"] for d in dirs]
             for name, dirs in (("forked", forked[:-1]), ("new interpreter", fresh))
@@ -78,8 +86,8 @@ def main(argv=None) -> int:
         print(json.dumps(out, indent=1))
         return 0
     print(f"{args.runs} runs each way, {args.steps} steps each, 1 thread, alternated (median wall time per run)")
-    print(f"  first forked run (starts the fork server)  {first:6.2f} s")
-    print(f"  forked from the fork server                {fork_s:6.2f} s")
+    print(f"  first forked run (starts the run server)   {first:6.2f} s")
+    print(f"  forked by the run server                   {fork_s:6.2f} s")
     print(f"  new interpreter (python -m cogqa.sweep)    {new_s:6.2f} s")
     print(f"  saved per run {new_s - fork_s:.2f} s ({new_s / fork_s:.2f}x); same final losses: yes")
     return 0

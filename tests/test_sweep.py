@@ -232,25 +232,59 @@ def test_run_skip_status_collect(tmp_path, prepared):
 
 @pytest.mark.slow
 def test_forked_run_is_the_interpreter_run(tmp_path, prepared):
-    # the same run forked from the fork server and in a new interpreter: same training, same records
-    from cogqa.sweep.executors import fork_server
+    # the same run forked by a run server and in a new interpreter: same training, same records
+    from cogqa.sweep.runserver import RunServer, can_fork_runs
 
-    if fork_server() is None:
-        pytest.skip("no fork server on this platform")
+    if not can_fork_runs():
+        pytest.skip("runs are not forked on this platform")
     data = prepared(tmp_path, 32, 60_000)
-    spec = tiny_spec(data, heads="2:1")
-    forked = materialise(spec, tmp_path / "forked", progress=False)[0]
-    fresh = materialise(spec, tmp_path / "fresh", progress=False)[0]
-    assert launch_run(forked, threads=1) == "done"
-    assert launch_run(fresh, command=run_command(fresh), threads=1) == "done"
-    results = [json.loads((d / "result.json").read_text()) for d in (forked, fresh)]
-    assert results[0]["final_val_loss"] == results[1]["final_val_loss"]
-    assert results[0]["loss_by_position"] == results[1]["loss_by_position"]
-    envs = [json.loads((d / "config.json").read_text())["environment"] for d in (forked, fresh)]
-    assert envs[0]["threads"] == envs[1]["threads"] == 1  # the run's threads, not the fork server's
-    assert envs[0]["argv"][1:] == ["run-one", str(forked)] and envs[1]["argv"][1:] == ["run-one", str(fresh)]
-    log = (forked / "log.txt").read_text()
-    assert "forked from the fork server" in log and f"run {forked.name}: done" in log  # the child's output lands there
+    spec = tiny_spec(data, heads="2:1,2:2")
+    forked = materialise(spec, tmp_path / "forked", progress=False)
+    fresh = materialise(spec, tmp_path / "fresh", progress=False)
+    server = RunServer()
+    try:
+        assert [launch_run(d, threads=1, server=server) for d in forked] == ["done", "done"]  # one server, two runs
+        first_server = server.proc.pid
+    finally:
+        server.close()
+    assert server.proc is None
+    for d in fresh:
+        assert launch_run(d, command=run_command(d), threads=1) == "done"
+    for f, n in zip(forked, fresh):
+        results = [json.loads((d / "result.json").read_text()) for d in (f, n)]
+        assert results[0]["final_val_loss"] == results[1]["final_val_loss"]
+        assert results[0]["loss_by_position"] == results[1]["loss_by_position"]
+        envs = [json.loads((d / "config.json").read_text())["environment"] for d in (f, n)]
+        assert envs[0]["threads"] == envs[1]["threads"] == 1  # the run's threads, not the server's
+        assert envs[0]["argv"][1:] == ["run-one", str(f)] and envs[1]["argv"][1:] == ["run-one", str(n)]
+        log = (f / "log.txt").read_text()
+        assert "forked by the run server" in log and f"run {f.name}: done" in log  # the run's output lands there
+    assert first_server > 0
+
+
+@pytest.mark.slow
+def test_unguarded_script_is_not_run_again_by_forked_runs(tmp_path, prepared):
+    # multiprocessing's fork server would import the caller's main script in every run: the run server must not
+    from cogqa.sweep.runserver import can_fork_runs
+
+    if not can_fork_runs():
+        pytest.skip("runs are not forked on this platform")
+    spec = tiny_spec(prepared(tmp_path, 32, 60_000), heads="2:1")
+    run_dir = materialise(spec, tmp_path / "sweep", progress=False)[0]
+    marker = tmp_path / "script-ran"
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import pathlib, sys\n"
+        f"with open({str(marker)!r}, 'a') as f: f.write('x')\n"  # top-level code, no __main__ guard
+        "from cogqa.sweep import launch_run\n"
+        "from cogqa.sweep.runserver import RunServer\n"
+        "server = RunServer()\n"
+        f"print(launch_run({str(run_dir)!r}, threads=1, server=server))\n"
+        "server.close()\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "done" and marker.read_text() == "x"  # the script ran once, in its own process
 
 
 @pytest.mark.slow
@@ -420,16 +454,9 @@ def test_print_sbatch_cli(tmp_path, capsys):
     assert "--nproc_per_node=8" in text and "470M_h32kv8_s0" in text and not out.exists()
 
 
-def test_a_run_that_cannot_be_forked_starts_an_interpreter(tmp_path, monkeypatch):
+def test_a_run_the_server_cannot_take_starts_an_interpreter(tmp_path, monkeypatch):
     import cogqa.sweep.executors as executors
-
-    class NoServer:  # a fork server that cannot start a process (sandbox, fd limit, daemonic parent)
-        def Process(self, **kwargs):  # noqa: N802 - multiprocessing's name
-            class Refused:
-                def start(self):
-                    raise OSError("no fork server here")
-
-            return Refused()
+    from cogqa.sweep.runserver import RunServer
 
     calls = []
 
@@ -437,21 +464,24 @@ def test_a_run_that_cannot_be_forked_starts_an_interpreter(tmp_path, monkeypatch
         calls.append(command)
         return subprocess.CompletedProcess(command, 0)
 
-    monkeypatch.setattr(executors, "fork_server", lambda: NoServer())
     monkeypatch.setattr(executors.subprocess, "run", fake_run)
     run_dir = tmp_path / "r"
     run_dir.mkdir()
-    launch_run(run_dir)
-    assert calls == [run_command(run_dir)]
+    server = RunServer(python=str(tmp_path / "no-such-python"))  # cannot start
+    launch_run(run_dir, server=server)
+    assert calls == [run_command(run_dir)] and server.broken and server.proc is None
     log = (run_dir / "log.txt").read_text()
-    assert "could not fork the run (OSError: no fork server here)" in log and "-m cogqa.sweep run-one" in log
+    assert "the run server could not start the run; starting a new interpreter" in log
+    assert "-m cogqa.sweep run-one" in log
+    launch_run(run_dir, server=server)  # a broken server is not tried again
+    assert len(calls) == 2
 
 
-def test_fork_server_only_where_runs_can_fork(monkeypatch):
-    import cogqa.sweep.executors as executors
+def test_runs_are_forked_only_where_they_can_die_with_the_sweep(monkeypatch):
+    import cogqa.sweep.runserver as runserver
 
-    monkeypatch.setattr(executors.sys, "platform", "darwin")
-    assert executors.fork_server() is None
+    monkeypatch.setattr(runserver.sys, "platform", "darwin")
+    assert not runserver.can_fork_runs()
 
 
 def testis_locked_run_is_not_run_twice(tmp_path):

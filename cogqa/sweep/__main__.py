@@ -1,4 +1,5 @@
-"""``python -m cogqa.sweep run-one RUN_DIR``: the child process that executes one run."""
+"""``python -m cogqa.sweep run-one RUN_DIR``: the child process that executes one run (``serve``: a run server,
+:mod:`cogqa.sweep.runserver`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from .rundir import RunBusy, execute_run
 
 
 def _child_main(argv: list[str]) -> int:  # pragma: no cover - exercised through subprocesses
+    if argv == ["serve"]:  # a run server (cogqa.sweep.runserver): forks the runs a local sweep worker sends it
+        from .runserver import serve
+
+        return serve()
     if len(argv) != 2 or argv[0] != "run-one":
-        print("usage: python -m cogqa.sweep run-one RUN_DIR", file=sys.stderr)
+        print("usage: python -m cogqa.sweep run-one RUN_DIR  (or: python -m cogqa.sweep serve)", file=sys.stderr)
         return 2
     run_dir = Path(argv[1])
     try:

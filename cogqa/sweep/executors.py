@@ -1,9 +1,9 @@
 """Executors: run the unfinished runs of a sweep in child processes, here or on SLURM (submitit).
 
 Each run is one child process (``python -m cogqa.sweep run-one RUN_DIR``, under ``torchrun``
-when it uses several GPUs). Locally on Linux the child is forked from a fork server that imported
-torch and cogqa's trainer once (:data:`PRELOAD`), so a run starts training without ~5 s of imports;
-it runs the same ``run-one`` code, in its own process, with its own lock, log and exit status.
+when it uses several GPUs). Locally on Linux each worker forks its runs from a run server that
+imported torch and the trainer once (:mod:`cogqa.sweep.runserver`): the same ``run-one`` code in its
+own process, with its own lock, log and exit status, without ~5-6 s of imports per run.
 Locally the child dies with its parent (``PR_SET_PDEATHSIG``); on SLURM a preempted or timed-out
 job is requeued (submitit's checkpoint hook) and the trainer resumes from its last complete
 checkpoint.
@@ -12,13 +12,12 @@ checkpoint.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
+import queue
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from ..errors import CogqaError, require
 from ..files import write_json_atomic
 from ..threads import available_cores, thread_env, thread_plan
 from .rundir import log_tail, materialise, read_run_info, run_status, sweep_status
+from .runserver import RunServer, can_fork_runs, pdeathsig
 from .spec import SweepSpec
 
 BUSY_EXIT = 75  # run-one: another worker holds the run's lock
@@ -40,15 +40,6 @@ INTERRUPTED_EXITS = (
     -signal.SIGINT,
     -signal.SIGTERM,
 )
-
-
-#: What the local executor's fork server imports once before it forks a process per run (module names). Each run's
-#: process used to spend ~5-6 s of a 2-core machine importing these before its first step (torch ~3 s, and
-#: torch._dynamo, which the trainer's deterministic mode and optimiser import, ~2.5 s): 24 runs of the CPU demo on
-#: 2 workers, about a minute of its wall time.
-PRELOAD = ("torch", "torch._dynamo", "torch.optim", "cogqa.train", "cogqa.evaluate", "cogqa.sweep.rundir")
-#: Seconds a forked run gets to finish after the sweep is interrupted (Ctrl-C reaches both) before it is stopped.
-INTERRUPT_GRACE_S = 10.0
 
 
 @dataclass
@@ -154,114 +145,31 @@ def run_command(run_dir: str | Path, gpus: int = 1, nodes: int = 1, python: str 
     return cmd + ["-m", "cogqa.sweep", "run-one", str(run_dir)]
 
 
-def _pdeathsig() -> None:  # pragma: no cover - runs in the child
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
-
-
-def fork_server():
-    """The ``forkserver`` multiprocessing context whose server has imported :data:`PRELOAD`, or None where this
-    platform has none (it needs fork: Linux here; elsewhere runs start as fresh interpreters). The server starts with
-    the first run, from this process, and stops with it."""
-    if not sys.platform.startswith("linux") or "forkserver" not in multiprocessing.get_all_start_methods():
-        return None
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(list(PRELOAD))
-    return ctx
-
-
-def _die_with(sentinel) -> None:  # pragma: no cover - a thread of the child
-    """Block until ``sentinel`` (a multiprocessing parent's) is ready, i.e. that process ended; then SIGKILL this
-    process, as ``PR_SET_PDEATHSIG`` does to a child the sweep started itself (the fork server would otherwise keep
-    the run alive: every forked child holds the server's liveness pipe)."""
-    from multiprocessing.connection import wait
-
-    wait([sentinel])
-    os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _forked_run(run_dir: str, env: dict[str, str], die_with_parent: bool) -> None:  # pragma: no cover - in the child
-    """The body of a run's process forked from :func:`fork_server`: what ``python -m cogqa.sweep run-one RUN_DIR``
-    does, with ``env`` as its environment and stdout/stderr appended to the run's ``log.txt``; exits with
-    run-one's status."""
-    if die_with_parent:
-        _pdeathsig()  # should the fork server die
-        sweep = multiprocessing.parent_process()  # the process that asked for this run (its sentinel ends with it)
-        if sweep is not None:
-            threading.Thread(target=_die_with, args=(sweep.sentinel,), name="die-with-sweep", daemon=True).start()
-    os.environ.clear()
-    os.environ.update(env)
-    sys.argv = [str(Path(__file__).with_name("__main__.py")), "run-one", str(run_dir)]  # as the interpreter has it
-    for stream in (sys.stdout, sys.stderr):
-        if stream is not None:
-            stream.flush()
-    fd = os.open(Path(run_dir) / "log.txt", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    sys.stdout = open(1, "w", buffering=1, closefd=False)  # line-buffered into the log, as PYTHONUNBUFFERED
-    sys.stderr = open(2, "w", buffering=1, closefd=False)
-    if env.get("OMP_NUM_THREADS", "").isdigit() and int(env["OMP_NUM_THREADS"]) > 0:
-        import torch  # the server imported torch under its own environment: set this run's intra-op threads
-
-        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    try:
-        from .__main__ import _child_main
-
-        code = _child_main(["run-one", str(run_dir)])
-    except KeyboardInterrupt:  # Ctrl-C before run-one could catch it: interrupted, as run-one reports it
-        code = 130
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(code)
-
-
-def _run_forked(ctx, run_dir: Path, env: dict[str, str], die_with_parent: bool) -> int | None:
-    """Exit status of ``run-one`` for ``run_dir`` in a process forked from ``ctx``'s server (negative: killed by
-    that signal, as subprocess reports it), or None when no process could be started there."""
-    proc = ctx.Process(target=_forked_run, args=(str(run_dir), env, die_with_parent), name=f"cogqa-run-{run_dir.name}")
-    try:
-        proc.start()
-    except (OSError, EOFError, RuntimeError, AssertionError) as exc:  # no server (sandbox, fd limits) or a
-        with open(run_dir / "log.txt", "a") as log:  # daemonic process (refused children): an interpreter instead
-            log.write(f"could not fork the run ({type(exc).__name__}: {exc}); starting a new interpreter\n")
-        return None
-    try:
-        proc.join()
-    except BaseException:  # Ctrl-C reached the run too (same process group): let it stop cleanly, then make sure
-        proc.join(INTERRUPT_GRACE_S)
-        if proc.is_alive():
-            proc.terminate()
-            proc.join(INTERRUPT_GRACE_S)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-        raise
-    return proc.exitcode
-
-
 def launch_run(
-    run_dir: str | Path, command: list[str] | None = None, die_with_parent: bool = True, threads: int | None = None
+    run_dir: str | Path,
+    command: list[str] | None = None,
+    die_with_parent: bool = True,
+    threads: int | None = None,
+    server: RunServer | None = None,
 ) -> str:
     """Run one run in a child process (output appended to ``log.txt``); returns its status after.
 
-    Without ``command`` the child is forked from :func:`fork_server` (torch already imported) where there is one,
-    else it is ``command`` (default :func:`run_command`) in a new interpreter. A non-zero exit other than "busy" or
-    an interruption (Ctrl-C, SIGTERM: the run stays pending and resumes next time) leaves ``failed.json`` with the
-    error tail (the child writes its own; a crash or another signal gets the log tail here).
+    With a ``server`` (and no ``command``) the child is forked from that :class:`~cogqa.sweep.runserver.RunServer`,
+    which imported torch once; otherwise, or when the server cannot be used, it is ``command`` (default
+    :func:`run_command`) in a new interpreter. A non-zero exit other than "busy" or an interruption (Ctrl-C,
+    SIGTERM: the run stays pending and resumes next time) leaves ``failed.json`` with the error tail (the child
+    writes its own; a crash or another signal gets the log tail here).
     """
     run_dir = Path(run_dir)
     env = dict(os.environ, PYTHONUNBUFFERED="1", **thread_env(threads))  # the child's intra-op threads
-    ctx = fork_server() if command is None else None
     returncode = None
-    if ctx is not None:
+    if server is not None and command is None:
         with open(run_dir / "log.txt", "a") as log:
-            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} run-one {run_dir} (forked from the fork server)\n")
-        returncode = _run_forked(ctx, run_dir, env, die_with_parent)
+            log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} run-one {run_dir} (forked by the run server)\n")
+        returncode = server.run(run_dir, env)
+        if returncode is None:
+            with open(run_dir / "log.txt", "a") as log:
+                log.write("the run server could not start the run; starting a new interpreter\n")
     if returncode is None:
         command = command or run_command(run_dir)
         with open(run_dir / "log.txt", "a") as log:
@@ -272,7 +180,7 @@ def launch_run(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                preexec_fn=_pdeathsig if die_with_parent and sys.platform.startswith("linux") else None,
+                preexec_fn=pdeathsig if die_with_parent and sys.platform.startswith("linux") else None,
             ).returncode
     if returncode == BUSY_EXIT:
         return "running"
@@ -360,9 +268,20 @@ def _run_local(todo: list[Path], workers: int, progress: bool, total: int) -> No
         total=total, initial=total - len(todo), desc="sweep runs", unit="run", disable=not progress, file=sys.stderr
     )
 
+    servers: queue.SimpleQueue = queue.SimpleQueue()  # one run server per worker: torch imported once per worker
+    started = []
+    for _ in range(workers if can_fork_runs() else 0):
+        started.append(RunServer(env=dict(os.environ, PYTHONUNBUFFERED="1", **thread_env(threads))))
+        servers.put(started[-1])
+
     def one(d: Path) -> str:
         bar.set_postfix_str(d.name)
-        status = launch_run(d, threads=threads)
+        server = None if servers.empty() else servers.get()
+        try:
+            status = launch_run(d, threads=threads, server=server)
+        finally:
+            if server is not None:
+                servers.put(server)
         bar.update(1)
         if status == "failed":
             err = json.loads((d / "failed.json").read_text()).get("error", "")
@@ -377,6 +296,8 @@ def _run_local(todo: list[Path], workers: int, progress: bool, total: int) -> No
             with ThreadPoolExecutor(workers) as pool:
                 list(pool.map(one, longest_first(todo)))
     finally:
+        for server in started:
+            server.close()
         bar.close()
 
 

@@ -98,11 +98,12 @@ class RunServer:
             ready, _, _ = select.select([self.proc.stdout], [], [], INTERRUPT_GRACE_S)
             self.close()  # the run dies with the server if it has not stopped
             raise
-        if not answer:  # the server died during the run (killed, out of memory): so did the run
-            self.close()
+        try:
+            return int(json.loads(answer)["exit"])
+        except (ValueError, KeyError, TypeError):  # no answer: the server died during the run (killed, out of
+            self.close()  # memory), and the run with it; or it answered nonsense: stop using it
             self.broken = True
             return -signal.SIGKILL
-        return int(json.loads(answer)["exit"])
 
     def close(self) -> None:
         """Stop the server (its runs die with it); idempotent."""

@@ -7,6 +7,7 @@ themselves are :mod:`cogqa.data`; the loop is :mod:`cogqa.train`.
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 
@@ -28,10 +29,19 @@ def sample_indices(step: int, global_batch: int, n_chunks: int, seed: int) -> np
     epochs, pos = g // n_chunks, g % n_chunks
     out = np.empty(global_batch, dtype=np.int64)
     for e in np.unique(epochs):
-        perm = np.random.default_rng([int(seed), int(e)]).permutation(n_chunks)
         mask = epochs == e
-        out[mask] = perm[pos[mask]]
+        out[mask] = epoch_permutation(int(seed), int(e), int(n_chunks))[pos[mask]]
     return out
+
+
+@functools.lru_cache(maxsize=2)  # this epoch's and the next: a batch spans at most two
+def epoch_permutation(seed: int, epoch: int, n_chunks: int) -> np.ndarray:
+    """The data order of epoch ``epoch``: a permutation of ``range(n_chunks)`` seeded by (seed, epoch), read-only
+    (units: chunk indices). Kept for the next call: drawing it anew for every step cost ~1 ms per step for the CPU
+    demo's 33k chunks (and ~10 ms for a million chunks), for the same numbers."""
+    perm = np.random.default_rng([seed, epoch]).permutation(n_chunks)
+    perm.flags.writeable = False
+    return perm
 
 
 def open_data(config: TrainConfig):

@@ -140,6 +140,21 @@ def test_data_order_is_a_permutation_per_epoch_and_pure():
     assert not np.array_equal(first[:10], first[10:20])
 
 
+def test_epoch_permutation_is_kept_read_only_and_the_same():
+    from cogqa.batches import epoch_permutation
+
+    epoch_permutation.cache_clear()
+    first = epoch_permutation(1, 0, 1000)
+    assert epoch_permutation(1, 0, 1000) is first and not first.flags.writeable  # kept, and callers cannot change it
+    assert np.array_equal(first, np.random.default_rng([1, 0]).permutation(1000))  # the numbers drawn before caching
+    assert np.array_equal(np.sort(first), np.arange(1000))
+    # steps across an epoch boundary (batch 8 of 20 chunks: step 2 spans epochs 0 and 1) take from both epochs
+    spanning = sample_indices(2, 8, 20, seed=3)
+    g = 16 + np.arange(8)
+    expect = [np.random.default_rng([3, int(x // 20)]).permutation(20)[x % 20] for x in g]
+    assert spanning.tolist() == expect
+
+
 # ----------------------------------------------------------------------------- real runs
 
 

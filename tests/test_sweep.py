@@ -477,6 +477,17 @@ def test_a_run_the_server_cannot_take_starts_an_interpreter(tmp_path, monkeypatc
     assert len(calls) == 2
 
 
+def test_die_with_parent_hook_resolves_libc_in_the_parent():
+    # a child between fork and exec must not load libraries (another thread may hold the loader's lock)
+    from cogqa.sweep import runserver
+
+    runserver._libc_prctl.cache_clear()
+    hook = runserver.die_with_parent_hook()
+    assert hook is runserver.pdeathsig and runserver._libc_prctl.cache_info().currsize == 1
+    if sys.platform.startswith("linux"):
+        assert runserver._libc_prctl() is not None
+
+
 def test_runs_are_forked_only_where_they_can_die_with_the_sweep(monkeypatch):
     import cogqa.sweep.runserver as runserver
 

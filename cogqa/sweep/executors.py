@@ -28,7 +28,7 @@ from ..errors import CogqaError, require
 from ..files import write_json_atomic
 from ..threads import available_cores, thread_env, thread_plan
 from .rundir import log_tail, materialise, read_run_info, run_status, sweep_status
-from .runserver import RunServer, can_fork_runs, pdeathsig
+from .runserver import RunServer, can_fork_runs, die_with_parent_hook
 from .spec import SweepSpec
 
 BUSY_EXIT = 75  # run-one: another worker holds the run's lock
@@ -180,7 +180,7 @@ def launch_run(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=env,
-                preexec_fn=pdeathsig if die_with_parent and sys.platform.startswith("linux") else None,
+                preexec_fn=die_with_parent_hook() if die_with_parent and sys.platform.startswith("linux") else None,
             ).returncode
     if returncode == BUSY_EXIT:
         return "running"

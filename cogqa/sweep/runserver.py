@@ -17,6 +17,7 @@ the caller's main script in the run's process.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -33,14 +34,30 @@ PRELOAD = ("torch", "torch._dynamo", "torch.optim", "cogqa.train", "cogqa.evalua
 INTERRUPT_GRACE_S = 10.0
 
 
-def pdeathsig() -> None:  # pragma: no cover - runs in a child
-    """Ask Linux to SIGKILL this process when its parent dies (``PR_SET_PDEATHSIG``); a no-op where that fails."""
+@functools.cache
+def _libc_prctl():
+    """libc's ``prctl``, or None where there is none; resolved once, in the parent (a child between fork and exec
+    must not import or load libraries: another thread of the parent may have held their locks at the fork)."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except OSError:
-        pass
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def pdeathsig() -> None:  # pragma: no cover - runs in a child
+    """Ask Linux to SIGKILL this process when its parent dies (``PR_SET_PDEATHSIG``); a no-op where that fails.
+    Call :func:`die_with_parent_hook` in the parent for the ``preexec_fn`` of a child it starts."""
+    prctl = _libc_prctl()
+    if prctl is not None:
+        prctl(1, signal.SIGKILL)
+
+
+def die_with_parent_hook():
+    """A ``preexec_fn`` that runs :func:`pdeathsig` in the child, with libc resolved here, in the parent."""
+    _libc_prctl()
+    return pdeathsig
 
 
 def can_fork_runs() -> bool:
@@ -68,7 +85,7 @@ class RunServer:
                 stderr=subprocess.DEVNULL,
                 env=self.env,
                 text=True,
-                preexec_fn=pdeathsig,
+                preexec_fn=die_with_parent_hook(),
             )
             ready = self.proc.stdout.readline()
             if json.loads(ready or "{}").get("ready") is True:

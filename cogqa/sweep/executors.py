@@ -145,6 +145,12 @@ def run_command(run_dir: str | Path, gpus: int = 1, nodes: int = 1, python: str 
     return cmd + ["-m", "cogqa.sweep", "run-one", str(run_dir)]
 
 
+def run_env(threads: int | None) -> dict[str, str]:
+    """The environment of a run's process (and of a run server): this one's, unbuffered output into the run's log,
+    and ``threads`` intra-op threads (:func:`cogqa.threads.thread_env`)."""
+    return dict(os.environ, PYTHONUNBUFFERED="1", **thread_env(threads))
+
+
 def launch_run(
     run_dir: str | Path,
     command: list[str] | None = None,
@@ -161,7 +167,7 @@ def launch_run(
     writes its own; a crash or another signal gets the log tail here).
     """
     run_dir = Path(run_dir)
-    env = dict(os.environ, PYTHONUNBUFFERED="1", **thread_env(threads))  # the child's intra-op threads
+    env = run_env(threads)
     returncode = None
     if server is not None and command is None:
         with open(run_dir / "log.txt", "a") as log:
@@ -268,11 +274,10 @@ def _run_local(todo: list[Path], workers: int, progress: bool, total: int) -> No
         total=total, initial=total - len(todo), desc="sweep runs", unit="run", disable=not progress, file=sys.stderr
     )
 
+    started = [RunServer(env=run_env(threads)) for _ in range(workers if can_fork_runs() else 0)]
     servers: queue.SimpleQueue = queue.SimpleQueue()  # one run server per worker: torch imported once per worker
-    started = []
-    for _ in range(workers if can_fork_runs() else 0):
-        started.append(RunServer(env=dict(os.environ, PYTHONUNBUFFERED="1", **thread_env(threads))))
-        servers.put(started[-1])
+    for server in started:
+        servers.put(server)
 
     def one(d: Path) -> str:
         bar.set_postfix_str(d.name)

@@ -112,7 +112,7 @@ class RunServer:
         try:
             answer = self.proc.stdout.readline()
         except BaseException:  # Ctrl-C reached the run too (same process group): let it stop on its own first
-            ready, _, _ = select.select([self.proc.stdout], [], [], INTERRUPT_GRACE_S)
+            select.select([self.proc.stdout], [], [], INTERRUPT_GRACE_S)  # its answer, or the grace period
             self.close()  # the run dies with the server if it has not stopped
             raise
         try:

@@ -465,33 +465,51 @@ def _longer_side_contiguous(model) -> dict:
     return out
 
 
-def test_weights_are_stored_along_their_longer_side_through_training_and_loading(tmp_path):
-    """Every matrix (embedding, projections, untied LM head) is contiguous along its longer side after
-    construction, a training step (gradients and AdamW states follow), a checkpoint round trip (saved
-    contiguous, loaded with assign=True) and a dtype cast; the values are unchanged."""
+def test_weights_are_laid_out_for_the_mode_through_training_and_loading(tmp_path):
+    """Training mode (a new model's) stores every matrix (embedding, projections, untied LM head) row-major, and
+    gradients and AdamW states follow; eval mode stores it contiguous along its longer side, and training mode
+    again restores row-major, the optimiser still stepping; a checkpoint round trip (saved contiguous, loaded with
+    assign=True) and a dtype cast keep the layout of the mode; the values never change."""
     from cogqa.checkpoint import load_model, save_model
 
+    def row_major(m):
+        return {n: p.is_contiguous() for n, p in m.named_parameters() if p.dim() == 2}
+
     shape = SHAPES["mqa"]  # untied: the LM head is a Linear [V, d]
-    model = make(shape).train()
-    layout = _longer_side_contiguous(model)
-    assert layout and all(layout.values()), layout
-    assert model.embed_tokens.weight.stride() == (1, shape.vocab_size)
-    assert model.layers[0].mlp.down_proj.weight.is_contiguous()  # [d, d_ff]: rows < columns
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model = GQADecoder(shape, max_seq_len=64)
+    model.init_weights(0)
+    assert model.training and all(row_major(model).values())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
     ids = torch.randint(0, shape.vocab_size, (2, 12))
     model(ids, labels=ids).loss.backward()
     opt.step()
     for p in model.parameters():
-        assert p.grad.stride() == p.stride()
-        assert opt.state[p]["exp_avg"].stride() == p.stride()
+        assert p.is_contiguous() and p.grad.is_contiguous() and opt.state[p]["exp_avg"].is_contiguous()
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    assert model.eval() is model
+    layout = _longer_side_contiguous(model)
+    assert layout and all(layout.values()), layout
+    assert model.embed_tokens.weight.stride() == (1, shape.vocab_size)
+    assert model.layers[0].mlp.down_proj.weight.is_contiguous()  # [d, d_ff]: rows < columns
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, before[name]), name
+    logits = model(ids).logits
+    model.train()
+    assert all(row_major(model).values())
+    opt.zero_grad()
+    model(ids, labels=ids).loss.backward()
+    opt.step()  # states created row-major, parameters row-major again
+    assert all(torch.isfinite(p).all() for p in model.parameters())
     save_model(model, tmp_path / "ckpt")
     loaded = load_model(tmp_path / "ckpt")
-    assert all(_longer_side_contiguous(loaded).values())
+    assert loaded.training and all(row_major(loaded).values())
     for name, p in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], p), name
-    model.eval()
+    model.eval(), loaded.eval()
+    assert all(_longer_side_contiguous(loaded).values())
     assert torch.equal(loaded(ids).logits, model(ids).logits)
-    assert all(_longer_side_contiguous(load_model(tmp_path / "ckpt", dtype="bf16")).values())
+    assert not torch.equal(logits, model(ids).logits)  # the second step changed the weights
+    assert all(_longer_side_contiguous(load_model(tmp_path / "ckpt", dtype="bf16").eval()).values())
 
 
 WINDOWED = {

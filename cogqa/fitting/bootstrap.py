@@ -59,7 +59,6 @@ def _bootstrap_group(
     theta: np.ndarray,
     k: int,
     rng: np.random.Generator,
-    grid,
     n_ref: int = 32,
     workers: int | None = 1,
 ) -> list[dict[str, float]]:

@@ -314,7 +314,7 @@ def _fit_joint(df: pd.DataFrame, n_ref: int, bootstrap: int, rng, grid, warnings
     if "context" in df.columns:
         entry["context"] = int(df["context"].iloc[0])
     if bootstrap:
-        samples_out = _bootstrap_group(form, df, res.theta, bootstrap, rng, grid, n_ref, workers)
+        samples_out = _bootstrap_group(form, df, res.theta, bootstrap, rng, n_ref, workers)
         entry["ci"] = _ci(samples_out, names)
         entry["n_bootstrap"] = len(samples_out)
     _bound_warning(entry, res["at_bound"], "joint law", warnings)
@@ -339,7 +339,7 @@ def _fit_each(form: str, labels, subs, entry_keys, bootstrap: int, rng, grid, wa
         entry["r2"] = res["r2"]
         entry["n_points"] = res["n_points"]
         if bootstrap:
-            samples = _bootstrap_group(form, sub, res.theta, bootstrap, rng, grid, workers=workers)
+            samples = _bootstrap_group(form, sub, res.theta, bootstrap, rng, workers=workers)
             entry["ci"] = _ci(samples, names)
             entry["n_bootstrap"] = len(samples)
             samples_out.extend({**ek, **smp} for smp in samples)

@@ -476,13 +476,21 @@ def test_weights_are_laid_out_for_the_mode_through_training_and_loading(tmp_path
         return {n: p.is_contiguous() for n, p in m.named_parameters() if p.dim() == 2}
 
     shape = SHAPES["mqa"]  # untied: the LM head is a Linear [V, d]
-    model = GQADecoder(shape, max_seq_len=64)
+    model, stayed = GQADecoder(shape, max_seq_len=64), GQADecoder(shape, max_seq_len=64)  # stayed: never in eval
     model.init_weights(0)
+    stayed.init_weights(0)
     assert model.training and all(row_major(model).values())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    opt_stayed = torch.optim.AdamW(stayed.parameters(), lr=1e-3, fused=True)
     ids = torch.randint(0, shape.vocab_size, (2, 12))
-    model(ids, labels=ids).loss.backward()
-    opt.step()
+
+    def step(m, o):
+        o.zero_grad()
+        m(ids, labels=ids).loss.backward()
+        o.step()
+
+    step(model, opt)
+    step(stayed, opt_stayed)
     for p in model.parameters():
         assert p.is_contiguous() and p.grad.is_contiguous() and opt.state[p]["exp_avg"].is_contiguous()
     before = {n: p.clone() for n, p in model.state_dict().items()}
@@ -494,18 +502,19 @@ def test_weights_are_laid_out_for_the_mode_through_training_and_loading(tmp_path
     for name, p in model.state_dict().items():
         assert torch.equal(p, before[name]), name
     logits = model(ids).logits
-    model.train()
+    assert model.train() is model
     assert all(row_major(model).values())
-    opt.zero_grad()
-    model(ids, labels=ids).loss.backward()
-    opt.step()  # states created row-major, parameters row-major again
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    step(model, opt)  # states created row-major, parameters row-major again
+    step(stayed, opt_stayed)
+    for name, p in stayed.state_dict().items():  # the round trip through eval mode changed no update
+        assert torch.equal(model.state_dict()[name], p), name
     save_model(model, tmp_path / "ckpt")
     loaded = load_model(tmp_path / "ckpt")
     assert loaded.training and all(row_major(loaded).values())
     for name, p in model.state_dict().items():
         assert torch.equal(loaded.state_dict()[name], p), name
-    model.eval(), loaded.eval()
+    model.eval()
+    loaded.eval()
     assert all(_longer_side_contiguous(loaded).values())
     assert torch.equal(loaded(ids).logits, model(ids).logits)
     assert not torch.equal(logits, model(ids).logits)  # the second step changed the weights
